@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# npc_scale local stack: packages, build, a throwaway PostgreSQL 15 cluster run
+# by the unprivileged `postgres` user, Redis and simulated GPUs on loopback.
+# Sourced by test/run and scripts/demo; every service it starts is recorded so
+# npc_stack_stop (installed as an EXIT trap) stops it again, also on failure.
+
+NPC_ROOT=${NPC_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+NPC_PROFILE=${NPC_PROFILE:-test}           # test | demo: separate ports and dirs
+NPC_BUILD=${NPC_BUILD:-$NPC_ROOT/build}
+NPC_STATE=$NPC_BUILD/$NPC_PROFILE
+if [ "$NPC_PROFILE" = demo ]; then _pgport=55432 _redisport=56379 _gpubase=18001
+else _pgport=55433 _redisport=56380 _gpubase=18101; fi
+NPC_PGPORT=${NPC_PGPORT:-$_pgport}
+NPC_REDIS_PORT=${NPC_REDIS_PORT:-$_redisport}
+NPC_GPU_BASE_PORT=${NPC_GPU_BASE_PORT:-$_gpubase}
+NPC_DB=${NPC_DB:-npc_test}
+NPC_PGDATA=$NPC_STATE/pgdata
+NPC_PGSOCK=$NPC_STATE/run
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+export NPC_ROOT NPC_PROFILE NPC_BUILD NPC_STATE NPC_PGPORT NPC_REDIS_PORT NPC_GPU_BASE_PORT \
+       NPC_DB NPC_PGDATA NPC_PGSOCK PG_BIN
+export PGHOST=$NPC_PGSOCK PGPORT=$NPC_PGPORT PGUSER=postgres PGDATABASE=$NPC_DB
+
+NPC_PACKAGES=(
+  build-essential pkg-config make g++ curl procps
+  postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
+  postgresql-15-cron postgresql-15-partman redis-server redis-tools
+  libcurl4-openssl-dev libhiredis-dev libevent-dev nlohmann-json3-dev libxxhash-dev
+  libgtest-dev googletest
+)
+
+npc_log() { printf '[npc_scale %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+npc_die() { npc_log "error: $*"; exit 1; }
+
+npc_install_deps() {
+  [ "$(id -u)" = 0 ] || npc_die "run as root (packages are installed with apt-get)"
+  local missing=() p
+  for p in "${NPC_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  npc_log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Installing postgresql-15 creates and may start a default cluster on 5432;
+  # we never use it (own port, own data directory), and leave it alone.
+  if ! apt-get install -y --no-install-recommends "${missing[@]}" >"$NPC_BUILD/apt.log" 2>&1; then
+    apt-get update >>"$NPC_BUILD/apt.log" 2>&1
+    apt-get install -y --no-install-recommends "${missing[@]}" >>"$NPC_BUILD/apt.log" 2>&1 \
+      || { tail -20 "$NPC_BUILD/apt.log"; npc_die "apt-get install failed (see $NPC_BUILD/apt.log)"; }
+  fi
+}
+
+npc_build() {
+  npc_log "building the extension, unit tests and fake GPU"
+  make -C "$NPC_ROOT" -s -j2 >"$NPC_BUILD/build.log" 2>&1 \
+    && make -C "$NPC_ROOT" -s install >>"$NPC_BUILD/build.log" 2>&1 \
+    && make -C "$NPC_ROOT" -s -j2 unit fake_gpu >>"$NPC_BUILD/build.log" 2>&1 \
+    || { tail -40 "$NPC_BUILD/build.log"; npc_die "build failed (see $NPC_BUILD/build.log)"; }
+}
+
+# The postgres user must be able to reach the repository (e.g. under /root,
+# mode 700): grant traversal (x only, no listing) on each ancestor that lacks it.
+npc_grant_traversal() {
+  local d=$NPC_ROOT
+  while [ "$d" != / ]; do
+    if ! runuser -u postgres -- test -x "$d"; then
+      npc_log "granting o+x on $d so the postgres user can reach the build area"
+      chmod o+x "$d"
+    fi
+    d=$(dirname "$d")
+  done
+}
+
+npc_as_postgres() { runuser -u postgres -- "$@"; }
+
+npc_psql() { "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -q "$@"; }
+
+# Poll a SQL condition until it is true, every 20 ms, for at most $2 seconds.
+npc_wait_sql() {
+  local sql=$1 timeout=${2:-10} db=${3:-$NPC_DB}
+  local deadline=$(( $(date +%s%N) + timeout * 1000000000 ))
+  while [ "$(date +%s%N)" -lt "$deadline" ]; do
+    [ "$(npc_psql -d "$db" -tAc "$sql" 2>/dev/null)" = t ] && return 0
+    sleep 0.02
+  done
+  npc_log "timed out after ${timeout}s waiting for: $sql"
+  return 1
+}
+
+npc_wait_port() {
+  local port=$1 timeout=${2:-10}
+  local deadline=$(( $(date +%s%N) + timeout * 1000000000 ))
+  while [ "$(date +%s%N)" -lt "$deadline" ]; do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.02
+  done
+  return 1
+}
+
+npc_pg_start() {
+  npc_grant_traversal
+  "$NPC_ROOT/scripts/stop_stale.sh" "$NPC_STATE" 2>/dev/null || true
+  rm -rf "$NPC_PGDATA" "$NPC_PGSOCK"
+  mkdir -p "$NPC_PGDATA" "$NPC_PGSOCK" "$NPC_STATE/log"
+  chown -R postgres:postgres "$NPC_STATE"
+  npc_log "initdb $NPC_PGDATA (as postgres), port $NPC_PGPORT"
+  npc_as_postgres "$PG_BIN/initdb" -D "$NPC_PGDATA" -U postgres --auth=trust -E UTF8 \
+    --locale=C.UTF-8 >"$NPC_STATE/log/initdb.log" 2>&1 || { cat "$NPC_STATE/log/initdb.log"; npc_die "initdb failed"; }
+  cat >>"$NPC_PGDATA/postgresql.conf" <<CONF
+# --- npc_scale $NPC_PROFILE stack ---
+port = $NPC_PGPORT
+listen_addresses = ''
+unix_socket_directories = '$NPC_PGSOCK'
+shared_preload_libraries = 'npc_scale'
+npc_scale.database = '$NPC_DB'
+max_connections = 200
+shared_buffers = 256MB
+fsync = ${NPC_FSYNC:-on}
+logging_collector = off
+log_line_prefix = '%m [%p] %b '
+CONF
+  npc_as_postgres "$PG_BIN/pg_ctl" -D "$NPC_PGDATA" -l "$NPC_STATE/log/postgres.log" -w -t 60 start \
+    >/dev/null || { tail -30 "$NPC_STATE/log/postgres.log"; npc_die "postgres did not start"; }
+  echo pg >>"$NPC_STATE/started"
+  npc_psql -d postgres -c "CREATE DATABASE $NPC_DB" >/dev/null
+  # The workers connect to $NPC_DB: it exists now, so they come up (restart interval 1 s).
+  npc_wait_sql "SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type LIKE 'npc_scale %' AND datname = '$NPC_DB'" 20 \
+    || { tail -30 "$NPC_STATE/log/postgres.log"; npc_die "npc_scale workers did not start"; }
+}
+
+npc_pg_stop() {
+  [ -f "$NPC_PGDATA/postmaster.pid" ] || return 0
+  npc_as_postgres "$PG_BIN/pg_ctl" -D "$NPC_PGDATA" -m fast -w -t 30 stop >/dev/null 2>&1 \
+    || npc_as_postgres "$PG_BIN/pg_ctl" -D "$NPC_PGDATA" -m immediate stop >/dev/null 2>&1 || true
+}
+
+npc_redis_start() {
+  mkdir -p "$NPC_STATE/redis"
+  redis-server --port "$NPC_REDIS_PORT" --bind 127.0.0.1 --daemonize yes --save '' --appendonly no \
+    --dir "$NPC_STATE/redis" --pidfile "$NPC_STATE/redis/redis.pid" \
+    --logfile "$NPC_STATE/log/redis.log" >/dev/null || npc_die "redis-server did not start"
+  echo redis >>"$NPC_STATE/started"
+  npc_wait_port "$NPC_REDIS_PORT" 10 || npc_die "redis did not listen on $NPC_REDIS_PORT"
+}
+
+npc_redis_stop() {
+  redis-cli -p "$NPC_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+}
+
+# npc_gpu_start NAME PORT ARGS... — one simulated vLLM server on loopback.
+npc_gpu_start() {
+  local name=$1 port=$2; shift 2
+  mkdir -p "$NPC_STATE/gpu"
+  "$NPC_BUILD/fake_gpu" --host 127.0.0.1 --port "$port" "$@" >"$NPC_STATE/log/gpu_$name.log" 2>&1 &
+  echo $! >"$NPC_STATE/gpu/$name.pid"
+  echo "gpu:$name" >>"$NPC_STATE/started"
+  npc_wait_port "$port" 10 || npc_die "fake GPU $name did not listen on $port"
+}
+
+# The seed's fleet: one RTX 3090 Ti and two Tesla P40.
+npc_fleet_start() {
+  local extra=("$@")
+  npc_gpu_start gpu0 "$NPC_GPU_BASE_PORT" --profile rtx3090ti --model npc-llm "${extra[@]}"
+  npc_gpu_start gpu1 $((NPC_GPU_BASE_PORT + 1)) --profile p40 --model npc-llm "${extra[@]}"
+  npc_gpu_start gpu2 $((NPC_GPU_BASE_PORT + 2)) --profile p40 --model npc-llm "${extra[@]}"
+}
+
+npc_gpus_stop() {
+  local f
+  for f in "$NPC_STATE"/gpu/*.pid; do
+    [ -f "$f" ] || continue
+    kill "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+}
+
+npc_stack_stop() {
+  npc_gpus_stop
+  npc_redis_stop
+  npc_pg_stop
+  rm -f "$NPC_STATE/started"
+}
+
+npc_stack_prepare() {
+  mkdir -p "$NPC_BUILD"
+  npc_install_deps
+  npc_build
+}

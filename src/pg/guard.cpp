@@ -1,0 +1,25 @@
+#include "guard.hpp"
+
+namespace npc_scale::bridge_detail {
+
+void capture(PendingError& out, int sqlerrcode, const char* message, const char* detail,
+             const char* hint) noexcept {
+  out.sqlerrcode = sqlerrcode;
+  strlcpy(out.message, message ? message : "", sizeof(out.message));
+  strlcpy(out.detail, detail ? detail : "", sizeof(out.detail));
+  strlcpy(out.hint, hint ? hint : "", sizeof(out.hint));
+}
+
+int sqlstate_to_code(const std::string& s) noexcept {
+  if (!is_valid_sqlstate(s)) return ERRCODE_INTERNAL_ERROR;
+  return MAKE_SQLSTATE(s[0], s[1], s[2], s[3], s[4]);
+}
+
+void raise(const PendingError& pending) {
+  ereport(ERROR, (errcode(pending.sqlerrcode), errmsg_internal("%s", pending.message),
+                  pending.detail[0] ? errdetail_internal("%s", pending.detail) : 0,
+                  pending.hint[0] ? errhint("%s", pending.hint) : 0));
+  pg_unreachable();
+}
+
+}  // namespace npc_scale::bridge_detail

@@ -1,0 +1,125 @@
+#include "worker.hpp"
+
+#include <cstring>
+
+#include "gucs.hpp"
+#include "guard.hpp"
+
+extern "C" {
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/backend_status.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+}
+
+namespace npc_scale {
+
+namespace {
+
+WorkerKind g_kind = WorkerKind::dispatcher;
+char g_connected_database[NAMEDATALEN];
+
+WorkerSlot& my_slot() { return shared_state().workers[static_cast<int>(g_kind)]; }
+
+// on_shmem_exit: the slot says "stopped" once this process is gone.
+void clear_slot(int, Datum) {
+  SharedState& s = shared_state();
+  SpinLockAcquire(&s.mutex);
+  WorkerSlot& slot = s.workers[static_cast<int>(g_kind)];
+  if (slot.pid == MyProcPid) {
+    slot.pid = 0;
+    slot.state = WorkerState::stopped;
+    slot.pgprocno = -1;
+  }
+  SpinLockRelease(&s.mutex);
+}
+
+void reload_config() {
+  ConfigReloadPending = false;
+  ProcessConfigFile(PGC_SIGHUP);
+  {
+    SharedState& s = shared_state();
+    SpinLockAcquire(&s.mutex);
+    my_slot().config_reloads++;
+    SpinLockRelease(&s.mutex);
+  }
+  if (strcmp(g_connected_database, guc_database) != 0) {
+    // A worker cannot switch databases: exit non-zero so the postmaster
+    // restarts it, connected to the new one.
+    ereport(LOG, (errmsg("%s: npc_scale.database changed from \"%s\" to \"%s\", restarting",
+                         worker_name(g_kind), g_connected_database, guc_database)));
+    proc_exit(1);
+  }
+}
+
+}  // namespace
+
+void worker_startup(WorkerKind kind) {
+  g_kind = kind;
+  pg_call([&] {
+    pqsignal(SIGHUP, SignalHandlerForConfigReload);
+    pqsignal(SIGTERM, die);
+    BackgroundWorkerUnblockSignals();
+
+    strlcpy(g_connected_database, guc_database, sizeof(g_connected_database));
+    BackgroundWorkerInitializeConnection(g_connected_database, nullptr, 0);
+    pgstat_report_appname(worker_name(kind));
+
+    SharedState& s = shared_state();
+    SpinLockAcquire(&s.mutex);
+    WorkerSlot& slot = my_slot();
+    slot.pid = MyProcPid;
+    slot.state = WorkerState::starting;
+    slot.started_at = GetCurrentTimestamp();
+    slot.starts++;
+    slot.pgprocno = MyProc->pgprocno;
+    SpinLockRelease(&s.mutex);
+    on_shmem_exit(clear_slot, 0);
+
+    ereport(LOG, (errmsg("%s started, connected to database \"%s\"", worker_name(kind),
+                         g_connected_database)));
+  });
+}
+
+void worker_set_state(WorkerState state, const char* activity) {
+  SharedState& s = shared_state();
+  SpinLockAcquire(&s.mutex);
+  my_slot().state = state;
+  SpinLockRelease(&s.mutex);
+  pg_call([&] {
+    pgstat_report_activity(state == WorkerState::busy ? STATE_RUNNING : STATE_IDLE, activity);
+  });
+}
+
+int worker_wait(long timeout_ms, pgsocket sock, int socket_events) {
+  return pg_call([&] {
+    int events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
+    if (timeout_ms >= 0) events |= WL_TIMEOUT;
+    int rc;
+    if (sock != PGINVALID_SOCKET) {
+      rc = WaitLatchOrSocket(MyLatch, events | socket_events, sock, timeout_ms, PG_WAIT_EXTENSION);
+    } else {
+      rc = WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
+    }
+    ResetLatch(MyLatch);
+    CHECK_FOR_INTERRUPTS();
+    if (ConfigReloadPending) reload_config();
+    return rc;
+  });
+}
+
+void wake_worker(WorkerKind kind) {
+  WorkerSlot slot = worker_slot_snapshot(kind);
+  if (slot.pid != 0 && slot.pgprocno >= 0) {
+    SetLatch(&ProcGlobal->allProcs[slot.pgprocno].procLatch);
+  }
+}
+
+}  // namespace npc_scale

@@ -1,0 +1,33 @@
+// What both background workers share: start-up (signals, connection,
+// registration in shared memory), the latch wait that is their only way to
+// idle, and waking a worker from a backend.
+#pragma once
+
+#include <string>
+
+#include "shared_state.hpp"
+
+extern "C" {
+#include "postgres.h"
+#include "storage/latch.h"
+}
+
+namespace npc_scale {
+
+inline constexpr int kWorkerRestartSeconds = 1;
+
+// Signals, database connection and the shared-memory slot of this worker.
+void worker_startup(WorkerKind kind);
+
+// Publishes the state in worker_status() and pg_stat_activity.
+void worker_set_state(WorkerState state, const char* activity = nullptr);
+
+// Waits for the latch, a socket event (when sock is valid) or the timeout;
+// then handles interrupts (SIGTERM exits) and a pending config reload.
+// Returns WaitLatch's event bits.
+int worker_wait(long timeout_ms, pgsocket sock = PGINVALID_SOCKET, int socket_events = 0);
+
+// From any backend: set the latch of a running worker (no-op if not running).
+void wake_worker(WorkerKind kind);
+
+}  // namespace npc_scale

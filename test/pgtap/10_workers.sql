@@ -1,0 +1,52 @@
+-- Background workers: registered, connected, waiting on their latch, and
+-- restarted after SIGTERM (pg_terminate_backend).
+BEGIN;
+SELECT plan(14);
+
+SELECT has_function('npc_scale', 'worker_status', 'worker_status() exists');
+SELECT set_eq(
+  $$ SELECT name FROM npc_scale.worker_status() $$,
+  ARRAY['npc_scale dispatcher', 'npc_scale maintenance'],
+  'worker_status() has one row per worker');
+SELECT set_eq(
+  $$ SELECT backend_type::text FROM pg_stat_activity WHERE backend_type LIKE 'npc_scale %' AND datname = current_database() $$,
+  ARRAY['npc_scale dispatcher', 'npc_scale maintenance'],
+  'both workers are in pg_stat_activity with their backend_type, connected to this database');
+
+-- Idle workers sleep on their latch (wait event Extension), not in a busy loop.
+SELECT ok(npc_test.wait_for($$
+  (SELECT count(*) FROM pg_stat_activity
+    WHERE backend_type LIKE 'npc_scale %' AND wait_event_type = 'Extension' AND wait_event = 'Extension') = 2 $$),
+  'both workers wait on their latch when idle');
+SELECT is((SELECT count(*)::int FROM npc_scale.worker_status() WHERE state = 'idle'), 2,
+  'both report state idle');
+
+-- SIGTERM: the worker exits cleanly and the postmaster restarts it.
+CREATE TEMP TABLE before AS SELECT name, pid, starts, started_at FROM npc_scale.worker_status();
+SELECT ok(pg_terminate_backend(npc_test.worker_pid('dispatcher')), 'SIGTERM sent to the dispatcher');
+SELECT ok(npc_test.wait_for($$
+  npc_test.worker_pid('dispatcher') IS DISTINCT FROM (SELECT pid FROM before WHERE name = 'npc_scale dispatcher')
+  AND npc_test.worker_pid('dispatcher') IS NOT NULL $$),
+  'the dispatcher is restarted with a new pid');
+SELECT is((SELECT starts FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'),
+          (SELECT starts + 1 FROM before WHERE name = 'npc_scale dispatcher'),
+          'the dispatcher''s start count went up by one');
+SELECT is(npc_test.worker_pid('maintenance'), (SELECT pid FROM before WHERE name = 'npc_scale maintenance'),
+  'the maintenance worker was not touched');
+
+SELECT ok(pg_terminate_backend(npc_test.worker_pid('maintenance')), 'SIGTERM sent to the maintenance worker');
+SELECT ok(npc_test.wait_for($$
+  npc_test.worker_pid('maintenance') IS DISTINCT FROM (SELECT pid FROM before WHERE name = 'npc_scale maintenance')
+  AND npc_test.worker_pid('maintenance') IS NOT NULL $$),
+  'the maintenance worker is restarted with a new pid');
+SELECT ok(npc_test.wait_for($$
+  (SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'npc_scale %' AND datname = current_database()) = 2 $$),
+  'both restarted workers are connected again');
+SELECT ok(npc_test.wait_for($$ (SELECT bool_and(state = 'idle') FROM npc_scale.worker_status()) $$),
+  'both restarted workers are idle again');
+SELECT cmp_ok((SELECT started_at FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'), '>',
+              (SELECT started_at FROM before WHERE name = 'npc_scale dispatcher'),
+              'the restarted dispatcher has a later started_at');
+
+SELECT * FROM finish();
+ROLLBACK;
