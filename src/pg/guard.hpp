@@ -15,6 +15,7 @@
 // every throw is caught before a C frame.
 #pragma once
 
+#include <exception>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -62,9 +63,14 @@ auto pg_call(Fn&& fn) -> decltype(fn()) {
     MemoryContext caller_context = CurrentMemoryContext;
     ErrorData* volatile edata = nullptr;
     std::optional<Result> result;
+    std::exception_ptr cxx_error;  // a C++ throw must not leave PG_TRY by unwinding
     PG_TRY();
     {
-      result.emplace(fn());
+      try {
+        result.emplace(fn());
+      } catch (...) {
+        cxx_error = std::current_exception();
+      }
     }
     PG_CATCH();
     {
@@ -74,6 +80,7 @@ auto pg_call(Fn&& fn) -> decltype(fn()) {
       FlushErrorState();
     }
     PG_END_TRY();
+    if (cxx_error) std::rethrow_exception(cxx_error);
     if (edata != nullptr) {
       PgError error(edata);
       FreeErrorData(edata);

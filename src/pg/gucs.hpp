@@ -4,7 +4,17 @@
 
 namespace npc_scale {
 
-extern char* guc_database;  // npc_scale.database: where both workers connect
+extern char* guc_database;          // npc_scale.database: where both workers connect
+extern int guc_max_prompt_bytes;    // postmaster: sizes the generate() slots too
+extern int guc_max_response_bytes;  // postmaster
+extern int guc_sync_slots;          // postmaster: concurrent generate() calls
+extern int guc_request_timeout_ms;  // per HTTP request, unless params.timeout_ms
+extern int guc_max_attempts;        // attempts per decision before it fails
+extern int guc_lease_timeout_s;     // a claim lapses after this (dispatcher crash)
+extern int guc_retry_base_ms;       // back-off after a transient failure …
+extern int guc_retry_max_ms;        // … capped here
+extern int guc_result_ttl_s;        // finished decisions are purged after this
+extern int guc_claim_batch;         // most rows claimed per transaction
 
 void define_gucs();
 

@@ -1,10 +1,14 @@
 #include "shared_state.hpp"
 
 #include "core/error.hpp"
+#include "gucs.hpp"
 
 extern "C" {
+#include "access/twophase.h"
+#include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
 }
 
@@ -12,7 +16,18 @@ namespace npc_scale {
 
 namespace {
 SharedState* g_state = nullptr;
+pg_atomic_uint64* g_waiters = nullptr;
+char* g_sync_slots = nullptr;
+
+// Every PGPROC (backends, auxiliary processes, prepared transactions) has a
+// pgprocno below this.
+int total_procs() { return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts; }
+
+Size sync_slot_stride() {
+  return MAXALIGN(sizeof(SyncSlot) + guc_max_prompt_bytes + kMaxParamsBytes +
+                  guc_max_response_bytes);
 }
+}  // namespace
 
 const char* worker_name(WorkerKind kind) {
   return kind == WorkerKind::dispatcher ? "npc_scale dispatcher" : "npc_scale maintenance";
@@ -28,16 +43,39 @@ const char* worker_state_name(WorkerState state) {
   return "stopped";
 }
 
-Size shared_state_size() { return MAXALIGN(sizeof(SharedState)); }
+Size shared_state_size() {
+  Size size = MAXALIGN(sizeof(SharedState));
+  size = add_size(size, MAXALIGN(mul_size(sizeof(pg_atomic_uint64), total_procs())));
+  size = add_size(size, mul_size(sync_slot_stride(), guc_sync_slots));
+  return size;
+}
 
 void shared_state_attach() {
   bool found = false;
   LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-  g_state = static_cast<SharedState*>(ShmemInitStruct("npc_scale", shared_state_size(), &found));
+  char* base = static_cast<char*>(ShmemInitStruct("npc_scale", shared_state_size(), &found));
+  g_state = reinterpret_cast<SharedState*>(base);
+  g_waiters = reinterpret_cast<pg_atomic_uint64*>(base + MAXALIGN(sizeof(SharedState)));
+  g_sync_slots = reinterpret_cast<char*>(g_waiters) +
+                 MAXALIGN(sizeof(pg_atomic_uint64) * total_procs());
   if (!found) {
-    memset(g_state, 0, shared_state_size());
+    memset(g_state, 0, sizeof(SharedState));
     SpinLockInit(&g_state->mutex);
     for (auto& slot : g_state->workers) slot.pgprocno = -1;
+    pg_atomic_init_u64(&g_state->queue_wakeups, 0);
+    pg_atomic_init_u64(&g_state->endpoints_generation, 1);
+    ConditionVariableInit(&g_state->slot_freed_cv);
+    g_state->waiter_count = total_procs();
+    for (int i = 0; i < g_state->waiter_count; i++) pg_atomic_init_u64(&g_waiters[i], 0);
+    g_state->sync_slot_count = guc_sync_slots;
+    g_state->sync_slot_stride = sync_slot_stride();
+    for (int i = 0; i < guc_sync_slots; i++) {
+      auto* slot = reinterpret_cast<SyncSlot*>(g_sync_slots + i * g_state->sync_slot_stride);
+      memset(slot, 0, sizeof(SyncSlot));
+      SpinLockInit(&slot->mutex);
+      ConditionVariableInit(&slot->done_cv);
+      slot->owner_procno = -1;
+    }
   }
   LWLockRelease(AddinShmemInitLock);
 }
@@ -58,5 +96,19 @@ WorkerSlot worker_slot_snapshot(WorkerKind kind) {
   SpinLockRelease(&s.mutex);
   return copy;
 }
+
+pg_atomic_uint64* waiters() {
+  shared_state();
+  return g_waiters;
+}
+
+SyncSlot* sync_slot(int index) {
+  SharedState& s = shared_state();
+  return reinterpret_cast<SyncSlot*>(g_sync_slots + index * s.sync_slot_stride);
+}
+
+char* sync_slot_prompt(SyncSlot* slot) { return reinterpret_cast<char*>(slot) + sizeof(SyncSlot); }
+char* sync_slot_params(SyncSlot* slot) { return sync_slot_prompt(slot) + guc_max_prompt_bytes; }
+char* sync_slot_response(SyncSlot* slot) { return sync_slot_params(slot) + kMaxParamsBytes; }
 
 }  // namespace npc_scale

@@ -5,6 +5,8 @@
 extern "C" {
 #include "postgres.h"
 #include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
 #include "storage/spin.h"
 }
 
@@ -27,9 +29,45 @@ struct WorkerSlot {
   int pgprocno;         // to set the worker's latch; -1 when not running
 };
 
+// A generate() call handed to the dispatcher without touching the queue table.
+enum class SyncState : uint32 {
+  free = 0,
+  filling,    // a backend is writing the request
+  pending,    // ready for the dispatcher
+  running,    // the dispatcher is serving it
+  done,       // response[] holds the answer
+  failed,     // error[] says why
+  abandoned,  // the caller gave up (cancel, timeout); the dispatcher frees it
+};
+
+inline constexpr int kMaxParamsBytes = 4096;
+
+struct SyncSlot {
+  slock_t mutex;              // guards every field but the buffers' contents
+  ConditionVariable done_cv;  // broadcast when state becomes done/failed
+  SyncState state;
+  uint64 ticket;              // bumped per use: a late answer for an old use is dropped
+  int owner_procno;
+  int priority;
+  int attempts;               // attempts made so far (the dispatcher retries transient errors)
+  int gpu_id;                 // who answered last (a retry avoids it)
+  int prompt_len;
+  int params_len;
+  int response_len;
+  char error[512];
+  // Followed in shared memory by: prompt[max_prompt_bytes], params[kMaxParamsBytes],
+  // response[max_response_bytes]; see sync_slot_prompt() & co.
+};
+
 struct SharedState {
   slock_t mutex;  // guards workers[]; held for a few instructions only
   WorkerSlot workers[kWorkerCount];
+  pg_atomic_uint64 queue_wakeups;         // commits that woke the dispatcher for new work
+  pg_atomic_uint64 endpoints_generation;  // bumped at commit of a gpu_endpoints change
+  ConditionVariable slot_freed_cv;        // broadcast when a generate() slot becomes free
+  int waiter_count;                       // entries in waiters[]
+  int sync_slot_count;
+  Size sync_slot_stride;
 };
 
 // Size to request and the attach step (from the shmem hooks in module.cpp).
@@ -41,5 +79,14 @@ SharedState& shared_state();
 
 // Copy of one slot taken under the spinlock.
 WorkerSlot worker_slot_snapshot(WorkerKind kind);
+
+// await_decision(): waiters[pgprocno] is the decision id a backend waits for
+// (0 = none); the dispatcher sets the latch of every waiter whose id it finished.
+pg_atomic_uint64* waiters();
+
+SyncSlot* sync_slot(int index);
+char* sync_slot_prompt(SyncSlot* slot);
+char* sync_slot_params(SyncSlot* slot);
+char* sync_slot_response(SyncSlot* slot);
 
 }  // namespace npc_scale

@@ -28,3 +28,64 @@ CREATE OR REPLACE FUNCTION npc_test.worker_pid(short_name text) RETURNS integer
 LANGUAGE sql AS $$
   SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale ' || short_name
 $$;
+
+-- The simulated GPUs test/run started (name → base URL), filled by test/run.
+CREATE TABLE IF NOT EXISTS npc_test.gpus (name text PRIMARY KEY, url text NOT NULL);
+
+CREATE OR REPLACE FUNCTION npc_test.gpu_url(gpu text) RETURNS text LANGUAGE sql AS $$
+  SELECT url FROM npc_test.gpus WHERE name = gpu
+$$;
+
+-- HTTP to a simulated GPU's admin and metrics routes, with curl (superuser:
+-- COPY FROM PROGRAM). Returns the response body.
+CREATE OR REPLACE FUNCTION npc_test.http(method text, url text, body text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  cmd text := format('curl -s -m 10 -X %s', method);
+  out text;
+BEGIN
+  IF body IS NOT NULL THEN
+    cmd := cmd || ' -H ''Content-Type: application/json'' --data-binary '
+               || '''' || replace(body, '''', '''\''''') || '''';
+  END IF;
+  cmd := cmd || ' ' || '''' || replace(url, '''', '''\''''') || '''';
+  CREATE TEMP TABLE IF NOT EXISTS npc_test_http_out (n serial, line text);
+  TRUNCATE npc_test_http_out;
+  EXECUTE format('COPY npc_test_http_out (line) FROM PROGRAM %L WITH (FORMAT csv, DELIMITER E''\x1f'', QUOTE E''\x1e'')', cmd);
+  SELECT string_agg(line, E'\n' ORDER BY n) INTO out FROM npc_test_http_out;
+  RETURN out;
+END $$;
+
+-- One sample of a simulated GPU's /metrics (summed over label sets).
+CREATE OR REPLACE FUNCTION npc_test.gpu_metric(gpu text, metric text) RETURNS numeric
+LANGUAGE sql AS $$
+  SELECT coalesce(sum(split_part(line, ' ', 2)::numeric), 0)
+    FROM regexp_split_to_table(npc_test.http('GET', npc_test.gpu_url(gpu) || '/metrics'), E'\n') AS line
+   WHERE line ~ ('^' || regexp_replace(metric, '([:.])', '\\\1', 'g') || '(\{| )')
+$$;
+
+CREATE OR REPLACE FUNCTION npc_test.gpu_faults(gpu text, faults jsonb) RETURNS text
+LANGUAGE sql AS $$ SELECT npc_test.http('POST', npc_test.gpu_url(gpu) || '/admin/faults', faults::text) $$;
+
+CREATE OR REPLACE FUNCTION npc_test.gpu_reset(gpu text) RETURNS text
+LANGUAGE sql AS $$ SELECT npc_test.http('POST', npc_test.gpu_url(gpu) || '/admin/reset', '{}') $$;
+
+-- Points the fleet at exactly the given simulated GPUs (name, max_concurrent).
+CREATE OR REPLACE FUNCTION npc_test.use_gpus(names text[], caps int[] DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  DELETE FROM npc_scale.gpu_endpoints;
+  INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, max_concurrent)
+  SELECT i, npc_test.gpu_url(names[i]), coalesce(caps[i], 16)
+    FROM generate_subscripts(names, 1) AS i;
+END $$;
+
+CREATE OR REPLACE FUNCTION npc_test.metric(metric text) RETURNS bigint LANGUAGE sql AS $$
+  SELECT value FROM npc_scale.metrics() WHERE name = metric
+$$;
+
+-- Waits until every given decision is finished.
+CREATE OR REPLACE FUNCTION npc_test.all_finished(ids bigint[]) RETURNS boolean LANGUAGE sql AS $$
+  SELECT count(*) = cardinality(ids) FROM npc_scale.decision_queue
+   WHERE id = ANY(ids) AND status NOT IN ('queued', 'running')
+$$;

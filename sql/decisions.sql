@@ -1,0 +1,77 @@
+-- The decision API: happy path with deterministic answers from the simulated
+-- GPU, and every kind of bad input (SQLSTATE shown after each error).
+SELECT npc_test.use_gpus(ARRAY['fast0']);
+
+SELECT npc_scale.request_decision(501, 'build', 'Village 3 has 900 wood. Build?', 4,
+                                  '{"temperature": 0, "max_tokens": 5}') AS id \gset
+SELECT status, attempts, response, error, cache_layer
+  FROM npc_scale.await_decision(:id, '10 s');
+
+SELECT npc_scale.request_decision(502, 'attack', 'Attack village 9?', 0,
+                                  '{"choices": ["attack", "wait"], "seed": 7}') AS id \gset
+SELECT status, response FROM npc_scale.await_decision(:id, '10 s');
+
+-- A batch keeps input order.
+SELECT count(*) AS queued, bool_and(id > 0) AS ids
+  FROM npc_scale.request_decisions(ARRAY[601, 602, 603], 'move', ARRAY['go north', 'go east', 'go south'],
+                                   6, '{"temperature": 0, "max_tokens": 3}') AS id;
+SELECT npc_id, status, response
+  FROM npc_scale.decision_queue q,
+       LATERAL npc_scale.await_decision(q.id, '10 s') a
+ WHERE q.npc_id IN (601, 602, 603) ORDER BY q.id;
+
+SELECT npc_scale.generate('Name a resource', 5, '{"temperature": 0, "max_tokens": 4}');
+SELECT npc_scale.generate('Pick one', 1, '{"choices": ["wood", "clay", "iron", "wheat"], "temperature": 0}');
+
+-- Bad input: each is an ERROR naming the value, and nothing is inserted.
+SELECT count(*) AS rows_before FROM npc_scale.decision_queue \gset
+SELECT npc_scale.request_decision(NULL, 'build', 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, '', 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, NULL, 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', '');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', 11);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', -1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', 5, '[1, 2]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', 5, '{"max_token": 5}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', 5, '{"temperature": "hot"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', 5, '{"max_tokens": 0}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', repeat('x', current_setting('npc_scale.max_prompt_bytes')::int + 1));
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', 5, '{}', '-1 s');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decisions(ARRAY[1, 2], 'build', ARRAY['only one']);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decisions(ARRAY[1, 2], 'build', ARRAY['ok', '']);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.generate('x', 12);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.generate('x', 5, '{"stop": 3}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.generate(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) - :rows_before AS rows_inserted_by_bad_calls FROM npc_scale.decision_queue;
+
+-- Endpoints: URL and api are checked.
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (90, 'ftp://gpu.example');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, api) VALUES (90, 'http://gpu.example:8000', 'embeddings');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, max_concurrent) VALUES (90, 'http://gpu.example:8000', 0);
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (90, 'http://gpu.example:8000/');
+SELECT gpu_id, endpoint, model, api, max_concurrent, enabled FROM npc_scale.gpu_endpoints WHERE gpu_id = 90;
+DELETE FROM npc_scale.gpu_endpoints WHERE gpu_id = 90;
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id IN (501, 502, 601, 602, 603);

@@ -1,0 +1,47 @@
+// What one finished HTTP attempt means for a decision: done with an answer,
+// another attempt after a back-off, or failed with a reason. Also the batch
+// of results the dispatcher writes back, as JSON for one UPDATE … FROM
+// jsonb_to_recordset($1).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "generation.hpp"
+#include "http_client.hpp"
+
+namespace npc_scale {
+
+struct RetryPolicy {
+  int max_attempts = 3;
+  int64_t base_delay_ms = 200;
+  int64_t max_delay_ms = 10000;
+};
+
+struct AttemptOutcome {
+  enum class Kind { done, retry, failed };
+  Kind kind = Kind::failed;
+  std::string response;  // when done
+  std::string error;     // when retry/failed: the last error, for the error column
+  int64_t retry_delay_ms = 0;
+};
+
+// `attempts` counts the attempt that just finished (1 for the first).
+AttemptOutcome resolve_attempt(Api api, const HttpResult& result, int attempts,
+                               const RetryPolicy& policy, uint64_t jitter_seed);
+
+// One row for the result write. status: done | failed | queued (retry) | expired.
+struct DecisionResult {
+  int64_t id = 0;
+  int attempts = 0;  // fencing token: only the claim that made this attempt may write
+  std::string status;
+  std::string response;
+  std::string error;
+  int gpu_id = 0;    // 0 = none
+  int64_t retry_ms = 0;
+};
+
+std::string results_to_json(const std::vector<DecisionResult>& results);
+
+}  // namespace npc_scale

@@ -1,0 +1,89 @@
+// Generation requests and answers in vLLM's OpenAI-compatible API, without
+// Postgres: validating a decision's `params`, shaping the HTTP body for
+// /v1/completions or /v1/chat/completions, reading the answer, and saying
+// whether a failure is worth another attempt.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace npc_scale {
+
+enum class Api { completions, chat };
+
+// "completions" | "chat"; throws Error(22023) naming the value otherwise.
+Api parse_api(const std::string& name);
+const char* api_name(Api api);
+// The path appended to an endpoint's base URL, e.g. "/v1/completions".
+const char* api_path(Api api);
+
+// Generation settings a decision may carry in `params` (jsonb). Unknown keys
+// are an error, never ignored: a typo like "max_token" must not silently
+// produce 16-token answers.
+struct GenerationParams {
+  std::optional<int> max_tokens;        // 1 .. 32768
+  std::optional<double> temperature;    // 0 .. 2
+  std::optional<double> top_p;          // (0, 1]
+  std::optional<int> top_k;             // -1 or >= 1
+  std::optional<int64_t> seed;
+  std::vector<std::string> stop;        // "stop": string or array of strings
+  std::vector<std::string> choices;     // constrained output: answer is one of them
+  std::optional<std::string> system;    // chat: a system message before the prompt
+  std::optional<int> timeout_ms;        // per-request timeout, 1 .. 600000
+  std::optional<bool> cache;            // false: skip the cache (issue: cache)
+  std::optional<int> cache_ttl_s;       // cache even if not deterministic, for this long
+
+  // Deterministic output for the same prompt: temperature 0 or a seed.
+  bool deterministic() const;
+};
+
+// Parses `params` (JSON text of an object). Throws npc_scale::Error with
+// SQLSTATE 22023 naming the key/value for: not an object, unknown key, wrong
+// type, out-of-range value; 22P02 for text that is not JSON.
+GenerationParams parse_params(const std::string& json_text);
+
+// The JSON body for one request. `priority` (our 0..10) is passed through
+// only when `send_priority` (vLLM started with --scheduling-policy priority).
+std::string build_request_body(Api api, const std::string& model, const std::string& prompt,
+                               const GenerationParams& params, int priority = 5,
+                               bool send_priority = false);
+
+// What an endpoint answered.
+struct Completion {
+  bool ok = false;
+  std::string text;            // choices[0].text or choices[0].message.content
+  std::string finish_reason;
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+  std::string error;           // when !ok: why, fit for the decision's error column
+};
+
+// Reads a 200 response body. Malformed JSON or a missing choice → !ok with a
+// reason (never throws).
+Completion parse_response(Api api, const std::string& body);
+
+// How a finished HTTP exchange is classified.
+enum class Outcome {
+  success,
+  transient,  // connect failure, timeout, 5xx, 429, malformed body: try again
+  permanent,  // other 4xx: the request itself is wrong; retrying cannot help
+};
+
+// `transport_ok` false means no HTTP status was received (connect error,
+// timeout, dropped connection).
+Outcome classify(bool transport_ok, long http_status, bool body_ok);
+
+// For an HTTP error body (vLLM's {"error":{"message":...}} or the older
+// {"message":...}), a short message; falls back to a prefix of the raw body.
+std::string error_message_from_body(long http_status, const std::string& body);
+
+// Delay before attempt number `attempt` (1-based: the delay after the first
+// failure is for attempt 2): exponential from base_ms, capped, with
+// deterministic jitter from `jitter_seed` (so tests can assert it). A
+// Retry-After header (seconds) wins when it is longer.
+int64_t retry_delay_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint64_t jitter_seed,
+                       std::optional<int64_t> retry_after_s = std::nullopt);
+
+}  // namespace npc_scale

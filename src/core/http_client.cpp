@@ -1,0 +1,197 @@
+#include "http_client.hpp"
+
+#include <curl/curl.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <stdexcept>
+
+namespace npc_scale {
+
+namespace {
+
+int64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+size_t append_body(char* data, size_t size, size_t nmemb, void* user) {
+  static_cast<std::string*>(user)->append(data, size * nmemb);
+  return size * nmemb;
+}
+
+// libcurl must be initialised once per process before any thread exists.
+struct CurlGlobal {
+  CurlGlobal() { curl_global_init(CURL_GLOBAL_DEFAULT); }
+};
+
+}  // namespace
+
+struct HttpClient::Transfer {
+  HttpRequest request;
+  CURL* easy = nullptr;
+  curl_slist* headers = nullptr;
+  std::string response;
+  int64_t started_us = 0;
+  ~Transfer() {
+    if (easy) curl_easy_cleanup(easy);
+    if (headers) curl_slist_free_all(headers);
+  }
+};
+
+HttpClient::HttpClient() {
+  static CurlGlobal global;
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) throw std::runtime_error("epoll_create1 failed");
+  multi_ = curl_multi_init();
+  if (!multi_) {
+    close(epoll_fd_);
+    throw std::runtime_error("curl_multi_init failed");
+  }
+  curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &HttpClient::on_socket);
+  curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
+  curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &HttpClient::on_timer);
+  curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
+  // Keep enough idle connections for a large fleet (default is 4 × handles).
+  curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, 1024L);
+}
+
+HttpClient::~HttpClient() {
+  for (auto& [tag, t] : transfers_) curl_multi_remove_handle(multi_, t->easy);
+  transfers_.clear();
+  curl_multi_cleanup(multi_);
+  close(epoll_fd_);
+}
+
+int HttpClient::on_socket(CURL*, int fd, int what, void* client, void*) {
+  auto* self = static_cast<HttpClient*>(client);
+  if (what == CURL_POLL_REMOVE) {
+    epoll_ctl(self->epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+    return 0;
+  }
+  epoll_event ev{};
+  ev.data.fd = fd;
+  if (what & CURL_POLL_IN) ev.events |= EPOLLIN;
+  if (what & CURL_POLL_OUT) ev.events |= EPOLLOUT;
+  if (epoll_ctl(self->epoll_fd_, EPOLL_CTL_MOD, fd, &ev) != 0) {
+    epoll_ctl(self->epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+  }
+  return 0;
+}
+
+int HttpClient::on_timer(CURLM*, long timeout_ms, void* client) {
+  auto* self = static_cast<HttpClient*>(client);
+  self->timer_deadline_us_ = timeout_ms < 0 ? -1 : now_us() + timeout_ms * 1000;
+  return 0;
+}
+
+void HttpClient::start(HttpRequest request) {
+  auto t = std::make_unique<Transfer>();
+  t->request = std::move(request);
+  t->easy = curl_easy_init();
+  if (!t->easy) throw std::runtime_error("curl_easy_init failed");
+  CURL* e = t->easy;
+  curl_easy_setopt(e, CURLOPT_URL, t->request.url.c_str());
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);  // never touch the process's signals
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, t->request.timeout_ms);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, std::min(t->request.timeout_ms, 5000L));
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &append_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &t->response);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, reinterpret_cast<void*>(t->request.tag));
+  t->headers = curl_slist_append(t->headers, "Content-Type: application/json");
+  t->headers = curl_slist_append(t->headers, "Expect:");  // no 100-continue round trip
+  if (!t->request.bearer_token.empty()) {
+    t->headers = curl_slist_append(
+        t->headers, ("Authorization: Bearer " + t->request.bearer_token).c_str());
+  }
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+  if (!t->request.body.empty()) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, static_cast<long>(t->request.body.size()));
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->request.body.data());
+  }
+  t->started_us = now_us();
+  uint64_t tag = t->request.tag;
+  if (transfers_.count(tag)) throw std::logic_error("HttpClient: duplicate request tag");
+  curl_multi_add_handle(multi_, e);
+  transfers_.emplace(tag, std::move(t));
+}
+
+bool HttpClient::cancel(uint64_t tag) {
+  auto it = transfers_.find(tag);
+  if (it == transfers_.end()) return false;
+  curl_multi_remove_handle(multi_, it->second->easy);
+  transfers_.erase(it);
+  return true;
+}
+
+long HttpClient::next_timeout_ms() const {
+  if (timer_deadline_us_ < 0) return -1;
+  int64_t left = timer_deadline_us_ - now_us();
+  return left <= 0 ? 0 : static_cast<long>((left + 999) / 1000);
+}
+
+void HttpClient::perform() {
+  int running = 0;
+  epoll_event events[64];
+  for (;;) {
+    int n = epoll_wait(epoll_fd_, events, 64, 0);
+    if (n <= 0) break;
+    for (int i = 0; i < n; i++) {
+      int flags = 0;
+      if (events[i].events & EPOLLIN) flags |= CURL_CSELECT_IN;
+      if (events[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
+      if (events[i].events & (EPOLLERR | EPOLLHUP)) flags |= CURL_CSELECT_ERR;
+      curl_multi_socket_action(multi_, events[i].data.fd, flags, &running);
+    }
+    if (n < 64) break;
+  }
+  if (timer_deadline_us_ >= 0 && now_us() >= timer_deadline_us_) {
+    timer_deadline_us_ = -1;
+    curl_multi_socket_action(multi_, CURL_SOCKET_TIMEOUT, 0, &running);
+  }
+  collect_finished();
+}
+
+void HttpClient::collect_finished() {
+  int left = 0;
+  while (CURLMsg* msg = curl_multi_info_read(multi_, &left)) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    void* priv = nullptr;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+    uint64_t tag = reinterpret_cast<uint64_t>(priv);
+    auto it = transfers_.find(tag);
+    if (it == transfers_.end()) continue;
+    Transfer& t = *it->second;
+    HttpResult r;
+    r.tag = tag;
+    r.elapsed_ms = (now_us() - t.started_us) / 1000.0;
+    if (msg->data.result == CURLE_OK) {
+      r.transport_ok = true;
+      curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &r.status);
+      r.body = std::move(t.response);
+      curl_header* h = nullptr;
+      if (curl_easy_header(t.easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK && h) {
+        char* end = nullptr;
+        long long s = std::strtoll(h->value, &end, 10);
+        if (end != h->value && s >= 0) r.retry_after_s = s;
+      }
+    } else {
+      r.error = curl_easy_strerror(msg->data.result);
+    }
+    curl_multi_remove_handle(multi_, t.easy);
+    transfers_.erase(it);
+    finished_.push_back(std::move(r));
+  }
+}
+
+std::vector<HttpResult> HttpClient::take_finished() {
+  std::vector<HttpResult> out;
+  out.swap(finished_);
+  return out;
+}
+
+}  // namespace npc_scale

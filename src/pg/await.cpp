@@ -1,0 +1,113 @@
+// npc_scale.await_decision(id, timeout): returns the decision's row once it
+// reached a final status. It registers the id in shared memory and sleeps on
+// its latch; the dispatcher sets that latch right after the commit that
+// finished the decision. The row is re-read on each wake-up (and at least
+// every second, which also covers cancel_decision() from another session).
+#include <optional>
+#include <string>
+
+#include "guard.hpp"
+#include "shared_state.hpp"
+#include "spi.hpp"
+
+extern "C" {
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+}
+
+namespace npc_scale {
+namespace {
+
+constexpr long kRecheckMs = 1000;
+
+struct Row {
+  Datum tuple;  // copied out of SPI, in the caller's memory context
+  bool final;
+};
+
+std::optional<Row> read_row(int64 id) {
+  static SavedPlan plan(
+      "SELECT q, q.status NOT IN ('queued', 'running') FROM npc_scale.decision_queue q "
+      "WHERE q.id = $1",
+      {INT8OID});
+  pg_call([] {
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "npc_scale: SPI_connect failed");
+  });
+  std::optional<Row> row;
+  try {
+    if (plan.execute({Int64GetDatum(id)}) == 1) {
+      row = pg_call([] {
+        bool isnull = false;
+        Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+        bool final = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+        return Row{SPI_datumTransfer(d, false, -1), final};
+      });
+    }
+  } catch (...) {
+    pg_call([] { SPI_finish(); });
+    throw;
+  }
+  pg_call([] { SPI_finish(); });
+  return row;
+}
+
+struct WaiterRegistration {
+  explicit WaiterRegistration(int64 id) : slot_(&waiters()[MyProc->pgprocno]) {
+    pg_atomic_write_u64(slot_, static_cast<uint64>(id));
+  }
+  ~WaiterRegistration() { pg_atomic_write_u64(slot_, 0); }
+  pg_atomic_uint64* slot_;
+};
+
+}  // namespace
+}  // namespace npc_scale
+
+NPC_SQL_FUNCTION(npc_scale_await_decision) {
+  using namespace npc_scale;
+  if (PG_ARGISNULL(0)) throw Error(sqlstate::null_value_not_allowed, "decision id must not be null");
+  int64 id = PG_GETARG_INT64(0);
+  int64 timeout_ms = 30000;
+  if (!PG_ARGISNULL(1)) {
+    Interval* iv = pg_call([&] { return PG_GETARG_INTERVAL_P(1); });
+    // Months count as 30 days, as in Postgres's own epoch of an interval.
+    double secs = iv->time / 1e6 + (iv->day + iv->month * 30.0) * 86400.0;
+    if (secs < 0) {
+      throw Error(sqlstate::invalid_parameter_value,
+                  "timeout " + std::to_string(secs) + " s must not be negative");
+    }
+    timeout_ms = static_cast<int64>(secs * 1000);
+  }
+  if (pg_call([] { return IsolationUsesXactSnapshot(); })) {
+    throw Error(sqlstate::feature_not_supported,
+                "await_decision() needs READ COMMITTED isolation", {},
+                "Under REPEATABLE READ or SERIALIZABLE the transaction could never see the answer.");
+  }
+
+  WaiterRegistration registration(id);  // before the first read: no missed wake-up
+  const TimestampTz deadline = GetCurrentTimestamp() + timeout_ms * 1000;
+  for (;;) {
+    std::optional<Row> row = read_row(id);
+    if (!row) {
+      throw Error("P0002", "decision " + std::to_string(id) + " does not exist");
+    }
+    if (row->final) return row->tuple;
+    long left_ms = static_cast<long>((deadline - GetCurrentTimestamp()) / 1000);
+    if (left_ms <= 0) {
+      throw Error(sqlstate::query_canceled,
+                  "await_decision timed out after " + std::to_string(timeout_ms) +
+                      " ms: decision " + std::to_string(id) + " is not finished",
+                  {}, "Wait longer, or LISTEN npc_scale_decisions for its id.");
+    }
+    pg_call([&] {
+      (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+                      std::min(left_ms, kRecheckMs), PG_WAIT_EXTENSION);
+      ResetLatch(MyLatch);
+      CHECK_FOR_INTERRUPTS();
+    });
+  }
+}

@@ -1,0 +1,185 @@
+#include "decision_store.hpp"
+
+#include "spi.hpp"
+
+extern "C" {
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "utils/builtins.h"
+}
+
+namespace npc_scale {
+
+namespace {
+
+constexpr const char* kChannel = "npc_scale_decisions";
+
+void notify_finished(int64_t id) {
+  std::string payload = std::to_string(id);
+  pg_call([&] { Async_Notify(kChannel, payload.c_str()); });
+}
+
+std::vector<int64_t> ids_of(uint64_t rows, int col) {
+  std::vector<int64_t> ids;
+  ids.reserve(rows);
+  for (uint64_t i = 0; i < rows; i++) ids.push_back(spi_int(i, col).value_or(0));
+  return ids;
+}
+
+}  // namespace
+
+bool store_ready() {
+  bool ready = false;
+  in_transaction("npc_scale: check extension", [&] { ready = extension_present(); });
+  return ready;
+}
+
+std::vector<EndpointConfig> load_endpoints() {
+  static SavedPlan plan(
+      "SELECT gpu_id, endpoint, model, api, max_concurrent, enabled, coalesce(api_key, '') "
+      "FROM npc_scale.gpu_endpoints ORDER BY gpu_id",
+      {});
+  std::vector<EndpointConfig> out;
+  in_transaction("npc_scale: load endpoints", [&] {
+    uint64_t n = plan.execute({}, nullptr, true);
+    for (uint64_t i = 0; i < n; i++) {
+      EndpointConfig e;
+      e.gpu_id = static_cast<int>(spi_int(i, 1).value_or(0));
+      e.base_url = spi_text(i, 2).value_or("");
+      e.model = spi_text(i, 3).value_or("");
+      e.api = spi_text(i, 4).value_or("completions");
+      e.max_concurrent = static_cast<int>(spi_int(i, 5).value_or(1));
+      e.enabled = spi_bool(i, 6);
+      e.api_key = spi_text(i, 7).value_or("");
+      out.push_back(std::move(e));
+    }
+  });
+  return out;
+}
+
+ClaimResult claim_decisions(int limit, int lease_s) {
+  static SavedPlan plan(
+      "WITH c AS ("
+      "  SELECT id FROM npc_scale.decision_queue"
+      "   WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
+      "   ORDER BY priority, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+      "UPDATE npc_scale.decision_queue q SET"
+      "  status = CASE WHEN q.deadline < now() THEN 'expired' ELSE 'running' END,"
+      "  attempts = q.attempts + CASE WHEN q.deadline < now() THEN 0 ELSE 1 END,"
+      "  leased_until = CASE WHEN q.deadline < now() THEN NULL"
+      "                      ELSE now() + make_interval(secs => $2) END,"
+      "  started_at = coalesce(q.started_at, now()),"
+      "  finished_at = CASE WHEN q.deadline < now() THEN now() END,"
+      "  error = CASE WHEN q.deadline < now() THEN 'deadline passed before it was sent'"
+      "               ELSE q.error END,"
+      "  not_before = NULL "
+      "FROM c WHERE q.id = c.id "
+      "RETURNING q.id, q.status = 'running', q.attempts, q.priority, q.prompt, q.params::text,"
+      "  (extract(epoch FROM q.deadline - now()) * 1000)::bigint",
+      {INT4OID, INT4OID});
+  ClaimResult out;
+  in_transaction("npc_scale: claim decisions", [&] {
+    if (!extension_present()) return;
+    uint64_t n = plan.execute({Int32GetDatum(limit), Int32GetDatum(lease_s)});
+    for (uint64_t i = 0; i < n; i++) {
+      int64_t id = spi_int(i, 1).value_or(0);
+      if (!spi_bool(i, 2)) {
+        out.expired.push_back(id);
+        continue;
+      }
+      ClaimedDecision d;
+      d.id = id;
+      d.attempts = static_cast<int>(spi_int(i, 3).value_or(1));
+      d.priority = static_cast<int>(spi_int(i, 4).value_or(5));
+      d.prompt = spi_text(i, 5).value_or("");
+      d.params = spi_text(i, 6).value_or("{}");
+      d.deadline_in_ms = spi_int(i, 7);
+      out.running.push_back(std::move(d));
+    }
+    for (int64_t id : out.expired) notify_finished(id);
+  });
+  return out;
+}
+
+std::vector<int64_t> write_results(const std::vector<DecisionResult>& results) {
+  static SavedPlan plan(
+      "UPDATE npc_scale.decision_queue q SET"
+      "  status = r.status, response = r.response, error = r.error,"
+      "  gpu_id = coalesce(r.gpu_id, q.gpu_id), leased_until = NULL,"
+      "  not_before = CASE WHEN r.status = 'queued'"
+      "                    THEN now() + make_interval(secs => r.retry_ms / 1000.0) END,"
+      "  finished_at = CASE WHEN r.status = 'queued' THEN NULL ELSE now() END "
+      "FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, attempts int, status text,"
+      "     response text, error text, gpu_id int, retry_ms bigint) "
+      "WHERE q.id = r.id AND q.status = 'running' AND q.attempts = r.attempts "
+      "RETURNING q.id, q.status <> 'queued'",
+      {TEXTOID});
+  std::vector<int64_t> finished;
+  if (results.empty()) return finished;
+  std::string json = results_to_json(results);
+  in_transaction("npc_scale: write results", [&] {
+    if (!extension_present()) return;
+    Datum arg = pg_call([&] { return PointerGetDatum(cstring_to_text_with_len(json.data(), json.size())); });
+    uint64_t n = plan.execute({arg});
+    for (uint64_t i = 0; i < n; i++) {
+      if (spi_bool(i, 2)) finished.push_back(spi_int(i, 1).value_or(0));
+    }
+    for (int64_t id : finished) notify_finished(id);
+  });
+  return finished;
+}
+
+std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued) {
+  static SavedPlan plan(
+      "UPDATE npc_scale.decision_queue SET"
+      "  status = CASE WHEN attempts >= $2 THEN 'failed' ELSE 'queued' END,"
+      "  finished_at = CASE WHEN attempts >= $2 THEN now() END,"
+      "  leased_until = NULL,"
+      "  error = 'lease expired: the dispatcher stopped during attempt ' || attempts "
+      "WHERE status = 'running' AND ($1 OR leased_until < now()) "
+      "RETURNING id, status = 'failed'",
+      {BOOLOID, INT4OID});
+  std::vector<int64_t> failed;
+  *requeued = 0;
+  in_transaction("npc_scale: recover leases", [&] {
+    if (!extension_present()) return;
+    uint64_t n = plan.execute({BoolGetDatum(all_running), Int32GetDatum(max_attempts)});
+    for (uint64_t i = 0; i < n; i++) {
+      if (spi_bool(i, 2)) failed.push_back(spi_int(i, 1).value_or(0));
+      else (*requeued)++;
+    }
+    for (int64_t id : failed) notify_finished(id);
+  });
+  return failed;
+}
+
+std::vector<int64_t> expire_queued() {
+  static SavedPlan plan(
+      "UPDATE npc_scale.decision_queue SET status = 'expired', finished_at = now(),"
+      "  error = 'deadline passed before it was sent' "
+      "WHERE status = 'queued' AND deadline < now() RETURNING id",
+      {});
+  std::vector<int64_t> expired;
+  in_transaction("npc_scale: expire deadlines", [&] {
+    if (!extension_present()) return;
+    uint64_t n = plan.execute({});
+    expired = ids_of(n, 1);
+    for (int64_t id : expired) notify_finished(id);
+  });
+  return expired;
+}
+
+std::optional<int64_t> next_retry_in_ms() {
+  static SavedPlan plan(
+      "SELECT (extract(epoch FROM min(not_before) - now()) * 1000)::bigint "
+      "FROM npc_scale.decision_queue WHERE status = 'queued' AND not_before IS NOT NULL",
+      {});
+  std::optional<int64_t> out;
+  in_transaction("npc_scale: next retry", [&] {
+    if (!extension_present()) return;
+    if (plan.execute({}, nullptr, true) == 1) out = spi_int(0, 1);
+  });
+  return out;
+}
+
+}  // namespace npc_scale

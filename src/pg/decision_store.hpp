@@ -1,0 +1,64 @@
+// The dispatcher's SQL against npc_scale.decision_queue and gpu_endpoints.
+// Each function is one short transaction; none is ever open across network
+// waits. Finished decisions are announced with NOTIFY npc_scale_decisions at
+// the commit that finishes them.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/attempt.hpp"
+
+namespace npc_scale {
+
+struct EndpointConfig {
+  int gpu_id = 0;
+  std::string base_url;
+  std::string model;
+  std::string api;
+  int max_concurrent = 1;
+  bool enabled = true;
+  std::string api_key;
+};
+
+struct ClaimedDecision {
+  int64_t id = 0;
+  int attempts = 0;
+  int priority = 5;
+  std::string prompt;
+  std::string params;
+  std::optional<int64_t> deadline_in_ms;  // time left until the deadline
+};
+
+struct ClaimResult {
+  std::vector<ClaimedDecision> running;  // to send now
+  std::vector<int64_t> expired;          // deadline passed: finished without sending
+};
+
+// Whether the extension exists (the workers idle until it does).
+bool store_ready();
+
+std::vector<EndpointConfig> load_endpoints();
+
+// Claims up to `limit` queued decisions, best priority then oldest, skipping
+// rows locked by others, leasing them for lease_s seconds.
+ClaimResult claim_decisions(int limit, int lease_s);
+
+// Writes a batch of results; a row is written only if it is still the same
+// running claim (status running, same attempts). Returns the ids that reached
+// a final status (for waking waiters).
+std::vector<int64_t> write_results(const std::vector<DecisionResult>& results);
+
+// Running decisions whose lease lapsed (or all running ones, at start-up)
+// go back to the queue, or fail after max_attempts. Returns final ids.
+std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued);
+
+// Queued decisions past their deadline become expired. Returns their ids.
+std::vector<int64_t> expire_queued();
+
+// Earliest not_before of queued retries, as ms from now (nullopt: none).
+std::optional<int64_t> next_retry_in_ms();
+
+}  // namespace npc_scale

@@ -1,0 +1,41 @@
+// npc_scale.metrics(): counters kept in shared memory, as (name, value) rows.
+#include "guard.hpp"
+#include "shared_state.hpp"
+
+extern "C" {
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/tuplestore.h"
+}
+
+NPC_SQL_FUNCTION(npc_scale_metrics) {
+  using namespace npc_scale;
+  SharedState& s = shared_state();
+  struct Metric {
+    const char* name;
+    int64 value;
+  };
+  int sync_busy = 0;
+  for (int i = 0; i < s.sync_slot_count; i++) {
+    SyncSlot* slot = sync_slot(i);
+    SpinLockAcquire(&slot->mutex);
+    if (slot->state != SyncState::free) sync_busy++;
+    SpinLockRelease(&slot->mutex);
+  }
+  const Metric metrics[] = {
+      {"queue_wakeups", static_cast<int64>(pg_atomic_read_u64(&s.queue_wakeups))},
+      {"endpoints_generation", static_cast<int64>(pg_atomic_read_u64(&s.endpoints_generation))},
+      {"sync_slots", s.sync_slot_count},
+      {"sync_slots_busy", sync_busy},
+  };
+  pg_call([&] {
+    InitMaterializedSRF(fcinfo, 0);
+    auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+    for (const Metric& m : metrics) {
+      Datum values[2] = {CStringGetTextDatum(m.name), Int64GetDatum(m.value)};
+      bool nulls[2] = {false, false};
+      tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+    }
+  });
+  return (Datum)0;
+}

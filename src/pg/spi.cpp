@@ -1,0 +1,108 @@
+#include "spi.hpp"
+
+extern "C" {
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "pgstat.h"
+#include "utils/backend_status.h"
+#include "utils/snapmgr.h"
+}
+
+namespace npc_scale {
+
+namespace spi_detail {
+
+void begin(const char* activity) {
+  pg_call([&] {
+    SetCurrentStatementStartTimestamp();
+    StartTransactionCommand();
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "npc_scale: SPI_connect failed");
+    PushActiveSnapshot(GetTransactionSnapshot());
+    pgstat_report_activity(STATE_RUNNING, activity);
+  });
+}
+
+void commit() {
+  pg_call([] {
+    SPI_finish();
+    PopActiveSnapshot();
+    CommitTransactionCommand();
+    // Without this, autovacuum never learns of the worker's writes.
+    pgstat_report_stat(false);
+    pgstat_report_activity(STATE_IDLE, nullptr);
+  });
+}
+
+void abort() noexcept {
+  try {
+    pg_call([] {
+      AbortCurrentTransaction();  // also releases SPI, snapshots and locks
+      pgstat_report_activity(STATE_IDLE, nullptr);
+    });
+  } catch (...) {
+    // Nothing sensible is left to do; the next begin() starts afresh.
+  }
+}
+
+}  // namespace spi_detail
+
+uint64_t SavedPlan::execute(const std::vector<Datum>& args, const char* nulls, bool read_only) {
+  return pg_call([&]() -> uint64_t {
+    if (plan_ == nullptr) {
+      SPIPlanPtr p = SPI_prepare(sql_, static_cast<int>(arg_types_.size()),
+                                 const_cast<Oid*>(arg_types_.data()));
+      if (p == nullptr) elog(ERROR, "npc_scale: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+      SPI_keepplan(p);
+      plan_ = p;
+    }
+    int rc = SPI_execute_plan(plan_, const_cast<Datum*>(args.data()), nulls, read_only, 0);
+    if (rc < 0) elog(ERROR, "npc_scale: SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+    return SPI_processed;
+  });
+}
+
+std::optional<std::string> spi_text(uint64_t row, int col) {
+  return pg_call([&]() -> std::optional<std::string> {
+    char* v = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
+    if (v == nullptr) return std::nullopt;
+    std::string s(v);
+    pfree(v);
+    return s;
+  });
+}
+
+std::optional<int64_t> spi_int(uint64_t row, int col) {
+  return pg_call([&]() -> std::optional<int64_t> {
+    bool isnull = false;
+    Datum d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
+    if (isnull) return std::nullopt;
+    switch (SPI_gettypeid(SPI_tuptable->tupdesc, col)) {
+      case INT2OID: return DatumGetInt16(d);
+      case INT4OID: return DatumGetInt32(d);
+      case INT8OID: return DatumGetInt64(d);
+      default: elog(ERROR, "npc_scale: column %d is not an integer", col);
+    }
+    return std::nullopt;
+  });
+}
+
+std::optional<double> spi_float(uint64_t row, int col) {
+  auto text = spi_text(row, col);
+  if (!text) return std::nullopt;
+  return std::stod(*text);
+}
+
+bool spi_bool(uint64_t row, int col) {
+  return pg_call([&] {
+    bool isnull = false;
+    Datum d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
+    return !isnull && DatumGetBool(d);
+  });
+}
+
+bool extension_present() {
+  return pg_call([] { return OidIsValid(get_extension_oid("npc_scale", true)); });
+}
+
+}  // namespace npc_scale

@@ -1,0 +1,65 @@
+// Short transactions for the workers, and the few SPI helpers they need.
+// Every call into Postgres goes through pg_call, so an ERROR becomes a C++
+// exception; in_transaction() then aborts the transaction and rethrows.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "guard.hpp"
+
+extern "C" {
+#include "executor/spi.h"
+}
+
+namespace npc_scale {
+
+// Runs fn in its own transaction (SPI connected, snapshot pushed) and commits.
+// Never holds the transaction across anything but fn's SQL.
+template <typename Fn>
+void in_transaction(const char* activity, Fn&& fn);
+
+// A statement prepared once per process (SPI_keepplan) and reused.
+class SavedPlan {
+ public:
+  SavedPlan(const char* sql, std::vector<Oid> arg_types) : sql_(sql), arg_types_(std::move(arg_types)) {}
+  // Executes with the given datums (nulls: 'n' per null argument, else ' ').
+  // Returns SPI_processed.
+  uint64_t execute(const std::vector<Datum>& args, const char* nulls = nullptr, bool read_only = false);
+
+ private:
+  const char* sql_;
+  std::vector<Oid> arg_types_;
+  SPIPlanPtr plan_ = nullptr;
+};
+
+// Column values of row `row` of SPI_tuptable (1-based column numbers).
+std::optional<std::string> spi_text(uint64_t row, int col);
+std::optional<int64_t> spi_int(uint64_t row, int col);
+std::optional<double> spi_float(uint64_t row, int col);
+bool spi_bool(uint64_t row, int col);
+
+// True when CREATE EXTENSION npc_scale has run in this database.
+bool extension_present();
+
+namespace spi_detail {
+void begin(const char* activity);
+void commit();
+void abort() noexcept;
+}  // namespace spi_detail
+
+template <typename Fn>
+void in_transaction(const char* activity, Fn&& fn) {
+  spi_detail::begin(activity);
+  try {
+    fn();
+    spi_detail::commit();
+  } catch (...) {
+    spi_detail::abort();
+    throw;
+  }
+}
+
+}  // namespace npc_scale

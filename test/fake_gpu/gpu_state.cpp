@@ -1,0 +1,137 @@
+#include "gpu_state.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+
+namespace npc_scale::fake_gpu {
+
+namespace {
+
+uint64_t startup_entropy() {
+  std::random_device rd;
+  uint64_t t = static_cast<uint64_t>(
+      std::chrono::steady_clock::now().time_since_epoch().count());
+  return (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ t;
+}
+
+}  // namespace
+
+GpuState::GpuState(const Options& opts)
+    : model_{opts.model, opts.profile.max_model_len},
+      scheduler_(opts.profile),
+      prefix_cache_(opts.prefix_cache_entries),
+      faults_(opts.faults),
+      roller_(opts.faults.fault_seed),
+      healthy_(opts.healthy),
+      nonce_base_(startup_entropy()) {
+  stats_.model = opts.model;
+}
+
+Intake GpuState::intake(int worker) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.requests_total;
+  Intake in;
+  in.id = (next_id_++ << kWorkerBits) | static_cast<uint64_t>(worker);
+  in.nonce = nonce_base_ + in.id;
+  in.faults = roller_.roll(faults_);
+  in.error_status = faults_.error_status;
+  in.retry_after = faults_.retry_after;
+  in.hang_ms = faults_.hang_ms;
+  in.slow_ms = faults_.slow_ms;
+  ++stats_.inflight;
+  stats_.peak_inflight = std::max(stats_.peak_inflight, stats_.inflight);
+  return in;
+}
+
+void GpuState::count_faults(const FaultRoll& f) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto count = [&](bool hit, FaultKind k) {
+    if (hit) ++stats_.faults[static_cast<size_t>(k)];
+  };
+  count(f.drop, FaultKind::drop);
+  count(f.error, FaultKind::error);
+  count(f.hang, FaultKind::hang);
+  count(f.slow, FaultKind::slow);
+  count(f.malformed, FaultKind::malformed);
+}
+
+bool GpuState::prefix_lookup(const std::vector<std::string>& prompts) {
+  std::lock_guard<std::mutex> lock(mu_);
+  bool all = true;
+  for (const auto& p : prompts) all = prefix_cache_.lookup_and_insert(p) && all;
+  return all;
+}
+
+std::optional<Admission> GpuState::submit(const Job& job) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return scheduler_.submit(job);
+}
+
+std::vector<Admission> GpuState::finish(uint64_t id, const InferenceResult& result) {
+  std::lock_guard<std::mutex> lock(mu_);
+  bool stopped = !result.choices.empty() && result.choices[0].finish_reason == "stop";
+  ++(stopped ? stats_.success_stop : stats_.success_length);
+  stats_.prompt_tokens += static_cast<uint64_t>(result.prompt_tokens);
+  stats_.generation_tokens += static_cast<uint64_t>(result.completion_tokens);
+  if (stats_.inflight > 0) --stats_.inflight;
+  return scheduler_.finish(id);
+}
+
+std::vector<Admission> GpuState::cancel(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.client_disconnects;
+  if (stats_.inflight > 0) --stats_.inflight;
+  return scheduler_.cancel(id);
+}
+
+void GpuState::answered() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stats_.inflight > 0) --stats_.inflight;
+}
+
+FaultConfig GpuState::faults() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return faults_;
+}
+
+std::optional<std::string> GpuState::update_faults(const nlohmann::json& patch) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto err = merge_faults(faults_, patch);
+  if (!err && patch.contains("fault_seed")) roller_.reseed(faults_.fault_seed);
+  return err;
+}
+
+bool GpuState::healthy() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return healthy_;
+}
+
+void GpuState::set_healthy(bool healthy) {
+  std::lock_guard<std::mutex> lock(mu_);
+  healthy_ = healthy;
+}
+
+void GpuState::reset() {
+  std::lock_guard<std::mutex> lock(mu_);
+  MetricsSnapshot fresh;
+  fresh.model = stats_.model;
+  fresh.inflight = stats_.inflight;
+  fresh.peak_inflight = stats_.inflight;
+  stats_ = fresh;
+  scheduler_.reset_peak();
+  prefix_cache_.reset_counters();
+}
+
+MetricsSnapshot GpuState::snapshot() {
+  std::lock_guard<std::mutex> lock(mu_);
+  MetricsSnapshot s = stats_;
+  s.running = scheduler_.running();
+  s.waiting = scheduler_.waiting();
+  s.peak_running = scheduler_.peak_running();
+  s.prefix_hits = prefix_cache_.hits();
+  s.prefix_queries = prefix_cache_.queries();
+  return s;
+}
+
+}  // namespace npc_scale::fake_gpu

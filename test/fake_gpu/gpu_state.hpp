@@ -1,0 +1,81 @@
+// The one simulated GPU shared by all event-loop threads: scheduler, prefix
+// cache, fault dice, health flag and counters behind a single mutex. Each call
+// is one short critical section, so contention stays negligible at 2 threads.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "faults.hpp"
+#include "gpu_model.hpp"
+#include "metrics.hpp"
+#include "options.hpp"
+#include "protocol.hpp"
+
+namespace npc_scale::fake_gpu {
+
+struct Intake {
+  uint64_t id;     // low kWorkerBits name the worker that owns the request
+  uint64_t nonce;  // sampling nonce for unseeded temperature > 0
+  FaultRoll faults;
+  // Fault parameters as they were when rolled (admin may change them later).
+  int error_status;
+  int retry_after;
+  int64_t hang_ms;
+  int64_t slow_ms;
+};
+
+constexpr int kWorkerBits = 8;
+inline int owner_of(uint64_t id) { return static_cast<int>(id & ((1u << kWorkerBits) - 1)); }
+
+class GpuState {
+ public:
+  explicit GpuState(const Options& opts);
+
+  const ServedModel& model() const { return model_; }  // immutable after start
+
+  // Counts an inference request as received and in flight, gives it an id
+  // and rolls its faults.
+  Intake intake(int worker);
+  // Counts the faults of a roll once they are applied (a request rejected
+  // with 400 never gets its hang/slow/malformed).
+  void count_faults(const FaultRoll& f);
+  // Looks each prompt up in the prefix cache; true when all of them hit.
+  bool prefix_lookup(const std::vector<std::string>& prompts);
+
+  std::optional<Admission> submit(const Job& job);
+  // Success: counts tokens, frees the slot, returns jobs admitted into it.
+  // Ends the request's in-flight time, like cancel() and answered().
+  std::vector<Admission> finish(uint64_t id, const InferenceResult& result);
+  // Client went away: drops the job wherever it is.
+  std::vector<Admission> cancel(uint64_t id);
+  // The request was answered (or dropped) without reaching the GPU.
+  void answered();
+
+  FaultConfig faults();
+  std::optional<std::string> update_faults(const nlohmann::json& patch);
+  bool healthy();
+  void set_healthy(bool healthy);
+  // Zeroes counters; peaks restart from what is in flight right now.
+  void reset();
+  MetricsSnapshot snapshot();
+
+ private:
+  std::mutex mu_;
+  ServedModel model_;
+  Scheduler scheduler_;
+  PrefixCache prefix_cache_;
+  FaultConfig faults_;
+  FaultRoller roller_;
+  bool healthy_;
+  uint64_t next_id_ = 1;
+  uint64_t nonce_base_;
+  MetricsSnapshot stats_;  // counters only; gauges are filled in snapshot()
+};
+
+}  // namespace npc_scale::fake_gpu

@@ -1,0 +1,91 @@
+#include "metrics.hpp"
+
+namespace npc_scale::fake_gpu {
+
+const char* fault_kind_name(FaultKind k) {
+  switch (k) {
+    case FaultKind::error: return "error";
+    case FaultKind::hang: return "hang";
+    case FaultKind::slow: return "slow";
+    case FaultKind::malformed: return "malformed";
+    case FaultKind::drop: return "drop";
+  }
+  return "unknown";
+}
+
+namespace {
+
+class Writer {
+ public:
+  explicit Writer(const std::string& model) : label_("model_name=\"" + model + "\"") {}
+
+  void family(const char* name, const char* type, const char* help) {
+    out_ += "# HELP ";
+    out_ += name;
+    out_ += ' ';
+    out_ += help;
+    out_ += "\n# TYPE ";
+    out_ += name;
+    out_ += ' ';
+    out_ += type;
+    out_ += '\n';
+  }
+  // `extra` is an optional leading label pair such as kind="drop".
+  void sample(const char* name, uint64_t value, const std::string& extra = "") {
+    out_ += name;
+    out_ += '{';
+    if (!extra.empty()) {
+      out_ += extra;
+      out_ += ',';
+    }
+    out_ += label_;
+    out_ += "} ";
+    out_ += std::to_string(value);
+    out_ += '\n';
+  }
+  std::string take() { return std::move(out_); }
+
+ private:
+  std::string label_;
+  std::string out_;
+};
+
+}  // namespace
+
+std::string render_metrics(const MetricsSnapshot& s) {
+  Writer w(s.model);
+  w.family("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.");
+  w.sample("vllm:num_requests_running", s.running);
+  w.family("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.");
+  w.sample("vllm:num_requests_waiting", s.waiting);
+  w.family("vllm:request_success_total", "counter", "Count of successfully processed requests.");
+  w.sample("vllm:request_success_total", s.success_stop, "finished_reason=\"stop\"");
+  w.sample("vllm:request_success_total", s.success_length, "finished_reason=\"length\"");
+  w.family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.");
+  w.sample("vllm:prompt_tokens_total", s.prompt_tokens);
+  w.family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.");
+  w.sample("vllm:generation_tokens_total", s.generation_tokens);
+
+  w.family("fake_gpu_requests_total", "counter", "Inference requests received, faulted ones included.");
+  w.sample("fake_gpu_requests_total", s.requests_total);
+  w.family("fake_gpu_inflight", "gauge", "Inference requests accepted and not answered yet.");
+  w.sample("fake_gpu_inflight", s.inflight);
+  w.family("fake_gpu_peak_running", "gauge", "Most requests ever running at once (since start or reset).");
+  w.sample("fake_gpu_peak_running", s.peak_running);
+  w.family("fake_gpu_peak_inflight", "gauge", "Most requests ever in flight at once (since start or reset).");
+  w.sample("fake_gpu_peak_inflight", s.peak_inflight);
+  w.family("fake_gpu_errors_injected_total", "counter", "Faults injected, by kind.");
+  for (size_t k = 0; k < kFaultKinds; ++k) {
+    w.sample("fake_gpu_errors_injected_total", s.faults[k],
+             std::string("kind=\"") + fault_kind_name(static_cast<FaultKind>(k)) + "\"");
+  }
+  w.family("fake_gpu_prefix_cache_hits_total", "counter", "Prompts whose prefix was in the simulated prefix cache.");
+  w.sample("fake_gpu_prefix_cache_hits_total", s.prefix_hits);
+  w.family("fake_gpu_prefix_cache_queries_total", "counter", "Prompts looked up in the simulated prefix cache.");
+  w.sample("fake_gpu_prefix_cache_queries_total", s.prefix_queries);
+  w.family("fake_gpu_client_disconnects_total", "counter", "Pending requests aborted because the client went away.");
+  w.sample("fake_gpu_client_disconnects_total", s.client_disconnects);
+  return w.take();
+}
+
+}  // namespace npc_scale::fake_gpu

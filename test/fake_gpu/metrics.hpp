@@ -1,0 +1,35 @@
+// Prometheus text exposition with vLLM's metric names, so scrapers and
+// autoscalers written against a real vLLM work unchanged.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+namespace npc_scale::fake_gpu {
+
+enum class FaultKind { error, hang, slow, malformed, drop };
+constexpr size_t kFaultKinds = 5;
+const char* fault_kind_name(FaultKind k);
+
+struct MetricsSnapshot {
+  std::string model;
+  uint64_t running = 0;   // in the GPU batch
+  uint64_t waiting = 0;   // queued behind a full batch
+  uint64_t inflight = 0;  // accepted, not answered yet (incl. hangs)
+  uint64_t requests_total = 0;
+  uint64_t success_stop = 0;    // by finish_reason of the first choice
+  uint64_t success_length = 0;
+  uint64_t prompt_tokens = 0;
+  uint64_t generation_tokens = 0;
+  uint64_t peak_running = 0;
+  uint64_t peak_inflight = 0;
+  std::array<uint64_t, kFaultKinds> faults{};
+  uint64_t prefix_hits = 0;
+  uint64_t prefix_queries = 0;
+  uint64_t client_disconnects = 0;
+};
+
+std::string render_metrics(const MetricsSnapshot& s);
+
+}  // namespace npc_scale::fake_gpu

@@ -1,0 +1,575 @@
+#include "server.hpp"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/util.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+namespace npc_scale::fake_gpu {
+
+using nlohmann::json;
+
+namespace {
+
+const char* reason_phrase(int status) {
+  switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Status";
+  }
+}
+
+timeval to_timeval(double ms) {
+  if (ms < 0) ms = 0;
+  auto us = static_cast<int64_t>(ms * 1000.0);
+  timeval tv;
+  tv.tv_sec = static_cast<time_t>(us / 1000000);
+  tv.tv_usec = static_cast<suseconds_t>(us % 1000000);
+  return tv;
+}
+
+// vLLM ids are "cmpl-" + 32 hex digits; ours derive from the request id.
+std::string response_id(const char* prefix, uint64_t id, uint64_t nonce) {
+  uint64_t words[2] = {id, nonce};
+  XXH128_hash_t h = XXH3_128bits(words, sizeof(words));
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%s%016llx%016llx", prefix,
+                static_cast<unsigned long long>(h.high64),
+                static_cast<unsigned long long>(h.low64));
+  return buf;
+}
+
+void send_body(evhttp_request* req, int status, const char* content_type,
+               const std::string& body, int retry_after = -1) {
+  evkeyvalq* headers = evhttp_request_get_output_headers(req);
+  if (content_type) evhttp_add_header(headers, "Content-Type", content_type);
+  if (retry_after >= 0) {
+    evhttp_add_header(headers, "Retry-After", std::to_string(retry_after).c_str());
+  }
+  evbuffer_add(evhttp_request_get_output_buffer(req), body.data(), body.size());
+  evhttp_send_reply(req, status, reason_phrase(status), nullptr);
+}
+
+template <typename Json>
+void send_json(evhttp_request* req, int status, const Json& j, int retry_after = -1) {
+  send_body(req, status, "application/json", j.dump(), retry_after);
+}
+
+void send_error(evhttp_request* req, const ApiError& e, int retry_after = -1) {
+  send_json(req, e.status, error_json(e), retry_after);
+}
+
+// FastAPI's shape for routing errors, as a real vLLM answers them.
+void send_detail(evhttp_request* req, int status, const char* detail) {
+  send_json(req, status, json{{"detail", detail}});
+}
+
+std::string_view body_of(evhttp_request* req) {
+  evbuffer* in = evhttp_request_get_input_buffer(req);
+  size_t len = evbuffer_get_length(in);
+  if (len == 0) return {};
+  return {reinterpret_cast<const char*>(evbuffer_pullup(in, -1)), len};
+}
+
+ApiError injected_error(int status) {
+  switch (status) {
+    case 429: return {429, "RateLimitError", "Injected fault: too many requests"};
+    case 503: return {503, "ServiceUnavailableError", "Injected fault: service unavailable"};
+    default: return {500, "InternalServerError", "Injected fault: internal server error"};
+  }
+}
+
+int open_listener(const std::string& host, int port, bool reuse_port, std::string* err) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string service = std::to_string(port);
+  int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
+  if (rc != 0) {
+    *err = "cannot resolve " + host + ": " + gai_strerror(rc);
+    return -1;
+  }
+  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
+  int one = 1;
+  bool ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+            (!reuse_port || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0) &&
+            bind(fd, res->ai_addr, res->ai_addrlen) == 0 && listen(fd, 4096) == 0 &&
+            evutil_make_socket_nonblocking(fd) == 0;
+  freeaddrinfo(res);
+  if (!ok) {
+    *err = "cannot listen on " + host + ":" + service + ": " + std::strerror(errno);
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+int bound_port(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return -1;
+  if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+  return -1;
+}
+
+}  // namespace
+
+// One event loop with its own evhttp and its own pending requests. Requests
+// never move between workers; only scheduler admissions cross over, through
+// a mutex-protected mailbox plus a wake-up pipe (no evthread needed).
+class Worker {
+ public:
+  Worker(GpuState& gpu, int index, std::vector<std::unique_ptr<Worker>>& peers)
+      : gpu_(gpu), index_(index), peers_(peers) {}
+  ~Worker();
+
+  std::optional<std::string> init(int listen_fd, bool handle_signals);
+  void run() { event_base_dispatch(base_); }
+  // Thread-safe.
+  void post(const Admission& adm);
+  void post_stop();
+
+ private:
+  enum class Stage { dropping, hanging, queued, running };
+
+  // A request whose answer is deferred. It owns its events, so freeing it
+  // cancels them: no callback can ever see a dead Pending.
+  struct Pending {
+    Worker* worker = nullptr;
+    evhttp_request* req = nullptr;
+    evhttp_connection* conn = nullptr;
+    event* timer = nullptr;
+    event* watch = nullptr;  // detects the client hanging up meanwhile
+    Stage stage = Stage::queued;
+    bool chat = false;
+    bool malformed = false;
+    uint64_t nonce = 0;
+    Job job;
+    InferenceRequest request;
+    InferenceResult result;
+    ~Pending() {
+      if (timer) event_free(timer);
+      if (watch) event_free(watch);
+    }
+  };
+
+  static void on_request_cb(evhttp_request* req, void* arg) {
+    static_cast<Worker*>(arg)->on_request(req);
+  }
+  static void on_timer_cb(evutil_socket_t, short, void* arg);
+  static void on_watch_cb(evutil_socket_t fd, short, void* arg);
+  static void on_mail_cb(evutil_socket_t, short, void* arg);
+  static void on_signal_cb(evutil_socket_t, short, void* arg);
+
+  void on_request(evhttp_request* req);
+  void handle_inference(evhttp_request* req, bool chat);
+  void handle_admin_faults(evhttp_request* req, bool post);
+  void handle_admin_health(evhttp_request* req, bool post);
+
+  std::unique_ptr<Pending> new_pending(evhttp_request* req, uint64_t id);
+  Pending* hold(std::unique_ptr<Pending> p);
+  std::unique_ptr<Pending> release(uint64_t id);
+  void arm(Pending* p, double ms);
+  void watch(Pending* p);
+  void enter_gpu(std::unique_ptr<Pending> p);
+  void complete(std::unique_ptr<Pending> p);
+  void abort_disconnected(Pending* p);
+  void drop(Pending* p);
+  void dispatch(const std::vector<Admission>& admissions);
+  void start_admitted(const Admission& adm);
+
+  GpuState& gpu_;
+  int index_;
+  std::vector<std::unique_ptr<Worker>>& peers_;
+  event_base* base_ = nullptr;
+  evhttp* http_ = nullptr;
+  std::vector<event*> own_events_;  // mailbox and signal events
+  int mail_fds_[2] = {-1, -1};
+  std::mutex mail_mu_;
+  std::vector<Admission> mail_;
+  bool mail_stop_ = false;
+  std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
+};
+
+Worker::~Worker() {
+  // Our events first: evhttp_free below frees the connections (and any
+  // request still attached to them), so nothing of ours may point there.
+  pending_.clear();
+  if (http_) evhttp_free(http_);
+  for (event* ev : own_events_) event_free(ev);
+  if (base_) event_base_free(base_);
+  for (int fd : mail_fds_) {
+    if (fd >= 0) close(fd);
+  }
+}
+
+std::optional<std::string> Worker::init(int listen_fd, bool handle_signals) {
+  base_ = event_base_new();
+  http_ = base_ ? evhttp_new(base_) : nullptr;
+  if (!http_) return std::string("cannot create the event loop");
+  evhttp_set_gencb(http_, &Worker::on_request_cb, this);
+  evhttp_set_max_body_size(http_, 32 << 20);
+  if (!evhttp_accept_socket_with_handle(http_, listen_fd)) {
+    close(listen_fd);
+    return std::string("cannot accept on the listening socket");
+  }
+  if (pipe2(mail_fds_, O_NONBLOCK | O_CLOEXEC) != 0) return std::string("pipe2 failed");
+  own_events_.push_back(event_new(base_, mail_fds_[0], EV_READ | EV_PERSIST, &Worker::on_mail_cb, this));
+  if (handle_signals) {
+    own_events_.push_back(evsignal_new(base_, SIGINT, &Worker::on_signal_cb, this));
+    own_events_.push_back(evsignal_new(base_, SIGTERM, &Worker::on_signal_cb, this));
+  }
+  for (event* ev : own_events_) event_add(ev, nullptr);
+  return std::nullopt;
+}
+
+void Worker::post(const Admission& adm) {
+  {
+    std::lock_guard<std::mutex> lock(mail_mu_);
+    mail_.push_back(adm);
+  }
+  char c = 'a';
+  // A full pipe already guarantees a wake-up, so EAGAIN is harmless.
+  [[maybe_unused]] ssize_t n = write(mail_fds_[1], &c, 1);
+}
+
+void Worker::post_stop() {
+  {
+    std::lock_guard<std::mutex> lock(mail_mu_);
+    mail_stop_ = true;
+  }
+  char c = 's';
+  [[maybe_unused]] ssize_t n = write(mail_fds_[1], &c, 1);
+}
+
+void Worker::on_mail_cb(evutil_socket_t fd, short, void* arg) {
+  auto* self = static_cast<Worker*>(arg);
+  char buf[256];
+  while (read(fd, buf, sizeof(buf)) > 0) {
+  }
+  std::vector<Admission> mail;
+  bool stop;
+  {
+    std::lock_guard<std::mutex> lock(self->mail_mu_);
+    mail.swap(self->mail_);
+    stop = self->mail_stop_;
+  }
+  if (stop) {
+    event_base_loopbreak(self->base_);
+    return;
+  }
+  for (const auto& adm : mail) self->start_admitted(adm);
+}
+
+void Worker::on_signal_cb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Worker*>(arg);
+  for (auto& w : self->peers_) {
+    if (w.get() != self) w->post_stop();
+  }
+  event_base_loopbreak(self->base_);
+}
+
+void Worker::on_request(evhttp_request* req) {
+  const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req);
+  const char* raw_path = uri ? evhttp_uri_get_path(uri) : nullptr;
+  std::string_view path = raw_path ? raw_path : "";
+  evhttp_cmd_type method = evhttp_request_get_command(req);
+  bool get = method == EVHTTP_REQ_GET;
+  bool post = method == EVHTTP_REQ_POST;
+
+  if (path == "/v1/completions" || path == "/v1/chat/completions") {
+    if (!post) return send_detail(req, 405, "Method Not Allowed");
+    return handle_inference(req, path == "/v1/chat/completions");
+  }
+  if (path == "/health") {
+    if (!get) return send_detail(req, 405, "Method Not Allowed");
+    evhttp_send_reply(req, gpu_.healthy() ? 200 : 503, gpu_.healthy() ? "OK" : "Service Unavailable",
+                      nullptr);
+    return;
+  }
+  if (path == "/v1/models") {
+    if (!get) return send_detail(req, 405, "Method Not Allowed");
+    return send_json(req, 200, models_response(gpu_.model(), static_cast<int64_t>(std::time(nullptr))));
+  }
+  if (path == "/metrics") {
+    if (!get) return send_detail(req, 405, "Method Not Allowed");
+    return send_body(req, 200, "text/plain; version=0.0.4; charset=utf-8",
+                     render_metrics(gpu_.snapshot()));
+  }
+  if (path == "/admin/faults") {
+    if (!get && !post) return send_detail(req, 405, "Method Not Allowed");
+    return handle_admin_faults(req, post);
+  }
+  if (path == "/admin/health") {
+    if (!get && !post) return send_detail(req, 405, "Method Not Allowed");
+    return handle_admin_health(req, post);
+  }
+  if (path == "/admin/reset") {
+    if (!post) return send_detail(req, 405, "Method Not Allowed");
+    gpu_.reset();
+    return send_json(req, 200, json{{"reset", true}});
+  }
+  send_detail(req, 404, "Not Found");
+}
+
+void Worker::handle_admin_faults(evhttp_request* req, bool post) {
+  if (post) {
+    std::string_view body = body_of(req);
+    json patch = json::parse(body.begin(), body.end(), nullptr, false);
+    if (patch.is_discarded()) return send_error(req, bad_request("request body is not valid JSON"));
+    if (auto err = gpu_.update_faults(patch)) return send_error(req, bad_request(*err));
+  }
+  send_json(req, 200, faults_to_json(gpu_.faults()));
+}
+
+void Worker::handle_admin_health(evhttp_request* req, bool post) {
+  if (post) {
+    std::string_view body = body_of(req);
+    json j = json::parse(body.begin(), body.end(), nullptr, false);
+    if (j.is_discarded() || !j.is_object() || j.size() != 1 || !j.contains("healthy") ||
+        !j["healthy"].is_boolean()) {
+      return send_error(req, bad_request("expected {\"healthy\": true|false}"));
+    }
+    gpu_.set_healthy(j["healthy"].get<bool>());
+  }
+  send_json(req, 200, json{{"healthy", gpu_.healthy()}});
+}
+
+std::unique_ptr<Worker::Pending> Worker::new_pending(evhttp_request* req, uint64_t id) {
+  auto p = std::make_unique<Pending>();
+  p->worker = this;
+  p->req = req;
+  p->conn = evhttp_request_get_connection(req);
+  p->job.id = id;
+  return p;
+}
+
+Worker::Pending* Worker::hold(std::unique_ptr<Pending> p) {
+  Pending* raw = p.get();
+  pending_[raw->job.id] = std::move(p);
+  return raw;
+}
+
+std::unique_ptr<Worker::Pending> Worker::release(uint64_t id) {
+  auto it = pending_.find(id);
+  if (it == pending_.end()) return nullptr;
+  std::unique_ptr<Pending> p = std::move(it->second);
+  pending_.erase(it);
+  return p;
+}
+
+void Worker::arm(Pending* p, double ms) {
+  if (!p->timer) p->timer = evtimer_new(base_, &Worker::on_timer_cb, p);
+  timeval tv = to_timeval(ms);
+  evtimer_add(p->timer, &tv);
+}
+
+void Worker::watch(Pending* p) {
+  if (p->watch || !p->conn) return;
+  evutil_socket_t fd = bufferevent_getfd(evhttp_connection_get_bufferevent(p->conn));
+  if (fd < 0) return;
+  // evhttp stops reading while a request is being answered, so it would not
+  // notice a hang-up until it writes; we peek at the socket ourselves.
+  p->watch = event_new(base_, fd, EV_READ, &Worker::on_watch_cb, p);
+  event_add(p->watch, nullptr);
+}
+
+void Worker::handle_inference(evhttp_request* req, bool chat) {
+  Intake in = gpu_.intake(index_);
+  if (in.faults.drop) {
+    gpu_.count_faults(in.faults);
+    // Closing from inside evhttp's own callback would free the connection
+    // under its feet: close from a zero-delay timer instead.
+    Pending* p = hold(new_pending(req, in.id));
+    p->stage = Stage::dropping;
+    arm(p, 0);
+    return;
+  }
+  if (in.faults.error) {
+    gpu_.count_faults(in.faults);
+    gpu_.answered();
+    int status = in.error_status;
+    send_error(req, injected_error(status), status == 500 ? -1 : in.retry_after);
+    return;
+  }
+
+  ParseResult parsed = parse_inference_request(chat, body_of(req), gpu_.model());
+  if (auto* e = std::get_if<ApiError>(&parsed)) {
+    gpu_.answered();
+    send_error(req, *e);
+    return;
+  }
+  gpu_.count_faults(in.faults);
+
+  auto p = new_pending(req, in.id);
+  p->chat = chat;
+  p->nonce = in.nonce;
+  p->malformed = in.faults.malformed;
+  p->request = std::move(std::get<InferenceRequest>(parsed));
+  p->result = run_inference(p->request, in.nonce);
+  p->job.priority = p->request.priority;
+  p->job.completion_tokens = std::max(1, p->result.max_choice_tokens);
+  p->job.prefix_hit = gpu_.prefix_lookup(p->request.prompts);
+  p->job.extra_ms = in.faults.slow ? static_cast<double>(in.slow_ms) : 0.0;
+
+  if (in.faults.hang) {
+    Pending* raw = hold(std::move(p));
+    raw->stage = Stage::hanging;
+    arm(raw, static_cast<double>(in.hang_ms));
+    watch(raw);
+    return;
+  }
+  enter_gpu(std::move(p));
+}
+
+void Worker::enter_gpu(std::unique_ptr<Pending> p) {
+  std::optional<Admission> adm = gpu_.submit(p->job);
+  if (adm && adm->service_ms <= 0) {
+    complete(std::move(p));  // the instant profile: answer right here
+    return;
+  }
+  Pending* raw = hold(std::move(p));
+  watch(raw);
+  if (adm) {
+    raw->stage = Stage::running;
+    arm(raw, adm->service_ms);
+  } else {
+    raw->stage = Stage::queued;
+  }
+}
+
+void Worker::complete(std::unique_ptr<Pending> p) {
+  std::vector<Admission> admitted = gpu_.finish(p->job.id, p->result);
+  const char* prefix = p->chat ? "chatcmpl-" : "cmpl-";
+  std::string body =
+      completion_response(p->request, p->result, response_id(prefix, p->job.id, p->nonce),
+                          static_cast<int64_t>(std::time(nullptr)), gpu_.model().name)
+          .dump();
+  if (p->malformed) body.resize(body.size() / 2);  // cut mid-document: unparseable
+  evhttp_request* req = p->req;
+  p.reset();  // drop our events before evhttp may close the socket
+  send_body(req, 200, "application/json", body);
+  dispatch(admitted);
+}
+
+void Worker::on_timer_cb(evutil_socket_t, short, void* arg) {
+  auto* p = static_cast<Pending*>(arg);
+  Worker* self = p->worker;
+  switch (p->stage) {
+    case Stage::dropping:
+      self->drop(p);
+      break;
+    case Stage::hanging:
+      self->enter_gpu(self->release(p->job.id));
+      break;
+    case Stage::running:
+      self->complete(self->release(p->job.id));
+      break;
+    case Stage::queued:
+      break;  // queued requests have no armed timer
+  }
+}
+
+void Worker::on_watch_cb(evutil_socket_t fd, short, void* arg) {
+  auto* p = static_cast<Pending*>(arg);
+  char c;
+  ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n > 0) return;  // pipelined bytes, not a hang-up: stop watching
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+    event_add(p->watch, nullptr);
+    return;
+  }
+  p->worker->abort_disconnected(p);
+}
+
+void Worker::abort_disconnected(Pending* p) {
+  // Like vLLM aborting a request whose client left: frees its batch slot.
+  std::unique_ptr<Pending> owned = release(p->job.id);
+  std::vector<Admission> admitted = gpu_.cancel(owned->job.id);
+  evhttp_connection* conn = owned->conn;
+  owned.reset();
+  evhttp_connection_free(conn);  // also frees the request still attached
+  dispatch(admitted);
+}
+
+void Worker::drop(Pending* p) {
+  std::unique_ptr<Pending> owned = release(p->job.id);
+  evhttp_connection* conn = owned->conn;
+  owned.reset();
+  gpu_.answered();
+  evhttp_connection_free(conn);  // FIN without a response: "empty reply"
+}
+
+void Worker::dispatch(const std::vector<Admission>& admissions) {
+  for (const auto& adm : admissions) {
+    int owner = owner_of(adm.id);
+    if (owner == index_) {
+      start_admitted(adm);
+    } else {
+      peers_[static_cast<size_t>(owner)]->post(adm);
+    }
+  }
+}
+
+void Worker::start_admitted(const Admission& adm) {
+  auto it = pending_.find(adm.id);
+  if (it == pending_.end()) return;  // aborted meanwhile
+  Pending* p = it->second.get();
+  p->stage = Stage::running;
+  arm(p, adm.service_ms);  // even at 0 ms: never answer re-entrantly
+}
+
+Server::Server(Options opts) : opts_(std::move(opts)), gpu_(opts_) {}
+
+Server::~Server() = default;
+
+std::optional<std::string> Server::start() {
+  int threads = std::max(1, std::min(opts_.threads, 1 << kWorkerBits));
+  int port = opts_.port;
+  for (int i = 0; i < threads; ++i) {
+    std::string err;
+    int fd = open_listener(opts_.host, port, threads > 1, &err);
+    if (fd < 0) return err;
+    if (i == 0) port = port_ = bound_port(fd);
+    workers_.push_back(std::make_unique<Worker>(gpu_, i, workers_));
+    if (auto e = workers_.back()->init(fd, i == 0)) return e;
+  }
+  return std::nullopt;
+}
+
+void Server::run() {
+  std::vector<std::thread> threads;
+  for (size_t i = 1; i < workers_.size(); ++i) {
+    threads.emplace_back([w = workers_[i].get()] { w->run(); });
+  }
+  workers_[0]->run();
+  for (size_t i = 1; i < workers_.size(); ++i) workers_[i]->post_stop();
+  for (auto& t : threads) t.join();
+}
+
+}  // namespace npc_scale::fake_gpu

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The dispatcher is SIGKILLed with decisions in flight. After the crash
+# restart, their leases are recovered and every decision ends exactly once:
+# done, with one answer, after at most one extra attempt.
+set -euo pipefail
+source "$NPC_ROOT/scripts/stack.sh"
+
+q() { npc_psql -tAc "$1"; }
+q "SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[8])" >/dev/null
+q "SELECT npc_test.gpu_faults('faulty', '{\"error_rate\": 0, \"hang_rate\": 0, \"slow_rate\": 1.0, \"slow_ms\": 3000}')" >/dev/null
+q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 7001 AND 7020" >/dev/null
+q "SELECT count(*) FROM npc_scale.request_decisions(ARRAY(SELECT 7000 + g FROM generate_series(1, 20) g)::bigint[],
+     'build', ARRAY(SELECT 'lease test ' || g FROM generate_series(1, 20) g))" >/dev/null
+
+npc_wait_sql "SELECT count(*) = 8 FROM npc_scale.decision_queue WHERE npc_id BETWEEN 7001 AND 7020 AND status = 'running'" 20
+pid=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'")
+echo "8 decisions in flight; SIGKILL dispatcher $pid"
+kill -9 "$pid"
+
+# Crash restart: wait for the server and a new dispatcher, then let the GPU be fast.
+npc_wait_sql "SELECT count(*) = 2 FROM npc_scale.worker_status() WHERE pid IS NOT NULL AND pid <> $pid" 60
+npc_wait_sql "SELECT true" 30
+q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 0}')" >/dev/null
+npc_wait_sql "SELECT count(*) = 20 FROM npc_scale.decision_queue WHERE npc_id BETWEEN 7001 AND 7020 AND status NOT IN ('queued', 'running')" 60
+
+summary=$(q "SELECT count(*) FILTER (WHERE status = 'done' AND response <> ''), count(*),
+                    count(*) FILTER (WHERE attempts = 2), max(attempts)
+               FROM npc_scale.decision_queue WHERE npc_id BETWEEN 7001 AND 7020")
+echo "done|total|retried|max_attempts = $summary"
+IFS='|' read -r done total retried max_attempts <<<"$summary"
+[ "$done" = 20 ] && [ "$total" = 20 ] || { echo "not every decision is done exactly once"; exit 1; }
+[ "$retried" -ge 8 ] || { echo "the 8 in-flight decisions were not re-attempted"; exit 1; }
+[ "$max_attempts" -le 2 ] || { echo "a decision was attempted more than twice"; exit 1; }
+q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 7001 AND 7020" >/dev/null
+echo "lease recovery: all 20 done once, the 8 in flight re-attempted"

@@ -1,0 +1,70 @@
+-- The decision queue: wake at COMMIT (not on rollback), answers written back,
+-- cancel, await_decision timeouts, api_key privacy. Commits (the dispatcher
+-- must see the rows) and cleans up after itself.
+SELECT plan(17);
+SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
+
+-- Rollback: no row, no wake-up.
+SELECT npc_test.metric('queue_wakeups') AS w0 \gset
+BEGIN;
+SELECT npc_scale.request_decision(1001, 'build', 'rolled back', 5) AS rolled_back_id \gset
+ROLLBACK;
+SELECT is(npc_test.metric('queue_wakeups'), :w0::bigint, 'a rolled-back request does not wake the dispatcher');
+SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue WHERE id = :rolled_back_id), 0,
+  'and leaves no row');
+
+-- Commit: one wake-up per committing transaction, and the decision is answered.
+BEGIN;
+SELECT npc_scale.request_decision(1001, 'build', 'What should village 7 build next?', 5,
+                                  '{"temperature": 0, "max_tokens": 6}') AS id1 \gset
+SELECT npc_scale.request_decision(1002, 'build', 'And village 8?', 5, '{"temperature": 0}') AS id2 \gset
+SELECT is(npc_test.metric('queue_wakeups'), :w0::bigint, 'no wake-up before COMMIT');
+COMMIT;
+SELECT is(npc_test.metric('queue_wakeups'), :w0::bigint + 1, 'one wake-up at COMMIT for the whole transaction');
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s, %s]::bigint[])', :id1, :id2)),
+  'both decisions are finished');
+SELECT results_eq(
+  format('SELECT status, attempts, cardinality(regexp_split_to_array(response, '' '')) FROM npc_scale.decision_queue WHERE id = %s', :id1),
+  $$ VALUES ('done'::text, 1, 6) $$,
+  'done after one attempt, with max_tokens words from the GPU');
+SELECT ok((SELECT gpu_id IN (1, 2) AND started_at >= created_at AND finished_at >= started_at
+             AND leased_until IS NULL AND error IS NULL
+             FROM npc_scale.decision_queue WHERE id = :id1), 'bookkeeping columns are filled in');
+SELECT is((SELECT status FROM npc_scale.await_decision(:id1, '1 s')), 'done',
+  'await_decision returns a finished row at once');
+SELECT is((SELECT response FROM npc_scale.await_decision(:id1)),
+          (SELECT response FROM npc_scale.decision_queue WHERE id = :id1), 'with its response');
+
+-- The same prompt at temperature 0 gets the same answer (deterministic fake GPU).
+SELECT npc_scale.request_decision(1003, 'build', 'What should village 7 build next?', 5,
+                                  '{"temperature": 0, "max_tokens": 6}') AS id3 \gset
+SELECT is((SELECT response FROM npc_scale.await_decision(:id3, '10 s')),
+          (SELECT response FROM npc_scale.decision_queue WHERE id = :id1), 'deterministic answers match');
+
+-- Cancel: a decision waiting for capacity (no enabled endpoint).
+UPDATE npc_scale.gpu_endpoints SET enabled = false;
+SELECT npc_scale.request_decision(1004, 'trade', 'Sell wheat?', 5) AS id4 \gset
+SELECT ok(npc_scale.cancel_decision(:id4), 'cancel_decision on a queued decision returns true');
+SELECT ok(NOT npc_scale.cancel_decision(:id4), 'a second cancel returns false');
+SELECT is((SELECT status FROM npc_scale.await_decision(:id4, '1 s')), 'cancelled',
+  'await_decision returns the cancelled row');
+SELECT throws_ok(format('SELECT npc_scale.await_decision(%s, ''1 s'')', :id4 + 100000), 'P0002',
+  format('decision %s does not exist', :id4 + 100000), 'await_decision on an unknown id names it');
+
+-- A decision that cannot finish: await_decision times out with a clear error.
+SELECT npc_scale.request_decision(1005, 'trade', 'Buy iron?', 5) AS id5 \gset
+SELECT throws_like(format('SELECT npc_scale.await_decision(%s, ''200 ms'')', :id5),
+  format('await_decision timed out after 200 ms: decision %s is not finished', :id5),
+  'await_decision raises a timeout naming the decision');
+SELECT ok(npc_scale.cancel_decision(:id5), 'cleanup: cancel it');
+
+-- api_key is for admins only.
+CREATE ROLE npc_test_game_role;
+SET ROLE npc_test_game_role;
+SELECT throws_ok('SELECT api_key FROM npc_scale.gpu_endpoints', '42501', NULL,
+  'a non-admin cannot read api_key');
+RESET ROLE;
+DROP ROLE npc_test_game_role;
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 1001 AND 1005;
+SELECT * FROM finish();

@@ -1,0 +1,38 @@
+-- Transient errors are retried up to npc_scale.max_attempts, then the decision
+-- fails with the last error; permanent errors fail at once; deadlines expire.
+SELECT plan(9);
+
+SELECT npc_test.use_gpus(ARRAY['faulty']);
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
+SELECT npc_test.gpu_reset('faulty');
+SELECT npc_scale.request_decision(4001, 'attack', 'Attack now?', 2) AS id1 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id1), '30 s'), 'the decision finishes');
+SELECT results_eq(format('SELECT status, attempts FROM npc_scale.decision_queue WHERE id = %s', :id1),
+  format('VALUES (''failed''::text, %s)', current_setting('npc_scale.max_attempts')),
+  'it failed after max_attempts attempts');
+SELECT matches((SELECT error FROM npc_scale.decision_queue WHERE id = :id1),
+  '^gave up after \d+ attempts: HTTP 503', 'its error says why: the last HTTP 503');
+SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), current_setting('npc_scale.max_attempts')::numeric,
+  'the GPU saw exactly max_attempts requests');
+
+-- A permanent error (unknown model: HTTP 404) is not retried.
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
+UPDATE npc_scale.gpu_endpoints SET model = 'no-such-model';
+SELECT npc_scale.request_decision(4002, 'attack', 'Attack now?', 2) AS id2 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id2), '30 s'), 'the decision finishes');
+SELECT results_eq(format('SELECT status, attempts, error ~ ''HTTP 404'' FROM npc_scale.decision_queue WHERE id = %s', :id2),
+  $$ VALUES ('failed'::text, 1, true) $$, 'a 404 fails after one attempt');
+
+-- Deadline: waiting for capacity past its deadline → expired, never sent.
+UPDATE npc_scale.gpu_endpoints SET model = 'npc-llm', enabled = false;
+SELECT npc_test.gpu_reset('faulty');
+SELECT npc_scale.request_decision(4003, 'defend', 'Raise walls?', 0, '{}', '150 ms') AS id3 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id3), '10 s'), 'the decision finishes');
+SELECT results_eq(format('SELECT status, attempts, error FROM npc_scale.decision_queue WHERE id = %s', :id3),
+  $$ VALUES ('expired'::text, 0, 'deadline passed before it was sent'::text) $$,
+  'it expired without an attempt');
+UPDATE npc_scale.gpu_endpoints SET enabled = true;
+SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 0::numeric, 'the GPU never saw it');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4003;
+SELECT * FROM finish();

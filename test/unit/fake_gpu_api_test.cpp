@@ -1,0 +1,653 @@
+// fake_gpu over real HTTP: spawns the binary ($FAKE_GPU_BIN, default
+// build/fake_gpu) on a free loopback port and talks to it with libcurl.
+// Waits are deadline-bounded polls on observable state, never fixed sleeps.
+#include <curl/curl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <ctime>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+extern char** environ;
+
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kDeadline = std::chrono::seconds(5);
+
+struct Reply {
+  CURLcode code = CURLE_OK;
+  long status = 0;
+  std::string body;
+  std::optional<std::string> retry_after;
+  json parsed() const { return json::parse(body); }
+};
+
+size_t append_body(char* data, size_t size, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(data, size * n);
+  return size * n;
+}
+
+Reply http(const std::string& url, const std::optional<std::string>& post_body = std::nullopt,
+           long timeout_ms = 5000) {
+  static std::once_flag init;
+  std::call_once(init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  Reply r;
+  CURL* c = curl_easy_init();
+  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
+  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &append_body);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &r.body);
+  if (post_body) {
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, post_body->c_str());
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, static_cast<long>(post_body->size()));
+  }
+  r.code = curl_easy_perform(c);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  curl_header* h = nullptr;
+  if (curl_easy_header(c, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK) {
+    r.retry_after = h->value;
+  }
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(c);
+  return r;
+}
+
+bool wait_until(const std::function<bool()>& cond) {
+  auto end = Clock::now() + kDeadline;
+  while (Clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(15));
+  }
+  return cond();
+}
+
+int word_count(const std::string& s) {
+  std::istringstream in(s);
+  int n = 0;
+  for (std::string w; in >> w;) ++n;
+  return n;
+}
+
+// Sum of the samples of `name` whose labels contain `label` (Prometheus text).
+double metric(const std::string& text, const std::string& name, const std::string& label = "") {
+  std::istringstream in(text);
+  double sum = 0;
+  bool found = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line.compare(0, name.size() + 1, name + "{") != 0) continue;
+    if (!label.empty() && line.find(label) == std::string::npos) continue;
+    sum += std::stod(line.substr(line.rfind(' ') + 1));
+    found = true;
+  }
+  return found ? sum : std::nan("");
+}
+
+class FakeGpu {
+ public:
+  explicit FakeGpu(std::vector<std::string> args) {
+    const char* env = std::getenv("FAKE_GPU_BIN");
+    std::string bin = env && *env ? env : "build/fake_gpu";
+    if (access(bin.c_str(), X_OK) != 0) {
+      error_ = "fake_gpu binary not found at " + bin + " (set FAKE_GPU_BIN)";
+      return;
+    }
+    int out[2];
+    if (pipe(out) != 0) {
+      error_ = "pipe failed";
+      return;
+    }
+    std::vector<std::string> argv_s = {bin, "--host", "127.0.0.1", "--port", "0"};
+    argv_s.insert(argv_s.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : argv_s) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&fa, out[0]);
+    int rc = posix_spawn(&pid_, bin.c_str(), &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    if (rc != 0) {
+      close(out[0]);
+      pid_ = -1;
+      error_ = "posix_spawn failed";
+      return;
+    }
+    std::string line = read_line(out[0]);
+    close(out[0]);
+    const std::string prefix = "listening 127.0.0.1:";
+    if (line.compare(0, prefix.size(), prefix) != 0) {
+      error_ = "unexpected first line: '" + line + "'";
+      return;
+    }
+    base_ = "http://127.0.0.1:" + line.substr(prefix.size());
+    // Up means any HTTP answer: /health may be 503 on purpose.
+    if (!wait_until([&] { return http(url("/health"), std::nullopt, 500).status != 0; })) {
+      error_ = "no answer on /health";
+    }
+  }
+
+  ~FakeGpu() {
+    if (pid_ > 0) {
+      EXPECT_EQ(stop(), 0) << "fake_gpu did not exit cleanly on SIGTERM";
+    }
+  }
+
+  const std::string& error() const { return error_; }
+  std::string url(const std::string& path) const { return base_ + path; }
+  Reply get(const std::string& path, long timeout_ms = 5000) const {
+    return http(url(path), std::nullopt, timeout_ms);
+  }
+  Reply post(const std::string& path, const json& body, long timeout_ms = 5000) const {
+    return http(url(path), body.dump(), timeout_ms);
+  }
+  std::string metrics() const { return get("/metrics").body; }
+  double metric(const std::string& name, const std::string& label = "") const {
+    return ::metric(metrics(), name, label);
+  }
+
+  // SIGTERM, then the exit status (-1 if it had to be killed).
+  int stop() {
+    kill(pid_, SIGTERM);
+    int status = 0;
+    bool exited = wait_until([&] { return waitpid(pid_, &status, WNOHANG) == pid_; });
+    if (!exited) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &status, 0);
+    }
+    pid_ = -1;
+    return exited && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+ private:
+  static std::string read_line(int fd) {
+    std::string line;
+    auto end = Clock::now() + kDeadline;
+    while (Clock::now() < end) {
+      pollfd p{fd, POLLIN, 0};
+      if (poll(&p, 1, 20) <= 0) continue;
+      char c;
+      if (read(fd, &c, 1) != 1 || c == '\n') break;
+      line.push_back(c);
+    }
+    return line;
+  }
+
+  pid_t pid_ = -1;
+  std::string base_;
+  std::string error_;
+};
+
+#define START_FAKE_GPU(var, ...)          \
+  FakeGpu var(std::vector<std::string>{__VA_ARGS__}); \
+  ASSERT_EQ(var.error(), "")
+
+// Fires requests from background threads; replies are read after join().
+class Concurrent {
+ public:
+  void post(const FakeGpu& gpu, const json& body, long timeout_ms = 10000) {
+    size_t slot;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      slot = replies_.size();
+      replies_.emplace_back();
+      done_order_.emplace_back(-1);
+    }
+    threads_.emplace_back([this, &gpu, body, timeout_ms, slot] {
+      Reply r = gpu.post("/v1/completions", body, timeout_ms);
+      std::lock_guard<std::mutex> lock(mu_);
+      replies_[slot] = std::move(r);
+      done_order_[slot] = finished_++;
+    });
+  }
+  void join() {
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+  }
+  ~Concurrent() { join(); }
+  const Reply& reply(size_t i) const { return replies_[i]; }
+  int done_order(size_t i) const { return done_order_[i]; }
+  size_t size() const { return replies_.size(); }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::thread> threads_;
+  std::deque<Reply> replies_;  // deque: stable slots while threads write
+  std::deque<int> done_order_;
+  int finished_ = 0;
+};
+
+json completion(const std::string& prompt, int max_tokens = 8, double temperature = 0) {
+  return {{"model", "npc-llm"}, {"prompt", prompt}, {"max_tokens", max_tokens},
+          {"temperature", temperature}};
+}
+
+TEST(FakeGpuApi, CompletionSinglePrompt) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  const std::string prompt = "Chief, the wood stock is low. What now?";
+  auto before = std::time(nullptr);
+  Reply r = gpu.post("/v1/completions", completion(prompt, 7));
+  ASSERT_EQ(r.code, CURLE_OK);
+  ASSERT_EQ(r.status, 200) << r.body;
+  json j = r.parsed();
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["id"].get<std::string>().rfind("cmpl-", 0), 0u);
+  EXPECT_EQ(j["model"], "npc-llm");
+  EXPECT_GE(j["created"].get<int64_t>(), before);
+  ASSERT_EQ(j["choices"].size(), 1u);
+  const json& c = j["choices"][0];
+  EXPECT_EQ(c["index"], 0);
+  EXPECT_EQ(c["finish_reason"], "length");
+  EXPECT_TRUE(c["logprobs"].is_null());
+  EXPECT_TRUE(c["stop_reason"].is_null());
+  EXPECT_TRUE(c.contains("prompt_logprobs"));
+  const std::string text = c["text"];
+  EXPECT_EQ(word_count(text), 7);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 7);
+  EXPECT_EQ(j["usage"]["prompt_tokens"], word_count(prompt));
+  EXPECT_EQ(j["usage"]["total_tokens"], 7 + word_count(prompt));
+  EXPECT_TRUE(j["usage"]["prompt_tokens_details"].is_null());
+
+  // Greedy output is a function of the prompt; ids are per request.
+  json again = gpu.post("/v1/completions", completion(prompt, 7)).parsed();
+  EXPECT_EQ(again["choices"][0]["text"], text);
+  EXPECT_NE(again["id"], j["id"]);
+}
+
+TEST(FakeGpuApi, ListPromptWithN) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  std::vector<std::string> prompts = {"raid the east camp", "trade clay", "who guards the wall?"};
+  Reply r = gpu.post("/v1/completions",
+                     {{"prompt", prompts}, {"n", 2}, {"max_tokens", 5}, {"temperature", 0}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  json j = r.parsed();
+  ASSERT_EQ(j["choices"].size(), 6u);
+  int prompt_words = 0, completion_words = 0;
+  for (const auto& p : prompts) prompt_words += word_count(p);
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(j["choices"][i]["index"], i);
+    completion_words += word_count(j["choices"][i]["text"]);
+  }
+  EXPECT_EQ(j["usage"]["prompt_tokens"], prompt_words);
+  EXPECT_EQ(j["usage"]["completion_tokens"], completion_words);
+  EXPECT_EQ(completion_words, 6 * 5);
+  // Greedy: both samples of a prompt agree; different prompts differ.
+  EXPECT_EQ(j["choices"][0]["text"], j["choices"][1]["text"]);
+  EXPECT_NE(j["choices"][0]["text"], j["choices"][2]["text"]);
+  EXPECT_NE(j["choices"][2]["text"], j["choices"][4]["text"]);
+}
+
+TEST(FakeGpuApi, SeedsAndTemperature) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  json seeded = completion("seeded prompt", 12, 0.9);
+  seeded["seed"] = 1234;
+  std::string a = gpu.post("/v1/completions", seeded).parsed()["choices"][0]["text"];
+  std::string b = gpu.post("/v1/completions", seeded).parsed()["choices"][0]["text"];
+  EXPECT_EQ(a, b);
+  json unseeded = completion("seeded prompt", 12, 0.9);
+  std::string c = gpu.post("/v1/completions", unseeded).parsed()["choices"][0]["text"];
+  std::string d = gpu.post("/v1/completions", unseeded).parsed()["choices"][0]["text"];
+  EXPECT_NE(c, d);
+}
+
+TEST(FakeGpuApi, ChoicesAndStop) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  std::vector<std::string> choices = {"attack", "defend", "trade with allies"};
+  for (int i = 0; i < 10; ++i) {
+    json body = completion("decide " + std::to_string(i), 8, 1.0);
+    if (i % 2) {
+      body["structured_outputs"] = {{"choice", choices}};
+    } else {
+      body["guided_choice"] = choices;
+    }
+    json j = gpu.post("/v1/completions", body).parsed();
+    std::string text = j["choices"][0]["text"];
+    EXPECT_NE(std::find(choices.begin(), choices.end(), text), choices.end()) << text;
+    EXPECT_EQ(j["usage"]["completion_tokens"], word_count(text));
+  }
+
+  json plain = completion("stop here please", 20);
+  std::string full = gpu.post("/v1/completions", plain).parsed()["choices"][0]["text"];
+  std::istringstream words(full);
+  std::string w;
+  for (int i = 0; i < 4; ++i) words >> w;  // the fourth word surely occurs
+  plain["stop"] = w;
+  json j = gpu.post("/v1/completions", plain).parsed();
+  EXPECT_EQ(j["choices"][0]["text"], full.substr(0, full.find(w)));
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(j["choices"][0]["stop_reason"], w);
+}
+
+TEST(FakeGpuApi, ChatCompletionShape) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  json body = {{"model", "npc-llm"},
+               {"messages",
+                {{{"role", "system"}, {"content", "You are a village elder."}},
+                 {{"role", "user"}, {"content", "Should we build a wall?"}}}},
+               {"max_completion_tokens", 6},
+               {"temperature", 0}};
+  Reply r = gpu.post("/v1/chat/completions", body);
+  ASSERT_EQ(r.status, 200) << r.body;
+  json j = r.parsed();
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["id"].get<std::string>().rfind("chatcmpl-", 0), 0u);
+  ASSERT_EQ(j["choices"].size(), 1u);
+  const json& msg = j["choices"][0]["message"];
+  EXPECT_EQ(msg["role"], "assistant");
+  EXPECT_EQ(msg["tool_calls"], json::array());
+  EXPECT_EQ(word_count(msg["content"]), 6);
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(j["usage"]["completion_tokens"], 6);
+  // Documented count: "role:" plus the content words, per message.
+  EXPECT_EQ(j["usage"]["prompt_tokens"], (1 + 5) + (1 + 5));
+  EXPECT_EQ(gpu.post("/v1/chat/completions", body).parsed()["choices"][0]["message"]["content"],
+            msg["content"]);
+}
+
+TEST(FakeGpuApi, ModelsAndHealth) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--model", "village-7b", "--max-model-len", "1234");
+  json m = gpu.get("/v1/models").parsed();
+  EXPECT_EQ(m["object"], "list");
+  ASSERT_EQ(m["data"].size(), 1u);
+  EXPECT_EQ(m["data"][0]["id"], "village-7b");
+  EXPECT_EQ(m["data"][0]["owned_by"], "vllm");
+  EXPECT_EQ(m["data"][0]["max_model_len"], 1234);
+
+  Reply h = gpu.get("/health");
+  EXPECT_EQ(h.status, 200);
+  EXPECT_EQ(h.body, "");
+  EXPECT_EQ(gpu.post("/admin/health", {{"healthy", false}}).status, 200);
+  EXPECT_EQ(gpu.get("/health").status, 503);
+  EXPECT_EQ(gpu.post("/admin/health", {{"healthy", true}}).status, 200);
+  EXPECT_EQ(gpu.get("/health").status, 200);
+  EXPECT_EQ(gpu.post("/admin/health", {{"healthy", "no"}}).status, 400);
+
+  // The served name is what requests must use.
+  EXPECT_EQ(gpu.post("/v1/completions", completion("x")).status, 404);
+  json ok = completion("x");
+  ok["model"] = "village-7b";
+  EXPECT_EQ(gpu.post("/v1/completions", ok).status, 200);
+}
+
+TEST(FakeGpuApi, StartsUnhealthy) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--unhealthy");
+  EXPECT_EQ(gpu.get("/health").status, 503);
+}
+
+TEST(FakeGpuApi, ErrorsInVllmShape) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  json body = completion("x");
+  body["model"] = "nope";
+  Reply r = gpu.post("/v1/completions", body);
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(r.parsed(), json::parse(R"({"error":{"message":"The model `nope` does not exist.",
+                                       "type":"NotFoundError","param":null,"code":404}})"));
+
+  body = completion("x", 0);
+  r = gpu.post("/v1/completions", body);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.parsed()["error"]["type"], "BadRequestError");
+  EXPECT_EQ(r.parsed()["error"]["code"], 400);
+
+  r = http(gpu.url("/v1/completions"), std::string("{\"prompt\": \"unterminated"));
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.parsed()["error"]["code"], 400);
+  EXPECT_EQ(gpu.post("/v1/completions", {{"prompt", {{"role", "user"}}}}).status, 400);
+  EXPECT_EQ(gpu.post("/v1/chat/completions", {{"messages", "hi"}}).status, 400);
+  EXPECT_EQ(gpu.get("/v1/completions").status, 405);
+  EXPECT_EQ(gpu.get("/no/such/route").status, 404);
+  // Rejected requests never reach the GPU.
+  EXPECT_EQ(gpu.metric("vllm:request_success_total"), 0);
+  EXPECT_EQ(gpu.metric("fake_gpu_inflight"), 0);
+}
+
+TEST(FakeGpuApi, MetricsMatchServedTraffic) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--model", "m1");
+  std::string text = gpu.metrics();
+  for (const char* name :
+       {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:request_success_total",
+        "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "fake_gpu_requests_total",
+        "fake_gpu_peak_running", "fake_gpu_errors_injected_total",
+        "fake_gpu_prefix_cache_hits_total", "fake_gpu_prefix_cache_queries_total"}) {
+    EXPECT_FALSE(std::isnan(metric(text, name, "model_name=\"m1\""))) << name;
+  }
+  int prompt_tokens = 0, completion_tokens = 0;
+  const std::string shared = "You are the chief of a small village in the northern hills. ";
+  for (int i = 0; i < 5; ++i) {
+    json body = {{"prompt", shared + "Turn " + std::to_string(i)}, {"max_tokens", 3 + i}};
+    json j = gpu.post("/v1/completions", body).parsed();
+    prompt_tokens += j["usage"]["prompt_tokens"].get<int>();
+    completion_tokens += j["usage"]["completion_tokens"].get<int>();
+  }
+  text = gpu.metrics();
+  EXPECT_EQ(metric(text, "vllm:request_success_total"), 5);
+  EXPECT_EQ(metric(text, "fake_gpu_requests_total"), 5);
+  EXPECT_EQ(metric(text, "vllm:prompt_tokens_total"), prompt_tokens);
+  EXPECT_EQ(metric(text, "vllm:generation_tokens_total"), completion_tokens);
+  // Same first 64 bytes: the first is a miss, the other four hit.
+  EXPECT_EQ(metric(text, "fake_gpu_prefix_cache_queries_total"), 5);
+  EXPECT_EQ(metric(text, "fake_gpu_prefix_cache_hits_total"), 4);
+}
+
+TEST(FakeGpuApi, RunningAndWaitingVisibleWhileInFlight) {
+  START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "700", "--per-token-ms", "0",
+                 "--max-batch", "2");
+  Concurrent load;
+  for (int i = 0; i < 4; ++i) load.post(gpu, completion("request " + std::to_string(i), 2));
+  EXPECT_TRUE(wait_until([&] {
+    std::string m = gpu.metrics();
+    return metric(m, "vllm:num_requests_running") == 2 &&
+           metric(m, "vllm:num_requests_waiting") == 2;
+  })) << gpu.metrics();
+  load.join();
+  for (size_t i = 0; i < load.size(); ++i) EXPECT_EQ(load.reply(i).status, 200);
+  std::string m = gpu.metrics();
+  EXPECT_EQ(metric(m, "vllm:num_requests_running"), 0);
+  EXPECT_EQ(metric(m, "vllm:num_requests_waiting"), 0);
+  EXPECT_EQ(metric(m, "fake_gpu_peak_running"), 2);  // never above max batch
+  EXPECT_EQ(metric(m, "fake_gpu_peak_inflight"), 4);
+}
+
+TEST(FakeGpuApi, WaitingQueueServesLowerPriorityValueFirst) {
+  START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "300", "--per-token-ms", "0",
+                 "--max-batch", "1");
+  Concurrent load;
+  load.post(gpu, completion("blocker", 1));
+  ASSERT_TRUE(wait_until([&] { return gpu.metric("vllm:num_requests_running") == 1; }));
+  json low = completion("low", 1);
+  low["priority"] = 10;
+  load.post(gpu, low);
+  ASSERT_TRUE(wait_until([&] { return gpu.metric("vllm:num_requests_waiting") == 1; }));
+  json high = completion("high", 1);
+  high["priority"] = -5;
+  load.post(gpu, high);
+  ASSERT_TRUE(wait_until([&] { return gpu.metric("vllm:num_requests_waiting") == 2; }));
+  load.join();
+  for (size_t i = 0; i < 3; ++i) ASSERT_EQ(load.reply(i).status, 200);
+  EXPECT_EQ(load.done_order(0), 0);
+  EXPECT_LT(load.done_order(2), load.done_order(1));  // high overtook low
+}
+
+TEST(FakeGpuApi, PeakRunningReflectsConcurrencyAndReset) {
+  START_FAKE_GPU(gpu, "--profile", "rtx3090ti", "--base-ms", "1000", "--per-token-ms", "0");
+  Concurrent load;
+  for (int i = 0; i < 5; ++i) load.post(gpu, completion("peak " + std::to_string(i), 1));
+  EXPECT_TRUE(wait_until([&] { return gpu.metric("vllm:num_requests_running") == 5; }));
+  load.join();
+  std::string m = gpu.metrics();
+  EXPECT_EQ(metric(m, "fake_gpu_peak_running"), 5);
+  EXPECT_EQ(metric(m, "fake_gpu_requests_total"), 5);
+  EXPECT_EQ(metric(m, "vllm:request_success_total"), 5);
+
+  EXPECT_EQ(gpu.post("/admin/reset", json::object()).status, 200);
+  m = gpu.metrics();
+  EXPECT_EQ(metric(m, "fake_gpu_peak_running"), 0);
+  EXPECT_EQ(metric(m, "fake_gpu_requests_total"), 0);
+  EXPECT_EQ(metric(m, "vllm:request_success_total"), 0);
+  EXPECT_EQ(metric(m, "vllm:generation_tokens_total"), 0);
+  EXPECT_EQ(metric(m, "fake_gpu_prefix_cache_queries_total"), 0);
+}
+
+TEST(FakeGpuApi, InjectedInternalError) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--error-rate", "1");
+  Reply r = gpu.post("/v1/completions", completion("x"));
+  EXPECT_EQ(r.status, 500);
+  EXPECT_EQ(r.parsed()["error"]["code"], 500);
+  EXPECT_FALSE(r.retry_after.has_value());
+  EXPECT_EQ(gpu.metric("fake_gpu_errors_injected_total", "kind=\"error\""), 1);
+  EXPECT_EQ(gpu.get("/health").status, 200);  // faults hit inference only
+}
+
+TEST(FakeGpuApi, Injected503And429CarryRetryAfter) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--error-rate", "1", "--error-status", "503",
+                 "--retry-after", "3");
+  Reply r = gpu.post("/v1/completions", completion("x"));
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.parsed()["error"]["code"], 503);
+  EXPECT_EQ(r.retry_after, std::optional<std::string>("3"));
+
+  ASSERT_EQ(gpu.post("/admin/faults", {{"error_status", 429}, {"retry_after", 11}}).status, 200);
+  r = gpu.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}});
+  EXPECT_EQ(r.status, 429);
+  EXPECT_EQ(r.parsed()["error"]["code"], 429);
+  EXPECT_EQ(r.retry_after, std::optional<std::string>("11"));
+}
+
+TEST(FakeGpuApi, MalformedBodyIsUnparseable) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--malformed-rate", "1");
+  Reply r = gpu.post("/v1/completions", completion("x"));
+  EXPECT_EQ(r.code, CURLE_OK);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_FALSE(r.body.empty());
+  EXPECT_FALSE(json::accept(r.body)) << r.body;
+  EXPECT_EQ(gpu.metric("fake_gpu_errors_injected_total", "kind=\"malformed\""), 1);
+}
+
+TEST(FakeGpuApi, DropClosesWithoutReply) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--drop-rate", "1");
+  Reply r = gpu.post("/v1/completions", completion("x"), 3000);
+  EXPECT_NE(r.code, CURLE_OK);
+  EXPECT_NE(r.code, CURLE_OPERATION_TIMEDOUT);  // closed, not hung
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(gpu.get("/health").status, 200);
+  std::string m = gpu.metrics();
+  EXPECT_EQ(metric(m, "fake_gpu_errors_injected_total", "kind=\"drop\""), 1);
+  EXPECT_EQ(metric(m, "fake_gpu_inflight"), 0);
+}
+
+TEST(FakeGpuApi, HangTimesOutClientAndIsReleasedOnDisconnect) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--hang-rate", "1");
+  Reply r = gpu.post("/v1/completions", completion("x"), 250);
+  EXPECT_EQ(r.code, CURLE_OPERATION_TIMEDOUT);
+  EXPECT_EQ(r.status, 0);
+  // The server notices the hang-up and forgets the request (no 1 h leak).
+  EXPECT_TRUE(wait_until([&] {
+    std::string m = gpu.metrics();
+    return metric(m, "fake_gpu_inflight") == 0 && metric(m, "fake_gpu_client_disconnects_total") == 1;
+  })) << gpu.metrics();
+  EXPECT_EQ(gpu.metric("fake_gpu_errors_injected_total", "kind=\"hang\""), 1);
+  EXPECT_EQ(gpu.get("/health").status, 200);
+}
+
+TEST(FakeGpuApi, DisconnectFreesBatchSlot) {
+  START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "600000", "--max-batch", "1");
+  Reply r = gpu.post("/v1/completions", completion("long job"), 250);
+  EXPECT_EQ(r.code, CURLE_OPERATION_TIMEDOUT);
+  EXPECT_TRUE(wait_until([&] {
+    std::string m = gpu.metrics();
+    return metric(m, "vllm:num_requests_running") == 0 && metric(m, "fake_gpu_inflight") == 0;
+  })) << gpu.metrics();
+}
+
+TEST(FakeGpuApi, SlowFaultStillAnswers) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--slow-rate", "1", "--slow-ms", "20");
+  Reply r = gpu.post("/v1/completions", completion("x", 4));
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.parsed()["usage"]["completion_tokens"], 4);
+  EXPECT_EQ(gpu.metric("fake_gpu_errors_injected_total", "kind=\"slow\""), 1);
+}
+
+TEST(FakeGpuApi, AdminFaultChangesTakeEffect) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  EXPECT_EQ(gpu.post("/v1/completions", completion("x")).status, 200);
+  Reply set = gpu.post("/admin/faults", {{"error_rate", 1.0}, {"error_status", 503}});
+  ASSERT_EQ(set.status, 200) << set.body;
+  EXPECT_EQ(set.parsed()["error_rate"], 1.0);
+  EXPECT_EQ(gpu.post("/v1/completions", completion("x")).status, 503);
+  json cfg = gpu.get("/admin/faults").parsed();
+  EXPECT_EQ(cfg["error_rate"], 1.0);
+  EXPECT_EQ(cfg["error_status"], 503);
+
+  Reply bad = gpu.post("/admin/faults", {{"error_rate", 0.0}, {"no_such_knob", 1}});
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_EQ(bad.parsed()["error"]["type"], "BadRequestError");
+  EXPECT_EQ(gpu.get("/admin/faults").parsed(), cfg);  // nothing half-applied
+
+  ASSERT_EQ(gpu.post("/admin/faults", {{"error_rate", 0.0}}).status, 200);
+  EXPECT_EQ(gpu.post("/v1/completions", completion("x")).status, 200);
+}
+
+TEST(FakeGpuApi, TwoThreadsShareOneGpu) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--threads", "2");
+  // A fresh connection per request spreads them over both listeners.
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_EQ(gpu.post("/v1/completions", completion("t" + std::to_string(i), 2)).status, 200);
+  }
+  std::string m = gpu.metrics();
+  EXPECT_EQ(metric(m, "fake_gpu_requests_total"), 20);
+  EXPECT_EQ(metric(m, "vllm:generation_tokens_total"), 40);
+}
+
+TEST(FakeGpuApi, TwoThreadsShareOneBatch) {
+  // Jobs queue across both loops: a slot freed on one thread admits a job
+  // owned by the other.
+  START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "40", "--per-token-ms", "0",
+                 "--max-batch", "1", "--threads", "2");
+  Concurrent load;
+  for (int i = 0; i < 6; ++i) load.post(gpu, completion("shared " + std::to_string(i), 1));
+  load.join();
+  for (size_t i = 0; i < load.size(); ++i) EXPECT_EQ(load.reply(i).status, 200);
+  std::string m = gpu.metrics();
+  EXPECT_EQ(metric(m, "vllm:request_success_total"), 6);
+  EXPECT_EQ(metric(m, "fake_gpu_peak_running"), 1);
+  EXPECT_EQ(metric(m, "vllm:num_requests_waiting"), 0);
+}
+
+TEST(FakeGpuApi, SigtermExitsCleanlyWithRequestsPending) {
+  START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "600000", "--max-batch", "1");
+  Concurrent load;
+  load.post(gpu, completion("a"), 10000);
+  load.post(gpu, completion("b"), 10000);
+  ASSERT_TRUE(wait_until([&] { return gpu.metric("vllm:num_requests_waiting") == 1; }));
+  EXPECT_EQ(gpu.stop(), 0);
+  load.join();
+  EXPECT_NE(load.reply(0).code, CURLE_OK);
+  EXPECT_NE(load.reply(1).code, CURLE_OK);
+}
+
+}  // namespace

@@ -1,0 +1,621 @@
+// Pure simulation logic of fake_gpu: text generation, protocol, GPU model,
+// faults, options and metrics. No sockets, no clocks.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "faults.hpp"
+#include "gpu_model.hpp"
+#include "gpu_state.hpp"
+#include "metrics.hpp"
+#include "options.hpp"
+#include "protocol.hpp"
+#include "text_gen.hpp"
+
+namespace npc_scale::fake_gpu {
+namespace {
+
+using nlohmann::json;
+
+std::vector<std::string> words_of(const std::string& text) {
+  std::istringstream in(text);
+  std::vector<std::string> out;
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+GenParams sampled(double temperature, std::optional<int64_t> seed, int max_tokens = 16) {
+  GenParams p;
+  p.temperature = temperature;
+  p.seed = seed;
+  p.max_tokens = max_tokens;
+  return p;
+}
+
+std::string gen_text(const std::string& prompt, const GenParams& p, uint64_t nonce = 7,
+                     int index = 0) {
+  return generate(sampling_key(prompt, p, nonce, index), p).text;
+}
+
+InferenceRequest parse_ok(bool chat, const json& body, const ServedModel& m = {}) {
+  ParseResult r = parse_inference_request(chat, body, m);
+  if (auto* e = std::get_if<ApiError>(&r)) {
+    ADD_FAILURE() << "unexpected error: " << e->message;
+    return {};
+  }
+  return std::get<InferenceRequest>(r);
+}
+
+ApiError parse_err(bool chat, const json& body, const ServedModel& m = {}) {
+  ParseResult r = parse_inference_request(chat, body, m);
+  if (!std::holds_alternative<ApiError>(r)) {
+    ADD_FAILURE() << "expected an error for " << body.dump();
+    return {};
+  }
+  return std::get<ApiError>(r);
+}
+
+// ---- text generation ----
+
+TEST(FakeGpuTextGen, CountTokensIsWhitespaceWordCount) {
+  EXPECT_EQ(count_tokens(""), 0);
+  EXPECT_EQ(count_tokens("   \t\n"), 0);
+  EXPECT_EQ(count_tokens("build"), 1);
+  EXPECT_EQ(count_tokens("  build  wood\tclay\nx "), 4);
+}
+
+TEST(FakeGpuTextGen, SameSeedSameTextDifferentSeedDifferentText) {
+  const std::string prompt = "Chief, what shall we do with the clay?";
+  std::string a = gen_text(prompt, sampled(0.8, 42), 1);
+  std::string b = gen_text(prompt, sampled(0.8, 42), 2);  // nonce ignored with a seed
+  std::string c = gen_text(prompt, sampled(0.8, 43), 1);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  EXPECT_NE(a, gen_text("another prompt", sampled(0.8, 42), 1));
+}
+
+TEST(FakeGpuTextGen, GreedyIgnoresSeedAndNonce) {
+  const std::string prompt = "greedy prompt";
+  std::string base = gen_text(prompt, sampled(0.0, std::nullopt), 1);
+  EXPECT_EQ(base, gen_text(prompt, sampled(0.0, 5), 2));
+  EXPECT_EQ(base, gen_text(prompt, sampled(0.0, std::nullopt), 99, 3));
+}
+
+TEST(FakeGpuTextGen, UnseededSamplingVariesWithNonce) {
+  const std::string prompt = "what next";
+  std::set<std::string> seen;
+  for (uint64_t nonce = 0; nonce < 20; ++nonce) {
+    seen.insert(gen_text(prompt, sampled(1.0, std::nullopt), nonce));
+  }
+  EXPECT_EQ(seen.size(), 20u);
+}
+
+TEST(FakeGpuTextGen, ProducesMaxTokensWordsFromVocabulary) {
+  const auto& vocab = vocabulary();
+  for (int max_tokens : {1, 5, 64}) {
+    GenParams p = sampled(0.0, std::nullopt, max_tokens);
+    Generation g = generate(sampling_key("p", p, 0, 0), p);
+    auto words = words_of(g.text);
+    EXPECT_EQ(static_cast<int>(words.size()), max_tokens);
+    EXPECT_EQ(g.completion_tokens, max_tokens);
+    EXPECT_EQ(g.finish_reason, "length");
+    EXPECT_FALSE(g.stop_reason.has_value());
+    for (const auto& w : words) {
+      EXPECT_NE(std::find(vocab.begin(), vocab.end(), w), vocab.end()) << w;
+    }
+  }
+}
+
+TEST(FakeGpuTextGen, ChoiceIsAlwaysOneOfTheGiven) {
+  std::vector<std::string> choices = {"attack the village", "trade", "build a wall"};
+  std::set<std::string> seen;
+  for (int i = 0; i < 200; ++i) {
+    GenParams p = sampled(1.0, i);
+    p.choices = choices;
+    Generation g = generate(sampling_key("prompt " + std::to_string(i), p, 0, 0), p);
+    EXPECT_NE(std::find(choices.begin(), choices.end(), g.text), choices.end()) << g.text;
+    EXPECT_EQ(g.finish_reason, "stop");
+    EXPECT_EQ(g.completion_tokens, static_cast<int>(words_of(g.text).size()));
+    seen.insert(g.text);
+  }
+  EXPECT_EQ(seen.size(), choices.size());  // not stuck on one choice
+}
+
+TEST(FakeGpuTextGen, StopTruncatesAtEarliestMatch) {
+  GenParams p = sampled(0.0, std::nullopt, 40);
+  const std::string prompt = "stop test prompt";
+  std::string full = gen_text(prompt, p);
+  auto words = words_of(full);
+  ASSERT_GE(words.size(), 5u);
+  // A stop that is sure to occur: the fourth word, and a later cross-word one.
+  std::string stop = words[3];
+  std::string later = words[6] + " " + words[7];
+  p.stop = {later, stop};
+  // Expected from the untruncated text: whichever stop occurs first.
+  size_t pos = std::min(full.find(stop), full.find(later));
+  if (full.find(later) < full.find(stop)) stop = later;
+  ASSERT_NE(pos, std::string::npos);
+  Generation g = generate(sampling_key(prompt, p, 0, 0), p);
+  EXPECT_EQ(g.text, full.substr(0, pos));
+  EXPECT_EQ(g.finish_reason, "stop");
+  ASSERT_TRUE(g.stop_reason.has_value());
+  EXPECT_EQ(*g.stop_reason, stop);
+  // Tokens generated up to and including the one completing the match.
+  EXPECT_EQ(g.completion_tokens, count_tokens(full.substr(0, pos + stop.size())));
+}
+
+TEST(FakeGpuTextGen, StopNeverMatchingKeepsFullLength) {
+  GenParams p = sampled(0.0, std::nullopt, 12);
+  std::string full = gen_text("x", p);
+  p.stop = {"<|never|>", ""};
+  Generation g = generate(sampling_key("x", p, 0, 0), p);
+  EXPECT_EQ(g.text, full);
+  EXPECT_EQ(g.finish_reason, "length");
+}
+
+TEST(FakeGpuTextGen, NaturalStopEndsBeforeBudget) {
+  GenParams p = sampled(0.0, std::nullopt, 4000);
+  p.natural_stop = true;
+  Generation g = generate(sampling_key("chat", p, 0, 0), p);
+  EXPECT_LT(g.completion_tokens, 4000);
+  EXPECT_GT(g.completion_tokens, 0);
+  EXPECT_EQ(g.finish_reason, "stop");
+  EXPECT_EQ(g.completion_tokens, static_cast<int>(words_of(g.text).size()));
+}
+
+// ---- protocol ----
+
+TEST(FakeGpuProtocol, ParsesCompletionParameters) {
+  InferenceRequest r = parse_ok(false, {{"model", "npc-llm"},
+                                        {"prompt", {"a b c", "d"}},
+                                        {"max_tokens", 9},
+                                        {"temperature", 0.5},
+                                        {"seed", -3},
+                                        {"n", 2},
+                                        {"priority", -7},
+                                        {"stop", "iron"},
+                                        {"structured_outputs", {{"choice", {"yes", "no"}}}},
+                                        {"unknown_field", true}});
+  EXPECT_FALSE(r.chat);
+  EXPECT_EQ(r.prompts, (std::vector<std::string>{"a b c", "d"}));
+  EXPECT_EQ(r.prompt_tokens, (std::vector<int>{3, 1}));
+  EXPECT_EQ(r.gen.max_tokens, 9);
+  EXPECT_DOUBLE_EQ(r.gen.temperature, 0.5);
+  EXPECT_EQ(r.gen.seed, std::optional<int64_t>(-3));
+  EXPECT_EQ(r.n, 2);
+  EXPECT_EQ(r.priority, -7);
+  EXPECT_EQ(r.gen.stop, (std::vector<std::string>{"iron"}));
+  EXPECT_EQ(r.gen.choices, (std::vector<std::string>{"yes", "no"}));
+}
+
+TEST(FakeGpuProtocol, DefaultsLikeVllm) {
+  InferenceRequest r = parse_ok(false, {{"prompt", "hi"}});
+  EXPECT_EQ(r.gen.max_tokens, 16);
+  EXPECT_DOUBLE_EQ(r.gen.temperature, 1.0);
+  EXPECT_FALSE(r.gen.seed.has_value());
+  EXPECT_EQ(r.n, 1);
+  EXPECT_EQ(r.priority, 0);
+  EXPECT_TRUE(r.gen.choices.empty());
+}
+
+TEST(FakeGpuProtocol, OlderGuidedChoiceAccepted) {
+  InferenceRequest r = parse_ok(false, {{"prompt", "hi"}, {"guided_choice", {"a", "b"}}});
+  EXPECT_EQ(r.gen.choices, (std::vector<std::string>{"a", "b"}));
+}
+
+TEST(FakeGpuProtocol, UnknownModelIsVllmNotFound) {
+  ApiError e = parse_err(false, {{"model", "gpt-4"}, {"prompt", "x"}});
+  EXPECT_EQ(e.status, 404);
+  EXPECT_EQ(error_json(e).dump(),
+            R"({"error":{"message":"The model `gpt-4` does not exist.","type":"NotFoundError","param":null,"code":404}})");
+}
+
+TEST(FakeGpuProtocol, RejectsBadParameters) {
+  std::vector<json> bad = {
+      {{"prompt", "x"}, {"max_tokens", 0}},
+      {{"prompt", "x"}, {"max_tokens", -5}},
+      {{"prompt", "x"}, {"max_tokens", "16"}},
+      {{"prompt", "x"}, {"max_tokens", 1.5}},
+      {{"prompt", "x"}, {"n", 0}},
+      {{"prompt", "x"}, {"temperature", -0.1}},
+      {{"prompt", "x"}, {"temperature", "hot"}},
+      {{"prompt", "x"}, {"seed", "s"}},
+      {{"prompt", "x"}, {"priority", 1.5}},
+      {{"prompt", "x"}, {"stop", 3}},
+      {{"prompt", "x"}, {"stop", {"a", 1}}},
+      {{"prompt", "x"}, {"guided_choice", json::array()}},
+      {{"prompt", "x"}, {"structured_outputs", "choice"}},
+      {{"prompt", "x"}, {"stream", true}},
+      {{"prompt", "x"}, {"model", 3}},
+      {{"prompt", 5}},
+      {{"prompt", json::array()}},
+      {{"prompt", {1, 2, 3}}},
+      {{"prompt", ""}},
+      {{"max_tokens", 3}},
+      json::array(),
+  };
+  for (const auto& body : bad) {
+    ApiError e = parse_err(false, body);
+    EXPECT_EQ(e.status, 400) << body.dump();
+    EXPECT_EQ(e.type, "BadRequestError") << body.dump();
+    json j = json::parse(error_json(e).dump());
+    EXPECT_EQ(j["error"]["code"], 400);
+    EXPECT_TRUE(j["error"]["param"].is_null());
+  }
+  ApiError e = parse_err(false, {{"prompt", "x"}, {"max_tokens", 0}});
+  EXPECT_EQ(e.message, "max_tokens must be at least 1, got 0.");
+}
+
+TEST(FakeGpuProtocol, MalformedJsonTextIs400) {
+  ServedModel m;
+  ParseResult r = parse_inference_request(false, std::string_view("{\"prompt\": \"x\""), m);
+  ASSERT_TRUE(std::holds_alternative<ApiError>(r));
+  EXPECT_EQ(std::get<ApiError>(r).status, 400);
+}
+
+TEST(FakeGpuProtocol, ContextWindowEnforced) {
+  ServedModel m{"npc-llm", 10};
+  parse_ok(false, {{"prompt", "one two three four"}, {"max_tokens", 6}}, m);
+  ApiError e = parse_err(false, {{"prompt", "one two three four"}, {"max_tokens", 7}}, m);
+  EXPECT_EQ(e.status, 400);
+  EXPECT_NE(e.message.find("maximum context length is 10 tokens"), std::string::npos);
+}
+
+TEST(FakeGpuProtocol, ChatRendersMessagesAndCountsThem) {
+  InferenceRequest r = parse_ok(true, {{"messages",
+                                        {{{"role", "system"}, {"content", "You are a chief."}},
+                                         {{"role", "user"},
+                                          {"content", {{{"type", "text"}, {"text", "Build what?"}}}}},
+                                         {{"role", "assistant"}, {"content", nullptr}}}},
+                                       {"max_completion_tokens", 5}});
+  ASSERT_EQ(r.prompts.size(), 1u);
+  EXPECT_EQ(r.prompts[0], "system: You are a chief.\nuser: Build what?\nassistant: \n");
+  EXPECT_EQ(r.prompt_tokens[0], (1 + 4) + (1 + 2) + (1 + 0));  // "role:" + content words
+  EXPECT_EQ(r.gen.max_tokens, 5);
+  EXPECT_FALSE(r.gen.natural_stop);
+
+  InferenceRequest open = parse_ok(true, {{"messages", {{{"role", "user"}, {"content", "hi"}}}}});
+  EXPECT_TRUE(open.gen.natural_stop);
+
+  EXPECT_EQ(parse_err(true, {{"messages", json::array()}}).status, 400);
+  EXPECT_EQ(parse_err(true, {{"messages", {{{"content", "no role"}}}}}).status, 400);
+  EXPECT_EQ(parse_err(true, {{"messages", {{{"role", "user"}, {"content", 5}}}}}).status, 400);
+}
+
+TEST(FakeGpuProtocol, ListPromptTimesNChoicesWithConsistentUsage) {
+  InferenceRequest r = parse_ok(false, {{"prompt", {"first prompt here", "second"}},
+                                        {"n", 3},
+                                        {"max_tokens", 4},
+                                        {"temperature", 0.9}});
+  InferenceResult res = run_inference(r, 11);
+  ASSERT_EQ(res.choices.size(), 6u);
+  EXPECT_EQ(res.prompt_tokens, 3 + 1);
+  int sum = 0;
+  for (const auto& c : res.choices) sum += c.completion_tokens;
+  EXPECT_EQ(res.completion_tokens, sum);
+  EXPECT_EQ(res.max_choice_tokens, 4);
+  // n samples of one prompt differ at temperature > 0.
+  EXPECT_NE(res.choices[0].text, res.choices[1].text);
+
+  json out = json::parse(completion_response(r, res, "cmpl-abc", 1700000000, "npc-llm").dump());
+  EXPECT_EQ(out["object"], "text_completion");
+  EXPECT_EQ(out["id"], "cmpl-abc");
+  EXPECT_EQ(out["created"], 1700000000);
+  ASSERT_EQ(out["choices"].size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    const json& c = out["choices"][i];
+    EXPECT_EQ(c["index"], i);
+    EXPECT_EQ(c["text"], res.choices[i].text);
+    EXPECT_TRUE(c["logprobs"].is_null());
+    EXPECT_TRUE(c["prompt_logprobs"].is_null());
+    EXPECT_EQ(c["finish_reason"], "length");
+  }
+  EXPECT_EQ(out["usage"]["prompt_tokens"], res.prompt_tokens);
+  EXPECT_EQ(out["usage"]["completion_tokens"], res.completion_tokens);
+  EXPECT_EQ(out["usage"]["total_tokens"], res.prompt_tokens + res.completion_tokens);
+  EXPECT_TRUE(out["usage"]["prompt_tokens_details"].is_null());
+}
+
+TEST(FakeGpuProtocol, ChatResponseShape) {
+  InferenceRequest r = parse_ok(true, {{"messages", {{{"role", "user"}, {"content", "hello"}}}},
+                                       {"max_tokens", 3},
+                                       {"stop", {"zzz"}}});
+  InferenceResult res = run_inference(r, 1);
+  json out = json::parse(completion_response(r, res, "chatcmpl-1", 5, "m").dump());
+  EXPECT_EQ(out["object"], "chat.completion");
+  EXPECT_EQ(out["model"], "m");
+  const json& msg = out["choices"][0]["message"];
+  EXPECT_EQ(msg["role"], "assistant");
+  EXPECT_EQ(msg["content"], res.choices[0].text);
+  EXPECT_EQ(msg["tool_calls"], json::array());
+  EXPECT_EQ(out["usage"]["completion_tokens"], 3);
+}
+
+TEST(FakeGpuProtocol, ModelsListing) {
+  json out = json::parse(models_response({"my-model", 2048}, 42).dump());
+  EXPECT_EQ(out["object"], "list");
+  ASSERT_EQ(out["data"].size(), 1u);
+  EXPECT_EQ(out["data"][0]["id"], "my-model");
+  EXPECT_EQ(out["data"][0]["root"], "my-model");
+  EXPECT_EQ(out["data"][0]["owned_by"], "vllm");
+  EXPECT_EQ(out["data"][0]["max_model_len"], 2048);
+  EXPECT_TRUE(out["data"][0]["parent"].is_null());
+}
+
+// ---- GPU model ----
+
+TEST(FakeGpuModel, ServiceTimeFollowsFormulaAndGrowsWithBatch) {
+  for (const std::string& name : profile_names()) {
+    GpuProfile p = *profile_by_name(name);
+    double prev = -1;
+    for (int running = 1; running <= p.max_batch && running <= 64; running *= 2) {
+      double t = service_time_ms(p, 100, running, false);
+      double expect = p.base_ms + 100 * p.per_token_ms *
+                                      (1 + p.batch_slowdown * (running - 1) / p.max_batch);
+      EXPECT_DOUBLE_EQ(t, expect) << name;
+      EXPECT_GE(t, prev) << name;
+      if (p.per_token_ms > 0 && p.batch_slowdown > 0 && prev >= 0) {
+        EXPECT_GT(t, prev) << name;
+      }
+      prev = t;
+    }
+    EXPECT_LE(service_time_ms(p, 100, 1, true), service_time_ms(p, 100, 1, false));
+  }
+  GpuProfile fast = *profile_by_name("rtx3090ti");
+  GpuProfile slow = *profile_by_name("p40");
+  EXPECT_LT(service_time_ms(fast, 50, 1, false), service_time_ms(slow, 50, 1, false));
+  EXPECT_GT(fast.max_batch, slow.max_batch);
+  EXPECT_DOUBLE_EQ(service_time_ms(*profile_by_name("instant"), 500, 1000, false), 0.0);
+  EXPECT_FALSE(profile_by_name("h100").has_value());
+}
+
+GpuProfile tiny_gpu(int max_batch) {
+  GpuProfile p;
+  p.name = "tiny";
+  p.base_ms = 10;
+  p.per_token_ms = 1;
+  p.max_batch = max_batch;
+  p.batch_slowdown = 1.0;
+  return p;
+}
+
+Job job(uint64_t id, int priority = 0, int tokens = 10) {
+  Job j;
+  j.id = id;
+  j.priority = priority;
+  j.completion_tokens = tokens;
+  return j;
+}
+
+TEST(FakeGpuModel, WaitingQueueBeyondMaxBatchInPriorityOrder) {
+  Scheduler s(tiny_gpu(2));
+  auto a1 = s.submit(job(1));
+  auto a2 = s.submit(job(2));
+  ASSERT_TRUE(a1 && a2);
+  // The second admission shares the batch, so it decodes slower.
+  EXPECT_GT(a2->service_ms, a1->service_ms);
+  EXPECT_FALSE(s.submit(job(3, 5)));
+  EXPECT_FALSE(s.submit(job(4, -1)));
+  EXPECT_FALSE(s.submit(job(5, 0)));
+  EXPECT_FALSE(s.submit(job(6, 0)));
+  EXPECT_EQ(s.running(), 2u);
+  EXPECT_EQ(s.waiting(), 4u);
+
+  std::vector<uint64_t> order;
+  for (uint64_t done : {1, 2, 4, 5, 6, 3}) {
+    for (const Admission& a : s.finish(done)) order.push_back(a.id);
+  }
+  // Lowest priority value first, FIFO among equals.
+  EXPECT_EQ(order, (std::vector<uint64_t>{4, 5, 6, 3}));
+  EXPECT_EQ(s.running(), 0u);
+  EXPECT_EQ(s.waiting(), 0u);
+  EXPECT_EQ(s.peak_running(), 2u);
+}
+
+TEST(FakeGpuModel, CancelFreesSlotOrQueuePlace) {
+  Scheduler s(tiny_gpu(1));
+  ASSERT_TRUE(s.submit(job(1)));
+  EXPECT_FALSE(s.submit(job(2)));
+  EXPECT_FALSE(s.submit(job(3)));
+  EXPECT_TRUE(s.cancel(2).empty());  // waiting: nothing admitted
+  EXPECT_EQ(s.waiting(), 1u);
+  auto admitted = s.cancel(1);  // running: slot goes to 3
+  ASSERT_EQ(admitted.size(), 1u);
+  EXPECT_EQ(admitted[0].id, 3u);
+  EXPECT_TRUE(s.cancel(99).empty());
+  EXPECT_EQ(s.running(), 1u);
+  s.reset_peak();
+  EXPECT_EQ(s.peak_running(), 1u);  // restarts from what is running
+}
+
+TEST(FakeGpuModel, PrefixCacheHitsOnSharedPrefixAndEvictsLru) {
+  PrefixCache c(2, 16);
+  EXPECT_FALSE(c.lookup_and_insert("0123456789abcdef-tail one"));
+  EXPECT_TRUE(c.lookup_and_insert("0123456789abcdef-other tail"));
+  EXPECT_FALSE(c.lookup_and_insert("short"));
+  EXPECT_FALSE(c.lookup_and_insert("third prefix...."));  // evicts the oldest
+  EXPECT_TRUE(c.lookup_and_insert("third prefix....!"));
+  EXPECT_EQ(c.size(), 2u);
+  EXPECT_EQ(c.queries(), 5u);
+  EXPECT_EQ(c.hits(), 2u);
+  EXPECT_FALSE(c.lookup_and_insert("0123456789abcdef"));  // was evicted
+}
+
+// ---- faults ----
+
+TEST(FakeGpuFaults, RateZeroNeverRateOneAlways) {
+  FaultRoller roller(123);
+  FaultConfig none;
+  FaultConfig all;
+  all.hang_rate = all.slow_rate = all.malformed_rate = 1;
+  for (int i = 0; i < 1000; ++i) {
+    FaultRoll r = roller.roll(none);
+    EXPECT_FALSE(r.drop || r.error || r.hang || r.slow || r.malformed);
+    FaultRoll a = roller.roll(all);
+    EXPECT_TRUE(a.hang && a.slow && a.malformed);
+    EXPECT_FALSE(a.drop || a.error);
+  }
+  FaultConfig terminal;
+  terminal.drop_rate = terminal.error_rate = terminal.hang_rate = 1;
+  FaultRoll t = roller.roll(terminal);
+  EXPECT_TRUE(t.drop);  // drop wins; an ended request gets no other fault
+  EXPECT_FALSE(t.error || t.hang);
+}
+
+TEST(FakeGpuFaults, SeededRollsReplayAndMatchRate) {
+  FaultConfig cfg;
+  cfg.error_rate = 0.3;
+  FaultRoller a(9), b(9);
+  int hits = 0;
+  for (int i = 0; i < 10000; ++i) {
+    bool x = a.roll(cfg).error;
+    EXPECT_EQ(x, b.roll(cfg).error);
+    hits += x;
+  }
+  EXPECT_GT(hits, 2700);
+  EXPECT_LT(hits, 3300);
+}
+
+TEST(FakeGpuFaults, MergeValidatesAndIsAllOrNothing) {
+  FaultConfig cfg;
+  EXPECT_FALSE(merge_faults(cfg, {{"error_rate", 0.5}, {"error_status", 503}, {"retry_after", 9}}));
+  EXPECT_DOUBLE_EQ(cfg.error_rate, 0.5);
+  EXPECT_EQ(cfg.error_status, 503);
+  EXPECT_EQ(cfg.retry_after, 9);
+  EXPECT_EQ(cfg.hang_ms, FaultConfig{}.hang_ms);
+
+  FaultConfig before = cfg;
+  for (const json& bad : {json{{"drop_rate", 0.1}, {"nope", 1}}, json{{"error_rate", 2}},
+                          json{{"error_status", 418}}, json{{"hang_ms", -1}},
+                          json{{"slow_ms", "fast"}}, json::array()}) {
+    EXPECT_TRUE(merge_faults(cfg, bad).has_value()) << bad.dump();
+    EXPECT_EQ(faults_to_json(cfg), faults_to_json(before)) << bad.dump();
+  }
+  auto err = merge_faults(cfg, {{"nope", 1}});
+  ASSERT_TRUE(err);
+  EXPECT_NE(err->find("nope"), std::string::npos);
+}
+
+// ---- options ----
+
+Options parse(std::vector<const char*> args) {
+  args.insert(args.begin(), "fake_gpu");
+  Options o;
+  auto err = parse_options(static_cast<int>(args.size()), args.data(), &o);
+  EXPECT_FALSE(err) << *err;
+  return o;
+}
+
+TEST(FakeGpuOptions, ProfileThenOverridesInAnyOrder) {
+  Options a = parse({"--base-ms", "7", "--profile", "p40", "--max-batch=3"});
+  GpuProfile p40 = *profile_by_name("p40");
+  EXPECT_EQ(a.profile.name, "p40");
+  EXPECT_DOUBLE_EQ(a.profile.base_ms, 7);
+  EXPECT_EQ(a.profile.max_batch, 3);
+  EXPECT_DOUBLE_EQ(a.profile.per_token_ms, p40.per_token_ms);
+
+  Options d = parse({});
+  EXPECT_EQ(d.profile.name, "rtx3090ti");
+  EXPECT_EQ(d.model, "npc-llm");
+  EXPECT_EQ(d.host, "127.0.0.1");
+  EXPECT_TRUE(d.healthy);
+}
+
+TEST(FakeGpuOptions, FaultFlagsAndErrors) {
+  Options o = parse({"--port", "0", "--error-rate", "0.25", "--error-status", "429", "--retry-after",
+                     "4", "--hang-ms", "50", "--drop-rate", "1", "--fault-seed", "77", "--unhealthy"});
+  EXPECT_EQ(o.port, 0);
+  EXPECT_DOUBLE_EQ(o.faults.error_rate, 0.25);
+  EXPECT_EQ(o.faults.error_status, 429);
+  EXPECT_EQ(o.faults.retry_after, 4);
+  EXPECT_EQ(o.faults.hang_ms, 50);
+  EXPECT_DOUBLE_EQ(o.faults.drop_rate, 1);
+  EXPECT_EQ(o.faults.fault_seed, 77u);
+  EXPECT_FALSE(o.healthy);
+
+  const std::vector<std::vector<const char*>> bad_args = {
+      {"fake_gpu", "--profile", "a100"},      {"fake_gpu", "--bogus"},
+      {"fake_gpu", "--port"},                 {"fake_gpu", "--port", "70000"},
+      {"fake_gpu", "--error-rate", "1.5"},    {"fake_gpu", "--error-status", "404"},
+      {"fake_gpu", "--max-batch", "0"}};
+  for (const auto& bad : bad_args) {
+    Options x;
+    EXPECT_TRUE(parse_options(static_cast<int>(bad.size()), bad.data(), &x).has_value()) << bad[1];
+  }
+}
+
+// ---- metrics and shared state ----
+
+double sample(const std::string& text, const std::string& series) {
+  size_t pos = text.find("\n" + series + " ");
+  if (pos == std::string::npos) return -1;
+  return std::stod(text.substr(pos + series.size() + 2));
+}
+
+TEST(FakeGpuMetrics, RendersVllmNamesWithModelLabel) {
+  MetricsSnapshot s;
+  s.model = "npc-llm";
+  s.running = 3;
+  s.waiting = 4;
+  s.success_length = 5;
+  s.faults[static_cast<size_t>(FaultKind::drop)] = 6;
+  std::string text = render_metrics(s);
+  EXPECT_EQ(sample(text, "vllm:num_requests_running{model_name=\"npc-llm\"}"), 3);
+  EXPECT_EQ(sample(text, "vllm:num_requests_waiting{model_name=\"npc-llm\"}"), 4);
+  EXPECT_EQ(sample(text, "vllm:request_success_total{finished_reason=\"length\",model_name=\"npc-llm\"}"), 5);
+  EXPECT_EQ(sample(text, "fake_gpu_errors_injected_total{kind=\"drop\",model_name=\"npc-llm\"}"), 6);
+  for (const char* name : {"vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+                           "fake_gpu_requests_total", "fake_gpu_peak_running",
+                           "fake_gpu_prefix_cache_hits_total", "fake_gpu_prefix_cache_queries_total"}) {
+    EXPECT_NE(text.find(std::string("# TYPE ") + name + " "), std::string::npos) << name;
+    EXPECT_EQ(sample(text, std::string(name) + "{model_name=\"npc-llm\"}"), 0) << name;
+  }
+}
+
+TEST(FakeGpuState, CountsAndResets) {
+  Options o;
+  o.profile = tiny_gpu(1);
+  GpuState gpu(o);
+  InferenceRequest r = parse_ok(false, {{"prompt", "a b"}, {"max_tokens", 3}});
+  InferenceResult res = run_inference(r, 0);
+
+  Intake i1 = gpu.intake(0);
+  Intake i2 = gpu.intake(1);
+  EXPECT_NE(i1.id, i2.id);
+  EXPECT_EQ(owner_of(i2.id), 1);
+  ASSERT_TRUE(gpu.submit(job(i1.id)));
+  EXPECT_FALSE(gpu.submit(job(i2.id)));
+  MetricsSnapshot s = gpu.snapshot();
+  EXPECT_EQ(s.requests_total, 2u);
+  EXPECT_EQ(s.running, 1u);
+  EXPECT_EQ(s.waiting, 1u);
+  EXPECT_EQ(s.inflight, 2u);
+
+  auto admitted = gpu.finish(i1.id, res);
+  ASSERT_EQ(admitted.size(), 1u);
+  EXPECT_EQ(admitted[0].id, i2.id);
+  s = gpu.snapshot();
+  EXPECT_EQ(s.success_length, 1u);
+  EXPECT_EQ(s.prompt_tokens, 2u);
+  EXPECT_EQ(s.generation_tokens, 3u);
+  EXPECT_EQ(s.inflight, 1u);
+
+  gpu.reset();
+  s = gpu.snapshot();
+  EXPECT_EQ(s.requests_total, 0u);
+  EXPECT_EQ(s.success_length, 0u);
+  EXPECT_EQ(s.generation_tokens, 0u);
+  EXPECT_EQ(s.peak_running, 1u);  // i2 still runs
+  EXPECT_EQ(s.peak_inflight, 1u);
+  gpu.cancel(i2.id);
+  s = gpu.snapshot();
+  EXPECT_EQ(s.running, 0u);
+  EXPECT_EQ(s.client_disconnects, 1u);
+}
+
+}  // namespace
+}  // namespace npc_scale::fake_gpu
