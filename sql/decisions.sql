@@ -1,4 +1,5 @@
 -- The decision API: happy path with deterministic answers from the simulated
+\set SHOW_CONTEXT never
 -- GPU, and every kind of bad input (SQLSTATE shown after each error).
 SELECT npc_test.use_gpus(ARRAY['fast0']);
 
@@ -15,7 +16,7 @@ SELECT status, response FROM npc_scale.await_decision(:id, '10 s');
 SELECT count(*) AS queued, bool_and(id > 0) AS ids
   FROM npc_scale.request_decisions(ARRAY[601, 602, 603], 'move', ARRAY['go north', 'go east', 'go south'],
                                    6, '{"temperature": 0, "max_tokens": 3}') AS id;
-SELECT npc_id, status, response
+SELECT q.npc_id, a.status, a.response
   FROM npc_scale.decision_queue q,
        LATERAL npc_scale.await_decision(q.id, '10 s') a
  WHERE q.npc_id IN (601, 602, 603) ORDER BY q.id;

@@ -171,6 +171,17 @@ void Dispatcher::reload_endpoints_if_changed(bool force) {
   endpoints_generation_ = generation;
   endpoints_ = load_endpoints();
   maybe_more_work_ = true;
+  int enabled = 0, slots = 0;
+  for (const auto& e : endpoints_) {
+    if (e.enabled) {
+      enabled++;
+      slots += e.max_concurrent;
+    }
+  }
+  pg_call([&] {
+    ereport(LOG, (errmsg("npc_scale dispatcher: fleet loaded: %d endpoints, %d enabled, %d slots",
+                         static_cast<int>(endpoints_.size()), enabled, slots)));
+  });
 }
 
 std::vector<EndpointLoad> Dispatcher::loads() const {

@@ -308,8 +308,8 @@ void Worker::on_request(evhttp_request* req) {
   }
   if (path == "/health") {
     if (!get) return send_detail(req, 405, "Method Not Allowed");
-    evhttp_send_reply(req, gpu_.healthy() ? 200 : 503, gpu_.healthy() ? "OK" : "Service Unavailable",
-                      nullptr);
+    int status = gpu_.healthy() ? 200 : 503;
+    evhttp_send_reply(req, status, reason_phrase(status), nullptr);  // empty body, as vLLM
     return;
   }
   if (path == "/v1/models") {

@@ -20,8 +20,8 @@ SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue WHERE prompt = 'De
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1.0, "hang_ms": 60000, "error_rate": 0}');
 SET statement_timeout = '300ms';
-SELECT throws_ok($$ SELECT npc_scale.generate('Hang?', 5) $$, '57014', NULL,
-  'statement_timeout cancels a hanging generate()');
+SELECT is(npc_test.error_of($$ SELECT npc_scale.generate('Hang?', 5) $$),
+  '57014: canceling statement due to statement timeout', 'statement_timeout cancels a hanging generate()');
 RESET statement_timeout;
 SELECT ok(npc_test.wait_for($$ npc_test.metric('sync_slots_busy') = 0 $$), 'its slot is freed');
 SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0}');

@@ -474,7 +474,8 @@ TEST(FakeGpuApi, RunningAndWaitingVisibleWhileInFlight) {
 }
 
 TEST(FakeGpuApi, WaitingQueueServesLowerPriorityValueFirst) {
-  START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "300", "--per-token-ms", "0",
+  // The blocker runs long enough for both others to queue behind it.
+  START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "600", "--per-token-ms", "0",
                  "--max-batch", "1");
   Concurrent load;
   load.post(gpu, completion("blocker", 1));

@@ -49,7 +49,9 @@ BEGIN
                || '''' || replace(body, '''', '''\''''') || '''';
   END IF;
   cmd := cmd || ' ' || '''' || replace(url, '''', '''\''''') || '''';
-  CREATE TEMP TABLE IF NOT EXISTS npc_test_http_out (n serial, line text);
+  IF to_regclass('pg_temp.npc_test_http_out') IS NULL THEN
+    CREATE TEMP TABLE npc_test_http_out (n serial, line text);
+  END IF;
   TRUNCATE npc_test_http_out;
   EXECUTE format('COPY npc_test_http_out (line) FROM PROGRAM %L WITH (FORMAT csv, DELIMITER E''\x1f'', QUOTE E''\x1e'')', cmd);
   SELECT string_agg(line, E'\n' ORDER BY n) INTO out FROM npc_test_http_out;
@@ -89,3 +91,13 @@ CREATE OR REPLACE FUNCTION npc_test.all_finished(ids bigint[]) RETURNS boolean L
   SELECT count(*) = cardinality(ids) FROM npc_scale.decision_queue
    WHERE id = ANY(ids) AND status NOT IN ('queued', 'running')
 $$;
+
+-- SQLSTATE and message of the error `sql` raises ('' if none). Unlike
+-- pgTAP's throws_*, this also catches query_canceled (statement_timeout).
+CREATE OR REPLACE FUNCTION npc_test.error_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE sql;
+  RETURN '';
+EXCEPTION WHEN OTHERS OR query_canceled THEN
+  RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
