@@ -3,6 +3,7 @@
 #   make && make install     the extension
 #   make unit                GoogleTest binary build/unit_tests (src/core + fake GPU logic)
 #   make fake_gpu            the simulated vLLM server, build/fake_gpu
+#   make npc_load            the game-server load generator, build/npc_load
 #   test/run                 everything, end to end (see README.md)
 
 EXTENSION = npc_scale
@@ -38,9 +39,10 @@ TEST_CXXFLAGS := -std=c++17 -O2 -g -Wall -Wextra -Isrc -Isrc/core -Itest/fake_gp
 FAKE_GPU_LIB_SRCS := $(filter-out test/fake_gpu/main.cpp,$(wildcard test/fake_gpu/*.cpp))
 UNIT_SRCS := $(wildcard test/unit/*.cpp)
 
-.PHONY: unit fake_gpu
+.PHONY: unit fake_gpu npc_load
 unit: $(BUILD_DIR)/unit_tests
 fake_gpu: $(BUILD_DIR)/fake_gpu
+npc_load: $(BUILD_DIR)/npc_load
 
 $(BUILD_DIR)/unit_tests: $(CORE_SRCS) $(FAKE_GPU_LIB_SRCS) $(UNIT_SRCS) $(wildcard src/core/*.hpp test/fake_gpu/*.hpp)
 	@mkdir -p $(BUILD_DIR)
@@ -51,7 +53,12 @@ $(BUILD_DIR)/fake_gpu: $(wildcard test/fake_gpu/*.cpp test/fake_gpu/*.hpp)
 	@mkdir -p $(BUILD_DIR)
 	$(CXX) $(TEST_CXXFLAGS) $(wildcard test/fake_gpu/*.cpp) -levent -lxxhash -lpthread -o $@
 
+# The game-server load generator (benchmarks and the demo), on libpq.
+$(BUILD_DIR)/npc_load: test/bench/npc_load.cpp
+	@mkdir -p $(BUILD_DIR)
+	$(CXX) $(TEST_CXXFLAGS) -I$(shell $(PG_CONFIG) --includedir) $< -L$(shell $(PG_CONFIG) --libdir) -lpq -o $@
+
 clean: clean-build
 .PHONY: clean-build
 clean-build:
-	rm -f $(BUILD_DIR)/unit_tests $(BUILD_DIR)/fake_gpu
+	rm -f $(BUILD_DIR)/unit_tests $(BUILD_DIR)/fake_gpu $(BUILD_DIR)/npc_load

@@ -8,8 +8,11 @@ NPC_ROOT=${NPC_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 NPC_PROFILE=${NPC_PROFILE:-test}           # test | demo: separate ports and dirs
 NPC_BUILD=${NPC_BUILD:-$NPC_ROOT/build}
 NPC_STATE=$NPC_BUILD/$NPC_PROFILE
-if [ "$NPC_PROFILE" = demo ]; then _pgport=55432 _redisport=56379 _gpubase=18001
-else _pgport=55433 _redisport=56380 _gpubase=18101; fi
+case "$NPC_PROFILE" in
+  demo)  _pgport=55432 _redisport=56379 _gpubase=18001 ;;
+  bench) _pgport=55434 _redisport=56381 _gpubase=18201 ;;
+  *)     _pgport=55433 _redisport=56380 _gpubase=18101 ;;
+esac
 NPC_PGPORT=${NPC_PGPORT:-$_pgport}
 NPC_REDIS_PORT=${NPC_REDIS_PORT:-$_redisport}
 NPC_GPU_BASE_PORT=${NPC_GPU_BASE_PORT:-$_gpubase}
@@ -26,7 +29,7 @@ NPC_PACKAGES=(
   postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
   postgresql-15-cron postgresql-15-partman redis-server redis-tools
   libcurl4-openssl-dev libhiredis-dev libevent-dev nlohmann-json3-dev libxxhash-dev
-  libgtest-dev googletest
+  libgtest-dev googletest libpq-dev
 )
 
 npc_log() { printf '[npc_scale %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -54,7 +57,7 @@ npc_build() {
   npc_log "building the extension, unit tests and fake GPU"
   make -C "$NPC_ROOT" -s -j2 >"$NPC_BUILD/build.log" 2>&1 \
     && make -C "$NPC_ROOT" -s install >>"$NPC_BUILD/build.log" 2>&1 \
-    && make -C "$NPC_ROOT" -s -j2 unit fake_gpu >>"$NPC_BUILD/build.log" 2>&1 \
+    && make -C "$NPC_ROOT" -s -j2 unit fake_gpu npc_load >>"$NPC_BUILD/build.log" 2>&1 \
     || { tail -40 "$NPC_BUILD/build.log"; npc_die "build failed (see $NPC_BUILD/build.log)"; }
 }
 

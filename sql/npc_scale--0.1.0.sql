@@ -160,21 +160,8 @@ END $$;
 CREATE FUNCTION npc_scale.request_decision(
     npc_id bigint, decision_type text, prompt text, priority integer DEFAULT 5,
     params jsonb DEFAULT '{}', deadline interval DEFAULT NULL, world_id bigint DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-  new_id bigint;
-BEGIN
-  PERFORM npc_scale._check_request(npc_id, decision_type, prompt, priority);
-  IF deadline IS NOT NULL AND deadline <= interval '0' THEN
-    RAISE EXCEPTION 'deadline % must be a positive interval', deadline USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  PERFORM npc_scale._check_params(coalesce(params, '{}'));
-  INSERT INTO npc_scale.decision_queue (npc_id, world_id, decision_type, prompt, params, priority, deadline)
-  VALUES (npc_id, world_id, decision_type, prompt, coalesce(params, '{}'), priority, now() + deadline)
-  RETURNING id INTO new_id;
-  PERFORM npc_scale._wake_dispatcher_at_commit();
-  RETURN new_id;
-END $$;
+RETURNS bigint AS 'MODULE_PATHNAME', 'npc_scale_request_decision'
+LANGUAGE C VOLATILE SECURITY DEFINER;  -- its SQL is schema-qualified and prepared
 COMMENT ON FUNCTION npc_scale.request_decision(bigint, text, text, integer, jsonb, interval, bigint) IS
 'Queues one NPC decision; the dispatcher is woken when the transaction commits. Returns its id.';
 

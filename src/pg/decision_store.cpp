@@ -26,6 +26,75 @@ std::vector<int64_t> ids_of(uint64_t rows, int col) {
   return ids;
 }
 
+
+// In the caller's transaction.
+void claim_in_transaction(int limit, int lease_s, ClaimResult& out) {
+  static SavedPlan plan(
+      "WITH c AS ("
+      "  SELECT id FROM npc_scale.decision_queue"
+      "   WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
+      "   ORDER BY priority, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+      "UPDATE npc_scale.decision_queue q SET"
+      "  status = CASE WHEN q.deadline < now() THEN 'expired' ELSE 'running' END,"
+      "  attempts = q.attempts + CASE WHEN q.deadline < now() THEN 0 ELSE 1 END,"
+      "  leased_until = CASE WHEN q.deadline < now() THEN NULL"
+      "                      ELSE now() + make_interval(secs => $2) END,"
+      "  started_at = coalesce(q.started_at, now()),"
+      "  finished_at = CASE WHEN q.deadline < now() THEN now() END,"
+      "  error = CASE WHEN q.deadline < now() THEN 'deadline passed before it was sent'"
+      "               ELSE q.error END,"
+      "  not_before = NULL "
+      "FROM c WHERE q.id = c.id "
+      "RETURNING q.id, q.status = 'running', q.attempts, q.priority, q.prompt, q.params::text,"
+      "  (extract(epoch FROM q.deadline - now()) * 1000)::bigint",
+      {INT4OID, INT4OID});
+  {
+    uint64_t n = plan.execute({Int32GetDatum(limit), Int32GetDatum(lease_s)});
+    for (uint64_t i = 0; i < n; i++) {
+      int64_t id = spi_int(i, 1).value_or(0);
+      if (!spi_bool(i, 2)) {
+        out.expired.push_back(id);
+        continue;
+      }
+      ClaimedDecision d;
+      d.id = id;
+      d.attempts = static_cast<int>(spi_int(i, 3).value_or(1));
+      d.priority = static_cast<int>(spi_int(i, 4).value_or(5));
+      d.prompt = spi_text(i, 5).value_or("");
+      d.params = spi_text(i, 6).value_or("{}");
+      d.deadline_in_ms = spi_int(i, 7);
+      out.running.push_back(std::move(d));
+    }
+    for (int64_t id : out.expired) notify_finished(id);
+  }
+}
+
+// In the caller's transaction; appends the ids that reached a final status.
+void write_in_transaction(const std::vector<DecisionResult>& results, std::vector<int64_t>& finished) {
+  static SavedPlan plan(
+      "UPDATE npc_scale.decision_queue q SET"
+      "  status = r.status, response = r.response, error = r.error,"
+      "  gpu_id = coalesce(r.gpu_id, q.gpu_id), leased_until = NULL,"
+      "  not_before = CASE WHEN r.status = 'queued'"
+      "                    THEN now() + make_interval(secs => r.retry_ms / 1000.0) END,"
+      "  finished_at = CASE WHEN r.status = 'queued' THEN NULL ELSE now() END "
+      "FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, attempts int, status text,"
+      "     response text, error text, gpu_id int, retry_ms bigint) "
+      "WHERE q.id = r.id AND q.status = 'running' AND q.attempts = r.attempts "
+      "RETURNING q.id, q.status <> 'queued'",
+      {TEXTOID});
+  if (results.empty()) return;
+  std::string json = results_to_json(results);
+  {
+    Datum arg = pg_call([&] { return PointerGetDatum(cstring_to_text_with_len(json.data(), json.size())); });
+    uint64_t n = plan.execute({arg});
+    for (uint64_t i = 0; i < n; i++) {
+      if (spi_bool(i, 2)) finished.push_back(spi_int(i, 1).value_or(0));
+    }
+    for (int64_t id : finished) notify_finished(id);
+  }
+}
+
 }  // namespace
 
 bool store_ready() {
@@ -57,76 +126,15 @@ std::vector<EndpointConfig> load_endpoints() {
   return out;
 }
 
-ClaimResult claim_decisions(int limit, int lease_s) {
-  static SavedPlan plan(
-      "WITH c AS ("
-      "  SELECT id FROM npc_scale.decision_queue"
-      "   WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
-      "   ORDER BY priority, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
-      "UPDATE npc_scale.decision_queue q SET"
-      "  status = CASE WHEN q.deadline < now() THEN 'expired' ELSE 'running' END,"
-      "  attempts = q.attempts + CASE WHEN q.deadline < now() THEN 0 ELSE 1 END,"
-      "  leased_until = CASE WHEN q.deadline < now() THEN NULL"
-      "                      ELSE now() + make_interval(secs => $2) END,"
-      "  started_at = coalesce(q.started_at, now()),"
-      "  finished_at = CASE WHEN q.deadline < now() THEN now() END,"
-      "  error = CASE WHEN q.deadline < now() THEN 'deadline passed before it was sent'"
-      "               ELSE q.error END,"
-      "  not_before = NULL "
-      "FROM c WHERE q.id = c.id "
-      "RETURNING q.id, q.status = 'running', q.attempts, q.priority, q.prompt, q.params::text,"
-      "  (extract(epoch FROM q.deadline - now()) * 1000)::bigint",
-      {INT4OID, INT4OID});
-  ClaimResult out;
-  in_transaction("npc_scale: claim decisions", [&] {
+RoundResult store_round(const std::vector<DecisionResult>& results, int claim_limit, int lease_s) {
+  RoundResult out;
+  in_transaction("npc_scale: write results, claim decisions", [&] {
     if (!extension_present()) return;
-    uint64_t n = plan.execute({Int32GetDatum(limit), Int32GetDatum(lease_s)});
-    for (uint64_t i = 0; i < n; i++) {
-      int64_t id = spi_int(i, 1).value_or(0);
-      if (!spi_bool(i, 2)) {
-        out.expired.push_back(id);
-        continue;
-      }
-      ClaimedDecision d;
-      d.id = id;
-      d.attempts = static_cast<int>(spi_int(i, 3).value_or(1));
-      d.priority = static_cast<int>(spi_int(i, 4).value_or(5));
-      d.prompt = spi_text(i, 5).value_or("");
-      d.params = spi_text(i, 6).value_or("{}");
-      d.deadline_in_ms = spi_int(i, 7);
-      out.running.push_back(std::move(d));
-    }
-    for (int64_t id : out.expired) notify_finished(id);
+    write_in_transaction(results, out.finished);
+    if (claim_limit > 0) claim_in_transaction(claim_limit, lease_s, out.claimed);
   });
+  for (int64_t id : out.claimed.expired) out.finished.push_back(id);
   return out;
-}
-
-std::vector<int64_t> write_results(const std::vector<DecisionResult>& results) {
-  static SavedPlan plan(
-      "UPDATE npc_scale.decision_queue q SET"
-      "  status = r.status, response = r.response, error = r.error,"
-      "  gpu_id = coalesce(r.gpu_id, q.gpu_id), leased_until = NULL,"
-      "  not_before = CASE WHEN r.status = 'queued'"
-      "                    THEN now() + make_interval(secs => r.retry_ms / 1000.0) END,"
-      "  finished_at = CASE WHEN r.status = 'queued' THEN NULL ELSE now() END "
-      "FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, attempts int, status text,"
-      "     response text, error text, gpu_id int, retry_ms bigint) "
-      "WHERE q.id = r.id AND q.status = 'running' AND q.attempts = r.attempts "
-      "RETURNING q.id, q.status <> 'queued'",
-      {TEXTOID});
-  std::vector<int64_t> finished;
-  if (results.empty()) return finished;
-  std::string json = results_to_json(results);
-  in_transaction("npc_scale: write results", [&] {
-    if (!extension_present()) return;
-    Datum arg = pg_call([&] { return PointerGetDatum(cstring_to_text_with_len(json.data(), json.size())); });
-    uint64_t n = plan.execute({arg});
-    for (uint64_t i = 0; i < n; i++) {
-      if (spi_bool(i, 2)) finished.push_back(spi_int(i, 1).value_or(0));
-    }
-    for (int64_t id : finished) notify_finished(id);
-  });
-  return finished;
 }
 
 std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued) {

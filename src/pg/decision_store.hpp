@@ -42,14 +42,16 @@ bool store_ready();
 
 std::vector<EndpointConfig> load_endpoints();
 
-// Claims up to `limit` queued decisions, best priority then oldest, skipping
-// rows locked by others, leasing them for lease_s seconds.
-ClaimResult claim_decisions(int limit, int lease_s);
+struct RoundResult {
+  std::vector<int64_t> finished;  // ids that reached a final status (to wake waiters)
+  ClaimResult claimed;
+};
 
-// Writes a batch of results; a row is written only if it is still the same
-// running claim (status running, same attempts). Returns the ids that reached
-// a final status (for waking waiters).
-std::vector<int64_t> write_results(const std::vector<DecisionResult>& results);
+// One short transaction per dispatcher round: writes a batch of results (a
+// row only if it is still the same running claim: status running, same
+// attempts), then claims up to `claim_limit` queued decisions — best priority
+// first, then oldest, skipping rows locked by others — leased for lease_s.
+RoundResult store_round(const std::vector<DecisionResult>& results, int claim_limit, int lease_s);
 
 // Running decisions whose lease lapsed (or all running ones, at start-up)
 // go back to the queue, or fail after max_attempts. Returns final ids.

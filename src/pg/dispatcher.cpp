@@ -29,6 +29,7 @@ extern "C" {
 #include "miscadmin.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 PGDLLEXPORT void npc_scale_dispatcher_main(Datum main_arg);
@@ -68,12 +69,11 @@ class Dispatcher {
   bool send(int gpu_index, InFlight info, const std::string& prompt, const GenerationParams& params,
             int priority, long timeout_ms);
   void serve_sync_slots();
-  void claim_and_send();
+  void store_round_and_send();
   void handle_finished();
   void finish_decision(const InFlight& f, const HttpResult& r);
   void finish_sync(const InFlight& f, const HttpResult& r);
   void fail_sync_slot(int index, uint64 ticket, const std::string& error);
-  void flush_results();
   void housekeeping();
   void wake_waiters(const std::vector<int64_t>& finished);
   long wait_timeout_ms() const;
@@ -111,6 +111,14 @@ void Dispatcher::run() {
 }
 
 void Dispatcher::start_up() {
+  // Every statement of the dispatcher touches a small batch of rows by
+  // primary key. A hash join would instead read every running row (and the
+  // dead index entries behind them) per batch; keep the planner on nested
+  // loops for this process only.
+  pg_call([] {
+    SetConfigOption("enable_hashjoin", "off", PGC_USERSET, PGC_S_SESSION);
+    SetConfigOption("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION);
+  });
   // Idle until CREATE EXTENSION npc_scale has run in this database.
   while (!store_ready()) {
     worker_set_state(WorkerState::idle, "waiting for CREATE EXTENSION npc_scale");
@@ -149,8 +157,7 @@ void Dispatcher::tick(int wake_events) {
     retry_due_ms_.reset();
     maybe_more_work_ = true;
   }
-  if (maybe_more_work_) claim_and_send();
-  flush_results();
+  store_round_and_send();
   if (now_ms() >= next_housekeeping_ms_) housekeeping();
   worker_set_state(in_flight_.empty() ? WorkerState::idle : WorkerState::busy,
                    in_flight_.empty() ? nullptr : "dispatching");
@@ -273,16 +280,32 @@ void Dispatcher::serve_sync_slots() {
   }
 }
 
-void Dispatcher::claim_and_send() {
-  maybe_more_work_ = false;
-  auto current = loads();
-  int free = Router::free_capacity(current);
-  if (free <= 0) return;  // a finishing request sets maybe_more_work_ again
-  int limit = std::min(free, guc_claim_batch);
-  int lease_s = guc_lease_timeout_s;
-  ClaimResult claimed = claim_decisions(limit, lease_s);
-  wake_waiters(claimed.expired);
-  if (static_cast<int>(claimed.running.size() + claimed.expired.size()) >= limit) {
+// One transaction: write the finished results, then claim as many queued
+// decisions as there are free slots; send them after it commits.
+void Dispatcher::store_round_and_send() {
+  int limit = 0;
+  if (maybe_more_work_) {
+    maybe_more_work_ = false;
+    // A finishing request sets maybe_more_work_ again when slots are full.
+    limit = std::min(Router::free_capacity(loads()), guc_claim_batch);
+  }
+  if (limit <= 0 && pending_results_.empty()) return;
+  std::vector<DecisionResult> batch;
+  batch.swap(pending_results_);
+  const int lease_s = guc_lease_timeout_s;
+  RoundResult round;
+  try {
+    round = store_round(batch, limit, lease_s);
+  } catch (...) {
+    // Keep the results for the next round (housekeeping drops them if the
+    // extension is gone); the claim simply did not happen.
+    pending_results_.insert(pending_results_.end(), batch.begin(), batch.end());
+    maybe_more_work_ = true;
+    throw;
+  }
+  wake_waiters(round.finished);
+  ClaimResult& claimed = round.claimed;
+  if (limit > 0 && static_cast<int>(claimed.running.size() + claimed.expired.size()) >= limit) {
     maybe_more_work_ = true;  // there may be more behind this batch
   }
   // Keep every per-request timeout inside the lease, so a lease only lapses
@@ -300,7 +323,7 @@ void Dispatcher::claim_and_send() {
       auto pick = router_.pick(loads());
       if (!pick) {
         // Capacity vanished (an endpoint was disabled between the count and
-        // now): hand it back at once, without using up an attempt's back-off.
+        // now): hand it back at once, without a back-off.
         pending_results_.push_back({d.id, d.attempts, "queued", "", "no free GPU slot", 0, 0});
         continue;
       }
@@ -415,19 +438,6 @@ void Dispatcher::fail_sync_slot(int index, uint64 ticket, const std::string& err
   slot->state = SyncState::failed;
   SpinLockRelease(&slot->mutex);
   pg_call([&] { ConditionVariableBroadcast(&slot->done_cv); });
-}
-
-void Dispatcher::flush_results() {
-  if (pending_results_.empty()) return;
-  std::vector<DecisionResult> batch;
-  batch.swap(pending_results_);
-  try {
-    wake_waiters(write_results(batch));
-  } catch (...) {
-    // Keep them for the next tick unless the extension is gone.
-    pending_results_.insert(pending_results_.end(), batch.begin(), batch.end());
-    throw;
-  }
 }
 
 void Dispatcher::housekeeping() {
