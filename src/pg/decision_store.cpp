@@ -6,6 +6,7 @@ extern "C" {
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 }
 
 namespace npc_scale {
@@ -33,39 +34,28 @@ void claim_in_transaction(int limit, int lease_s, ClaimResult& out) {
       "WITH c AS ("
       "  SELECT id FROM npc_scale.decision_queue"
       "   WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
+      "     AND (deadline IS NULL OR deadline >= now())"
       "   ORDER BY priority, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
       "UPDATE npc_scale.decision_queue q SET"
-      "  status = CASE WHEN q.deadline < now() THEN 'expired' ELSE 'running' END,"
-      "  attempts = q.attempts + CASE WHEN q.deadline < now() THEN 0 ELSE 1 END,"
-      "  leased_until = CASE WHEN q.deadline < now() THEN NULL"
-      "                      ELSE now() + make_interval(secs => $2) END,"
-      "  started_at = coalesce(q.started_at, now()),"
-      "  finished_at = CASE WHEN q.deadline < now() THEN now() END,"
-      "  error = CASE WHEN q.deadline < now() THEN 'deadline passed before it was sent'"
-      "               ELSE q.error END,"
-      "  not_before = NULL "
+      "  status = 'running', attempts = q.attempts + 1,"
+      "  leased_until = now() + make_interval(secs => $2),"
+      "  started_at = coalesce(q.started_at, now()), not_before = NULL "
       "FROM c WHERE q.id = c.id "
-      "RETURNING q.id, q.status = 'running', q.attempts, q.priority, q.prompt, q.params::text,"
-      "  (extract(epoch FROM q.deadline - now()) * 1000)::bigint",
+      "RETURNING q.id, q.attempts, q.priority, q.prompt, q.params::text,"
+      "  (extract(epoch FROM q.deadline - now()) * 1000)::bigint, q.gpu_id, q.npc_id",
       {INT4OID, INT4OID});
-  {
-    uint64_t n = plan.execute({Int32GetDatum(limit), Int32GetDatum(lease_s)});
-    for (uint64_t i = 0; i < n; i++) {
-      int64_t id = spi_int(i, 1).value_or(0);
-      if (!spi_bool(i, 2)) {
-        out.expired.push_back(id);
-        continue;
-      }
-      ClaimedDecision d;
-      d.id = id;
-      d.attempts = static_cast<int>(spi_int(i, 3).value_or(1));
-      d.priority = static_cast<int>(spi_int(i, 4).value_or(5));
-      d.prompt = spi_text(i, 5).value_or("");
-      d.params = spi_text(i, 6).value_or("{}");
-      d.deadline_in_ms = spi_int(i, 7);
-      out.running.push_back(std::move(d));
-    }
-    for (int64_t id : out.expired) notify_finished(id);
+  uint64_t n = plan.execute({Int32GetDatum(limit), Int32GetDatum(lease_s)});
+  for (uint64_t i = 0; i < n; i++) {
+    ClaimedDecision d;
+    d.id = spi_int(i, 1).value_or(0);
+    d.attempts = static_cast<int>(spi_int(i, 2).value_or(1));
+    d.priority = static_cast<int>(spi_int(i, 3).value_or(5));
+    d.prompt = spi_text(i, 4).value_or("");
+    d.params = spi_text(i, 5).value_or("{}");
+    d.deadline_in_ms = spi_int(i, 6);
+    if (auto g = spi_int(i, 7)) d.last_gpu_id = static_cast<int>(*g);
+    d.npc_id = spi_int(i, 8).value_or(0);
+    out.running.push_back(std::move(d));
   }
 }
 
@@ -126,15 +116,31 @@ std::vector<EndpointConfig> load_endpoints() {
   return out;
 }
 
-RoundResult store_round(const std::vector<DecisionResult>& results, int claim_limit, int lease_s) {
-  RoundResult out;
-  in_transaction("npc_scale: write results, claim decisions", [&] {
+ClaimResult claim_decisions(int limit, int lease_s) {
+  ClaimResult out;
+  in_transaction("npc_scale: claim decisions", [&] {
     if (!extension_present()) return;
-    write_in_transaction(results, out.finished);
-    if (claim_limit > 0) claim_in_transaction(claim_limit, lease_s, out.claimed);
+    // Not worth a WAL flush: a claim lost in a crash only leaves the row
+    // queued; its answer was not written yet, so nothing can be answered twice.
+    pg_call([] {
+      (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+                              GUC_ACTION_LOCAL, true, 0, false);
+    });
+    claim_in_transaction(limit, lease_s, out);
   });
-  for (int64_t id : out.claimed.expired) out.finished.push_back(id);
   return out;
+}
+
+std::vector<int64_t> write_results(const std::vector<DecisionResult>& results) {
+  std::vector<int64_t> finished;
+  if (results.empty()) return finished;
+  // Durable before the NOTIFY goes out: an answer the game has seen must
+  // survive a crash, or it could be answered again.
+  in_transaction("npc_scale: write results", [&] {
+    if (!extension_present()) return;
+    write_in_transaction(results, finished);
+  });
+  return finished;
 }
 
 std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued) {

@@ -30,11 +30,12 @@ struct ClaimedDecision {
   std::string prompt;
   std::string params;
   std::optional<int64_t> deadline_in_ms;  // time left until the deadline
+  std::optional<int> last_gpu_id;         // the endpoint of the previous attempt
+  int64_t npc_id = 0;
 };
 
 struct ClaimResult {
   std::vector<ClaimedDecision> running;  // to send now
-  std::vector<int64_t> expired;          // deadline passed: finished without sending
 };
 
 // Whether the extension exists (the workers idle until it does).
@@ -42,16 +43,16 @@ bool store_ready();
 
 std::vector<EndpointConfig> load_endpoints();
 
-struct RoundResult {
-  std::vector<int64_t> finished;  // ids that reached a final status (to wake waiters)
-  ClaimResult claimed;
-};
+// Claims up to `limit` queued decisions — best priority first, then oldest,
+// skipping rows locked by others and rows past their deadline (housekeeping
+// expires those) — leased for lease_s seconds. Commits without waiting for
+// the WAL flush (see the .cpp for why that is safe).
+ClaimResult claim_decisions(int limit, int lease_s);
 
-// One short transaction per dispatcher round: writes a batch of results (a
-// row only if it is still the same running claim: status running, same
-// attempts), then claims up to `claim_limit` queued decisions — best priority
-// first, then oldest, skipping rows locked by others — leased for lease_s.
-RoundResult store_round(const std::vector<DecisionResult>& results, int claim_limit, int lease_s);
+// Writes a batch of results, durably; a row is written only if it is still
+// the same running claim (status running, same attempts). Returns the ids
+// that reached a final status (for waking waiters).
+std::vector<int64_t> write_results(const std::vector<DecisionResult>& results);
 
 // Running decisions whose lease lapsed (or all running ones, at start-up)
 // go back to the queue, or fail after max_attempts. Returns final ids.

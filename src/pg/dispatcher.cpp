@@ -69,7 +69,8 @@ class Dispatcher {
   bool send(int gpu_index, InFlight info, const std::string& prompt, const GenerationParams& params,
             int priority, long timeout_ms);
   void serve_sync_slots();
-  void store_round_and_send();
+  void claim_and_send();
+  void flush_results();
   void handle_finished();
   void finish_decision(const InFlight& f, const HttpResult& r);
   void finish_sync(const InFlight& f, const HttpResult& r);
@@ -89,7 +90,8 @@ class Dispatcher {
   std::unordered_map<uint64_t, InFlight> in_flight_;
   uint64_t next_tag_ = 1;
   std::vector<DecisionResult> pending_results_;
-  bool maybe_more_work_ = true;
+  bool maybe_more_work_ = true;   // look at the queue on the next round
+  bool capacity_blocked_ = false;  // the last look stopped at the fleet's capacity
   int64_t next_housekeeping_ms_ = 0;
   std::optional<int64_t> retry_due_ms_;  // earliest queued retry
 };
@@ -157,7 +159,10 @@ void Dispatcher::tick(int wake_events) {
     retry_due_ms_.reset();
     maybe_more_work_ = true;
   }
-  store_round_and_send();
+  // Answers first: a claim can wait a few hundred microseconds, an answer
+  // the game is waiting for should not wait for a claim.
+  flush_results();
+  if (maybe_more_work_) claim_and_send();
   if (now_ms() >= next_housekeeping_ms_) housekeeping();
   worker_set_state(in_flight_.empty() ? WorkerState::idle : WorkerState::busy,
                    in_flight_.empty() ? nullptr : "dispatching");
@@ -280,34 +285,21 @@ void Dispatcher::serve_sync_slots() {
   }
 }
 
-// One transaction: write the finished results, then claim as many queued
-// decisions as there are free slots; send them after it commits.
-void Dispatcher::store_round_and_send() {
-  int limit = 0;
-  if (maybe_more_work_) {
-    maybe_more_work_ = false;
-    // A finishing request sets maybe_more_work_ again when slots are full.
-    limit = std::min(Router::free_capacity(loads()), guc_claim_batch);
+// Claims as many queued decisions as there are free slots and sends them
+// the moment the claim commits.
+void Dispatcher::claim_and_send() {
+  maybe_more_work_ = false;
+  // A finishing request sets maybe_more_work_ again when slots are full.
+  int limit = std::min(Router::free_capacity(loads()), guc_claim_batch);
+  if (limit <= 0) {
+    capacity_blocked_ = true;  // work may be waiting: look again when a slot frees
+    return;
   }
-  if (limit <= 0 && pending_results_.empty()) return;
-  std::vector<DecisionResult> batch;
-  batch.swap(pending_results_);
   const int lease_s = guc_lease_timeout_s;
-  RoundResult round;
-  try {
-    round = store_round(batch, limit, lease_s);
-  } catch (...) {
-    // Keep the results for the next round (housekeeping drops them if the
-    // extension is gone); the claim simply did not happen.
-    pending_results_.insert(pending_results_.end(), batch.begin(), batch.end());
-    maybe_more_work_ = true;
-    throw;
-  }
-  wake_waiters(round.finished);
-  ClaimResult& claimed = round.claimed;
-  if (limit > 0 && static_cast<int>(claimed.running.size() + claimed.expired.size()) >= limit) {
-    maybe_more_work_ = true;  // there may be more behind this batch
-  }
+  ClaimResult claimed = claim_decisions(limit, lease_s);
+  // A full batch means more may be queued behind it: claim again next round.
+  capacity_blocked_ = static_cast<int>(claimed.running.size()) >= limit;
+  maybe_more_work_ = capacity_blocked_;
   // Keep every per-request timeout inside the lease, so a lease only lapses
   // when the dispatcher itself is gone.
   const long lease_cap_ms = std::max(1000L, (lease_s - 5) * 1000L);
@@ -320,7 +312,7 @@ void Dispatcher::store_round_and_send() {
       long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
       if (d.deadline_in_ms) timeout = std::min<long>(timeout, std::max<int64_t>(1, *d.deadline_in_ms));
       timeout = std::min(timeout, lease_cap_ms);
-      auto pick = router_.pick(loads());
+      auto pick = router_.pick(loads(), d.last_gpu_id);
       if (!pick) {
         // Capacity vanished (an endpoint was disabled between the count and
         // now): hand it back at once, without a back-off.
@@ -334,6 +326,21 @@ void Dispatcher::store_round_and_send() {
   }
 }
 
+// Writes finished decisions in one durable transaction, then wakes waiters.
+void Dispatcher::flush_results() {
+  if (pending_results_.empty()) return;
+  std::vector<DecisionResult> batch;
+  batch.swap(pending_results_);
+  try {
+    wake_waiters(write_results(batch));
+  } catch (...) {
+    // Keep them for the next round (housekeeping drops them if the
+    // extension is gone).
+    pending_results_.insert(pending_results_.end(), batch.begin(), batch.end());
+    throw;
+  }
+}
+
 void Dispatcher::handle_finished() {
   for (HttpResult& r : http_.take_finished()) {
     auto it = in_flight_.find(r.tag);
@@ -341,7 +348,9 @@ void Dispatcher::handle_finished() {
     InFlight f = it->second;
     in_flight_.erase(it);
     if (--in_flight_by_gpu_[f.gpu_id] <= 0) in_flight_by_gpu_.erase(f.gpu_id);
-    maybe_more_work_ = true;  // a slot is free: take the next queued decision
+    // A freed slot matters only if work was left waiting for one; new work
+    // arrives with a latch wake-up.
+    if (capacity_blocked_) maybe_more_work_ = true;
     if (f.sync) {
       finish_sync(f, r);
     } else {

@@ -425,7 +425,7 @@ class Load {
   std::vector<std::pair<std::string, long>> status_done_, status_lost_;
   long not_done_ = 0;  // notified, but the row is failed / expired / cancelled
   int dispatcher_pid_ = 0;
-  double vmrss_mb_ = NAN, rssanon_mb_ = NAN;
+  double vmrss_mb_ = NAN, rssanon_mb_ = NAN, rssshmem_mb_ = NAN;
   std::string rss_note_;
   double measured_s_ = 0;
 };
@@ -1016,6 +1016,7 @@ void Load::read_rss() {
     double v;
     if (!std::isnan(v = val("VmRSS:"))) vmrss_mb_ = v;
     if (!std::isnan(v = val("RssAnon:"))) rssanon_mb_ = v;
+    if (!std::isnan(v = val("RssShmem:"))) rssshmem_mb_ = v;
   }
 }
 
@@ -1078,7 +1079,8 @@ void Load::print_summary() {
   }
   if (o_.rss) {
     if (dispatcher_pid_ > 0 && !std::isnan(vmrss_mb_))
-      std::printf("  dispatcher pid %d: VmRSS %.1f MB, RssAnon %.1f MB\n", dispatcher_pid_, vmrss_mb_, rssanon_mb_);
+      std::printf("  dispatcher pid %d: VmRSS %.1f MB, RssAnon %.1f MB (RssShmem %.1f MB: shared buffers touched)\n",
+                  dispatcher_pid_, vmrss_mb_, rssanon_mb_, rssshmem_mb_);
     else
       std::printf("  dispatcher RSS: unknown (%s)\n", rss_note_.c_str());
   }
@@ -1111,6 +1113,7 @@ void Load::write_report() {
     << ",\"enqueue_p99_ms\":" << json_num(pct_sorted(enq_measured_, 99))
     << ",\"dispatcher_vmrss_mb\":" << json_num(vmrss_mb_, 1)
     << ",\"dispatcher_rssanon_mb\":" << json_num(rssanon_mb_, 1)
+    << ",\"dispatcher_rssshmem_mb\":" << json_num(rssshmem_mb_, 1)
     << ",\"races\":" << races_
     << ",\"db_error\":" << (had_db_error_ ? json_str(first_error_) : "null") << "}\n";
   FILE* f = std::fopen(o_.report.c_str(), "a");

@@ -1,0 +1,108 @@
+#include "circuit_breaker.hpp"
+
+#include <algorithm>
+
+namespace npc_scale {
+
+const char* breaker_state_name(BreakerState s) {
+  switch (s) {
+    case BreakerState::closed: return "closed";
+    case BreakerState::open: return "open";
+    case BreakerState::half_open: return "half_open";
+  }
+  return "closed";
+}
+
+CircuitBreaker::CircuitBreaker(BreakerConfig cfg) { configure(cfg); }
+
+void CircuitBreaker::configure(const BreakerConfig& cfg) {
+  cfg_ = cfg;
+  cfg_.window = std::max(cfg_.window, 1);
+  cfg_.consecutive_failures = std::max(cfg_.consecutive_failures, 1);
+  cfg_.cooldown_ms = std::max<int64_t>(cfg_.cooldown_ms, 0);
+  while (static_cast<int>(outcomes_.size()) > cfg_.window) {
+    if (outcomes_.front()) failures_in_window_--;
+    outcomes_.pop_front();
+  }
+}
+
+BreakerState CircuitBreaker::peek_state(int64_t now_ms) const {
+  if (state_ == BreakerState::open && now_ms >= open_until_) return BreakerState::half_open;
+  return state_;
+}
+
+BreakerState CircuitBreaker::state(int64_t now_ms) {
+  if (state_ == BreakerState::open && now_ms >= open_until_) {
+    state_ = BreakerState::half_open;
+    probe_in_flight_ = false;
+  }
+  return state_;
+}
+
+bool CircuitBreaker::probe_due(int64_t now_ms) {
+  return state(now_ms) == BreakerState::half_open && !probe_in_flight_;
+}
+
+void CircuitBreaker::probe_started(int64_t now_ms) {
+  if (state(now_ms) == BreakerState::half_open) probe_in_flight_ = true;
+}
+
+void CircuitBreaker::probe_finished(bool healthy, int64_t now_ms) {
+  if (state(now_ms) != BreakerState::half_open) return;  // a stale probe result
+  probe_in_flight_ = false;
+  if (!healthy) {
+    open(now_ms + cfg_.cooldown_ms);
+    return;
+  }
+  state_ = BreakerState::closed;
+  outcomes_.clear();
+  failures_in_window_ = 0;
+  consecutive_ = 0;
+}
+
+void CircuitBreaker::record(bool failed) {
+  outcomes_.push_back(failed);
+  if (failed) failures_in_window_++;
+  if (static_cast<int>(outcomes_.size()) > cfg_.window) {
+    if (outcomes_.front()) failures_in_window_--;
+    outcomes_.pop_front();
+  }
+}
+
+void CircuitBreaker::record_success(int64_t now_ms) {
+  if (state(now_ms) != BreakerState::closed) return;
+  consecutive_ = 0;
+  record(false);
+  // The success that completes min_requests can reveal a rate already over the bar.
+  if (static_cast<int>(outcomes_.size()) >= cfg_.min_requests && error_rate() > cfg_.error_rate)
+    open(now_ms + cfg_.cooldown_ms);
+}
+
+void CircuitBreaker::record_failure(int64_t now_ms) {
+  if (state(now_ms) != BreakerState::closed) return;
+  consecutive_++;
+  record(true);
+  const bool enough = static_cast<int>(outcomes_.size()) >= cfg_.min_requests;
+  if (consecutive_ >= cfg_.consecutive_failures || (enough && error_rate() > cfg_.error_rate)) {
+    open(now_ms + cfg_.cooldown_ms);
+  }
+}
+
+void CircuitBreaker::record_rate_limited(int64_t now_ms, int64_t retry_after_ms) {
+  // The server told us when to come back: honour exactly that, whatever the state.
+  open(now_ms + (retry_after_ms > 0 ? retry_after_ms : cfg_.cooldown_ms));
+}
+
+void CircuitBreaker::open(int64_t until_ms) {
+  state_ = BreakerState::open;
+  open_until_ = until_ms;
+  consecutive_ = 0;
+  probe_in_flight_ = false;
+}
+
+double CircuitBreaker::error_rate() const {
+  if (outcomes_.empty()) return 0.0;
+  return static_cast<double>(failures_in_window_) / static_cast<double>(outcomes_.size());
+}
+
+}  // namespace npc_scale

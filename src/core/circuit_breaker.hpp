@@ -1,0 +1,64 @@
+// Per-endpoint circuit breaker (LiteLLM/Envoy-like): trips on consecutive
+// failures, on a windowed error rate, or at once on a 429; after a cooldown it
+// goes half-open and a single GET /health probe decides whether it closes.
+// Time is passed in (ms, any monotonic epoch) so the logic is testable.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+
+namespace npc_scale {
+
+struct BreakerConfig {
+  int consecutive_failures = 3;  // open after this many failures in a row
+  double error_rate = 0.5;       // ... or when the error rate over the window exceeds this
+  int window = 20;               //   (last `window` outcomes, only once min_requests seen)
+  int min_requests = 10;
+  int64_t cooldown_ms = 5000;    // open -> half-open after this
+};
+
+enum class BreakerState { closed, open, half_open };
+const char* breaker_state_name(BreakerState s);  // "closed" | "open" | "half_open"
+
+class CircuitBreaker {
+ public:
+  explicit CircuitBreaker(BreakerConfig cfg = {});
+  void configure(const BreakerConfig& cfg);
+  const BreakerConfig& config() const { return cfg_; }
+
+  // Moves open -> half_open when the cooldown has passed.
+  BreakerState state(int64_t now_ms);
+  // The state `state(now_ms)` would return, without moving it (for const callers).
+  BreakerState peek_state(int64_t now_ms) const;
+  bool allows_requests(int64_t now_ms) { return state(now_ms) == BreakerState::closed; }
+  // Half-open with no probe in flight: the caller should send GET /health now.
+  bool probe_due(int64_t now_ms);
+  void probe_started(int64_t now_ms);
+  // Healthy -> closed with a fresh window; otherwise open again with a new cooldown.
+  void probe_finished(bool healthy, int64_t now_ms);
+
+  // Outcomes only move a closed breaker: results arriving while open or
+  // half-open belong to requests sent before it tripped, and the probe decides.
+  void record_success(int64_t now_ms);
+  void record_failure(int64_t now_ms);  // transport error, timeout, 5xx
+  // 429: open at once until now + retry_after_ms (cooldown_ms when <= 0).
+  void record_rate_limited(int64_t now_ms, int64_t retry_after_ms);
+
+  double error_rate() const;  // over the window; 0 when empty
+  int64_t open_until_ms() const { return open_until_; }
+  int consecutive_failures() const { return consecutive_; }
+
+ private:
+  void open(int64_t until_ms);
+  void record(bool ok);
+
+  BreakerConfig cfg_;
+  BreakerState state_ = BreakerState::closed;
+  std::deque<bool> outcomes_;  // true = failure, newest at the back
+  int failures_in_window_ = 0;
+  int consecutive_ = 0;
+  int64_t open_until_ = 0;
+  bool probe_in_flight_ = false;
+};
+
+}  // namespace npc_scale

@@ -1,0 +1,42 @@
+// Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam
+// 2018): a key sticks to its home member (warm KV/prefix cache on that GPU)
+// until the home carries more than (1+epsilon) times the average load, then
+// spills clockwise to the next member under the bound.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace npc_scale {
+
+class BoundedLoadRing {
+ public:
+  explicit BoundedLoadRing(int vnodes_per_member = 64);
+
+  // Rebuilds only if the set changed. Virtual-node positions depend only on
+  // the member id, so adding a member moves only ~1/n of the keys.
+  void set_members(const std::vector<int>& member_ids);
+  const std::vector<int>& members() const { return members_; }
+
+  // Walks clockwise from hash(key); returns the first member for which
+  // eligible(member) is true and load(member)+1 <= ceil((1+epsilon) *
+  // (total_load+1) / n_eligible), total_load summed over eligible members.
+  // Sets *home_hit (if given) when the chosen member is the first eligible one
+  // on the walk. nullopt if none is eligible.
+  std::optional<int> pick(uint64_t key, double epsilon, const std::function<bool(int)>& eligible,
+                          const std::function<int(int)>& load, bool* home_hit) const;
+  // First member clockwise, ignoring load and eligibility.
+  std::optional<int> home(uint64_t key) const;
+
+ private:
+  size_t start_index(uint64_t key) const;
+
+  int vnodes_;
+  std::vector<int> members_;                      // sorted, unique
+  std::vector<std::pair<uint64_t, int>> ring_;   // (position, member), sorted
+};
+
+}  // namespace npc_scale

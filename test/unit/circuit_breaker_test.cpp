@@ -1,0 +1,163 @@
+// CircuitBreaker: consecutive failures, windowed error rate (after
+// min_requests), cooldown -> half-open -> probe, and 429 Retry-After.
+#include <gtest/gtest.h>
+
+#include "circuit_breaker.hpp"
+
+using npc_scale::BreakerConfig;
+using npc_scale::BreakerState;
+using npc_scale::CircuitBreaker;
+
+TEST(CircuitBreakerTest, StartsClosed) {
+  CircuitBreaker b;
+  EXPECT_EQ(b.state(0), BreakerState::closed);
+  EXPECT_TRUE(b.allows_requests(0));
+  EXPECT_FALSE(b.probe_due(0));
+  EXPECT_EQ(b.error_rate(), 0.0);
+  EXPECT_STREQ(npc_scale::breaker_state_name(BreakerState::closed), "closed");
+  EXPECT_STREQ(npc_scale::breaker_state_name(BreakerState::open), "open");
+  EXPECT_STREQ(npc_scale::breaker_state_name(BreakerState::half_open), "half_open");
+}
+
+TEST(CircuitBreakerTest, ConsecutiveFailuresOpenIt) {
+  CircuitBreaker b;  // 3 in a row
+  b.record_failure(100);
+  b.record_failure(101);
+  b.record_success(102);  // resets the run
+  b.record_failure(103);
+  b.record_failure(104);
+  EXPECT_EQ(b.state(104), BreakerState::closed);
+  b.record_failure(105);
+  EXPECT_EQ(b.state(105), BreakerState::open);
+  EXPECT_FALSE(b.allows_requests(105));
+  EXPECT_EQ(b.open_until_ms(), 105 + 5000);
+}
+
+TEST(CircuitBreakerTest, ErrorRateOpensOnlyAfterMinRequests) {
+  BreakerConfig c;
+  c.consecutive_failures = 100;  // isolate the rate rule
+  c.error_rate = 0.5;
+  c.window = 20;
+  c.min_requests = 10;
+  CircuitBreaker b(c);
+  // F,F,S repeated: rate 2/3 > 0.5 from the start, but not enough requests yet.
+  int64_t t = 0;
+  for (int i = 0; i < 3; i++) {
+    b.record_failure(++t);
+    b.record_failure(++t);
+    b.record_success(++t);
+  }
+  EXPECT_EQ(b.state(t), BreakerState::closed);  // 9 outcomes < min_requests
+  EXPECT_NEAR(b.error_rate(), 6.0 / 9.0, 1e-12);
+  b.record_failure(++t);  // 10th outcome, rate 7/10
+  EXPECT_EQ(b.state(t), BreakerState::open);
+}
+
+TEST(CircuitBreakerTest, ErrorRateAtTheThresholdDoesNotOpen) {
+  BreakerConfig c;
+  c.consecutive_failures = 100;
+  CircuitBreaker b(c);
+  for (int i = 0; i < 10; i++) {
+    b.record_success(i);
+    b.record_failure(i);
+  }
+  EXPECT_DOUBLE_EQ(b.error_rate(), 0.5);  // must exceed, not equal
+  EXPECT_EQ(b.state(20), BreakerState::closed);
+}
+
+TEST(CircuitBreakerTest, WindowForgetsOldOutcomes) {
+  BreakerConfig c;
+  c.consecutive_failures = 100;
+  c.window = 20;
+  CircuitBreaker b(c);
+  for (int i = 0; i < 4; i++) b.record_failure(i);
+  for (int i = 0; i < 16; i++) b.record_success(10 + i);
+  EXPECT_DOUBLE_EQ(b.error_rate(), 4.0 / 20.0);
+  for (int i = 0; i < 4; i++) b.record_success(30 + i);  // pushes the failures out
+  EXPECT_EQ(b.error_rate(), 0.0);
+  EXPECT_EQ(b.state(40), BreakerState::closed);
+}
+
+TEST(CircuitBreakerTest, SuccessReachingMinRequestsStillTripsOnRate) {
+  BreakerConfig c;
+  c.consecutive_failures = 100;
+  CircuitBreaker b(c);
+  for (int i = 0; i < 9; i++) b.record_failure(i);  // 9 < min_requests
+  EXPECT_EQ(b.state(9), BreakerState::closed);
+  b.record_success(10);  // 10 outcomes, rate 0.9
+  EXPECT_EQ(b.state(10), BreakerState::open);
+}
+
+TEST(CircuitBreakerTest, CooldownHalfOpenProbeSuccessCloses) {
+  CircuitBreaker b;
+  for (int i = 0; i < 3; i++) b.record_failure(1000);
+  EXPECT_EQ(b.state(5999), BreakerState::open);
+  EXPECT_FALSE(b.probe_due(5999));
+  EXPECT_EQ(b.state(6000), BreakerState::half_open);
+  EXPECT_FALSE(b.allows_requests(6000));  // half-open: only the probe goes
+  EXPECT_TRUE(b.probe_due(6000));
+  b.probe_started(6000);
+  EXPECT_FALSE(b.probe_due(6001));  // one probe at a time
+  b.probe_finished(true, 6050);
+  EXPECT_EQ(b.state(6050), BreakerState::closed);
+  EXPECT_TRUE(b.allows_requests(6050));
+  EXPECT_EQ(b.error_rate(), 0.0);  // window reset
+  // A fresh run is needed to trip it again.
+  b.record_failure(6100);
+  b.record_failure(6101);
+  EXPECT_TRUE(b.allows_requests(6101));
+}
+
+TEST(CircuitBreakerTest, ProbeFailureReopensWithANewCooldown) {
+  CircuitBreaker b;
+  for (int i = 0; i < 3; i++) b.record_failure(0);
+  ASSERT_TRUE(b.probe_due(5000));
+  b.probe_started(5000);
+  b.probe_finished(false, 5200);
+  EXPECT_EQ(b.state(5200), BreakerState::open);
+  EXPECT_EQ(b.open_until_ms(), 5200 + 5000);
+  EXPECT_EQ(b.state(10199), BreakerState::open);
+  EXPECT_TRUE(b.probe_due(10200));
+}
+
+TEST(CircuitBreakerTest, RateLimitedOpensExactlyUntilRetryAfter) {
+  CircuitBreaker b;
+  b.record_rate_limited(1000, 1500);
+  EXPECT_EQ(b.open_until_ms(), 2500);
+  EXPECT_FALSE(b.allows_requests(2499));
+  EXPECT_EQ(b.state(2499), BreakerState::open);
+  EXPECT_EQ(b.state(2500), BreakerState::half_open);
+  EXPECT_FALSE(b.allows_requests(2500));
+  b.probe_started(2500);
+  b.probe_finished(true, 2510);
+  EXPECT_TRUE(b.allows_requests(2510));
+}
+
+TEST(CircuitBreakerTest, RateLimitedWithoutRetryAfterUsesCooldown) {
+  BreakerConfig c;
+  c.cooldown_ms = 700;
+  CircuitBreaker b(c);
+  b.record_rate_limited(100, 0);
+  EXPECT_EQ(b.open_until_ms(), 800);
+  // Retry-After longer than the cooldown is honoured exactly too.
+  b.record_rate_limited(100, 30000);
+  EXPECT_EQ(b.open_until_ms(), 30100);
+  EXPECT_EQ(b.state(29000), BreakerState::open);
+}
+
+TEST(CircuitBreakerTest, LateOutcomesWhileOpenDoNotMoveIt) {
+  CircuitBreaker b;
+  for (int i = 0; i < 3; i++) b.record_failure(0);
+  b.record_success(100);  // a request sent before it tripped
+  EXPECT_EQ(b.state(100), BreakerState::open);
+  b.record_failure(200);
+  EXPECT_EQ(b.open_until_ms(), 5000);  // cooldown not extended
+}
+
+TEST(CircuitBreakerTest, PeekStateDoesNotMutate) {
+  CircuitBreaker b;
+  b.record_rate_limited(0, 100);
+  EXPECT_EQ(b.peek_state(100), BreakerState::half_open);
+  EXPECT_EQ(b.peek_state(50), BreakerState::open);
+  EXPECT_EQ(b.state(50), BreakerState::open);
+}
