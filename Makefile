@@ -20,8 +20,10 @@ PG_INCLUDE_SERVER := $(shell $(PG_CONFIG) --includedir-server)
 # Postgres's headers as system headers: PG 15's own warnings (e.g. `register`
 # in s_lock.h under C++17) must not drown ours. -isystem beats PGXS's -I.
 PG_CPPFLAGS = -isystem $(PG_INCLUDE_SERVER) -Isrc
-PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-missing-field-initializers
-SHLIB_LINK = -lstdc++ -lcurl -lhiredis
+# -MMD -MP: PGXS does not track header dependencies; a struct changed in a
+# header must rebuild every object that uses it (shared memory layouts!).
+PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-missing-field-initializers -MMD -MP
+SHLIB_LINK = -lstdc++ -lcurl -lhiredis -lxxhash
 
 # No LLVM bitcode. Debian's PostgreSQL 15 is built --with-llvm, so PGXS would
 # compile every source a second time with clang to bitcode for JIT inlining.
@@ -32,6 +34,8 @@ override with_llvm = no
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+-include $(OBJS:.o=.d)
 
 # ---- plain C++ parts (no Postgres) -------------------------------------
 BUILD_DIR := build

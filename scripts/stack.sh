@@ -8,10 +8,12 @@ NPC_ROOT=${NPC_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 NPC_PROFILE=${NPC_PROFILE:-test}           # test | demo: separate ports and dirs
 NPC_BUILD=${NPC_BUILD:-$NPC_ROOT/build}
 NPC_STATE=$NPC_BUILD/$NPC_PROFILE
+# Ports below the kernel's ephemeral range (32768+), so a busy client's
+# outgoing connection can never hold one of them.
 case "$NPC_PROFILE" in
-  demo)  _pgport=55432 _redisport=56379 _gpubase=18001 ;;
-  bench) _pgport=55434 _redisport=56381 _gpubase=18201 ;;
-  *)     _pgport=55433 _redisport=56380 _gpubase=18101 ;;
+  demo)  _pgport=15432 _redisport=16379 _gpubase=18001 ;;
+  bench) _pgport=15434 _redisport=16381 _gpubase=18201 ;;
+  *)     _pgport=15433 _redisport=16380 _gpubase=18101 ;;
 esac
 NPC_PGPORT=${NPC_PGPORT:-$_pgport}
 NPC_REDIS_PORT=${NPC_REDIS_PORT:-$_redisport}

@@ -40,12 +40,13 @@ CREATE TABLE npc_scale.gpu_endpoints (
     enabled         boolean NOT NULL DEFAULT true,
     weight          real NOT NULL DEFAULT 1,
     api_key         text,                          -- never shown to non-admins, never logged
-    labels          jsonb NOT NULL DEFAULT '{}'
+    labels          jsonb NOT NULL DEFAULT '{}',
+    send_priority   boolean NOT NULL DEFAULT false -- server runs vLLM --scheduling-policy priority
 );
 COMMENT ON TABLE npc_scale.gpu_endpoints IS
 'GPU inference servers (vLLM OpenAI API). Changes reach the dispatcher at COMMIT.';
 REVOKE ALL ON npc_scale.gpu_endpoints FROM PUBLIC;
-GRANT SELECT (gpu_id, endpoint, model, api, max_concurrent, enabled, weight, labels)
+GRANT SELECT (gpu_id, endpoint, model, api, max_concurrent, enabled, weight, labels, send_priority)
     ON npc_scale.gpu_endpoints TO PUBLIC;
 
 CREATE FUNCTION npc_scale._check_endpoint() RETURNS trigger
@@ -111,6 +112,8 @@ COMMENT ON TABLE npc_scale.decision_queue IS
 'NPC decisions: queued by the game, sent to the GPU fleet by the dispatcher worker.';
 -- The claim: best priority first, then oldest.
 CREATE INDEX decision_queue_claim ON npc_scale.decision_queue (priority, id) WHERE status = 'queued';
+-- Aging: the oldest queued decisions, whatever their priority.
+CREATE INDEX decision_queue_queued_age ON npc_scale.decision_queue (id) WHERE status = 'queued';
 -- Lease recovery.
 CREATE INDEX decision_queue_running ON npc_scale.decision_queue (leased_until) WHERE status = 'running';
 -- Deadline expiry of queued work.
@@ -235,3 +238,34 @@ GRANT SELECT ON npc_scale.queue_stats TO PUBLIC;
 CREATE FUNCTION npc_scale.metrics(OUT name text, OUT value bigint) RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'npc_scale_metrics' LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION npc_scale.metrics() IS 'npc_scale counters from shared memory';
+
+CREATE FUNCTION npc_scale._endpoint_stats(
+    OUT gpu_id integer, OUT draining boolean, OUT breaker text, OUT in_flight integer,
+    OUT max_concurrent integer, OUT total_requests bigint, OUT errors bigint,
+    OUT error_rate double precision, OUT avg_latency_ms double precision,
+    OUT p50_latency_ms double precision, OUT p99_latency_ms double precision,
+    OUT remote_running integer, OUT remote_waiting integer, OUT last_error text,
+    OUT last_error_at timestamptz)
+RETURNS SETOF record AS 'MODULE_PATHNAME', 'npc_scale_endpoint_stats' LANGUAGE C STRICT VOLATILE;
+
+-- The fleet as the dispatcher sees it (refreshed every 100 ms). Never the api_key.
+CREATE VIEW npc_scale.endpoint_stats AS
+SELECT s.gpu_id, e.endpoint, e.model, coalesce(e.enabled, false) AS enabled, s.draining,
+       s.breaker, s.in_flight, s.max_concurrent,
+       round((s.in_flight::numeric / greatest(s.max_concurrent, 1)), 3) AS utilization,
+       s.total_requests, s.errors, round(s.error_rate::numeric, 3) AS error_rate,
+       round(s.avg_latency_ms::numeric, 2) AS avg_latency_ms,
+       round(s.p50_latency_ms::numeric, 2) AS p50_latency_ms,
+       round(s.p99_latency_ms::numeric, 2) AS p99_latency_ms,
+       s.remote_running, s.remote_waiting, s.last_error, s.last_error_at
+  FROM npc_scale._endpoint_stats() s
+  LEFT JOIN npc_scale.gpu_endpoints e USING (gpu_id);
+GRANT SELECT ON npc_scale.endpoint_stats TO PUBLIC;
+
+-- Share of routed requests that went to their NPC's (or prompt prefix's) home endpoint.
+CREATE VIEW npc_scale.affinity_stats AS
+SELECT h.value AS hits, m.value AS misses,
+       round(h.value::numeric / nullif(h.value + m.value, 0), 3) AS hit_rate
+  FROM npc_scale.metrics() h, npc_scale.metrics() m
+ WHERE h.name = 'affinity_hits' AND m.name = 'affinity_misses';
+GRANT SELECT ON npc_scale.affinity_stats TO PUBLIC;

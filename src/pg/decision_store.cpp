@@ -1,5 +1,6 @@
 #include "decision_store.hpp"
 
+#include "gucs.hpp"
 #include "spi.hpp"
 
 extern "C" {
@@ -30,21 +31,37 @@ std::vector<int64_t> ids_of(uint64_t rows, int col) {
 
 // In the caller's transaction.
 void claim_in_transaction(int limit, int lease_s, ClaimResult& out) {
+  // Candidates come from two index scans — the best base priorities and the
+  // oldest — so aging works without reading the whole backlog; among them
+  // the best effective priority wins.
   static SavedPlan plan(
-      "WITH c AS ("
-      "  SELECT id FROM npc_scale.decision_queue"
-      "   WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
-      "     AND (deadline IS NULL OR deadline >= now())"
-      "   ORDER BY priority, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+      "WITH cand AS ("
+      "  (SELECT id, priority, created_at FROM npc_scale.decision_queue"
+      "    WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
+      "      AND (deadline IS NULL OR deadline >= now())"
+      "    ORDER BY priority, id LIMIT $1)"
+      "  UNION"
+      "  (SELECT id, priority, created_at FROM npc_scale.decision_queue"
+      "    WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
+      "      AND (deadline IS NULL OR deadline >= now())"
+      "    ORDER BY id LIMIT $1)), "
+      "c AS ("
+      "  SELECT q.id FROM cand JOIN npc_scale.decision_queue q ON q.id = cand.id"
+      "   WHERE q.status = 'queued'"
+      "   ORDER BY CASE WHEN $3 <= 0 THEN cand.priority ELSE greatest(0, cand.priority -"
+      "              floor(extract(epoch FROM now() - cand.created_at) * 1000 / $3)::int) END,"
+      "            cand.id"
+      "   LIMIT $1 FOR UPDATE OF q SKIP LOCKED) "
       "UPDATE npc_scale.decision_queue q SET"
       "  status = 'running', attempts = q.attempts + 1,"
       "  leased_until = now() + make_interval(secs => $2),"
       "  started_at = coalesce(q.started_at, now()), not_before = NULL "
       "FROM c WHERE q.id = c.id "
       "RETURNING q.id, q.attempts, q.priority, q.prompt, q.params::text,"
-      "  (extract(epoch FROM q.deadline - now()) * 1000)::bigint, q.gpu_id, q.npc_id",
-      {INT4OID, INT4OID});
-  uint64_t n = plan.execute({Int32GetDatum(limit), Int32GetDatum(lease_s)});
+      "  (extract(epoch FROM q.deadline - now()) * 1000)::bigint, q.gpu_id, q.npc_id, q.decision_type",
+      {INT4OID, INT4OID, INT4OID});
+  uint64_t n = plan.execute({Int32GetDatum(limit), Int32GetDatum(lease_s),
+                             Int32GetDatum(guc_priority_aging_ms)});
   for (uint64_t i = 0; i < n; i++) {
     ClaimedDecision d;
     d.id = spi_int(i, 1).value_or(0);
@@ -55,6 +72,7 @@ void claim_in_transaction(int limit, int lease_s, ClaimResult& out) {
     d.deadline_in_ms = spi_int(i, 6);
     if (auto g = spi_int(i, 7)) d.last_gpu_id = static_cast<int>(*g);
     d.npc_id = spi_int(i, 8).value_or(0);
+    d.decision_type = spi_text(i, 9).value_or("");
     out.running.push_back(std::move(d));
   }
 }
@@ -95,8 +113,8 @@ bool store_ready() {
 
 std::vector<EndpointConfig> load_endpoints() {
   static SavedPlan plan(
-      "SELECT gpu_id, endpoint, model, api, max_concurrent, enabled, coalesce(api_key, '') "
-      "FROM npc_scale.gpu_endpoints ORDER BY gpu_id",
+      "SELECT gpu_id, endpoint, model, api, max_concurrent, enabled, coalesce(api_key, ''),"
+      " weight, send_priority FROM npc_scale.gpu_endpoints ORDER BY gpu_id",
       {});
   std::vector<EndpointConfig> out;
   in_transaction("npc_scale: load endpoints", [&] {
@@ -110,6 +128,8 @@ std::vector<EndpointConfig> load_endpoints() {
       e.max_concurrent = static_cast<int>(spi_int(i, 5).value_or(1));
       e.enabled = spi_bool(i, 6);
       e.api_key = spi_text(i, 7).value_or("");
+      e.weight = spi_float(i, 8).value_or(1.0);
+      e.send_priority = spi_bool(i, 9);
       out.push_back(std::move(e));
     }
   });

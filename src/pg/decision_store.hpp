@@ -10,18 +10,10 @@
 #include <vector>
 
 #include "core/attempt.hpp"
+#include "core/fleet.hpp"
 
 namespace npc_scale {
 
-struct EndpointConfig {
-  int gpu_id = 0;
-  std::string base_url;
-  std::string model;
-  std::string api;
-  int max_concurrent = 1;
-  bool enabled = true;
-  std::string api_key;
-};
 
 struct ClaimedDecision {
   int64_t id = 0;
@@ -32,6 +24,7 @@ struct ClaimedDecision {
   std::optional<int64_t> deadline_in_ms;  // time left until the deadline
   std::optional<int> last_gpu_id;         // the endpoint of the previous attempt
   int64_t npc_id = 0;
+  std::string decision_type;
 };
 
 struct ClaimResult {
@@ -43,7 +36,8 @@ bool store_ready();
 
 std::vector<EndpointConfig> load_endpoints();
 
-// Claims up to `limit` queued decisions — best priority first, then oldest,
+// Claims up to `limit` queued decisions — best effective priority first
+// (priority minus one step per npc_scale.priority_aging waited), then oldest,
 // skipping rows locked by others and rows past their deadline (housekeeping
 // expires those) — leased for lease_s seconds. Commits without waiting for
 // the WAL flush (see the .cpp for why that is safe).

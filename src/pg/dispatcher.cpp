@@ -8,7 +8,11 @@
 // starts as soon as a slot frees. Only what can be sent now is claimed, so
 // waiting work stays in the table in priority order. Results are written in
 // small batched transactions; no transaction is ever open across network I/O.
+#include <xxhash.h>
+
 #include <algorithm>
+#include <cstring>
+#include <sstream>
 #include <map>
 #include <unordered_map>
 #include <unordered_set>
@@ -16,6 +20,8 @@
 #include "core/attempt.hpp"
 #include "core/generation.hpp"
 #include "core/http_client.hpp"
+#include "core/fleet.hpp"
+#include "core/prometheus_text.hpp"
 #include "core/router.hpp"
 #include "decision_store.hpp"
 #include "guard.hpp"
@@ -47,7 +53,10 @@ void log_warning(const std::string& what) {
   pg_call([&] { ereport(WARNING, (errmsg("npc_scale dispatcher: %s", what.c_str()))); });
 }
 
+enum class Work { decision, sync, probe, scrape };
+
 struct InFlight {
+  Work kind = Work::decision;
   bool sync = false;
   int64_t decision_id = 0;  // queued work
   int attempts = 0;
@@ -65,9 +74,17 @@ class Dispatcher {
   void start_up();
   void tick(int wake_events);
   void reload_endpoints_if_changed(bool force = false);
-  std::vector<EndpointLoad> loads() const;
-  bool send(int gpu_index, InFlight info, const std::string& prompt, const GenerationParams& params,
+  void configure_router();
+  std::optional<size_t> route(int priority, std::optional<uint64_t> affinity_key,
+                              std::optional<int> avoid_gpu);
+  int free_capacity();
+  std::optional<uint64_t> affinity_key(const ClaimedDecision& d) const;
+  bool send(size_t index, InFlight info, const std::string& prompt, const GenerationParams& params,
             int priority, long timeout_ms);
+  void record_outcome(const InFlight& f, const HttpResult& r, bool success, const std::string& error);
+  void start_probes_and_scrapes();
+  void finish_probe_or_scrape(const InFlight& f, const HttpResult& r);
+  void publish_stats();
   void serve_sync_slots();
   void claim_and_send();
   void flush_results();
@@ -84,9 +101,10 @@ class Dispatcher {
 
   HttpClient http_;
   Router router_;
-  std::vector<EndpointConfig> endpoints_;
-  std::map<int, int> in_flight_by_gpu_;  // survives reloads: removed endpoints drain
+  Fleet fleet_;
   uint64 endpoints_generation_ = 0;
+  int64_t next_stats_ms_ = 0;
+  std::string prefix_types_;  // guc_prefix_affinity_types, padded with commas
   std::unordered_map<uint64_t, InFlight> in_flight_;
   uint64_t next_tag_ = 1;
   std::vector<DecisionResult> pending_results_;
@@ -145,15 +163,20 @@ void Dispatcher::start_up() {
                            "queued again", requeued)));
     });
   }
+  configure_router();
   reload_endpoints_if_changed(true);
   worker_set_state(WorkerState::idle);
 }
 
 void Dispatcher::tick(int wake_events) {
-  if (wake_events & WL_LATCH_SET) maybe_more_work_ = true;
+  if (wake_events & WL_LATCH_SET) {
+    maybe_more_work_ = true;
+    configure_router();  // a SIGHUP also sets the latch
+  }
   http_.perform();
   handle_finished();
   reload_endpoints_if_changed();
+  start_probes_and_scrapes();
   serve_sync_slots();
   if (retry_due_ms_ && now_ms() >= *retry_due_ms_) {
     retry_due_ms_.reset();
@@ -164,6 +187,7 @@ void Dispatcher::tick(int wake_events) {
   flush_results();
   if (maybe_more_work_) claim_and_send();
   if (now_ms() >= next_housekeeping_ms_) housekeeping();
+  if (now_ms() >= next_stats_ms_) publish_stats();
   worker_set_state(in_flight_.empty() ? WorkerState::idle : WorkerState::busy,
                    in_flight_.empty() ? nullptr : "dispatching");
 }
@@ -174,17 +198,50 @@ long Dispatcher::wait_timeout_ms() const {
   if (curl >= 0) t = std::min<int64_t>(t, curl);
   if (retry_due_ms_) t = std::min<int64_t>(t, std::max<int64_t>(0, *retry_due_ms_ - now_ms()));
   if (!pending_results_.empty()) t = 0;
+  const int64_t now = now_ms();
+  for (size_t i = 0; i < fleet_.size(); i++) {
+    const MemberInfo& m = fleet_.info(i);
+    const Endpoint& e = fleet_.endpoints()[i];
+    if (guc_metrics_interval_ms > 0 && e.enabled && !m.scrape_in_flight) {
+      t = std::min<int64_t>(t, std::max<int64_t>(0, m.next_scrape_ms - now));
+    }
+    if (e.breaker.open_until_ms() > now) t = std::min<int64_t>(t, e.breaker.open_until_ms() - now);
+  }
+  t = std::min<int64_t>(t, std::max<int64_t>(0, next_stats_ms_ - now));
   return static_cast<long>(t);
+}
+
+void Dispatcher::configure_router() {
+  RouterConfig rc;
+  rc.w_load = guc_weight_load;
+  rc.w_latency = guc_weight_latency;
+  rc.w_error = guc_weight_errors;
+  rc.affinity = guc_affinity;
+  rc.affinity_epsilon = guc_affinity_epsilon;
+  router_.configure(rc);
+  prefix_types_ = std::string(",") + (guc_prefix_affinity_types ? guc_prefix_affinity_types : "") + ",";
+  prefix_types_.erase(std::remove(prefix_types_.begin(), prefix_types_.end(), ' '), prefix_types_.end());
+}
+
+BreakerConfig breaker_config() {
+  BreakerConfig b;
+  b.consecutive_failures = guc_breaker_failures;
+  b.error_rate = guc_breaker_error_rate;
+  b.window = guc_breaker_window;
+  b.min_requests = guc_breaker_min_requests;
+  b.cooldown_ms = guc_breaker_cooldown_ms;
+  return b;
 }
 
 void Dispatcher::reload_endpoints_if_changed(bool force) {
   uint64 generation = pg_atomic_read_u64(&shared_state().endpoints_generation);
   if (!force && generation == endpoints_generation_) return;
   endpoints_generation_ = generation;
-  endpoints_ = load_endpoints();
+  fleet_.reload(load_endpoints(), breaker_config(), guc_latency_alpha);
   maybe_more_work_ = true;
+  next_stats_ms_ = 0;
   int enabled = 0, slots = 0;
-  for (const auto& e : endpoints_) {
+  for (const auto& e : fleet_.endpoints()) {
     if (e.enabled) {
       enabled++;
       slots += e.max_concurrent;
@@ -192,37 +249,179 @@ void Dispatcher::reload_endpoints_if_changed(bool force) {
   }
   pg_call([&] {
     ereport(LOG, (errmsg("npc_scale dispatcher: fleet loaded: %d endpoints, %d enabled, %d slots",
-                         static_cast<int>(endpoints_.size()), enabled, slots)));
+                         static_cast<int>(fleet_.size()), enabled, slots)));
   });
 }
 
-std::vector<EndpointLoad> Dispatcher::loads() const {
-  std::vector<EndpointLoad> out;
-  out.reserve(endpoints_.size());
-  for (const auto& e : endpoints_) {
-    auto it = in_flight_by_gpu_.find(e.gpu_id);
-    out.push_back({e.gpu_id, it == in_flight_by_gpu_.end() ? 0 : it->second, e.max_concurrent,
-                   e.enabled});
-  }
-  return out;
+std::optional<size_t> Dispatcher::route(int priority, std::optional<uint64_t> affinity_key,
+                                        std::optional<int> avoid_gpu) {
+  RouteRequest req;
+  req.priority = priority;
+  req.affinity_key = affinity_key;
+  req.avoid_gpu = avoid_gpu;
+  uint64_t hits = router_.affinity_hits(), misses = router_.affinity_misses();
+  auto d = router_.pick(fleet_.endpoints(), req, now_ms());
+  SharedState& s = shared_state();
+  if (router_.affinity_hits() != hits) pg_atomic_fetch_add_u64(&s.affinity_hits, 1);
+  if (router_.affinity_misses() != misses) pg_atomic_fetch_add_u64(&s.affinity_misses, 1);
+  if (!d) return std::nullopt;
+  return d->index;
 }
 
-bool Dispatcher::send(int gpu_index, InFlight info, const std::string& prompt,
+int Dispatcher::free_capacity() { return Router::free_capacity(fleet_.endpoints(), now_ms()); }
+
+bool Dispatcher::send(size_t index, InFlight info, const std::string& prompt,
                       const GenerationParams& params, int priority, long timeout_ms) {
-  const EndpointConfig& ep = endpoints_[gpu_index];
+  const EndpointConfig& ep = fleet_.info(index).config;
+  Endpoint& state = fleet_.endpoints()[index];
   info.gpu_id = ep.gpu_id;
   info.api = ep.api == "chat" ? Api::chat : Api::completions;
   HttpRequest req;
   req.tag = next_tag_++;
   req.url = ep.base_url + api_path(info.api);
-  req.body = build_request_body(info.api, ep.model, prompt, params, priority, false);
+  req.body = build_request_body(info.api, ep.model, prompt, params, priority, ep.send_priority);
   req.bearer_token = ep.api_key;
   req.timeout_ms = timeout_ms;
   uint64_t tag = req.tag;
   http_.start(std::move(req));
-  in_flight_by_gpu_[ep.gpu_id]++;
+  state.in_flight++;
+  state.requests++;
   in_flight_.emplace(tag, info);
   return true;
+}
+
+// Health probes for half-open breakers, and scrapes of vLLM's /metrics so the
+// router sees load from other clients of the same servers. Both are ordinary
+// requests on the same event loop: a slow endpoint delays nothing else.
+void Dispatcher::start_probes_and_scrapes() {
+  const int64_t now = now_ms();
+  for (size_t i = 0; i < fleet_.size(); i++) {
+    Endpoint& e = fleet_.endpoints()[i];
+    MemberInfo& m = fleet_.info(i);
+    if (m.removed) continue;
+    if (e.enabled && !m.probe_in_flight && e.breaker.probe_due(now)) {
+      e.breaker.probe_started(now);
+      m.probe_in_flight = true;
+      HttpRequest req;
+      req.tag = next_tag_++;
+      req.url = m.config.base_url + "/health";
+      req.timeout_ms = 2000;
+      InFlight info;
+      info.kind = Work::probe;
+      info.gpu_id = e.gpu_id;
+      in_flight_.emplace(req.tag, info);
+      http_.start(std::move(req));
+    }
+    if (guc_metrics_interval_ms > 0 && e.enabled && !m.scrape_in_flight && now >= m.next_scrape_ms) {
+      m.scrape_in_flight = true;
+      m.next_scrape_ms = now + guc_metrics_interval_ms;
+      HttpRequest req;
+      req.tag = next_tag_++;
+      req.url = m.config.base_url + "/metrics";
+      req.bearer_token = m.config.api_key;
+      req.timeout_ms = std::min(guc_metrics_interval_ms, 2000);
+      InFlight info;
+      info.kind = Work::scrape;
+      info.gpu_id = e.gpu_id;
+      in_flight_.emplace(req.tag, info);
+      http_.start(std::move(req));
+    }
+  }
+}
+
+void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) {
+  auto index = fleet_.index_of(f.gpu_id);
+  if (!index) return;
+  Endpoint& e = fleet_.endpoints()[*index];
+  MemberInfo& m = fleet_.info(*index);
+  if (f.kind == Work::probe) {
+    m.probe_in_flight = false;
+    bool healthy = r.transport_ok && r.status == 200;
+    e.breaker.probe_finished(healthy, now_ms());
+    if (healthy) {
+      maybe_more_work_ = true;  // capacity is back
+      pg_call([&] {
+        ereport(LOG, (errmsg("npc_scale dispatcher: GPU %d is healthy again, breaker closed", f.gpu_id)));
+      });
+    }
+    return;
+  }
+  m.scrape_in_flight = false;
+  if (r.transport_ok && r.status == 200) {
+    VllmLoad load = parse_vllm_load(r.body);
+    e.remote_running = load.running ? static_cast<int>(*load.running) : -1;
+    e.remote_waiting = load.waiting ? static_cast<int>(*load.waiting) : -1;
+  } else {
+    e.remote_running = e.remote_waiting = -1;  // unknown: route on our own counts
+  }
+}
+
+// Feeds one finished request into its endpoint's breaker and statistics.
+void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool success,
+                                const std::string& error) {
+  auto index = fleet_.index_of(f.gpu_id);
+  if (!index) return;
+  Endpoint& e = fleet_.endpoints()[*index];
+  MemberInfo& m = fleet_.info(*index);
+  const int64_t now = now_ms();
+  if (--e.in_flight < 0) e.in_flight = 0;
+  if (success) {
+    e.latency.add(r.elapsed_ms);
+    e.breaker.record_success(now);
+    return;
+  }
+  e.errors++;
+  m.last_error = error;
+  m.last_error_at_ms = GetCurrentTimestamp();
+  BreakerState before = e.breaker.state(now);
+  if (r.transport_ok && r.status == 429) {
+    e.breaker.record_rate_limited(now, r.retry_after_s ? *r.retry_after_s * 1000 : 0);
+  } else if (!r.transport_ok || r.status >= 500 || (r.status >= 200 && r.status < 300)) {
+    e.breaker.record_failure(now);
+  }
+  // Other 4xx: the request was wrong, not the endpoint.
+  if (before == BreakerState::closed && e.breaker.state(now) != BreakerState::closed) {
+    std::string what = error;
+    pg_call([&] {
+      ereport(LOG, (errmsg("npc_scale dispatcher: GPU %d breaker opened: %s", f.gpu_id, what.c_str())));
+    });
+  }
+}
+
+void Dispatcher::publish_stats() {
+  next_stats_ms_ = now_ms() + 100;
+  fleet_.prune_drained();
+  SharedState& s = shared_state();
+  const int64_t now = now_ms();
+  int n = std::min<int>(static_cast<int>(fleet_.size()), kMaxEndpointStats);
+  std::vector<EndpointStat> stats(n);
+  for (int i = 0; i < n; i++) {
+    Endpoint& e = fleet_.endpoints()[i];
+    const MemberInfo& m = fleet_.info(i);
+    EndpointStat& st = stats[i];
+    memset(&st, 0, sizeof(st));
+    st.gpu_id = e.gpu_id;
+    st.enabled = e.enabled;
+    st.draining = m.removed;
+    BreakerState b = e.breaker.state(now);
+    st.breaker = b == BreakerState::closed ? 0 : b == BreakerState::open ? 1 : 2;
+    st.in_flight = e.in_flight;
+    st.max_concurrent = e.max_concurrent;
+    st.requests = static_cast<int64>(e.requests);
+    st.errors = static_cast<int64>(e.errors);
+    st.error_rate = e.breaker.error_rate();
+    st.ema_ms = e.latency.ema_ms();
+    st.p50_ms = e.latency.percentile(50);
+    st.p99_ms = e.latency.percentile(99);
+    st.remote_running = e.remote_running;
+    st.remote_waiting = e.remote_waiting;
+    strlcpy(st.last_error, m.last_error.c_str(), sizeof(st.last_error));
+    st.last_error_at = m.last_error_at_ms;
+  }
+  SpinLockAcquire(&s.stats_mutex);
+  s.endpoint_stat_count = n;
+  if (n > 0) memcpy(s.endpoint_stats, stats.data(), sizeof(EndpointStat) * n);
+  SpinLockRelease(&s.stats_mutex);
 }
 
 void Dispatcher::serve_sync_slots() {
@@ -237,9 +436,11 @@ void Dispatcher::serve_sync_slots() {
       slot->owner_procno = -1;
       SpinLockRelease(&slot->mutex);
       for (auto it = in_flight_.begin(); it != in_flight_.end(); ++it) {
-        if (it->second.sync && it->second.slot == i && it->second.ticket == ticket) {
+        if (it->second.kind == Work::sync && it->second.slot == i && it->second.ticket == ticket) {
           http_.cancel(it->first);
-          in_flight_by_gpu_[it->second.gpu_id]--;
+          if (auto idx = fleet_.index_of(it->second.gpu_id)) {
+            if (--fleet_.endpoints()[*idx].in_flight < 0) fleet_.endpoints()[*idx].in_flight = 0;
+          }
           in_flight_.erase(it);
           break;
         }
@@ -251,10 +452,12 @@ void Dispatcher::serve_sync_slots() {
       SpinLockRelease(&slot->mutex);
       continue;
     }
-    auto all = loads();
-    bool any_enabled = std::any_of(all.begin(), all.end(), [](const EndpointLoad& l) { return l.enabled; });
+    bool any_enabled = fleet_.any_enabled();
     std::optional<int> avoid = slot->attempts > 0 ? std::optional<int>(slot->gpu_id) : std::nullopt;
-    auto pick = router_.pick(all, avoid);
+    // generate() has no NPC: its affinity key is the prompt's prefix.
+    uint64_t prefix_key = XXH3_64bits(sync_slot_prompt(slot),
+                                      std::min<size_t>(static_cast<size_t>(slot->prompt_len), 64));
+    auto pick = route(slot->priority, prefix_key, avoid);
     uint64 ticket = slot->ticket;
     if (!pick) {
       SpinLockRelease(&slot->mutex);
@@ -270,6 +473,7 @@ void Dispatcher::serve_sync_slots() {
     std::string prompt(sync_slot_prompt(slot), slot->prompt_len);
     std::string params_json(sync_slot_params(slot), slot->params_len);
     InFlight info;
+    info.kind = Work::sync;
     info.sync = true;
     info.slot = i;
     info.ticket = ticket;
@@ -278,11 +482,20 @@ void Dispatcher::serve_sync_slots() {
     try {
       GenerationParams params = parse_params(params_json);
       long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
-      send(static_cast<int>(*pick), info, prompt, params, priority, timeout);
+      send(*pick, info, prompt, params, priority, timeout);
     } catch (const std::exception& e) {
       fail_sync_slot(i, ticket, e.what());
     }
   }
+}
+
+// The affinity key of a decision: its NPC, or for the decision types listed
+// in npc_scale.prefix_affinity_types, the first 64 bytes of its prompt.
+std::optional<uint64_t> Dispatcher::affinity_key(const ClaimedDecision& d) const {
+  if (!d.decision_type.empty() && prefix_types_.find("," + d.decision_type + ",") != std::string::npos) {
+    return XXH3_64bits(d.prompt.data(), std::min<size_t>(d.prompt.size(), 64));
+  }
+  return XXH3_64bits(&d.npc_id, sizeof(d.npc_id));
 }
 
 // Claims as many queued decisions as there are free slots and sends them
@@ -290,7 +503,7 @@ void Dispatcher::serve_sync_slots() {
 void Dispatcher::claim_and_send() {
   maybe_more_work_ = false;
   // A finishing request sets maybe_more_work_ again when slots are full.
-  int limit = std::min(Router::free_capacity(loads()), guc_claim_batch);
+  int limit = std::min(free_capacity(), guc_claim_batch);
   if (limit <= 0) {
     capacity_blocked_ = true;  // work may be waiting: look again when a slot frees
     return;
@@ -312,14 +525,14 @@ void Dispatcher::claim_and_send() {
       long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
       if (d.deadline_in_ms) timeout = std::min<long>(timeout, std::max<int64_t>(1, *d.deadline_in_ms));
       timeout = std::min(timeout, lease_cap_ms);
-      auto pick = router_.pick(loads(), d.last_gpu_id);
+      auto pick = route(d.priority, affinity_key(d), d.last_gpu_id);
       if (!pick) {
         // Capacity vanished (an endpoint was disabled between the count and
         // now): hand it back at once, without a back-off.
         pending_results_.push_back({d.id, d.attempts, "queued", "", "no free GPU slot", 0, 0});
         continue;
       }
-      send(static_cast<int>(*pick), info, d.prompt, params, d.priority, timeout);
+      send(*pick, info, d.prompt, params, d.priority, timeout);
     } catch (const std::exception& e) {
       pending_results_.push_back({d.id, d.attempts, "failed", "", e.what(), 0, 0});
     }
@@ -347,11 +560,14 @@ void Dispatcher::handle_finished() {
     if (it == in_flight_.end()) continue;
     InFlight f = it->second;
     in_flight_.erase(it);
-    if (--in_flight_by_gpu_[f.gpu_id] <= 0) in_flight_by_gpu_.erase(f.gpu_id);
+    if (f.kind == Work::probe || f.kind == Work::scrape) {
+      finish_probe_or_scrape(f, r);
+      continue;
+    }
     // A freed slot matters only if work was left waiting for one; new work
     // arrives with a latch wake-up.
     if (capacity_blocked_) maybe_more_work_ = true;
-    if (f.sync) {
+    if (f.kind == Work::sync) {
       finish_sync(f, r);
     } else {
       finish_decision(f, r);
@@ -362,6 +578,7 @@ void Dispatcher::handle_finished() {
 void Dispatcher::finish_decision(const InFlight& f, const HttpResult& r) {
   AttemptOutcome o = resolve_attempt(f.api, r, f.attempts, retry_policy(),
                                      static_cast<uint64_t>(f.decision_id));
+  record_outcome(f, r, o.kind == AttemptOutcome::Kind::done, o.error);
   DecisionResult res;
   res.id = f.decision_id;
   res.attempts = f.attempts;
@@ -390,6 +607,7 @@ void Dispatcher::finish_decision(const InFlight& f, const HttpResult& r) {
 
 void Dispatcher::finish_sync(const InFlight& f, const HttpResult& r) {
   AttemptOutcome o = resolve_attempt(f.api, r, f.attempts, retry_policy(), f.ticket);
+  record_outcome(f, r, o.kind == AttemptOutcome::Kind::done, o.error);
   SyncSlot* slot = sync_slot(f.slot);
   SpinLockAcquire(&slot->mutex);
   if (slot->ticket != f.ticket || slot->state != SyncState::running) {

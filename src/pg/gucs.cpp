@@ -18,6 +18,18 @@ int guc_retry_base_ms = 200;
 int guc_retry_max_ms = 10000;
 int guc_result_ttl_s = 3600;
 int guc_claim_batch = 256;
+double guc_weight_load = 0.5, guc_weight_latency = 0.3, guc_weight_errors = 0.2;
+double guc_latency_alpha = 0.2;
+bool guc_affinity = true;
+double guc_affinity_epsilon = 0.25;
+char* guc_prefix_affinity_types = nullptr;
+int guc_priority_aging_ms = 10000;
+int guc_metrics_interval_ms = 1000;
+int guc_breaker_failures = 3;
+double guc_breaker_error_rate = 0.5;
+int guc_breaker_window = 20;
+int guc_breaker_min_requests = 10;
+int guc_breaker_cooldown_ms = 5000;
 
 void define_gucs() {
   // SIGHUP, not postmaster: a worker that sees the value change exits and is
@@ -61,6 +73,61 @@ void define_gucs() {
   DefineCustomIntVariable("npc_scale.claim_batch", "Most decisions claimed per transaction.",
                           nullptr, &guc_claim_batch, 256, 1, 10000, PGC_SIGHUP, 0, nullptr, nullptr,
                           nullptr);
+  // Routing: the seed's weights for priorities 3..7.
+  DefineCustomRealVariable("npc_scale.weight_load", "Routing score weight of an endpoint's load.",
+                           nullptr, &guc_weight_load, 0.5, 0, 100, PGC_SIGHUP, 0, nullptr, nullptr,
+                           nullptr);
+  DefineCustomRealVariable("npc_scale.weight_latency",
+                           "Routing score weight of latency (EMA ms / 100).", nullptr,
+                           &guc_weight_latency, 0.3, 0, 100, PGC_SIGHUP, 0, nullptr, nullptr,
+                           nullptr);
+  DefineCustomRealVariable("npc_scale.weight_errors", "Routing score weight of the error rate.",
+                           nullptr, &guc_weight_errors, 0.2, 0, 100, PGC_SIGHUP, 0, nullptr,
+                           nullptr, nullptr);
+  DefineCustomRealVariable("npc_scale.latency_alpha", "Smoothing of the latency EMA.", nullptr,
+                           &guc_latency_alpha, 0.2, 0.001, 1, PGC_SIGHUP, 0, nullptr, nullptr,
+                           nullptr);
+  DefineCustomBoolVariable("npc_scale.affinity",
+                           "Keep an NPC on one endpoint while its load allows (prefix cache reuse).",
+                           nullptr, &guc_affinity, true, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+  DefineCustomRealVariable("npc_scale.affinity_epsilon",
+                           "Bounded-load slack: an endpoint keeps its NPCs while its load is within "
+                           "(1+epsilon) of the fleet average.",
+                           nullptr, &guc_affinity_epsilon, 0.25, 0, 10, PGC_SIGHUP, 0, nullptr,
+                           nullptr, nullptr);
+  DefineCustomStringVariable("npc_scale.prefix_affinity_types",
+                             "Decision types whose affinity key is the prompt prefix, not the NPC "
+                             "(comma-separated).",
+                             nullptr, &guc_prefix_affinity_types, "", PGC_SIGHUP, 0, nullptr,
+                             nullptr, nullptr);
+  DefineCustomIntVariable("npc_scale.priority_aging",
+                          "Waiting this long raises a queued decision's priority by one step "
+                          "(0 = off), so priority 10 is never starved.",
+                          nullptr, &guc_priority_aging_ms, 10000, 0, 86400000, PGC_SIGHUP,
+                          GUC_UNIT_MS, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("npc_scale.metrics_interval",
+                          "How often endpoints' /metrics are scraped for their own load (0 = off).",
+                          nullptr, &guc_metrics_interval_ms, 1000, 0, 3600000, PGC_SIGHUP,
+                          GUC_UNIT_MS, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("npc_scale.breaker_failures",
+                          "Consecutive failures that open an endpoint's circuit breaker.", nullptr,
+                          &guc_breaker_failures, 3, 1, 1000, PGC_SIGHUP, 0, nullptr, nullptr,
+                          nullptr);
+  DefineCustomRealVariable("npc_scale.breaker_error_rate",
+                           "Error rate over the breaker window that opens it.", nullptr,
+                           &guc_breaker_error_rate, 0.5, 0, 1, PGC_SIGHUP, 0, nullptr, nullptr,
+                           nullptr);
+  DefineCustomIntVariable("npc_scale.breaker_window", "Outcomes in the breaker's error-rate window.",
+                          nullptr, &guc_breaker_window, 20, 1, 10000, PGC_SIGHUP, 0, nullptr,
+                          nullptr, nullptr);
+  DefineCustomIntVariable("npc_scale.breaker_min_requests",
+                          "Outcomes needed before the error rate can open the breaker.", nullptr,
+                          &guc_breaker_min_requests, 10, 1, 10000, PGC_SIGHUP, 0, nullptr, nullptr,
+                          nullptr);
+  DefineCustomIntVariable("npc_scale.breaker_cooldown",
+                          "An open breaker probes /health after this long.", nullptr,
+                          &guc_breaker_cooldown_ms, 5000, 10, 3600000, PGC_SIGHUP, GUC_UNIT_MS,
+                          nullptr, nullptr, nullptr);
   MarkGUCPrefixReserved("npc_scale");
 }
 

@@ -15,6 +15,20 @@ extern int guc_retry_base_ms;       // back-off after a transient failure …
 extern int guc_retry_max_ms;        // … capped here
 extern int guc_result_ttl_s;        // finished decisions are purged after this
 extern int guc_claim_batch;         // most rows claimed per transaction
+// routing (see src/core/router.hpp)
+extern double guc_weight_load, guc_weight_latency, guc_weight_errors;
+extern double guc_latency_alpha;
+extern bool guc_affinity;
+extern double guc_affinity_epsilon;
+extern char* guc_prefix_affinity_types;  // decision types keyed by prompt prefix, not NPC
+extern int guc_priority_aging_ms;
+extern int guc_metrics_interval_ms;      // scrape of vLLM /metrics; 0 = off
+// circuit breaker
+extern int guc_breaker_failures;
+extern double guc_breaker_error_rate;
+extern int guc_breaker_window;
+extern int guc_breaker_min_requests;
+extern int guc_breaker_cooldown_ms;
 
 void define_gucs();
 

@@ -27,6 +27,8 @@ NPC_SQL_FUNCTION(npc_scale_metrics) {
       {"endpoints_generation", static_cast<int64>(pg_atomic_read_u64(&s.endpoints_generation))},
       {"sync_slots", s.sync_slot_count},
       {"sync_slots_busy", sync_busy},
+      {"affinity_hits", static_cast<int64>(pg_atomic_read_u64(&s.affinity_hits))},
+      {"affinity_misses", static_cast<int64>(pg_atomic_read_u64(&s.affinity_misses))},
   };
   pg_call([&] {
     InitMaterializedSRF(fcinfo, 0);

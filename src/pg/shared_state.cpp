@@ -65,6 +65,9 @@ void shared_state_attach() {
     pg_atomic_init_u64(&g_state->queue_wakeups, 0);
     pg_atomic_init_u64(&g_state->endpoints_generation, 1);
     ConditionVariableInit(&g_state->slot_freed_cv);
+    SpinLockInit(&g_state->stats_mutex);
+    pg_atomic_init_u64(&g_state->affinity_hits, 0);
+    pg_atomic_init_u64(&g_state->affinity_misses, 0);
     g_state->waiter_count = total_procs();
     for (int i = 0; i < g_state->waiter_count; i++) pg_atomic_init_u64(&g_waiters[i], 0);
     g_state->sync_slot_count = guc_sync_slots;

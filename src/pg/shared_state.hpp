@@ -59,6 +59,27 @@ struct SyncSlot {
   // response[max_response_bytes]; see sync_slot_prompt() & co.
 };
 
+// One GPU endpoint as the dispatcher last saw it, for npc_scale.endpoint_stats.
+inline constexpr int kMaxEndpointStats = 128;
+struct EndpointStat {
+  int gpu_id;
+  bool enabled;
+  bool draining;      // removed from gpu_endpoints, requests still in flight
+  int breaker;        // 0 closed, 1 open, 2 half_open
+  int in_flight;
+  int max_concurrent;
+  int64 requests;
+  int64 errors;
+  double error_rate;  // over the breaker window
+  double ema_ms;
+  double p50_ms;
+  double p99_ms;
+  int remote_running;  // -1 unknown
+  int remote_waiting;
+  char last_error[200];
+  TimestampTz last_error_at;  // 0 = never
+};
+
 struct SharedState {
   slock_t mutex;  // guards workers[]; held for a few instructions only
   WorkerSlot workers[kWorkerCount];
@@ -66,6 +87,11 @@ struct SharedState {
   pg_atomic_uint64 endpoints_generation;  // bumped at commit of a gpu_endpoints change
   ConditionVariable slot_freed_cv;        // broadcast when a generate() slot becomes free
   int waiter_count;                       // entries in waiters[]
+  slock_t stats_mutex;                    // guards the endpoint stats below
+  int endpoint_stat_count;
+  EndpointStat endpoint_stats[kMaxEndpointStats];
+  pg_atomic_uint64 affinity_hits;         // requests that went to their NPC's home endpoint
+  pg_atomic_uint64 affinity_misses;       // … or elsewhere, because the home was too loaded
   int sync_slot_count;
   Size sync_slot_stride;
 };

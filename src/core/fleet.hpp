@@ -1,0 +1,60 @@
+// The dispatcher's GPU fleet: each endpoint's configuration (from
+// npc_scale.gpu_endpoints) beside the router's live view of it (load,
+// latency, breaker). Reloading keeps the live state of endpoints that stay,
+// and keeps a removed endpoint that still has requests in flight as a
+// draining, disabled member until they finish — none is lost.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "router.hpp"
+
+namespace npc_scale {
+
+struct EndpointConfig {
+  int gpu_id = 0;
+  std::string base_url;
+  std::string model;
+  std::string api = "completions";
+  int max_concurrent = 1;
+  bool enabled = true;
+  double weight = 1.0;
+  std::string api_key;
+  bool send_priority = false;  // the server runs --scheduling-policy priority
+};
+
+struct MemberInfo {
+  EndpointConfig config;
+  bool removed = false;          // gone from the table; draining its in-flight requests
+  std::string last_error;
+  int64_t last_error_at_ms = 0;  // wall clock, for the stats view
+  bool probe_in_flight = false;
+  bool scrape_in_flight = false;
+  int64_t next_scrape_ms = 0;    // steady clock
+};
+
+class Fleet {
+ public:
+  // Applies a new configuration; returns true if anything changed.
+  bool reload(const std::vector<EndpointConfig>& configs, const BreakerConfig& breaker,
+              double ema_alpha);
+  // Drops removed members whose requests have all finished.
+  void prune_drained();
+
+  size_t size() const { return endpoints_.size(); }
+  std::vector<Endpoint>& endpoints() { return endpoints_; }
+  const std::vector<Endpoint>& endpoints() const { return endpoints_; }
+  MemberInfo& info(size_t i) { return info_[i]; }
+  const MemberInfo& info(size_t i) const { return info_[i]; }
+  std::optional<size_t> index_of(int gpu_id) const;
+  bool any_enabled() const;
+
+ private:
+  std::vector<Endpoint> endpoints_;  // parallel to info_: the router's input
+  std::vector<MemberInfo> info_;
+};
+
+}  // namespace npc_scale
