@@ -46,6 +46,7 @@
 
 #include <xxhash.h>
 
+#include "consistent_hash.hpp"
 #include "generation.hpp"
 #include "http_client.hpp"
 #include "router.hpp"
@@ -302,7 +303,8 @@ struct WindowResult {
   size_t backlog_local = 0, backlog_gpu = 0;  // at the end: waiting here / in flight there
   double hit_rate = NAN;
   std::vector<double> gpu_hit_rate;  // per GPU, NAN when unknown
-  uint64_t aff_hits = 0, aff_misses = 0;  // the router's ring: home chosen / spilled
+  uint64_t aff_hits = 0, aff_misses = 0;  // Router::affinity_hits/misses (home among *eligible*)
+  uint64_t keyed_sent = 0, true_home_sent = 0;  // priority 3..10 sends that reached the key's ring home
   double max_local_wait_ms = 0;
 };
 
@@ -491,6 +493,13 @@ WindowResult Bench::window(const std::string& policy, double load, uint32_t tag,
   uint64_t arrived_tier[3]{}, finished_tier[3]{};
   std::vector<uint64_t> sent_per_gpu(n, 0);
   uint64_t completed = 0;
+  // The router's ring has the same members and vnodes, so the same homes.
+  BoundedLoadRing ring;
+  {
+    std::vector<int> ids;
+    for (const auto& e : eps) ids.push_back(e.gpu_id);
+    ring.set_members(ids);
+  }
 
   const int64_t t0 = now_ns();
   const int64_t warm_end = t0 + static_cast<int64_t>((opt_.warmup_s + extra_warmup_s) * kSec);
@@ -509,6 +518,10 @@ WindowResult Bench::window(const std::string& policy, double load, uint32_t tag,
     if (in_window(t_send)) {
       sent_per_gpu[rq.gpu]++;
       w.sent++;
+      if (policy == "router" && rq.priority >= 3) {
+        w.keyed_sent++;
+        if (ring.home(npc_key(rq.npc)) == ep.gpu_id) w.true_home_sent++;
+      }
       w.max_local_wait_ms = std::max(w.max_local_wait_ms, (t_send - rq.arrival_ns) / 1e6);
     }
     HttpRequest hr = completion(rq.gpu, make_prompt(rq.npc, tag, step_++), rq.priority);
@@ -688,8 +701,8 @@ void Bench::print_row(const WindowResult& w) const {
   std::string gpu_hits;
   for (size_t g = 0; g < w.gpu_hit_rate.size(); g++) gpu_hits += (g ? "/" : "") + rate(w.gpu_hit_rate[g]);
   std::string home = "-";
-  if (w.aff_hits + w.aff_misses > 0) {
-    std::snprintf(b, sizeof b, "%.0f", 100.0 * w.aff_hits / (w.aff_hits + w.aff_misses));
+  if (w.keyed_sent > 0) {
+    std::snprintf(b, sizeof b, "%.0f", 100.0 * w.true_home_sent / w.keyed_sent);
     home = b;
   }
   std::printf("%-12s %4.0f%% %7.0f %7.0f %5.1f%% | %-13s %-13s %-13s | %-11s | %-10s | %4" PRIu64
@@ -706,6 +719,18 @@ int Bench::run() {
   std::printf("router_bench: %zu GPUs, %d NPCs, max_tokens %d, priorities uniform 0..10, "
               "warm-up %.1fs (+%.1fs before a policy's first window) + measure %.1fs per window\n",
               n, opt_.npcs, opt_.max_tokens, opt_.warmup_s, opt_.first_warmup_s, opt_.measure_s);
+
+  {
+    BoundedLoadRing ring;
+    std::vector<int> ids;
+    for (size_t g = 0; g < n; g++) ids.push_back(static_cast<int>(g + 1));
+    ring.set_members(ids);
+    std::vector<int> homed(n, 0);
+    for (int k = 0; k < opt_.npcs; k++) homed[static_cast<size_t>(*ring.home(npc_key(k)) - 1)]++;
+    std::printf("affinity ring homes (NPCs per GPU):");
+    for (size_t g = 0; g < n; g++) std::printf(" %s %d", opt_.gpus[g].name.c_str(), homed[g]);
+    std::printf("\n");
+  }
 
   // Unloaded service time.
   std::printf("\nunloaded service time (%d sequential requests, client-side incl. loopback HTTP):\n",
@@ -767,8 +792,8 @@ int Bench::run() {
   std::printf("\n(latency = scheduled arrival -> answer, ms, requests finished in the measured window; "
               "done%% = share of the window's arrivals answered by its end; sent%% = where the window's "
               "requests went; backlg = still queued locally or at a GPU at the end (then cancelled); "
-              "hit = fake GPUs' prefix-cache hit rate over the window, all and per GPU; home%% = the "
-              "router's affinity picks that landed on the key's home GPU)\n");
+              "hit = fake GPUs' prefix-cache hit rate over the window, all and per GPU; home%% = share of "
+              "the router's priority 3..10 requests sent to their NPC's home GPU on the ring)\n");
 
   if (!opt_.tsv.empty()) {
     FILE* f = std::fopen(opt_.tsv.c_str(), "w");
@@ -785,7 +810,7 @@ int Bench::run() {
     std::fprintf(f, "calib\tfast_warm_ms\t%.3f\n", warm_ms_[fast]);
     std::fprintf(f, "#policy\tload\toffered_rps\tdone_rps\tpct_cap\tp50_0_2\tp99_0_2\tp50_3_7\tp99_3_7\t"
                     "p50_8_10\tp99_8_10\tdone_0_2\tdone_3_7\tdone_8_10\terrors\tbacklog\thit_rate\tshares\t"
-                    "gpu_hit_rates\taffinity_home\taffinity_spill\n");
+                    "gpu_hit_rates\trouter_affinity_hits\trouter_affinity_misses\tkeyed_sent\ttrue_home_sent\n");
     for (const auto& w : results) {
       std::string shares;
       char b[32];
@@ -799,11 +824,11 @@ int Bench::run() {
         gpu_hits += b;
       }
       std::fprintf(f, "row\t%s\t%.2f\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%.1f\t%" PRIu64
-                      "\t%zu\t%.4f\t%s\t%s\t%" PRIu64 "\t%" PRIu64 "\n",
+                      "\t%zu\t%.4f\t%s\t%s\t%" PRIu64 "\t%" PRIu64 "\t%" PRIu64 "\t%" PRIu64 "\n",
                    w.policy.c_str(), w.load, w.offered_rps, w.done_rps, w.pct_cap, w.p50[0], w.p99[0], w.p50[1],
                    w.p99[1], w.p50[2], w.p99[2], w.done_pct[0], w.done_pct[1], w.done_pct[2], w.errors,
                    w.backlog_local + w.backlog_gpu, w.hit_rate, shares.c_str(), gpu_hits.c_str(), w.aff_hits,
-                   w.aff_misses);
+                   w.aff_misses, w.keyed_sent, w.true_home_sent);
     }
     std::fclose(f);
   }

@@ -1,0 +1,57 @@
+-- Routing: 429 with Retry-After opens the endpoint's breaker for exactly that
+-- long (no request reaches it meanwhile, work flows elsewhere), a /health
+-- probe closes it; NPC affinity keeps an NPC on one endpoint; the stats view.
+SELECT plan(13);
+
+-- A rate-limited endpoint: every inference request gets 429, Retry-After: 3.
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 3, "hang_rate": 0, "slow_rate": 0}');
+SELECT npc_test.gpu_reset('faulty');
+SELECT npc_test.use_gpus(ARRAY['faulty']);
+SELECT npc_scale.request_decision(5001, 'trade', 'Sell clay?', 5) AS limited \gset
+SELECT ok(npc_test.wait_for($$ (SELECT breaker = 'open' FROM npc_scale.endpoint_stats WHERE gpu_id = 1) $$),
+  'a 429 opens the endpoint''s breaker');
+SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 1::numeric, 'after one request');
+SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :limited), 'queued',
+  'the rate-limited decision waits for its retry');
+SELECT ok((SELECT not_before >= started_at + interval '3 s' FROM npc_scale.decision_queue WHERE id = :limited),
+  'its retry is not before Retry-After');
+
+-- Add a healthy endpoint: new work flows there while the breaker is open.
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, max_concurrent) VALUES (2, npc_test.gpu_url('fast0'), 16);
+CREATE TEMP TABLE meanwhile AS
+SELECT npc_scale.request_decision(5100 + g, 'trade', 'Buy wheat ' || g, 9) AS id FROM generate_series(1, 10) g;
+SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM meanwhile))'), 'other work finishes meanwhile');
+SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue JOIN meanwhile USING (id) WHERE gpu_id = 2 AND status = 'done'), 10,
+  'all of it on the healthy endpoint');
+SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 1::numeric,
+  'no request reached the rate-limited endpoint while its breaker was open');
+
+-- The fault clears; after Retry-After the breaker probes /health and closes.
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
+SELECT ok(npc_test.wait_for($$ (SELECT breaker = 'closed' FROM npc_scale.endpoint_stats WHERE gpu_id = 1) $$, '15 s'),
+  'a healthy probe closes the breaker');
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :limited), '15 s'),
+  'the rate-limited decision is answered on its retry');
+SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :limited), 'done', 'done');
+
+-- Affinity: one NPC's decisions stay on one endpoint while loads are even.
+SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1', 'fast2']);
+CREATE TEMP TABLE npc42 (id bigint);
+DO $$
+BEGIN
+  FOR i IN 1 .. 12 LOOP
+    INSERT INTO npc42 SELECT npc_scale.request_decision(42, 'build', 'NPC 42 step ' || i, 5);
+    COMMIT;
+    PERFORM npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', (SELECT max(id) FROM npc42)));
+  END LOOP;
+END $$;
+SELECT is((SELECT count(DISTINCT gpu_id)::int FROM npc_scale.decision_queue JOIN npc42 USING (id)), 1,
+  'twelve sequential decisions of one NPC all went to the same endpoint');
+
+-- The stats view: one row per endpoint, sane figures, never the api_key.
+SELECT is((SELECT count(*)::int FROM npc_scale.endpoint_stats WHERE breaker = 'closed' AND enabled), 3,
+  'endpoint_stats shows the three endpoints, breakers closed');
+SELECT hasnt_column('npc_scale', 'endpoint_stats', 'api_key', 'endpoint_stats has no api_key column');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id IN (5001, 42) OR npc_id BETWEEN 5101 AND 5110;
+SELECT * FROM finish();
