@@ -51,7 +51,7 @@ npc_load: $(BUILD_DIR)/npc_load
 $(BUILD_DIR)/unit_tests: $(CORE_SRCS) $(FAKE_GPU_LIB_SRCS) $(UNIT_SRCS) $(wildcard src/core/*.hpp test/fake_gpu/*.hpp)
 	@mkdir -p $(BUILD_DIR)
 	$(CXX) $(TEST_CXXFLAGS) $(CORE_SRCS) $(FAKE_GPU_LIB_SRCS) $(UNIT_SRCS) \
-		-lgtest -lgtest_main -lcurl -levent -lxxhash -lpthread -o $@
+		-lgtest -lgtest_main -lcurl -lhiredis -levent -lxxhash -lpthread -o $@
 
 $(BUILD_DIR)/fake_gpu: $(wildcard test/fake_gpu/*.cpp test/fake_gpu/*.hpp)
 	@mkdir -p $(BUILD_DIR)

@@ -1,0 +1,49 @@
+#include "cache_policy.hpp"
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+namespace npc_scale {
+
+CachePolicy cache_policy(const GenerationParams& params, int64_t default_ttl_s) {
+  CachePolicy p;
+  if (params.cache && !*params.cache) return p;
+  if (params.cache_ttl_s) {
+    p.use = true;
+    p.ttl_s = *params.cache_ttl_s;
+    return p;
+  }
+  if (params.deterministic()) {
+    p.use = true;
+    p.ttl_s = default_ttl_s;
+  }
+  return p;
+}
+
+std::string generation_cache_key(const std::string& fleet_signature, const std::string& prompt,
+                                 const GenerationParams& params) {
+  // ordered_json: the same request always serialises to the same bytes.
+  nlohmann::ordered_json canon;
+  canon["v"] = 1;
+  canon["fleet"] = fleet_signature;
+  canon["prompt"] = prompt;
+  if (params.max_tokens) canon["max_tokens"] = *params.max_tokens;
+  if (params.temperature) canon["temperature"] = *params.temperature;
+  if (params.top_p) canon["top_p"] = *params.top_p;
+  if (params.top_k) canon["top_k"] = *params.top_k;
+  if (params.seed) canon["seed"] = *params.seed;
+  if (!params.stop.empty()) canon["stop"] = params.stop;
+  if (!params.choices.empty()) canon["choices"] = params.choices;
+  if (params.system) canon["system"] = *params.system;
+  std::string bytes = canon.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  XXH128_hash_t h = XXH3_128bits(bytes.data(), bytes.size());
+  char hex[33];
+  std::snprintf(hex, sizeof(hex), "%016llx%016llx", static_cast<unsigned long long>(h.high64),
+                static_cast<unsigned long long>(h.low64));
+  return hex;
+}
+
+}  // namespace npc_scale

@@ -1,0 +1,27 @@
+// Which generations may be answered from the cache, for how long, and under
+// which key. Only deterministic requests are cached by default (temperature 0
+// or a seed): caching a sampled answer would make every NPC say the same
+// thing. params.cache_ttl opts a request in anyway; params.cache = false out.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "generation.hpp"
+
+namespace npc_scale {
+
+struct CachePolicy {
+  bool use = false;
+  int64_t ttl_s = 0;
+};
+
+CachePolicy cache_policy(const GenerationParams& params, int64_t default_ttl_s);
+
+// 32 hex digits (XXH3-128) over a canonical form of what changes the output:
+// the fleet's model signature (model and API of the endpoints that answer),
+// the prompt, and the generation parameters (not timeouts or cache options).
+std::string generation_cache_key(const std::string& fleet_signature, const std::string& prompt,
+                                 const GenerationParams& params);
+
+}  // namespace npc_scale

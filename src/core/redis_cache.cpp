@@ -1,0 +1,160 @@
+#include "redis_cache.hpp"
+
+#include <hiredis/hiredis.h>
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+namespace npc_scale {
+
+namespace {
+
+constexpr int64_t kFirstBackoffMs = 100;
+constexpr int64_t kMaxBackoffMs = 5000;
+
+timeval ms_to_timeval(int ms) {
+  timeval tv;
+  tv.tv_sec = ms / 1000;
+  tv.tv_usec = (ms % 1000) * 1000;
+  return tv;
+}
+
+struct ReplyDeleter {
+  void operator()(redisReply* r) const {
+    if (r) freeReplyObject(r);
+  }
+};
+using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
+
+Reply command(redisContext* ctx, std::initializer_list<std::string> args) {
+  std::vector<const char*> argv;
+  std::vector<size_t> lens;
+  for (const auto& a : args) {
+    argv.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  return Reply(static_cast<redisReply*>(
+      redisCommandArgv(ctx, static_cast<int>(argv.size()), argv.data(), lens.data())));
+}
+
+}  // namespace
+
+RedisCache::~RedisCache() { disconnect(); }
+
+void RedisCache::disconnect() {
+  if (ctx_) redisFree(ctx_);
+  ctx_ = nullptr;
+}
+
+void RedisCache::configure(const RedisConfig& config) {
+  if (config == config_) return;
+  config_ = config;
+  disconnect();
+  next_attempt_ms_ = 0;
+  backoff_ms_ = 0;
+}
+
+void RedisCache::fail(const std::string& why, int64_t now_ms) {
+  errors_++;
+  disconnect();
+  backoff_ms_ = backoff_ms_ == 0 ? kFirstBackoffMs : std::min(backoff_ms_ * 2, kMaxBackoffMs);
+  next_attempt_ms_ = now_ms + backoff_ms_;
+  if (up_) {
+    up_ = false;
+    if (on_state_change) on_state_change(false, why);
+  }
+}
+
+bool RedisCache::ensure_connected(int64_t now_ms) {
+  if (!enabled()) return false;
+  if (ctx_) return true;
+  if (now_ms < next_attempt_ms_) return false;  // backing off: a miss, cheaply
+  redisContext* c = redisConnectWithTimeout(config_.host.c_str(), config_.port,
+                                            ms_to_timeval(config_.connect_timeout_ms));
+  if (c == nullptr || c->err) {
+    std::string why = c ? c->errstr : "cannot allocate a Redis context";
+    if (c) redisFree(c);
+    fail("connect to " + config_.host + ":" + std::to_string(config_.port) + ": " + why, now_ms);
+    return false;
+  }
+  redisSetTimeout(c, ms_to_timeval(config_.command_timeout_ms));
+  ctx_ = c;
+  if (!config_.password.empty()) {
+    Reply r = command(ctx_, {"AUTH", config_.password});
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+      fail("AUTH failed", now_ms);  // the password itself is never part of a message
+      return false;
+    }
+  }
+  if (config_.db != 0) {
+    Reply r = command(ctx_, {"SELECT", std::to_string(config_.db)});
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+      fail("SELECT " + std::to_string(config_.db) + " failed", now_ms);
+      return false;
+    }
+  }
+  backoff_ms_ = 0;
+  if (!up_) {
+    up_ = true;
+    if (on_state_change) on_state_change(true, "connected");
+  }
+  return true;
+}
+
+RedisCache::Result RedisCache::get(const std::string& key, std::string* value, int64_t now_ms) {
+  if (!ensure_connected(now_ms)) return Result::unavailable;
+  Reply r = command(ctx_, {"GET", config_.prefix + key});
+  if (!r || r->type == REDIS_REPLY_ERROR) {
+    fail(r ? r->str : ctx_->errstr, now_ms);
+    return Result::unavailable;
+  }
+  if (r->type == REDIS_REPLY_NIL) return Result::miss;
+  if (r->type != REDIS_REPLY_STRING) return Result::miss;
+  value->assign(r->str, r->len);
+  return Result::hit;
+}
+
+bool RedisCache::set(const std::string& key, const std::string& value, int64_t ttl_s,
+                     int64_t now_ms) {
+  if (!ensure_connected(now_ms)) return false;
+  Reply r = ttl_s > 0 ? command(ctx_, {"SET", config_.prefix + key, value, "EX", std::to_string(ttl_s)})
+                      : command(ctx_, {"SET", config_.prefix + key, value});
+  if (!r || r->type == REDIS_REPLY_ERROR) {
+    fail(r ? r->str : ctx_->errstr, now_ms);
+    return false;
+  }
+  return true;
+}
+
+bool RedisCache::del(const std::string& key, int64_t now_ms) {
+  if (!ensure_connected(now_ms)) return false;
+  Reply r = command(ctx_, {"DEL", config_.prefix + key});
+  if (!r || r->type == REDIS_REPLY_ERROR) {
+    fail(r ? r->str : ctx_->errstr, now_ms);
+    return false;
+  }
+  return r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+}
+
+int64_t RedisCache::clear(int64_t now_ms) {
+  if (!ensure_connected(now_ms)) return -1;
+  int64_t deleted = 0;
+  std::string cursor = "0";
+  do {
+    Reply r = command(ctx_, {"SCAN", cursor, "MATCH", config_.prefix + "*", "COUNT", "500"});
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+      fail(r && r->type == REDIS_REPLY_ERROR ? r->str : "SCAN failed", now_ms);
+      return -1;
+    }
+    cursor.assign(r->element[0]->str, r->element[0]->len);
+    redisReply* keys = r->element[1];
+    for (size_t i = 0; i < keys->elements; i++) {
+      Reply d = command(ctx_, {"DEL", std::string(keys->element[i]->str, keys->element[i]->len)});
+      if (d && d->type == REDIS_REPLY_INTEGER) deleted += d->integer;
+    }
+  } while (cursor != "0");
+  return deleted;
+}
+
+}  // namespace npc_scale

@@ -1,0 +1,164 @@
+// L2 against a real redis-server started for the test on a free loopback
+// port: hits, misses, TTL, prefix isolation, and Redis going away and coming
+// back (a miss, never an exception; one state change each way).
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "redis_cache.hpp"
+
+using namespace npc_scale;
+
+namespace {
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+class RedisServer {
+ public:
+  explicit RedisServer(int port) : port_(port) { start(); }
+  ~RedisServer() { stop(); }
+  void start() {
+    pid_ = fork();
+    if (pid_ == 0) {
+      if (!freopen("/dev/null", "w", stdout)) _exit(126);
+      if (!freopen("/dev/null", "w", stderr)) _exit(126);
+      std::string p = std::to_string(port_);
+      execlp("redis-server", "redis-server", "--port", p.c_str(), "--bind", "127.0.0.1", "--save",
+             "", "--appendonly", "no", "--loglevel", "warning", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    // Wait (with a deadline) until it answers.
+    RedisCache probe;
+    RedisConfig c;
+    c.port = port_;
+    probe.configure(c);
+    std::string v;
+    for (int i = 0; i < 500; i++) {
+      if (probe.get("probe", &v, now_ms() + i * 10000) != RedisCache::Result::unavailable) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    FAIL() << "redis-server did not start";
+  }
+  void stop() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+    }
+  }
+
+ private:
+  int port_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace
+
+TEST(RedisCacheTest, SetGetMissDeleteAndTtl) {
+  int port = free_port();
+  RedisServer server(port);
+  RedisCache cache;
+  RedisConfig c;
+  c.port = port;
+  cache.configure(c);
+  std::string v;
+  EXPECT_EQ(cache.get("k1", &v, now_ms()), RedisCache::Result::miss);
+  ASSERT_TRUE(cache.set("k1", "village: build a granary", 60, now_ms()));
+  EXPECT_EQ(cache.get("k1", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(v, "village: build a granary");
+  std::string binary("a\0b", 3);
+  ASSERT_TRUE(cache.set("bin", binary, 60, now_ms()));
+  ASSERT_EQ(cache.get("bin", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(v, binary);
+  EXPECT_TRUE(cache.del("k1", now_ms()));
+  EXPECT_EQ(cache.get("k1", &v, now_ms()), RedisCache::Result::miss);
+  ASSERT_TRUE(cache.set("short", "x", 1, now_ms()));
+  // Expiry is Redis's own clock: wait for the condition, bounded.
+  bool expired = false;
+  for (int i = 0; i < 300 && !expired; i++) {
+    expired = cache.get("short", &v, now_ms()) == RedisCache::Result::miss;
+    if (!expired) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(expired) << "EX 1 expired within 3 s";
+}
+
+TEST(RedisCacheTest, PrefixIsolationAndClear) {
+  int port = free_port();
+  RedisServer server(port);
+  RedisCache a, b;
+  RedisConfig ca, cb;
+  ca.port = cb.port = port;
+  ca.prefix = "game1:";
+  cb.prefix = "game2:";
+  a.configure(ca);
+  b.configure(cb);
+  for (int i = 0; i < 1200; i++) ASSERT_TRUE(a.set("k" + std::to_string(i), "v", 60, now_ms()));
+  ASSERT_TRUE(b.set("k1", "other", 60, now_ms()));
+  EXPECT_EQ(a.clear(now_ms()), 1200);
+  std::string v;
+  EXPECT_EQ(a.get("k1", &v, now_ms()), RedisCache::Result::miss);
+  EXPECT_EQ(b.get("k1", &v, now_ms()), RedisCache::Result::hit) << "another prefix is untouched";
+}
+
+TEST(RedisCacheTest, DownIsAMissThenComesBackWithOneStateChangeEachWay) {
+  int port = free_port();
+  auto server = std::make_unique<RedisServer>(port);
+  RedisCache cache;
+  RedisConfig c;
+  c.port = port;
+  cache.configure(c);
+  std::vector<bool> changes;
+  cache.on_state_change = [&](bool up, const std::string&) { changes.push_back(up); };
+  ASSERT_TRUE(cache.set("k", "v", 60, now_ms()));
+  server->stop();
+  std::string v;
+  int64_t t = now_ms();
+  for (int i = 0; i < 50; i++) {
+    EXPECT_EQ(cache.get("k", &v, t + i), RedisCache::Result::unavailable);
+  }
+  EXPECT_FALSE(cache.up());
+  EXPECT_EQ(changes, std::vector<bool>{false}) << "one 'down' report for 50 failed lookups";
+  uint64_t errors_while_backing_off = cache.errors();
+  EXPECT_LE(errors_while_backing_off, 2u) << "back-off: no reconnect attempt per request";
+  server->start();
+  // After the back-off the next lookup reconnects.
+  EXPECT_EQ(cache.get("k", &v, t + 60000), RedisCache::Result::miss) << "fresh server, empty";
+  EXPECT_TRUE(cache.up());
+  EXPECT_EQ(changes, (std::vector<bool>{false, true}));
+}
+
+TEST(RedisCacheTest, DisabledWhenPortIsZero) {
+  RedisCache cache;
+  RedisConfig c;
+  c.port = 0;
+  cache.configure(c);
+  std::string v;
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::unavailable);
+  EXPECT_FALSE(cache.set("k", "v", 1, now_ms()));
+}
