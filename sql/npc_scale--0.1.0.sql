@@ -269,3 +269,35 @@ SELECT h.value AS hits, m.value AS misses,
   FROM npc_scale.metrics() h, npc_scale.metrics() m
  WHERE h.name = 'affinity_hits' AND m.name = 'affinity_misses';
 GRANT SELECT ON npc_scale.affinity_stats TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Cache: L1 shared memory, L2 Redis, L3 this table
+------------------------------------------------------------------------------
+CREATE TABLE npc_scale.cache_store (
+    key         text PRIMARY KEY,
+    value       text NOT NULL,
+    expires_at  timestamptz              -- NULL: no expiry
+);
+CREATE INDEX cache_store_expires ON npc_scale.cache_store (expires_at) WHERE expires_at IS NOT NULL;
+REVOKE ALL ON npc_scale.cache_store FROM PUBLIC;
+
+CREATE FUNCTION npc_scale.cache_get(key text) RETURNS text
+AS 'MODULE_PATHNAME', 'npc_scale_cache_get' LANGUAGE C STRICT VOLATILE SECURITY DEFINER;
+CREATE FUNCTION npc_scale.cache_set(key text, value text, ttl interval, persist boolean DEFAULT false)
+RETURNS void AS 'MODULE_PATHNAME', 'npc_scale_cache_set' LANGUAGE C VOLATILE SECURITY DEFINER;
+CREATE FUNCTION npc_scale.cache_delete(key text) RETURNS boolean
+AS 'MODULE_PATHNAME', 'npc_scale_cache_delete' LANGUAGE C STRICT VOLATILE SECURITY DEFINER;
+CREATE FUNCTION npc_scale.cache_clear() RETURNS void
+AS 'MODULE_PATHNAME', 'npc_scale_cache_clear' LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION npc_scale.cache_clear() FROM PUBLIC;
+COMMENT ON FUNCTION npc_scale.cache_get(text) IS 'L1 → L2 → L3 lookup with promotion; NULL on a miss';
+COMMENT ON FUNCTION npc_scale.cache_set(text, text, interval, boolean) IS
+'Writes L1 and L2 (and the cache_store table when persist); ttl NULL = no expiry';
+
+CREATE FUNCTION npc_scale._cache_stats(
+    OUT l1_hits bigint, OUT l2_hits bigint, OUT l3_hits bigint, OUT misses bigint,
+    OUT hit_rate double precision, OUT l1_entries bigint, OUT l1_bytes bigint,
+    OUT l1_budget_bytes bigint, OUT evictions bigint, OUT redis_up boolean, OUT redis_errors bigint)
+RETURNS record AS 'MODULE_PATHNAME', 'npc_scale_cache_stats' LANGUAGE C STRICT VOLATILE;
+CREATE VIEW npc_scale.cache_stats AS SELECT * FROM npc_scale._cache_stats();
+GRANT SELECT ON npc_scale.cache_stats TO PUBLIC;

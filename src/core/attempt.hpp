@@ -40,6 +40,7 @@ struct DecisionResult {
   std::string error;
   int gpu_id = 0;    // 0 = none
   int64_t retry_ms = 0;
+  std::string cache_layer;  // l1 | l2 | l3 when the cache answered
 };
 
 std::string results_to_json(const std::vector<DecisionResult>& results);

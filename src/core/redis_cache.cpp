@@ -102,16 +102,33 @@ bool RedisCache::ensure_connected(int64_t now_ms) {
   return true;
 }
 
-RedisCache::Result RedisCache::get(const std::string& key, std::string* value, int64_t now_ms) {
+RedisCache::Result RedisCache::get(const std::string& key, std::string* value, int64_t now_ms,
+                                   int64_t* ttl_ms) {
   if (!ensure_connected(now_ms)) return Result::unavailable;
-  Reply r = command(ctx_, {"GET", config_.prefix + key});
-  if (!r || r->type == REDIS_REPLY_ERROR) {
-    fail(r ? r->str : ctx_->errstr, now_ms);
+  const std::string full = config_.prefix + key;
+  // GET and PTTL pipelined: one round trip.
+  const char* get_argv[] = {"GET", full.c_str()};
+  const size_t get_len[] = {3, full.size()};
+  const char* ttl_argv[] = {"PTTL", full.c_str()};
+  const size_t ttl_len[] = {4, full.size()};
+  redisAppendCommandArgv(ctx_, 2, get_argv, get_len);
+  redisAppendCommandArgv(ctx_, 2, ttl_argv, ttl_len);
+  void* raw_get = nullptr;
+  void* raw_ttl = nullptr;
+  if (redisGetReply(ctx_, &raw_get) != REDIS_OK || redisGetReply(ctx_, &raw_ttl) != REDIS_OK) {
+    if (raw_get) freeReplyObject(raw_get);
+    fail(ctx_->errstr, now_ms);
     return Result::unavailable;
   }
-  if (r->type == REDIS_REPLY_NIL) return Result::miss;
+  Reply r(static_cast<redisReply*>(raw_get));
+  Reply t(static_cast<redisReply*>(raw_ttl));
+  if (r->type == REDIS_REPLY_ERROR) {
+    fail(r->str, now_ms);
+    return Result::unavailable;
+  }
   if (r->type != REDIS_REPLY_STRING) return Result::miss;
   value->assign(r->str, r->len);
+  if (ttl_ms) *ttl_ms = (t && t->type == REDIS_REPLY_INTEGER && t->integer >= 0) ? t->integer : -1;
   return Result::hit;
 }
 

@@ -41,7 +41,9 @@ class RedisCache {
   void configure(const RedisConfig& config);
   bool enabled() const { return config_.port > 0; }
 
-  Result get(const std::string& key, std::string* value, int64_t now_ms);
+  // On a hit, *ttl_ms (if given) is the key's remaining time to live, -1 if
+  // it has none — so a promotion to L1 never outlives the L2 entry.
+  Result get(const std::string& key, std::string* value, int64_t now_ms, int64_t* ttl_ms = nullptr);
   // ttl_s <= 0: no expiry.
   bool set(const std::string& key, const std::string& value, int64_t ttl_s, int64_t now_ms);
   bool del(const std::string& key, int64_t now_ms);

@@ -81,13 +81,13 @@ void claim_in_transaction(int limit, int lease_s, ClaimResult& out) {
 void write_in_transaction(const std::vector<DecisionResult>& results, std::vector<int64_t>& finished) {
   static SavedPlan plan(
       "UPDATE npc_scale.decision_queue q SET"
-      "  status = r.status, response = r.response, error = r.error,"
+      "  status = r.status, response = r.response, error = r.error, cache_layer = r.cache_layer,"
       "  gpu_id = coalesce(r.gpu_id, q.gpu_id), leased_until = NULL,"
       "  not_before = CASE WHEN r.status = 'queued'"
       "                    THEN now() + make_interval(secs => r.retry_ms / 1000.0) END,"
       "  finished_at = CASE WHEN r.status = 'queued' THEN NULL ELSE now() END "
       "FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, attempts int, status text,"
-      "     response text, error text, gpu_id int, retry_ms bigint) "
+      "     response text, error text, gpu_id int, retry_ms bigint, cache_layer text) "
       "WHERE q.id = r.id AND q.status = 'running' AND q.attempts = r.attempts "
       "RETURNING q.id, q.status <> 'queued'",
       {TEXTOID});

@@ -20,6 +20,7 @@
 #include "core/attempt.hpp"
 #include "core/generation.hpp"
 #include "core/http_client.hpp"
+#include "core/cache_policy.hpp"
 #include "core/fleet.hpp"
 #include "core/prometheus_text.hpp"
 #include "core/router.hpp"
@@ -27,6 +28,7 @@
 #include "guard.hpp"
 #include "gucs.hpp"
 #include "shared_state.hpp"
+#include "tiered_cache.hpp"
 #include "worker.hpp"
 
 extern "C" {
@@ -64,6 +66,9 @@ struct InFlight {
   uint64 ticket = 0;
   int gpu_id = 0;
   Api api = Api::completions;
+  std::string cache_key;         // non-empty: cacheable; identical requests share this one
+  int64_t cache_ttl_s = 0;
+  std::vector<InFlight> followers;  // coalesced identical requests, answered with this one
 };
 
 class Dispatcher {
@@ -89,7 +94,12 @@ class Dispatcher {
   void claim_and_send();
   void flush_results();
   void handle_finished();
+  void finish(const InFlight& f, const HttpResult& r);
   void finish_decision(const InFlight& f, const HttpResult& r);
+  // Joins `info` to an identical request in flight; true if it did.
+  bool coalesce(const InFlight& info);
+  void requeue_followers(const std::vector<InFlight>& followers);
+  void publish_fleet_signature();
   void finish_sync(const InFlight& f, const HttpResult& r);
   void fail_sync_slot(int index, uint64 ticket, const std::string& error);
   void housekeeping();
@@ -106,6 +116,8 @@ class Dispatcher {
   int64_t next_stats_ms_ = 0;
   std::string prefix_types_;  // guc_prefix_affinity_types, padded with commas
   std::unordered_map<uint64_t, InFlight> in_flight_;
+  std::unordered_map<std::string, uint64_t> in_flight_by_key_;  // cache key → leader's tag
+  std::string fleet_signature_;
   uint64_t next_tag_ = 1;
   std::vector<DecisionResult> pending_results_;
   bool maybe_more_work_ = true;   // look at the queue on the next round
@@ -238,6 +250,7 @@ void Dispatcher::reload_endpoints_if_changed(bool force) {
   if (!force && generation == endpoints_generation_) return;
   endpoints_generation_ = generation;
   fleet_.reload(load_endpoints(), breaker_config(), guc_latency_alpha);
+  publish_fleet_signature();
   maybe_more_work_ = true;
   next_stats_ms_ = 0;
   int enabled = 0, slots = 0;
@@ -286,7 +299,8 @@ bool Dispatcher::send(size_t index, InFlight info, const std::string& prompt,
   http_.start(std::move(req));
   state.in_flight++;
   state.requests++;
-  in_flight_.emplace(tag, info);
+  if (!info.cache_key.empty()) in_flight_by_key_[info.cache_key] = tag;
+  in_flight_.emplace(tag, std::move(info));
   return true;
 }
 
@@ -424,6 +438,52 @@ void Dispatcher::publish_stats() {
   SpinLockRelease(&s.stats_mutex);
 }
 
+// Followers of a request that will not be answered go back where they came
+// from: decisions to the queue (no back-off: nothing failed), generate()
+// calls to their pending slot.
+void Dispatcher::requeue_followers(const std::vector<InFlight>& followers) {
+  for (const InFlight& f : followers) {
+    if (f.kind == Work::decision) {
+      pending_results_.push_back({f.decision_id, f.attempts, "queued", "", "", 0, 0, ""});
+      maybe_more_work_ = true;
+    } else if (f.kind == Work::sync) {
+      SyncSlot* slot = sync_slot(f.slot);
+      SpinLockAcquire(&slot->mutex);
+      if (slot->ticket == f.ticket && slot->state == SyncState::running) slot->state = SyncState::pending;
+      SpinLockRelease(&slot->mutex);
+    }
+  }
+}
+
+bool Dispatcher::coalesce(const InFlight& info) {
+  if (info.cache_key.empty()) return false;
+  auto it = in_flight_by_key_.find(info.cache_key);
+  if (it == in_flight_by_key_.end()) return false;
+  auto leader = in_flight_.find(it->second);
+  if (leader == in_flight_.end()) return false;
+  leader->second.followers.push_back(info);
+  return true;
+}
+
+// Models and APIs of the enabled endpoints, sorted: part of every generation
+// cache key, so a fleet that changes model does not serve the old model's answers.
+void Dispatcher::publish_fleet_signature() {
+  std::vector<std::string> parts;
+  for (size_t i = 0; i < fleet_.size(); i++) {
+    if (!fleet_.endpoints()[i].enabled) continue;
+    parts.push_back(fleet_.info(i).config.model + "/" + fleet_.info(i).config.api);
+  }
+  std::sort(parts.begin(), parts.end());
+  parts.erase(std::unique(parts.begin(), parts.end()), parts.end());
+  std::string sig;
+  for (const auto& p : parts) sig += (sig.empty() ? "" : ",") + p;
+  fleet_signature_ = sig;
+  SharedState& s = shared_state();
+  SpinLockAcquire(&s.stats_mutex);
+  strlcpy(s.fleet_signature, sig.c_str(), sizeof(s.fleet_signature));
+  SpinLockRelease(&s.stats_mutex);
+}
+
 void Dispatcher::serve_sync_slots() {
   SharedState& s = shared_state();
   for (int i = 0; i < s.sync_slot_count; i++) {
@@ -441,6 +501,8 @@ void Dispatcher::serve_sync_slots() {
           if (auto idx = fleet_.index_of(it->second.gpu_id)) {
             if (--fleet_.endpoints()[*idx].in_flight < 0) fleet_.endpoints()[*idx].in_flight = 0;
           }
+          if (!it->second.cache_key.empty()) in_flight_by_key_.erase(it->second.cache_key);
+          requeue_followers(it->second.followers);
           in_flight_.erase(it);
           break;
         }
@@ -478,7 +540,10 @@ void Dispatcher::serve_sync_slots() {
     info.slot = i;
     info.ticket = ticket;
     info.attempts = slot->attempts;
+    info.cache_key = slot->cache_key;
+    info.cache_ttl_s = slot->cache_ttl_s;
     SpinLockRelease(&slot->mutex);
+    if (coalesce(info)) continue;  // an identical request is in flight: share its answer
     try {
       GenerationParams params = parse_params(params_json);
       long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
@@ -522,6 +587,20 @@ void Dispatcher::claim_and_send() {
     info.attempts = d.attempts;
     try {
       GenerationParams params = parse_params(d.params);
+      CachePolicy policy = cache_policy(params, guc_cache_default_ttl_s);
+      if (policy.use) {
+        info.cache_key = generation_key(generation_cache_key(fleet_signature_, d.prompt, params));
+        info.cache_ttl_s = policy.ttl_s;
+        CacheLayer layer;
+        // L1 and L2 only: the L3 table would need a transaction here.
+        if (auto hit = cache_lookup(info.cache_key, false, &layer)) {
+          DecisionResult res{d.id, d.attempts, "done", *hit, "", 0, 0};
+          res.cache_layer = cache_layer_name(layer);
+          pending_results_.push_back(std::move(res));
+          continue;
+        }
+        if (coalesce(info)) continue;
+      }
       long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
       if (d.deadline_in_ms) timeout = std::min<long>(timeout, std::max<int64_t>(1, *d.deadline_in_ms));
       timeout = std::min(timeout, lease_cap_ms);
@@ -567,18 +646,36 @@ void Dispatcher::handle_finished() {
     // A freed slot matters only if work was left waiting for one; new work
     // arrives with a latch wake-up.
     if (capacity_blocked_) maybe_more_work_ = true;
-    if (f.kind == Work::sync) {
-      finish_sync(f, r);
-    } else {
-      finish_decision(f, r);
+    if (!f.cache_key.empty()) in_flight_by_key_.erase(f.cache_key);
+    AttemptOutcome o = resolve_attempt(f.api, r, f.attempts, retry_policy(), r.tag);
+    record_outcome(f, r, o.kind == AttemptOutcome::Kind::done, o.error);
+    if (o.kind == AttemptOutcome::Kind::done && !f.cache_key.empty()) {
+      try {
+        cache_store(f.cache_key, o.response, f.cache_ttl_s, false);
+      } catch (const std::exception& e) {
+        log_warning(std::string("cache store failed: ") + e.what());
+      }
     }
+    for (InFlight member : f.followers) {
+      member.gpu_id = f.gpu_id;
+      member.api = f.api;
+      finish(member, r);
+    }
+    finish(f, r);
+  }
+}
+
+void Dispatcher::finish(const InFlight& f, const HttpResult& r) {
+  if (f.kind == Work::sync) {
+    finish_sync(f, r);
+  } else {
+    finish_decision(f, r);
   }
 }
 
 void Dispatcher::finish_decision(const InFlight& f, const HttpResult& r) {
   AttemptOutcome o = resolve_attempt(f.api, r, f.attempts, retry_policy(),
                                      static_cast<uint64_t>(f.decision_id));
-  record_outcome(f, r, o.kind == AttemptOutcome::Kind::done, o.error);
   DecisionResult res;
   res.id = f.decision_id;
   res.attempts = f.attempts;
@@ -607,7 +704,6 @@ void Dispatcher::finish_decision(const InFlight& f, const HttpResult& r) {
 
 void Dispatcher::finish_sync(const InFlight& f, const HttpResult& r) {
   AttemptOutcome o = resolve_attempt(f.api, r, f.attempts, retry_policy(), f.ticket);
-  record_outcome(f, r, o.kind == AttemptOutcome::Kind::done, o.error);
   SyncSlot* slot = sync_slot(f.slot);
   SpinLockAcquire(&slot->mutex);
   if (slot->ticket != f.ticket || slot->state != SyncState::running) {

@@ -6,11 +6,13 @@
 // the slot is handed back so the dispatcher drops the request.
 #include <string>
 
+#include "core/cache_policy.hpp"
 #include "core/generation.hpp"
 #include "guard.hpp"
 #include "gucs.hpp"
 #include "pg_text.hpp"
 #include "shared_state.hpp"
+#include "tiered_cache.hpp"
 #include "worker.hpp"
 
 extern "C" {
@@ -105,7 +107,7 @@ std::string generate_impl(const std::string& prompt, int priority, const std::st
                 "priority " + std::to_string(priority) + " is out of range", {},
                 "Use 0 (most urgent) to 10.");
   }
-  parse_params(params_json);  // bad input is the caller's error, now
+  GenerationParams params = parse_params(params_json);  // bad input is the caller's error, now
   if (params_json.size() > static_cast<size_t>(kMaxParamsBytes)) {
     throw Error("54000", "params are " + std::to_string(params_json.size()) +
                              " bytes, more than " + std::to_string(kMaxParamsBytes));
@@ -113,6 +115,21 @@ std::string generate_impl(const std::string& prompt, int priority, const std::st
   if (worker_slot_snapshot(WorkerKind::dispatcher).pid == 0) {
     throw Error("55000", "the npc_scale dispatcher is not running", {},
                 "Check npc_scale.worker_status() and the server log.");
+  }
+
+  // The cache first: a hit never involves the dispatcher.
+  CachePolicy policy = cache_policy(params, guc_cache_default_ttl_s);
+  std::string key;
+  if (policy.use) {
+    char signature[sizeof(SharedState::fleet_signature)];
+    SharedState& s = shared_state();
+    SpinLockAcquire(&s.stats_mutex);
+    memcpy(signature, s.fleet_signature, sizeof(signature));
+    SpinLockRelease(&s.stats_mutex);
+    signature[sizeof(signature) - 1] = '\0';
+    key = generation_key(generation_cache_key(signature, prompt, params));
+    CacheLayer layer;
+    if (auto hit = cache_lookup(key, true, &layer)) return *hit;
   }
 
   int index = acquire_slot();
@@ -123,6 +140,8 @@ std::string generate_impl(const std::string& prompt, int priority, const std::st
   slot->prompt_len = static_cast<int>(prompt.size());
   slot->params_len = static_cast<int>(params_json.size());
   slot->priority = priority;
+  strlcpy(slot->cache_key, key.c_str(), sizeof(slot->cache_key));
+  slot->cache_ttl_s = policy.ttl_s;
   slot->state = SyncState::pending;
   SpinLockRelease(&slot->mutex);
   wake_worker(WorkerKind::dispatcher);

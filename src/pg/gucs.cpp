@@ -1,5 +1,7 @@
 #include "gucs.hpp"
 
+#include <climits>
+
 extern "C" {
 #include "postgres.h"
 #include "utils/guc.h"
@@ -25,6 +27,15 @@ double guc_affinity_epsilon = 0.25;
 char* guc_prefix_affinity_types = nullptr;
 int guc_priority_aging_ms = 10000;
 int guc_metrics_interval_ms = 1000;
+int guc_cache_memory_kb = 65536;
+int guc_cache_default_ttl_s = 3600;
+char* guc_redis_host = nullptr;
+int guc_redis_port = 6379;
+int guc_redis_db = 0;
+char* guc_redis_password = nullptr;
+char* guc_redis_prefix = nullptr;
+int guc_redis_connect_timeout_ms = 100;
+int guc_redis_command_timeout_ms = 20;
 int guc_breaker_failures = 3;
 double guc_breaker_error_rate = 0.5;
 int guc_breaker_window = 20;
@@ -127,6 +138,33 @@ void define_gucs() {
   DefineCustomIntVariable("npc_scale.breaker_cooldown",
                           "An open breaker probes /health after this long.", nullptr,
                           &guc_breaker_cooldown_ms, 5000, 10, 3600000, PGC_SIGHUP, GUC_UNIT_MS,
+                          nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("npc_scale.cache_memory",
+                          "Shared memory for the L1 cache (keys, values and overhead).", nullptr,
+                          &guc_cache_memory_kb, 65536, 1024, INT_MAX / 2, PGC_POSTMASTER, GUC_UNIT_KB,
+                          nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("npc_scale.cache_default_ttl",
+                          "How long deterministic answers stay cached (params.cache_ttl overrides).",
+                          nullptr, &guc_cache_default_ttl_s, 3600, 1, 30 * 86400, PGC_SIGHUP,
+                          GUC_UNIT_S, nullptr, nullptr, nullptr);
+  DefineCustomStringVariable("npc_scale.redis_host", "Redis host of the L2 cache.", nullptr,
+                             &guc_redis_host, "127.0.0.1", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("npc_scale.redis_port", "Redis port of the L2 cache (0 = no L2).", nullptr,
+                          &guc_redis_port, 6379, 0, 65535, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("npc_scale.redis_db", "Redis database number.", nullptr, &guc_redis_db, 0,
+                          0, 1024, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+  DefineCustomStringVariable("npc_scale.redis_password", "Redis password (AUTH).", nullptr,
+                             &guc_redis_password, "", PGC_SIGHUP,
+                             GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL, nullptr, nullptr, nullptr);
+  DefineCustomStringVariable("npc_scale.redis_prefix", "Prefix of npc_scale's Redis keys.", nullptr,
+                             &guc_redis_prefix, "npc_scale:cache:", PGC_SIGHUP, 0, nullptr, nullptr,
+                             nullptr);
+  DefineCustomIntVariable("npc_scale.redis_connect_timeout", "Redis connect timeout.", nullptr,
+                          &guc_redis_connect_timeout_ms, 100, 1, 60000, PGC_SIGHUP, GUC_UNIT_MS,
+                          nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("npc_scale.redis_command_timeout",
+                          "Redis command timeout: a slower Redis is a miss.", nullptr,
+                          &guc_redis_command_timeout_ms, 20, 1, 60000, PGC_SIGHUP, GUC_UNIT_MS,
                           nullptr, nullptr, nullptr);
   MarkGUCPrefixReserved("npc_scale");
 }

@@ -23,6 +23,16 @@ extern double guc_affinity_epsilon;
 extern char* guc_prefix_affinity_types;  // decision types keyed by prompt prefix, not NPC
 extern int guc_priority_aging_ms;
 extern int guc_metrics_interval_ms;      // scrape of vLLM /metrics; 0 = off
+// cache (L1 shared memory, L2 Redis, L3 table)
+extern int guc_cache_memory_kb;      // postmaster: the L1 budget
+extern int guc_cache_default_ttl_s;
+extern char* guc_redis_host;
+extern int guc_redis_port;           // 0 = no L2
+extern int guc_redis_db;
+extern char* guc_redis_password;     // superuser-only, never logged
+extern char* guc_redis_prefix;
+extern int guc_redis_connect_timeout_ms;
+extern int guc_redis_command_timeout_ms;
 // circuit breaker
 extern int guc_breaker_failures;
 extern double guc_breaker_error_rate;

@@ -42,6 +42,25 @@ int64_t purge_finished() {
   }
 }
 
+// Expired rows of the L3 cache table, likewise in batches.
+int64_t purge_cache_store() {
+  static SavedPlan plan(
+      "DELETE FROM npc_scale.cache_store WHERE key IN ("
+      "  SELECT key FROM npc_scale.cache_store WHERE expires_at < now()"
+      "   LIMIT $1 FOR UPDATE SKIP LOCKED)",
+      {INT4OID});
+  int64_t total = 0;
+  for (;;) {
+    uint64_t n = 0;
+    in_transaction("npc_scale: purge expired cache rows", [&] {
+      if (!extension_present()) return;
+      n = plan.execute({Int32GetDatum(kPurgeBatch)});
+    });
+    total += static_cast<int64_t>(n);
+    if (n < static_cast<uint64_t>(kPurgeBatch)) return total;
+  }
+}
+
 void run_maintenance_worker() {
   worker_startup(WorkerKind::maintenance);
   for (;;) {
@@ -50,6 +69,7 @@ void run_maintenance_worker() {
     worker_set_state(WorkerState::busy, "purging finished decisions");
     try {
       purge_finished();
+      purge_cache_store();
     } catch (const std::exception& e) {
       std::string msg = e.what();
       pg_call([&] { ereport(WARNING, (errmsg("npc_scale maintenance: %s", msg.c_str()))); });

@@ -3,6 +3,7 @@
 // shared_preload_libraries, because workers and shared memory can only be set
 // up while the postmaster starts.
 #include "gucs.hpp"
+#include "l1_cache.hpp"
 #include "shared_state.hpp"
 #include "worker.hpp"
 
@@ -27,11 +28,14 @@ shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
 void npc_shmem_request() {
   if (prev_shmem_request_hook) prev_shmem_request_hook();
   RequestAddinShmemSpace(npc_scale::shared_state_size());
+  RequestAddinShmemSpace(npc_scale::l1_cache_size());
+  npc_scale::l1_cache_request();
 }
 
 void npc_shmem_startup() {
   if (prev_shmem_startup_hook) prev_shmem_startup_hook();
   npc_scale::shared_state_attach();
+  npc_scale::l1_cache_attach();
 }
 
 void register_worker(npc_scale::WorkerKind kind, const char* entry) {

@@ -68,6 +68,12 @@ void shared_state_attach() {
     SpinLockInit(&g_state->stats_mutex);
     pg_atomic_init_u64(&g_state->affinity_hits, 0);
     pg_atomic_init_u64(&g_state->affinity_misses, 0);
+    pg_atomic_init_u64(&g_state->cache_l1_hits, 0);
+    pg_atomic_init_u64(&g_state->cache_l2_hits, 0);
+    pg_atomic_init_u64(&g_state->cache_l3_hits, 0);
+    pg_atomic_init_u64(&g_state->cache_misses, 0);
+    pg_atomic_init_u64(&g_state->redis_errors, 0);
+    pg_atomic_init_u32(&g_state->redis_up, 1);
     g_state->waiter_count = total_procs();
     for (int i = 0; i < g_state->waiter_count; i++) pg_atomic_init_u64(&g_waiters[i], 0);
     g_state->sync_slot_count = guc_sync_slots;

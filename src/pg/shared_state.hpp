@@ -54,6 +54,8 @@ struct SyncSlot {
   int prompt_len;
   int params_len;
   int response_len;
+  char cache_key[48];         // "gen:<32 hex>" when cacheable: identical requests coalesce
+  int64 cache_ttl_s;
   char error[512];
   // Followed in shared memory by: prompt[max_prompt_bytes], params[kMaxParamsBytes],
   // response[max_response_bytes]; see sync_slot_prompt() & co.
@@ -92,6 +94,11 @@ struct SharedState {
   EndpointStat endpoint_stats[kMaxEndpointStats];
   pg_atomic_uint64 affinity_hits;         // requests that went to their NPC's home endpoint
   pg_atomic_uint64 affinity_misses;       // … or elsewhere, because the home was too loaded
+  // cache counters (all processes)
+  pg_atomic_uint64 cache_l1_hits, cache_l2_hits, cache_l3_hits, cache_misses;
+  pg_atomic_uint64 redis_errors;
+  pg_atomic_uint32 redis_up;              // as last seen by any process
+  char fleet_signature[256];              // models/APIs of enabled endpoints: part of cache keys
   int sync_slot_count;
   Size sync_slot_stride;
 };

@@ -42,6 +42,7 @@ fi
 # few thousand at overload, on both sides.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+npc_gpus_stop  # leftovers of an interrupted run of this profile (recorded pids only)
 trap 'npc_gpus_stop' EXIT
 trap 'exit 130' INT TERM
 P=$NPC_GPU_BASE_PORT
@@ -70,7 +71,8 @@ awk -F'\t' '
   END {
     if (!("router" in seen)) { print "  (router policy not run: no bars)"; exit }
     sat = show("router", maxload)
-    if (sat in cap)
+    if (maxload < 1) print "  (no router window at >= 100% offered: throughput bar not evaluated)"
+    else if (sat in cap)
       printf "  router throughput at %.0f%% offered: %.1f%% of capacity (bar >= 95%%) %s\n",
              maxload * 100, cap[sat], verdict(cap[sat] >= 95)
     k = show("router", 0.8)

@@ -1,0 +1,107 @@
+// The cache as a general service for game code: cache_get / cache_set /
+// cache_delete / cache_clear, and the counters behind npc_scale.cache_stats.
+#include <string>
+
+#include "guard.hpp"
+#include "l1_cache.hpp"
+#include "pg_text.hpp"
+#include "shared_state.hpp"
+#include "tiered_cache.hpp"
+
+extern "C" {
+#include "funcapi.h"
+#include "utils/timestamp.h"
+}
+
+namespace {
+
+std::string checked_key(Datum d) {
+  std::string key = npc_scale::text_arg(d);
+  if (key.empty()) {
+    throw npc_scale::Error(npc_scale::sqlstate::invalid_parameter_value, "cache key must not be empty");
+  }
+  if (key.size() > 1024) {
+    throw npc_scale::Error("54000", "cache key of " + std::to_string(key.size()) +
+                                        " bytes is longer than 1024 bytes");
+  }
+  return key;
+}
+
+}  // namespace
+
+NPC_SQL_FUNCTION(npc_scale_cache_get) {
+  using namespace npc_scale;
+  std::string key = checked_key(PG_GETARG_DATUM(0));
+  CacheLayer layer;
+  auto value = cache_lookup(user_key(key), true, &layer);
+  if (!value) PG_RETURN_NULL();
+  return text_datum(*value);
+}
+
+NPC_SQL_FUNCTION(npc_scale_cache_set) {
+  using namespace npc_scale;
+  if (PG_ARGISNULL(0)) throw Error(sqlstate::null_value_not_allowed, "cache key must not be null");
+  if (PG_ARGISNULL(1)) throw Error(sqlstate::null_value_not_allowed, "cache value must not be null");
+  std::string key = checked_key(PG_GETARG_DATUM(0));
+  std::string value = text_arg(PG_GETARG_DATUM(1));
+  int64_t ttl_s = 0;
+  if (!PG_ARGISNULL(2)) {
+    Interval* iv = pg_call([&] { return PG_GETARG_INTERVAL_P(2); });
+    double secs = iv->time / 1e6 + (iv->day + iv->month * 30.0) * 86400.0;
+    if (secs <= 0) {
+      char shown[64];
+      snprintf(shown, sizeof(shown), "%g", secs);
+      throw Error(sqlstate::invalid_parameter_value,
+                  std::string("cache ttl of ") + shown + " s must be positive (NULL: no expiry)");
+    }
+    ttl_s = static_cast<int64_t>(secs + 0.999);
+  }
+  bool persist = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
+  cache_store(user_key(key), value, ttl_s, persist);
+  PG_RETURN_VOID();
+}
+
+NPC_SQL_FUNCTION(npc_scale_cache_delete) {
+  using namespace npc_scale;
+  std::string key = checked_key(PG_GETARG_DATUM(0));
+  PG_RETURN_BOOL(cache_remove(user_key(key), true));
+}
+
+NPC_SQL_FUNCTION(npc_scale_cache_clear) {
+  (void)fcinfo;
+  npc_scale::cache_clear_all();
+  PG_RETURN_VOID();
+}
+
+NPC_SQL_FUNCTION(npc_scale_cache_stats) {
+  using namespace npc_scale;
+  SharedState& s = shared_state();
+  L1Stats l1 = l1_stats();
+  int64 h1 = static_cast<int64>(pg_atomic_read_u64(&s.cache_l1_hits));
+  int64 h2 = static_cast<int64>(pg_atomic_read_u64(&s.cache_l2_hits));
+  int64 h3 = static_cast<int64>(pg_atomic_read_u64(&s.cache_l3_hits));
+  int64 miss = static_cast<int64>(pg_atomic_read_u64(&s.cache_misses));
+  int64 total = h1 + h2 + h3 + miss;
+  return pg_call([&] {
+    TupleDesc desc;
+    if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE) {
+      elog(ERROR, "npc_scale: cache_stats must return a record");
+    }
+    desc = BlessTupleDesc(desc);
+    Datum v[11];
+    bool nulls[11] = {false};
+    v[0] = Int64GetDatum(h1);
+    v[1] = Int64GetDatum(h2);
+    v[2] = Int64GetDatum(h3);
+    v[3] = Int64GetDatum(miss);
+    v[4] = Float8GetDatum(total > 0 ? static_cast<double>(h1 + h2 + h3) / total : 0.0);
+    nulls[4] = total == 0;
+    v[5] = Int64GetDatum(static_cast<int64>(l1.entries));
+    v[6] = Int64GetDatum(static_cast<int64>(l1.bytes_used));
+    v[7] = Int64GetDatum(static_cast<int64>(l1.budget_bytes));
+    v[8] = Int64GetDatum(static_cast<int64>(l1.evictions));
+    v[9] = BoolGetDatum(pg_atomic_read_u32(&s.redis_up) != 0);
+    v[10] = Int64GetDatum(static_cast<int64>(pg_atomic_read_u64(&s.redis_errors)));
+    return HeapTupleGetDatum(heap_form_tuple(desc, v, nulls));
+  });
+}

@@ -1,0 +1,112 @@
+#include "l1_cache.hpp"
+
+#include "core/shm_cache.hpp"
+#include "guard.hpp"
+#include "gucs.hpp"
+
+extern "C" {
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/timestamp.h"
+}
+
+namespace npc_scale {
+
+namespace {
+
+constexpr const char* kTranche = "npc_scale_cache";
+char* g_base = nullptr;
+LWLockPadded* g_locks = nullptr;
+
+Size partition_bytes() {
+  // 8-byte aligned partitions; the layout inside each is shm_cache's business.
+  Size total = static_cast<Size>(guc_cache_memory_kb) * 1024;
+  return (total / kCachePartitions) & ~static_cast<Size>(7);
+}
+
+int64_t now_ms() { return GetCurrentTimestamp() / 1000; }
+
+// Runs fn on the key's partition under its lock (exclusive: a hit sets the
+// CLOCK bit). No Postgres call inside fn may throw past the lock: shm_cache
+// is plain C++ and allocates only into the caller's std::string.
+template <typename Fn>
+auto with_partition(const std::string& key, Fn&& fn) {
+  if (g_base == nullptr) {
+    throw Error(sqlstate::object_not_in_prerequisite_state, "npc_scale L1 cache is not set up");
+  }
+  size_t p = shm_cache_partition_of(key, kCachePartitions);
+  LWLock* lock = &g_locks[p].lock;
+  pg_call([&] { LWLockAcquire(lock, LW_EXCLUSIVE); });
+  try {
+    ShmCachePartition part(g_base + p * partition_bytes());
+    auto result = fn(part);
+    LWLockRelease(lock);
+    return result;
+  } catch (...) {
+    LWLockRelease(lock);
+    throw;
+  }
+}
+
+}  // namespace
+
+Size l1_cache_size() { return partition_bytes() * kCachePartitions + 8; }
+
+void l1_cache_request() { RequestNamedLWLockTranche(kTranche, kCachePartitions); }
+
+void l1_cache_attach() {
+  bool found = false;
+  LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+  char* raw = static_cast<char*>(ShmemInitStruct("npc_scale L1 cache", l1_cache_size(), &found));
+  g_base = reinterpret_cast<char*>(TYPEALIGN(8, reinterpret_cast<uintptr_t>(raw)));
+  g_locks = GetNamedLWLockTranche(kTranche);
+  if (!found) {
+    for (int p = 0; p < kCachePartitions; p++) {
+      ShmCachePartition::format(g_base + p * partition_bytes(), partition_bytes());
+    }
+  }
+  LWLockRelease(AddinShmemInitLock);
+}
+
+bool l1_get(const std::string& key, std::string* value) {
+  int64_t now = now_ms();
+  return with_partition(key, [&](ShmCachePartition& part) { return part.get(key, now, value); });
+}
+
+bool l1_put(const std::string& key, const std::string& value, int64_t ttl_s) {
+  int64_t now = now_ms();
+  int64_t expires = ttl_s > 0 ? now + ttl_s * 1000 : 0;
+  return with_partition(key, [&](ShmCachePartition& part) { return part.put(key, value, expires, now); });
+}
+
+bool l1_erase(const std::string& key) {
+  return with_partition(key, [&](ShmCachePartition& part) { return part.erase(key); });
+}
+
+void l1_clear() {
+  for (int p = 0; p < kCachePartitions; p++) {
+    LWLock* lock = &g_locks[p].lock;
+    pg_call([&] { LWLockAcquire(lock, LW_EXCLUSIVE); });
+    ShmCachePartition(g_base + p * partition_bytes()).clear();
+    LWLockRelease(lock);
+  }
+}
+
+L1Stats l1_stats() {
+  L1Stats out;
+  if (g_base == nullptr) return out;
+  for (int p = 0; p < kCachePartitions; p++) {
+    LWLock* lock = &g_locks[p].lock;
+    pg_call([&] { LWLockAcquire(lock, LW_SHARED); });
+    auto st = ShmCachePartition(g_base + p * partition_bytes()).stats();
+    LWLockRelease(lock);
+    out.entries += st.entries;
+    out.bytes_used += st.bytes_used;
+    out.budget_bytes += st.budget_bytes;
+    out.evictions += st.evictions;
+  }
+  return out;
+}
+
+}  // namespace npc_scale

@@ -1,0 +1,188 @@
+#include "tiered_cache.hpp"
+
+#include "core/redis_cache.hpp"
+#include "guard.hpp"
+#include "gucs.hpp"
+#include "l1_cache.hpp"
+#include "pg_text.hpp"
+#include "shared_state.hpp"
+#include "spi.hpp"
+
+extern "C" {
+#include "catalog/pg_type.h"
+#include "utils/timestamp.h"
+}
+
+namespace npc_scale {
+
+namespace {
+
+RedisCache& redis() {
+  static RedisCache instance;
+  static bool hooked = false;
+  if (!hooked) {
+    hooked = true;
+    // One log line when Redis goes down and one when it is back, per process.
+    instance.on_state_change = [](bool up, const std::string& why) {
+      pg_atomic_write_u32(&shared_state().redis_up, up ? 1 : 0);
+      std::string msg = why;
+      pg_call([&] {
+        if (up) {
+          ereport(LOG, (errmsg("npc_scale: Redis L2 cache is reachable again")));
+        } else {
+          ereport(LOG, (errmsg("npc_scale: Redis L2 cache unavailable, treating it as a miss: %s",
+                               msg.c_str())));
+        }
+      });
+    };
+  }
+  return instance;
+}
+
+int64_t now_ms() { return GetCurrentTimestamp() / 1000; }
+
+void count(pg_atomic_uint64& counter) { pg_atomic_fetch_add_u64(&counter, 1); }
+
+// After each Redis call: the shared flag shows what this process just saw
+// (a new session that connects fine reports "up" without a state change).
+void note_redis_state(uint64_t errors_before) {
+  SharedState& s = shared_state();
+  uint64_t errors = redis().errors();
+  if (errors != errors_before) pg_atomic_fetch_add_u64(&s.redis_errors, errors - errors_before);
+  uint32 up = redis().up() ? 1 : 0;
+  if (redis().enabled() && pg_atomic_read_u32(&s.redis_up) != up) pg_atomic_write_u32(&s.redis_up, up);
+}
+
+template <typename Fn>
+void with_spi(Fn&& fn) {
+  pg_call([] {
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "npc_scale: SPI_connect failed");
+  });
+  try {
+    fn();
+  } catch (...) {
+    pg_call([] { SPI_finish(); });
+    throw;
+  }
+  pg_call([] { SPI_finish(); });
+}
+
+struct L3Row {
+  std::string value;
+  int64_t ttl_s;  // <= 0: no expiry
+};
+
+std::optional<L3Row> l3_get(const std::string& key) {
+  static SavedPlan plan(
+      "SELECT value, ceil(extract(epoch FROM expires_at - now()))::bigint"
+      "  FROM npc_scale.cache_store"
+      " WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())",
+      {TEXTOID});
+  std::optional<L3Row> row;
+  with_spi([&] {
+    if (plan.execute({text_datum(key)}, nullptr, true) == 1) {
+      row = L3Row{spi_text(0, 1).value_or(""), spi_int(0, 2).value_or(0)};
+    }
+  });
+  return row;
+}
+
+void l3_put(const std::string& key, const std::string& value, int64_t ttl_s) {
+  static SavedPlan plan(
+      "INSERT INTO npc_scale.cache_store (key, value, expires_at)"
+      " VALUES ($1, $2, CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END)"
+      " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+      {TEXTOID, TEXTOID, INT8OID});
+  with_spi([&] { plan.execute({text_datum(key), text_datum(value), Int64GetDatum(ttl_s)}); });
+}
+
+bool l3_delete(const std::string& key) {
+  static SavedPlan plan("DELETE FROM npc_scale.cache_store WHERE key = $1", {TEXTOID});
+  bool deleted = false;
+  with_spi([&] { deleted = plan.execute({text_datum(key)}) > 0; });
+  return deleted;
+}
+
+}  // namespace
+
+const char* cache_layer_name(CacheLayer layer) {
+  switch (layer) {
+    case CacheLayer::l1: return "l1";
+    case CacheLayer::l2: return "l2";
+    case CacheLayer::l3: return "l3";
+    case CacheLayer::none: break;
+  }
+  return nullptr;
+}
+
+void refresh_redis_config() {
+  RedisConfig c;
+  c.host = guc_redis_host ? guc_redis_host : "127.0.0.1";
+  c.port = guc_redis_port;
+  c.db = guc_redis_db;
+  c.password = guc_redis_password ? guc_redis_password : "";
+  c.prefix = guc_redis_prefix ? guc_redis_prefix : "npc_scale:cache:";
+  c.connect_timeout_ms = guc_redis_connect_timeout_ms;
+  c.command_timeout_ms = guc_redis_command_timeout_ms;
+  redis().configure(c);
+}
+
+std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, CacheLayer* layer) {
+  SharedState& s = shared_state();
+  std::string value;
+  *layer = CacheLayer::none;
+  if (l1_get(key, &value)) {
+    count(s.cache_l1_hits);
+    *layer = CacheLayer::l1;
+    return value;
+  }
+  refresh_redis_config();
+  int64_t ttl_ms = -1;
+  uint64_t errors_before = redis().errors();
+  RedisCache::Result r = redis().get(key, &value, now_ms(), &ttl_ms);
+  note_redis_state(errors_before);
+  if (r == RedisCache::Result::hit) {
+    count(s.cache_l2_hits);
+    l1_put(key, value, ttl_ms > 0 ? (ttl_ms + 999) / 1000 : 0);
+    *layer = CacheLayer::l2;
+    return value;
+  }
+  if (use_l3) {
+    if (auto row = l3_get(key)) {
+      count(s.cache_l3_hits);
+      redis().set(key, row->value, row->ttl_s, now_ms());
+      l1_put(key, row->value, row->ttl_s);
+      *layer = CacheLayer::l3;
+      return row->value;
+    }
+  }
+  count(s.cache_misses);
+  return std::nullopt;
+}
+
+void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool persist) {
+  l1_put(key, value, ttl_s);
+  refresh_redis_config();
+  uint64_t errors_before = redis().errors();
+  redis().set(key, value, ttl_s, now_ms());
+  note_redis_state(errors_before);
+  if (persist) l3_put(key, value, ttl_s);
+}
+
+bool cache_remove(const std::string& key, bool use_l3) {
+  bool removed = l1_erase(key);
+  refresh_redis_config();
+  removed = redis().del(key, now_ms()) || removed;
+  if (use_l3) removed = l3_delete(key) || removed;
+  return removed;
+}
+
+void cache_clear_all() {
+  l1_clear();
+  refresh_redis_config();
+  redis().clear(now_ms());
+  static SavedPlan plan("DELETE FROM npc_scale.cache_store", {});
+  with_spi([&] { plan.execute({}); });
+}
+
+}  // namespace npc_scale

@@ -1,0 +1,33 @@
+// The three-tier cache as one service: L1 shared memory → L2 Redis → L3
+// npc_scale.cache_store. A lower hit is promoted to the layers above it (with
+// its remaining TTL). Redis trouble is a miss, never an error. Used by the
+// SQL cache_* functions, generate() and the dispatcher.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace npc_scale {
+
+enum class CacheLayer { none, l1, l2, l3 };
+const char* cache_layer_name(CacheLayer layer);  // "l1" | "l2" | "l3" | nullptr
+
+// use_l3: the caller is inside a transaction where SPI may run (and is not
+// the dispatcher holding network waits). Counts hits per layer and misses.
+std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, CacheLayer* layer);
+
+// Writes L1 and L2, and L3 when persist (then SPI must be usable). ttl_s <= 0: no expiry.
+void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool persist);
+
+bool cache_remove(const std::string& key, bool use_l3);
+void cache_clear_all();
+
+// Reads GUCs into this process's Redis client (cheap; call before use).
+void refresh_redis_config();
+
+// Cache keys of generations and of the general key/value service live apart.
+inline std::string generation_key(const std::string& hex) { return "gen:" + hex; }
+inline std::string user_key(const std::string& key) { return "kv:" + key; }
+
+}  // namespace npc_scale

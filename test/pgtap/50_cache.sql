@@ -1,0 +1,60 @@
+-- The three-tier cache: promotion L3 → L2 → L1, TTL expiry, the L1 budget
+-- under an overfill, cached decisions and generate() answers.
+SELECT plan(18);
+
+SELECT npc_scale.cache_clear();
+CREATE TEMP TABLE s0 AS SELECT * FROM npc_scale.cache_stats;
+CREATE OR REPLACE FUNCTION pg_temp.redis(cmd text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE out text;
+BEGIN
+  CREATE TEMP TABLE IF NOT EXISTS redis_out (line text);
+  TRUNCATE redis_out;
+  EXECUTE format('COPY redis_out FROM PROGRAM %L WITH (FORMAT csv, DELIMITER E''\x1f'', QUOTE E''\x1e'')',
+                 format('redis-cli -p %s %s', current_setting('npc_scale.redis_port'), cmd));
+  SELECT string_agg(line, E'\n') INTO out FROM redis_out;
+  RETURN out;
+END $$;
+
+-- Promotion: a row only in L3 …
+INSERT INTO npc_scale.cache_store VALUES ('kv:promo', 'granary first', now() + interval '1 hour');
+SELECT is(pg_temp.redis('EXISTS npc_scale:cache:kv:promo'), '0', 'the key is not in Redis yet');
+SELECT is(npc_scale.cache_get('promo'), 'granary first', 'cache_get finds it in L3');
+SELECT is((SELECT l3_hits - (SELECT l3_hits FROM s0) FROM npc_scale.cache_stats), 1::bigint, 'counted as an L3 hit');
+SELECT is(pg_temp.redis('GET npc_scale:cache:kv:promo'), 'granary first', '… and promoted to L2 (Redis)');
+SELECT cmp_ok(pg_temp.redis('TTL npc_scale:cache:kv:promo')::int, '>', 3000, 'with its remaining TTL');
+SELECT is(npc_scale.cache_get('promo'), 'granary first', 'the next read …');
+SELECT is((SELECT l1_hits - (SELECT l1_hits FROM s0) FROM npc_scale.cache_stats), 1::bigint, '… is an L1 hit');
+
+-- cache_set writes L1 and L2, not L3 unless persist.
+SELECT npc_scale.cache_set('plain', 'v1', '1 hour');
+SELECT npc_scale.cache_set('kept', 'v2', '1 hour', true);
+SELECT is((SELECT count(*)::int FROM npc_scale.cache_store WHERE key IN ('kv:plain', 'kv:kept')), 1,
+  'only the persisted key reaches cache_store');
+SELECT ok(npc_scale.cache_delete('kept'), 'cache_delete finds the key');
+SELECT ok(npc_scale.cache_get('kept') IS NULL AND NOT EXISTS (SELECT 1 FROM npc_scale.cache_store WHERE key = 'kv:kept'),
+  'and removes it from every layer');
+
+-- TTL: expired entries are misses in every layer.
+SELECT npc_scale.cache_set('brief', 'gone soon', '1 s');
+SELECT is(npc_scale.cache_get('brief'), 'gone soon', 'fresh entry is a hit');
+SELECT ok(npc_test.wait_for($$ npc_scale.cache_get('brief') IS NULL $$, '5 s'), 'after its TTL it is a miss (L1 and L2)');
+INSERT INTO npc_scale.cache_store VALUES ('kv:stale', 'old', now() - interval '1 s');
+SELECT is(npc_scale.cache_get('stale'), NULL, 'an expired L3 row is a miss');
+
+-- Overfill the L1 budget: it is never exceeded, CLOCK evicts.
+SELECT count(*) AS filled FROM (SELECT npc_scale.cache_set('fill' || g, repeat(md5(g::text), 64), '1 hour') FROM generate_series(1, 3000) g) f;
+SELECT ok((SELECT l1_bytes <= l1_budget_bytes AND l1_budget_bytes > 0 FROM npc_scale.cache_stats),
+  'L1 bytes stay within npc_scale.cache_memory after writing ~6 MB into 4 MB');
+SELECT cmp_ok((SELECT evictions FROM npc_scale.cache_stats), '>', 0::bigint, 'by evicting');
+
+-- Decisions: a repeated deterministic decision is answered by the cache.
+SELECT npc_test.use_gpus(ARRAY['fast1']);
+SELECT npc_scale.request_decision(9101, 'build', 'Cache me: what next?', 5, '{"temperature": 0, "max_tokens": 6}') AS d1 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d1)), 'first decision answered');
+SELECT npc_scale.request_decision(9102, 'build', 'Cache me: what next?', 5, '{"temperature": 0, "max_tokens": 6}') AS d2 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d2)), 'second decision answered');
+SELECT results_eq(format('SELECT status, cache_layer, response = (SELECT response FROM npc_scale.decision_queue WHERE id = %s) FROM npc_scale.decision_queue WHERE id = %s', :d1, :d2),
+  $$ VALUES ('done'::text, 'l1'::text, true) $$, 'the repeat came from L1 with the same answer');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id IN (9101, 9102);
+SELECT * FROM finish();
