@@ -43,10 +43,11 @@ TEST_CXXFLAGS := -std=c++17 -O2 -g -Wall -Wextra -Isrc -Isrc/core -Itest/fake_gp
 FAKE_GPU_LIB_SRCS := $(filter-out test/fake_gpu/main.cpp,$(wildcard test/fake_gpu/*.cpp))
 UNIT_SRCS := $(wildcard test/unit/*.cpp)
 
-.PHONY: unit fake_gpu npc_load
+.PHONY: unit fake_gpu npc_load router_bench
 unit: $(BUILD_DIR)/unit_tests
 fake_gpu: $(BUILD_DIR)/fake_gpu
 npc_load: $(BUILD_DIR)/npc_load
+router_bench: $(BUILD_DIR)/router_bench
 
 $(BUILD_DIR)/unit_tests: $(CORE_SRCS) $(FAKE_GPU_LIB_SRCS) $(UNIT_SRCS) $(wildcard src/core/*.hpp test/fake_gpu/*.hpp)
 	@mkdir -p $(BUILD_DIR)
@@ -62,7 +63,12 @@ $(BUILD_DIR)/npc_load: test/bench/npc_load.cpp
 	@mkdir -p $(BUILD_DIR)
 	$(CXX) $(TEST_CXXFLAGS) -I$(shell $(PG_CONFIG) --includedir) $< -L$(shell $(PG_CONFIG) --libdir) -lpq -o $@
 
+# The routing benchmark: the router's own code against simulated GPUs.
+$(BUILD_DIR)/router_bench: test/bench/router_bench.cpp $(CORE_SRCS) $(wildcard src/core/*.hpp)
+	@mkdir -p $(BUILD_DIR)
+	$(CXX) $(TEST_CXXFLAGS) $< $(CORE_SRCS) -lcurl -lhiredis -lxxhash -lpthread -o $@
+
 clean: clean-build
 .PHONY: clean-build
 clean-build:
-	rm -f $(BUILD_DIR)/unit_tests $(BUILD_DIR)/fake_gpu $(BUILD_DIR)/npc_load
+	rm -f $(BUILD_DIR)/unit_tests $(BUILD_DIR)/fake_gpu $(BUILD_DIR)/npc_load $(BUILD_DIR)/router_bench

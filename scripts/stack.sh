@@ -105,7 +105,7 @@ npc_wait_port() {
 npc_pg_start() {
   npc_grant_traversal
   "$NPC_ROOT/scripts/stop_stale.sh" "$NPC_STATE" 2>/dev/null || true
-  rm -rf "$NPC_PGDATA" "$NPC_PGSOCK"
+  rm -rf "$NPC_PGDATA" "$NPC_PGSOCK" "$NPC_STATE/log"
   mkdir -p "$NPC_PGDATA" "$NPC_PGSOCK" "$NPC_STATE/log"
   chown -R postgres:postgres "$NPC_STATE"
   npc_log "initdb $NPC_PGDATA (as postgres), port $NPC_PGPORT"

@@ -301,3 +301,627 @@ CREATE FUNCTION npc_scale._cache_stats(
 RETURNS record AS 'MODULE_PATHNAME', 'npc_scale_cache_stats' LANGUAGE C STRICT VOLATILE;
 CREATE VIEW npc_scale.cache_stats AS SELECT * FROM npc_scale._cache_stats();
 GRANT SELECT ON npc_scale.cache_stats TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Native maintenance: scheduled materialized-view refreshes (pg_cron syntax)
+------------------------------------------------------------------------------
+CREATE FUNCTION npc_scale._cron_canonical(schedule text) RETURNS text
+AS 'MODULE_PATHNAME', 'npc_scale_cron_canonical' LANGUAGE C STRICT IMMUTABLE;
+CREATE FUNCTION npc_scale._cron_next(schedule text, after timestamptz) RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'npc_scale_cron_next' LANGUAGE C STRICT IMMUTABLE;
+CREATE FUNCTION npc_scale._wake_maintenance_at_commit() RETURNS void
+AS 'MODULE_PATHNAME', 'npc_scale_wake_maintenance_at_commit' LANGUAGE C;
+
+CREATE TABLE npc_scale.maintenance_jobs (
+    job           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind          text NOT NULL CHECK (kind IN ('refresh')),
+    target        regclass NOT NULL,
+    schedule      text NOT NULL,            -- canonical form of what was given
+    concurrent_refresh boolean NOT NULL DEFAULT true,   -- REFRESH … CONCURRENTLY
+    active        boolean NOT NULL DEFAULT true,
+    next_run_at   timestamptz NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE npc_scale.maintenance_runs (
+    run          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job          bigint NOT NULL REFERENCES npc_scale.maintenance_jobs ON DELETE CASCADE,
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz,
+    status       text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+    error        text,
+    duration     interval,
+    rows         bigint
+);
+CREATE INDEX maintenance_runs_job ON npc_scale.maintenance_runs (job, run);
+GRANT SELECT ON npc_scale.maintenance_jobs, npc_scale.maintenance_runs TO PUBLIC;
+
+CREATE FUNCTION npc_scale.schedule_refresh(matview regclass, schedule text, "concurrently" boolean DEFAULT true)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+  canonical text;
+  new_job bigint;
+BEGIN
+  IF matview IS NULL OR schedule IS NULL THEN
+    RAISE EXCEPTION 'matview and schedule must not be null' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF (SELECT relkind FROM pg_class WHERE oid = matview) IS DISTINCT FROM 'm' THEN
+    RAISE EXCEPTION 'relation % is not a materialized view', matview USING ERRCODE = 'wrong_object_type';
+  END IF;
+  -- Said now, not at 3 a.m.: CONCURRENTLY needs a unique index on plain columns, without WHERE.
+  IF "concurrently" AND NOT EXISTS (
+       SELECT 1 FROM pg_index i
+        WHERE i.indrelid = matview AND i.indisunique AND i.indisvalid
+          AND i.indpred IS NULL AND i.indexprs IS NULL) THEN
+    RAISE EXCEPTION 'REFRESH MATERIALIZED VIEW CONCURRENTLY needs a unique index on %', matview
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = format('CREATE UNIQUE INDEX ON %s (<key columns>), or schedule with concurrently => false.', matview);
+  END IF;
+  canonical := npc_scale._cron_canonical(schedule);   -- raises, naming the schedule, if invalid
+  INSERT INTO npc_scale.maintenance_jobs (kind, target, schedule, concurrent_refresh, next_run_at)
+  VALUES ('refresh', matview, canonical, "concurrently", npc_scale._cron_next(canonical, now()))
+  RETURNING job INTO new_job;
+  PERFORM npc_scale._wake_maintenance_at_commit();
+  RETURN new_job;
+END $$;
+COMMENT ON FUNCTION npc_scale.schedule_refresh(regclass, text, boolean) IS
+'Refreshes a materialized view on a pg_cron-style schedule, in the maintenance worker. Returns the job id.';
+
+CREATE FUNCTION npc_scale.unschedule(job bigint) RETURNS boolean LANGUAGE sql AS $$
+  WITH d AS (DELETE FROM npc_scale.maintenance_jobs j WHERE j.job = unschedule.job RETURNING 1)
+  SELECT count(*) > 0 FROM d
+$$;
+
+------------------------------------------------------------------------------
+-- Reference game schema: the seed's tables, hot-query indexes, resource
+-- summary materialized view and monthly npc_memory partitions
+-- (performance-scaling.md, "Database Optimization"), plus a deterministic
+-- world generator to exercise them with realistic plans.
+------------------------------------------------------------------------------
+
+-- Deterministic pseudo-random number in [0, 1) for (seed, stream, key):
+-- hashint8extended is stable within a major version (hash partitioning relies
+-- on it), so a world is the same for the same seed. Inlined by the planner.
+CREATE FUNCTION npc_scale._ref_rand(seed integer, stream integer, k bigint)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+  SELECT (hashint8extended(k, seed::bigint * 7919 + stream) & 9007199254740991)::double precision
+         / 9007199254740992.0
+$$;
+COMMENT ON FUNCTION npc_scale._ref_rand(integer, integer, bigint) IS
+'internal: deterministic pseudo-random double in [0,1) for (seed, stream, key); used by generate_world';
+
+CREATE FUNCTION npc_scale.create_reference_schema(target name DEFAULT 'game')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning     -- no "already exists, skipping" notices on reruns
+AS $fn$
+DECLARE
+  -- Month starts in UTC, as timestamps without time zone.
+  m0 timestamp := date_trunc('month', now() AT TIME ZONE 'UTC');
+  m timestamp;
+  part text;
+  defpart regclass;
+BEGIN
+  IF target IS NULL OR target = '' THEN
+    RAISE EXCEPTION 'create_reference_schema: target schema name must not be NULL or empty (got %)',
+      coalesce(quote_literal(target), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF target IN ('npc_scale', 'information_schema') OR target LIKE 'pg\_%' THEN
+    RAISE EXCEPTION 'create_reference_schema: target schema % is reserved', quote_ident(target)
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Use a game schema such as ''game''.';
+  END IF;
+
+  EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', target);
+
+  -- Tables. The game's own (per-world) tables carry no world_id; the NPC
+  -- service's tables do, as in the seed's indexes.
+  EXECUTE format($ddl$
+    CREATE TABLE IF NOT EXISTS %1$I.villages (
+      id          bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+      player_id   bigint NOT NULL,
+      name        text NOT NULL,
+      x           integer NOT NULL CHECK (x BETWEEN -200 AND 200),
+      y           integer NOT NULL CHECK (y BETWEEN -200 AND 200),
+      population  integer NOT NULL DEFAULT 0 CHECK (population >= 0),
+      is_capital  boolean NOT NULL DEFAULT false,
+      loyalty     smallint NOT NULL DEFAULT 100 CHECK (loyalty BETWEEN 0 AND 100),
+      active      boolean NOT NULL DEFAULT true,
+      founded_at  timestamptz NOT NULL DEFAULT now()
+    ) $ddl$, target);
+
+  EXECUTE format($ddl$
+    CREATE TABLE IF NOT EXISTS %1$I.village_resources (
+      village_id          bigint PRIMARY KEY REFERENCES %1$I.villages (id) ON DELETE CASCADE,
+      wood                integer NOT NULL DEFAULT 0 CHECK (wood >= 0),
+      clay                integer NOT NULL DEFAULT 0 CHECK (clay >= 0),
+      iron                integer NOT NULL DEFAULT 0 CHECK (iron >= 0),
+      wheat               integer NOT NULL DEFAULT 0 CHECK (wheat >= 0),
+      wood_production     integer NOT NULL DEFAULT 0,   -- per hour
+      clay_production     integer NOT NULL DEFAULT 0,
+      iron_production     integer NOT NULL DEFAULT 0,
+      wheat_production    integer NOT NULL DEFAULT 0,   -- net of crop upkeep, may be < 0
+      warehouse_capacity  integer NOT NULL DEFAULT 800,
+      granary_capacity    integer NOT NULL DEFAULT 800,
+      updated_at          timestamptz NOT NULL DEFAULT now()
+    ) $ddl$, target);
+
+  EXECUTE format($ddl$
+    CREATE TABLE IF NOT EXISTS %1$I.npc_village_config (
+      village_id      bigint PRIMARY KEY REFERENCES %1$I.villages (id) ON DELETE CASCADE,
+      npc_id          bigint NOT NULL,
+      world_id        integer NOT NULL DEFAULT 1,
+      role            text NOT NULL DEFAULT 'economy',       -- capital | economy | military | defense | support
+      build_strategy  text NOT NULL DEFAULT 'balanced',
+      troop_focus     text NOT NULL DEFAULT 'defense',
+      auto_build      boolean NOT NULL DEFAULT true,
+      auto_trade      boolean NOT NULL DEFAULT false,
+      priority        smallint NOT NULL DEFAULT 3,
+      settings        jsonb NOT NULL DEFAULT '{}',
+      updated_at      timestamptz NOT NULL DEFAULT now()
+    ) $ddl$, target);
+
+  -- One row per NPC and world. The seed's lookup index (world_id, npc_id) is
+  -- the primary key here, under the seed's name: the same index, unique, so
+  -- the game server can upsert (ON CONFLICT (world_id, npc_id)).
+  EXECUTE format($ddl$
+    CREATE TABLE IF NOT EXISTS %1$I.npc_world_state (
+      world_id            integer NOT NULL,
+      npc_id              bigint NOT NULL,
+      tribe               text NOT NULL,                   -- romans | teutons | gauls
+      personality         text NOT NULL,
+      aggression          real NOT NULL DEFAULT 0.5 CHECK (aggression BETWEEN 0 AND 1),
+      mood                real NOT NULL DEFAULT 0 CHECK (mood BETWEEN -1 AND 1),
+      current_goal        text,
+      capital_village_id  bigint,
+      state               jsonb NOT NULL DEFAULT '{}',
+      decisions_made      integer NOT NULL DEFAULT 0,
+      last_decision_at    timestamptz,
+      next_decision_at    timestamptz,
+      updated_at          timestamptz NOT NULL DEFAULT now(),
+      CONSTRAINT idx_npc_world_state_lookup PRIMARY KEY (world_id, npc_id)
+    ) $ddl$, target);
+
+  -- The unique key starts with world_id, so it never competes with the seed's
+  -- (npc_id, world_id, relationship_type) index for per-NPC lookups.
+  EXECUTE format($ddl$
+    CREATE TABLE IF NOT EXISTS %1$I.npc_relationships (
+      id                   bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+      world_id             integer NOT NULL,
+      npc_id               bigint NOT NULL,
+      target_npc_id        bigint NOT NULL,
+      relationship_type    text NOT NULL,                  -- ally | trade_partner | neutral | rival | enemy
+      trust                real NOT NULL DEFAULT 0 CHECK (trust BETWEEN -1 AND 1),
+      interaction_count    integer NOT NULL DEFAULT 0,
+      last_interaction_at  timestamptz,
+      updated_at           timestamptz NOT NULL DEFAULT now(),
+      CHECK (npc_id <> target_npc_id),
+      UNIQUE (world_id, npc_id, target_npc_id)
+    ) $ddl$, target);
+
+  -- Partitioned by month on occurred_at; the primary key must contain it.
+  EXECUTE format($ddl$
+    CREATE TABLE IF NOT EXISTS %1$I.npc_memory (
+      id              bigint GENERATED BY DEFAULT AS IDENTITY,
+      world_id        integer NOT NULL,
+      npc_id          bigint NOT NULL,
+      memory_type     text NOT NULL,      -- battle | trade | diplomacy | alliance | betrayal | threat | observation | construction
+      content         text NOT NULL,
+      importance      real NOT NULL CHECK (importance BETWEEN 0 AND 1),
+      related_npc_id  bigint,
+      occurred_at     timestamptz NOT NULL,
+      PRIMARY KEY (id, occurred_at)
+    ) PARTITION BY RANGE (occurred_at) $ddl$, target);
+  EXECUTE format('CREATE TABLE IF NOT EXISTS %1$I.npc_memory_default PARTITION OF %1$I.npc_memory DEFAULT',
+                 target);
+
+  EXECUTE format($ddl$
+    CREATE TABLE IF NOT EXISTS %1$I.npc_battle_history (
+      id                   bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+      world_id             integer NOT NULL,
+      report_id            bigint NOT NULL,                -- both sides' rows share it
+      npc_id               bigint NOT NULL,
+      role                 text NOT NULL CHECK (role IN ('attacker', 'defender')),
+      village_id           bigint,
+      opponent_npc_id      bigint,
+      opponent_village_id  bigint,
+      battle_type          text NOT NULL,                  -- raid | attack | conquest
+      outcome              text NOT NULL CHECK (outcome IN ('victory', 'defeat')),
+      troops_sent          integer NOT NULL DEFAULT 0,
+      troops_lost          integer NOT NULL DEFAULT 0,
+      loot_wood            integer NOT NULL DEFAULT 0,    -- resources won (< 0: plundered from us)
+      loot_clay            integer NOT NULL DEFAULT 0,
+      loot_iron            integer NOT NULL DEFAULT 0,
+      loot_wheat           integer NOT NULL DEFAULT 0,
+      occurred_at          timestamptz NOT NULL
+    ) $ddl$, target);
+
+  -- The seed's hot-query indexes. The seed builds them with CREATE INDEX
+  -- CONCURRENTLY, which cannot run inside a function (a transaction block):
+  -- plain CREATE INDEX here, which blocks writes to the table while it builds.
+  -- On a live, large game database build them concurrently by hand first;
+  -- IF NOT EXISTS then leaves them alone.
+  -- 1. an NPC's villages
+  EXECUTE format('CREATE INDEX IF NOT EXISTS idx_villages_player_active ON %I.villages (player_id, active) WHERE active = TRUE', target);
+  -- 2. nearby villages (target finding)
+  EXECUTE format('CREATE INDEX IF NOT EXISTS idx_villages_coordinates ON %I.villages (x, y) WHERE active = TRUE', target);
+  -- 3. idx_npc_world_state_lookup (world_id, npc_id): the primary key above.
+  -- 4. relationships
+  EXECUTE format('CREATE INDEX IF NOT EXISTS idx_relationships_composite ON %I.npc_relationships (npc_id, world_id, relationship_type)', target);
+  -- 5. recent important memories (on the partitioned table: every partition gets it)
+  EXECUTE format('CREATE INDEX IF NOT EXISTS idx_memory_recent ON %I.npc_memory (npc_id, occurred_at DESC) WHERE importance > 0.5', target);
+  -- 6. battle history
+  EXECUTE format('CREATE INDEX IF NOT EXISTS idx_battle_recent ON %I.npc_battle_history (npc_id, occurred_at DESC)', target);
+
+  -- This month's and next month's partitions (UTC month starts), so the table
+  -- is usable before the partition manager runs. Created standalone, filled
+  -- with the rows of that month the DEFAULT partition already holds (else
+  -- attaching would fail), then attached. A partition covering the month under
+  -- another name (e.g. the seed's npc_memory_2025_03) is left alone.
+  SELECT p.partdefid::regclass INTO defpart
+    FROM pg_partitioned_table p
+   WHERE p.partrelid = format('%I.npc_memory', target)::regclass AND p.partdefid <> 0;
+  FOR i IN 0..1 LOOP
+    m := m0 + make_interval(months => i);
+    part := 'npc_memory_p' || to_char(m, 'YYYY_MM');
+    CONTINUE WHEN to_regclass(format('%I.%I', target, part)) IS NOT NULL;
+    BEGIN
+      EXECUTE format('CREATE TABLE %1$I.%2$I (LIKE %1$I.npc_memory INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                     target, part);
+      IF defpart IS NOT NULL THEN
+        EXECUTE format('WITH moved AS (DELETE FROM %s WHERE occurred_at >= $1 AND occurred_at < $2 RETURNING *) '
+                       'INSERT INTO %I.%I SELECT * FROM moved', defpart, target, part)
+          USING m AT TIME ZONE 'UTC', (m + interval '1 month') AT TIME ZONE 'UTC';
+      END IF;
+      EXECUTE format('ALTER TABLE %1$I.npc_memory ATTACH PARTITION %1$I.%2$I FOR VALUES FROM (%3$L) TO (%4$L)',
+                     target, part,
+                     to_char(m, 'YYYY-MM-DD') || ' 00:00:00+00',
+                     to_char(m + interval '1 month', 'YYYY-MM-DD') || ' 00:00:00+00');
+    EXCEPTION WHEN invalid_object_definition THEN   -- "would overlap partition"
+      RAISE WARNING 'create_reference_schema: % not created: %', part, SQLERRM;
+    END;
+  END LOOP;
+
+  -- Resources per NPC, verbatim from the seed (refresh every few minutes).
+  -- Created only if missing (its definition is not replaced).
+  EXECUTE format($ddl$
+    CREATE MATERIALIZED VIEW IF NOT EXISTS %1$I.npc_resource_summary AS
+    SELECT
+        nv.npc_id,
+        v.player_id,
+        COUNT(v.id) AS village_count,
+        SUM(vr.wood) AS total_wood,
+        SUM(vr.clay) AS total_clay,
+        SUM(vr.iron) AS total_iron,
+        SUM(vr.wheat) AS total_wheat,
+        SUM(vr.wood_production) AS wood_per_hour,
+        SUM(vr.clay_production) AS clay_per_hour,
+        SUM(vr.iron_production) AS iron_per_hour,
+        SUM(vr.wheat_production) AS wheat_per_hour,
+        SUM(v.population) AS total_population
+    FROM %1$I.npc_village_config nv
+    JOIN %1$I.villages v ON nv.village_id = v.id
+    JOIN %1$I.village_resources vr ON v.id = vr.village_id
+    GROUP BY nv.npc_id, v.player_id $ddl$, target);
+  -- Unique index: required by REFRESH MATERIALIZED VIEW CONCURRENTLY. The name
+  -- is the one the seed's unnamed CREATE UNIQUE INDEX would get.
+  EXECUTE format('CREATE UNIQUE INDEX IF NOT EXISTS npc_resource_summary_npc_id_idx ON %I.npc_resource_summary (npc_id)',
+                 target);
+END
+$fn$;
+COMMENT ON FUNCTION npc_scale.create_reference_schema(name) IS
+'Create (idempotently) the seed''s reference game schema in `target`: villages, village_resources, npc_village_config, npc_world_state, npc_relationships, npc_memory (monthly RANGE partitions + DEFAULT), npc_battle_history, the six hot-query indexes and the npc_resource_summary materialized view';
+
+CREATE FUNCTION npc_scale.generate_world(target name, npcs integer, villages_per_npc integer DEFAULT 3,
+                                         seed integer DEFAULT 1)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+  t text;
+  s integer;        -- side of each NPC's territory cell, in tiles
+  s_min integer;
+  s_fit integer;
+  cps integer;      -- cells per map side
+  radius integer;   -- neighbour search box half-width for relationships
+  t0 timestamptz := now();
+BEGIN
+  IF target IS NULL OR target = '' THEN
+    RAISE EXCEPTION 'generate_world: target schema name must not be NULL or empty (got %)',
+      coalesce(quote_literal(target), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF npcs IS NULL OR villages_per_npc IS NULL OR seed IS NULL THEN
+    RAISE EXCEPTION 'generate_world: npcs, villages_per_npc and seed must not be NULL (got npcs=%, villages_per_npc=%, seed=%)',
+      coalesce(npcs::text, 'NULL'), coalesce(villages_per_npc::text, 'NULL'), coalesce(seed::text, 'NULL')
+      USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF npcs < 1 THEN
+    RAISE EXCEPTION 'generate_world: npcs must be at least 1 (got %)', npcs
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF villages_per_npc < 1 THEN
+    RAISE EXCEPTION 'generate_world: villages_per_npc must be at least 1 (got %)', villages_per_npc
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = target) THEN
+    RAISE EXCEPTION 'generate_world: schema % does not exist', quote_ident(target)
+      USING ERRCODE = 'invalid_schema_name',
+            HINT = format('Run SELECT npc_scale.create_reference_schema(%L) first.', target);
+  END IF;
+  FOREACH t IN ARRAY ARRAY['villages', 'village_resources', 'npc_village_config', 'npc_world_state',
+                           'npc_relationships', 'npc_memory', 'npc_battle_history', 'npc_resource_summary'] LOOP
+    IF to_regclass(format('%I.%I', target, t)) IS NULL THEN
+      RAISE EXCEPTION 'generate_world: %.% does not exist', quote_ident(target), quote_ident(t)
+        USING ERRCODE = 'undefined_table',
+              HINT = format('Run SELECT npc_scale.create_reference_schema(%L) first.', target);
+    END IF;
+  END LOOP;
+
+  -- Map layout, without collisions: the 401x401 map (-200..200) is cut into
+  -- cells of s x s tiles; each NPC gets a distinct pseudo-random cell and its
+  -- villages distinct tiles in it. Prefer ~5 tiles per village (villages of an
+  -- NPC clustered but not packed), shrink the cells if the NPCs need more.
+  s_min := ceil(sqrt(villages_per_npc::numeric));
+  s_fit := 401 / ceil(sqrt(npcs::numeric))::integer;      -- largest s with (401/s)^2 >= npcs
+  IF s_min > s_fit THEN
+    RAISE EXCEPTION 'generate_world: % NPCs with % villages each do not fit on the 401x401 map',
+      npcs, villages_per_npc
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  s := greatest(s_min, least(ceil(sqrt(villages_per_npc * 5.0))::integer, s_fit));
+  cps := 401 / s;
+  -- About 10 other NPCs' homes in a box of this half-width, on average.
+  radius := greatest(10, ceil(sqrt(161201.0 / npcs) * 1.5)::integer);
+
+  EXECUTE format('TRUNCATE %1$I.npc_battle_history, %1$I.npc_memory, %1$I.npc_relationships, '
+                 '%1$I.npc_world_state, %1$I.npc_village_config, %1$I.village_resources, %1$I.villages '
+                 'RESTART IDENTITY', target);
+
+  -- Villages: ids (npc-1)*villages_per_npc + j, j = 1 the capital; player = NPC.
+  -- ~3% of the non-capital villages are abandoned (inactive).
+  EXECUTE format($q$
+    INSERT INTO %1$I.villages (id, player_id, name, x, y, population, is_capital, loyalty, active, founded_at)
+    WITH cells AS (
+      SELECT c, row_number() OVER (ORDER BY npc_scale._ref_rand($3, 1, c), c) AS npc
+        FROM generate_series(0, $5 * $5 - 1) c
+    ), slots AS (
+      SELECT h.npc, h.c / $5 AS cx, h.c %% $5 AS cy, sl,
+             row_number() OVER (PARTITION BY h.npc ORDER BY npc_scale._ref_rand($3, 2, h.npc * 1000000 + sl), sl) AS j
+        FROM cells h, generate_series(0, $4 * $4 - 1) sl
+       WHERE h.npc <= $1
+    ), v AS (
+      SELECT (npc - 1) * $2 + j AS id, npc, j, cx, cy, sl FROM slots WHERE j <= $2
+    )
+    SELECT v.id, v.npc,
+           (ARRAY['Oak','Iron','Stone','Raven','Wolf','Amber','Frost','Elder','Red','Grey','Black','Silver',
+                  'Thorn','Ash','High','Deep'])[1 + floor(npc_scale._ref_rand($3, 3, v.id) * 16)::int]
+           || (ARRAY['ford','burg','haven','field','stead','wick','holm','mere','gate','vale','crest','moor'])
+              [1 + floor(npc_scale._ref_rand($3, 4, v.id) * 12)::int],
+           -200 + v.cx * $4 + v.sl / $4,
+           -200 + v.cy * $4 + v.sl %% $4,
+           CASE WHEN v.j = 1 THEN 200 + floor(npc_scale._ref_rand($3, 5, v.id) * 700)::int
+                ELSE 40 + floor(npc_scale._ref_rand($3, 5, v.id) * 450)::int END,
+           v.j = 1,
+           CASE WHEN v.j = 1 THEN 100 ELSE 70 + floor(npc_scale._ref_rand($3, 6, v.id) * 31)::int END,
+           v.j = 1 OR npc_scale._ref_rand($3, 7, v.id) >= 0.03,
+           $6 - make_interval(secs => CASE WHEN v.j = 1 THEN 150 ELSE 120 END * 86400.0
+                                      * (0.3 + 0.7 * npc_scale._ref_rand($3, 8, v.id)))
+      FROM v
+  $q$, target) USING npcs, villages_per_npc, seed, s, cps, t0;
+  EXECUTE format($q$SELECT setval(pg_get_serial_sequence(%L, 'id'), (SELECT max(id) FROM %I.villages))$q$,
+                 format('%I.villages', target), target);
+
+  -- Stock and production grow with population; wheat is net of upkeep.
+  EXECUTE format($q$
+    INSERT INTO %1$I.village_resources (village_id, wood, clay, iron, wheat,
+                                        wood_production, clay_production, iron_production, wheat_production,
+                                        warehouse_capacity, granary_capacity, updated_at)
+    SELECT id,
+           floor(npc_scale._ref_rand($1, 11, id) * cap)::int,
+           floor(npc_scale._ref_rand($1, 12, id) * cap)::int,
+           floor(npc_scale._ref_rand($1, 13, id) * cap)::int,
+           floor(npc_scale._ref_rand($1, 14, id) * cap)::int,
+           round(base * (0.8 + 0.4 * npc_scale._ref_rand($1, 15, id)))::int,
+           round(base * (0.8 + 0.4 * npc_scale._ref_rand($1, 16, id)))::int,
+           round(base * (0.8 + 0.4 * npc_scale._ref_rand($1, 17, id)))::int,
+           round(base * (0.9 + 0.5 * npc_scale._ref_rand($1, 18, id)) - population / 3.0)::int,
+           cap, cap,
+           $2 - make_interval(secs => floor(npc_scale._ref_rand($1, 19, id) * 600))
+      FROM (SELECT id, population, 20 + population / 2.0 AS base,
+                   (800 + population * 90 / 100 * 100) AS cap
+              FROM %1$I.villages) v
+  $q$, target) USING seed, t0;
+
+  EXECUTE format($q$
+    INSERT INTO %1$I.npc_village_config (village_id, npc_id, world_id, role, build_strategy, troop_focus,
+                                         auto_build, auto_trade, priority, settings, updated_at)
+    SELECT id, player_id, 1,
+           CASE WHEN is_capital THEN 'capital'
+                ELSE (ARRAY['economy','military','defense','support'])[1 + floor(npc_scale._ref_rand($1, 21, id) * 4)::int] END,
+           (ARRAY['resources_first','balanced','military_first','culture'])[1 + floor(npc_scale._ref_rand($1, 22, id) * 4)::int],
+           (ARRAY['infantry','cavalry','defense','siege','scouts'])[1 + floor(npc_scale._ref_rand($1, 23, id) * 5)::int],
+           active,
+           active AND npc_scale._ref_rand($1, 24, id) < 0.6,
+           CASE WHEN is_capital THEN 1 ELSE 2 + floor(npc_scale._ref_rand($1, 25, id) * 4)::int END,
+           jsonb_build_object('min_wheat_reserve', 500 + floor(npc_scale._ref_rand($1, 26, id) * 20) * 100,
+                              'raid_radius', 5 + floor(npc_scale._ref_rand($1, 27, id) * 20)),
+           $2 - make_interval(secs => floor(npc_scale._ref_rand($1, 28, id) * 86400 * 7))
+      FROM %1$I.villages
+  $q$, target) USING seed, t0;
+
+  EXECUTE format($q$
+    INSERT INTO %1$I.npc_world_state (world_id, npc_id, tribe, personality, aggression, mood, current_goal,
+                                      capital_village_id, state, decisions_made, last_decision_at,
+                                      next_decision_at, updated_at)
+    SELECT 1, player_id,
+           (ARRAY['romans','teutons','gauls'])[1 + floor(npc_scale._ref_rand($1, 31, player_id) * 3)::int],
+           (ARRAY['aggressive','economic','diplomatic','defensive','balanced','opportunist'])
+             [1 + floor(npc_scale._ref_rand($1, 32, player_id) * 6)::int],
+           round(npc_scale._ref_rand($1, 33, player_id)::numeric, 2),
+           round((npc_scale._ref_rand($1, 34, player_id) * 2 - 1)::numeric, 2),
+           (ARRAY['expand','build_economy','raid_neighbors','fortify','form_alliance','train_army','trade'])
+             [1 + floor(npc_scale._ref_rand($1, 35, player_id) * 7)::int],
+           id,
+           jsonb_build_object('threat_level', round(npc_scale._ref_rand($1, 36, player_id)::numeric, 2),
+                              'capital', jsonb_build_object('x', x, 'y', y),
+                              'phase', (ARRAY['early','growth','mid','late'])[1 + floor(npc_scale._ref_rand($1, 37, player_id) * 4)::int]),
+           floor(npc_scale._ref_rand($1, 38, player_id) * 5000)::int,
+           ld, ld + make_interval(secs => 300 + floor(npc_scale._ref_rand($1, 39, player_id) * 600)), ld
+      FROM (SELECT *, $2 - make_interval(secs => floor(npc_scale._ref_rand($1, 30, player_id) * 600)) AS ld
+              FROM %1$I.villages WHERE is_capital) c
+  $q$, target) USING seed, t0;
+
+  -- The neighbour search below uses idx_villages_coordinates: statistics first.
+  EXECUTE format('ANALYZE %I.villages', target);
+
+  -- Relationships: each NPC knows 3..7 of the nearest other NPCs (villages in a
+  -- box around its capital). The type is a property of the pair, so both
+  -- directions agree when both know each other.
+  EXECUTE format($q$
+    INSERT INTO %1$I.npc_relationships (world_id, npc_id, target_npc_id, relationship_type, trust,
+                                        interaction_count, last_interaction_at, updated_at)
+    SELECT 1, n.npc_id, n.target_npc_id, n.rtype,
+           CASE n.rtype WHEN 'ally' THEN 0.5 + 0.5 * n.r WHEN 'trade_partner' THEN 0.2 + 0.5 * n.r
+                        WHEN 'neutral' THEN -0.2 + 0.4 * n.r WHEN 'rival' THEN -0.6 + 0.4 * n.r
+                        ELSE -1.0 + 0.4 * n.r END,
+           1 + floor(npc_scale._ref_rand($1, 42, n.pair) * 40)::int,
+           $3 - make_interval(secs => floor(npc_scale._ref_rand($1, 43, n.pair * 2 + (n.npc_id > n.target_npc_id)::int) * 86400 * 30)),
+           $3
+      FROM (
+        SELECT c.player_id AS npc_id, nb.player_id AS target_npc_id, nb.rn,
+               least(c.player_id, nb.player_id) * 1000000 + greatest(c.player_id, nb.player_id) AS pair,
+               CASE WHEN h < 0.15 THEN 'ally' WHEN h < 0.35 THEN 'trade_partner' WHEN h < 0.55 THEN 'neutral'
+                    WHEN h < 0.75 THEN 'rival' ELSE 'enemy' END AS rtype,
+               npc_scale._ref_rand($1, 41, c.player_id * 1000000 + nb.player_id) AS r
+          FROM %1$I.villages c
+          CROSS JOIN LATERAL (
+            SELECT v.player_id, row_number() OVER (ORDER BY min((v.x - c.x) ^ 2 + (v.y - c.y) ^ 2), v.player_id) AS rn
+              FROM %1$I.villages v
+             WHERE v.active AND v.x BETWEEN c.x - $2 AND c.x + $2 AND v.y BETWEEN c.y - $2 AND c.y + $2
+               AND v.player_id <> c.player_id
+             GROUP BY v.player_id
+             ORDER BY rn
+             LIMIT 7) nb
+          CROSS JOIN LATERAL (SELECT npc_scale._ref_rand($1, 40, least(c.player_id, nb.player_id) * 1000000
+                                                              + greatest(c.player_id, nb.player_id)) AS h) p
+         WHERE c.is_capital
+           AND nb.rn <= 3 + floor(npc_scale._ref_rand($1, 44, c.player_id) * 5)
+      ) n
+  $q$, target) USING seed, radius, t0;
+
+  -- Memories: 20..60 per NPC over the past ~4 months, denser recently; about a
+  -- third with importance > 0.5 (the seed's partial index), betrayals,
+  -- alliances, battles and threats weigh more. Older months land in the
+  -- DEFAULT partition until the partition manager creates theirs.
+  BEGIN
+    EXECUTE format($q$
+      INSERT INTO %1$I.npc_memory (world_id, npc_id, memory_type, content, importance, related_npc_id, occurred_at)
+      WITH rel AS (
+        SELECT npc_id, target_npc_id, row_number() OVER (PARTITION BY npc_id ORDER BY target_npc_id) AS rn,
+               count(*) OVER (PARTITION BY npc_id) AS cnt
+          FROM %1$I.npc_relationships
+      ), rel_cnt AS (
+        SELECT DISTINCT npc_id, cnt FROM rel
+      ), m AS (
+        SELECT n.npc, k, n.npc * 1000 + k AS key,
+               (ARRAY['battle','trade','diplomacy','alliance','betrayal','threat','observation','construction',
+                      'observation','trade'])[1 + floor(npc_scale._ref_rand($1, 51, n.npc * 1000 + k) * 10)::int] AS mtype,
+               rc.cnt
+          FROM generate_series(1, $2) n(npc)
+          CROSS JOIN LATERAL generate_series(1, 20 + floor(npc_scale._ref_rand($1, 50, n.npc) * 41)::int) k
+          LEFT JOIN rel_cnt rc ON rc.npc_id = n.npc
+      )
+      SELECT 1, m.npc, m.mtype,
+             CASE m.mtype
+               WHEN 'battle'       THEN format('Fought %%s; lost %%s troops', m.who, 5 + floor(npc_scale._ref_rand($1, 53, m.key) * 200))
+               WHEN 'trade'        THEN format('Traded %%s wood for clay with %%s', 100 * (1 + floor(npc_scale._ref_rand($1, 53, m.key) * 30)), m.who)
+               WHEN 'diplomacy'    THEN format('Received an envoy from %%s', m.who)
+               WHEN 'alliance'     THEN format('Agreed a non-aggression pact with %%s', m.who)
+               WHEN 'betrayal'     THEN format('%%s broke our agreement and raided us', m.who)
+               WHEN 'threat'       THEN format('%%s is massing troops near our border', m.who)
+               WHEN 'observation'  THEN format('Scouts report a new village at (%%s|%%s)',
+                                               floor(npc_scale._ref_rand($1, 53, m.key) * 401)::int - 200,
+                                               floor(npc_scale._ref_rand($1, 54, m.key) * 401)::int - 200)
+               ELSE format('Upgraded the %%s to level %%s',
+                           (ARRAY['granary','warehouse','barracks','wall','marketplace','main building'])
+                             [1 + floor(npc_scale._ref_rand($1, 53, m.key) * 6)::int],
+                           2 + floor(npc_scale._ref_rand($1, 54, m.key) * 18))
+             END,
+             round(least(1.0, npc_scale._ref_rand($1, 52, m.key) ^ 2 * 0.85
+                              + CASE m.mtype WHEN 'betrayal' THEN 0.35 WHEN 'alliance' THEN 0.25
+                                             WHEN 'battle' THEN 0.15 WHEN 'threat' THEN 0.15 ELSE 0 END)::numeric, 3),
+             CASE WHEN m.mtype IN ('observation', 'construction') THEN NULL ELSE m.target_npc_id END,
+             $3 - make_interval(secs => 120 * 86400.0 * npc_scale._ref_rand($1, 55, m.key) ^ 1.5)
+        FROM (SELECT m.*, r.target_npc_id, coalesce('NPC ' || r.target_npc_id, 'a stranger') AS who
+                FROM m
+                LEFT JOIN rel r ON r.npc_id = m.npc AND r.rn = 1 + floor(npc_scale._ref_rand($1, 56, m.key) * m.cnt)) m
+    $q$, target) USING seed, npcs, t0;
+  EXCEPTION WHEN check_violation THEN
+    IF SQLERRM LIKE 'no partition of relation%' THEN
+      RAISE EXCEPTION 'generate_world: %.npc_memory has no partition for memories between % and % (%)',
+        quote_ident(target), t0 - interval '120 days', t0, SQLERRM
+        USING ERRCODE = 'check_violation',
+              HINT = 'Attach a DEFAULT partition or monthly partitions covering the past four months.';
+    END IF;
+    RAISE;
+  END;
+
+  -- Battles over the past three weeks against known non-allied neighbours
+  -- (0..11 attacks per NPC); each battle is recorded for both sides.
+  EXECUTE format($q$
+    INSERT INTO %1$I.npc_battle_history (world_id, report_id, npc_id, role, village_id, opponent_npc_id,
+                                         opponent_village_id, battle_type, outcome, troops_sent, troops_lost,
+                                         loot_wood, loot_clay, loot_iron, loot_wheat, occurred_at)
+    WITH rel AS (
+      SELECT npc_id, target_npc_id, row_number() OVER (PARTITION BY npc_id ORDER BY target_npc_id) AS rn,
+             count(*) OVER (PARTITION BY npc_id) AS cnt
+        FROM %1$I.npc_relationships WHERE relationship_type IN ('enemy', 'rival', 'neutral')
+    ), att AS (
+      SELECT n.npc, n.npc * 1000 + k AS key, rc.cnt
+        FROM generate_series(1, $2) n(npc)
+        CROSS JOIN LATERAL generate_series(1, floor(npc_scale._ref_rand($1, 60, n.npc) * 12)::int) k
+        JOIN (SELECT DISTINCT npc_id, cnt FROM rel) rc ON rc.npc_id = n.npc
+    ), b AS (
+      SELECT row_number() OVER (ORDER BY a.key) AS report_id,
+             a.npc AS attacker, r.target_npc_id AS defender,
+             (a.npc - 1) * $3 + 1 + floor(npc_scale._ref_rand($1, 62, a.key) * $3)::bigint AS att_village,
+             (r.target_npc_id - 1) * $3 + 1 + floor(npc_scale._ref_rand($1, 63, a.key) * $3)::bigint AS def_village,
+             CASE WHEN npc_scale._ref_rand($1, 64, a.key) < 0.7 THEN 'raid'
+                  WHEN npc_scale._ref_rand($1, 64, a.key) < 0.95 THEN 'attack' ELSE 'conquest' END AS btype,
+             npc_scale._ref_rand($1, 65, a.key) < 0.6 AS att_won,
+             20 + floor(npc_scale._ref_rand($1, 66, a.key) * 480)::int AS sent,
+             npc_scale._ref_rand($1, 67, a.key) AS loss,
+             npc_scale._ref_rand($1, 68, a.key) AS loot,
+             $4 - make_interval(secs => 21 * 86400.0 * npc_scale._ref_rand($1, 69, a.key)) AS at
+        FROM att a
+        JOIN rel r ON r.npc_id = a.npc AND r.rn = 1 + floor(npc_scale._ref_rand($1, 61, a.key) * a.cnt)
+    )
+    SELECT 1, b.report_id, side.npc_id, side.role, side.village_id, side.opp, side.opp_village, b.btype,
+           side.outcome, side.sent, side.lost,
+           side.loot_each, side.loot_each, side.loot_each, side.loot_each, b.at
+      FROM b
+      CROSS JOIN LATERAL (VALUES
+        (b.attacker, 'attacker', b.att_village, b.defender, b.def_village,
+         CASE WHEN b.att_won THEN 'victory' ELSE 'defeat' END, b.sent,
+         floor(b.sent * CASE WHEN b.att_won THEN 0.3 * b.loss ELSE 0.5 + 0.5 * b.loss END)::int,
+         CASE WHEN b.att_won THEN floor(b.sent * 12 * b.loot)::int ELSE 0 END),
+        (b.defender, 'defender', b.def_village, b.attacker, b.att_village,
+         CASE WHEN b.att_won THEN 'defeat' ELSE 'victory' END, 0,
+         floor(b.sent * 0.6 * b.loss)::int,
+         CASE WHEN b.att_won THEN -floor(b.sent * 12 * b.loot)::int ELSE 0 END)
+      ) AS side(npc_id, role, village_id, opp, opp_village, outcome, sent, lost, loot_each)
+  $q$, target) USING seed, npcs, villages_per_npc, t0;
+
+  EXECUTE format('ANALYZE %1$I.villages, %1$I.village_resources, %1$I.npc_village_config, %1$I.npc_world_state, '
+                 '%1$I.npc_relationships, %1$I.npc_memory, %1$I.npc_battle_history', target);
+  EXECUTE format('REFRESH MATERIALIZED VIEW %I.npc_resource_summary', target);
+  EXECUTE format('ANALYZE %I.npc_resource_summary', target);
+END
+$fn$;
+COMMENT ON FUNCTION npc_scale.generate_world(name, integer, integer, integer) IS
+'Replace the contents of the reference schema `target` with a deterministic (per seed) world: npcs NPC players with villages_per_npc villages each on the 401x401 map, resources, village config, NPC state, relationships between neighbours, ~4 months of memories and ~3 weeks of battles; then ANALYZE and refresh npc_resource_summary';

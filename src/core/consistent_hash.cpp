@@ -24,15 +24,36 @@ constexpr uint64_t kNodeSeed = 0x6e70635f6e6f6465ULL;  // "npc_node"
 BoundedLoadRing::BoundedLoadRing(int vnodes_per_member) : vnodes_(std::max(vnodes_per_member, 1)) {}
 
 void BoundedLoadRing::set_members(const std::vector<int>& member_ids) {
-  std::vector<int> m = member_ids;
+  set_members(member_ids, std::vector<double>(member_ids.size(), 1.0));
+}
+
+void BoundedLoadRing::set_members(const std::vector<int>& member_ids,
+                                  const std::vector<double>& weights) {
+  std::vector<std::pair<int, double>> m;
+  for (size_t i = 0; i < member_ids.size(); i++) {
+    m.emplace_back(member_ids[i], i < weights.size() && weights[i] > 0 ? weights[i] : 1.0);
+  }
   std::sort(m.begin(), m.end());
-  m.erase(std::unique(m.begin(), m.end()), m.end());
-  if (m == members_ && !(ring_.empty() && !m.empty())) return;
-  members_ = std::move(m);
+  m.erase(std::unique(m.begin(), m.end(),
+                      [](const auto& a, const auto& b) { return a.first == b.first; }),
+          m.end());
+  std::vector<int> ids;
+  std::vector<double> w;
+  for (const auto& [id, weight] : m) {
+    ids.push_back(id);
+    w.push_back(weight);
+  }
+  if (ids == members_ && w == weights_ && !(ring_.empty() && !ids.empty())) return;
+  members_ = std::move(ids);
+  weights_ = std::move(w);
+  double mean = 0;
+  for (double x : weights_) mean += x;
+  mean = weights_.empty() ? 1.0 : mean / static_cast<double>(weights_.size());
   ring_.clear();
-  ring_.reserve(members_.size() * static_cast<size_t>(vnodes_));
-  for (int id : members_) {
-    for (int v = 0; v < vnodes_; v++) {
+  for (size_t i = 0; i < members_.size(); i++) {
+    const int id = members_[i];
+    const int vnodes = std::max(1, static_cast<int>(std::lround(vnodes_ * weights_[i] / mean)));
+    for (int v = 0; v < vnodes; v++) {
       uint64_t node = (static_cast<uint64_t>(static_cast<uint32_t>(id)) << 32) | static_cast<uint32_t>(v);
       ring_.emplace_back(hash_u64(node, kNodeSeed), id);
     }
@@ -57,14 +78,21 @@ std::optional<int> BoundedLoadRing::pick(uint64_t key, double epsilon, const std
   if (home_hit) *home_hit = false;
   if (ring_.empty()) return std::nullopt;
   int64_t total = 0;
-  int n_eligible = 0;
-  for (int id : members_) {
-    if (!eligible(id)) continue;
-    n_eligible++;
-    total += std::max(load(id), 0);
+  double eligible_weight = 0;
+  for (size_t i = 0; i < members_.size(); i++) {
+    if (!eligible(members_[i])) continue;
+    eligible_weight += weights_[i];
+    total += std::max(load(members_[i]), 0);
   }
-  if (n_eligible == 0) return std::nullopt;
-  const double bound = std::ceil((1.0 + std::max(epsilon, 0.0)) * static_cast<double>(total + 1) / n_eligible);
+  if (eligible_weight <= 0) return std::nullopt;
+  // A member may take load up to its weighted share of (1+epsilon) x the
+  // total (bounded loads, Mirrokni et al. 2018; equal weights = the paper's bound).
+  auto bound = [&](int id) {
+    size_t i = static_cast<size_t>(std::lower_bound(members_.begin(), members_.end(), id) - members_.begin());
+    return std::ceil((1.0 + std::max(epsilon, 0.0)) * static_cast<double>(total + 1) * weights_[i] /
+                     eligible_weight);
+  };
+  const std::optional<int> true_home = ring_[start_index(key)].second;
 
   // Visit each member once, in clockwise order of its first virtual node.
   std::vector<int> seen;
@@ -77,8 +105,9 @@ std::optional<int> BoundedLoadRing::pick(uint64_t key, double epsilon, const std
     seen.push_back(id);
     if (!eligible(id)) continue;
     if (!first_eligible) first_eligible = id;
-    if (static_cast<double>(load(id)) + 1.0 <= bound) {
-      if (home_hit) *home_hit = (id == *first_eligible);
+    if (static_cast<double>(load(id)) + 1.0 <= bound(id)) {
+      // A hit only when the key's real home took it, not merely the first member with room.
+      if (home_hit) *home_hit = (id == *true_home);
       return id;
     }
   }

@@ -19,6 +19,10 @@ class BoundedLoadRing {
   // Rebuilds only if the set changed. Virtual-node positions depend only on
   // the member id, so adding a member moves only ~1/n of the keys.
   void set_members(const std::vector<int>& member_ids);
+  // Weighted: a member's share of the ring (its virtual nodes) and of the
+  // load bound are proportional to its weight — e.g. its capacity, so a GPU
+  // with five times the slots is home to five times the keys.
+  void set_members(const std::vector<int>& member_ids, const std::vector<double>& weights);
   const std::vector<int>& members() const { return members_; }
 
   // Walks clockwise from hash(key); returns the first member for which
@@ -35,6 +39,7 @@ class BoundedLoadRing {
   size_t start_index(uint64_t key) const;
 
   int vnodes_;
+  std::vector<double> weights_;  // parallel to members_
   std::vector<int> members_;                      // sorted, unique
   std::vector<std::pair<uint64_t, int>> ring_;   // (position, member), sorted
 };

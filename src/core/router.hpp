@@ -110,4 +110,7 @@ class Router {
 // drops by one per aging_ms waited, floor 0 (no aging when aging_ms <= 0).
 int effective_priority(int priority, int64_t waited_ms, int64_t aging_ms);
 
+// Weight of an endpoint on the affinity ring (see router.cpp).
+double ring_weight(const Endpoint& e);
+
 }  // namespace npc_scale

@@ -1,7 +1,12 @@
 // The maintenance background worker: purges finished decisions (and, as the
 // project grows, refreshes materialized views and manages partitions) —
 // separate from the dispatcher so a long REFRESH never delays a decision.
+#include <optional>
+#include <string>
+#include <vector>
+
 #include "guard.hpp"
+#include "pg_text.hpp"
 #include "gucs.hpp"
 #include "spi.hpp"
 #include "worker.hpp"
@@ -61,15 +66,146 @@ int64_t purge_cache_store() {
   }
 }
 
+// ---- scheduled refreshes -------------------------------------------------
+
+bool store_ready_for_maintenance() {
+  bool ready = false;
+  in_transaction("npc_scale: check extension", [&] { ready = extension_present(); });
+  return ready;
+}
+
+struct DueJob {
+  int64_t job = 0;
+  int64_t run = 0;
+  std::string target;  // regclass as text: already quoted
+  bool concurrently = true;
+};
+
+// pg_cron marks runs that were in progress at a restart as failed; so do we.
+void fail_orphaned_runs() {
+  static SavedPlan plan(
+      "UPDATE npc_scale.maintenance_runs SET status = 'failed', finished_at = now(),"
+      "  duration = now() - started_at, error = 'the maintenance worker restarted during this run' "
+      "WHERE status = 'running'",
+      {});
+  in_transaction("npc_scale: recover maintenance runs", [&] {
+    if (extension_present()) plan.execute({});
+  });
+}
+
+// Claims the due jobs, records a 'running' run for each and moves the job's
+// next run on — in one transaction, so a job is started once per due time.
+std::vector<DueJob> start_due_jobs() {
+  static SavedPlan advance(
+      "UPDATE npc_scale.maintenance_jobs j SET next_run_at = npc_scale._cron_next(j.schedule, now()) "
+      "WHERE j.job IN (SELECT job FROM npc_scale.maintenance_jobs"
+      "                 WHERE active AND next_run_at <= now()"
+      "                 ORDER BY next_run_at FOR UPDATE SKIP LOCKED) "
+      "RETURNING j.job, j.target::text, j.concurrent_refresh",
+      {});
+  static SavedPlan insert_run(
+      "INSERT INTO npc_scale.maintenance_runs (job, started_at, status)"
+      " VALUES ($1, clock_timestamp(), 'running') RETURNING run",
+      {INT8OID});
+  std::vector<DueJob> due;
+  in_transaction("npc_scale: start due maintenance jobs", [&] {
+    if (!extension_present()) return;
+    uint64_t n = advance.execute({});
+    for (uint64_t i = 0; i < n; i++) {
+      DueJob d;
+      d.job = spi_int(i, 1).value_or(0);
+      d.target = spi_text(i, 2).value_or("");
+      d.concurrently = spi_bool(i, 3);
+      due.push_back(std::move(d));
+    }
+    for (DueJob& d : due) {
+      insert_run.execute({Int64GetDatum(d.job)});
+      d.run = spi_int(0, 1).value_or(0);
+    }
+  });
+  return due;
+}
+
+void finish_run(int64_t run, bool ok, const std::string& error, std::optional<int64_t> rows) {
+  static SavedPlan plan(
+      "UPDATE npc_scale.maintenance_runs SET finished_at = clock_timestamp(),"
+      "  duration = clock_timestamp() - started_at,"
+      "  status = CASE WHEN $2 THEN 'succeeded' ELSE 'failed' END, error = $3, rows = $4 "
+      "WHERE run = $1",
+      {INT8OID, BOOLOID, TEXTOID, INT8OID});
+  char nulls[5] = "    ";
+  if (ok) nulls[2] = 'n';
+  if (!rows) nulls[3] = 'n';
+  in_transaction("npc_scale: record maintenance run", [&] {
+    if (!extension_present()) return;
+    Datum err = ok ? Datum(0) : text_datum(error);
+    plan.execute({Int64GetDatum(run), BoolGetDatum(ok), err, Int64GetDatum(rows.value_or(0))}, nulls);
+  });
+}
+
+// One refresh in its own transaction. A failure is recorded with its error and
+// the worker goes on; a run never overlaps itself (one worker, one at a time,
+// and the next due time is computed when a run starts).
+void run_job(const DueJob& d) {
+  std::string activity = "npc_scale: REFRESH MATERIALIZED VIEW " + d.target;
+  worker_set_state(WorkerState::busy, activity.c_str());
+  std::optional<int64_t> rows;
+  try {
+    in_transaction(activity.c_str(), [&] {
+      std::string sql = std::string("REFRESH MATERIALIZED VIEW ") +
+                        (d.concurrently ? "CONCURRENTLY " : "") + d.target;
+      pg_call([&] {
+        if (SPI_execute(sql.c_str(), false, 0) < 0) elog(ERROR, "REFRESH failed");
+      });
+      std::string count = "SELECT count(*) FROM " + d.target;
+      pg_call([&] {
+        if (SPI_execute(count.c_str(), true, 0) < 0) elog(ERROR, "count failed");
+      });
+      rows = spi_int(0, 1);
+    });
+  } catch (const std::exception& e) {
+    finish_run(d.run, false, e.what(), std::nullopt);
+    return;
+  }
+  finish_run(d.run, true, "", rows);
+}
+
+std::optional<int64_t> ms_until_next_job() {
+  static SavedPlan plan(
+      "SELECT greatest(0, (extract(epoch FROM min(next_run_at) - now()) * 1000)::bigint)"
+      "  FROM npc_scale.maintenance_jobs WHERE active",
+      {});
+  std::optional<int64_t> out;
+  in_transaction("npc_scale: next maintenance job", [&] {
+    if (!extension_present()) return;
+    if (plan.execute({}, nullptr, true) == 1) out = spi_int(0, 1);
+  });
+  return out;
+}
+
 void run_maintenance_worker() {
   worker_startup(WorkerKind::maintenance);
+  bool recovered = false;
+  int64_t next_purge_ms = 0;
+  long wait_ms = 0;
   for (;;) {
     worker_set_state(WorkerState::idle);
-    worker_wait(kTickMs);
-    worker_set_state(WorkerState::busy, "purging finished decisions");
+    worker_wait(wait_ms);
+    wait_ms = kTickMs;
     try {
-      purge_finished();
-      purge_cache_store();
+      if (!recovered && store_ready_for_maintenance()) {
+        fail_orphaned_runs();
+        recovered = true;
+      }
+      for (const DueJob& d : start_due_jobs()) run_job(d);
+      const int64_t now = GetCurrentTimestamp() / 1000;
+      if (now >= next_purge_ms) {
+        worker_set_state(WorkerState::busy, "purging finished decisions");
+        purge_finished();
+        purge_cache_store();
+        next_purge_ms = now + kTickMs;
+      }
+      if (auto next = ms_until_next_job()) wait_ms = std::min<long>(wait_ms, static_cast<long>(*next));
     } catch (const std::exception& e) {
       std::string msg = e.what();
       pg_call([&] { ereport(WARNING, (errmsg("npc_scale maintenance: %s", msg.c_str()))); });

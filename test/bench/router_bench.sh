@@ -18,7 +18,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=../../scripts/stack.sh
 source "$ROOT/scripts/stack.sh"
 
-NPCS=${NPCS:-2000}
+NPCS=${NPCS:-500}
+# Each simulated GPU keeps the prefixes of ~256 prompts in its KV cache: a
+# third of the NPCs. Without affinity every GPU sees every NPC and misses.
+PREFIX_CACHE=${PREFIX_CACHE:-256}
 WARMUP=${WARMUP:-3}
 FIRST_WARMUP=${FIRST_WARMUP:-6}
 MEASURE=${MEASURE:-10}
@@ -29,14 +32,8 @@ SEED=${SEED:-1}
 OUT=${OUT:-$NPC_BUILD/bench/router_bench.tsv}
 
 mkdir -p "$NPC_BUILD" "$NPC_STATE/log" "$(dirname "$OUT")"
-[ -x "$NPC_BUILD/fake_gpu" ] || make -C "$NPC_ROOT" -s fake_gpu
-if [ ! -x "$NPC_BUILD/router_bench" ] || [ "$NPC_ROOT/test/bench/router_bench.cpp" -nt "$NPC_BUILD/router_bench" ]; then
-  npc_log "building build/router_bench"
-  (cd "$NPC_ROOT" && g++ -std=c++17 -O2 -g -Wall -Wextra -Isrc -Isrc/core test/bench/router_bench.cpp \
-    src/core/router.cpp src/core/consistent_hash.cpp src/core/latency_stats.cpp \
-    src/core/circuit_breaker.cpp src/core/http_client.cpp src/core/generation.cpp \
-    src/core/error.cpp -lcurl -lxxhash -lpthread -o build/router_bench)
-fi
+# Make knows what router_bench depends on (the router's sources included).
+make -C "$NPC_ROOT" -s fake_gpu router_bench || npc_die "build failed"
 
 # The naive policies (caps ignored) open a connection per queued request: a
 # few thousand at overload, on both sides.
@@ -47,9 +44,9 @@ trap 'npc_gpus_stop' EXIT
 trap 'exit 130' INT TERM
 P=$NPC_GPU_BASE_PORT
 npc_log "fake GPUs on 127.0.0.1:$P-$((P + 2)) (rtx3090ti, p40, p40)"
-npc_gpu_start rtx3090ti "$P" --profile rtx3090ti --model npc-llm
-npc_gpu_start p40a $((P + 1)) --profile p40 --model npc-llm
-npc_gpu_start p40b $((P + 2)) --profile p40 --model npc-llm
+npc_gpu_start rtx3090ti "$P" --profile rtx3090ti --model npc-llm --prefix-cache-entries "$PREFIX_CACHE"
+npc_gpu_start p40a $((P + 1)) --profile p40 --model npc-llm --prefix-cache-entries "$PREFIX_CACHE"
+npc_gpu_start p40b $((P + 2)) --profile p40 --model npc-llm --prefix-cache-entries "$PREFIX_CACHE"
 
 "$NPC_BUILD/router_bench" \
   --gpu "rtx3090ti=http://127.0.0.1:$P,50" \

@@ -87,7 +87,7 @@ TEST(ConsistentHashTest, IneligibleMembersAreSkipped) {
   auto m = r.pick(key, 0.25, [&](int id) { return id != home; }, zero_load, &hit);
   ASSERT_TRUE(m.has_value());
   EXPECT_NE(*m, home);
-  EXPECT_TRUE(hit);  // the first eligible member on the walk is the key's home now
+  EXPECT_FALSE(hit);  // the key's real home could not take it: an affinity miss
   // Only one eligible member: it takes everything regardless of key.
   for (uint64_t k = 0; k < 100; k++) EXPECT_EQ(*r.pick(k, 0.25, [](int id) { return id == 2; }, zero_load, nullptr), 2);
 }
@@ -132,4 +132,34 @@ TEST(ConsistentHashTest, AssigningWithTheBoundKeepsEveryLoadUnderIt) {
     EXPECT_LE(load[m], bound);
   }
   for (auto& [id, l] : load) EXPECT_LE(l, std::ceil(1.25 * 5000 / 5.0)) << "member " << id;
+}
+
+TEST(ConsistentHashTest, WeightedMembersOwnAShareOfKeysByWeight) {
+  BoundedLoadRing r;
+  r.set_members({1, 2, 3}, {50, 10, 10});  // one big GPU, two small ones
+  const int keys = 20000;
+  int on_big = 0;
+  for (uint64_t k = 0; k < keys; k++) on_big += *r.home(k) == 1;
+  const double share = static_cast<double>(on_big) / keys;
+  EXPECT_NEAR(share, 50.0 / 70.0, 0.08) << "the big member is home to ~5/7 of the keys";
+}
+
+TEST(ConsistentHashTest, WeightedBoundLetsTheBigMemberCarryMore) {
+  BoundedLoadRing r;
+  r.set_members({1, 2}, {4, 1});
+  // Total load 9 (8 on the big member, 1 on the small one): the big member's
+  // bound is ceil(1.25 * 10 * 4/5) = 10, so it still takes a key homed on it.
+  uint64_t key = 0;
+  while (*r.home(key) != 1) key++;
+  auto load = [](int id) { return id == 1 ? 8 : 1; };
+  bool hit = false;
+  EXPECT_EQ(*r.pick(key, 0.25, [](int) { return true; }, load, &hit), 1);
+  EXPECT_TRUE(hit);
+  // With equal weights the same loads would push it off its home (bound ceil(1.25*10/2) = 7).
+  BoundedLoadRing equal;
+  equal.set_members({1, 2});
+  uint64_t k2 = 0;
+  while (*equal.home(k2) != 1) k2++;
+  EXPECT_EQ(*equal.pick(k2, 0.25, [](int) { return true; }, load, &hit), 2);
+  EXPECT_FALSE(hit);
 }

@@ -379,3 +379,18 @@ TEST(RouterCompatTest, EmptyFleet) {
   EXPECT_FALSE(r.pick(std::vector<EndpointLoad>{}).has_value());
   EXPECT_EQ(Router::free_capacity(std::vector<EndpointLoad>{}), 0);
 }
+
+TEST(RingWeightTest, HomesFollowSlotsTimesWeightNotLatency) {
+  Endpoint big, small;
+  big.max_concurrent = 50;
+  small.max_concurrent = 40;
+  EXPECT_DOUBLE_EQ(ring_weight(big) / ring_weight(small), 50.0 / 40.0);
+  for (int i = 0; i < 20; i++) {
+    big.latency.add(35);
+    small.latency.add(95);
+  }
+  EXPECT_DOUBLE_EQ(ring_weight(big) / ring_weight(small), 50.0 / 40.0)
+      << "latency does not move homes (it would move NPCs off cached prefixes)";
+  big.weight = 3;
+  EXPECT_DOUBLE_EQ(ring_weight(big) / ring_weight(small), 150.0 / 40.0) << "the weight column does";
+}

@@ -1,0 +1,74 @@
+-- Scheduled materialized-view refreshes in the maintenance worker: pg_cron
+-- syntax, run history, failures recorded without stopping the worker, no run
+-- overlapping itself, clear errors at schedule time, and decisions flowing
+-- while a slow refresh runs (asserted by the order of events).
+SELECT plan(15);
+
+CREATE TABLE public.sched_src (id int PRIMARY KEY, x int NOT NULL);
+INSERT INTO public.sched_src SELECT g, 1 FROM generate_series(1, 100) g;
+CREATE MATERIALIZED VIEW public.sched_ok AS SELECT id, x FROM public.sched_src;
+CREATE UNIQUE INDEX ON public.sched_ok (id);
+CREATE MATERIALIZED VIEW public.sched_nokey AS SELECT id FROM public.sched_src;
+CREATE MATERIALIZED VIEW public.sched_bad AS SELECT id, 10 / x AS v FROM public.sched_src;
+CREATE UNIQUE INDEX ON public.sched_bad (id);
+-- Takes a while to refresh: ~1.5 s.
+CREATE MATERIALIZED VIEW public.sched_slow AS SELECT 1 AS id, pg_sleep(1.5)::text AS slept;
+CREATE UNIQUE INDEX ON public.sched_slow (id);
+
+-- Bad input, said at schedule time.
+SELECT throws_ok($$ SELECT npc_scale.schedule_refresh('public.sched_src', '* * * * *') $$, '42809',
+  'relation sched_src is not a materialized view', 'a table is refused');
+SELECT throws_ok($$ SELECT npc_scale.schedule_refresh('public.sched_nokey', '* * * * *') $$, '55000',
+  'REFRESH MATERIALIZED VIEW CONCURRENTLY needs a unique index on sched_nokey',
+  'CONCURRENTLY without a unique index is refused at schedule time');
+SELECT throws_like($$ SELECT npc_scale.schedule_refresh('public.sched_ok', '61 * * * *') $$,
+  '%"61 * * * *"%', 'an invalid schedule is named');
+SELECT lives_ok($$ SELECT npc_scale.unschedule(npc_scale.schedule_refresh('public.sched_nokey', '@hourly', false)) $$,
+  'without CONCURRENTLY no unique index is needed; unschedule removes it');
+
+-- A good job runs and records its history.
+SELECT npc_scale.schedule_refresh('public.sched_ok', '1 second') AS ok_job \gset
+SELECT is((SELECT schedule FROM npc_scale.maintenance_jobs WHERE job = :ok_job), '1 second', 'canonical schedule stored');
+UPDATE public.sched_src SET x = 2;
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'succeeded') $$, :ok_job), '15 s'),
+  'the refresh job runs');
+SELECT ok(npc_test.wait_for($$ (SELECT bool_and(x = 2) FROM public.sched_ok) $$, '15 s'), 'and the view shows the new data');
+SELECT ok((SELECT rows = 100 AND duration IS NOT NULL AND finished_at >= started_at AND error IS NULL
+             FROM npc_scale.maintenance_runs WHERE job = :ok_job AND status = 'succeeded' ORDER BY run LIMIT 1),
+  'a run records rows, duration, start and finish');
+
+-- A failing job records its error; the worker goes on with the others.
+UPDATE public.sched_src SET x = 0 WHERE id = 7;
+SELECT npc_scale.schedule_refresh('public.sched_bad', '1 second') AS bad_job \gset
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'failed') $$, :bad_job), '15 s'),
+  'the failing job records a failed run');
+SELECT matches((SELECT error FROM npc_scale.maintenance_runs WHERE job = :bad_job AND status = 'failed' ORDER BY run LIMIT 1),
+  'division by zero', 'with the error');
+SELECT ok(npc_test.wait_for(format($$ (SELECT count(*) FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'succeeded'
+                                        AND started_at > (SELECT min(started_at) FROM npc_scale.maintenance_runs WHERE job = %s)) > 0 $$,
+                                   :ok_job, :bad_job), '15 s'),
+  'the good job keeps running after the failure');
+
+-- A slow job never overlaps itself, and decisions flow while it runs.
+SELECT npc_scale.unschedule(:bad_job) AS unscheduled \gset
+SELECT npc_scale.schedule_refresh('public.sched_slow', '1 second') AS slow_job \gset
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running') $$, :slow_job), '15 s'),
+  'the slow refresh is running');
+SELECT npc_test.use_gpus(ARRAY['fast2']);
+SELECT npc_scale.request_decision(9901, 'build', 'During a slow refresh?', 5) AS d \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d)), 'a decision finishes');
+SELECT ok(npc_test.wait_for(format($$ (SELECT count(*) FROM npc_scale.maintenance_runs WHERE job = %s AND status <> 'running') >= 2 $$, :slow_job), '20 s'),
+  'two slow refreshes have finished');
+-- (A new statement: its snapshot sees what the wait saw.)
+SELECT ok((SELECT finished_at FROM npc_scale.decision_queue WHERE id = :d)
+              < (SELECT min(finished_at) FROM npc_scale.maintenance_runs WHERE job = :slow_job)
+          AND NOT EXISTS (SELECT 1 FROM npc_scale.maintenance_runs a JOIN npc_scale.maintenance_runs b
+                            ON a.job = b.job AND a.run < b.run
+                           WHERE a.job = :slow_job AND b.started_at < a.finished_at),
+  'the decision finished before the first slow refresh did, and no two runs of the job overlapped');
+
+SELECT npc_scale.unschedule(job) FROM npc_scale.maintenance_jobs;
+DROP MATERIALIZED VIEW public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow;
+DROP TABLE public.sched_src;
+DELETE FROM npc_scale.decision_queue WHERE npc_id = 9901;
+SELECT * FROM finish();
