@@ -925,3 +925,192 @@ END
 $fn$;
 COMMENT ON FUNCTION npc_scale.generate_world(name, integer, integer, integer) IS
 'Replace the contents of the reference schema `target` with a deterministic (per seed) world: npcs NPC players with villages_per_npc villages each on the 401x401 map, resources, village config, NPC state, relationships between neighbours, ~4 months of memories and ~3 weeks of battles; then ANALYZE and refresh npc_resource_summary';
+
+------------------------------------------------------------------------------
+-- Native partition management (time partitions; pg_partman-compatible names)
+------------------------------------------------------------------------------
+CREATE FUNCTION npc_scale._partition_bounds(partition_interval interval, around timestamptz,
+    before integer, after integer, OUT suffix text, OUT lower_bound timestamptz, OUT upper_bound timestamptz)
+RETURNS SETOF record AS 'MODULE_PATHNAME', 'npc_scale_partition_bounds' LANGUAGE C STRICT IMMUTABLE;
+
+CREATE TABLE npc_scale.partition_configs (
+    parent               regclass PRIMARY KEY,
+    control              name NOT NULL,
+    partition_interval   interval NOT NULL,
+    premake              integer NOT NULL,
+    retention            interval,
+    retention_keep_table boolean NOT NULL DEFAULT false,
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    last_run_at          timestamptz
+);
+GRANT SELECT ON npc_scale.partition_configs TO PUBLIC;
+
+-- A bound as a literal of the control column's type, always read as UTC.
+CREATE FUNCTION npc_scale._bound_literal(ts timestamptz, coltype regtype) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+  SELECT quote_literal(CASE coltype
+    WHEN 'date'::regtype THEN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+    WHEN 'timestamp'::regtype THEN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+    ELSE to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00' END)
+$$;
+
+-- One parent's maintenance: default partition, retention, then premake.
+-- Returns partitions created + dropped/detached.
+CREATE FUNCTION npc_scale._maintain_parent(cfg npc_scale.partition_configs, initial boolean)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+  nsp name;
+  rel name;
+  coltype regtype;
+  def regclass;
+  b record;
+  child record;
+  n integer := 0;
+  child_name text;
+  lo text;
+  hi text;
+  grant_row record;
+  has_rows boolean;
+BEGIN
+  SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.oid = cfg.parent;
+  SELECT atttypid::regtype INTO coltype FROM pg_attribute WHERE attrelid = cfg.parent AND attname = cfg.control;
+  -- The default partition catches rows no partition covers yet.
+  SELECT inhrelid::regclass INTO def FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+   WHERE i.inhparent = cfg.parent AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT';
+  IF def IS NULL THEN
+    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', nsp, left(rel, 55) || '_default', cfg.parent);
+    def := format('%I.%I', nsp, left(rel, 55) || '_default')::regclass;
+    n := n + 1;
+  END IF;
+  -- Retention first: partitions entirely older than now() - retention.
+  IF cfg.retention IS NOT NULL THEN
+    FOR child IN
+      SELECT i.inhrelid::regclass AS part,
+             (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1] AS upper_text
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+       WHERE i.inhparent = cfg.parent AND i.inhrelid <> def
+    LOOP
+      CONTINUE WHEN child.upper_text IS NULL;
+      IF (CASE WHEN coltype = 'date'::regtype OR coltype = 'timestamp'::regtype
+               THEN (child.upper_text::timestamp AT TIME ZONE 'UTC')
+               ELSE child.upper_text::timestamptz END) <= now() - cfg.retention THEN
+        IF cfg.retention_keep_table THEN
+          EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', cfg.parent, child.part);
+        ELSE
+          EXECUTE format('DROP TABLE %s', child.part);
+        END IF;
+        n := n + 1;
+      END IF;
+    END LOOP;
+  END IF;
+  -- Premake: the current interval and `premake` ahead (at set-up also
+  -- `premake` back, as pg_partman does), each created only if missing.
+  FOR b IN SELECT * FROM npc_scale._partition_bounds(cfg.partition_interval, now(),
+                                                      CASE WHEN initial THEN cfg.premake ELSE 0 END, cfg.premake)
+  LOOP
+    child_name := left(rel, 50) || '_' || b.suffix;
+    CONTINUE WHEN to_regclass(format('%I.%I', nsp, child_name)) IS NOT NULL;
+    CONTINUE WHEN cfg.retention IS NOT NULL AND b.upper_bound <= now() - cfg.retention;
+    lo := npc_scale._bound_literal(b.lower_bound, coltype);
+    hi := npc_scale._bound_literal(b.upper_bound, coltype);
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I >= %s AND %I < %s)', def, cfg.control, lo, cfg.control, hi)
+      INTO has_rows;
+    IF has_rows THEN
+      -- Rows for this range already sit in the default partition: move them
+      -- into the new table, then attach it (indexes follow on attach).
+      EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', nsp, child_name, cfg.parent);
+      EXECUTE format('WITH moved AS (DELETE FROM %s WHERE %I >= %s AND %I < %s RETURNING *) INSERT INTO %I.%I SELECT * FROM moved',
+                     def, cfg.control, lo, cfg.control, hi, nsp, child_name);
+      EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)', cfg.parent, nsp, child_name, lo, hi);
+    ELSE
+      EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)', nsp, child_name, cfg.parent, lo, hi);
+    END IF;
+    -- Privileges granted on the parent reach the new partition too.
+    FOR grant_row IN SELECT grantee, string_agg(privilege_type, ', ') AS privs
+                       FROM information_schema.role_table_grants
+                      WHERE table_schema = nsp AND table_name = rel AND grantee <> current_user
+                      GROUP BY grantee LOOP
+      EXECUTE format('GRANT %s ON %I.%I TO %I', grant_row.privs, nsp, child_name, grant_row.grantee);
+    END LOOP;
+    n := n + 1;
+  END LOOP;
+  UPDATE npc_scale.partition_configs SET last_run_at = now() WHERE parent = cfg.parent;
+  RETURN n;
+END $$;
+
+CREATE FUNCTION npc_scale.run_maintenance(parent regclass DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  cfg npc_scale.partition_configs;
+  n integer := 0;
+BEGIN
+  FOR cfg IN SELECT * FROM npc_scale.partition_configs c
+              WHERE run_maintenance.parent IS NULL OR c.parent = run_maintenance.parent ORDER BY c.parent::text
+  LOOP
+    -- Two callers (the worker, a person) never race on one parent.
+    PERFORM pg_advisory_xact_lock(hashtext('npc_scale.partitions'), cfg.parent::oid::int);
+    n := n + npc_scale._maintain_parent(cfg, false);
+  END LOOP;
+  RETURN n;
+END $$;
+COMMENT ON FUNCTION npc_scale.run_maintenance(regclass) IS
+'Partition maintenance now (all managed parents, or one): default partition, retention, premake.';
+
+CREATE FUNCTION npc_scale.manage_partitions(parent regclass, control text, partition_interval interval,
+    premake integer DEFAULT 4, retention interval DEFAULT NULL, retention_keep_table boolean DEFAULT false)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+  strategy "char";
+  key_cols int2vector;
+  att int2;
+  coltype regtype;
+  cfg npc_scale.partition_configs;
+BEGIN
+  IF parent IS NULL OR control IS NULL OR partition_interval IS NULL OR premake IS NULL THEN
+    RAISE EXCEPTION 'parent, control, partition_interval and premake must not be null' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  SELECT partstrat, partattrs INTO strategy, key_cols FROM pg_partitioned_table WHERE partrelid = parent;
+  IF strategy IS NULL THEN
+    RAISE EXCEPTION 'relation % is not partitioned', parent USING ERRCODE = 'wrong_object_type',
+      HINT = 'Create it with PARTITION BY RANGE (<timestamp column>).';
+  END IF;
+  SELECT attnum, atttypid::regtype INTO att, coltype FROM pg_attribute
+   WHERE attrelid = parent AND attname = control AND NOT attisdropped;
+  IF att IS NULL THEN
+    RAISE EXCEPTION 'column "%" does not exist in %', control, parent USING ERRCODE = 'undefined_column';
+  END IF;
+  IF strategy <> 'r' OR array_length(key_cols::int2[], 1) <> 1 OR key_cols[0] <> att THEN
+    RAISE EXCEPTION '% is not partitioned by RANGE on column "%"', parent, control USING ERRCODE = 'wrong_object_type';
+  END IF;
+  IF coltype NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+    RAISE EXCEPTION 'column "%" of % has type %, not timestamptz, timestamp or date', control, parent, coltype
+      USING ERRCODE = 'datatype_mismatch';
+  END IF;
+  IF partition_interval <= interval '0' THEN
+    RAISE EXCEPTION 'partition_interval % must be positive', partition_interval USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF coltype = 'date'::regtype AND partition_interval < interval '1 day' THEN
+    RAISE EXCEPTION 'partition_interval % is shorter than a day for date column "%"', partition_interval, control
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF premake < 1 THEN
+    RAISE EXCEPTION 'premake % must be at least 1', premake USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF retention IS NOT NULL AND retention < partition_interval THEN
+    RAISE EXCEPTION 'retention % is shorter than partition_interval %', retention, partition_interval
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM * FROM npc_scale._partition_bounds(partition_interval, now(), 0, 0);  -- raises on an unsupported interval
+  INSERT INTO npc_scale.partition_configs AS c (parent, control, partition_interval, premake, retention, retention_keep_table)
+  VALUES (parent, control, partition_interval, premake, retention, retention_keep_table)
+  ON CONFLICT ON CONSTRAINT partition_configs_pkey DO UPDATE
+    SET control = excluded.control, partition_interval = excluded.partition_interval, premake = excluded.premake,
+        retention = excluded.retention, retention_keep_table = excluded.retention_keep_table
+  RETURNING * INTO cfg;
+  PERFORM pg_advisory_xact_lock(hashtext('npc_scale.partitions'), parent::oid::int);
+  PERFORM npc_scale._maintain_parent(cfg, true);
+  RETURN parent::oid::bigint;
+END $$;
+COMMENT ON FUNCTION npc_scale.manage_partitions(regclass, text, interval, integer, interval, boolean) IS
+'Manages time partitions of a RANGE-partitioned parent: premake ahead, a default partition, retention.';

@@ -36,6 +36,7 @@ char* guc_redis_password = nullptr;
 char* guc_redis_prefix = nullptr;
 int guc_redis_connect_timeout_ms = 100;
 int guc_redis_command_timeout_ms = 20;
+int guc_partition_interval_s = 3600;
 int guc_breaker_failures = 3;
 double guc_breaker_error_rate = 0.5;
 int guc_breaker_window = 20;
@@ -165,6 +166,10 @@ void define_gucs() {
   DefineCustomIntVariable("npc_scale.redis_command_timeout",
                           "Redis command timeout: a slower Redis is a miss.", nullptr,
                           &guc_redis_command_timeout_ms, 20, 1, 60000, PGC_SIGHUP, GUC_UNIT_MS,
+                          nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("npc_scale.partition_maintenance_interval",
+                          "How often the maintenance worker runs partition maintenance.", nullptr,
+                          &guc_partition_interval_s, 3600, 1, 7 * 86400, PGC_SIGHUP, GUC_UNIT_S,
                           nullptr, nullptr, nullptr);
   MarkGUCPrefixReserved("npc_scale");
 }

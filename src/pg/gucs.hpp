@@ -33,6 +33,7 @@ extern char* guc_redis_password;     // superuser-only, never logged
 extern char* guc_redis_prefix;
 extern int guc_redis_connect_timeout_ms;
 extern int guc_redis_command_timeout_ms;
+extern int guc_partition_interval_s;  // how often the worker runs partition maintenance
 // circuit breaker
 extern int guc_breaker_failures;
 extern double guc_breaker_error_rate;

@@ -183,10 +183,39 @@ std::optional<int64_t> ms_until_next_job() {
   return out;
 }
 
+// Partition maintenance of every managed parent, each in its own
+// transaction so one failure does not undo the others.
+void maintain_partitions() {
+  static SavedPlan parents("SELECT parent::oid FROM npc_scale.partition_configs ORDER BY parent::text", {});
+  static SavedPlan run("SELECT npc_scale.run_maintenance($1::oid::regclass)", {OIDOID});
+  std::vector<Oid> oids;
+  in_transaction("npc_scale: list partitioned parents", [&] {
+    if (!extension_present()) return;
+    uint64_t n = parents.execute({}, nullptr, true);
+    for (uint64_t i = 0; i < n; i++) {
+      oids.push_back(static_cast<Oid>(pg_call([&] {
+        bool isnull;
+        return DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+      })));
+    }
+  });
+  for (Oid oid : oids) {
+    try {
+      in_transaction("npc_scale: partition maintenance", [&] { run.execute({ObjectIdGetDatum(oid)}); });
+    } catch (const std::exception& e) {
+      std::string msg = e.what();
+      pg_call([&] {
+        ereport(WARNING, (errmsg("npc_scale maintenance: partitions of relation %u: %s", oid, msg.c_str())));
+      });
+    }
+  }
+}
+
 void run_maintenance_worker() {
   worker_startup(WorkerKind::maintenance);
   bool recovered = false;
   int64_t next_purge_ms = 0;
+  int64_t next_partitions_ms = 0;
   long wait_ms = 0;
   for (;;) {
     worker_set_state(WorkerState::idle);
@@ -204,6 +233,11 @@ void run_maintenance_worker() {
         purge_finished();
         purge_cache_store();
         next_purge_ms = now + kTickMs;
+      }
+      if (now >= next_partitions_ms) {
+        worker_set_state(WorkerState::busy, "partition maintenance");
+        maintain_partitions();
+        next_partitions_ms = now + static_cast<int64_t>(guc_partition_interval_s) * 1000;
       }
       if (auto next = ms_until_next_job()) wait_ms = std::min<long>(wait_ms, static_cast<long>(*next));
     } catch (const std::exception& e) {
