@@ -264,6 +264,28 @@ bool ShmCachePartition::get(std::string_view key, int64_t now_ms, std::string* v
   return true;
 }
 
+ShmCachePartition::ReadResult ShmCachePartition::read(std::string_view key, int64_t now_ms,
+                                                       std::string* value_out) const {
+  View v(base_);
+  uint64_t hash = key_hash(key);
+  uint32_t s = v.find_slot(key, hash);
+  if (s == kNil) return ReadResult::miss;
+  Entry& e = v.entry(v.slot(s) - 1);
+  if (View::expired(e, now_ms)) return ReadResult::expired;
+  // Readers share the partition lock; the only thing they write is this
+  // byte, always to 1, and the CLOCK hand clears it only under the exclusive lock.
+  __atomic_store_n(&e.referenced, static_cast<uint8_t>(1), __ATOMIC_RELAXED);
+  if (value_out) {
+    value_out->clear();
+    value_out->reserve(e.value_len);
+    v.walk(e, e.key_len, e.value_len, [&](const char* p, uint64_t n) {
+      value_out->append(p, n);
+      return true;
+    });
+  }
+  return ReadResult::hit;
+}
+
 bool ShmCachePartition::put(std::string_view key, std::string_view value, int64_t expires_at_ms,
                             int64_t now_ms) {
   View v(base_);

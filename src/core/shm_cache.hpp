@@ -45,6 +45,12 @@ class ShmCachePartition {
   // value is never served after a failed replace.
   bool put(std::string_view key, std::string_view value, int64_t expires_at_ms, int64_t now_ms);
 
+  // Like get(), but safe under a lock shared with other readers: it changes
+  // nothing but the entry's CLOCK bit (atomically). An expired entry is
+  // reported, not freed — the caller retries get() under the exclusive lock.
+  enum class ReadResult { hit, miss, expired };
+  ReadResult read(std::string_view key, int64_t now_ms, std::string* value_out) const;
+
   bool erase(std::string_view key);
 
   // Drops every entry; the lifetime counters (evictions, expired) survive.

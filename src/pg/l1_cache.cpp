@@ -70,7 +70,25 @@ void l1_cache_attach() {
 }
 
 bool l1_get(const std::string& key, std::string* value) {
+  if (g_base == nullptr) {
+    throw Error(sqlstate::object_not_in_prerequisite_state, "npc_scale L1 cache is not set up");
+  }
   int64_t now = now_ms();
+  // Hits, the common case, share the partition lock: a hot key read by every
+  // backend at once must not serialise them.
+  size_t p = shm_cache_partition_of(key, kCachePartitions);
+  LWLock* lock = &g_locks[p].lock;
+  pg_call([&] { LWLockAcquire(lock, LW_SHARED); });
+  ShmCachePartition::ReadResult r;
+  try {
+    r = ShmCachePartition(g_base + p * partition_bytes()).read(key, now, value);
+  } catch (...) {
+    LWLockRelease(lock);
+    throw;
+  }
+  LWLockRelease(lock);
+  if (r != ShmCachePartition::ReadResult::expired) return r == ShmCachePartition::ReadResult::hit;
+  // Expired: free it under the exclusive lock (get() does, and reports a miss).
   return with_partition(key, [&](ShmCachePartition& part) { return part.get(key, now, value); });
 }
 

@@ -387,3 +387,30 @@ TEST(ShmCacheTest, PartitionOfIsStableAndSpreads) {
     EXPECT_LT(count[p], N / P * 11 / 10) << p;
   }
 }
+
+TEST(ShmCacheReadTest, ReadSharesTheLockAndLeavesExpiredEntriesToGet) {
+  std::vector<char> mem(64 * 1024);
+  ShmCachePartition::format(mem.data(), mem.size());
+  ShmCachePartition part(mem.data());
+  ASSERT_TRUE(part.put("k", "v", 1000, 0));
+  std::string v;
+  EXPECT_EQ(part.read("k", 10, &v), ShmCachePartition::ReadResult::hit);
+  EXPECT_EQ(v, "v");
+  EXPECT_EQ(part.read("nope", 10, &v), ShmCachePartition::ReadResult::miss);
+  EXPECT_EQ(part.read("k", 1000, &v), ShmCachePartition::ReadResult::expired);
+  EXPECT_EQ(part.stats().entries, 1u) << "read() frees nothing";
+  EXPECT_FALSE(part.get("k", 1000, &v));
+  EXPECT_EQ(part.stats().entries, 0u) << "get() under the exclusive lock does";
+}
+
+TEST(ShmCacheReadTest, AReadGivesTheEntryItsSecondChance) {
+  std::vector<char> mem(16 * 1024);
+  ShmCachePartition::format(mem.data(), mem.size());
+  ShmCachePartition part(mem.data());
+  ASSERT_TRUE(part.put("hot", "x", 0, 0));
+  for (int i = 0; i < 2000; i++) {
+    std::string v;
+    ASSERT_EQ(part.read("hot", 0, &v), ShmCachePartition::ReadResult::hit) << "after " << i << " new keys";
+    part.put("cold" + std::to_string(i), std::string(100, 'c'), 0, 0);
+  }
+}
