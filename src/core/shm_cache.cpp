@@ -240,28 +240,16 @@ ShmCachePartition::ShmCachePartition(void* base) : base_(base) {
 }
 
 bool ShmCachePartition::get(std::string_view key, int64_t now_ms, std::string* value_out) {
+  ReadResult r = read(key, now_ms, value_out);
+  if (r != ReadResult::expired) return r == ReadResult::hit;
+  // Expired: a miss, and its space is freed now (the caller holds the lock exclusively).
   View v(base_);
-  uint64_t hash = key_hash(key);
-  uint32_t s = v.find_slot(key, hash);
-  if (s == kNil) return false;
+  uint32_t s = v.find_slot(key, key_hash(key));
   uint32_t ei = v.slot(s) - 1;
-  Entry& e = v.entry(ei);
-  if (View::expired(e, now_ms)) {
-    v.unlink_slot(s);
-    v.free_entry(ei);
-    ++v.h->expired;
-    return false;
-  }
-  e.referenced = 1;
-  if (value_out) {
-    value_out->clear();
-    value_out->reserve(e.value_len);
-    v.walk(e, e.key_len, e.value_len, [&](const char* p, uint64_t n) {
-      value_out->append(p, n);
-      return true;
-    });
-  }
-  return true;
+  v.unlink_slot(s);
+  v.free_entry(ei);
+  ++v.h->expired;
+  return false;
 }
 
 ShmCachePartition::ReadResult ShmCachePartition::read(std::string_view key, int64_t now_ms,

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "guard.hpp"
+#include "pg_text.hpp"
 #include "shared_state.hpp"
 #include "spi.hpp"
 
@@ -35,11 +36,8 @@ std::optional<Row> read_row(int64 id) {
       "SELECT q, q.status NOT IN ('queued', 'running') FROM npc_scale.decision_queue q "
       "WHERE q.id = $1",
       {INT8OID});
-  pg_call([] {
-    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "npc_scale: SPI_connect failed");
-  });
   std::optional<Row> row;
-  try {
+  with_spi([&] {
     if (plan.execute({Int64GetDatum(id)}) == 1) {
       row = pg_call([] {
         bool isnull = false;
@@ -48,11 +46,7 @@ std::optional<Row> read_row(int64 id) {
         return Row{SPI_datumTransfer(d, false, -1), final};
       });
     }
-  } catch (...) {
-    pg_call([] { SPI_finish(); });
-    throw;
-  }
-  pg_call([] { SPI_finish(); });
+  });
   return row;
 }
 
@@ -73,12 +67,10 @@ NPC_SQL_FUNCTION(npc_scale_await_decision) {
   int64 id = PG_GETARG_INT64(0);
   int64 timeout_ms = 30000;
   if (!PG_ARGISNULL(1)) {
-    Interval* iv = pg_call([&] { return PG_GETARG_INTERVAL_P(1); });
-    // Months count as 30 days, as in Postgres's own epoch of an interval.
-    double secs = iv->time / 1e6 + (iv->day + iv->month * 30.0) * 86400.0;
+    double secs = interval_arg_seconds(fcinfo, 1);
     if (secs < 0) {
       throw Error(sqlstate::invalid_parameter_value,
-                  "timeout " + std::to_string(secs) + " s must not be negative");
+                  "timeout " + seconds_text(secs) + " s must not be negative");
     }
     timeout_ms = static_cast<int64>(secs * 1000);
   }

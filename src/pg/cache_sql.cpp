@@ -46,13 +46,10 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
   std::string value = text_arg(PG_GETARG_DATUM(1));
   int64_t ttl_s = 0;
   if (!PG_ARGISNULL(2)) {
-    Interval* iv = pg_call([&] { return PG_GETARG_INTERVAL_P(2); });
-    double secs = iv->time / 1e6 + (iv->day + iv->month * 30.0) * 86400.0;
+    double secs = interval_arg_seconds(fcinfo, 2);
     if (secs <= 0) {
-      char shown[64];
-      snprintf(shown, sizeof(shown), "%g", secs);
       throw Error(sqlstate::invalid_parameter_value,
-                  std::string("cache ttl of ") + shown + " s must be positive (NULL: no expiry)");
+                  "cache ttl of " + seconds_text(secs) + " s must be positive (NULL: no expiry)");
     }
     ttl_s = static_cast<int64_t>(secs + 0.999);
   }

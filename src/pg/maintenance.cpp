@@ -26,8 +26,23 @@ namespace {
 constexpr long kTickMs = 1000;
 constexpr int kPurgeBatch = 1000;  // rows per transaction: short locks, steady vacuum
 
-// Deletes finished decisions older than npc_scale.result_ttl, in batches so
-// no transaction holds many row locks or bloats the WAL at once.
+// Runs a batched DELETE (its last argument is the batch size) until a batch
+// comes back short: each batch its own transaction, so no transaction holds
+// many row locks or writes much WAL at once, and vacuum keeps up.
+int64_t delete_in_batches(SavedPlan& plan, std::vector<Datum> args, const char* activity) {
+  args.push_back(Int32GetDatum(kPurgeBatch));
+  int64_t total = 0;
+  for (;;) {
+    uint64_t n = 0;
+    in_transaction(activity, [&] {
+      if (extension_present()) n = plan.execute(args);
+    });
+    total += static_cast<int64_t>(n);
+    if (n < static_cast<uint64_t>(kPurgeBatch)) return total;
+  }
+}
+
+// Finished decisions older than npc_scale.result_ttl.
 int64_t purge_finished() {
   static SavedPlan plan(
       "DELETE FROM npc_scale.decision_queue WHERE id IN ("
@@ -35,35 +50,17 @@ int64_t purge_finished() {
       "   WHERE finished_at < now() - make_interval(secs => $1)"
       "   ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
       {INT4OID, INT4OID});
-  int64_t total = 0;
-  for (;;) {
-    uint64_t n = 0;
-    in_transaction("npc_scale: purge finished decisions", [&] {
-      if (!extension_present()) return;
-      n = plan.execute({Int32GetDatum(guc_result_ttl_s), Int32GetDatum(kPurgeBatch)});
-    });
-    total += static_cast<int64_t>(n);
-    if (n < static_cast<uint64_t>(kPurgeBatch)) return total;
-  }
+  return delete_in_batches(plan, {Int32GetDatum(guc_result_ttl_s)}, "npc_scale: purge finished decisions");
 }
 
-// Expired rows of the L3 cache table, likewise in batches.
+// Expired rows of the L3 cache table.
 int64_t purge_cache_store() {
   static SavedPlan plan(
       "DELETE FROM npc_scale.cache_store WHERE key IN ("
       "  SELECT key FROM npc_scale.cache_store WHERE expires_at < now()"
       "   LIMIT $1 FOR UPDATE SKIP LOCKED)",
       {INT4OID});
-  int64_t total = 0;
-  for (;;) {
-    uint64_t n = 0;
-    in_transaction("npc_scale: purge expired cache rows", [&] {
-      if (!extension_present()) return;
-      n = plan.execute({Int32GetDatum(kPurgeBatch)});
-    });
-    total += static_cast<int64_t>(n);
-    if (n < static_cast<uint64_t>(kPurgeBatch)) return total;
-  }
+  return delete_in_batches(plan, {}, "npc_scale: purge expired cache rows");
 }
 
 // ---- scheduled refreshes -------------------------------------------------

@@ -6,8 +6,10 @@
 #include "guard.hpp"
 
 extern "C" {
+#include "datatype/timestamp.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 }
 
 namespace npc_scale {
@@ -29,6 +31,20 @@ inline std::string jsonb_arg(Datum d) {
     pfree(s);
     return out;
   });
+}
+
+// An interval argument in seconds; months count as 30 days, as in
+// Postgres's own extract(epoch FROM interval).
+inline double interval_arg_seconds(FunctionCallInfo fcinfo, int arg) {
+  Interval* iv = pg_call([&] { return PG_GETARG_INTERVAL_P(arg); });
+  return iv->time / 1e6 + (iv->day + iv->month * 30.0) * 86400.0;
+}
+
+// A number of seconds as it reads best in a message ("-1", "0.5").
+inline std::string seconds_text(double secs) {
+  char shown[64];
+  snprintf(shown, sizeof(shown), "%g", secs);
+  return shown;
 }
 
 inline Datum text_datum(const std::string& s) {

@@ -30,13 +30,10 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   parse_params(params);
   bool has_deadline = !PG_ARGISNULL(5);
   if (has_deadline) {
-    Interval* iv = pg_call([&] { return PG_GETARG_INTERVAL_P(5); });
-    double secs = iv->time / 1e6 + (iv->day + iv->month * 30.0) * 86400.0;
+    double secs = interval_arg_seconds(fcinfo, 5);
     if (secs <= 0) {
-      char shown[64];
-      snprintf(shown, sizeof(shown), "%g", secs);
       throw Error(sqlstate::invalid_parameter_value,
-                  std::string("deadline of ") + shown + " s must be a positive interval");
+                  "deadline of " + seconds_text(secs) + " s must be a positive interval");
     }
   }
 
@@ -58,18 +55,11 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   if (PG_ARGISNULL(6)) nulls[1] = 'n';
   if (!has_deadline) nulls[6] = 'n';
 
-  pg_call([] {
-    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "npc_scale: SPI_connect failed");
-  });
   int64 id = 0;
-  try {
+  with_spi([&] {
     insert.execute(std::vector<Datum>(values, values + 7), nulls);
     id = spi_int(0, 1).value_or(0);
-  } catch (...) {
-    pg_call([] { SPI_finish(); });
-    throw;
-  }
-  pg_call([] { SPI_finish(); });
+  });
   wake_dispatcher_at_commit();
   PG_RETURN_INT64(id);
 }

@@ -21,6 +21,11 @@ namespace npc_scale {
 template <typename Fn>
 void in_transaction(const char* activity, Fn&& fn);
 
+// Runs fn with SPI connected, inside the caller's transaction (SQL-callable
+// functions); SPI is finished on every path.
+template <typename Fn>
+void with_spi(Fn&& fn);
+
 // A statement prepared once per process (SPI_keepplan) and reused.
 class SavedPlan {
  public:
@@ -49,6 +54,20 @@ void begin(const char* activity);
 void commit();
 void abort() noexcept;
 }  // namespace spi_detail
+
+template <typename Fn>
+void with_spi(Fn&& fn) {
+  pg_call([] {
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "npc_scale: SPI_connect failed");
+  });
+  try {
+    fn();
+  } catch (...) {
+    pg_call([] { SPI_finish(); });
+    throw;
+  }
+  pg_call([] { SPI_finish(); });
+}
 
 template <typename Fn>
 void in_transaction(const char* activity, Fn&& fn) {

@@ -53,20 +53,6 @@ void note_redis_state(uint64_t errors_before) {
   if (redis().enabled() && pg_atomic_read_u32(&s.redis_up) != up) pg_atomic_write_u32(&s.redis_up, up);
 }
 
-template <typename Fn>
-void with_spi(Fn&& fn) {
-  pg_call([] {
-    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "npc_scale: SPI_connect failed");
-  });
-  try {
-    fn();
-  } catch (...) {
-    pg_call([] { SPI_finish(); });
-    throw;
-  }
-  pg_call([] { SPI_finish(); });
-}
-
 struct L3Row {
   std::string value;
   int64_t ttl_s;  // <= 0: no expiry
