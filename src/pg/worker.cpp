@@ -108,6 +108,10 @@ int worker_wait(long timeout_ms, pgsocket sock, int socket_events) {
     } else {
       rc = WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
     }
+    // WaitLatchOrSocket reports one event: a socket can hide a latch that
+    // was set too. ResetLatch clears it either way, so say it was set —
+    // or a wake-up (new work committed) would be lost until the next timer.
+    if (MyLatch->is_set) rc |= WL_LATCH_SET;
     ResetLatch(MyLatch);
     CHECK_FOR_INTERRUPTS();
     if (ConfigReloadPending) reload_config();
