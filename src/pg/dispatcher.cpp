@@ -771,7 +771,9 @@ void Dispatcher::housekeeping() {
   }
   int requeued = 0;
   wake_waiters(recover_leases(false, guc_max_attempts, &requeued));
-  if (requeued > 0) maybe_more_work_ = true;
+  // A safety net, not the mechanism: commits wake the dispatcher at once;
+  // this look per second only bounds the cost of a wake-up ever lost.
+  maybe_more_work_ = true;
   wake_waiters(expire_queued());
   auto retry = next_retry_in_ms();
   if (retry) {
