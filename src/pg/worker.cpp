@@ -28,9 +28,16 @@ char g_connected_database[NAMEDATALEN];
 
 WorkerSlot& my_slot() { return shared_state().workers[static_cast<int>(g_kind)]; }
 
-// on_shmem_exit: the slot says "stopped" once this process is gone.
-void clear_slot(int, Datum) {
-  SharedState& s = shared_state();
+// on_shmem_exit: the slot says "stopped" once this process is gone. Called
+// from Postgres's C code: nothing may be thrown out of it.
+void clear_slot(int, Datum) noexcept {
+  SharedState* state = nullptr;
+  try {
+    state = &shared_state();
+  } catch (...) {
+    return;
+  }
+  SharedState& s = *state;
   SpinLockAcquire(&s.mutex);
   WorkerSlot& slot = s.workers[static_cast<int>(g_kind)];
   if (slot.pid == MyProcPid) {
