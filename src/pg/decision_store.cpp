@@ -105,12 +105,6 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
 
 }  // namespace
 
-bool store_ready() {
-  bool ready = false;
-  in_transaction("npc_scale: check extension", [&] { ready = extension_present(); });
-  return ready;
-}
-
 std::vector<EndpointConfig> load_endpoints() {
   static SavedPlan plan(
       "SELECT gpu_id, endpoint, model, api, max_concurrent, enabled, coalesce(api_key, ''),"

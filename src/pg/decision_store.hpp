@@ -31,8 +31,6 @@ struct ClaimResult {
   std::vector<ClaimedDecision> running;  // to send now
 };
 
-// Whether the extension exists (the workers idle until it does).
-bool store_ready();
 
 std::vector<EndpointConfig> load_endpoints();
 

@@ -28,6 +28,7 @@
 #include "guard.hpp"
 #include "gucs.hpp"
 #include "shared_state.hpp"
+#include "spi.hpp"
 #include "tiered_cache.hpp"
 #include "worker.hpp"
 
@@ -152,7 +153,7 @@ void Dispatcher::start_up() {
     SetConfigOption("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION);
   });
   // Idle until CREATE EXTENSION npc_scale has run in this database.
-  while (!store_ready()) {
+  while (!extension_ready()) {
     worker_set_state(WorkerState::idle, "waiting for CREATE EXTENSION npc_scale");
     worker_wait(kNoExtensionWaitMs);
   }
@@ -765,7 +766,7 @@ void Dispatcher::fail_sync_slot(int index, uint64 ticket, const std::string& err
 
 void Dispatcher::housekeeping() {
   next_housekeeping_ms_ = now_ms() + kHousekeepingMs;
-  if (!store_ready()) {
+  if (!extension_ready()) {
     pending_results_.clear();
     return;
   }

@@ -65,11 +65,6 @@ int64_t purge_cache_store() {
 
 // ---- scheduled refreshes -------------------------------------------------
 
-bool store_ready_for_maintenance() {
-  bool ready = false;
-  in_transaction("npc_scale: check extension", [&] { ready = extension_present(); });
-  return ready;
-}
 
 struct DueJob {
   int64_t job = 0;
@@ -219,7 +214,7 @@ void run_maintenance_worker() {
     worker_wait(wait_ms);
     wait_ms = kTickMs;
     try {
-      if (!recovered && store_ready_for_maintenance()) {
+      if (!recovered && extension_ready()) {
         fail_orphaned_runs();
         recovered = true;
       }

@@ -106,3 +106,13 @@ bool extension_present() {
 }
 
 }  // namespace npc_scale
+
+namespace npc_scale {
+
+bool extension_ready() {
+  bool ready = false;
+  in_transaction("npc_scale: check extension", [&] { ready = extension_present(); });
+  return ready;
+}
+
+}  // namespace npc_scale

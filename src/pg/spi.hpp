@@ -46,8 +46,10 @@ std::optional<int64_t> spi_int(uint64_t row, int col);
 std::optional<double> spi_float(uint64_t row, int col);
 bool spi_bool(uint64_t row, int col);
 
-// True when CREATE EXTENSION npc_scale has run in this database.
+// True when CREATE EXTENSION npc_scale has run in this database (inside a transaction).
 bool extension_present();
+// The same, in a short transaction of its own (the workers idle until it is true).
+bool extension_ready();
 
 namespace spi_detail {
 void begin(const char* activity);
