@@ -389,6 +389,7 @@ class Load {
   std::vector<PoolConn> pool_;
   PGconn* listen_ = nullptr;
   PGconn* monitor_ = nullptr;  // dashboard queue depth, final queries
+  std::string fleet_line_;     // dashboard: per-GPU load, breaker, latency; cache and affinity
   bool monitor_busy_ = false;
   std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
   uint64_t timer_seq_ = 0;
@@ -717,6 +718,7 @@ void Load::on_monitor_event() {
     if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
       queue_queued_ = std::strtol(PQgetvalue(r, 0, 0), nullptr, 10);
       queue_running_ = std::strtol(PQgetvalue(r, 0, 1), nullptr, 10);
+      fleet_line_ = PQnfields(r) > 2 ? PQgetvalue(r, 0, 2) : "";
     }
     PQclear(r);
   }
@@ -756,18 +758,26 @@ void Load::tick(TimePoint now) {
       std::printf("                 overall:  p50 %7s  p99 %7s\n", fmt_ms(p50).c_str(), fmt_ms(p99).c_str());
       std::printf("  queue          %8s queued, %s running (npc_scale.queue_stats)\n", q.c_str(), rn.c_str());
       std::printf("  in flight      %8d   waiting for a pool connection %zu\n", infl, waiting_.size());
+      if (!fleet_line_.empty()) std::printf("  fleet          %s\n", fleet_line_.c_str());
     } else {
       std::printf("t=%.1fs %s done=%" PRIu64 " rate=%.1f/s p50_1s=%s p99_1s=%s p50=%s p99=%s "
-                  "queued=%s running=%s inflight=%d errors=%" PRIu64 "\n",
+                  "queued=%s running=%s inflight=%d errors=%" PRIu64 " %s\n",
                   elapsed, phase, done_total_, rate, fmt_ms(p50_1s).c_str(), fmt_ms(p99_1s).c_str(),
-                  fmt_ms(p50).c_str(), fmt_ms(p99).c_str(), q.c_str(), rn.c_str(), infl, errors_total_);
+                  fmt_ms(p50).c_str(), fmt_ms(p99).c_str(), q.c_str(), rn.c_str(), infl, errors_total_,
+                  fleet_line_.c_str());
     }
     std::fflush(stdout);
     // Next refresh's queue depth, asynchronously on its own connection.
     if (!monitor_busy_ && monitor_) {
       if (PQsendQuery(monitor_,
                       "SELECT coalesce(sum(decisions) FILTER (WHERE status = 'queued'), 0), "
-                      "coalesce(sum(decisions) FILTER (WHERE status = 'running'), 0) "
+                      "coalesce(sum(decisions) FILTER (WHERE status = 'running'), 0), "
+                      "(SELECT coalesce(string_agg(format('gpu%s %s/%s %s %sms', gpu_id, in_flight,"
+                      "   max_concurrent, breaker, round(avg_latency_ms)), ' | ' ORDER BY gpu_id), '')"
+                      "   FROM npc_scale.endpoint_stats)"
+                      " || (SELECT format(' | affinity hits %s | cache hits %s', coalesce(a.hit_rate::text, '-'),"
+                      "   coalesce(round(c.hit_rate::numeric, 2)::text, '-')) FROM npc_scale.affinity_stats a,"
+                      "   npc_scale.cache_stats c) "
                       "FROM npc_scale.queue_stats")) {
         monitor_busy_ = true;
         PQflush(monitor_);
