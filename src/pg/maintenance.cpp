@@ -162,9 +162,11 @@ void run_job(const DueJob& d) {
   finish_run(d.run, true, "", rows);
 }
 
+// nullopt when no job is active. (Not greatest(0, ...) in SQL: greatest
+// skips NULLs, so "no job" came back as 0 and the worker spun.)
 std::optional<int64_t> ms_until_next_job() {
   static SavedPlan plan(
-      "SELECT greatest(0, (extract(epoch FROM min(next_run_at) - now()) * 1000)::bigint)"
+      "SELECT (extract(epoch FROM min(next_run_at) - now()) * 1000)::bigint"
       "  FROM npc_scale.maintenance_jobs WHERE active",
       {});
   std::optional<int64_t> out;
@@ -172,6 +174,7 @@ std::optional<int64_t> ms_until_next_job() {
     if (!extension_present()) return;
     if (plan.execute({}, nullptr, true) == 1) out = spi_int(0, 1);
   });
+  if (out) out = std::max<int64_t>(*out, 0);
   return out;
 }
 

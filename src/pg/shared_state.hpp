@@ -26,6 +26,7 @@ struct WorkerSlot {
   TimestampTz started_at;
   int64 starts;         // since the shared memory was (re)initialised
   int64 config_reloads;
+  int64 wakeups;        // returns from the worker's wait: an idle worker must not spin
   int pgprocno;         // to set the worker's latch; -1 when not running
 };
 

@@ -48,6 +48,13 @@ void clear_slot(int, Datum) noexcept {
   SpinLockRelease(&s.mutex);
 }
 
+void count_wakeup() {
+  SharedState& s = shared_state();
+  SpinLockAcquire(&s.mutex);
+  my_slot().wakeups++;
+  SpinLockRelease(&s.mutex);
+}
+
 void reload_config() {
   ConfigReloadPending = false;
   ProcessConfigFile(PGC_SIGHUP);
@@ -120,6 +127,7 @@ int worker_wait(long timeout_ms, pgsocket sock, int socket_events) {
     // or a wake-up (new work committed) would be lost until the next timer.
     if (MyLatch->is_set) rc |= WL_LATCH_SET;
     ResetLatch(MyLatch);
+    count_wakeup();
     CHECK_FOR_INTERRUPTS();
     if (ConfigReloadPending) reload_config();
     return rc;

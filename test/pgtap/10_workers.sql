@@ -1,7 +1,7 @@
 -- Background workers: registered, connected, waiting on their latch, and
 -- restarted after SIGTERM (pg_terminate_backend).
 BEGIN;
-SELECT plan(14);
+SELECT plan(16);
 
 SELECT has_function('npc_scale', 'worker_status', 'worker_status() exists');
 SELECT set_eq(
@@ -47,6 +47,20 @@ SELECT ok(npc_test.wait_for($$ (SELECT bool_and(state = 'idle') FROM npc_scale.w
 SELECT cmp_ok((SELECT started_at FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'), '>',
               (SELECT started_at FROM before WHERE name = 'npc_scale dispatcher'),
               'the restarted dispatcher has a later started_at');
+
+-- Idle workers sleep until their next timer (the maintenance tick is 1 s; the
+-- dispatcher also scrapes each endpoint's /metrics once a second): a handful
+-- of wake-ups a second, where a spinning loop makes thousands. The window is
+-- a measurement, not a synchronisation.
+CREATE TEMP TABLE w0 AS SELECT name, wakeups, clock_timestamp() AS t FROM npc_scale.worker_status();
+SELECT pg_sleep(2);
+CREATE TEMP TABLE w1 AS
+  SELECT w.name, (w.wakeups - w0.wakeups) / extract(epoch FROM clock_timestamp() - w0.t) AS per_s
+    FROM npc_scale.worker_status() w JOIN w0 USING (name);
+SELECT cmp_ok((SELECT per_s FROM w1 WHERE name = 'npc_scale maintenance')::numeric, '<', 10::numeric,
+  'the idle maintenance worker wakes a few times a second, not in a loop');
+SELECT cmp_ok((SELECT per_s FROM w1 WHERE name = 'npc_scale dispatcher')::numeric, '<', 200::numeric,
+  'the idle dispatcher wakes for its timers only, not in a loop');
 
 SELECT * FROM finish();
 ROLLBACK;
