@@ -6,6 +6,7 @@
 extern "C" {
 #include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 }
@@ -125,6 +126,38 @@ std::vector<EndpointConfig> load_endpoints() {
       e.weight = spi_float(i, 8).value_or(1.0);
       e.send_priority = spi_bool(i, 9);
       out.push_back(std::move(e));
+    }
+  });
+  return out;
+}
+
+std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, int lease_s) {
+  static SavedPlan plan(
+      "UPDATE npc_scale.decision_queue q SET"
+      "  status = 'running', attempts = q.attempts + 1,"
+      "  leased_until = now() + make_interval(secs => $2),"
+      "  started_at = coalesce(q.started_at, now()), not_before = NULL "
+      "WHERE q.id = ANY($1) AND q.status = 'queued' "
+      "RETURNING q.id, q.attempts",
+      {INT8ARRAYOID, INT4OID});
+  std::unordered_map<int64_t, int> out;
+  if (ids.empty()) return out;
+  in_transaction("npc_scale: claim handed-off decisions", [&] {
+    if (!extension_present()) return;
+    // As claim_decisions: a claim lost in a crash leaves the row queued.
+    pg_call([] {
+      (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+                              GUC_ACTION_LOCAL, true, 0, false);
+    });
+    Datum arr = pg_call([&] {
+      std::vector<Datum> d;
+      for (int64_t id : ids) d.push_back(Int64GetDatum(id));
+      return PointerGetDatum(construct_array(d.data(), static_cast<int>(d.size()), INT8OID, sizeof(int64),
+                                             FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+    });
+    uint64_t n = plan.execute({arr, Int32GetDatum(lease_s)});
+    for (uint64_t i = 0; i < n; i++) {
+      out.emplace(spi_int(i, 1).value_or(0), static_cast<int>(spi_int(i, 2).value_or(1)));
     }
   });
   return out;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/attempt.hpp"
@@ -40,6 +41,10 @@ std::vector<EndpointConfig> load_endpoints();
 // expires those) — leased for lease_s seconds. Commits without waiting for
 // the WAL flush (see the .cpp for why that is safe).
 ClaimResult claim_decisions(int limit, int lease_s);
+
+// Claims exactly these decisions if they are still queued (handed off at
+// commit and already sent); returns id -> attempts of those claimed.
+std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, int lease_s);
 
 // Writes a batch of results, durably; a row is written only if it is still
 // the same running claim (status running, same attempts). Returns the ids

@@ -27,6 +27,7 @@
 #include "decision_store.hpp"
 #include "guard.hpp"
 #include "gucs.hpp"
+#include "handoff.hpp"
 #include "shared_state.hpp"
 #include "spi.hpp"
 #include "tiered_cache.hpp"
@@ -93,6 +94,10 @@ class Dispatcher {
   void publish_stats();
   void serve_sync_slots();
   void claim_and_send();
+  // Decisions handed off at commit: sent at once, then claimed by id.
+  void send_handed_off();
+  void claim_handed_off();
+  void cancel_request(uint64_t tag);
   void flush_results();
   void handle_finished();
   void finish(const InFlight& f, const HttpResult& r);
@@ -121,6 +126,7 @@ class Dispatcher {
   std::string fleet_signature_;
   uint64_t next_tag_ = 1;
   std::vector<DecisionResult> pending_results_;
+  std::vector<std::pair<int64_t, uint64_t>> sent_unclaimed_;  // (decision id, request tag)
   bool maybe_more_work_ = true;   // look at the queue on the next round
   bool capacity_blocked_ = false;  // the last look stopped at the fleet's capacity
   int64_t next_housekeeping_ms_ = 0;
@@ -183,7 +189,9 @@ void Dispatcher::start_up() {
 
 void Dispatcher::tick(int wake_events) {
   if (wake_events & WL_LATCH_SET) {
-    maybe_more_work_ = true;
+    // Only commits that queued rows the handoff did not carry need a look at
+    // the table; handed-off ones are read from shared memory below.
+    if (pg_atomic_exchange_u32(&shared_state().queue_dirty, 0) != 0) maybe_more_work_ = true;
     configure_router();  // a SIGHUP also sets the latch
   }
   http_.perform();
@@ -195,9 +203,16 @@ void Dispatcher::tick(int wake_events) {
     retry_due_ms_.reset();
     maybe_more_work_ = true;
   }
-  // Answers first: a claim can wait a few hundred microseconds, an answer
-  // the game is waiting for should not wait for a claim.
-  flush_results();
+  // New work out first (a send costs microseconds, no transaction), then
+  // answers (a durable commit), then the claims.
+  send_handed_off();
+  try {
+    flush_results();
+  } catch (...) {
+    claim_handed_off();
+    throw;
+  }
+  claim_handed_off();
   if (maybe_more_work_) claim_and_send();
   if (now_ms() >= next_housekeeping_ms_) housekeeping();
   if (now_ms() >= next_stats_ms_) publish_stats();
@@ -498,13 +513,7 @@ void Dispatcher::serve_sync_slots() {
       SpinLockRelease(&slot->mutex);
       for (auto it = in_flight_.begin(); it != in_flight_.end(); ++it) {
         if (it->second.kind == Work::sync && it->second.slot == i && it->second.ticket == ticket) {
-          http_.cancel(it->first);
-          if (auto idx = fleet_.index_of(it->second.gpu_id)) {
-            if (--fleet_.endpoints()[*idx].in_flight < 0) fleet_.endpoints()[*idx].in_flight = 0;
-          }
-          if (!it->second.cache_key.empty()) in_flight_by_key_.erase(it->second.cache_key);
-          requeue_followers(it->second.followers);
-          in_flight_.erase(it);
+          cancel_request(it->first);
           break;
         }
       }
@@ -617,6 +626,102 @@ void Dispatcher::claim_and_send() {
       pending_results_.push_back({d.id, d.attempts, "failed", "", e.what(), 0, 0});
     }
   }
+}
+
+void Dispatcher::send_handed_off() {
+  std::vector<HandoffEntry> entries = handoff_take(MyDatabaseId);
+  if (entries.empty()) return;
+  const int64_t now_us = GetCurrentTimestamp();
+  const long lease_cap_ms = std::max(1000L, (guc_lease_timeout_s - 5) * 1000L);
+  for (HandoffEntry& e : entries) {
+    // The table path keeps priority order when work is waiting, answers
+    // cache hits and joins identical requests in flight (coalescing).
+    if (capacity_blocked_) {
+      maybe_more_work_ = true;
+      continue;
+    }
+    try {
+      GenerationParams params = parse_params(e.params);
+      if (e.deadline_us && *e.deadline_us <= now_us) {
+        maybe_more_work_ = true;  // expires on the table path
+        continue;
+      }
+      InFlight info;
+      info.decision_id = e.id;  // attempts: set by the claim
+      CachePolicy policy = cache_policy(params, guc_cache_default_ttl_s);
+      if (policy.use) {
+        std::string key = generation_key(generation_cache_key(fleet_signature_, e.prompt, params));
+        CacheLayer layer;
+        if (in_flight_by_key_.count(key) > 0 || cache_lookup(key, false, &layer)) {
+          maybe_more_work_ = true;
+          continue;
+        }
+        info.cache_key = std::move(key);  // a miss: this request will fill the cache
+        info.cache_ttl_s = policy.ttl_s;
+      }
+      ClaimedDecision d;
+      d.id = e.id;
+      d.priority = e.priority;
+      d.npc_id = e.npc_id;
+      d.decision_type = std::move(e.decision_type);
+      d.prompt = std::move(e.prompt);
+      auto pick = route(d.priority, affinity_key(d), std::nullopt);
+      if (!pick) {
+        maybe_more_work_ = true;
+        capacity_blocked_ = true;
+        continue;
+      }
+      long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
+      if (e.deadline_us) timeout = std::min<long>(timeout, std::max<int64_t>(1, (*e.deadline_us - now_us) / 1000));
+      timeout = std::min(timeout, lease_cap_ms);
+      const uint64_t tag = next_tag_;
+      send(*pick, info, d.prompt, params, d.priority, timeout);
+      sent_unclaimed_.emplace_back(d.id, tag);
+      pg_atomic_fetch_add_u64(&shared_state().handoff_sent, 1);
+    } catch (const std::exception& e2) {
+      maybe_more_work_ = true;  // the table path reports what is wrong with it
+    }
+  }
+  http_.perform();  // out now, not after the next wait
+}
+
+void Dispatcher::claim_handed_off() {
+  if (sent_unclaimed_.empty()) return;
+  std::vector<std::pair<int64_t, uint64_t>> sent;
+  sent.swap(sent_unclaimed_);
+  std::vector<int64_t> ids;
+  for (const auto& [id, tag] : sent) ids.push_back(id);
+  std::unordered_map<int64_t, int> claimed;
+  try {
+    claimed = claim_by_ids(ids, guc_lease_timeout_s);
+  } catch (...) {
+    claimed.clear();  // unclaimed: cancelled below, the table path sends them again
+    for (const auto& [id, tag] : sent) cancel_request(tag);
+    throw;
+  }
+  for (const auto& [id, tag] : sent) {
+    auto c = claimed.find(id);
+    auto it = in_flight_.find(tag);
+    if (c != claimed.end() && it != in_flight_.end()) {
+      it->second.attempts = c->second;
+    } else {
+      // Claimed on the table path already, or cancelled since its commit.
+      cancel_request(tag);
+      pg_atomic_fetch_add_u64(&shared_state().handoff_unclaimed, 1);
+    }
+  }
+}
+
+void Dispatcher::cancel_request(uint64_t tag) {
+  auto it = in_flight_.find(tag);
+  if (it == in_flight_.end()) return;
+  http_.cancel(tag);
+  if (auto idx = fleet_.index_of(it->second.gpu_id)) {
+    if (--fleet_.endpoints()[*idx].in_flight < 0) fleet_.endpoints()[*idx].in_flight = 0;
+  }
+  if (!it->second.cache_key.empty()) in_flight_by_key_.erase(it->second.cache_key);
+  requeue_followers(it->second.followers);
+  in_flight_.erase(it);
 }
 
 // Writes finished decisions in one durable transaction, then wakes waiters.

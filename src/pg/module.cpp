@@ -3,6 +3,7 @@
 // shared_preload_libraries, because workers and shared memory can only be set
 // up while the postmaster starts.
 #include "gucs.hpp"
+#include "handoff.hpp"
 #include "l1_cache.hpp"
 #include "shared_state.hpp"
 #include "worker.hpp"
@@ -29,6 +30,7 @@ void npc_shmem_request() {
   if (prev_shmem_request_hook) prev_shmem_request_hook();
   RequestAddinShmemSpace(npc_scale::shared_state_size());
   RequestAddinShmemSpace(npc_scale::l1_cache_size());
+  RequestAddinShmemSpace(npc_scale::handoff_size());
   npc_scale::l1_cache_request();
 }
 
@@ -36,6 +38,7 @@ void npc_shmem_startup() {
   if (prev_shmem_startup_hook) prev_shmem_startup_hook();
   npc_scale::shared_state_attach();
   npc_scale::l1_cache_attach();
+  npc_scale::handoff_attach();
 }
 
 void register_worker(npc_scale::WorkerKind kind, const char* entry) {

@@ -8,12 +8,14 @@
 #include "core/generation.hpp"
 #include "core/request_check.hpp"
 #include "guard.hpp"
+#include "handoff.hpp"
 #include "gucs.hpp"
 #include "pg_text.hpp"
 #include "spi.hpp"
 #include "wake.hpp"
 
 extern "C" {
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "utils/timestamp.h"
 }
@@ -40,7 +42,8 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   static SavedPlan insert(
       "INSERT INTO npc_scale.decision_queue"
       " (npc_id, world_id, decision_type, prompt, params, priority, deadline)"
-      " VALUES ($1, $2, $3, $4, $5::jsonb, $6, now() + $7) RETURNING id",
+      " VALUES ($1, $2, $3, $4, $5::jsonb, $6, now() + $7)"
+      " RETURNING id, (extract(epoch FROM deadline - now()) * 1000000)::bigint",
       {INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, INT2OID, INTERVALOID});
   Datum values[7] = {
       Int64GetDatum(*args.npc_id),
@@ -55,11 +58,21 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   if (PG_ARGISNULL(6)) nulls[1] = 'n';
   if (!has_deadline) nulls[6] = 'n';
 
-  int64 id = 0;
+  HandoffEntry entry;
   with_spi([&] {
     insert.execute(std::vector<Datum>(values, values + 7), nulls);
-    id = spi_int(0, 1).value_or(0);
+    entry.id = spi_int(0, 1).value_or(0);
+    if (auto left_us = spi_int(0, 2)) {
+      entry.deadline_us = pg_call([] { return GetCurrentTransactionStartTimestamp(); }) + *left_us;
+    }
   });
-  wake_dispatcher_at_commit();
+  const int64 id = entry.id;
+  entry.npc_id = *args.npc_id;
+  entry.priority = *args.priority;
+  entry.decision_type = std::move(*args.decision_type);
+  entry.prompt = std::move(*args.prompt);
+  entry.params = std::move(params);
+  handoff_at_commit(std::move(entry));
+  wake_dispatcher_at_commit(/*handed_off=*/true);
   PG_RETURN_INT64(id);
 }

@@ -87,6 +87,9 @@ struct SharedState {
   slock_t mutex;  // guards workers[]; held for a few instructions only
   WorkerSlot workers[kWorkerCount];
   pg_atomic_uint64 queue_wakeups;         // commits that woke the dispatcher for new work
+  pg_atomic_uint32 queue_dirty;           // 1: queued rows the dispatcher has not been handed
+  pg_atomic_uint64 handoff_sent;          // decisions sent straight from the commit handoff
+  pg_atomic_uint64 handoff_unclaimed;     // … whose claim then found them taken or cancelled
   pg_atomic_uint64 endpoints_generation;  // bumped at commit of a gpu_endpoints change
   ConditionVariable slot_freed_cv;        // broadcast when a generate() slot becomes free
   int waiter_count;                       // entries in waiters[]

@@ -1,6 +1,7 @@
 #include "wake.hpp"
 
 #include "guard.hpp"
+#include "handoff.hpp"
 #include "shared_state.hpp"
 #include "worker.hpp"
 
@@ -15,20 +16,28 @@ namespace {
 
 bool g_callback_registered = false;
 bool g_wake_pending = false;
+bool g_table_pending = false;  // queued work the handoff does not carry
 bool g_endpoints_pending = false;
 
 void on_transaction_end(XactEvent event) {
   switch (event) {
     case XACT_EVENT_COMMIT:
-    case XACT_EVENT_PARALLEL_COMMIT:
-      if (g_endpoints_pending) pg_atomic_fetch_add_u64(&shared_state().endpoints_generation, 1);
-      if (g_wake_pending) pg_atomic_fetch_add_u64(&shared_state().queue_wakeups, 1);
+    case XACT_EVENT_PARALLEL_COMMIT: {
+      SharedState& s = shared_state();
+      // Handed-off decisions are in shared memory before the latch is set.
+      if (!handoff_publish_pending()) g_table_pending = true;
+      if (g_endpoints_pending) pg_atomic_fetch_add_u64(&s.endpoints_generation, 1);
+      if (g_table_pending) pg_atomic_write_u32(&s.queue_dirty, 1);
+      if (g_wake_pending) pg_atomic_fetch_add_u64(&s.queue_wakeups, 1);
       if (g_wake_pending || g_endpoints_pending) wake_worker(WorkerKind::dispatcher);
-      g_wake_pending = g_endpoints_pending = false;
+      g_wake_pending = g_table_pending = g_endpoints_pending = false;
       break;
+    }
     case XACT_EVENT_ABORT:
     case XACT_EVENT_PARALLEL_ABORT:
-      g_wake_pending = g_endpoints_pending = false;
+    case XACT_EVENT_PREPARE:  // COMMIT PREPARED runs elsewhere; the 1 s look finds it
+      handoff_forget_pending();
+      g_wake_pending = g_table_pending = g_endpoints_pending = false;
       break;
     default:
       break;
@@ -41,7 +50,8 @@ void at_transaction_end(XactEvent event, void*) noexcept {
   try {
     on_transaction_end(event);
   } catch (...) {
-    g_wake_pending = g_endpoints_pending = false;
+    handoff_forget_pending();
+    g_wake_pending = g_table_pending = g_endpoints_pending = false;
   }
 }
 
@@ -54,9 +64,10 @@ void ensure_callback() {
 
 }  // namespace
 
-void wake_dispatcher_at_commit() {
+void wake_dispatcher_at_commit(bool handed_off) {
   ensure_callback();
   g_wake_pending = true;
+  if (!handed_off) g_table_pending = true;
 }
 
 void endpoints_changed_at_commit() {

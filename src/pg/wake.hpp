@@ -6,7 +6,9 @@
 
 namespace npc_scale {
 
-void wake_dispatcher_at_commit();
+// handed_off: the new rows were also given to handoff_at_commit(), so the
+// dispatcher need not look at the table for them.
+void wake_dispatcher_at_commit(bool handed_off = false);
 void endpoints_changed_at_commit();
 
 }  // namespace npc_scale

@@ -11,6 +11,8 @@ extern "C" {
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/backend_status.h"
@@ -114,17 +116,34 @@ void worker_set_state(WorkerState state, const char* activity) {
 
 int worker_wait(long timeout_ms, pgsocket sock, int socket_events) {
   return pg_call([&] {
-    int events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
-    if (timeout_ms >= 0) events |= WL_TIMEOUT;
-    int rc;
+    int rc = 0;
     if (sock != PGINVALID_SOCKET) {
-      rc = WaitLatchOrSocket(MyLatch, events | socket_events, sock, timeout_ms, PG_WAIT_EXTENSION);
+      // One wait set for the life of the process: WaitLatchOrSocket would
+      // build (epoll_create, three epoll_ctl) and close one per call.
+      static WaitEventSet* set = nullptr;
+      static pgsocket set_sock = PGINVALID_SOCKET;
+      static int set_events = 0;
+      if (set == nullptr || set_sock != sock || set_events != socket_events) {
+        if (set != nullptr) FreeWaitEventSet(set);
+        set = CreateWaitEventSet(TopMemoryContext, 3);
+        AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, nullptr);
+        AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, nullptr, nullptr);
+        AddWaitEventToSet(set, socket_events, sock, nullptr, nullptr);
+        set_sock = sock;
+        set_events = socket_events;
+      }
+      WaitEvent events[3];
+      int n = WaitEventSetWait(set, timeout_ms, events, 3, PG_WAIT_EXTENSION);
+      if (n == 0) rc |= WL_TIMEOUT;
+      for (int i = 0; i < n; i++) rc |= events[i].events;
     } else {
+      int events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
+      if (timeout_ms >= 0) events |= WL_TIMEOUT;
       rc = WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
     }
-    // WaitLatchOrSocket reports one event: a socket can hide a latch that
-    // was set too. ResetLatch clears it either way, so say it was set —
-    // or a wake-up (new work committed) would be lost until the next timer.
+    // A socket event can come without the latch event although the latch is
+    // set too. ResetLatch clears it either way, so say it was set — or a
+    // wake-up (new work committed) would be lost until the next timer.
     if (MyLatch->is_set) rc |= WL_LATCH_SET;
     ResetLatch(MyLatch);
     count_wakeup();

@@ -1,0 +1,147 @@
+#include "handoff.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "guard.hpp"
+
+extern "C" {
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+}
+
+namespace npc_scale {
+
+namespace {
+
+// 128 slots of 4 kB: a burst of 128 commits between two dispatcher rounds.
+// Bigger decisions, and commits that find no free slot, take the table path.
+constexpr int kSlots = 128;
+constexpr int kTextBytes = 4096;
+
+enum SlotState : uint32 { kFree = 0, kFilling = 1, kReady = 2 };
+
+struct Slot {
+  pg_atomic_uint32 state;
+  Oid db;
+  int64 id, npc_id;
+  int priority;
+  bool has_deadline;
+  int64 deadline_us;
+  int type_len, prompt_len, params_len;
+  char text[kTextBytes];  // decision_type, prompt, params back to back
+};
+
+struct Area {
+  pg_atomic_uint32 next;  // where producers start looking for a free slot
+  Slot slots[kSlots];
+};
+
+Area* g_area = nullptr;
+
+struct Pending {
+  HandoffEntry entry;
+  SubTransactionId subxact;
+};
+std::vector<Pending> g_pending;  // this backend's, until its transaction ends
+bool g_callbacks_registered = false;
+
+bool publish(const HandoffEntry& e) {
+  const size_t bytes = e.decision_type.size() + e.prompt.size() + e.params.size();
+  if (g_area == nullptr || bytes > static_cast<size_t>(kTextBytes)) return false;
+  const uint32 start = pg_atomic_fetch_add_u32(&g_area->next, 1);
+  for (int k = 0; k < kSlots; k++) {
+    Slot& s = g_area->slots[(start + k) % kSlots];
+    uint32 expected = kFree;
+    if (!pg_atomic_compare_exchange_u32(&s.state, &expected, kFilling)) continue;
+    s.db = MyDatabaseId;
+    s.id = e.id;
+    s.npc_id = e.npc_id;
+    s.priority = e.priority;
+    s.has_deadline = e.deadline_us.has_value();
+    s.deadline_us = e.deadline_us.value_or(0);
+    s.type_len = static_cast<int>(e.decision_type.size());
+    s.prompt_len = static_cast<int>(e.prompt.size());
+    s.params_len = static_cast<int>(e.params.size());
+    char* p = s.text;
+    memcpy(p, e.decision_type.data(), e.decision_type.size());
+    memcpy(p + s.type_len, e.prompt.data(), e.prompt.size());
+    memcpy(p + s.type_len + s.prompt_len, e.params.data(), e.params.size());
+    pg_write_barrier();  // contents before the state that says they are there
+    pg_atomic_write_u32(&s.state, kReady);
+    return true;
+  }
+  return false;  // no free slot: the dispatcher claims this one from the table
+}
+
+// Subtransaction ids grow within a transaction, and a subtransaction still
+// open when `sub` aborts is one of its children: everything noted at or
+// after `sub` was undone with it.
+void at_subxact_end(SubXactEvent event, SubTransactionId sub, SubTransactionId, void*) noexcept {
+  if (event != SUBXACT_EVENT_ABORT_SUB) return;
+  g_pending.erase(std::remove_if(g_pending.begin(), g_pending.end(),
+                                 [&](const Pending& p) { return p.subxact >= sub; }),
+                  g_pending.end());
+}
+
+}  // namespace
+
+Size handoff_size() { return MAXALIGN(sizeof(Area)); }
+
+void handoff_attach() {
+  bool found = false;
+  LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+  g_area = static_cast<Area*>(ShmemInitStruct("npc_scale handoff", handoff_size(), &found));
+  if (!found) {
+    pg_atomic_init_u32(&g_area->next, 0);
+    for (Slot& s : g_area->slots) pg_atomic_init_u32(&s.state, kFree);
+  }
+  LWLockRelease(AddinShmemInitLock);
+}
+
+void handoff_at_commit(HandoffEntry e) {
+  if (!g_callbacks_registered) {
+    pg_call([] { RegisterSubXactCallback(at_subxact_end, nullptr); });
+    g_callbacks_registered = true;
+  }
+  SubTransactionId sub = pg_call([] { return GetCurrentSubTransactionId(); });
+  g_pending.push_back({std::move(e), sub});
+}
+
+bool handoff_publish_pending() {
+  bool all = true;
+  for (const Pending& p : g_pending) all = publish(p.entry) && all;
+  g_pending.clear();
+  return all;
+}
+
+void handoff_forget_pending() { g_pending.clear(); }
+
+std::vector<HandoffEntry> handoff_take(Oid db) {
+  std::vector<HandoffEntry> out;
+  if (g_area == nullptr) return out;
+  for (Slot& s : g_area->slots) {
+    if (pg_atomic_read_u32(&s.state) != kReady) continue;
+    pg_read_barrier();  // state before contents
+    if (s.db == db) {
+      HandoffEntry e;
+      e.id = s.id;
+      e.npc_id = s.npc_id;
+      e.priority = s.priority;
+      if (s.has_deadline) e.deadline_us = s.deadline_us;
+      e.decision_type.assign(s.text, s.type_len);
+      e.prompt.assign(s.text + s.type_len, s.prompt_len);
+      e.params.assign(s.text + s.type_len + s.prompt_len, s.params_len);
+      out.push_back(std::move(e));
+    }
+    pg_memory_barrier();  // done reading before the slot is reused
+    pg_atomic_write_u32(&s.state, kFree);
+  }
+  std::sort(out.begin(), out.end(), [](const HandoffEntry& a, const HandoffEntry& b) { return a.id < b.id; });
+  return out;
+}
+
+}  // namespace npc_scale

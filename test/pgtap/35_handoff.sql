@@ -1,0 +1,59 @@
+-- The commit handoff: request_decision() hands its row to the dispatcher in
+-- shared memory at COMMIT, which sends it before claiming it by id. Rows of a
+-- rolled-back savepoint are never sent, nothing is sent twice, and what the
+-- handoff does not carry (big prompts, cache hits) takes the table
+-- path. Commits (the dispatcher must see the rows) and cleans up after itself.
+SELECT plan(13);
+SELECT npc_test.use_gpus(ARRAY['fast1']);
+SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
+SELECT npc_test.metric('handoff_sent') AS hs0, npc_test.metric('handoff_unclaimed') AS hu0 \gset
+
+BEGIN;
+SELECT npc_scale.request_decision(2001, 'build', 'handoff: kept before the savepoint', 5) AS id_a \gset
+SAVEPOINT s;
+SELECT npc_scale.request_decision(2002, 'build', 'handoff: rolled back with the savepoint', 5) AS id_b \gset
+ROLLBACK TO SAVEPOINT s;
+SELECT npc_scale.request_decision(2003, 'build', 'handoff: kept after the savepoint', 5) AS id_c \gset
+COMMIT;
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s, %s]::bigint[])', :id_a, :id_c)),
+  'both committed decisions are finished');
+SELECT results_eq(
+  format('SELECT status, attempts FROM npc_scale.decision_queue WHERE id IN (%s, %s) ORDER BY id', :id_a, :id_c),
+  $$ VALUES ('done'::text, 1), ('done'::text, 1) $$,
+  'each is done after one attempt');
+SELECT is(npc_test.metric('handoff_sent') - :hs0, 2::bigint,
+  'both were sent straight from the handoff');
+SELECT is(npc_test.gpu_metric('fast1', 'fake_gpu_requests_total'), 2::numeric,
+  'the GPU saw two requests: the rolled-back one was never sent, none twice');
+SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue WHERE id = :id_b), 0,
+  'the rolled-back decision left no row');
+
+-- A prompt too big for a handoff slot (4 kB) takes the table path.
+SELECT npc_scale.request_decision(2004, 'build', repeat('big prompt ', 500), 5) AS id_big \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_big)),
+  'a 5.5 kB prompt is answered');
+SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :id_big), 'done', 'done');
+-- A cacheable request that misses the cache is sent from the handoff and
+-- fills the cache; the same request again is a hit, answered on the table path.
+SELECT npc_scale.request_decision(2005, 'build', 'handoff: cacheable', 5, '{"temperature": 0}') AS id_miss \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_miss)),
+  'a cacheable decision is answered');
+SELECT npc_scale.request_decision(2006, 'build', 'handoff: cacheable', 5, '{"temperature": 0}') AS id_hit \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_hit)),
+  'the same request again is answered');
+SELECT results_eq(
+  format('SELECT status, cache_layer IS NOT NULL, response FROM npc_scale.decision_queue WHERE id IN (%s, %s) ORDER BY id', :id_miss, :id_hit),
+  format('VALUES (''done''::text, false, %L::text), (''done''::text, true, %L::text)',
+         (SELECT response FROM npc_scale.decision_queue WHERE id = :id_miss),
+         (SELECT response FROM npc_scale.decision_queue WHERE id = :id_miss)),
+  'the first from the GPU, the second from the cache, the same answer');
+SELECT is(npc_test.metric('handoff_sent') - :hs0, 3::bigint,
+  'the big one and the cache hit did not come through the handoff, the miss did');
+SELECT is(npc_test.gpu_metric('fast1', 'fake_gpu_requests_total'), 4::numeric,
+  'one GPU request per decision sent, none for the hit');
+SELECT is(npc_test.metric('handoff_unclaimed') - :hu0, 0::bigint,
+  'no handed-off request had to be cancelled');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2006;
+SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
+SELECT * FROM finish();
