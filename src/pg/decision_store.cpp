@@ -22,6 +22,24 @@ void notify_finished(int64_t id) {
   pg_call([&] { Async_Notify(kChannel, payload.c_str()); });
 }
 
+// Statements that touch given rows find them with "id = ANY(<array>)" and
+// write their status test as "(status = 'x') IS TRUE". Their plans are
+// generic and cached, costed on whatever the statistics said (often: an
+// empty queue). A join on id, or a plain status test that matches a partial
+// index (WHERE status = 'queued' / 'running'), then planned as a scan of the
+// whole index or of every queued/running entry, dead ones included, per
+// batch: measured as the dispatcher's top cost under load. An index
+// condition on the primary key reads only the rows asked for.
+
+Datum int8_array(const std::vector<int64_t>& ids) {
+  return pg_call([&] {
+    std::vector<Datum> d;
+    for (int64_t id : ids) d.push_back(Int64GetDatum(id));
+    return PointerGetDatum(construct_array(d.data(), static_cast<int>(d.size()), INT8OID, sizeof(int64),
+                                           FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+  });
+}
+
 std::vector<int64_t> ids_of(uint64_t rows, int col) {
   std::vector<int64_t> ids;
   ids.reserve(rows);
@@ -47,17 +65,17 @@ void claim_in_transaction(int limit, int lease_s, ClaimResult& out) {
       "      AND (deadline IS NULL OR deadline >= now())"
       "    ORDER BY id LIMIT $1)), "
       "c AS ("
-      "  SELECT q.id FROM cand JOIN npc_scale.decision_queue q ON q.id = cand.id"
-      "   WHERE q.status = 'queued'"
-      "   ORDER BY CASE WHEN $3 <= 0 THEN cand.priority ELSE greatest(0, cand.priority -"
-      "              floor(extract(epoch FROM now() - cand.created_at) * 1000 / $3)::int) END,"
-      "            cand.id"
+      "  SELECT q.id FROM npc_scale.decision_queue q"
+      "   WHERE q.id = ANY (ARRAY(SELECT id FROM cand)) AND (q.status = 'queued') IS TRUE"
+      "   ORDER BY CASE WHEN $3 <= 0 THEN q.priority ELSE greatest(0, q.priority -"
+      "              floor(extract(epoch FROM now() - q.created_at) * 1000 / $3)::int) END,"
+      "            q.id"
       "   LIMIT $1 FOR UPDATE OF q SKIP LOCKED) "
       "UPDATE npc_scale.decision_queue q SET"
       "  status = 'running', attempts = q.attempts + 1,"
       "  leased_until = now() + make_interval(secs => $2),"
       "  started_at = coalesce(q.started_at, now()), not_before = NULL "
-      "FROM c WHERE q.id = c.id "
+      "WHERE q.id = ANY (ARRAY(SELECT id FROM c)) "
       "RETURNING q.id, q.attempts, q.priority, q.prompt, q.params::text,"
       "  (extract(epoch FROM q.deadline - now()) * 1000)::bigint, q.gpu_id, q.npc_id, q.decision_type",
       {INT4OID, INT4OID, INT4OID});
@@ -89,14 +107,17 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
       "  finished_at = CASE WHEN r.status = 'queued' THEN NULL ELSE now() END "
       "FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, attempts int, status text,"
       "     response text, error text, gpu_id int, retry_ms bigint, cache_layer text) "
-      "WHERE q.id = r.id AND q.status = 'running' AND q.attempts = r.attempts "
+      "WHERE q.id = ANY ($2) AND q.id = r.id AND (q.status = 'running') IS TRUE"
+      "  AND q.attempts = r.attempts "
       "RETURNING q.id, q.status <> 'queued'",
-      {TEXTOID});
+      {TEXTOID, INT8ARRAYOID});
   if (results.empty()) return;
   std::string json = results_to_json(results);
   {
     Datum arg = pg_call([&] { return PointerGetDatum(cstring_to_text_with_len(json.data(), json.size())); });
-    uint64_t n = plan.execute({arg});
+    std::vector<int64_t> ids;
+    for (const auto& r : results) ids.push_back(r.id);
+    uint64_t n = plan.execute({arg, int8_array(ids)});
     for (uint64_t i = 0; i < n; i++) {
       if (spi_bool(i, 2)) finished.push_back(spi_int(i, 1).value_or(0));
     }
@@ -137,7 +158,7 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
       "  status = 'running', attempts = q.attempts + 1,"
       "  leased_until = now() + make_interval(secs => $2),"
       "  started_at = coalesce(q.started_at, now()), not_before = NULL "
-      "WHERE q.id = ANY($1) AND q.status = 'queued' "
+      "WHERE q.id = ANY($1) AND (q.status = 'queued') IS TRUE "
       "RETURNING q.id, q.attempts",
       {INT8ARRAYOID, INT4OID});
   std::unordered_map<int64_t, int> out;
@@ -149,13 +170,7 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
       (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
                               GUC_ACTION_LOCAL, true, 0, false);
     });
-    Datum arr = pg_call([&] {
-      std::vector<Datum> d;
-      for (int64_t id : ids) d.push_back(Int64GetDatum(id));
-      return PointerGetDatum(construct_array(d.data(), static_cast<int>(d.size()), INT8OID, sizeof(int64),
-                                             FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-    });
-    uint64_t n = plan.execute({arr, Int32GetDatum(lease_s)});
+    uint64_t n = plan.execute({int8_array(ids), Int32GetDatum(lease_s)});
     for (uint64_t i = 0; i < n; i++) {
       out.emplace(spi_int(i, 1).value_or(0), static_cast<int>(spi_int(i, 2).value_or(1)));
     }

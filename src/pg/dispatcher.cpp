@@ -150,13 +150,17 @@ void Dispatcher::run() {
 }
 
 void Dispatcher::start_up() {
-  // Every statement of the dispatcher touches a small batch of rows by
-  // primary key. A hash join would instead read every running row (and the
-  // dead index entries behind them) per batch; keep the planner on nested
-  // loops for this process only.
+  // Every statement of the dispatcher touches a small batch of rows through
+  // an index. Its plans are generic and cached, costed on whatever the
+  // statistics said at the time (often: an empty queue), so a sequential
+  // scan, a bitmap scan or a hash join looked as cheap as an index lookup —
+  // and then read every row (and dead entries) per batch under load. Keep
+  // this process on index scans and nested loops.
   pg_call([] {
     SetConfigOption("enable_hashjoin", "off", PGC_USERSET, PGC_S_SESSION);
     SetConfigOption("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION);
+    SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION);
+    SetConfigOption("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION);
   });
   // Idle until CREATE EXTENSION npc_scale has run in this database.
   while (!extension_ready()) {

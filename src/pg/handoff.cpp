@@ -17,9 +17,9 @@ namespace npc_scale {
 
 namespace {
 
-// 128 slots of 4 kB: a burst of 128 commits between two dispatcher rounds.
+// 512 slots of 4 kB (2 MB): a burst of 512 commits between two dispatcher rounds.
 // Bigger decisions, and commits that find no free slot, take the table path.
-constexpr int kSlots = 128;
+constexpr int kSlots = 512;
 constexpr int kTextBytes = 4096;
 
 enum SlotState : uint32 { kFree = 0, kFilling = 1, kReady = 2 };

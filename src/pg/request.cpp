@@ -42,20 +42,21 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   static SavedPlan insert(
       "INSERT INTO npc_scale.decision_queue"
       " (npc_id, world_id, decision_type, prompt, params, priority, deadline)"
-      " VALUES ($1, $2, $3, $4, $5::jsonb, $6, now() + $7)"
+      " VALUES ($1, $2, $3, $4, coalesce($5, '{}'), $6, now() + $7)"
       " RETURNING id, (extract(epoch FROM deadline - now()) * 1000000)::bigint",
-      {INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, INT2OID, INTERVALOID});
+      {INT8OID, INT8OID, TEXTOID, TEXTOID, JSONBOID, INT2OID, INTERVALOID});
   Datum values[7] = {
       Int64GetDatum(*args.npc_id),
       PG_ARGISNULL(6) ? Datum(0) : PG_GETARG_DATUM(6),
       PG_GETARG_DATUM(1),
       PG_GETARG_DATUM(2),
-      text_datum(params),
+      PG_ARGISNULL(4) ? Datum(0) : PG_GETARG_DATUM(4),  // the jsonb as given: no re-parse
       Int16GetDatum(static_cast<int16>(*args.priority)),
       has_deadline ? PG_GETARG_DATUM(5) : Datum(0),
   };
   char nulls[8] = "       ";
   if (PG_ARGISNULL(6)) nulls[1] = 'n';
+  if (PG_ARGISNULL(4)) nulls[4] = 'n';
   if (!has_deadline) nulls[6] = 'n';
 
   HandoffEntry entry;

@@ -36,6 +36,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <list>
 #include <map>
 #include <optional>
 #include <random>
@@ -88,6 +89,8 @@ struct Options {
   uint64_t seed = 1;
   long timeout_ms = 60000;
   std::string tsv;
+  double epsilon = -1;  // < 0: RouterConfig's default
+  int prefix_cache = 1024;  // per GPU; must equal the fake GPUs' --prefix-cache-entries
 };
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -105,7 +108,8 @@ std::vector<std::string> split(const std::string& s, char sep) {
                "usage: router_bench --gpu NAME=URL,CAP [--gpu ...] [--model M] [--npcs N]\n"
                "  [--max-tokens N] [--warmup S] [--first-warmup S] [--measure S] [--loads 0.4,0.8,1.0,1.2]\n"
                "  [--policies router,router-noaff,round-robin,seed] [--service-n N]\n"
-               "  [--capacity-s S] [--capacity-rps R] [--seed N] [--timeout-ms MS] [--tsv FILE]\n",
+               "  [--capacity-s S] [--capacity-rps R] [--seed N] [--timeout-ms MS] [--tsv FILE]\n"
+               "  [--epsilon E] [--prefix-cache N (the fake GPUs' --prefix-cache-entries, 1024)]\n",
                why);
   std::exit(2);
 }
@@ -138,17 +142,19 @@ Options parse_options(int argc, char** argv) {
     } else if (a == "--policies") o.policies = split(val(), ',');
     else if (a == "--service-n") o.service_n = std::atoi(val().c_str());
     else if (a == "--capacity-s") o.capacity_s = std::atof(val().c_str());
+    else if (a == "--epsilon") o.epsilon = std::atof(val().c_str());
     else if (a == "--capacity-rps") o.capacity_rps = std::atof(val().c_str());
     else if (a == "--seed") o.seed = std::strtoull(val().c_str(), nullptr, 10);
     else if (a == "--timeout-ms") o.timeout_ms = std::atol(val().c_str());
     else if (a == "--tsv") o.tsv = val();
+    else if (a == "--prefix-cache") o.prefix_cache = std::atoi(val().c_str());
     else if (a == "-h" || a == "--help") usage("help");
     else usage(("unknown option " + a).c_str());
   }
   if (o.gpus.empty()) usage("at least one --gpu");
   if (o.npcs < 1 || o.max_tokens < 1 || o.measure_s <= 0 || o.warmup_s < 0 || o.first_warmup_s < 0 ||
-      o.loads.empty())
-    usage("bad --npcs/--max-tokens/--measure/--warmup/--loads");
+      o.loads.empty() || o.prefix_cache < 0)
+    usage("bad --npcs/--max-tokens/--measure/--warmup/--loads/--prefix-cache");
   for (auto& p : o.policies)
     if (p != "router" && p != "router-noaff" && p != "round-robin" && p != "seed")
       usage(("unknown policy " + p).c_str());
@@ -211,7 +217,86 @@ double percentile(std::vector<double>& v, double p) {
   return v[std::min(rank, v.size()) - 1];
 }
 
+constexpr int kMaxPriority = 10;  // priorities uniform 0..kMaxPriority
 int tier_of(int priority) { return priority <= 2 ? 0 : priority <= 7 ? 1 : 2; }
+
+// ---------------------------------------------------------------- oracle bound
+
+// Exact LRU over NPC ids: the fake GPU's PrefixCache with the bench's prompts
+// (one prefix per NPC and policy).
+class LruSim {
+ public:
+  LruSim(size_t capacity, int keys) : cap_(capacity), cached_(keys, 0), pos_(keys) {}
+  bool access(int key) {
+    if (cached_[key]) {
+      order_.splice(order_.begin(), order_, pos_[key]);
+      return true;
+    }
+    if (cap_ == 0) return false;
+    if (order_.size() >= cap_) {
+      cached_[order_.back()] = 0;
+      order_.pop_back();
+    }
+    order_.push_front(key);
+    pos_[key] = order_.begin();
+    cached_[key] = 1;
+    return false;
+  }
+
+ private:
+  size_t cap_;
+  std::list<int> order_;  // most recent first
+  std::vector<char> cached_;
+  std::vector<std::list<int>::iterator> pos_;
+};
+
+// Oracle bound on a window's prefix-cache hit rate, given where its requests
+// went (share[g], any scale). Assumes: each GPU an exact LRU of `cache`
+// prefixes; NPCs equally likely (uniform choice, as the bench); urgent
+// requests (priority 0..2 of the uniform 0..kMaxPriority mix, as the bench)
+// all on the fastest GPU, whatever their NPC; the same per-GPU split as
+// measured. The oracle homes whole NPCs: H = round(N (s_fast - u) / (1 - u))
+// on the fastest GPU (urgent plus their traffic then gives it its measured
+// share), the other N - H split among the other GPUs in proportion to their
+// shares; every non-urgent request goes to its NPC's home. Simulated with a
+// fixed seed (warm-up, then kMeasured requests). This is the best an affinity
+// policy can do under those assumptions, not a proof for all policies.
+double oracle_bound(int npcs, int cache, const std::vector<double>& share, size_t fast, uint64_t seed) {
+  const size_t n = share.size();
+  int urgent_prios = 0;
+  for (int p = 0; p <= kMaxPriority; p++) urgent_prios += tier_of(p) == 0;
+  const double u = static_cast<double>(urgent_prios) / (kMaxPriority + 1);
+  double total = 0, others = 0;
+  for (size_t g = 0; g < n; g++) total += share[g], others += g == fast ? 0 : share[g];
+  if (total <= 0) return NAN;
+  const double s_fast = share[fast] / total;
+  int h = static_cast<int>(std::lround(npcs * (s_fast - u) / (1 - u)));
+  h = std::clamp(h, 0, npcs);
+  if (others <= 0) h = npcs;
+
+  std::vector<size_t> home(npcs, fast);
+  int next = h;  // NPCs 0..h-1 on the fastest GPU, then the others' blocks
+  double acc = 0;
+  for (size_t g = 0; g < n; g++) {
+    if (g == fast || others <= 0) continue;
+    acc += share[g] / others * (npcs - h);
+    int upto = std::min(npcs, static_cast<int>(std::lround(acc)) + h);
+    for (; next < upto; next++) home[next] = g;
+  }
+
+  std::vector<LruSim> caches;
+  for (size_t g = 0; g < n; g++) caches.emplace_back(static_cast<size_t>(cache), npcs);
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> npc_dist(0, npcs - 1), pri_dist(0, kMaxPriority);
+  constexpr int kWarmup = 50000, kMeasured = 200000;
+  uint64_t hits = 0;
+  for (int i = 0; i < kWarmup + kMeasured; i++) {
+    int npc = npc_dist(rng);
+    size_t g = tier_of(pri_dist(rng)) == 0 ? fast : home[npc];
+    if (caches[g].access(npc) && i >= kWarmup) hits++;
+  }
+  return static_cast<double>(hits) / kMeasured;
+}
 
 // ---------------------------------------------------------------- the loop
 
@@ -302,6 +387,7 @@ struct WindowResult {
   uint64_t errors = 0, arrived = 0, sent = 0;
   size_t backlog_local = 0, backlog_gpu = 0;  // at the end: waiting here / in flight there
   double hit_rate = NAN;
+  double oracle_bound = NAN;  // oracle_bound() for this window's shares
   std::vector<double> gpu_hit_rate;  // per GPU, NAN when unknown
   uint64_t aff_hits = 0, aff_misses = 0;  // Router::affinity_hits/misses (home among *eligible*)
   uint64_t keyed_sent = 0, true_home_sent = 0;  // priority 3..10 sends that reached the key's ring home
@@ -339,6 +425,7 @@ class Bench {
   WindowResult window(const std::string& policy, double load, uint32_t tag, double extra_warmup_s);
   void print_header() const;
   void print_row(const WindowResult& w) const;
+  size_t fastest_gpu() const;  // lowest unloaded (cold) service time
 
   Options opt_;
   std::mt19937_64 rng_;
@@ -350,6 +437,13 @@ class Bench {
   std::vector<double> cold_ms_, warm_ms_;
   std::vector<double> gpu_cap_rps_;
 };
+
+size_t Bench::fastest_gpu() const {
+  size_t fast = 0;
+  for (size_t g = 1; g < cold_ms_.size(); g++)
+    if (cold_ms_[g] < cold_ms_[fast]) fast = g;
+  return fast;
+}
 
 std::optional<HttpResult> Bench::call(HttpRequest req, double timeout_s) {
   std::optional<HttpResult> out;
@@ -476,6 +570,7 @@ WindowResult Bench::window(const std::string& policy, double load, uint32_t tag,
   }
   RouterConfig cfg;
   cfg.affinity = policy == "router";
+  if (opt_.epsilon >= 0) cfg.affinity_epsilon = opt_.epsilon;
   Router router(cfg);
   const bool capped = policy == "router" || policy == "router-noaff";
 
@@ -507,7 +602,7 @@ WindowResult Bench::window(const std::string& policy, double load, uint32_t tag,
   auto in_window = [&](int64_t t) { return t >= warm_end && t < end; };
 
   std::exponential_distribution<double> gap(w.offered_rps);
-  std::uniform_int_distribution<int> npc_dist(0, opt_.npcs - 1), pri_dist(0, 10);
+  std::uniform_int_distribution<int> npc_dist(0, opt_.npcs - 1), pri_dist(0, kMaxPriority);
   int64_t next_arrival = t0 + static_cast<int64_t>(gap(rng_) * kSec);
 
   std::function<void(uint64_t, Req)> send = [&](uint64_t id, Req rq) {
@@ -653,6 +748,7 @@ WindowResult Bench::window(const std::string& policy, double load, uint32_t tag,
     w.done_pct[k] = arrived_tier[k] ? 100.0 * finished_tier[k] / arrived_tier[k] : NAN;
   }
   for (size_t g = 0; g < n; g++) w.share[g] = w.sent ? 100.0 * sent_per_gpu[g] / w.sent : 0;
+  w.oracle_bound = oracle_bound(opt_.npcs, opt_.prefix_cache, w.share, fastest_gpu(), opt_.seed);
   w.aff_hits = router.affinity_hits();
   w.aff_misses = router.affinity_misses();
   return w;
@@ -661,9 +757,9 @@ WindowResult Bench::window(const std::string& policy, double load, uint32_t tag,
 void Bench::print_header() const {
   std::string shares;
   for (size_t g = 0; g < opt_.gpus.size(); g++) shares += (g ? "/" : "") + opt_.gpus[g].name;
-  std::printf("\n%-12s %5s %7s %7s %6s | %-13s %-13s %-13s | %-11s | %-10s | %4s %6s | %4s %-14s %5s\n",
+  std::printf("\n%-12s %5s %7s %7s %6s | %-13s %-13s %-13s | %-11s | %-10s | %4s %6s | %4s %5s %-14s %5s\n",
               "policy", "load", "offer/s", "done/s", "%cap", "p50/p99 0-2", "p50/p99 3-7", "p50/p99 8-10",
-              "done%/tier", "sent%/GPU", "err", "backlg", "hit", "hit/GPU", "home%");
+              "done%/tier", "sent%/GPU", "err", "backlg", "hit", "bound", "hit/GPU", "home%");
   std::printf("(GPUs in order: %s)\n", shares.c_str());
 }
 
@@ -706,11 +802,12 @@ void Bench::print_row(const WindowResult& w) const {
     home = b;
   }
   std::printf("%-12s %4.0f%% %7.0f %7.0f %5.1f%% | %-13s %-13s %-13s | %-11s | %-10s | %4" PRIu64
-              " %6zu | %4s %-14s %5s\n",
+              " %6zu | %4s %5s %-14s %5s\n",
               w.policy.c_str(), w.load * 100, w.offered_rps, w.done_rps, w.pct_cap,
               fmt_ms(w.p50[0], w.p99[0]).c_str(), fmt_ms(w.p50[1], w.p99[1]).c_str(),
               fmt_ms(w.p50[2], w.p99[2]).c_str(), done.c_str(), shares.c_str(), w.errors,
-              w.backlog_local + w.backlog_gpu, rate(w.hit_rate).c_str(), gpu_hits.c_str(), home.c_str());
+              w.backlog_local + w.backlog_gpu, rate(w.hit_rate).c_str(), rate(w.oracle_bound).c_str(),
+              gpu_hits.c_str(), home.c_str());
   std::fflush(stdout);
 }
 
@@ -792,8 +889,11 @@ int Bench::run() {
   std::printf("\n(latency = scheduled arrival -> answer, ms, requests finished in the measured window; "
               "done%% = share of the window's arrivals answered by its end; sent%% = where the window's "
               "requests went; backlg = still queued locally or at a GPU at the end (then cancelled); "
-              "hit = fake GPUs' prefix-cache hit rate over the window, all and per GPU; home%% = share of "
-              "the router's priority 3..10 requests sent to their NPC's home GPU on the ring)\n");
+              "hit = fake GPUs' prefix-cache hit rate over the window, all and per GPU; bound = oracle bound on hit "
+              "for the window's sent%%/GPU (LRU of %d entries/GPU, NPCs homed whole, urgent on the fastest "
+              "GPU; see test/bench/README.md); home%% = share of "
+              "the router's priority 3..10 requests sent to their NPC's home GPU on the ring)\n",
+              opt_.prefix_cache);
 
   if (!opt_.tsv.empty()) {
     FILE* f = std::fopen(opt_.tsv.c_str(), "w");
@@ -801,16 +901,15 @@ int Bench::run() {
       std::perror(opt_.tsv.c_str());
       return 1;
     }
-    size_t fast = 0;
-    for (size_t g = 1; g < n; g++)
-      if (cold_ms_[g] < cold_ms_[fast]) fast = g;
+    const size_t fast = fastest_gpu();
     std::fprintf(f, "calib\tcapacity_rps\t%.3f\n", capacity_);
     std::fprintf(f, "calib\tfast_gpu\t%s\n", opt_.gpus[fast].name.c_str());
     std::fprintf(f, "calib\tfast_cold_ms\t%.3f\n", cold_ms_[fast]);
     std::fprintf(f, "calib\tfast_warm_ms\t%.3f\n", warm_ms_[fast]);
+    std::fprintf(f, "calib\tprefix_cache\t%d\n", opt_.prefix_cache);
     std::fprintf(f, "#policy\tload\toffered_rps\tdone_rps\tpct_cap\tp50_0_2\tp99_0_2\tp50_3_7\tp99_3_7\t"
                     "p50_8_10\tp99_8_10\tdone_0_2\tdone_3_7\tdone_8_10\terrors\tbacklog\thit_rate\tshares\t"
-                    "gpu_hit_rates\trouter_affinity_hits\trouter_affinity_misses\tkeyed_sent\ttrue_home_sent\n");
+                    "gpu_hit_rates\trouter_affinity_hits\trouter_affinity_misses\tkeyed_sent\ttrue_home_sent\toracle_bound\n");
     for (const auto& w : results) {
       std::string shares;
       char b[32];
@@ -824,11 +923,11 @@ int Bench::run() {
         gpu_hits += b;
       }
       std::fprintf(f, "row\t%s\t%.2f\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%.1f\t%" PRIu64
-                      "\t%zu\t%.4f\t%s\t%s\t%" PRIu64 "\t%" PRIu64 "\t%" PRIu64 "\t%" PRIu64 "\n",
+                      "\t%zu\t%.4f\t%s\t%s\t%" PRIu64 "\t%" PRIu64 "\t%" PRIu64 "\t%" PRIu64 "\t%.4f\n",
                    w.policy.c_str(), w.load, w.offered_rps, w.done_rps, w.pct_cap, w.p50[0], w.p99[0], w.p50[1],
                    w.p99[1], w.p50[2], w.p99[2], w.done_pct[0], w.done_pct[1], w.done_pct[2], w.errors,
                    w.backlog_local + w.backlog_gpu, w.hit_rate, shares.c_str(), gpu_hits.c_str(), w.aff_hits,
-                   w.aff_misses, w.keyed_sent, w.true_home_sent);
+                   w.aff_misses, w.keyed_sent, w.true_home_sent, w.oracle_bound);
     }
     std::fclose(f);
   }
