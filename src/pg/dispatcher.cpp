@@ -3,11 +3,13 @@
 //
 // One event loop: the worker latch (new work committed, fleet changed,
 // generate() slot filled, SIGHUP/SIGTERM) and libcurl's sockets (through one
-// epoll descriptor) wake the same WaitLatchOrSocket. A rolling window of
+// epoll descriptor) wake the same wait (worker_wait). A rolling window of
 // requests is in flight, bounded per endpoint by max_concurrent; a new request
-// starts as soon as a slot frees. Only what can be sent now is claimed, so
-// waiting work stays in the table in priority order. Results are written in
-// small batched transactions; no transaction is ever open across network I/O.
+// starts as soon as a slot frees. New decisions arrive through the commit
+// handoff (handoff.hpp) and are sent before their claim; otherwise only what
+// can be sent now is claimed, so waiting work stays in the table in priority
+// order. Results are written in small batched transactions; no transaction is
+// ever open across network I/O.
 #include <xxhash.h>
 
 #include <algorithm>

@@ -30,8 +30,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 source "$ROOT/scripts/stack.sh"
 
 NPCS=${NPCS:-500}
-# Each simulated GPU keeps the prefixes of ~256 prompts in its KV cache: a
-# third of the NPCs. Without affinity every GPU sees every NPC and misses.
+# Each simulated GPU keeps the prefixes of PREFIX_CACHE recent prompts (LRU):
+# fewer than the 500 NPCs, so a GPU that sees every NPC misses; see
+# test/bench/README.md ("Cache sizes, and the oracle bound").
 # Sizes, space or comma separated; PREFIX_CACHE (one size) is still honoured.
 PREFIX_CACHES=${PREFIX_CACHES:-${PREFIX_CACHE:-256 384}}
 read -r -a CACHE_SIZES <<<"${PREFIX_CACHES//,/ }"
