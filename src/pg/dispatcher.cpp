@@ -684,7 +684,7 @@ void Dispatcher::send_handed_off() {
       send(*pick, info, d.prompt, params, d.priority, timeout);
       sent_unclaimed_.emplace_back(d.id, tag);
       pg_atomic_fetch_add_u64(&shared_state().handoff_sent, 1);
-    } catch (const std::exception& e2) {
+    } catch (const std::exception&) {
       maybe_more_work_ = true;  // the table path reports what is wrong with it
     }
   }
@@ -701,7 +701,8 @@ void Dispatcher::claim_handed_off() {
   try {
     claimed = claim_by_ids(ids, guc_lease_timeout_s);
   } catch (...) {
-    claimed.clear();  // unclaimed: cancelled below, the table path sends them again
+    // Not claimed: cancel them; they are still queued and the table path
+    // sends them again.
     for (const auto& [id, tag] : sent) cancel_request(tag);
     throw;
   }
