@@ -100,6 +100,7 @@ class Dispatcher {
   void send_handed_off();
   void claim_handed_off();
   void cancel_request(uint64_t tag);
+  void fill_cache();
   void flush_results();
   void handle_finished();
   void finish(const InFlight& f, const HttpResult& r);
@@ -129,6 +130,11 @@ class Dispatcher {
   uint64_t next_tag_ = 1;
   std::vector<DecisionResult> pending_results_;
   std::vector<std::pair<int64_t, uint64_t>> sent_unclaimed_;  // (decision id, request tag)
+  struct CacheFill {
+    std::string key, response;
+    int64_t ttl_s;
+  };
+  std::vector<CacheFill> cache_fills_;  // answers to cache once they are written
   bool maybe_more_work_ = true;   // look at the queue on the next round
   bool capacity_blocked_ = false;  // the last look stopped at the fleet's capacity
   int64_t next_housekeeping_ms_ = 0;
@@ -219,6 +225,7 @@ void Dispatcher::tick(int wake_events) {
     throw;
   }
   claim_handed_off();
+  fill_cache();
   if (maybe_more_work_) claim_and_send();
   if (now_ms() >= next_housekeeping_ms_) housekeeping();
   if (now_ms() >= next_stats_ms_) publish_stats();
@@ -719,6 +726,20 @@ void Dispatcher::claim_handed_off() {
   }
 }
 
+// After the answers are written: a cache fill (shared memory, Redis) is not
+// on the path of the answer the game waits for.
+void Dispatcher::fill_cache() {
+  std::vector<CacheFill> fills;
+  fills.swap(cache_fills_);
+  for (const CacheFill& c : fills) {
+    try {
+      cache_store(c.key, c.response, c.ttl_s, false);
+    } catch (const std::exception& e) {
+      log_warning(std::string("cache store failed: ") + e.what());
+    }
+  }
+}
+
 void Dispatcher::cancel_request(uint64_t tag) {
   auto it = in_flight_.find(tag);
   if (it == in_flight_.end()) return;
@@ -763,11 +784,7 @@ void Dispatcher::handle_finished() {
     AttemptOutcome o = resolve_attempt(f.api, r, f.attempts, retry_policy(), r.tag);
     record_outcome(f, r, o.kind == AttemptOutcome::Kind::done, o.error);
     if (o.kind == AttemptOutcome::Kind::done && !f.cache_key.empty()) {
-      try {
-        cache_store(f.cache_key, o.response, f.cache_ttl_s, false);
-      } catch (const std::exception& e) {
-        log_warning(std::string("cache store failed: ") + e.what());
-      }
+      cache_fills_.push_back({f.cache_key, o.response, f.cache_ttl_s});
     }
     for (InFlight member : f.followers) {
       member.gpu_id = f.gpu_id;
