@@ -586,6 +586,14 @@ std::optional<uint64_t> Dispatcher::affinity_key(const ClaimedDecision& d) const
   return XXH3_64bits(&d.npc_id, sizeof(d.npc_id));
 }
 
+// The decision's own timeout (or the GUC), cut to its deadline and kept
+// inside the lease, so a lease only lapses when the dispatcher itself is gone.
+long request_timeout_ms(const GenerationParams& params, std::optional<int64_t> deadline_in_ms) {
+  long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
+  if (deadline_in_ms) timeout = std::min<long>(timeout, std::max<int64_t>(1, *deadline_in_ms));
+  return std::min(timeout, std::max(1000L, (guc_lease_timeout_s - 5) * 1000L));
+}
+
 // Claims as many queued decisions as there are free slots and sends them
 // the moment the claim commits.
 void Dispatcher::claim_and_send() {
@@ -596,14 +604,10 @@ void Dispatcher::claim_and_send() {
     capacity_blocked_ = true;  // work may be waiting: look again when a slot frees
     return;
   }
-  const int lease_s = guc_lease_timeout_s;
-  ClaimResult claimed = claim_decisions(limit, lease_s);
+  ClaimResult claimed = claim_decisions(limit, guc_lease_timeout_s);
   // A full batch means more may be queued behind it: claim again next round.
   capacity_blocked_ = static_cast<int>(claimed.running.size()) >= limit;
   maybe_more_work_ = capacity_blocked_;
-  // Keep every per-request timeout inside the lease, so a lease only lapses
-  // when the dispatcher itself is gone.
-  const long lease_cap_ms = std::max(1000L, (lease_s - 5) * 1000L);
   for (auto& d : claimed.running) {
     InFlight info;
     info.decision_id = d.id;
@@ -624,9 +628,7 @@ void Dispatcher::claim_and_send() {
         }
         if (coalesce(info)) continue;
       }
-      long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
-      if (d.deadline_in_ms) timeout = std::min<long>(timeout, std::max<int64_t>(1, *d.deadline_in_ms));
-      timeout = std::min(timeout, lease_cap_ms);
+      const long timeout = request_timeout_ms(params, d.deadline_in_ms);
       auto pick = route(d.priority, affinity_key(d), d.last_gpu_id);
       if (!pick) {
         // Capacity vanished (an endpoint was disabled between the count and
@@ -645,7 +647,6 @@ void Dispatcher::send_handed_off() {
   std::vector<HandoffEntry> entries = handoff_take(MyDatabaseId);
   if (entries.empty()) return;
   const int64_t now_us = GetCurrentTimestamp();
-  const long lease_cap_ms = std::max(1000L, (guc_lease_timeout_s - 5) * 1000L);
   for (HandoffEntry& e : entries) {
     // The table path keeps priority order when work is waiting, answers
     // cache hits and joins identical requests in flight (coalescing).
@@ -684,9 +685,9 @@ void Dispatcher::send_handed_off() {
         capacity_blocked_ = true;
         continue;
       }
-      long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
-      if (e.deadline_us) timeout = std::min<long>(timeout, std::max<int64_t>(1, (*e.deadline_us - now_us) / 1000));
-      timeout = std::min(timeout, lease_cap_ms);
+      std::optional<int64_t> deadline_in_ms;
+      if (e.deadline_us) deadline_in_ms = (*e.deadline_us - now_us) / 1000;
+      const long timeout = request_timeout_ms(params, deadline_in_ms);
       const uint64_t tag = next_tag_;
       send(*pick, info, d.prompt, params, d.priority, timeout);
       sent_unclaimed_.emplace_back(d.id, tag);
