@@ -50,8 +50,8 @@ void abort() noexcept {
 uint64_t SavedPlan::execute(const std::vector<Datum>& args, const char* nulls, bool read_only) {
   return pg_call([&]() -> uint64_t {
     if (plan_ == nullptr) {
-      SPIPlanPtr p = SPI_prepare(sql_, static_cast<int>(arg_types_.size()),
-                                 const_cast<Oid*>(arg_types_.data()));
+      SPIPlanPtr p = SPI_prepare_cursor(sql_, static_cast<int>(arg_types_.size()),
+                                        const_cast<Oid*>(arg_types_.data()), CURSOR_OPT_GENERIC_PLAN);
       if (p == nullptr) elog(ERROR, "npc_scale: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
       SPI_keepplan(p);
       plan_ = p;

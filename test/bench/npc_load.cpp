@@ -2,7 +2,8 @@
 // and the live demo.
 //
 // Each NPC thinks (exponential think time), then queues one decision with
-// npc_scale.request_decision() on a small pool of libpq connections, learns
+// npc_scale.request_decision() (a prepared statement, as a game server's
+// driver would use) on a small pool of libpq connections, learns
 // the decision's id from the result, and learns that it is answered from
 // NOTIFY npc_scale_decisions '<id>' on one dedicated LISTEN connection.
 // Latency = notification arrival - request issue (steady clock); a request
@@ -347,6 +348,8 @@ constexpr int kTimerGraceEnd = -4;
 volatile sig_atomic_t g_signals = 0;
 void on_signal(int) { g_signals = g_signals + 1; }
 
+// Prepared once per pool connection, as a game server's driver would.
+const char* kEnqueueStatement = "npc_load_enqueue";
 const char* kEnqueueSql =
     "SELECT npc_scale.request_decision($1::bigint, 'build', $2::text, $3::int, "
     "'{\"max_tokens\": 8, \"temperature\": 0}'::jsonb)";
@@ -473,6 +476,11 @@ bool Load::setup() {
   for (auto& p : pool_) {
     p.conn = connect_one("pool");
     if (!p.conn) return false;
+    PGresult* prep = PQprepare(p.conn, kEnqueueStatement, kEnqueueSql, 0, nullptr);
+    bool prepared = PQresultStatus(prep) == PGRES_COMMAND_OK;
+    if (!prepared) std::fprintf(stderr, "npc_load: PREPARE failed: %s", PQresultErrorMessage(prep));
+    PQclear(prep);
+    if (!prepared) return false;
     if (PQsetnonblocking(p.conn, 1) != 0) {
       std::fprintf(stderr, "npc_load: PQsetnonblocking failed: %s", PQerrorMessage(p.conn));
       return false;
@@ -547,8 +555,8 @@ bool Load::send_on(int ci, int npc) {
   std::string prompt = prompt_for(n);
   std::string prio = std::to_string(n.priority);
   const char* values[3] = {id.c_str(), prompt.c_str(), prio.c_str()};
-  if (!PQsendQueryParams(p.conn, kEnqueueSql, 3, nullptr, values, nullptr, nullptr, 0)) {
-    db_error(std::string("PQsendQueryParams: ") + PQerrorMessage(p.conn));
+  if (!PQsendQueryPrepared(p.conn, kEnqueueStatement, 3, values, nullptr, nullptr, 0)) {
+    db_error(std::string("PQsendQueryPrepared: ") + PQerrorMessage(p.conn));
     if (PQstatus(p.conn) == CONNECTION_BAD) p.broken = true;
     return false;
   }
