@@ -129,7 +129,19 @@ class Dispatcher {
   std::string fleet_signature_;
   uint64_t next_tag_ = 1;
   std::vector<DecisionResult> pending_results_;
-  std::vector<std::pair<int64_t, uint64_t>> sent_unclaimed_;  // (decision id, request tag)
+  struct SentHandoff {
+    int64_t id;
+    uint64_t tag;
+    TransactionId xid;  // the row's transaction: claimed once it has committed
+  };
+  std::vector<SentHandoff> sent_unclaimed_;
+  struct Parked {
+    InFlight info;
+    HttpResult result;
+  };
+  // Answers that arrived before their handed-off row could be claimed (its
+  // transaction had not committed yet), by request tag.
+  std::unordered_map<uint64_t, Parked> parked_;
   struct CacheFill {
     std::string key, response;
     int64_t ttl_s;
@@ -690,7 +702,7 @@ void Dispatcher::send_handed_off() {
       const long timeout = request_timeout_ms(params, deadline_in_ms);
       const uint64_t tag = next_tag_;
       send(*pick, info, d.prompt, params, d.priority, timeout);
-      sent_unclaimed_.emplace_back(d.id, tag);
+      sent_unclaimed_.push_back({d.id, tag, e.xid});
       pg_atomic_fetch_add_u64(&shared_state().handoff_sent, 1);
     } catch (const std::exception&) {
       maybe_more_work_ = true;  // the table path reports what is wrong with it
@@ -701,28 +713,50 @@ void Dispatcher::send_handed_off() {
 
 void Dispatcher::claim_handed_off() {
   if (sent_unclaimed_.empty()) return;
-  std::vector<std::pair<int64_t, uint64_t>> sent;
+  std::vector<SentHandoff> sent;
   sent.swap(sent_unclaimed_);
+  std::vector<SentHandoff> committed;
+  for (const SentHandoff& h : sent) {
+    switch (handoff_commit_state(h.xid)) {
+      case CommitState::in_progress:
+        sent_unclaimed_.push_back(h);  // its commit (or abort) wakes us again
+        break;
+      case CommitState::committed:
+        committed.push_back(h);
+        break;
+      case CommitState::aborted:  // its commit failed after PRE_COMMIT: no row
+        cancel_request(h.tag);
+        pg_atomic_fetch_add_u64(&shared_state().handoff_unclaimed, 1);
+        break;
+    }
+  }
+  if (committed.empty()) return;
   std::vector<int64_t> ids;
-  for (const auto& [id, tag] : sent) ids.push_back(id);
+  for (const SentHandoff& h : committed) ids.push_back(h.id);
   std::unordered_map<int64_t, int> claimed;
   try {
     claimed = claim_by_ids(ids, guc_lease_timeout_s);
   } catch (...) {
     // Not claimed: cancel them; they are still queued and the table path
     // sends them again.
-    for (const auto& [id, tag] : sent) cancel_request(tag);
+    for (const SentHandoff& h : committed) cancel_request(h.tag);
     throw;
   }
-  for (const auto& [id, tag] : sent) {
-    auto c = claimed.find(id);
-    auto it = in_flight_.find(tag);
-    if (c != claimed.end() && it != in_flight_.end()) {
-      it->second.attempts = c->second;
-    } else {
+  for (const SentHandoff& h : committed) {
+    auto c = claimed.find(h.id);
+    if (c == claimed.end()) {
       // Claimed on the table path already, or cancelled since its commit.
-      cancel_request(tag);
+      cancel_request(h.tag);
       pg_atomic_fetch_add_u64(&shared_state().handoff_unclaimed, 1);
+      continue;
+    }
+    if (auto it = in_flight_.find(h.tag); it != in_flight_.end()) {
+      it->second.attempts = c->second;
+    } else if (auto p = parked_.find(h.tag); p != parked_.end()) {
+      Parked parked = std::move(p->second);
+      parked_.erase(p);
+      parked.info.attempts = c->second;
+      finish(parked.info, parked.result);
     }
   }
 }
@@ -742,6 +776,7 @@ void Dispatcher::fill_cache() {
 }
 
 void Dispatcher::cancel_request(uint64_t tag) {
+  parked_.erase(tag);
   auto it = in_flight_.find(tag);
   if (it == in_flight_.end()) return;
   http_.cancel(tag);
@@ -791,6 +826,13 @@ void Dispatcher::handle_finished() {
       member.gpu_id = f.gpu_id;
       member.api = f.api;
       finish(member, r);
+    }
+    if (f.kind == Work::decision && f.attempts == 0) {
+      // Handed off and not claimed yet (its transaction is still
+      // committing): answered once the claim succeeds.
+      f.followers.clear();
+      parked_.emplace(r.tag, Parked{std::move(f), std::move(r)});
+      continue;
     }
     finish(f, r);
   }

@@ -6,7 +6,9 @@
 #include "guard.hpp"
 
 extern "C" {
+#include "access/transam.h"
 #include "access/xact.h"
+#include "storage/procarray.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
@@ -27,6 +29,7 @@ enum SlotState : uint32 { kFree = 0, kFilling = 1, kReady = 2 };
 struct Slot {
   pg_atomic_uint32 state;
   Oid db;
+  TransactionId xid;
   int64 id, npc_id;
   int priority;
   bool has_deadline;
@@ -49,15 +52,18 @@ struct Pending {
 std::vector<Pending> g_pending;  // this backend's, until its transaction ends
 bool g_callbacks_registered = false;
 
-bool publish(const HandoffEntry& e) {
+bool publish(const HandoffEntry& e, TransactionId xid) {
   const size_t bytes = e.decision_type.size() + e.prompt.size() + e.params.size();
-  if (g_area == nullptr || bytes > static_cast<size_t>(kTextBytes)) return false;
+  if (g_area == nullptr || bytes > static_cast<size_t>(kTextBytes) || !TransactionIdIsValid(xid)) {
+    return false;
+  }
   const uint32 start = pg_atomic_fetch_add_u32(&g_area->next, 1);
   for (int k = 0; k < kSlots; k++) {
     Slot& s = g_area->slots[(start + k) % kSlots];
     uint32 expected = kFree;
     if (!pg_atomic_compare_exchange_u32(&s.state, &expected, kFilling)) continue;
     s.db = MyDatabaseId;
+    s.xid = xid;
     s.id = e.id;
     s.npc_id = e.npc_id;
     s.priority = e.priority;
@@ -111,9 +117,11 @@ void handoff_at_commit(HandoffEntry e) {
   g_pending.push_back({std::move(e), sub});
 }
 
-bool handoff_publish_pending() {
+bool handoff_has_pending() { return !g_pending.empty(); }
+
+bool handoff_publish_pending(TransactionId xid) {
   bool all = true;
-  for (const Pending& p : g_pending) all = publish(p.entry) && all;
+  for (const Pending& p : g_pending) all = publish(p.entry, xid) && all;
   g_pending.clear();
   return all;
 }
@@ -128,6 +136,7 @@ std::vector<HandoffEntry> handoff_take(Oid db) {
     pg_read_barrier();  // state before contents
     if (s.db == db) {
       HandoffEntry e;
+      e.xid = s.xid;
       e.id = s.id;
       e.npc_id = s.npc_id;
       e.priority = s.priority;
@@ -142,6 +151,15 @@ std::vector<HandoffEntry> handoff_take(Oid db) {
   }
   std::sort(out.begin(), out.end(), [](const HandoffEntry& a, const HandoffEntry& b) { return a.id < b.id; });
   return out;
+}
+
+CommitState handoff_commit_state(TransactionId xid) {
+  return pg_call([&] {
+    // In this order, as heapam does: a transaction leaves the proc array
+    // only after its commit is recorded in the commit log.
+    if (TransactionIdIsInProgress(xid)) return CommitState::in_progress;
+    return TransactionIdDidCommit(xid) ? CommitState::committed : CommitState::aborted;
+  });
 }
 
 }  // namespace npc_scale

@@ -1,11 +1,18 @@
-// Decisions handed to the dispatcher at COMMIT through shared memory, so it
-// can send them to a GPU before its claim transaction, which then runs while
-// the GPU works instead of in front of it. Only a shortcut: every handed-off
-// decision is a committed, queued row, and whatever the dispatcher does not
-// take from here (slots full, a backlog, a big prompt) it claims from the
-// table as before. The claim by id after sending is what makes the attempt
-// count; a decision cancelled meanwhile is not claimed and its request is
-// cancelled, so nothing is answered twice.
+// Decisions handed to the dispatcher through shared memory as their
+// transaction commits, so it can send them to a GPU before its claim
+// transaction, which then runs while the GPU works instead of in front of it.
+//
+// They are published at PRE_COMMIT, with the transaction's id: the request
+// goes out while the game's backend is still flushing its commit record
+// (the WAL flush is the largest part of request_decision's own time). The
+// dispatcher claims a handed-off row by id only once that transaction is
+// known to have committed, and drops the request if it aborted (a commit can
+// still fail after PRE_COMMIT, e.g. a serialization failure): so only
+// committed rows are ever answered. Only a shortcut: whatever the
+// dispatcher does not take from here (slots full, a backlog, a big prompt)
+// it claims from the table as before. The claim by id is what makes the
+// attempt count; a decision cancelled meanwhile is not claimed and its
+// request is cancelled, so nothing is answered twice.
 #pragma once
 
 #include <cstdint>
@@ -15,11 +22,13 @@
 
 extern "C" {
 #include "postgres.h"
+#include "access/transam.h"
 }
 
 namespace npc_scale {
 
 struct HandoffEntry {
+  TransactionId xid = InvalidTransactionId;  // the inserting (top-level) transaction
   int64_t id = 0;
   int64_t npc_id = 0;
   int priority = 5;
@@ -34,10 +43,12 @@ void handoff_attach();
 // request_decision(): remember the new row until this transaction ends; a
 // rolled-back subtransaction forgets its own.
 void handoff_at_commit(HandoffEntry e);
-// From the commit callback (wake.cpp), before the dispatcher's latch is set:
-// the remembered rows go to shared memory. False if any did not fit (the
-// dispatcher must then look at the table).
-bool handoff_publish_pending();
+bool handoff_has_pending();
+// From the PRE_COMMIT callback (wake.cpp), before the dispatcher's latch is
+// set: the remembered rows go to shared memory, tagged with `xid`. False if
+// any did not fit (the dispatcher must then look at the table once the
+// transaction has committed).
+bool handoff_publish_pending(TransactionId xid);
 // From the abort callback.
 void handoff_forget_pending();
 
@@ -45,5 +56,10 @@ void handoff_forget_pending();
 // call, oldest first. Entries of other databases are dropped (their
 // dispatcher claims them from their table).
 std::vector<HandoffEntry> handoff_take(Oid db);
+
+// The dispatcher, for a handed-off entry: whether its transaction has
+// committed yet.
+enum class CommitState { in_progress, committed, aborted };
+CommitState handoff_commit_state(TransactionId xid);
 
 }  // namespace npc_scale

@@ -19,25 +19,42 @@ bool g_wake_pending = false;
 bool g_table_pending = false;  // queued work the handoff does not carry
 bool g_endpoints_pending = false;
 
+bool g_published = false;  // handed off at PRE_COMMIT: the dispatcher waits for our outcome
+
 void on_transaction_end(XactEvent event) {
   switch (event) {
+    case XACT_EVENT_PRE_COMMIT:
+      // Handed off now, so the dispatcher sends while this backend flushes
+      // its commit record; it claims the rows once the commit is visible.
+      if (handoff_has_pending()) {
+        if (!handoff_publish_pending(GetTopTransactionIdIfAny())) g_table_pending = true;
+        g_published = true;
+        wake_worker(WorkerKind::dispatcher);
+      }
+      break;
     case XACT_EVENT_COMMIT:
     case XACT_EVENT_PARALLEL_COMMIT: {
       SharedState& s = shared_state();
-      // Handed-off decisions are in shared memory before the latch is set.
-      if (!handoff_publish_pending()) g_table_pending = true;
+      // Anything remembered after PRE_COMMIT (not expected) takes the table.
+      if (handoff_has_pending()) {
+        handoff_forget_pending();
+        g_table_pending = true;
+      }
       if (g_endpoints_pending) pg_atomic_fetch_add_u64(&s.endpoints_generation, 1);
       if (g_table_pending) pg_atomic_write_u32(&s.queue_dirty, 1);
       if (g_wake_pending) pg_atomic_fetch_add_u64(&s.queue_wakeups, 1);
+      // Also when everything was handed off: the claim waits for this commit.
       if (g_wake_pending || g_endpoints_pending) wake_worker(WorkerKind::dispatcher);
-      g_wake_pending = g_table_pending = g_endpoints_pending = false;
+      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = false;
       break;
     }
     case XACT_EVENT_ABORT:
     case XACT_EVENT_PARALLEL_ABORT:
     case XACT_EVENT_PREPARE:  // COMMIT PREPARED runs elsewhere; the 1 s look finds it
       handoff_forget_pending();
-      g_wake_pending = g_table_pending = g_endpoints_pending = false;
+      // A commit that failed after PRE_COMMIT: the dispatcher drops what it sent.
+      if (g_published) wake_worker(WorkerKind::dispatcher);
+      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = false;
       break;
     default:
       break;
@@ -51,7 +68,11 @@ void at_transaction_end(XactEvent event, void*) noexcept {
     on_transaction_end(event);
   } catch (...) {
     handoff_forget_pending();
-    g_wake_pending = g_table_pending = g_endpoints_pending = false;
+    if (event == XACT_EVENT_PRE_COMMIT) {
+      g_table_pending = true;  // the commit still wakes the dispatcher for the table
+    } else {
+      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = false;
+    }
   }
 }
 
