@@ -60,6 +60,8 @@ std::string results_to_json(const std::vector<DecisionResult>& results) {
     row["error"] = r.error.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.error);
     row["gpu_id"] = r.gpu_id ? nlohmann::json(r.gpu_id) : nlohmann::json(nullptr);
     row["cache_layer"] = r.cache_layer.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.cache_layer);
+    row["from_queued"] = r.from_queued;
+    row["elapsed_ms"] = r.elapsed_ms;
     rows.push_back(std::move(row));
   }
   // Invalid UTF-8 from an endpoint must not make the whole batch unwritable.

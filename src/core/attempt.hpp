@@ -41,6 +41,10 @@ struct DecisionResult {
   int gpu_id = 0;    // 0 = none
   int64_t retry_ms = 0;
   std::string cache_layer;  // l1 | l2 | l3 when the cache answered
+  // A handed-off decision answered before it was claimed: its row is still
+  // queued, and this write is its claim as well (attempt 1).
+  bool from_queued = false;
+  int64_t elapsed_ms = 0;  // from_queued: how long ago the request was sent
 };
 
 std::string results_to_json(const std::vector<DecisionResult>& results);

@@ -49,7 +49,7 @@ std::vector<int64_t> ids_of(uint64_t rows, int col) {
 
 
 // In the caller's transaction.
-void claim_in_transaction(int limit, int lease_s, ClaimResult& out) {
+void claim_in_transaction(int limit, int lease_s, const std::vector<int64_t>& exclude, ClaimResult& out) {
   // Candidates come from two index scans — the best base priorities and the
   // oldest — so aging works without reading the whole backlog; among them
   // the best effective priority wins.
@@ -57,12 +57,12 @@ void claim_in_transaction(int limit, int lease_s, ClaimResult& out) {
       "WITH cand AS ("
       "  (SELECT id, priority, created_at FROM npc_scale.decision_queue"
       "    WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
-      "      AND (deadline IS NULL OR deadline >= now())"
+      "      AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($4)"
       "    ORDER BY priority, id LIMIT $1)"
       "  UNION"
       "  (SELECT id, priority, created_at FROM npc_scale.decision_queue"
       "    WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
-      "      AND (deadline IS NULL OR deadline >= now())"
+      "      AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($4)"
       "    ORDER BY id LIMIT $1)), "
       "c AS ("
       "  SELECT q.id FROM npc_scale.decision_queue q"
@@ -78,9 +78,9 @@ void claim_in_transaction(int limit, int lease_s, ClaimResult& out) {
       "WHERE q.id = ANY (ARRAY(SELECT id FROM c)) "
       "RETURNING q.id, q.attempts, q.priority, q.prompt, q.params::text,"
       "  (extract(epoch FROM q.deadline - now()) * 1000)::bigint, q.gpu_id, q.npc_id, q.decision_type",
-      {INT4OID, INT4OID, INT4OID});
+      {INT4OID, INT4OID, INT4OID, INT8ARRAYOID});
   uint64_t n = plan.execute({Int32GetDatum(limit), Int32GetDatum(lease_s),
-                             Int32GetDatum(guc_priority_aging_ms)});
+                             Int32GetDatum(guc_priority_aging_ms), int8_array(exclude)});
   for (uint64_t i = 0; i < n; i++) {
     ClaimedDecision d;
     d.id = spi_int(i, 1).value_or(0);
@@ -98,17 +98,25 @@ void claim_in_transaction(int limit, int lease_s, ClaimResult& out) {
 
 // In the caller's transaction; appends the ids that reached a final status.
 void write_in_transaction(const std::vector<DecisionResult>& results, std::vector<int64_t>& finished) {
+  // A claimed decision is written only by the attempt that claimed it
+  // (status running, same attempt number); an unclaimed handed-off one
+  // (from_queued) only while it is still queued, and the write counts its
+  // attempt.
   static SavedPlan plan(
       "UPDATE npc_scale.decision_queue q SET"
       "  status = r.status, response = r.response, error = r.error, cache_layer = r.cache_layer,"
       "  gpu_id = coalesce(r.gpu_id, q.gpu_id), leased_until = NULL,"
+      "  attempts = CASE WHEN r.from_queued THEN q.attempts + 1 ELSE q.attempts END,"
+      "  started_at = coalesce(q.started_at, now() - make_interval(secs => r.elapsed_ms / 1000.0)),"
       "  not_before = CASE WHEN r.status = 'queued'"
       "                    THEN now() + make_interval(secs => r.retry_ms / 1000.0) END,"
       "  finished_at = CASE WHEN r.status = 'queued' THEN NULL ELSE now() END "
       "FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, attempts int, status text,"
-      "     response text, error text, gpu_id int, retry_ms bigint, cache_layer text) "
-      "WHERE q.id = ANY ($2) AND q.id = r.id AND (q.status = 'running') IS TRUE"
-      "  AND q.attempts = r.attempts "
+      "     response text, error text, gpu_id int, retry_ms bigint, cache_layer text,"
+      "     from_queued bool, elapsed_ms bigint) "
+      "WHERE q.id = ANY ($2) AND q.id = r.id"
+      "  AND CASE WHEN r.from_queued THEN (q.status = 'queued') IS TRUE"
+      "           ELSE (q.status = 'running') IS TRUE AND q.attempts = r.attempts END "
       "RETURNING q.id, q.status <> 'queued'",
       {TEXTOID, INT8ARRAYOID});
   if (results.empty()) return;
@@ -178,7 +186,7 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
   return out;
 }
 
-ClaimResult claim_decisions(int limit, int lease_s) {
+ClaimResult claim_decisions(int limit, int lease_s, const std::vector<int64_t>& exclude) {
   ClaimResult out;
   in_transaction("npc_scale: claim decisions", [&] {
     if (!extension_present()) return;
@@ -188,7 +196,7 @@ ClaimResult claim_decisions(int limit, int lease_s) {
       (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
                               GUC_ACTION_LOCAL, true, 0, false);
     });
-    claim_in_transaction(limit, lease_s, out);
+    claim_in_transaction(limit, lease_s, exclude, out);
   });
   return out;
 }

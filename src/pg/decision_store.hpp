@@ -39,15 +39,17 @@ std::vector<EndpointConfig> load_endpoints();
 // (priority minus one step per npc_scale.priority_aging waited), then oldest,
 // skipping rows locked by others and rows past their deadline (housekeeping
 // expires those) — leased for lease_s seconds. Commits without waiting for
-// the WAL flush (see the .cpp for why that is safe).
-ClaimResult claim_decisions(int limit, int lease_s);
+// the WAL flush (see the .cpp for why that is safe). Rows in `exclude` (sent
+// from the handoff, not claimed yet) are left alone.
+ClaimResult claim_decisions(int limit, int lease_s, const std::vector<int64_t>& exclude);
 
 // Claims exactly these decisions if they are still queued (handed off at
 // commit and already sent); returns id -> attempts of those claimed.
 std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, int lease_s);
 
 // Writes a batch of results, durably; a row is written only if it is still
-// the same running claim (status running, same attempts). Returns the ids
+// the same running claim (status running, same attempts) — or, for an
+// unclaimed handed-off decision (from_queued), if it is still queued. Returns the ids
 // that reached a final status (for waking waiters).
 std::vector<int64_t> write_results(const std::vector<DecisionResult>& results);
 

@@ -52,6 +52,9 @@ namespace {
 
 constexpr long kHousekeepingMs = 1000;   // lease recovery, deadline expiry
 constexpr long kNoExtensionWaitMs = 1000;
+// A handed-off request in flight this long is claimed (running, leased); one
+// answered sooner is claimed by its answer's write: one statement, not two.
+constexpr int64_t kClaimAfterMs = 5;
 
 int64_t now_ms() { return GetCurrentTimestamp() / 1000; }
 
@@ -65,7 +68,8 @@ struct InFlight {
   Work kind = Work::decision;
   bool sync = false;
   int64_t decision_id = 0;  // queued work
-  int attempts = 0;
+  int attempts = 0;         // 0: handed off and not claimed yet
+  bool from_queued = false;  // answered before its claim: the answer's write claims it
   int slot = -1;            // generate() work
   uint64 ticket = 0;
   int gpu_id = 0;
@@ -133,6 +137,7 @@ class Dispatcher {
     int64_t id;
     uint64_t tag;
     TransactionId xid;  // the row's transaction: claimed once it has committed
+    int64_t sent_ms;
   };
   std::vector<SentHandoff> sent_unclaimed_;
   struct Parked {
@@ -251,6 +256,12 @@ long Dispatcher::wait_timeout_ms() const {
   if (curl >= 0) t = std::min<int64_t>(t, curl);
   if (retry_due_ms_) t = std::min<int64_t>(t, std::max<int64_t>(0, *retry_due_ms_ - now_ms()));
   if (!pending_results_.empty()) t = 0;
+  for (const SentHandoff& h : sent_unclaimed_) {
+    // Only the ones still inside their delay: those past it wait for their
+    // commit's wake-up, not for a timer.
+    int64_t due = h.sent_ms + kClaimAfterMs;
+    if (due > now_ms()) t = std::min<int64_t>(t, due - now_ms());
+  }
   const int64_t now = now_ms();
   for (size_t i = 0; i < fleet_.size(); i++) {
     const MemberInfo& m = fleet_.info(i);
@@ -616,7 +627,9 @@ void Dispatcher::claim_and_send() {
     capacity_blocked_ = true;  // work may be waiting: look again when a slot frees
     return;
   }
-  ClaimResult claimed = claim_decisions(limit, guc_lease_timeout_s);
+  std::vector<int64_t> handed_off;
+  for (const SentHandoff& h : sent_unclaimed_) handed_off.push_back(h.id);
+  ClaimResult claimed = claim_decisions(limit, guc_lease_timeout_s, handed_off);
   // A full batch means more may be queued behind it: claim again next round.
   capacity_blocked_ = static_cast<int>(claimed.running.size()) >= limit;
   maybe_more_work_ = capacity_blocked_;
@@ -702,7 +715,7 @@ void Dispatcher::send_handed_off() {
       const long timeout = request_timeout_ms(params, deadline_in_ms);
       const uint64_t tag = next_tag_;
       send(*pick, info, d.prompt, params, d.priority, timeout);
-      sent_unclaimed_.push_back({d.id, tag, e.xid});
+      sent_unclaimed_.push_back({d.id, tag, e.xid, now_ms()});
       pg_atomic_fetch_add_u64(&shared_state().handoff_sent, 1);
     } catch (const std::exception&) {
       maybe_more_work_ = true;  // the table path reports what is wrong with it
@@ -711,18 +724,37 @@ void Dispatcher::send_handed_off() {
   http_.perform();  // out now, not after the next wait
 }
 
+// A handed-off request is claimed (status running, leased) once it has been
+// in flight kClaimAfterMs; one answered sooner skips the claim, and the
+// answer's write claims it instead (from queued to done, attempt 1). Either
+// way only after its transaction is known to have committed.
 void Dispatcher::claim_handed_off() {
   if (sent_unclaimed_.empty()) return;
   std::vector<SentHandoff> sent;
   sent.swap(sent_unclaimed_);
-  std::vector<SentHandoff> committed;
+  std::vector<SentHandoff> to_claim;
+  const int64_t now = now_ms();
   for (const SentHandoff& h : sent) {
+    auto parked = parked_.find(h.tag);
+    const bool answered = parked != parked_.end();
+    if (!answered && now - h.sent_ms < kClaimAfterMs) {
+      sent_unclaimed_.push_back(h);  // not yet: the timer brings us back
+      continue;
+    }
     switch (handoff_commit_state(h.xid)) {
       case CommitState::in_progress:
         sent_unclaimed_.push_back(h);  // its commit (or abort) wakes us again
         break;
       case CommitState::committed:
-        committed.push_back(h);
+        if (answered) {
+          Parked p = std::move(parked->second);
+          parked_.erase(parked);
+          p.info.attempts = 1;  // a handed-off row is new: this was its first attempt
+          p.info.from_queued = true;
+          finish(p.info, p.result);
+        } else {
+          to_claim.push_back(h);
+        }
         break;
       case CommitState::aborted:  // its commit failed after PRE_COMMIT: no row
         cancel_request(h.tag);
@@ -730,33 +762,27 @@ void Dispatcher::claim_handed_off() {
         break;
     }
   }
-  if (committed.empty()) return;
+  if (to_claim.empty()) return;
   std::vector<int64_t> ids;
-  for (const SentHandoff& h : committed) ids.push_back(h.id);
+  for (const SentHandoff& h : to_claim) ids.push_back(h.id);
   std::unordered_map<int64_t, int> claimed;
   try {
     claimed = claim_by_ids(ids, guc_lease_timeout_s);
   } catch (...) {
     // Not claimed: cancel them; they are still queued and the table path
     // sends them again.
-    for (const SentHandoff& h : committed) cancel_request(h.tag);
+    for (const SentHandoff& h : to_claim) cancel_request(h.tag);
     throw;
   }
-  for (const SentHandoff& h : committed) {
+  for (const SentHandoff& h : to_claim) {
     auto c = claimed.find(h.id);
-    if (c == claimed.end()) {
+    auto it = in_flight_.find(h.tag);
+    if (c != claimed.end() && it != in_flight_.end()) {
+      it->second.attempts = c->second;
+    } else {
       // Claimed on the table path already, or cancelled since its commit.
       cancel_request(h.tag);
       pg_atomic_fetch_add_u64(&shared_state().handoff_unclaimed, 1);
-      continue;
-    }
-    if (auto it = in_flight_.find(h.tag); it != in_flight_.end()) {
-      it->second.attempts = c->second;
-    } else if (auto p = parked_.find(h.tag); p != parked_.end()) {
-      Parked parked = std::move(p->second);
-      parked_.erase(p);
-      parked.info.attempts = c->second;
-      finish(parked.info, parked.result);
     }
   }
 }
@@ -853,6 +879,8 @@ void Dispatcher::finish_decision(const InFlight& f, const HttpResult& r) {
   res.id = f.decision_id;
   res.attempts = f.attempts;
   res.gpu_id = f.gpu_id;
+  res.from_queued = f.from_queued;
+  res.elapsed_ms = static_cast<int64_t>(r.elapsed_ms);
   switch (o.kind) {
     case AttemptOutcome::Kind::done:
       res.status = "done";

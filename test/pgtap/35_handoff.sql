@@ -3,7 +3,7 @@
 -- rolled-back savepoint are never sent, nothing is sent twice, and what the
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
-SELECT plan(13);
+SELECT plan(17);
 SELECT npc_test.use_gpus(ARRAY['fast1']);
 SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
 SELECT npc_test.metric('handoff_sent') AS hs0, npc_test.metric('handoff_unclaimed') AS hu0 \gset
@@ -54,6 +54,27 @@ SELECT is(npc_test.gpu_metric('fast1', 'fake_gpu_requests_total'), 4::numeric,
 SELECT is(npc_test.metric('handoff_unclaimed') - :hu0, 0::bigint,
   'no handed-off request had to be cancelled');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2006;
+-- Answered within 5 ms (instant GPU), a handed-off decision is never
+-- claimed separately: the answer's write takes it from queued to done, and
+-- still records its attempt and start.
+SELECT results_eq(
+  format('SELECT attempts, started_at IS NOT NULL AND started_at <= finished_at FROM npc_scale.decision_queue WHERE id = %s', :id_a),
+  $$ VALUES (1, true) $$,
+  'answered before its claim: attempt 1, started_at set by the answer''s write');
+-- In flight for longer (the slow GPU answers in 40 ms), it is claimed:
+-- running, with a lease, as a decision from the table path would be.
+SELECT npc_test.use_gpus(ARRAY['slow']);
+SELECT npc_scale.request_decision(2007, 'build', 'handoff: slow enough to be claimed', 5) AS id_slow \gset
+SELECT ok(npc_test.wait_for(format(
+  'SELECT status = ''running'' AND leased_until IS NOT NULL FROM npc_scale.decision_queue WHERE id = %s', :id_slow)),
+  'in flight past 5 ms: claimed (running, leased)');
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_slow)),
+  'and then answered');
+SELECT results_eq(
+  format('SELECT status, attempts FROM npc_scale.decision_queue WHERE id = %s', :id_slow),
+  $$ VALUES ('done'::text, 1) $$,
+  'done after one attempt');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2007;
 SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
 SELECT * FROM finish();
