@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include <nlohmann/json.hpp>
 
 namespace npc_scale {
 
@@ -47,25 +46,6 @@ AttemptOutcome resolve_attempt(Api api, const HttpResult& result, int attempts,
   out.retry_delay_ms = retry_delay_ms(attempts + 1, policy.base_delay_ms, policy.max_delay_ms,
                                       jitter_seed, result.retry_after_s);
   return out;
-}
-
-std::string results_to_json(const std::vector<DecisionResult>& results) {
-  nlohmann::json rows = nlohmann::json::array();
-  for (const auto& r : results) {
-    nlohmann::json row = {{"id", r.id},
-                          {"attempts", r.attempts},
-                          {"status", r.status},
-                          {"retry_ms", r.retry_ms}};
-    row["response"] = r.status == "done" ? nlohmann::json(r.response) : nlohmann::json(nullptr);
-    row["error"] = r.error.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.error);
-    row["gpu_id"] = r.gpu_id ? nlohmann::json(r.gpu_id) : nlohmann::json(nullptr);
-    row["cache_layer"] = r.cache_layer.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.cache_layer);
-    row["from_queued"] = r.from_queued;
-    row["elapsed_ms"] = r.elapsed_ms;
-    rows.push_back(std::move(row));
-  }
-  // Invalid UTF-8 from an endpoint must not make the whole batch unwritable.
-  return rows.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace npc_scale

@@ -1,7 +1,6 @@
 // What one finished HTTP attempt means for a decision: done with an answer,
-// another attempt after a back-off, or failed with a reason. Also the batch
-// of results the dispatcher writes back, as JSON for one UPDATE … FROM
-// jsonb_to_recordset($1).
+// another attempt after a back-off, or failed with a reason; and the row the
+// dispatcher writes back for it.
 #pragma once
 
 #include <cstdint>
@@ -46,7 +45,5 @@ struct DecisionResult {
   bool from_queued = false;
   int64_t elapsed_ms = 0;  // from_queued: how long ago the request was sent
 };
-
-std::string results_to_json(const std::vector<DecisionResult>& results);
 
 }  // namespace npc_scale

@@ -8,7 +8,9 @@ extern "C" {
 #include "commands/async.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "mb/pg_wchar.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 }
 
 namespace npc_scale {
@@ -97,11 +99,55 @@ void claim_in_transaction(int limit, int lease_s, const std::vector<int64_t>& ex
 }
 
 // In the caller's transaction; appends the ids that reached a final status.
+// Column arrays for the result write. A text value must be valid in the
+// database's encoding: the dispatcher's texts are UTF-8 (answers parsed by a
+// JSON parser, errors sanitized), and anything else is made ASCII here
+// rather than stored as bytes the database cannot read.
+struct TextColumn {
+  std::vector<Datum> values;
+  std::vector<bool> nulls;
+  void add(const std::string* s) {
+    if (s == nullptr) {
+      values.push_back(Datum(0));
+      nulls.push_back(true);
+      return;
+    }
+    values.push_back(pg_call([&] {
+      if (pg_verifymbstr(s->data(), static_cast<int>(s->size()), true)) {
+        return PointerGetDatum(cstring_to_text_with_len(s->data(), static_cast<int>(s->size())));
+      }
+      std::string ascii(*s);
+      for (char& c : ascii) {
+        if (c == '\0' || static_cast<unsigned char>(c) >= 0x80) c = '?';
+      }
+      return PointerGetDatum(cstring_to_text_with_len(ascii.data(), static_cast<int>(ascii.size())));
+    }));
+    nulls.push_back(false);
+  }
+};
+
+Datum array_of(Oid type, const std::vector<Datum>& values, const std::vector<bool>& nulls) {
+  return pg_call([&] {
+    int16 len;
+    bool byval;
+    char align;
+    get_typlenbyvalalign(type, &len, &byval, &align);
+    bool* nb = static_cast<bool*>(palloc(sizeof(bool) * (nulls.size() + 1)));
+    for (size_t i = 0; i < nulls.size(); i++) nb[i] = nulls[i];
+    int dims[1] = {static_cast<int>(values.size())};
+    int lbs[1] = {1};
+    return PointerGetDatum(construct_md_array(const_cast<Datum*>(values.data()), nb, 1, dims, lbs,
+                                              type, len, byval, align));
+  });
+}
+
+// In the caller's transaction; appends the ids that reached a final status.
 void write_in_transaction(const std::vector<DecisionResult>& results, std::vector<int64_t>& finished) {
   // A claimed decision is written only by the attempt that claimed it
   // (status running, same attempt number); an unclaimed handed-off one
   // (from_queued) only while it is still queued, and the write counts its
-  // attempt.
+  // attempt. The batch comes as one array per column (no JSON to build and
+  // parse on the answer's critical path).
   static SavedPlan plan(
       "UPDATE npc_scale.decision_queue q SET"
       "  status = r.status, response = r.response, error = r.error, cache_layer = r.cache_layer,"
@@ -111,26 +157,50 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
       "  not_before = CASE WHEN r.status = 'queued'"
       "                    THEN now() + make_interval(secs => r.retry_ms / 1000.0) END,"
       "  finished_at = CASE WHEN r.status = 'queued' THEN NULL ELSE now() END "
-      "FROM jsonb_to_recordset($1::jsonb) AS r(id bigint, attempts int, status text,"
-      "     response text, error text, gpu_id int, retry_ms bigint, cache_layer text,"
-      "     from_queued bool, elapsed_ms bigint) "
-      "WHERE q.id = ANY ($2) AND q.id = r.id"
+      "FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[],"
+      "            $7::bigint[], $8::text[], $9::bool[], $10::bigint[])"
+      "     AS r(id, attempts, status, response, error, gpu_id, retry_ms, cache_layer,"
+      "          from_queued, elapsed_ms) "
+      "WHERE q.id = ANY ($1) AND q.id = r.id"
       "  AND CASE WHEN r.from_queued THEN (q.status = 'queued') IS TRUE"
       "           ELSE (q.status = 'running') IS TRUE AND q.attempts = r.attempts END "
       "RETURNING q.id, q.status <> 'queued'",
-      {TEXTOID, INT8ARRAYOID});
+      {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+       INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, INT8ARRAYOID});
   if (results.empty()) return;
-  std::string json = results_to_json(results);
-  {
-    Datum arg = pg_call([&] { return PointerGetDatum(cstring_to_text_with_len(json.data(), json.size())); });
-    std::vector<int64_t> ids;
-    for (const auto& r : results) ids.push_back(r.id);
-    uint64_t n = plan.execute({arg, int8_array(ids)});
-    for (uint64_t i = 0; i < n; i++) {
-      if (spi_bool(i, 2)) finished.push_back(spi_int(i, 1).value_or(0));
-    }
-    for (int64_t id : finished) notify_finished(id);
+  const size_t n = results.size();
+  std::vector<Datum> ids, attempts, gpu_ids, retry_ms, from_queued, elapsed_ms;
+  std::vector<bool> no_nulls(n, false), gpu_nulls;
+  TextColumn status, response, error, cache_layer;
+  for (const DecisionResult& r : results) {
+    ids.push_back(Int64GetDatum(r.id));
+    attempts.push_back(Int32GetDatum(r.attempts));
+    status.add(&r.status);
+    response.add(r.status == "done" ? &r.response : nullptr);
+    error.add(r.error.empty() ? nullptr : &r.error);
+    gpu_ids.push_back(Int32GetDatum(r.gpu_id));
+    gpu_nulls.push_back(r.gpu_id == 0);
+    retry_ms.push_back(Int64GetDatum(r.retry_ms));
+    cache_layer.add(r.cache_layer.empty() ? nullptr : &r.cache_layer);
+    from_queued.push_back(BoolGetDatum(r.from_queued));
+    elapsed_ms.push_back(Int64GetDatum(r.elapsed_ms));
   }
+  uint64_t rows = plan.execute({
+      array_of(INT8OID, ids, no_nulls),
+      array_of(INT4OID, attempts, no_nulls),
+      array_of(TEXTOID, status.values, status.nulls),
+      array_of(TEXTOID, response.values, response.nulls),
+      array_of(TEXTOID, error.values, error.nulls),
+      array_of(INT4OID, gpu_ids, gpu_nulls),
+      array_of(INT8OID, retry_ms, no_nulls),
+      array_of(TEXTOID, cache_layer.values, cache_layer.nulls),
+      array_of(BOOLOID, from_queued, no_nulls),
+      array_of(INT8OID, elapsed_ms, no_nulls),
+  });
+  for (uint64_t i = 0; i < rows; i++) {
+    if (spi_bool(i, 2)) finished.push_back(spi_int(i, 1).value_or(0));
+  }
+  for (int64_t id : finished) notify_finished(id);
 }
 
 }  // namespace

@@ -3,7 +3,7 @@
 -- rolled-back savepoint are never sent, nothing is sent twice, and what the
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
-SELECT plan(17);
+SELECT plan(19);
 SELECT npc_test.use_gpus(ARRAY['fast1']);
 SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
 SELECT npc_test.metric('handoff_sent') AS hs0, npc_test.metric('handoff_unclaimed') AS hu0 \gset
@@ -75,6 +75,13 @@ SELECT results_eq(
   $$ VALUES ('done'::text, 1) $$,
   'done after one attempt');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2007;
+-- Answers are written as text arrays: multi-byte UTF-8 arrives intact.
+SELECT npc_scale.request_decision(2008, 'build', 'handoff: which mill?', 5,
+  '{"choices": ["Mühle bauen 🏰 — 水車"]}') AS id_utf8 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_utf8)), 'answered');
+SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_utf8), 'Mühle bauen 🏰 — 水車',
+  'a multi-byte UTF-8 answer is stored as sent');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2008;
 SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
 SELECT * FROM finish();
