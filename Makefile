@@ -46,7 +46,7 @@ UNIT_SRCS := $(wildcard test/unit/*.cpp)
 .PHONY: unit fake_gpu npc_load router_bench
 unit: $(BUILD_DIR)/unit_tests
 fake_gpu: $(BUILD_DIR)/fake_gpu
-npc_load: $(BUILD_DIR)/npc_load
+npc_load: $(BUILD_DIR)/npc_load $(BUILD_DIR)/echo_worker
 router_bench: $(BUILD_DIR)/router_bench
 
 $(BUILD_DIR)/unit_tests: $(CORE_SRCS) $(FAKE_GPU_LIB_SRCS) $(UNIT_SRCS) $(wildcard src/core/*.hpp test/fake_gpu/*.hpp)
@@ -63,6 +63,11 @@ $(BUILD_DIR)/npc_load: test/bench/npc_load.cpp
 	@mkdir -p $(BUILD_DIR)
 	$(CXX) $(TEST_CXXFLAGS) -I$(shell $(PG_CONFIG) --includedir) $< -L$(shell $(PG_CONFIG) --libdir) -lpq -o $@
 
+# The overhead benchmark's baseline worker (libpq only).
+$(BUILD_DIR)/echo_worker: test/bench/echo_worker.cpp
+	@mkdir -p $(BUILD_DIR)
+	$(CXX) $(TEST_CXXFLAGS) -I$(shell $(PG_CONFIG) --includedir) $< -L$(shell $(PG_CONFIG) --libdir) -lpq -o $@
+
 # The routing benchmark: the router's own code against simulated GPUs.
 $(BUILD_DIR)/router_bench: test/bench/router_bench.cpp $(CORE_SRCS) $(wildcard src/core/*.hpp)
 	@mkdir -p $(BUILD_DIR)
@@ -71,4 +76,4 @@ $(BUILD_DIR)/router_bench: test/bench/router_bench.cpp $(CORE_SRCS) $(wildcard s
 clean: clean-build
 .PHONY: clean-build
 clean-build:
-	rm -f $(BUILD_DIR)/unit_tests $(BUILD_DIR)/fake_gpu $(BUILD_DIR)/npc_load $(BUILD_DIR)/router_bench
+	rm -f $(BUILD_DIR)/unit_tests $(BUILD_DIR)/fake_gpu $(BUILD_DIR)/npc_load $(BUILD_DIR)/echo_worker $(BUILD_DIR)/router_bench

@@ -68,6 +68,7 @@ struct Options {
   long repeat = 0;  // > 0: each NPC cycles through this many prompts (cacheable repeats)
   bool dashboard = false;
   std::string report;
+  std::string enqueue_function = "npc_scale.request_decision";
   bool rss = false;
   double grace_s = 10;
 };
@@ -86,6 +87,8 @@ void usage(FILE* out) {
       "  --priority-mix        NPC i uses priority i %% 11 (default: all priority 5)\n"
       "  --dashboard           live block every second (one line per second when not a tty)\n"
       "  --report FILE         append a one-line JSON summary to FILE\n"
+      "  --enqueue-function F  call F(npc_id, decision_type, prompt, priority, params) instead of\n"
+      "                        npc_scale.request_decision (the overhead benchmark's baseline)\n"
       "  --rss-pid-of-dispatcher  print the dispatcher's VmRSS/RssAnon at the end\n"
       "  --grace S             wait this long for outstanding decisions at the end (default 10)\n"
       "exit status: 0, or 1 if a database error occurred, 2 on bad usage\n");
@@ -179,6 +182,12 @@ bool parse_options(int argc, char** argv, Options& o) {
     } else if (a == "--report") {
       if (!(v = need("--report"))) return false;
       o.report = v;
+    } else if (a == "--enqueue-function") {
+      if (!(v = need("--enqueue-function"))) return false;
+      std::string f = v;
+      bool ok = !f.empty() && f.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_.") == std::string::npos;
+      if (!ok) return bad("--enqueue-function (a lower-case schema.function name)", v);
+      o.enqueue_function = f;
     } else if (a == "--repeat") {
       if (!(v = need("--repeat"))) return false;
       if (!parse_int(v, n) || n < 1) return bad("--repeat", v);
@@ -350,9 +359,10 @@ void on_signal(int) { g_signals = g_signals + 1; }
 
 // Prepared once per pool connection, as a game server's driver would.
 const char* kEnqueueStatement = "npc_load_enqueue";
-const char* kEnqueueSql =
-    "SELECT npc_scale.request_decision($1::bigint, 'build', $2::text, $3::int, "
-    "'{\"max_tokens\": 8, \"temperature\": 0}'::jsonb)";
+std::string enqueue_sql(const std::string& function) {
+  return "SELECT " + function +
+         "($1::bigint, 'build', $2::text, $3::int, '{\"max_tokens\": 8, \"temperature\": 0}'::jsonb)";
+}
 
 class Load {
  public:
@@ -476,7 +486,7 @@ bool Load::setup() {
   for (auto& p : pool_) {
     p.conn = connect_one("pool");
     if (!p.conn) return false;
-    PGresult* prep = PQprepare(p.conn, kEnqueueStatement, kEnqueueSql, 0, nullptr);
+    PGresult* prep = PQprepare(p.conn, kEnqueueStatement, enqueue_sql(o_.enqueue_function).c_str(), 0, nullptr);
     bool prepared = PQresultStatus(prep) == PGRES_COMMAND_OK;
     if (!prepared) std::fprintf(stderr, "npc_load: PREPARE failed: %s", PQresultErrorMessage(prep));
     PQclear(prep);
@@ -1050,9 +1060,9 @@ void Load::print_summary() {
   const auto& L = lat_measured_;
   uint64_t lost = ids_lost_.size() + lost_unsent_;
   double rate = measured_s_ > 0 ? static_cast<double>(done_measured_) / measured_s_ : 0;
-  std::printf("npc_load: %d NPCs, pool %d, think %.0f ms, %.1f s measured (%s %.1f s warm-up)%s\n",
+  std::printf("npc_load: %d NPCs, pool %d, think %.0f ms, %.1f s measured (%s %.1f s warm-up)%s, via %s\n",
               o_.npcs, o_.pool, o_.think_ms, measured_s_, stopped_in_warmup_ ? "stopped during the" : "after",
-              o_.warmup_s, o_.priority_mix ? ", priority mix" : "");
+              o_.warmup_s, o_.priority_mix ? ", priority mix" : "", o_.enqueue_function.c_str());
   std::printf("  decisions: %" PRIu64 " done (%.1f/s), %" PRIu64 " errors, %" PRIu64 " lost\n", done_measured_,
               rate, errors_measured_ + static_cast<uint64_t>(not_done_), lost);
   if (errors_measured_ || not_done_) {
@@ -1123,7 +1133,8 @@ void Load::write_report() {
   double rate = measured_s_ > 0 ? static_cast<double>(done_measured_) / measured_s_ : 0;
   double svc = o_.service_given ? o_.service_ms : NAN;
   std::ostringstream j;
-  j << "{\"tool\":\"npc_load\",\"unix_time\":" << std::time(nullptr) << ",\"npcs\":" << o_.npcs
+  j << "{\"tool\":\"npc_load\",\"unix_time\":" << std::time(nullptr)
+    << ",\"enqueue_function\":" << json_str(o_.enqueue_function) << ",\"npcs\":" << o_.npcs
     << ",\"pool\":" << o_.pool << ",\"think_ms\":" << json_num(o_.think_ms, 1) << ",\"seed\":" << o_.seed
     << ",\"warmup_s\":" << json_num(o_.warmup_s, 1) << ",\"measured_s\":" << json_num(measured_s_, 3)
     << ",\"priority_mix\":" << (o_.priority_mix ? "true" : "false") << ",\"done\":" << done_measured_
