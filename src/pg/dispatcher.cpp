@@ -55,6 +55,9 @@ constexpr long kNoExtensionWaitMs = 1000;
 // A handed-off request in flight this long is claimed (running, leased); one
 // answered sooner is claimed by its answer's write: one statement, not two.
 constexpr int64_t kClaimAfterMs = 5;
+// A handed-off row whose transaction is still committing is looked at again
+// after this long (the commit itself does not wake the dispatcher).
+constexpr int64_t kCommitPollMs = 1;
 
 int64_t now_ms() { return GetCurrentTimestamp() / 1000; }
 
@@ -257,10 +260,12 @@ long Dispatcher::wait_timeout_ms() const {
   if (retry_due_ms_) t = std::min<int64_t>(t, std::max<int64_t>(0, *retry_due_ms_ - now_ms()));
   if (!pending_results_.empty()) t = 0;
   for (const SentHandoff& h : sent_unclaimed_) {
-    // Only the ones still inside their delay: those past it wait for their
-    // commit's wake-up, not for a timer.
+    // Inside its delay: look again when it ends. Past it (or answered), it
+    // waits for its transaction to commit, which sets no latch: look again
+    // in kCommitPollMs.
     int64_t due = h.sent_ms + kClaimAfterMs;
-    if (due > now_ms()) t = std::min<int64_t>(t, due - now_ms());
+    bool waits_for_commit = due <= now_ms() || parked_.count(h.tag) > 0;
+    t = std::min<int64_t>(t, waits_for_commit ? kCommitPollMs : due - now_ms());
   }
   const int64_t now = now_ms();
   for (size_t i = 0; i < fleet_.size(); i++) {
@@ -743,7 +748,7 @@ void Dispatcher::claim_handed_off() {
     }
     switch (handoff_commit_state(h.xid)) {
       case CommitState::in_progress:
-        sent_unclaimed_.push_back(h);  // its commit (or abort) wakes us again
+        sent_unclaimed_.push_back(h);  // looked at again in kCommitPollMs (or on an abort's wake-up)
         break;
       case CommitState::committed:
         if (answered) {

@@ -43,8 +43,11 @@ void on_transaction_end(XactEvent event) {
       if (g_endpoints_pending) pg_atomic_fetch_add_u64(&s.endpoints_generation, 1);
       if (g_table_pending) pg_atomic_write_u32(&s.queue_dirty, 1);
       if (g_wake_pending) pg_atomic_fetch_add_u64(&s.queue_wakeups, 1);
-      // Also when everything was handed off: the claim waits for this commit.
-      if (g_wake_pending || g_endpoints_pending) wake_worker(WorkerKind::dispatcher);
+      // Rows handed off at PRE_COMMIT need no second wake-up: the
+      // dispatcher looks at their transaction's outcome on its own timer.
+      if (g_table_pending || g_endpoints_pending || (g_wake_pending && !g_published)) {
+        wake_worker(WorkerKind::dispatcher);
+      }
       g_wake_pending = g_table_pending = g_endpoints_pending = g_published = false;
       break;
     }
