@@ -21,6 +21,7 @@
 
 #include "core/attempt.hpp"
 #include "core/generation.hpp"
+#include "core/handoff_policy.hpp"
 #include "core/http_client.hpp"
 #include "core/cache_policy.hpp"
 #include "core/fleet.hpp"
@@ -52,12 +53,11 @@ namespace {
 
 constexpr long kHousekeepingMs = 1000;   // lease recovery, deadline expiry
 constexpr long kNoExtensionWaitMs = 1000;
-// A handed-off request in flight this long is claimed (running, leased); one
+// A handed-off request in flight 5 ms is claimed (running, leased); one
 // answered sooner is claimed by its answer's write: one statement, not two.
-constexpr int64_t kClaimAfterMs = 5;
-// A handed-off row whose transaction is still committing is looked at again
-// after this long (the commit itself does not wake the dispatcher).
-constexpr int64_t kCommitPollMs = 1;
+// A row whose transaction is still committing is looked at again every 1 ms
+// (the commit itself does not wake the dispatcher).
+constexpr HandoffTiming kHandoffTiming{5, 1};
 
 int64_t now_ms() { return GetCurrentTimestamp() / 1000; }
 
@@ -259,15 +259,10 @@ long Dispatcher::wait_timeout_ms() const {
   if (curl >= 0) t = std::min<int64_t>(t, curl);
   if (retry_due_ms_) t = std::min<int64_t>(t, std::max<int64_t>(0, *retry_due_ms_ - now_ms()));
   if (!pending_results_.empty()) t = 0;
-  for (const SentHandoff& h : sent_unclaimed_) {
-    // Inside its delay: look again when it ends. Past it (or answered), it
-    // waits for its transaction to commit, which sets no latch: look again
-    // in kCommitPollMs.
-    int64_t due = h.sent_ms + kClaimAfterMs;
-    bool waits_for_commit = due <= now_ms() || parked_.count(h.tag) > 0;
-    t = std::min<int64_t>(t, waits_for_commit ? kCommitPollMs : due - now_ms());
-  }
   const int64_t now = now_ms();
+  for (const SentHandoff& h : sent_unclaimed_) {
+    t = std::min<int64_t>(t, handoff_next_look_ms(parked_.count(h.tag) > 0, h.sent_ms, now, kHandoffTiming));
+  }
   for (size_t i = 0; i < fleet_.size(); i++) {
     const MemberInfo& m = fleet_.info(i);
     const Endpoint& e = fleet_.endpoints()[i];
@@ -729,10 +724,10 @@ void Dispatcher::send_handed_off() {
   http_.perform();  // out now, not after the next wait
 }
 
-// A handed-off request is claimed (status running, leased) once it has been
-// in flight kClaimAfterMs; one answered sooner skips the claim, and the
-// answer's write claims it instead (from queued to done, attempt 1). Either
-// way only after its transaction is known to have committed.
+// Handed-off requests, by the rules of core/handoff_policy: claimed (running,
+// leased) once in flight 5 ms; one answered sooner skips the claim and its
+// answer's write claims it (queued to done, attempt 1). Either way only once
+// its transaction is known to have committed; dropped if it aborted.
 void Dispatcher::claim_handed_off() {
   if (sent_unclaimed_.empty()) return;
   std::vector<SentHandoff> sent;
@@ -742,26 +737,32 @@ void Dispatcher::claim_handed_off() {
   for (const SentHandoff& h : sent) {
     auto parked = parked_.find(h.tag);
     const bool answered = parked != parked_.end();
-    if (!answered && now - h.sent_ms < kClaimAfterMs) {
-      sent_unclaimed_.push_back(h);  // not yet: the timer brings us back
+    if (!handoff_needs_outcome(answered, h.sent_ms, now, kHandoffTiming)) {
+      sent_unclaimed_.push_back(h);  // inside its claim delay: the timer brings us back
       continue;
     }
+    TxnOutcome outcome = TxnOutcome::in_progress;
     switch (handoff_commit_state(h.xid)) {
-      case CommitState::in_progress:
-        sent_unclaimed_.push_back(h);  // looked at again in kCommitPollMs (or on an abort's wake-up)
+      case CommitState::in_progress: outcome = TxnOutcome::in_progress; break;
+      case CommitState::committed: outcome = TxnOutcome::committed; break;
+      case CommitState::aborted: outcome = TxnOutcome::aborted; break;
+    }
+    switch (handoff_step(answered, outcome)) {
+      case HandoffStep::wait:  // still committing: looked at again on the poll timer
+        sent_unclaimed_.push_back(h);
         break;
-      case CommitState::committed:
-        if (answered) {
-          Parked p = std::move(parked->second);
-          parked_.erase(parked);
-          p.info.attempts = 1;  // a handed-off row is new: this was its first attempt
-          p.info.from_queued = true;
-          finish(p.info, p.result);
-        } else {
-          to_claim.push_back(h);
-        }
+      case HandoffStep::answer_directly: {
+        Parked p = std::move(parked->second);
+        parked_.erase(parked);
+        p.info.attempts = 1;  // a handed-off row is new: this was its first attempt
+        p.info.from_queued = true;
+        finish(p.info, p.result);
         break;
-      case CommitState::aborted:  // its commit failed after PRE_COMMIT: no row
+      }
+      case HandoffStep::claim:
+        to_claim.push_back(h);
+        break;
+      case HandoffStep::drop:  // its commit failed after PRE_COMMIT: no row
         cancel_request(h.tag);
         pg_atomic_fetch_add_u64(&shared_state().handoff_unclaimed, 1);
         break;
