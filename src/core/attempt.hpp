@@ -44,6 +44,9 @@ struct DecisionResult {
   // queued, and this write is its claim as well (attempt 1).
   bool from_queued = false;
   int64_t elapsed_ms = 0;  // from_queued: how long ago the request was sent
+  // Claimed but handed back unsent (no slot it may use): the claim's
+  // attempt is not counted.
+  bool release = false;
 };
 
 }  // namespace npc_scale

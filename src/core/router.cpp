@@ -57,6 +57,24 @@ std::optional<RouteDecision> Router::pick(std::vector<Endpoint>& endpoints, cons
 
   const int priority = std::clamp(req.priority, 0, 10);
 
+  if (priority >= 3 && cfg_.urgent_reserve > 0 && req.waited_ms < cfg_.reserve_wait_ms) {
+    // The fastest sampled endpoint keeps its last slots for urgent work.
+    std::optional<size_t> fastest;
+    for (size_t i = 0; i < endpoints.size(); i++) {
+      const Endpoint& e = endpoints[i];
+      if (!e.enabled || !e.latency.has_samples()) continue;
+      if (!fastest || e.latency.ema_ms() < endpoints[*fastest].latency.ema_ms()) fastest = i;
+    }
+    if (fastest) {
+      const Endpoint& f = endpoints[*fastest];
+      int reserved = static_cast<int>(f.max_concurrent * cfg_.urgent_reserve + 0.999);
+      if (f.in_flight >= f.max_concurrent - reserved) {
+        cands.erase(std::remove(cands.begin(), cands.end(), *fastest), cands.end());
+        if (cands.empty()) return std::nullopt;
+      }
+    }
+  }
+
   if (priority >= 3 && cfg_.affinity && req.affinity_key) {
     // Ring over the whole fleet (rebuilt only when it changes); candidacy is
     // eligibility, so a full GPU does not reshuffle everyone's home.

@@ -19,6 +19,12 @@ struct RouterConfig {
   double w_load = 0.5, w_latency = 0.3, w_error = 0.2;  // seed weights for priorities 3..7
   bool affinity = true;
   double affinity_epsilon = 0.25;  // bounded-load epsilon
+  // Slots of the fastest endpoint (lowest latency EMA) kept for priority 0-2
+  // while the fleet keeps up: once the oldest waiting work has waited
+  // reserve_wait_ms (saturation), work of any priority may use them, so
+  // nothing idles then. 0 = no reserve.
+  double urgent_reserve = 0.2;
+  int64_t reserve_wait_ms = 50;
 };
 
 // The router's view of one endpoint (owned by the dispatcher).
@@ -43,6 +49,7 @@ struct RouteRequest {
   int priority = 5;                      // 0 most urgent .. 10
   std::optional<uint64_t> affinity_key;  // e.g. npc_id hash, or a prompt-prefix hash
   std::optional<int> avoid_gpu;          // a retry should land elsewhere when it can
+  int64_t waited_ms = 0;                 // age of the oldest work waiting for a slot
 };
 
 struct RouteDecision {

@@ -152,24 +152,25 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
       "UPDATE npc_scale.decision_queue q SET"
       "  status = r.status, response = r.response, error = r.error, cache_layer = r.cache_layer,"
       "  gpu_id = coalesce(r.gpu_id, q.gpu_id), leased_until = NULL,"
-      "  attempts = CASE WHEN r.from_queued THEN q.attempts + 1 ELSE q.attempts END,"
+      "  attempts = CASE WHEN r.from_queued THEN q.attempts + 1"
+      "                  WHEN r.release THEN greatest(q.attempts - 1, 0) ELSE q.attempts END,"
       "  started_at = coalesce(q.started_at, now() - make_interval(secs => r.elapsed_ms / 1000.0)),"
       "  not_before = CASE WHEN r.status = 'queued'"
       "                    THEN now() + make_interval(secs => r.retry_ms / 1000.0) END,"
       "  finished_at = CASE WHEN r.status = 'queued' THEN NULL ELSE now() END "
       "FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[],"
-      "            $7::bigint[], $8::text[], $9::bool[], $10::bigint[])"
+      "            $7::bigint[], $8::text[], $9::bool[], $10::bigint[], $11::bool[])"
       "     AS r(id, attempts, status, response, error, gpu_id, retry_ms, cache_layer,"
-      "          from_queued, elapsed_ms) "
+      "          from_queued, elapsed_ms, release) "
       "WHERE q.id = ANY ($1) AND q.id = r.id"
       "  AND CASE WHEN r.from_queued THEN (q.status = 'queued') IS TRUE"
       "           ELSE (q.status = 'running') IS TRUE AND q.attempts = r.attempts END "
       "RETURNING q.id, q.status <> 'queued'",
       {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-       INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, INT8ARRAYOID});
+       INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, INT8ARRAYOID, BOOLARRAYOID});
   if (results.empty()) return;
   const size_t n = results.size();
-  std::vector<Datum> ids, attempts, gpu_ids, retry_ms, from_queued, elapsed_ms;
+  std::vector<Datum> ids, attempts, gpu_ids, retry_ms, from_queued, elapsed_ms, release;
   std::vector<bool> no_nulls(n, false), gpu_nulls;
   TextColumn status, response, error, cache_layer;
   for (const DecisionResult& r : results) {
@@ -184,6 +185,7 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
     cache_layer.add(r.cache_layer.empty() ? nullptr : &r.cache_layer);
     from_queued.push_back(BoolGetDatum(r.from_queued));
     elapsed_ms.push_back(Int64GetDatum(r.elapsed_ms));
+    release.push_back(BoolGetDatum(r.release));
   }
   uint64_t rows = plan.execute({
       array_of(INT8OID, ids, no_nulls),
@@ -196,6 +198,7 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
       array_of(TEXTOID, cache_layer.values, cache_layer.nulls),
       array_of(BOOLOID, from_queued, no_nulls),
       array_of(INT8OID, elapsed_ms, no_nulls),
+      array_of(BOOLOID, release, no_nulls),
   });
   for (uint64_t i = 0; i < rows; i++) {
     if (spi_bool(i, 2)) finished.push_back(spi_int(i, 1).value_or(0));

@@ -103,6 +103,7 @@ class Dispatcher {
   void publish_stats();
   void serve_sync_slots();
   void claim_and_send();
+  void set_capacity_blocked(bool blocked);
   // Decisions handed off at commit: sent at once, then claimed by id.
   void send_handed_off();
   void claim_handed_off();
@@ -157,6 +158,8 @@ class Dispatcher {
   std::vector<CacheFill> cache_fills_;  // answers to cache once they are written
   bool maybe_more_work_ = true;   // look at the queue on the next round
   bool capacity_blocked_ = false;  // the last look stopped at the fleet's capacity
+  std::optional<int64_t> blocked_since_ms_;  // since when work has been waiting for a slot
+  bool reserve_opened_ = false;              // the look after reserve_wait has been taken
   int64_t next_housekeeping_ms_ = 0;
   std::optional<int64_t> retry_due_ms_;  // earliest queued retry
 };
@@ -231,6 +234,11 @@ void Dispatcher::tick(int wake_events) {
   reload_endpoints_if_changed();
   start_probes_and_scrapes();
   serve_sync_slots();
+  if (capacity_blocked_ && !reserve_opened_ && guc_urgent_reserve > 0 && blocked_since_ms_ &&
+      now_ms() >= *blocked_since_ms_ + guc_reserve_wait_ms) {
+    reserve_opened_ = true;  // waiting this long opens the urgent reserve: one more look
+    maybe_more_work_ = true;
+  }
   if (retry_due_ms_ && now_ms() >= *retry_due_ms_) {
     retry_due_ms_.reset();
     maybe_more_work_ = true;
@@ -259,6 +267,9 @@ long Dispatcher::wait_timeout_ms() const {
   if (curl >= 0) t = std::min<int64_t>(t, curl);
   if (retry_due_ms_) t = std::min<int64_t>(t, std::max<int64_t>(0, *retry_due_ms_ - now_ms()));
   if (!pending_results_.empty()) t = 0;
+  if (capacity_blocked_ && !reserve_opened_ && guc_urgent_reserve > 0 && blocked_since_ms_) {
+    t = std::min<int64_t>(t, std::max<int64_t>(0, *blocked_since_ms_ + guc_reserve_wait_ms - now_ms()));
+  }
   const int64_t now = now_ms();
   for (const SentHandoff& h : sent_unclaimed_) {
     t = std::min<int64_t>(t, handoff_next_look_ms(parked_.count(h.tag) > 0, h.sent_ms, now, kHandoffTiming));
@@ -282,6 +293,8 @@ void Dispatcher::configure_router() {
   rc.w_error = guc_weight_errors;
   rc.affinity = guc_affinity;
   rc.affinity_epsilon = guc_affinity_epsilon;
+  rc.urgent_reserve = guc_urgent_reserve;
+  rc.reserve_wait_ms = guc_reserve_wait_ms;
   router_.configure(rc);
   prefix_types_ = std::string(",") + (guc_prefix_affinity_types ? guc_prefix_affinity_types : "") + ",";
   prefix_types_.erase(std::remove(prefix_types_.begin(), prefix_types_.end(), ' '), prefix_types_.end());
@@ -324,6 +337,9 @@ std::optional<size_t> Dispatcher::route(int priority, std::optional<uint64_t> af
   req.priority = priority;
   req.affinity_key = affinity_key;
   req.avoid_gpu = avoid_gpu;
+  // How long work has been waiting for a slot: the fleet's saturation signal
+  // that opens the urgent reserve to everyone.
+  req.waited_ms = blocked_since_ms_ ? now_ms() - *blocked_since_ms_ : 0;
   uint64_t hits = router_.affinity_hits(), misses = router_.affinity_misses();
   auto d = router_.pick(fleet_.endpoints(), req, now_ms());
   SharedState& s = shared_state();
@@ -624,15 +640,16 @@ void Dispatcher::claim_and_send() {
   // A finishing request sets maybe_more_work_ again when slots are full.
   int limit = std::min(free_capacity(), guc_claim_batch);
   if (limit <= 0) {
-    capacity_blocked_ = true;  // work may be waiting: look again when a slot frees
+    set_capacity_blocked(true);  // work may be waiting: look again when a slot frees
     return;
   }
   std::vector<int64_t> handed_off;
   for (const SentHandoff& h : sent_unclaimed_) handed_off.push_back(h.id);
   ClaimResult claimed = claim_decisions(limit, guc_lease_timeout_s, handed_off);
   // A full batch means more may be queued behind it: claim again next round.
-  capacity_blocked_ = static_cast<int>(claimed.running.size()) >= limit;
+  set_capacity_blocked(static_cast<int>(claimed.running.size()) >= limit);
   maybe_more_work_ = capacity_blocked_;
+  bool handed_back = false;
   for (auto& d : claimed.running) {
     InFlight info;
     info.decision_id = d.id;
@@ -656,15 +673,35 @@ void Dispatcher::claim_and_send() {
       const long timeout = request_timeout_ms(params, d.deadline_in_ms);
       auto pick = route(d.priority, affinity_key(d), d.last_gpu_id);
       if (!pick) {
-        // Capacity vanished (an endpoint was disabled between the count and
-        // now): hand it back at once, without a back-off.
-        pending_results_.push_back({d.id, d.attempts, "queued", "", "no free GPU slot", 0, 0});
+        // No slot it may use (the only free ones are the urgent reserve, or
+        // an endpoint was disabled since the count): hand it back at once,
+        // attempt not counted, and wait for a slot.
+        DecisionResult back{d.id, d.attempts, "queued", "", "no free GPU slot", 0, 0};
+        back.release = true;
+        pending_results_.push_back(std::move(back));
+        handed_back = true;
         continue;
       }
       send(*pick, info, d.prompt, params, d.priority, timeout);
     } catch (const std::exception& e) {
       pending_results_.push_back({d.id, d.attempts, "failed", "", e.what(), 0, 0});
     }
+  }
+  if (handed_back) {
+    // Look again when a slot frees (or the reserve opens), not at once.
+    set_capacity_blocked(true);
+    maybe_more_work_ = false;
+  }
+}
+
+void Dispatcher::set_capacity_blocked(bool blocked) {
+  capacity_blocked_ = blocked;
+  if (!blocked) {
+    blocked_since_ms_.reset();
+    reserve_opened_ = false;
+  } else if (!blocked_since_ms_) {
+    blocked_since_ms_ = now_ms();
+    reserve_opened_ = false;
   }
 }
 
@@ -707,7 +744,7 @@ void Dispatcher::send_handed_off() {
       auto pick = route(d.priority, affinity_key(d), std::nullopt);
       if (!pick) {
         maybe_more_work_ = true;
-        capacity_blocked_ = true;
+        set_capacity_blocked(true);
         continue;
       }
       std::optional<int64_t> deadline_in_ms;

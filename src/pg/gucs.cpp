@@ -24,6 +24,8 @@ double guc_weight_load = 0.5, guc_weight_latency = 0.3, guc_weight_errors = 0.2;
 double guc_latency_alpha = 0.2;
 bool guc_affinity = true;
 double guc_affinity_epsilon = 0.25;
+double guc_urgent_reserve = 0.2;
+int guc_reserve_wait_ms = 50;
 char* guc_prefix_affinity_types = nullptr;
 int guc_priority_aging_ms = 10000;
 int guc_metrics_interval_ms = 1000;
@@ -107,6 +109,16 @@ void define_gucs() {
                            "(1+epsilon) of the fleet average.",
                            nullptr, &guc_affinity_epsilon, 0.25, 0, 10, PGC_SIGHUP, 0, nullptr,
                            nullptr, nullptr);
+  DefineCustomRealVariable("npc_scale.urgent_reserve",
+                           "Share of the fastest endpoint's slots kept for priority 0-2 while the "
+                           "fleet keeps up (0 = none).",
+                           nullptr, &guc_urgent_reserve, 0.2, 0, 0.9, PGC_SIGHUP, 0, nullptr, nullptr,
+                           nullptr);
+  DefineCustomIntVariable("npc_scale.reserve_wait",
+                          "Once work has waited this long for a slot (saturation), any priority may "
+                          "use the urgent reserve.",
+                          nullptr, &guc_reserve_wait_ms, 50, 0, 600000, PGC_SIGHUP, GUC_UNIT_MS, nullptr,
+                          nullptr, nullptr);
   DefineCustomStringVariable("npc_scale.prefix_affinity_types",
                              "Decision types whose affinity key is the prompt prefix, not the NPC "
                              "(comma-separated).",

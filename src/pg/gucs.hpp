@@ -20,6 +20,8 @@ extern double guc_weight_load, guc_weight_latency, guc_weight_errors;
 extern double guc_latency_alpha;
 extern bool guc_affinity;
 extern double guc_affinity_epsilon;
+extern double guc_urgent_reserve;   // share of the fastest endpoint's slots kept for priority 0-2
+extern int guc_reserve_wait_ms;     // … until work has waited this long for a slot
 extern char* guc_prefix_affinity_types;  // decision types keyed by prompt prefix, not NPC
 extern int guc_priority_aging_ms;
 extern int guc_metrics_interval_ms;      // scrape of vLLM /metrics; 0 = off

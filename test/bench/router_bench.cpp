@@ -38,6 +38,7 @@
 #include <functional>
 #include <list>
 #include <map>
+#include <set>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -90,6 +91,8 @@ struct Options {
   long timeout_ms = 60000;
   std::string tsv;
   double epsilon = -1;  // < 0: RouterConfig's default
+  double urgent_reserve = -1;   // < 0: RouterConfig's default
+  int64_t reserve_wait_ms = -1;
   int prefix_cache = 1024;  // per GPU; must equal the fake GPUs' --prefix-cache-entries
 };
 
@@ -109,7 +112,8 @@ std::vector<std::string> split(const std::string& s, char sep) {
                "  [--max-tokens N] [--warmup S] [--first-warmup S] [--measure S] [--loads 0.4,0.8,1.0,1.2]\n"
                "  [--policies router,router-noaff,round-robin,seed] [--service-n N]\n"
                "  [--capacity-s S] [--capacity-rps R] [--seed N] [--timeout-ms MS] [--tsv FILE]\n"
-               "  [--epsilon E] [--prefix-cache N (the fake GPUs' --prefix-cache-entries, 1024)]\n",
+               "  [--epsilon E] [--prefix-cache N (the fake GPUs' --prefix-cache-entries, 1024)]\n"
+               "  [--urgent-reserve F] [--reserve-wait-ms MS] (RouterConfig's defaults: 0.2, 50)\n",
                why);
   std::exit(2);
 }
@@ -143,6 +147,8 @@ Options parse_options(int argc, char** argv) {
     else if (a == "--service-n") o.service_n = std::atoi(val().c_str());
     else if (a == "--capacity-s") o.capacity_s = std::atof(val().c_str());
     else if (a == "--epsilon") o.epsilon = std::atof(val().c_str());
+    else if (a == "--urgent-reserve") o.urgent_reserve = std::atof(val().c_str());
+    else if (a == "--reserve-wait-ms") o.reserve_wait_ms = std::atoll(val().c_str());
     else if (a == "--capacity-rps") o.capacity_rps = std::atof(val().c_str());
     else if (a == "--seed") o.seed = std::strtoull(val().c_str(), nullptr, 10);
     else if (a == "--timeout-ms") o.timeout_ms = std::atol(val().c_str());
@@ -571,6 +577,8 @@ WindowResult Bench::window(const std::string& policy, double load, uint32_t tag,
   RouterConfig cfg;
   cfg.affinity = policy == "router";
   if (opt_.epsilon >= 0) cfg.affinity_epsilon = opt_.epsilon;
+  if (opt_.urgent_reserve >= 0) cfg.urgent_reserve = opt_.urgent_reserve;
+  if (opt_.reserve_wait_ms >= 0) cfg.reserve_wait_ms = opt_.reserve_wait_ms;
   Router router(cfg);
   const bool capped = policy == "router" || policy == "router-noaff";
 
@@ -582,6 +590,7 @@ WindowResult Bench::window(const std::string& policy, double load, uint32_t tag,
   };
   std::map<uint64_t, Req> in_flight;                      // by our id
   std::map<std::pair<int, uint64_t>, Req> waiting;        // (priority, id): the local queue
+  std::multiset<int64_t> waiting_since;                    // their arrival times: the backlog's age
   uint64_t next_id = 0;
 
   std::vector<double> lat[3];
@@ -660,10 +669,12 @@ WindowResult Bench::window(const std::string& policy, double load, uint32_t tag,
       RouteRequest rr;
       rr.priority = head->second.priority;
       rr.affinity_key = npc_key(head->second.npc);
+      rr.waited_ms = (now_ns() - *waiting_since.begin()) / 1000000;  // the oldest waiting request
       auto d = router.pick(eps, rr, now_ms());
       if (!d) break;
       Req rq = head->second;
       uint64_t id = head->first.second;
+      waiting_since.erase(waiting_since.find(head->second.arrival_ns));
       waiting.erase(head);
       rq.gpu = d->index;
       send(id, rq);
@@ -699,6 +710,7 @@ WindowResult Bench::window(const std::string& policy, double load, uint32_t tag,
       }
       if (capped) {
         waiting.emplace(std::make_pair(rq.priority, id), rq);
+        waiting_since.insert(rq.arrival_ns);
       } else {
         rq.gpu = policy == "round-robin" ? router.pick_round_robin(eps)
                                          : router.pick_seed_as_written(eps, rq.priority);
@@ -718,6 +730,7 @@ WindowResult Bench::window(const std::string& policy, double load, uint32_t tag,
   w.backlog_gpu = in_flight.size();
   auto m_after = read_metrics();
   waiting.clear();
+  waiting_since.clear();
   for (auto& [id, rq] : in_flight) loop_.cancel(rq.http_tag);
   in_flight.clear();
   for (uint64_t t : metric_tags) loop_.cancel(t);  // no-op unless one never answered

@@ -131,7 +131,8 @@ for ((i = 0; i < ${#CACHE_SIZES[@]}; i++)); do
     --gpu "p40a=http://127.0.0.1:$((P + 1)),40" \
     --gpu "p40b=http://127.0.0.1:$((P + 2)),40" \
     --npcs "$NPCS" --warmup "$WARMUP" --first-warmup "$FIRST_WARMUP" --measure "$MEASURE" --loads "$loads" \
-    ${EPSILON:+--epsilon "$EPSILON"} --prefix-cache "$size" \
+    ${EPSILON:+--epsilon "$EPSILON"} ${URGENT_RESERVE:+--urgent-reserve "$URGENT_RESERVE"} \
+    ${RESERVE_WAIT_MS:+--reserve-wait-ms "$RESERVE_WAIT_MS"} --prefix-cache "$size" \
     --policies "$policies" --max-tokens "$MAX_TOKENS" --seed "$SEED" --tsv "$out"
 done
 

@@ -1,6 +1,6 @@
 -- Under a backlog, work is sent in priority order then age; an endpoint's
 -- max_concurrent is never exceeded (the simulated GPU's observed peak says so).
-SELECT plan(6);
+SELECT plan(11);
 
 -- Backlog: enqueue while no endpoint is enabled, then open one slot.
 SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[1]);
@@ -29,5 +29,32 @@ SELECT is(npc_test.gpu_metric('slow', 'fake_gpu_peak_running'), 4::numeric,
 SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue d JOIN burst USING (id) WHERE status = 'done' AND attempts = 1), 60,
   'all 60 done, each in one attempt');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2000 AND 3100;
+-- The urgent reserve: the fastest endpoint keeps 20% of its slots for
+-- priority 0-2 until work has waited npc_scale.reserve_wait for a slot. With
+-- the wait raised to 10 s, a burst of priority-5 work (200 ms of it) never
+-- takes the last of 5 slots, and what was claimed and handed back unsent
+-- does not count as an attempt.
+CREATE TEMP TABLE reloads AS
+  SELECT config_reloads FROM npc_scale.worker_status() WHERE name LIKE '%dispatcher%';
+ALTER SYSTEM SET npc_scale.reserve_wait = '10s';
+SELECT pg_reload_conf() AS reloaded \gset
+SELECT ok(npc_test.wait_for($$ SELECT (SELECT config_reloads FROM npc_scale.worker_status() WHERE name LIKE '%dispatcher%')
+                                 > (SELECT config_reloads FROM reloads) $$), 'the dispatcher reloaded its configuration');
+SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[5]);
+-- One decision first: the reserve is on the fastest endpoint with latency samples.
+SELECT npc_scale.request_decision(3101, 'build', 'reserve: sample', 0) AS sample_id \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :sample_id)), 'a first decision is answered');
+SELECT npc_test.gpu_reset('slow') IS NOT NULL AS reset \gset
+CREATE TEMP TABLE burst5 AS
+SELECT id FROM npc_scale.request_decisions(ARRAY(SELECT 3200 + g FROM generate_series(1, 20) g)::bigint[],
+                                           'move', ARRAY(SELECT 'reserve burst ' || g FROM generate_series(1, 20) g)) AS id;
+SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM burst5))', '30 s'), 'the priority-5 burst drains');
+SELECT is(npc_test.gpu_metric('slow', 'fake_gpu_peak_running'), 4::numeric,
+  'priority 5 never took the reserved fifth slot (peak 4 of 5)');
+SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue d JOIN burst5 USING (id) WHERE status = 'done' AND attempts = 1), 20,
+  'all 20 done, each in one attempt (hand-backs are not attempts)');
+ALTER SYSTEM RESET npc_scale.reserve_wait;
+SELECT pg_reload_conf() AS reloaded \gset
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2000 AND 3300;
 SELECT * FROM finish();

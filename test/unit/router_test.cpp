@@ -102,6 +102,7 @@ TEST(RouterTest, MiddleTierUnsampledCountsAsFleetMeanEma) {
 
 TEST(RouterTest, WeightsAreConfigurable) {
   RouterConfig c;
+  c.urgent_reserve = 0;  // the fastest endpoint is nearly full here
   c.w_load = 0;
   c.w_latency = 1;
   c.w_error = 0;
@@ -121,7 +122,9 @@ TEST(RouterTest, FillingByPickNeverExceedsCapsAtAnyPriority) {
     eps[1].remote_running = 100;  // remote load far over the cap must not bend our cap
     eps[2].remote_waiting = 5;
     int sent = 0;
-    while (auto d = r.pick(eps, prio(p), 0)) {
+    RouteRequest req = prio(p);
+    req.waited_ms = 1000;  // saturated: the urgent reserve is open to all
+    while (auto d = r.pick(eps, req, 0)) {
       eps[d->index].in_flight++;
       ASSERT_LE(++sent, 130);
     }
@@ -129,6 +132,42 @@ TEST(RouterTest, FillingByPickNeverExceedsCapsAtAnyPriority) {
     for (const auto& e : eps) EXPECT_EQ(e.in_flight, e.max_concurrent) << p;
     EXPECT_EQ(Router::free_capacity(eps, 0), 0);
   }
+}
+
+TEST(RouterTest, UrgentReserveKeepsTheFastestEndpointsLastSlotsWhileTheFleetKeepsUp) {
+  RouterConfig c;
+  c.urgent_reserve = 0.2;  // 2 of 10 slots
+  c.reserve_wait_ms = 50;
+  c.affinity = false;
+  Router r(c);
+  // Endpoint 0 is the fastest (EMA 10 ms) with 8 of 10 slots busy; endpoint 1 is full.
+  std::vector<Endpoint> eps{ep(1, 10, 8, 10), ep(2, 10, 10, 50)};
+  EXPECT_FALSE(r.pick(eps, prio(5), 0)) << "priority 5 may not take a reserved slot";
+  EXPECT_FALSE(r.pick(eps, prio(10), 0));
+  EXPECT_EQ(pick_index(r, eps, prio(2)), 0u) << "priority 0-2 may";
+  EXPECT_EQ(pick_index(r, eps, prio(0)), 0u);
+  RouteRequest waited = prio(5);
+  waited.waited_ms = 49;
+  EXPECT_FALSE(r.pick(eps, waited, 0));
+  waited.waited_ms = 50;
+  EXPECT_EQ(pick_index(r, eps, waited), 0u) << "once work has waited reserve_wait_ms, anyone may";
+  // Below the reserve, and on other endpoints, nothing changes.
+  eps[0].in_flight = 7;
+  EXPECT_EQ(pick_index(r, eps, prio(5)), 0u);
+  c.urgent_reserve = 0;
+  r.configure(c);
+  eps[0].in_flight = 9;
+  EXPECT_EQ(pick_index(r, eps, prio(5)), 0u) << "reserve 0: off";
+}
+
+TEST(RouterTest, UrgentReserveIsOnTheLowestLatencyEndpointOnly) {
+  RouterConfig c;
+  c.urgent_reserve = 0.2;
+  c.affinity = false;
+  Router r(c);
+  // The slow endpoint (EMA 50) nearly full is not reserved: priority 5 goes there.
+  std::vector<Endpoint> eps{ep(1, 10, 10, 10), ep(2, 10, 9, 50)};
+  EXPECT_EQ(pick_index(r, eps, prio(5)), 1u);
 }
 
 TEST(RouterTest, FillingWithAffinityNeverExceedsCaps) {
