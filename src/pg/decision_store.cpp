@@ -112,15 +112,17 @@ struct TextColumn {
       nulls.push_back(true);
       return;
     }
-    values.push_back(pg_call([&] {
-      if (pg_verifymbstr(s->data(), static_cast<int>(s->size()), true)) {
-        return PointerGetDatum(cstring_to_text_with_len(s->data(), static_cast<int>(s->size())));
-      }
-      std::string ascii(*s);
+    const bool valid = pg_call([&] { return pg_verifymbstr(s->data(), static_cast<int>(s->size()), true); });
+    std::string ascii;  // outside pg_call: no C++ object in a frame a longjmp could skip
+    if (!valid) {
+      ascii = *s;
       for (char& c : ascii) {
         if (c == '\0' || static_cast<unsigned char>(c) >= 0x80) c = '?';
       }
-      return PointerGetDatum(cstring_to_text_with_len(ascii.data(), static_cast<int>(ascii.size())));
+    }
+    const std::string& text = valid ? *s : ascii;
+    values.push_back(pg_call([&] {
+      return PointerGetDatum(cstring_to_text_with_len(text.data(), static_cast<int>(text.size())));
     }));
     nulls.push_back(false);
   }
