@@ -33,13 +33,26 @@ void notify_finished(int64_t id) {
 // batch: measured as the dispatcher's top cost under load. An index
 // condition on the primary key reads only the rows asked for.
 
-Datum int8_array(const std::vector<int64_t>& ids) {
+// A one-dimensional array of `type` from datums, null where marked.
+Datum array_of(Oid type, const std::vector<Datum>& values, const std::vector<bool>& nulls) {
   return pg_call([&] {
-    std::vector<Datum> d;
-    for (int64_t id : ids) d.push_back(Int64GetDatum(id));
-    return PointerGetDatum(construct_array(d.data(), static_cast<int>(d.size()), INT8OID, sizeof(int64),
-                                           FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+    int16 len;
+    bool byval;
+    char align;
+    get_typlenbyvalalign(type, &len, &byval, &align);
+    bool* nb = static_cast<bool*>(palloc(sizeof(bool) * (nulls.size() + 1)));
+    for (size_t i = 0; i < nulls.size(); i++) nb[i] = nulls[i];
+    int dims[1] = {static_cast<int>(values.size())};
+    int lbs[1] = {1};
+    return PointerGetDatum(construct_md_array(const_cast<Datum*>(values.data()), nb, 1, dims, lbs,
+                                              type, len, byval, align));
   });
+}
+
+Datum int8_array(const std::vector<int64_t>& ids) {
+  std::vector<Datum> d;
+  for (int64_t id : ids) d.push_back(Int64GetDatum(id));
+  return array_of(INT8OID, d, std::vector<bool>(d.size(), false));
 }
 
 std::vector<int64_t> ids_of(uint64_t rows, int col) {
@@ -98,7 +111,6 @@ void claim_in_transaction(int limit, int lease_s, const std::vector<int64_t>& ex
   }
 }
 
-// In the caller's transaction; appends the ids that reached a final status.
 // Column arrays for the result write. A text value must be valid in the
 // database's encoding: the dispatcher's texts are UTF-8 (answers parsed by a
 // JSON parser, errors sanitized), and anything else is made ASCII here
@@ -128,20 +140,6 @@ struct TextColumn {
   }
 };
 
-Datum array_of(Oid type, const std::vector<Datum>& values, const std::vector<bool>& nulls) {
-  return pg_call([&] {
-    int16 len;
-    bool byval;
-    char align;
-    get_typlenbyvalalign(type, &len, &byval, &align);
-    bool* nb = static_cast<bool*>(palloc(sizeof(bool) * (nulls.size() + 1)));
-    for (size_t i = 0; i < nulls.size(); i++) nb[i] = nulls[i];
-    int dims[1] = {static_cast<int>(values.size())};
-    int lbs[1] = {1};
-    return PointerGetDatum(construct_md_array(const_cast<Datum*>(values.data()), nb, 1, dims, lbs,
-                                              type, len, byval, align));
-  });
-}
 
 // In the caller's transaction; appends the ids that reached a final status.
 void write_in_transaction(const std::vector<DecisionResult>& results, std::vector<int64_t>& finished) {

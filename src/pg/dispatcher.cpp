@@ -778,13 +778,7 @@ void Dispatcher::claim_handed_off() {
       sent_unclaimed_.push_back(h);  // inside its claim delay: the timer brings us back
       continue;
     }
-    TxnOutcome outcome = TxnOutcome::in_progress;
-    switch (handoff_commit_state(h.xid)) {
-      case CommitState::in_progress: outcome = TxnOutcome::in_progress; break;
-      case CommitState::committed: outcome = TxnOutcome::committed; break;
-      case CommitState::aborted: outcome = TxnOutcome::aborted; break;
-    }
-    switch (handoff_step(answered, outcome)) {
+    switch (handoff_step(answered, handoff_commit_state(h.xid))) {
       case HandoffStep::wait:  // still committing: looked at again on the poll timer
         sent_unclaimed_.push_back(h);
         break;

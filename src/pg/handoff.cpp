@@ -153,12 +153,12 @@ std::vector<HandoffEntry> handoff_take(Oid db) {
   return out;
 }
 
-CommitState handoff_commit_state(TransactionId xid) {
+TxnOutcome handoff_commit_state(TransactionId xid) {
   return pg_call([&] {
     // In this order, as heapam does: a transaction leaves the proc array
     // only after its commit is recorded in the commit log.
-    if (TransactionIdIsInProgress(xid)) return CommitState::in_progress;
-    return TransactionIdDidCommit(xid) ? CommitState::committed : CommitState::aborted;
+    if (TransactionIdIsInProgress(xid)) return TxnOutcome::in_progress;
+    return TransactionIdDidCommit(xid) ? TxnOutcome::committed : TxnOutcome::aborted;
   });
 }
 

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "core/handoff_policy.hpp"
+
 extern "C" {
 #include "postgres.h"
 #include "access/transam.h"
@@ -59,7 +61,6 @@ std::vector<HandoffEntry> handoff_take(Oid db);
 
 // The dispatcher, for a handed-off entry: whether its transaction has
 // committed yet.
-enum class CommitState { in_progress, committed, aborted };
-CommitState handoff_commit_state(TransactionId xid);
+TxnOutcome handoff_commit_state(TransactionId xid);
 
 }  // namespace npc_scale
