@@ -5,22 +5,37 @@
 
 namespace npc_scale {
 
+namespace {
+bool is_2xx(const HttpResult& r) { return r.transport_ok && r.status >= 200 && r.status < 300; }
+}  // namespace
+
+AttemptReply read_attempt(Api api, HttpResult result) {
+  AttemptReply reply;
+  if (is_2xx(result)) {
+    reply.completion = parse_response(api, result.body);
+    // A text column cannot hold NUL; a model that emits one loses only that byte.
+    std::string& text = reply.completion.text;
+    text.erase(std::remove(text.begin(), text.end(), '\0'), text.end());
+  }
+  reply.http = std::move(result);
+  return reply;
+}
+
 AttemptOutcome resolve_attempt(Api api, const HttpResult& result, int attempts,
                                const RetryPolicy& policy, uint64_t jitter_seed) {
+  return resolve_attempt(read_attempt(api, result), attempts, policy, jitter_seed);
+}
+
+AttemptOutcome resolve_attempt(const AttemptReply& reply, int attempts, const RetryPolicy& policy,
+                               uint64_t jitter_seed) {
+  const HttpResult& result = reply.http;
+  const Completion& completion = reply.completion;
   AttemptOutcome out;
-  Completion completion;
-  bool body_ok = false;
-  if (result.transport_ok && result.status >= 200 && result.status < 300) {
-    completion = parse_response(api, result.body);
-    body_ok = completion.ok;
-  }
+  const bool body_ok = is_2xx(result) && completion.ok;
   switch (classify(result.transport_ok, result.status, body_ok)) {
     case Outcome::success:
       out.kind = AttemptOutcome::Kind::done;
-      out.response = std::move(completion.text);
-      // A text column cannot hold NUL; a model that emits one loses only that byte.
-      out.response.erase(std::remove(out.response.begin(), out.response.end(), '\0'),
-                         out.response.end());
+      out.response = completion.text;
       return out;
     case Outcome::permanent:
       out.kind = AttemptOutcome::Kind::failed;

@@ -26,7 +26,18 @@ struct AttemptOutcome {
   int64_t retry_delay_ms = 0;
 };
 
+// A finished HTTP attempt with its body read once. The dispatcher judges one
+// reply several times (its endpoint's statistics, the decision, coalesced
+// followers, again after a deferred claim); parsing the JSON is the costly part.
+struct AttemptReply {
+  HttpResult http;
+  Completion completion;  // parsed when the status was 2xx
+};
+AttemptReply read_attempt(Api api, HttpResult result);
+
 // `attempts` counts the attempt that just finished (1 for the first).
+AttemptOutcome resolve_attempt(const AttemptReply& reply, int attempts, const RetryPolicy& policy,
+                               uint64_t jitter_seed);
 AttemptOutcome resolve_attempt(Api api, const HttpResult& result, int attempts,
                                const RetryPolicy& policy, uint64_t jitter_seed);
 

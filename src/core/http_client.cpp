@@ -30,16 +30,14 @@ struct CurlGlobal {
 
 }  // namespace
 
+// At most this many idle easy handles are kept for reuse.
+constexpr size_t kMaxIdleHandles = 256;
+
 struct HttpClient::Transfer {
   HttpRequest request;
-  CURL* easy = nullptr;
-  curl_slist* headers = nullptr;
+  CURL* easy = nullptr;  // owned by the HttpClient's handle pool
   std::string response;
   int64_t started_us = 0;
-  ~Transfer() {
-    if (easy) curl_easy_cleanup(easy);
-    if (headers) curl_slist_free_all(headers);
-  }
 };
 
 HttpClient::HttpClient() {
@@ -60,13 +58,54 @@ HttpClient::HttpClient() {
 }
 
 HttpClient::~HttpClient() {
-  for (auto& [tag, t] : transfers_) curl_multi_remove_handle(multi_, t->easy);
+  for (auto& [tag, t] : transfers_) {
+    curl_multi_remove_handle(multi_, t->easy);
+    curl_easy_cleanup(t->easy);
+  }
   transfers_.clear();
+  for (CURL* e : idle_handles_) curl_easy_cleanup(e);
   curl_multi_cleanup(multi_);
+  for (auto& [token, list] : header_lists_) curl_slist_free_all(list);
   close(epoll_fd_);
 }
 
-int HttpClient::on_socket(CURL*, int fd, int what, void* client, void*) {
+CURL* HttpClient::take_handle() {
+  if (idle_handles_.empty()) {
+    CURL* e = curl_easy_init();
+    if (!e) throw std::runtime_error("curl_easy_init failed");
+    return e;
+  }
+  CURL* e = idle_handles_.back();
+  idle_handles_.pop_back();
+  return e;
+}
+
+void HttpClient::give_back(CURL* easy) {
+  if (idle_handles_.size() >= kMaxIdleHandles) {
+    curl_easy_cleanup(easy);
+    return;
+  }
+  curl_easy_reset(easy);  // options only: connections stay in the multi's cache
+  idle_handles_.push_back(easy);
+}
+
+curl_slist* HttpClient::headers_for(const std::string& bearer_token) {
+  auto it = header_lists_.find(bearer_token);
+  if (it != header_lists_.end()) return it->second;
+  curl_slist* list = curl_slist_append(nullptr, "Content-Type: application/json");
+  list = curl_slist_append(list, "Expect:");  // no 100-continue round trip
+  if (!bearer_token.empty()) {
+    list = curl_slist_append(list, ("Authorization: Bearer " + bearer_token).c_str());
+  }
+  if (!list) throw std::runtime_error("curl_slist_append failed");
+  header_lists_.emplace(bearer_token, list);
+  return list;
+}
+
+// libcurl keeps a per-socket pointer for us (curl_multi_assign): it holds
+// the events the socket is registered for, so a new socket is ADDed, a
+// changed one MODified, and an unchanged one costs no system call.
+int HttpClient::on_socket(CURL*, int fd, int what, void* client, void* socket_data) {
   auto* self = static_cast<HttpClient*>(client);
   if (what == CURL_POLL_REMOVE) {
     epoll_ctl(self->epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
@@ -76,9 +115,15 @@ int HttpClient::on_socket(CURL*, int fd, int what, void* client, void*) {
   ev.data.fd = fd;
   if (what & CURL_POLL_IN) ev.events |= EPOLLIN;
   if (what & CURL_POLL_OUT) ev.events |= EPOLLOUT;
-  if (epoll_ctl(self->epoll_fd_, EPOLL_CTL_MOD, fd, &ev) != 0) {
-    epoll_ctl(self->epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+  const uintptr_t registered = reinterpret_cast<uintptr_t>(socket_data);  // 0 = not yet
+  const uintptr_t wanted = ev.events | 0x80000000u;
+  if (registered == wanted) return 0;
+  int op = registered == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+  if (epoll_ctl(self->epoll_fd_, op, fd, &ev) != 0) {
+    // Out of step with the kernel (e.g. the descriptor was reused): the other verb.
+    epoll_ctl(self->epoll_fd_, op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev);
   }
+  curl_multi_assign(self->multi_, fd, reinterpret_cast<void*>(wanted));
   return 0;
 }
 
@@ -91,8 +136,10 @@ int HttpClient::on_timer(CURLM*, long timeout_ms, void* client) {
 void HttpClient::start(HttpRequest request) {
   auto t = std::make_unique<Transfer>();
   t->request = std::move(request);
-  t->easy = curl_easy_init();
-  if (!t->easy) throw std::runtime_error("curl_easy_init failed");
+  uint64_t tag = t->request.tag;
+  if (transfers_.count(tag)) throw std::logic_error("HttpClient: duplicate request tag");
+  curl_slist* headers = headers_for(t->request.bearer_token);
+  t->easy = take_handle();
   CURL* e = t->easy;
   curl_easy_setopt(e, CURLOPT_URL, t->request.url.c_str());
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);  // never touch the process's signals
@@ -102,21 +149,16 @@ void HttpClient::start(HttpRequest request) {
   curl_easy_setopt(e, CURLOPT_WRITEDATA, &t->response);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_PRIVATE, reinterpret_cast<void*>(t->request.tag));
-  t->headers = curl_slist_append(t->headers, "Content-Type: application/json");
-  t->headers = curl_slist_append(t->headers, "Expect:");  // no 100-continue round trip
-  if (!t->request.bearer_token.empty()) {
-    t->headers = curl_slist_append(
-        t->headers, ("Authorization: Bearer " + t->request.bearer_token).c_str());
-  }
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
   if (!t->request.body.empty()) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, static_cast<long>(t->request.body.size()));
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->request.body.data());
   }
   t->started_us = now_us();
-  uint64_t tag = t->request.tag;
-  if (transfers_.count(tag)) throw std::logic_error("HttpClient: duplicate request tag");
-  curl_multi_add_handle(multi_, e);
+  if (curl_multi_add_handle(multi_, e) != CURLM_OK) {
+    give_back(e);
+    throw std::runtime_error("curl_multi_add_handle failed");
+  }
   transfers_.emplace(tag, std::move(t));
 }
 
@@ -124,6 +166,7 @@ bool HttpClient::cancel(uint64_t tag) {
   auto it = transfers_.find(tag);
   if (it == transfers_.end()) return false;
   curl_multi_remove_handle(multi_, it->second->easy);
+  give_back(it->second->easy);
   transfers_.erase(it);
   return true;
 }
@@ -183,6 +226,7 @@ void HttpClient::collect_finished() {
       r.error = curl_easy_strerror(msg->data.result);
     }
     curl_multi_remove_handle(multi_, t.easy);
+    give_back(t.easy);
     transfers_.erase(it);
     finished_.push_back(std::move(r));
   }

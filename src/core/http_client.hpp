@@ -15,6 +15,7 @@
 
 typedef void CURLM;
 typedef void CURL;
+struct curl_slist;
 
 namespace npc_scale {
 
@@ -66,8 +67,16 @@ class HttpClient {
   static int on_socket(CURL* easy, int fd, int what, void* client, void* socket_data);
   static int on_timer(CURLM* multi, long timeout_ms, void* client);
   void collect_finished();
+  CURL* take_handle();
+  void give_back(CURL* easy);
+  curl_slist* headers_for(const std::string& bearer_token);
 
   CURLM* multi_ = nullptr;
+  // Easy handles of finished transfers, reset and reused: creating one per
+  // request is a few kB of allocation and set-up on the hot path.
+  std::vector<CURL*> idle_handles_;
+  // Header lists by bearer token ("" = none): one per endpoint credential.
+  std::map<std::string, curl_slist*> header_lists_;
   int epoll_fd_ = -1;
   int64_t timer_deadline_us_ = -1;  // monotonic; -1 = none
   std::map<uint64_t, std::unique_ptr<Transfer>> transfers_;

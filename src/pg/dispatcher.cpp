@@ -111,13 +111,13 @@ class Dispatcher {
   void fill_cache();
   void flush_results();
   void handle_finished();
-  void finish(const InFlight& f, const HttpResult& r);
-  void finish_decision(const InFlight& f, const HttpResult& r);
+  void finish(const InFlight& f, const AttemptReply& r);
+  void finish_decision(const InFlight& f, const AttemptReply& r);
   // Joins `info` to an identical request in flight; true if it did.
   bool coalesce(const InFlight& info);
   void requeue_followers(const std::vector<InFlight>& followers);
   void publish_fleet_signature();
-  void finish_sync(const InFlight& f, const HttpResult& r);
+  void finish_sync(const InFlight& f, const AttemptReply& r);
   void fail_sync_slot(int index, uint64 ticket, const std::string& error);
   void housekeeping();
   void wake_waiters(const std::vector<int64_t>& finished);
@@ -146,7 +146,7 @@ class Dispatcher {
   std::vector<SentHandoff> sent_unclaimed_;
   struct Parked {
     InFlight info;
-    HttpResult result;
+    AttemptReply reply;
   };
   // Answers that arrived before their handed-off row could be claimed (its
   // transaction had not committed yet), by request tag.
@@ -787,7 +787,7 @@ void Dispatcher::claim_handed_off() {
         parked_.erase(parked);
         p.info.attempts = 1;  // a handed-off row is new: this was its first attempt
         p.info.from_queued = true;
-        finish(p.info, p.result);
+        finish(p.info, p.reply);
         break;
       }
       case HandoffStep::claim:
@@ -867,21 +867,23 @@ void Dispatcher::flush_results() {
 }
 
 void Dispatcher::handle_finished() {
-  for (HttpResult& r : http_.take_finished()) {
-    auto it = in_flight_.find(r.tag);
+  for (HttpResult& http : http_.take_finished()) {
+    auto it = in_flight_.find(http.tag);
     if (it == in_flight_.end()) continue;
     InFlight f = it->second;
     in_flight_.erase(it);
     if (f.kind == Work::probe || f.kind == Work::scrape) {
-      finish_probe_or_scrape(f, r);
+      finish_probe_or_scrape(f, http);
       continue;
     }
+    const uint64_t tag = http.tag;
+    AttemptReply r = read_attempt(f.api, std::move(http));
     // A freed slot matters only if work was left waiting for one; new work
     // arrives with a latch wake-up.
     if (capacity_blocked_) maybe_more_work_ = true;
     if (!f.cache_key.empty()) in_flight_by_key_.erase(f.cache_key);
-    AttemptOutcome o = resolve_attempt(f.api, r, f.attempts, retry_policy(), r.tag);
-    record_outcome(f, r, o.kind == AttemptOutcome::Kind::done, o.error);
+    AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), tag);
+    record_outcome(f, r.http, o.kind == AttemptOutcome::Kind::done, o.error);
     if (o.kind == AttemptOutcome::Kind::done && !f.cache_key.empty()) {
       cache_fills_.push_back({f.cache_key, o.response, f.cache_ttl_s});
     }
@@ -894,14 +896,14 @@ void Dispatcher::handle_finished() {
       // Handed off and not claimed yet (its transaction is still
       // committing): answered once the claim succeeds.
       f.followers.clear();
-      parked_.emplace(r.tag, Parked{std::move(f), std::move(r)});
+      parked_.emplace(tag, Parked{std::move(f), std::move(r)});
       continue;
     }
     finish(f, r);
   }
 }
 
-void Dispatcher::finish(const InFlight& f, const HttpResult& r) {
+void Dispatcher::finish(const InFlight& f, const AttemptReply& r) {
   if (f.kind == Work::sync) {
     finish_sync(f, r);
   } else {
@@ -909,15 +911,15 @@ void Dispatcher::finish(const InFlight& f, const HttpResult& r) {
   }
 }
 
-void Dispatcher::finish_decision(const InFlight& f, const HttpResult& r) {
-  AttemptOutcome o = resolve_attempt(f.api, r, f.attempts, retry_policy(),
+void Dispatcher::finish_decision(const InFlight& f, const AttemptReply& r) {
+  AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(),
                                      static_cast<uint64_t>(f.decision_id));
   DecisionResult res;
   res.id = f.decision_id;
   res.attempts = f.attempts;
   res.gpu_id = f.gpu_id;
   res.from_queued = f.from_queued;
-  res.elapsed_ms = static_cast<int64_t>(r.elapsed_ms);
+  res.elapsed_ms = static_cast<int64_t>(r.http.elapsed_ms);
   switch (o.kind) {
     case AttemptOutcome::Kind::done:
       res.status = "done";
@@ -940,8 +942,8 @@ void Dispatcher::finish_decision(const InFlight& f, const HttpResult& r) {
   pending_results_.push_back(std::move(res));
 }
 
-void Dispatcher::finish_sync(const InFlight& f, const HttpResult& r) {
-  AttemptOutcome o = resolve_attempt(f.api, r, f.attempts, retry_policy(), f.ticket);
+void Dispatcher::finish_sync(const InFlight& f, const AttemptReply& r) {
+  AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), f.ticket);
   SyncSlot* slot = sync_slot(f.slot);
   SpinLockAcquire(&slot->mutex);
   if (slot->ticket != f.ticket || slot->state != SyncState::running) {

@@ -1,0 +1,106 @@
+// What one finished HTTP attempt means for a decision (src/core/attempt).
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "core/attempt.hpp"
+
+using npc_scale::Api;
+using npc_scale::AttemptOutcome;
+using npc_scale::AttemptReply;
+using npc_scale::HttpResult;
+using npc_scale::RetryPolicy;
+
+namespace {
+
+HttpResult http(long status, std::string body) {
+  HttpResult r;
+  r.transport_ok = true;
+  r.status = status;
+  r.body = std::move(body);
+  return r;
+}
+
+HttpResult transport_error(const std::string& why) {
+  HttpResult r;
+  r.error = why;
+  return r;
+}
+
+const RetryPolicy kPolicy{3, 200, 10000};
+
+}  // namespace
+
+TEST(Attempt, TwoHundredWithAChoiceIsDone) {
+  AttemptOutcome o = npc_scale::resolve_attempt(
+      Api::completions, http(200, R"({"choices":[{"text":"build a granary"}]})"), 1, kPolicy, 7);
+  EXPECT_EQ(o.kind, AttemptOutcome::Kind::done);
+  EXPECT_EQ(o.response, "build a granary");
+  EXPECT_TRUE(o.error.empty());
+}
+
+TEST(Attempt, ChatAnswerIsTheMessageContent) {
+  AttemptOutcome o = npc_scale::resolve_attempt(
+      Api::chat, http(200, R"({"choices":[{"message":{"role":"assistant","content":"raid"}}]})"), 1,
+      kPolicy, 7);
+  ASSERT_EQ(o.kind, AttemptOutcome::Kind::done);
+  EXPECT_EQ(o.response, "raid");
+}
+
+TEST(Attempt, NulBytesAreDroppedFromTheAnswer) {
+  AttemptOutcome o = npc_scale::resolve_attempt(
+      Api::completions, http(200, R"({"choices":[{"text":"a\u0000b"}]})"), 1, kPolicy, 7);
+  ASSERT_EQ(o.kind, AttemptOutcome::Kind::done);
+  EXPECT_EQ(o.response, "ab");
+}
+
+TEST(Attempt, TransientErrorsRetryUntilTheLastAttempt) {
+  for (const HttpResult& r : {http(503, R"({"error":{"message":"overloaded"}})"),
+                              http(429, "slow down"), http(200, "<html>"),
+                              transport_error("Connection refused")}) {
+    AttemptOutcome first = npc_scale::resolve_attempt(Api::completions, r, 1, kPolicy, 7);
+    EXPECT_EQ(first.kind, AttemptOutcome::Kind::retry) << r.status << " " << r.body;
+    EXPECT_GT(first.retry_delay_ms, 0) << r.status;
+    EXPECT_FALSE(first.error.empty());
+    AttemptOutcome last = npc_scale::resolve_attempt(Api::completions, r, 3, kPolicy, 7);
+    EXPECT_EQ(last.kind, AttemptOutcome::Kind::failed) << r.status;
+    EXPECT_EQ(last.error.rfind("gave up after 3 attempts: ", 0), 0u) << last.error;
+  }
+}
+
+TEST(Attempt, TheErrorNamesWhatTheEndpointSaid) {
+  AttemptOutcome o = npc_scale::resolve_attempt(
+      Api::completions, http(503, R"({"error":{"message":"KV cache full"}})"), 1, kPolicy, 7);
+  EXPECT_NE(o.error.find("KV cache full"), std::string::npos) << o.error;
+  o = npc_scale::resolve_attempt(Api::completions, transport_error("Operation timed out"), 1,
+                                 kPolicy, 7);
+  EXPECT_EQ(o.error, "Operation timed out");
+}
+
+TEST(Attempt, ARejectedRequestFailsAtOnce) {
+  AttemptOutcome o = npc_scale::resolve_attempt(
+      Api::completions, http(400, R"({"error":{"message":"max_tokens is too large"}})"), 1,
+      kPolicy, 7);
+  EXPECT_EQ(o.kind, AttemptOutcome::Kind::failed);
+  EXPECT_NE(o.error.find("max_tokens is too large"), std::string::npos) << o.error;
+}
+
+// The dispatcher reads a reply once and judges it again later (after a
+// deferred claim the attempt number is known): the verdicts must match
+// reading the body each time.
+TEST(Attempt, AReplyReadOnceIsJudgedLikeAFreshOne) {
+  for (const HttpResult& r : {http(200, R"({"choices":[{"text":"ok"}]})"), http(200, "{}"),
+                              http(500, "boom"), http(404, "no such model"),
+                              transport_error("reset")}) {
+    AttemptReply reply = npc_scale::read_attempt(Api::completions, r);
+    EXPECT_EQ(reply.http.body, r.body);
+    for (int attempts = 1; attempts <= 3; attempts++) {
+      AttemptOutcome once = npc_scale::resolve_attempt(reply, attempts, kPolicy, 11);
+      AttemptOutcome fresh = npc_scale::resolve_attempt(Api::completions, r, attempts, kPolicy, 11);
+      EXPECT_EQ(once.kind, fresh.kind) << r.status << " attempt " << attempts;
+      EXPECT_EQ(once.response, fresh.response);
+      EXPECT_EQ(once.error, fresh.error);
+      EXPECT_EQ(once.retry_delay_ms, fresh.retry_delay_ms);
+    }
+  }
+}
