@@ -49,7 +49,7 @@ fake_gpu: $(BUILD_DIR)/fake_gpu
 npc_load: $(BUILD_DIR)/npc_load $(BUILD_DIR)/echo_worker
 router_bench: $(BUILD_DIR)/router_bench
 
-$(BUILD_DIR)/unit_tests: $(CORE_SRCS) $(FAKE_GPU_LIB_SRCS) $(UNIT_SRCS) $(wildcard src/core/*.hpp test/fake_gpu/*.hpp)
+$(BUILD_DIR)/unit_tests: $(CORE_SRCS) $(FAKE_GPU_LIB_SRCS) $(UNIT_SRCS) $(wildcard src/core/*.hpp test/fake_gpu/*.hpp test/unit/*.hpp)
 	@mkdir -p $(BUILD_DIR)
 	$(CXX) $(TEST_CXXFLAGS) $(CORE_SRCS) $(FAKE_GPU_LIB_SRCS) $(UNIT_SRCS) \
 		-lgtest -lgtest_main -lcurl -lhiredis -levent -lxxhash -lpthread -o $@

@@ -1,0 +1,144 @@
+// src/core/http_client against a real fake_gpu process on loopback: many
+// requests in flight on one event loop, pooled easy handles that carry no
+// state from one request to the next, cancel, and timeouts.
+#include <gtest/gtest.h>
+#include <sys/epoll.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/http_client.hpp"
+#include "fake_gpu_process.hpp"
+
+using fake_gpu_test::FakeGpu;
+using npc_scale::HttpClient;
+using npc_scale::HttpRequest;
+using npc_scale::HttpResult;
+
+namespace {
+
+HttpRequest completion(const FakeGpu& gpu, uint64_t tag, int max_tokens = 4, long timeout_ms = 5000) {
+  HttpRequest r;
+  r.tag = tag;
+  r.url = gpu.url("/v1/completions");
+  r.body = nlohmann::json{{"model", "npc-llm"}, {"prompt", "NPC " + std::to_string(tag) + ": what next?"},
+                          {"max_tokens", max_tokens}}
+               .dump();
+  r.timeout_ms = timeout_ms;
+  return r;
+}
+
+HttpRequest get(const FakeGpu& gpu, uint64_t tag, const std::string& path) {
+  HttpRequest r;
+  r.tag = tag;
+  r.url = gpu.url(path);
+  return r;
+}
+
+// Drives the client the way the dispatcher does (wait on its epoll fd or its
+// timer, then perform) until `n` results are in or 10 s have passed.
+std::map<uint64_t, HttpResult> drive(HttpClient& http, size_t n) {
+  std::map<uint64_t, HttpResult> out;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  http.perform();  // starts what was just added
+  while (out.size() < n && std::chrono::steady_clock::now() < end) {
+    for (HttpResult& r : http.take_finished()) {
+      uint64_t tag = r.tag;
+      EXPECT_TRUE(out.emplace(tag, std::move(r)).second) << "tag " << tag << " reported twice";
+    }
+    if (out.size() >= n) break;
+    long wait = http.next_timeout_ms();
+    if (wait < 0 || wait > 50) wait = 50;
+    epoll_event ev;
+    epoll_wait(http.epoll_fd(), &ev, 1, static_cast<int>(wait));
+    http.perform();
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(HttpClient, ManyRequestsInFlightAreEachAnsweredUnderTheirTag) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  HttpClient http;
+  for (uint64_t tag = 1; tag <= 40; tag++) http.start(completion(gpu, tag));
+  EXPECT_EQ(http.in_flight(), 40u);
+  auto results = drive(http, 40);
+  ASSERT_EQ(results.size(), 40u);
+  for (auto& [tag, r] : results) {
+    EXPECT_TRUE(r.transport_ok) << tag << ": " << r.error;
+    EXPECT_EQ(r.status, 200) << tag;
+    auto j = nlohmann::json::parse(r.body);
+    EXPECT_EQ(j["usage"]["completion_tokens"], 4) << tag;
+    EXPECT_GE(r.elapsed_ms, 0) << tag;
+  }
+  EXPECT_EQ(http.in_flight(), 0u);
+}
+
+// Handles are reset and reused: a GET after a POST must go out as a GET
+// (fake_gpu answers 405 to a POST on /v1/models), and a POST after GETs
+// must carry its body again.
+TEST(HttpClient, AReusedHandleCarriesNothingFromItsLastRequest) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  HttpClient http;
+  uint64_t tag = 1;
+  for (int round = 0; round < 3; round++) {
+    http.start(completion(gpu, tag++, 3));
+    auto posted = drive(http, 1);
+    ASSERT_EQ(posted.size(), 1u);
+    EXPECT_EQ(posted.begin()->second.status, 200) << posted.begin()->second.body;
+
+    http.start(get(gpu, tag++, "/v1/models"));
+    auto models = drive(http, 1);
+    ASSERT_EQ(models.size(), 1u);
+    EXPECT_EQ(models.begin()->second.status, 200) << models.begin()->second.body;
+    EXPECT_EQ(nlohmann::json::parse(models.begin()->second.body)["data"][0]["id"], "npc-llm");
+  }
+}
+
+TEST(HttpClient, ACancelledRequestReportsNothingAndTheNextOneIsAnswered) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--base-ms", "2000");
+  HttpClient http;
+  http.start(completion(gpu, 1));
+  http.perform();
+  EXPECT_TRUE(http.cancel(1));
+  EXPECT_FALSE(http.cancel(1));  // already gone
+  EXPECT_EQ(http.in_flight(), 0u);
+  http.start(get(gpu, 2, "/health"));
+  auto results = drive(http, 1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results.count(1), 0u);
+  EXPECT_EQ(results.at(2).status, 200);
+}
+
+TEST(HttpClient, ASlowEndpointTimesOutAsATransportErrorWithoutHoldingUpOthers) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--base-ms", "3000");
+  START_FAKE_GPU(quick, "--profile", "instant");
+  HttpClient http;
+  http.start(completion(gpu, 1, 4, 200));
+  http.start(completion(quick, 2, 4, 5000));
+  auto first = drive(http, 1);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first.begin()->first, 2u) << "the quick endpoint's answer came second";
+  auto second = drive(http, 1);
+  ASSERT_EQ(second.size(), 1u);
+  const HttpResult& slow = second.at(1);
+  EXPECT_FALSE(slow.transport_ok);
+  EXPECT_NE(slow.error.find("imeout"), std::string::npos) << slow.error;
+  EXPECT_LT(slow.elapsed_ms, 2500) << "the 200 ms timeout was not applied";
+}
+
+TEST(HttpClient, ADuplicateTagIsRefused) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  HttpClient http;
+  http.start(completion(gpu, 7));
+  EXPECT_THROW(http.start(completion(gpu, 7)), std::logic_error);
+  EXPECT_EQ(http.in_flight(), 1u);
+  auto results = drive(http, 1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results.at(7).status, 200);
+}
