@@ -6,7 +6,9 @@
 // waits the same fixed service time as the simulated GPUs (a timer, not a
 // sleep: one event loop), then answers with the baseline's answer function
 // (an UPDATE and NOTIFY npc_scale_decisions '<id>', one durable commit) on a
-// small pool of connections. npc_load drives it exactly as it drives
+// small pool of connections. Each answer carries the service time this
+// program actually gave it (its timer wakes late on a VM, as the simulated
+// GPUs' do), so the benchmark can subtract what was really spent. npc_load drives it exactly as it drives
 // npc_scale, so the difference between the two is what npc_scale adds.
 //
 //   echo_worker --conninfo STR --service-ms X [--pool N]
@@ -35,6 +37,7 @@ void on_signal(int) { g_stop = 1; }
 
 struct Due {
   Clock::time_point at;
+  Clock::time_point received;
   std::string id;
   bool operator>(const Due& o) const { return at > o.at; }
 };
@@ -89,7 +92,7 @@ int main(int argc, char** argv) {
   std::vector<Conn> pool(static_cast<size_t>(pool_size));
   for (Conn& c : pool) {
     c.conn = connect_or_die(conninfo);
-    PGresult* r = PQprepare(c.conn, "answer", "SELECT npc_baseline.answer($1::bigint)", 0, nullptr);
+    PGresult* r = PQprepare(c.conn, "answer", "SELECT npc_baseline.answer($1::bigint, $2::float8)", 0, nullptr);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
       std::fprintf(stderr, "echo_worker: PREPARE: %s", PQresultErrorMessage(r));
       return 1;
@@ -104,7 +107,7 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
 
   std::priority_queue<Due, std::vector<Due>, std::greater<Due>> timers;
-  std::deque<std::string> ready;  // due, waiting for a free connection
+  std::deque<Due> ready;  // due, waiting for a free connection
   const auto service = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double, std::milli>(service_ms));
   uint64_t answered = 0;
@@ -112,14 +115,17 @@ int main(int argc, char** argv) {
   while (!g_stop) {
     const auto now = Clock::now();
     while (!timers.empty() && timers.top().at <= now) {
-      ready.push_back(timers.top().id);
+      ready.push_back(timers.top());
       timers.pop();
     }
     for (Conn& c : pool) {
       if (ready.empty()) break;
       if (c.busy) continue;
-      const char* v[1] = {ready.front().c_str()};
-      if (!PQsendQueryPrepared(c.conn, "answer", 1, v, nullptr, nullptr, 0)) {
+      const Due& d = ready.front();
+      const std::string served_ms =
+          std::to_string(std::chrono::duration<double, std::milli>(Clock::now() - d.received).count());
+      const char* v[2] = {d.id.c_str(), served_ms.c_str()};
+      if (!PQsendQueryPrepared(c.conn, "answer", 2, v, nullptr, nullptr, 0)) {
         std::fprintf(stderr, "echo_worker: send: %s", PQerrorMessage(c.conn));
         return 1;
       }
@@ -150,7 +156,8 @@ int main(int argc, char** argv) {
         return 1;
       }
       while (PGnotify* n = PQnotifies(listen)) {
-        timers.push(Due{Clock::now() + service, n->extra});
+        const auto now = Clock::now();
+        timers.push(Due{now + service, now, n->extra});
         PQfreemem(n);
       }
     }

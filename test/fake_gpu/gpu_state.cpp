@@ -68,8 +68,10 @@ std::optional<Admission> GpuState::submit(const Job& job) {
   return scheduler_.submit(job);
 }
 
-std::vector<Admission> GpuState::finish(uint64_t id, const InferenceResult& result) {
+std::vector<Admission> GpuState::finish(uint64_t id, const InferenceResult& result,
+                                        double e2e_seconds) {
   std::lock_guard<std::mutex> lock(mu_);
+  observe_e2e_latency(stats_, e2e_seconds);
   bool stopped = !result.choices.empty() && result.choices[0].finish_reason == "stop";
   ++(stopped ? stats_.success_stop : stats_.success_length);
   stats_.prompt_tokens += static_cast<uint64_t>(result.prompt_tokens);

@@ -51,7 +51,8 @@ class GpuState {
   std::optional<Admission> submit(const Job& job);
   // Success: counts tokens, frees the slot, returns jobs admitted into it.
   // Ends the request's in-flight time, like cancel() and answered().
-  std::vector<Admission> finish(uint64_t id, const InferenceResult& result);
+  // `e2e_seconds`: from the request's arrival to this answer.
+  std::vector<Admission> finish(uint64_t id, const InferenceResult& result, double e2e_seconds = 0);
   // Client went away: drops the job wherever it is.
   std::vector<Admission> cancel(uint64_t id);
   // The request was answered (or dropped) without reaching the GPU.

@@ -1,5 +1,7 @@
 #include "metrics.hpp"
 
+#include <cstdio>
+
 namespace npc_scale::fake_gpu {
 
 const char* fault_kind_name(FaultKind k) {
@@ -43,6 +45,18 @@ class Writer {
     out_ += std::to_string(value);
     out_ += '\n';
   }
+  void sample(const std::string& name, const std::string& value, const std::string& extra = "") {
+    out_ += name;
+    out_ += '{';
+    if (!extra.empty()) {
+      out_ += extra;
+      out_ += ',';
+    }
+    out_ += label_;
+    out_ += "} ";
+    out_ += value;
+    out_ += '\n';
+  }
   std::string take() { return std::move(out_); }
 
  private:
@@ -50,7 +64,21 @@ class Writer {
   std::string out_;
 };
 
+std::string number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.9g", v);
+  return buf;
+}
+
 }  // namespace
+
+void observe_e2e_latency(MetricsSnapshot& s, double seconds) {
+  size_t i = 0;
+  while (i < kE2eLatencyBuckets.size() && seconds > kE2eLatencyBuckets[i]) i++;
+  s.e2e_latency_buckets[i]++;
+  s.e2e_latency_sum_s += seconds;
+  s.e2e_latency_count++;
+}
 
 std::string render_metrics(const MetricsSnapshot& s) {
   Writer w(s.model);
@@ -61,6 +89,17 @@ std::string render_metrics(const MetricsSnapshot& s) {
   w.family("vllm:request_success_total", "counter", "Count of successfully processed requests.");
   w.sample("vllm:request_success_total", s.success_stop, "finished_reason=\"stop\"");
   w.sample("vllm:request_success_total", s.success_length, "finished_reason=\"length\"");
+  w.family("vllm:e2e_request_latency_seconds", "histogram",
+           "Histogram of end to end request latency in seconds.");
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < kE2eLatencyBuckets.size(); i++) {
+    cumulative += s.e2e_latency_buckets[i];
+    w.sample("vllm:e2e_request_latency_seconds_bucket", std::to_string(cumulative),
+             "le=\"" + number(kE2eLatencyBuckets[i]) + "\"");
+  }
+  w.sample("vllm:e2e_request_latency_seconds_bucket", std::to_string(s.e2e_latency_count), "le=\"+Inf\"");
+  w.sample("vllm:e2e_request_latency_seconds_sum", number(s.e2e_latency_sum_s));
+  w.sample("vllm:e2e_request_latency_seconds_count", std::to_string(s.e2e_latency_count));
   w.family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.");
   w.sample("vllm:prompt_tokens_total", s.prompt_tokens);
   w.family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.");

@@ -9,6 +9,10 @@
 namespace npc_scale::fake_gpu {
 
 enum class FaultKind { error, hang, slow, malformed, drop };
+
+// vLLM's buckets for vllm:e2e_request_latency_seconds (upper bounds, s).
+constexpr std::array<double, 15> kE2eLatencyBuckets = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0,
+                                                       10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0};
 constexpr size_t kFaultKinds = 5;
 const char* fault_kind_name(FaultKind k);
 
@@ -28,7 +32,15 @@ struct MetricsSnapshot {
   uint64_t prefix_hits = 0;
   uint64_t prefix_queries = 0;
   uint64_t client_disconnects = 0;
+  // Answered inference requests, arrival to answer (vLLM's e2e latency):
+  // per bucket of kE2eLatencyBuckets (not cumulative), then the rest.
+  std::array<uint64_t, kE2eLatencyBuckets.size() + 1> e2e_latency_buckets{};
+  double e2e_latency_sum_s = 0;
+  uint64_t e2e_latency_count = 0;
 };
+
+// Counts one answered request's arrival-to-answer time into `s`.
+void observe_e2e_latency(MetricsSnapshot& s, double seconds);
 
 std::string render_metrics(const MetricsSnapshot& s);
 

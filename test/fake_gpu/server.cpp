@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -169,6 +170,7 @@ class Worker {
     bool chat = false;
     bool malformed = false;
     uint64_t nonce = 0;
+    std::chrono::steady_clock::time_point arrived;  // for vLLM's e2e latency
     Job job;
     InferenceRequest request;
     InferenceResult result;
@@ -413,6 +415,7 @@ void Worker::watch(Pending* p) {
 }
 
 void Worker::handle_inference(evhttp_request* req, bool chat) {
+  const auto arrived = std::chrono::steady_clock::now();
   Intake in = gpu_.intake(index_);
   if (in.faults.drop) {
     gpu_.count_faults(in.faults);
@@ -440,6 +443,7 @@ void Worker::handle_inference(evhttp_request* req, bool chat) {
   gpu_.count_faults(in.faults);
 
   auto p = new_pending(req, in.id);
+  p->arrived = arrived;
   p->chat = chat;
   p->nonce = in.nonce;
   p->malformed = in.faults.malformed;
@@ -477,7 +481,9 @@ void Worker::enter_gpu(std::unique_ptr<Pending> p) {
 }
 
 void Worker::complete(std::unique_ptr<Pending> p) {
-  std::vector<Admission> admitted = gpu_.finish(p->job.id, p->result);
+  const double e2e_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - p->arrived).count();
+  std::vector<Admission> admitted = gpu_.finish(p->job.id, p->result, e2e_s);
   const char* prefix = p->chat ? "chatcmpl-" : "cmpl-";
   std::string body =
       completion_response(p->request, p->result, response_id(prefix, p->job.id, p->nonce),

@@ -266,6 +266,24 @@ TEST(FakeGpuApi, MetricsMatchServedTraffic) {
   EXPECT_EQ(metric(text, "fake_gpu_prefix_cache_hits_total"), 4);
 }
 
+// vLLM's e2e latency histogram counts each answer from its arrival: with a
+// fixed 40 ms service time the mean is at least 40 ms.
+TEST(FakeGpuApi, E2eLatencyHistogramCountsEachAnswer) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--base-ms", "40");
+  EXPECT_EQ(gpu.metric("vllm:e2e_request_latency_seconds_count"), 0);
+  for (int i = 0; i < 3; ++i) {
+    Reply r = gpu.post("/v1/completions", json{{"prompt", "turn " + std::to_string(i)}, {"max_tokens", 2}});
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+  std::string text = gpu.metrics();
+  EXPECT_EQ(metric(text, "vllm:e2e_request_latency_seconds_count"), 3);
+  double mean = metric(text, "vllm:e2e_request_latency_seconds_sum") / 3;
+  EXPECT_GE(mean, 0.040);
+  EXPECT_LT(mean, 0.3);
+  EXPECT_EQ(metric(text, "vllm:e2e_request_latency_seconds_bucket", "le=\"0.3\""), 3);
+  EXPECT_EQ(metric(text, "vllm:e2e_request_latency_seconds_bucket", "le=\"+Inf\""), 3);
+}
+
 TEST(FakeGpuApi, RunningAndWaitingVisibleWhileInFlight) {
   START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "700", "--per-token-ms", "0",
                  "--max-batch", "2");

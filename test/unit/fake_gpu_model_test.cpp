@@ -576,6 +576,25 @@ TEST(FakeGpuMetrics, RendersVllmNamesWithModelLabel) {
   }
 }
 
+TEST(FakeGpuMetrics, E2eLatencyIsAVllmHistogram) {
+  MetricsSnapshot s;
+  s.model = "npc-llm";
+  observe_e2e_latency(s, 0.040);  // le 0.3
+  observe_e2e_latency(s, 0.3);    // le 0.3: bounds are inclusive
+  observe_e2e_latency(s, 45.0);   // le 50
+  observe_e2e_latency(s, 100.0);  // +Inf only
+  std::string text = render_metrics(s);
+  const std::string m = "model_name=\"npc-llm\"}";
+  EXPECT_NE(text.find("# TYPE vllm:e2e_request_latency_seconds histogram"), std::string::npos);
+  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"0.3\"," + m), 2);
+  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"40\"," + m), 2);
+  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"50\"," + m), 3);
+  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"60\"," + m), 3);
+  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"+Inf\"," + m), 4);
+  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_count{" + m), 4);
+  EXPECT_DOUBLE_EQ(sample(text, "vllm:e2e_request_latency_seconds_sum{" + m), 145.34);
+}
+
 TEST(FakeGpuState, CountsAndResets) {
   Options o;
   o.profile = tiny_gpu(1);
