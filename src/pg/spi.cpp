@@ -3,7 +3,8 @@
 extern "C" {
 #include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
+#include "catalog/namespace.h"
+#include "utils/lsyscache.h"
 #include "pgstat.h"
 #include "utils/backend_status.h"
 #include "utils/snapmgr.h"
@@ -102,7 +103,13 @@ bool spi_bool(uint64_t row, int col) {
 }
 
 bool extension_present() {
-  return pg_call([] { return OidIsValid(get_extension_oid("npc_scale", true)); });
+  // Its schema and queue table, looked up in the syscache: a scan of
+  // pg_extension by name cost ~12 µs on every answer's write. Both go when
+  // the extension is dropped, and appear only when CREATE EXTENSION commits.
+  return pg_call([] {
+    Oid schema = get_namespace_oid("npc_scale", true);
+    return OidIsValid(schema) && OidIsValid(get_relname_relid("decision_queue", schema));
+  });
 }
 
 }  // namespace npc_scale
