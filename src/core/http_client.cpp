@@ -92,19 +92,25 @@ void HttpClient::give_back(CURL* easy) {
 curl_slist* HttpClient::headers_for(const std::string& bearer_token) {
   auto it = header_lists_.find(bearer_token);
   if (it != header_lists_.end()) return it->second;
-  curl_slist* list = curl_slist_append(nullptr, "Content-Type: application/json");
-  list = curl_slist_append(list, "Expect:");  // no 100-continue round trip
-  if (!bearer_token.empty()) {
-    list = curl_slist_append(list, ("Authorization: Bearer " + bearer_token).c_str());
+  std::vector<std::string> lines = {"Content-Type: application/json",
+                                    "Expect:"};  // no 100-continue round trip
+  if (!bearer_token.empty()) lines.push_back("Authorization: Bearer " + bearer_token);
+  curl_slist* list = nullptr;
+  for (const std::string& line : lines) {
+    curl_slist* longer = curl_slist_append(list, line.c_str());
+    if (!longer) {
+      curl_slist_free_all(list);
+      throw std::runtime_error("curl_slist_append failed");
+    }
+    list = longer;
   }
-  if (!list) throw std::runtime_error("curl_slist_append failed");
   header_lists_.emplace(bearer_token, list);
   return list;
 }
 
-// libcurl keeps a per-socket pointer for us (curl_multi_assign): it holds
-// the events the socket is registered for, so a new socket is ADDed, a
-// changed one MODified, and an unchanged one costs no system call.
+// libcurl keeps a per-socket pointer for us (curl_multi_assign), forgotten
+// at CURL_POLL_REMOVE: set once the socket is in the epoll set, so a new
+// socket is ADDed and a known one MODified, without a failing call first.
 int HttpClient::on_socket(CURL*, int fd, int what, void* client, void* socket_data) {
   auto* self = static_cast<HttpClient*>(client);
   if (what == CURL_POLL_REMOVE) {
@@ -115,15 +121,13 @@ int HttpClient::on_socket(CURL*, int fd, int what, void* client, void* socket_da
   ev.data.fd = fd;
   if (what & CURL_POLL_IN) ev.events |= EPOLLIN;
   if (what & CURL_POLL_OUT) ev.events |= EPOLLOUT;
-  const uintptr_t registered = reinterpret_cast<uintptr_t>(socket_data);  // 0 = not yet
-  const uintptr_t wanted = ev.events | 0x80000000u;
-  if (registered == wanted) return 0;
-  int op = registered == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+  const bool registered = socket_data != nullptr;
+  int op = registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
   if (epoll_ctl(self->epoll_fd_, op, fd, &ev) != 0) {
     // Out of step with the kernel (e.g. the descriptor was reused): the other verb.
     epoll_ctl(self->epoll_fd_, op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev);
   }
-  curl_multi_assign(self->multi_, fd, reinterpret_cast<void*>(wanted));
+  if (!registered) curl_multi_assign(self->multi_, fd, self);  // any non-null mark
   return 0;
 }
 
@@ -155,11 +159,13 @@ void HttpClient::start(HttpRequest request) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->request.body.data());
   }
   t->started_us = now_us();
+  // Held before libcurl sees the handle, whose options point into it.
+  auto it = transfers_.emplace(tag, std::move(t)).first;
   if (curl_multi_add_handle(multi_, e) != CURLM_OK) {
+    transfers_.erase(it);
     give_back(e);
     throw std::runtime_error("curl_multi_add_handle failed");
   }
-  transfers_.emplace(tag, std::move(t));
 }
 
 bool HttpClient::cancel(uint64_t tag) {

@@ -103,9 +103,10 @@ bool spi_bool(uint64_t row, int col) {
 }
 
 bool extension_present() {
-  // Its schema and queue table, looked up in the syscache: a scan of
-  // pg_extension by name cost ~12 µs on every answer's write. Both go when
-  // the extension is dropped, and appear only when CREATE EXTENSION commits.
+  // Its queue table, looked up in the syscache: a scan of pg_extension by
+  // name cost ~12 µs on every answer's write. The table is a member of the
+  // extension (it goes with DROP EXTENSION) and is visible only once
+  // CREATE EXTENSION has committed.
   return pg_call([] {
     Oid schema = get_namespace_oid("npc_scale", true);
     return OidIsValid(schema) && OidIsValid(get_relname_relid("decision_queue", schema));

@@ -38,6 +38,7 @@ void on_signal(int) { g_stop = 1; }
 struct Due {
   Clock::time_point at;
   Clock::time_point received;
+  Clock::time_point fired;  // when the timer was seen due: the service ends here
   std::string id;
   bool operator>(const Due& o) const { return at > o.at; }
 };
@@ -116,6 +117,7 @@ int main(int argc, char** argv) {
     const auto now = Clock::now();
     while (!timers.empty() && timers.top().at <= now) {
       ready.push_back(timers.top());
+      ready.back().fired = now;
       timers.pop();
     }
     for (Conn& c : pool) {
@@ -123,7 +125,7 @@ int main(int argc, char** argv) {
       if (c.busy) continue;
       const Due& d = ready.front();
       const std::string served_ms =
-          std::to_string(std::chrono::duration<double, std::milli>(Clock::now() - d.received).count());
+          std::to_string(std::chrono::duration<double, std::milli>(d.fired - d.received).count());
       const char* v[2] = {d.id.c_str(), served_ms.c_str()};
       if (!PQsendQueryPrepared(c.conn, "answer", 2, v, nullptr, nullptr, 0)) {
         std::fprintf(stderr, "echo_worker: send: %s", PQerrorMessage(c.conn));
@@ -157,7 +159,7 @@ int main(int argc, char** argv) {
       }
       while (PGnotify* n = PQnotifies(listen)) {
         const auto now = Clock::now();
-        timers.push(Due{now + service, now, n->extra});
+        timers.push(Due{now + service, now, {}, n->extra});
         PQfreemem(n);
       }
     }

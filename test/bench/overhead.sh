@@ -75,8 +75,8 @@ service_totals() {
     local i text sum=0 count=0
     for i in 0 1 2; do
       text=$(curl -s "http://127.0.0.1:$((NPC_GPU_BASE_PORT + i))/metrics")
-      sum=$(awk -v s="$sum" '/^vllm:e2e_request_latency_seconds_sum/ { s += $NF * 1000 } END { print s }' <<<"$text")
-      count=$(awk -v c="$count" '/^vllm:e2e_request_latency_seconds_count/ { c += $NF } END { print c }' <<<"$text")
+      sum=$(awk -v s="$sum" '/^vllm:e2e_request_latency_seconds_sum/ { s += $NF * 1000 } END { printf "%.3f", s }' <<<"$text")
+      count=$(awk -v c="$count" '/^vllm:e2e_request_latency_seconds_count/ { c += $NF } END { printf "%d", c }' <<<"$text")
     done
     echo "$sum $count"
   fi
@@ -84,7 +84,7 @@ service_totals() {
 
 report=$NPC_STATE/overhead.jsonl
 : >"$report"
-measured_service=()  # per run, in report order: the stand-ins' mean service time (ms)
+declare -A measured_service  # by "NPCs function": the stand-in's mean service time (ms)
 for npcs in 50 500; do
   for fn in npc_scale.request_decision npc_baseline.enqueue; do
     echo
@@ -97,7 +97,7 @@ for npcs in 50 500; do
     read -r sum1 count1 <<<"$(service_totals "$fn")"
     mean=$(awk -v a="$sum0" -v b="$sum1" -v c="$count0" -v d="$count1" \
       'BEGIN { if (d > c) printf "%.3f", (b - a) / (d - c); else print "nan" }')
-    measured_service+=("$mean")
+    measured_service["$npcs $fn"]=$mean
     echo "  service time the stand-in measured itself: mean $mean ms over $((count1 - count0)) answers (nominal 40)"
   done
 done
@@ -106,17 +106,14 @@ field() { grep -oP "\"$2\":\\K[-0-9.]+" <<<"$1"; }
 echo
 printf 'dispatch overhead over the 40 ms service time, ms (%s s per run)\n' "$secs"
 printf '%-6s %-24s %8s %8s %12s %11s %9s %9s\n' NPCs path p50 p99 "enqueue p50" "service ms" "p50 net" "p99 net"
-run=0
 while read -r line; do
   fn=$(grep -oP '"enqueue_function":"\K[^"]+' <<<"$line")
   name=$([ "$fn" = npc_baseline.enqueue ] && echo "baseline (plain queue)" || echo "npc_scale")
   p50=$(field "$line" overhead_p50_ms) p99=$(field "$line" overhead_p99_ms)
-  service=${measured_service[$run]:-nan}
-  late=$(awk -v s="$service" 'BEGIN { print (s == "nan") ? 0 : s - 40 }')
-  printf '%-6s %-24s %8.2f %8.2f %12.2f %11s %9.2f %9.2f\n' "$(field "$line" npcs)" "$name" \
-    "$p50" "$p99" "$(field "$line" enqueue_p50_ms)" "$service" \
-    "$(awk -v a="$p50" -v l="$late" 'BEGIN { print a - l }')" "$(awk -v a="$p99" -v l="$late" 'BEGIN { print a - l }')"
-  run=$((run + 1))
+  service=${measured_service["$(field "$line" npcs) $fn"]:-nan}
+  net() { awk -v a="$1" -v s="$service" 'BEGIN { if (s == "nan") print "n/a"; else printf "%.2f", a - (s - 40) }'; }
+  printf '%-6s %-24s %8.2f %8.2f %12.2f %11s %9s %9s\n' "$(field "$line" npcs)" "$name" \
+    "$p50" "$p99" "$(field "$line" enqueue_p50_ms)" "$service" "$(net "$p50")" "$(net "$p99")"
 done <"$report"
 echo "p50/p99: end to end minus the nominal 40 ms; service ms: the mean service time the stand-in"
 echo "measured itself (simulated GPUs: vllm:e2e_request_latency_seconds; baseline: echo_worker's wait);"

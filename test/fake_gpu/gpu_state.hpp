@@ -52,7 +52,7 @@ class GpuState {
   // Success: counts tokens, frees the slot, returns jobs admitted into it.
   // Ends the request's in-flight time, like cancel() and answered().
   // `e2e_seconds`: from the request's arrival to this answer.
-  std::vector<Admission> finish(uint64_t id, const InferenceResult& result, double e2e_seconds = 0);
+  std::vector<Admission> finish(uint64_t id, const InferenceResult& result, double e2e_seconds);
   // Client went away: drops the job wherever it is.
   std::vector<Admission> cancel(uint64_t id);
   // The request was answered (or dropped) without reaching the GPU.

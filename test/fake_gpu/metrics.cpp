@@ -64,10 +64,14 @@ class Writer {
   std::string out_;
 };
 
+// As Python's prometheus_client writes floats (vLLM's bucket bounds read
+// "1.0", "0.3"): a whole number keeps its ".0".
 std::string number(double v) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.9g", v);
-  return buf;
+  std::string s = buf;
+  if (s.find_first_of(".eE") == std::string::npos) s += ".0";
+  return s;
 }
 
 }  // namespace

@@ -587,9 +587,9 @@ TEST(FakeGpuMetrics, E2eLatencyIsAVllmHistogram) {
   const std::string m = "model_name=\"npc-llm\"}";
   EXPECT_NE(text.find("# TYPE vllm:e2e_request_latency_seconds histogram"), std::string::npos);
   EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"0.3\"," + m), 2);
-  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"40\"," + m), 2);
-  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"50\"," + m), 3);
-  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"60\"," + m), 3);
+  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"40.0\"," + m), 2);
+  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"50.0\"," + m), 3);
+  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"60.0\"," + m), 3);
   EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"+Inf\"," + m), 4);
   EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_count{" + m), 4);
   EXPECT_DOUBLE_EQ(sample(text, "vllm:e2e_request_latency_seconds_sum{" + m), 145.34);
@@ -614,7 +614,7 @@ TEST(FakeGpuState, CountsAndResets) {
   EXPECT_EQ(s.waiting, 1u);
   EXPECT_EQ(s.inflight, 2u);
 
-  auto admitted = gpu.finish(i1.id, res);
+  auto admitted = gpu.finish(i1.id, res, 0.05);
   ASSERT_EQ(admitted.size(), 1u);
   EXPECT_EQ(admitted[0].id, i2.id);
   s = gpu.snapshot();
