@@ -34,16 +34,7 @@ class Writer {
   }
   // `extra` is an optional leading label pair such as kind="drop".
   void sample(const char* name, uint64_t value, const std::string& extra = "") {
-    out_ += name;
-    out_ += '{';
-    if (!extra.empty()) {
-      out_ += extra;
-      out_ += ',';
-    }
-    out_ += label_;
-    out_ += "} ";
-    out_ += std::to_string(value);
-    out_ += '\n';
+    sample(std::string(name), std::to_string(value), extra);
   }
   void sample(const std::string& name, const std::string& value, const std::string& extra = "") {
     out_ += name;
