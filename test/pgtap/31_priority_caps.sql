@@ -20,9 +20,7 @@ SELECT is(
 -- Caps: 4 slots on a GPU that takes 40 ms per request, 60 decisions at once.
 SELECT npc_test.gpu_reset('slow');
 SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[4]);
-CREATE TEMP TABLE burst AS
-SELECT id FROM npc_scale.request_decisions(ARRAY(SELECT 3000 + g FROM generate_series(1, 60) g)::bigint[],
-                                           'move', ARRAY(SELECT 'burst ' || g FROM generate_series(1, 60) g)) AS id;
+CREATE TEMP TABLE burst AS SELECT id FROM npc_test.burst(3000, 60, 'burst') AS id;
 SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM burst))', '30 s'), 'the burst drains');
 SELECT is(npc_test.gpu_metric('slow', 'fake_gpu_peak_running'), 4::numeric,
   'the GPU never saw more than max_concurrent = 4 requests at once (and saw 4)');
@@ -45,9 +43,7 @@ SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[5]);
 SELECT npc_scale.request_decision(3101, 'build', 'reserve: sample', 0) AS sample_id \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :sample_id)), 'a first decision is answered');
 SELECT npc_test.gpu_reset('slow') IS NOT NULL AS reset \gset
-CREATE TEMP TABLE burst5 AS
-SELECT id FROM npc_scale.request_decisions(ARRAY(SELECT 3200 + g FROM generate_series(1, 20) g)::bigint[],
-                                           'move', ARRAY(SELECT 'reserve burst ' || g FROM generate_series(1, 20) g)) AS id;
+CREATE TEMP TABLE burst5 AS SELECT id FROM npc_test.burst(3200, 20, 'reserve burst') AS id;
 SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM burst5))', '30 s'), 'the priority-5 burst drains');
 SELECT is(npc_test.gpu_metric('slow', 'fake_gpu_peak_running'), 4::numeric,
   'priority 5 never took the reserved fifth slot (peak 4 of 5)');

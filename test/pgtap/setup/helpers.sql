@@ -92,6 +92,14 @@ CREATE OR REPLACE FUNCTION npc_test.all_finished(ids bigint[]) RETURNS boolean L
    WHERE id = ANY(ids) AND status NOT IN ('queued', 'running')
 $$;
 
+-- Queues `n` 'move' decisions at priority 5 in one call, for NPCs
+-- first_npc + 1 .. first_npc + n, prompts '<label> 1' .. '<label> n'.
+CREATE OR REPLACE FUNCTION npc_test.burst(first_npc bigint, n int, label text) RETURNS SETOF bigint
+LANGUAGE sql AS $$
+  SELECT npc_scale.request_decisions(ARRAY(SELECT first_npc + g FROM generate_series(1, n) g),
+                                     'move', ARRAY(SELECT label || ' ' || g FROM generate_series(1, n) g))
+$$;
+
 -- SQLSTATE and message of the error `sql` raises ('' if none). Unlike
 -- pgTAP's throws_*, this also catches query_canceled (statement_timeout).
 CREATE OR REPLACE FUNCTION npc_test.error_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
