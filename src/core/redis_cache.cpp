@@ -106,29 +106,35 @@ RedisCache::Result RedisCache::get(const std::string& key, std::string* value, i
                                    int64_t* ttl_ms) {
   if (!ensure_connected(now_ms)) return Result::unavailable;
   const std::string full = config_.prefix + key;
-  // GET and PTTL pipelined: one round trip.
-  const char* get_argv[] = {"GET", full.c_str()};
-  const size_t get_len[] = {3, full.size()};
+  // PTTL then GET, pipelined: one round trip. In this order a key that
+  // expires between the two reads as a miss; the other way round a GET hit
+  // could meet PTTL -2 (gone) and be promoted to L1 as if it had no expiry.
   const char* ttl_argv[] = {"PTTL", full.c_str()};
   const size_t ttl_len[] = {4, full.size()};
-  redisAppendCommandArgv(ctx_, 2, get_argv, get_len);
+  const char* get_argv[] = {"GET", full.c_str()};
+  const size_t get_len[] = {3, full.size()};
   redisAppendCommandArgv(ctx_, 2, ttl_argv, ttl_len);
-  void* raw_get = nullptr;
+  redisAppendCommandArgv(ctx_, 2, get_argv, get_len);
   void* raw_ttl = nullptr;
-  if (redisGetReply(ctx_, &raw_get) != REDIS_OK || redisGetReply(ctx_, &raw_ttl) != REDIS_OK) {
-    if (raw_get) freeReplyObject(raw_get);
+  void* raw_get = nullptr;
+  if (redisGetReply(ctx_, &raw_ttl) != REDIS_OK || redisGetReply(ctx_, &raw_get) != REDIS_OK) {
+    if (raw_ttl) freeReplyObject(raw_ttl);
     fail(ctx_->errstr, now_ms);
     return Result::unavailable;
   }
-  Reply r(static_cast<redisReply*>(raw_get));
   Reply t(static_cast<redisReply*>(raw_ttl));
+  Reply r(static_cast<redisReply*>(raw_get));
   if (r->type == REDIS_REPLY_ERROR) {
     fail(r->str, now_ms);
     return Result::unavailable;
   }
   if (r->type != REDIS_REPLY_STRING) return Result::miss;
+  // -1: no expiry. -2 (gone at the PTTL, set again before the GET) or 0
+  // (under a millisecond left): its expiry is not known to be ahead, a miss.
+  const long long pttl = t && t->type == REDIS_REPLY_INTEGER ? t->integer : -2;
+  if (pttl != -1 && pttl <= 0) return Result::miss;
   value->assign(r->str, r->len);
-  if (ttl_ms) *ttl_ms = (t && t->type == REDIS_REPLY_INTEGER && t->integer >= 0) ? t->integer : -1;
+  if (ttl_ms) *ttl_ms = pttl;
   return Result::hit;
 }
 

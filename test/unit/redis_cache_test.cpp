@@ -108,6 +108,38 @@ TEST(RedisCacheTest, SetGetMissDeleteAndTtl) {
   EXPECT_TRUE(expired) << "EX 1 expired within 3 s";
 }
 
+// A hit tells how long the key has left, so L1 never keeps it longer: a key
+// read right up to its expiry never reports "no expiry" (-1) or 0.
+TEST(RedisCacheTest, HitsReportTheTimeLeftUpToExpiry) {
+  int port = free_port();
+  RedisServer server(port);
+  RedisCache cache;
+  RedisConfig c;
+  c.port = port;
+  cache.configure(c);
+  std::string v;
+  int64_t ttl = 0;
+  ASSERT_TRUE(cache.set("forever", "x", 0, now_ms()));
+  ASSERT_EQ(cache.get("forever", &v, now_ms(), &ttl), RedisCache::Result::hit);
+  EXPECT_EQ(ttl, -1);
+  for (int round = 0; round < 3; round++) {
+    ASSERT_TRUE(cache.set("edge", "y", 1, now_ms()));
+    int hits = 0;
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    while (std::chrono::steady_clock::now() < end) {
+      ttl = 0;
+      RedisCache::Result r = cache.get("edge", &v, now_ms(), &ttl);
+      if (r == RedisCache::Result::miss) break;
+      ASSERT_EQ(r, RedisCache::Result::hit);
+      ASSERT_GT(ttl, 0) << "after " << hits << " hits";
+      ASSERT_LE(ttl, 1000);
+      hits++;
+    }
+    EXPECT_GT(hits, 0);
+    EXPECT_EQ(cache.get("edge", &v, now_ms()), RedisCache::Result::miss) << "EX 1 expired within 3 s";
+  }
+}
+
 TEST(RedisCacheTest, PrefixIsolationAndClear) {
   int port = free_port();
   RedisServer server(port);
