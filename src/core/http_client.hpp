@@ -60,6 +60,9 @@ class HttpClient {
 
   // Results of the requests finished since the last call.
   std::vector<HttpResult> take_finished();
+  // Whether take_finished() has something: any perform() may finish
+  // transfers, and their sockets will not signal again.
+  bool has_finished() const { return !finished_.empty(); }
   size_t in_flight() const { return transfers_.size(); }
 
  private:

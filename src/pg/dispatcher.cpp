@@ -266,7 +266,10 @@ long Dispatcher::wait_timeout_ms() const {
   long curl = http_.next_timeout_ms();
   if (curl >= 0) t = std::min<int64_t>(t, curl);
   if (retry_due_ms_) t = std::min<int64_t>(t, std::max<int64_t>(0, *retry_due_ms_ - now_ms()));
-  if (!pending_results_.empty()) t = 0;
+  // Answers to write, or replies a perform() late in the last tick (e.g.
+  // sending handed-off work) collected after handle_finished() had run:
+  // their sockets are drained and will not wake us, so do not wait.
+  if (!pending_results_.empty() || http_.has_finished()) t = 0;
   if (capacity_blocked_ && !reserve_opened_ && guc_urgent_reserve > 0 && blocked_since_ms_) {
     t = std::min<int64_t>(t, std::max<int64_t>(0, *blocked_since_ms_ + guc_reserve_wait_ms - now_ms()));
   }

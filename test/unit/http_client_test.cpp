@@ -100,6 +100,34 @@ TEST(HttpClient, AReusedHandleCarriesNothingFromItsLastRequest) {
   }
 }
 
+// What the dispatcher's wait relies on: a reply that a perform() collected
+// stays in has_finished() until taken, and its socket does not signal again
+// (so a wait on the epoll fd alone would sit on it until some timer).
+TEST(HttpClient, ACollectedReplyIsReportedUntilTakenAndItsSocketIsQuiet) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  HttpClient http;
+  EXPECT_FALSE(http.has_finished());
+  http.start(completion(gpu, 7));
+  http.perform();
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!http.has_finished() && std::chrono::steady_clock::now() < end) {
+    long wait = http.next_timeout_ms();
+    if (wait < 0 || wait > 50) wait = 50;
+    epoll_event ev;
+    epoll_wait(http.epoll_fd(), &ev, 1, static_cast<int>(wait));
+    http.perform();
+  }
+  ASSERT_TRUE(http.has_finished());
+  epoll_event ev;
+  EXPECT_EQ(epoll_wait(http.epoll_fd(), &ev, 1, 0), 0);
+  EXPECT_TRUE(http.has_finished());  // still there: nothing took it
+  auto results = http.take_finished();
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].tag, 7u);
+  EXPECT_EQ(results[0].status, 200);
+  EXPECT_FALSE(http.has_finished());
+}
+
 TEST(HttpClient, ACancelledRequestReportsNothingAndTheNextOneIsAnswered) {
   START_FAKE_GPU(gpu, "--profile", "instant", "--base-ms", "2000");
   HttpClient http;
