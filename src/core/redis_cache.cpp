@@ -12,6 +12,7 @@ namespace {
 
 constexpr int64_t kFirstBackoffMs = 100;
 constexpr int64_t kMaxBackoffMs = 5000;
+constexpr int kMaxUnreadReplies = 64;
 
 timeval ms_to_timeval(int ms) {
   timeval tv;
@@ -45,6 +46,7 @@ RedisCache::~RedisCache() { disconnect(); }
 void RedisCache::disconnect() {
   if (ctx_) redisFree(ctx_);
   ctx_ = nullptr;
+  unread_replies_ = 0;  // they went with the connection
 }
 
 void RedisCache::configure(const RedisConfig& config) {
@@ -66,9 +68,27 @@ void RedisCache::fail(const std::string& why, int64_t now_ms) {
   }
 }
 
-bool RedisCache::ensure_connected(int64_t now_ms) {
+bool RedisCache::read_unread_replies(int64_t now_ms) {
+  while (unread_replies_ > 0) {
+    void* raw = nullptr;
+    if (redisGetReply(ctx_, &raw) != REDIS_OK) {
+      fail(ctx_->errstr, now_ms);
+      return false;
+    }
+    unread_replies_--;
+    Reply r(static_cast<redisReply*>(raw));
+    if (r->type == REDIS_REPLY_ERROR) {
+      fail(r->str, now_ms);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool RedisCache::ensure_connected(int64_t now_ms, bool read_replies) {
   if (!enabled()) return false;
-  if (ctx_) return true;
+  // Replies come in command order: what set_nowait() left goes first.
+  if (ctx_) return !read_replies || read_unread_replies(now_ms);
   if (now_ms < next_attempt_ms_) return false;  // backing off: a miss, cheaply
   redisContext* c = redisConnectWithTimeout(config_.host.c_str(), config_.port,
                                             ms_to_timeval(config_.connect_timeout_ms));
@@ -147,6 +167,28 @@ bool RedisCache::set(const std::string& key, const std::string& value, int64_t t
     fail(r ? r->str : ctx_->errstr, now_ms);
     return false;
   }
+  return true;
+}
+
+bool RedisCache::set_nowait(const std::string& key, const std::string& value, int64_t ttl_s,
+                            int64_t now_ms) {
+  // Left unread up to a bound; a reply waited for elsewhere reads them all.
+  if (!ensure_connected(now_ms, unread_replies_ >= kMaxUnreadReplies)) return false;
+  const std::string full = config_.prefix + key;
+  const std::string ttl = std::to_string(ttl_s);
+  const char* argv[] = {"SET", full.c_str(), value.data(), "EX", ttl.c_str()};
+  const size_t lens[] = {3, full.size(), value.size(), 2, ttl.size()};
+  redisAppendCommandArgv(ctx_, ttl_s > 0 ? 5 : 3, argv, lens);
+  // Written now (a blocking socket takes a small command at once), so the
+  // value is in Redis about as soon as with set().
+  int done = 0;
+  while (!done) {
+    if (redisBufferWrite(ctx_, &done) != REDIS_OK) {
+      fail(ctx_->errstr, now_ms);
+      return false;
+    }
+  }
+  unread_replies_++;
   return true;
 }
 

@@ -46,6 +46,13 @@ class RedisCache {
   Result get(const std::string& key, std::string* value, int64_t now_ms, int64_t* ttl_ms = nullptr);
   // ttl_s <= 0: no expiry.
   bool set(const std::string& key, const std::string& value, int64_t ttl_s, int64_t now_ms);
+  // As set(), without waiting for Redis's reply: the command is written now
+  // and its reply read before the next command that waits for one (by then
+  // it has long arrived), or once 64 are unread. For the dispatcher, whose event loop should not sit
+  // out a round trip per answer it caches. False if it could not be written.
+  bool set_nowait(const std::string& key, const std::string& value, int64_t ttl_s, int64_t now_ms);
+  // Replies of set_nowait() not read yet.
+  int unread_replies() const { return unread_replies_; }
   bool del(const std::string& key, int64_t now_ms);
   // Deletes every key under the prefix (SCAN + DEL in batches). Returns keys deleted, -1 if unavailable.
   int64_t clear(int64_t now_ms);
@@ -55,7 +62,9 @@ class RedisCache {
   std::function<void(bool up, const std::string& why)> on_state_change;
 
  private:
-  bool ensure_connected(int64_t now_ms);
+  bool ensure_connected(int64_t now_ms, bool read_replies = true);
+  // Reads the replies set_nowait() left; false (and the connection failed) on an error.
+  bool read_unread_replies(int64_t now_ms);
   void fail(const std::string& why, int64_t now_ms);
   void disconnect();
 
@@ -65,6 +74,7 @@ class RedisCache {
   uint64_t errors_ = 0;
   int64_t next_attempt_ms_ = 0;
   int64_t backoff_ms_ = 0;
+  int unread_replies_ = 0;
 };
 
 }  // namespace npc_scale

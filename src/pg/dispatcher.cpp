@@ -107,6 +107,8 @@ class Dispatcher {
   // Decisions handed off at commit: sent at once, then claimed by id.
   void send_handed_off();
   void claim_handed_off();
+  void to_table_after_commit(TransactionId xid);
+  void release_to_table_path();
   void cancel_request(uint64_t tag);
   void fill_cache();
   void flush_results();
@@ -144,6 +146,18 @@ class Dispatcher {
     int64_t sent_ms;
   };
   std::vector<SentHandoff> sent_unclaimed_;
+  // Transactions whose handed-off rows were left to the table path (a cache
+  // hit, an identical request in flight, no capacity, a bad row): claimed
+  // from the table once the transaction has committed.
+  std::vector<TransactionId> table_after_commit_;
+  // Cache keys the hand-off path promoted from L2 (and counted as L2 hits),
+  // by when: the table path answers them as L2 hits. Pruned after a minute.
+  std::unordered_map<std::string, int64_t> promoted_from_l2_;
+  struct L2Check {
+    uint64_t tag;
+    std::string key;
+    TransactionId xid;
+  };
   struct Parked {
     InFlight info;
     AttemptReply reply;
@@ -254,6 +268,7 @@ void Dispatcher::tick(int wake_events) {
   }
   claim_handed_off();
   fill_cache();
+  release_to_table_path();
   if (maybe_more_work_) claim_and_send();
   if (now_ms() >= next_housekeeping_ms_) housekeeping();
   if (now_ms() >= next_stats_ms_) publish_stats();
@@ -277,6 +292,7 @@ long Dispatcher::wait_timeout_ms() const {
   for (const SentHandoff& h : sent_unclaimed_) {
     t = std::min<int64_t>(t, handoff_next_look_ms(parked_.count(h.tag) > 0, h.sent_ms, now, kHandoffTiming));
   }
+  if (!table_after_commit_.empty()) t = std::min<int64_t>(t, kHandoffTiming.commit_poll_ms);
   for (size_t i = 0; i < fleet_.size(); i++) {
     const MemberInfo& m = fleet_.info(i);
     const Endpoint& e = fleet_.endpoints()[i];
@@ -663,9 +679,16 @@ void Dispatcher::claim_and_send() {
       if (policy.use) {
         info.cache_key = generation_key(generation_cache_key(fleet_signature_, d.prompt, params));
         info.cache_ttl_s = policy.ttl_s;
-        CacheLayer layer;
+        CacheLayer layer = CacheLayer::none;
+        std::optional<std::string> hit;
+        // Promoted from L2 by the hand-off path: a hit counted there already.
+        if (auto p = promoted_from_l2_.find(info.cache_key); p != promoted_from_l2_.end()) {
+          promoted_from_l2_.erase(p);
+          if ((hit = cache_read_l1(info.cache_key))) layer = CacheLayer::l2;
+        }
         // L1 and L2 only: the L3 table would need a transaction here.
-        if (auto hit = cache_lookup(info.cache_key, false, &layer)) {
+        if (!hit) hit = cache_lookup(info.cache_key, false, &layer);
+        if (hit) {
           DecisionResult res{d.id, d.attempts, "done", *hit, "", 0, 0};
           res.cache_layer = cache_layer_name(layer);
           pending_results_.push_back(std::move(res));
@@ -712,17 +735,18 @@ void Dispatcher::send_handed_off() {
   std::vector<HandoffEntry> entries = handoff_take(MyDatabaseId);
   if (entries.empty()) return;
   const int64_t now_us = GetCurrentTimestamp();
+  std::vector<L2Check> ask_l2_after_send;
   for (HandoffEntry& e : entries) {
     // The table path keeps priority order when work is waiting, answers
     // cache hits and joins identical requests in flight (coalescing).
     if (capacity_blocked_) {
-      maybe_more_work_ = true;
+      to_table_after_commit(e.xid);
       continue;
     }
     try {
       GenerationParams params = parse_params(e.params);
       if (e.deadline_us && *e.deadline_us <= now_us) {
-        maybe_more_work_ = true;  // expires on the table path
+        to_table_after_commit(e.xid);  // expires on the table path
         continue;
       }
       InFlight info;
@@ -730,11 +754,11 @@ void Dispatcher::send_handed_off() {
       CachePolicy policy = cache_policy(params, guc_cache_default_ttl_s);
       if (policy.use) {
         std::string key = generation_key(generation_cache_key(fleet_signature_, e.prompt, params));
-        CacheLayer layer;
-        if (in_flight_by_key_.count(key) > 0 || cache_lookup(key, false, &layer)) {
-          maybe_more_work_ = true;
+        if (in_flight_by_key_.count(key) > 0 || cache_read_l1(key)) {
+          to_table_after_commit(e.xid);
           continue;
         }
+        // Not in L1: sent now; Redis (L2) is asked once the request is out.
         info.cache_key = std::move(key);  // a miss: this request will fill the cache
         info.cache_ttl_s = policy.ttl_s;
       }
@@ -746,7 +770,7 @@ void Dispatcher::send_handed_off() {
       d.prompt = std::move(e.prompt);
       auto pick = route(d.priority, affinity_key(d), std::nullopt);
       if (!pick) {
-        maybe_more_work_ = true;
+        to_table_after_commit(e.xid);
         set_capacity_blocked(true);
         continue;
       }
@@ -754,14 +778,57 @@ void Dispatcher::send_handed_off() {
       if (e.deadline_us) deadline_in_ms = (*e.deadline_us - now_us) / 1000;
       const long timeout = request_timeout_ms(params, deadline_in_ms);
       const uint64_t tag = next_tag_;
+      const bool ask_l2 = !info.cache_key.empty();
+      std::string key = info.cache_key;
       send(*pick, info, d.prompt, params, d.priority, timeout);
       sent_unclaimed_.push_back({d.id, tag, e.xid, now_ms()});
       pg_atomic_fetch_add_u64(&shared_state().handoff_sent, 1);
+      if (ask_l2) ask_l2_after_send.push_back({tag, std::move(key), e.xid});
     } catch (const std::exception&) {
-      maybe_more_work_ = true;  // the table path reports what is wrong with it
+      to_table_after_commit(e.xid);  // the table path reports what is wrong with it
     }
   }
   http_.perform();  // out now, not after the next wait
+  // A Redis hit withdraws its request: the hit is in L1 now, and the table
+  // path answers from there once the row's transaction has committed.
+  for (const L2Check& c : ask_l2_after_send) {
+    if (!cache_promote_from_l2(c.key)) continue;
+    promoted_from_l2_[c.key] = now_ms();
+    cancel_request(c.tag);
+    sent_unclaimed_.erase(std::remove_if(sent_unclaimed_.begin(), sent_unclaimed_.end(),
+                                         [&](const SentHandoff& h) { return h.tag == c.tag; }),
+                          sent_unclaimed_.end());
+    pg_atomic_fetch_add_u64(&shared_state().handoff_unclaimed, 1);
+    to_table_after_commit(c.xid);
+  }
+}
+
+void Dispatcher::to_table_after_commit(TransactionId xid) {
+  if (std::find(table_after_commit_.begin(), table_after_commit_.end(), xid) == table_after_commit_.end()) {
+    table_after_commit_.push_back(xid);
+  }
+}
+
+// Rows the hand-off left to the table path can be claimed once their
+// transaction has committed; the commit itself wakes nobody (the hand-off
+// already did, at PRE_COMMIT), so look on the commit poll timer.
+void Dispatcher::release_to_table_path() {
+  auto still_committing = [&](TransactionId xid) {
+    switch (handoff_commit_state(xid)) {
+      case TxnOutcome::in_progress:
+        return true;
+      case TxnOutcome::committed:
+        maybe_more_work_ = true;
+        return false;
+      case TxnOutcome::aborted:
+        return false;
+    }
+    return false;
+  };
+  table_after_commit_.erase(
+      std::remove_if(table_after_commit_.begin(), table_after_commit_.end(),
+                     [&](TransactionId xid) { return !still_committing(xid); }),
+      table_after_commit_.end());
 }
 
 // Handed-off requests, by the rules of core/handoff_policy: claimed (running,
@@ -834,7 +901,7 @@ void Dispatcher::fill_cache() {
   fills.swap(cache_fills_);
   for (const CacheFill& c : fills) {
     try {
-      cache_store(c.key, c.response, c.ttl_s, false);
+      cache_store(c.key, c.response, c.ttl_s, false, /*wait_for_redis=*/false);
     } catch (const std::exception& e) {
       log_warning(std::string("cache store failed: ") + e.what());
     }
@@ -1008,6 +1075,11 @@ void Dispatcher::fail_sync_slot(int index, uint64 ticket, const std::string& err
 
 void Dispatcher::housekeeping() {
   next_housekeeping_ms_ = now_ms() + kHousekeepingMs;
+  // A promoted key whose decision was not claimed (cancelled, or claimed
+  // elsewhere) is forgotten; its answer stays in L1 regardless.
+  for (auto it = promoted_from_l2_.begin(); it != promoted_from_l2_.end();) {
+    it = now_ms() - it->second > 60000 ? promoted_from_l2_.erase(it) : std::next(it);
+  }
   if (!extension_ready()) {
     pending_results_.clear();
     return;

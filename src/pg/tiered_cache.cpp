@@ -146,11 +146,38 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
   return std::nullopt;
 }
 
-void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool persist) {
+std::optional<std::string> cache_read_l1(const std::string& key) {
+  std::string value;
+  if (!l1_get(key, &value)) return std::nullopt;
+  return value;
+}
+
+bool cache_promote_from_l2(const std::string& key) {
+  refresh_redis_config();
+  std::string value;
+  int64_t ttl_ms = -1;
+  uint64_t errors_before = redis().errors();
+  RedisCache::Result r = redis().get(key, &value, now_ms(), &ttl_ms);
+  note_redis_state(errors_before);
+  if (r != RedisCache::Result::hit) {
+    count(shared_state().cache_misses);
+    return false;
+  }
+  count(shared_state().cache_l2_hits);
+  l1_put(key, value, ttl_ms > 0 ? (ttl_ms + 999) / 1000 : 0);
+  return true;
+}
+
+void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool persist,
+                 bool wait_for_redis) {
   l1_put(key, value, ttl_s);
   refresh_redis_config();
   uint64_t errors_before = redis().errors();
-  redis().set(key, value, ttl_s, now_ms());
+  if (wait_for_redis) {
+    redis().set(key, value, ttl_s, now_ms());
+  } else {
+    redis().set_nowait(key, value, ttl_s, now_ms());
+  }
   note_redis_state(errors_before);
   if (persist) l3_put(key, value, ttl_s);
 }

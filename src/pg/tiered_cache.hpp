@@ -17,8 +17,19 @@ const char* cache_layer_name(CacheLayer layer);  // "l1" | "l2" | "l3" | nullptr
 // the dispatcher holding network waits). Counts hits per layer and misses.
 std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, CacheLayer* layer);
 
+// The same lookup in two steps, for the dispatcher's hand-off path, which
+// sends to a GPU between them so that a Redis round trip is never in front
+// of a request: L1 read alone, counting nothing (whoever answers from it
+// counts); then L2, which counts the hit or the miss and promotes a hit to
+// L1, where the dispatcher's table path picks it up.
+std::optional<std::string> cache_read_l1(const std::string& key);
+bool cache_promote_from_l2(const std::string& key);
+
 // Writes L1 and L2, and L3 when persist (then SPI must be usable). ttl_s <= 0: no expiry.
-void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool persist);
+// wait_for_redis false: the L2 write does not wait for Redis's reply (the
+// dispatcher's event loop); L1 has the value at once either way.
+void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool persist,
+                 bool wait_for_redis = true);
 
 bool cache_remove(const std::string& key, bool use_l3);
 void cache_clear_all();

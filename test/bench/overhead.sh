@@ -20,11 +20,15 @@
 # wakes ~0.15 ms late; that is the stand-in's time, not the queue's.
 #
 # Bars (issue 3): p50 <= 1 ms, p99 <= 5 ms at 500 NPCs; RSS <= 64 MB.
-#   test/bench/overhead.sh [SECONDS]     (default 60 per run)
+#   test/bench/overhead.sh [SECONDS] [ROUNDS]   (default 60 s per run, 1 round)
+# ROUNDS > 1 alternates the two paths that many times at each NPC count (this
+# VM drifts by ±20% within minutes: alternation keeps the comparison fair)
+# and ends with the median of each column. NPCS="500" runs one NPC count.
 set -uo pipefail
 export NPC_PROFILE=${NPC_PROFILE:-bench}
 source "$(dirname "$0")/../../scripts/stack.sh"
 secs=${1:-60}
+rounds=${2:-1}
 
 npc_stack_prepare
 echo_pid=
@@ -85,7 +89,8 @@ service_totals() {
 report=$NPC_STATE/overhead.jsonl
 : >"$report"
 declare -A measured_service  # by "NPCs function": the stand-in's mean service time (ms)
-for npcs in 50 500; do
+for npcs in ${NPCS:-50 500}; do
+  for round in $(seq "$rounds"); do
   for fn in npc_scale.request_decision npc_baseline.enqueue; do
     echo
     extra=()
@@ -97,24 +102,56 @@ for npcs in 50 500; do
     read -r sum1 count1 <<<"$(service_totals "$fn")"
     mean=$(awk -v a="$sum0" -v b="$sum1" -v c="$count0" -v d="$count1" \
       'BEGIN { if (d > c) printf "%.3f", (b - a) / (d - c); else print "nan" }')
-    measured_service["$npcs $fn"]=$mean
+    measured_service["$npcs $fn $round"]=$mean
     echo "  service time the stand-in measured itself: mean $mean ms over $((count1 - count0)) answers (nominal 40)"
+  done
   done
 done
 
 field() { grep -oP "\"$2\":\\K[-0-9.]+" <<<"$1"; }
 echo
 printf 'dispatch overhead over the 40 ms service time, ms (%s s per run)\n' "$secs"
-printf '%-6s %-24s %8s %8s %12s %11s %9s %9s\n' NPCs path p50 p99 "enqueue p50" "service ms" "p50 net" "p99 net"
+table=$NPC_STATE/overhead.table
+: >"$table"
+declare -A seen  # runs read so far, by "NPCs function": gives each line its round
 while read -r line; do
   fn=$(grep -oP '"enqueue_function":"\K[^"]+' <<<"$line")
-  name=$([ "$fn" = npc_baseline.enqueue ] && echo "baseline (plain queue)" || echo "npc_scale")
+  npcs=$(field "$line" npcs)
+  round=$(( ${seen["$npcs $fn"]:-0} + 1 ))
+  seen["$npcs $fn"]=$round
+  name=$([ "$fn" = npc_baseline.enqueue ] && echo "baseline" || echo "npc_scale")
   p50=$(field "$line" overhead_p50_ms) p99=$(field "$line" overhead_p99_ms)
-  service=${measured_service["$(field "$line" npcs) $fn"]:-nan}
-  net() { awk -v a="$1" -v s="$service" 'BEGIN { if (s == "nan") print "n/a"; else printf "%.2f", a - (s - 40) }'; }
-  printf '%-6s %-24s %8.2f %8.2f %12.2f %11s %9s %9s\n' "$(field "$line" npcs)" "$name" \
-    "$p50" "$p99" "$(field "$line" enqueue_p50_ms)" "$service" "$(net "$p50")" "$(net "$p99")"
+  service=${measured_service["$npcs $fn $round"]:-nan}
+  net() { awk -v a="$1" -v s="$service" 'BEGIN { if (s == "nan") print "nan"; else printf "%.2f", a - (s - 40) }'; }
+  printf '%s %s %s %.2f %.2f %.2f %s %s %s\n' "$npcs" "$name" "$round" "$p50" "$p99" \
+    "$(field "$line" enqueue_p50_ms)" "$service" "$(net "$p50")" "$(net "$p99")" >>"$table"
 done <"$report"
+# One row per run; with several rounds, then the median of each column.
+awk -v rounds="$rounds" '
+  function median(key, col,   n, i, j, t, v) {
+    n = cnt[key]
+    for (i = 1; i <= n; i++) v[i] = val[key, i, col]
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  BEGIN { printf "%-6s %-10s %5s %8s %8s %12s %11s %9s %9s\n", "NPCs", "path", "round", "p50", "p99", "enqueue p50", "service ms", "p50 net", "p99 net" }
+  {
+    printf "%-6s %-10s %5s %8.2f %8.2f %12.2f %11s %9s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9
+    key = $1 " " $2
+    if (!(key in cnt)) order[++nkeys] = key
+    cnt[key]++
+    for (c = 4; c <= 9; c++) val[key, cnt[key], c] = $c
+  }
+  END {
+    if (rounds <= 1) exit
+    print "median of " rounds " rounds:"
+    for (k = 1; k <= nkeys; k++) {
+      split(order[k], parts, " ")
+      printf "%-6s %-10s %5s %8.2f %8.2f %12.2f %11.3f %9.2f %9.2f\n", parts[1], parts[2], "med",
+        median(order[k], 4), median(order[k], 5), median(order[k], 6), median(order[k], 7),
+        median(order[k], 8), median(order[k], 9)
+    }
+  }' "$table"
 echo "p50/p99: end to end minus the nominal 40 ms; service ms: the mean service time the stand-in"
 echo "measured itself (simulated GPUs: vllm:e2e_request_latency_seconds; baseline: echo_worker's wait);"
 echo "net: end to end minus that measured service time"

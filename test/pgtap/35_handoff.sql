@@ -3,7 +3,7 @@
 -- rolled-back savepoint are never sent, nothing is sent twice, and what the
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
-SELECT plan(19);
+SELECT plan(20);
 SELECT npc_test.use_gpus(ARRAY['fast1']);
 SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
 SELECT npc_test.metric('handoff_sent') AS hs0, npc_test.metric('handoff_unclaimed') AS hu0 \gset
@@ -35,6 +35,7 @@ SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])',
 SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :id_big), 'done', 'done');
 -- A cacheable request that misses the cache is sent from the handoff and
 -- fills the cache; the same request again is a hit, answered on the table path.
+SELECT l1_hits AS l1_0, misses AS miss_0 FROM npc_scale.cache_stats \gset
 SELECT npc_scale.request_decision(2005, 'build', 'handoff: cacheable', 5, '{"temperature": 0}') AS id_miss \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_miss)),
   'a cacheable decision is answered');
@@ -47,6 +48,9 @@ SELECT results_eq(
          (SELECT response FROM npc_scale.decision_queue WHERE id = :id_miss),
          (SELECT response FROM npc_scale.decision_queue WHERE id = :id_miss)),
   'the first from the GPU, the second from the cache, the same answer');
+SELECT results_eq(format('SELECT l1_hits - %s, misses - %s FROM npc_scale.cache_stats', :l1_0, :miss_0),
+  $$ VALUES (1::bigint, 1::bigint) $$,
+  'cache_stats: one miss and one L1 hit (the hand-off looks without counting; the table path counts)');
 SELECT is(npc_test.metric('handoff_sent') - :hs0, 3::bigint,
   'the big one and the cache hit did not come through the handoff, the miss did');
 SELECT is(npc_test.gpu_metric('fast1', 'fake_gpu_requests_total'), 4::numeric,

@@ -185,6 +185,54 @@ TEST(RedisCacheTest, DownIsAMissThenComesBackWithOneStateChangeEachWay) {
   EXPECT_EQ(changes, (std::vector<bool>{false, true}));
 }
 
+// set_nowait() writes the command but leaves the reply: the next command
+// reads it first (replies come in order), so nothing is read out of step.
+TEST(RedisCacheTest, SetNowaitLeavesItsRepliesForTheNextCommand) {
+  int port = free_port();
+  RedisServer server(port);
+  RedisCache cache;
+  RedisConfig c;
+  c.port = port;
+  cache.configure(c);
+  for (int i = 1; i <= 20; i++) {
+    ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v" + std::to_string(i), 60, now_ms()));
+  }
+  ASSERT_TRUE(cache.set_nowait("forever", "x", 0, now_ms()));
+  EXPECT_EQ(cache.unread_replies(), 21);
+  for (int i = 21; i <= 100; i++) {
+    ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v" + std::to_string(i), 60, now_ms()));
+  }
+  EXPECT_LE(cache.unread_replies(), 64) << "bounded: read once 64 are waiting";
+  EXPECT_GT(cache.unread_replies(), 0);
+  std::string v;
+  int64_t ttl = 0;
+  ASSERT_EQ(cache.get("k7", &v, now_ms(), &ttl), RedisCache::Result::hit);
+  EXPECT_EQ(v, "v7");
+  EXPECT_GT(ttl, 0);
+  EXPECT_LE(ttl, 60000);
+  EXPECT_EQ(cache.unread_replies(), 0);
+  ASSERT_EQ(cache.get("forever", &v, now_ms(), &ttl), RedisCache::Result::hit);
+  EXPECT_EQ(ttl, -1) << "ttl_s 0: no expiry";
+  ASSERT_EQ(cache.get("k100", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(v, "v100");
+  EXPECT_TRUE(cache.up());
+}
+
+TEST(RedisCacheTest, SetNowaitToAServerThatWentAwayIsAMissNotAHang) {
+  int port = free_port();
+  auto server = std::make_unique<RedisServer>(port);
+  RedisCache cache;
+  RedisConfig c;
+  c.port = port;
+  cache.configure(c);
+  ASSERT_TRUE(cache.set_nowait("k", "v", 60, now_ms()));
+  server->stop();
+  std::string v;
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::unavailable);
+  EXPECT_EQ(cache.unread_replies(), 0) << "they went with the connection";
+  EXPECT_FALSE(cache.up());
+}
+
 TEST(RedisCacheTest, DisabledWhenPortIsZero) {
   RedisCache cache;
   RedisConfig c;
