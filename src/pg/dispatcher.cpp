@@ -9,7 +9,9 @@
 // handoff (handoff.hpp) and are sent before their claim; otherwise only what
 // can be sent now is claimed, so waiting work stays in the table in priority
 // order. Results are written in small batched transactions; no transaction is
-// ever open across network I/O.
+// ever open across network I/O. Redis (the L2 cache) is never in front of a
+// request: a handed-off request is sent after an L1 read and L2 is asked once
+// it is out, and cache fills do not wait for Redis's reply.
 #include <xxhash.h>
 
 #include <algorithm>
@@ -149,7 +151,7 @@ class Dispatcher {
   // Transactions whose handed-off rows were left to the table path (a cache
   // hit, an identical request in flight, no capacity, a bad row): claimed
   // from the table once the transaction has committed.
-  std::vector<TransactionId> table_after_commit_;
+  std::unordered_set<TransactionId> table_after_commit_;
   // Cache keys the hand-off path promoted from L2 (and counted as L2 hits),
   // by when: the table path answers them as L2 hits. Pruned after a minute.
   std::unordered_map<std::string, int64_t> promoted_from_l2_;
@@ -803,32 +805,21 @@ void Dispatcher::send_handed_off() {
   }
 }
 
-void Dispatcher::to_table_after_commit(TransactionId xid) {
-  if (std::find(table_after_commit_.begin(), table_after_commit_.end(), xid) == table_after_commit_.end()) {
-    table_after_commit_.push_back(xid);
-  }
-}
+void Dispatcher::to_table_after_commit(TransactionId xid) { table_after_commit_.insert(xid); }
 
 // Rows the hand-off left to the table path can be claimed once their
 // transaction has committed; the commit itself wakes nobody (the hand-off
 // already did, at PRE_COMMIT), so look on the commit poll timer.
 void Dispatcher::release_to_table_path() {
-  auto still_committing = [&](TransactionId xid) {
-    switch (handoff_commit_state(xid)) {
-      case TxnOutcome::in_progress:
-        return true;
-      case TxnOutcome::committed:
-        maybe_more_work_ = true;
-        return false;
-      case TxnOutcome::aborted:
-        return false;
+  for (auto it = table_after_commit_.begin(); it != table_after_commit_.end();) {
+    const TxnOutcome outcome = handoff_commit_state(*it);
+    if (outcome == TxnOutcome::in_progress) {
+      ++it;
+      continue;
     }
-    return false;
-  };
-  table_after_commit_.erase(
-      std::remove_if(table_after_commit_.begin(), table_after_commit_.end(),
-                     [&](TransactionId xid) { return !still_committing(xid); }),
-      table_after_commit_.end());
+    if (outcome == TxnOutcome::committed) maybe_more_work_ = true;
+    it = table_after_commit_.erase(it);  // aborted: no rows
+  }
 }
 
 // Handed-off requests, by the rules of core/handoff_policy: claimed (running,

@@ -38,6 +38,9 @@ stop_all() {
 }
 trap stop_all EXIT
 npc_pg_start
+# Redis up, as in production: the cacheable decisions (temperature 0) meet
+# the L2 cache on their way, so its cost shows here.
+npc_redis_start
 for i in 0 1 2; do
   npc_gpu_start "fixed40_$i" $((NPC_GPU_BASE_PORT + i)) --profile instant --base-ms 40 --max-batch 512
 done
