@@ -109,6 +109,7 @@ class Dispatcher {
   // Decisions handed off at commit: sent at once, then claimed by id.
   void send_handed_off();
   void claim_handed_off();
+  void ask_l2_after_send();
   void to_table_after_commit(TransactionId xid);
   void release_to_table_path();
   void cancel_request(uint64_t tag);
@@ -160,6 +161,7 @@ class Dispatcher {
     std::string key;
     TransactionId xid;
   };
+  std::vector<L2Check> ask_l2_after_send_;  // sent this round, cacheable
   struct Parked {
     InFlight info;
     AttemptReply reply;
@@ -260,14 +262,17 @@ void Dispatcher::tick(int wake_events) {
     maybe_more_work_ = true;
   }
   // New work out first (a send costs microseconds, no transaction), then
-  // answers (a durable commit), then the claims.
+  // answers (a durable commit), then Redis for what was just sent, then the
+  // claims.
   send_handed_off();
   try {
     flush_results();
   } catch (...) {
+    ask_l2_after_send();
     claim_handed_off();
     throw;
   }
+  ask_l2_after_send();
   claim_handed_off();
   fill_cache();
   release_to_table_path();
@@ -737,7 +742,6 @@ void Dispatcher::send_handed_off() {
   std::vector<HandoffEntry> entries = handoff_take(MyDatabaseId);
   if (entries.empty()) return;
   const int64_t now_us = GetCurrentTimestamp();
-  std::vector<L2Check> ask_l2_after_send;
   for (HandoffEntry& e : entries) {
     // The table path keeps priority order when work is waiting, answers
     // cache hits and joins identical requests in flight (coalescing).
@@ -785,15 +789,21 @@ void Dispatcher::send_handed_off() {
       send(*pick, info, d.prompt, params, d.priority, timeout);
       sent_unclaimed_.push_back({d.id, tag, e.xid, now_ms()});
       pg_atomic_fetch_add_u64(&shared_state().handoff_sent, 1);
-      if (ask_l2) ask_l2_after_send.push_back({tag, std::move(key), e.xid});
+      if (ask_l2) ask_l2_after_send_.push_back({tag, std::move(key), e.xid});
     } catch (const std::exception&) {
       to_table_after_commit(e.xid);  // the table path reports what is wrong with it
     }
   }
   http_.perform();  // out now, not after the next wait
-  // A Redis hit withdraws its request: the hit is in L1 now, and the table
-  // path answers from there once the row's transaction has committed.
-  for (const L2Check& c : ask_l2_after_send) {
+}
+
+// After the sends and the answers' write of this round: a Redis hit
+// withdraws its request; the hit is in L1 now, and the table path answers
+// from there once the row's transaction has committed.
+void Dispatcher::ask_l2_after_send() {
+  std::vector<L2Check> checks;
+  checks.swap(ask_l2_after_send_);
+  for (const L2Check& c : checks) {
     if (!cache_promote_from_l2(c.key)) continue;
     promoted_from_l2_[c.key] = now_ms();
     cancel_request(c.tag);

@@ -1,6 +1,6 @@
 -- The three-tier cache: promotion L3 → L2 → L1, TTL expiry, the L1 budget
 -- under an overfill, cached decisions and generate() answers.
-SELECT plan(18);
+SELECT plan(24);
 
 SELECT npc_scale.cache_clear();
 CREATE TEMP TABLE s0 AS SELECT * FROM npc_scale.cache_stats;
@@ -56,5 +56,27 @@ SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])',
 SELECT results_eq(format('SELECT status, cache_layer, response = (SELECT response FROM npc_scale.decision_queue WHERE id = %s) FROM npc_scale.decision_queue WHERE id = %s', :d1, :d2),
   $$ VALUES ('done'::text, 'l1'::text, true) $$, 'the repeat came from L1 with the same answer');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id IN (9101, 9102);
+-- A decision whose answer is only in Redis (L1 lost, e.g. after a restart):
+-- the hand-off sends it before asking Redis, and the L2 hit withdraws the
+-- request; the table path answers from the promoted entry as an L2 hit.
+-- The key is parked outside the prefix while cache_clear() empties every layer.
+SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
+SELECT npc_scale.request_decision(9103, 'build', 'Only in Redis: what next?', 5, '{"temperature": 0, "max_tokens": 6}') AS d3 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d3)), 'a new deterministic decision answered (and cached)');
+SELECT pg_temp.redis('--scan --pattern ''npc_scale:cache:gen:*''') AS gen_keys \gset
+SELECT is(array_length(string_to_array(:'gen_keys', E'\n'), 1), 1, 'its answer is the one generation in Redis');
+SELECT pg_temp.redis('RENAME ' || :'gen_keys' || ' npc_scale_test:parked') AS parked \gset
+SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
+SELECT pg_temp.redis('RENAME npc_scale_test:parked ' || :'gen_keys') AS restored \gset
+SELECT l1_hits AS l1_a, l2_hits AS l2_a, misses AS miss_a FROM npc_scale.cache_stats \gset
+SELECT npc_test.metric('handoff_unclaimed') AS hu_a \gset
+SELECT npc_scale.request_decision(9104, 'build', 'Only in Redis: what next?', 5, '{"temperature": 0, "max_tokens": 6}') AS d4 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d4)), 'the repeat is answered');
+SELECT results_eq(format('SELECT status, cache_layer, response = (SELECT response FROM npc_scale.decision_queue WHERE id = %s) FROM npc_scale.decision_queue WHERE id = %s', :d3, :d4),
+  $$ VALUES ('done'::text, 'l2'::text, true) $$, 'from L2, with the first answer');
+SELECT results_eq(format('SELECT l1_hits - %s, l2_hits - %s, misses - %s FROM npc_scale.cache_stats', :l1_a, :l2_a, :miss_a),
+  $$ VALUES (0::bigint, 1::bigint, 0::bigint) $$, 'counted once, as one L2 hit');
+SELECT is(npc_test.metric('handoff_unclaimed') - :hu_a, 1::bigint, 'its GPU request, already sent, was withdrawn');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id IN (9101, 9102, 9103, 9104);
 SELECT * FROM finish();
