@@ -150,8 +150,9 @@ class Dispatcher {
   };
   std::vector<SentHandoff> sent_unclaimed_;
   // Transactions whose handed-off rows were left to the table path (a cache
-  // hit, an identical request in flight, no capacity, a bad row): claimed
-  // from the table once the transaction has committed.
+  // hit, an identical request in flight, a passed deadline, a bad row):
+  // claimed from the table once the transaction has committed. (Rows left
+  // for want of capacity are not followed: every freed slot looks again.)
   std::unordered_set<TransactionId> table_after_commit_;
   // Cache keys the hand-off path promoted from L2 (and counted as L2 hits),
   // by when: the table path answers them as L2 hits. Pruned after a minute.
@@ -746,7 +747,9 @@ void Dispatcher::send_handed_off() {
     // The table path keeps priority order when work is waiting, answers
     // cache hits and joins identical requests in flight (coalescing).
     if (capacity_blocked_) {
-      to_table_after_commit(e.xid);
+      // Claimed from the table as slots free; every freed slot looks again,
+      // so no need to follow its commit.
+      maybe_more_work_ = true;
       continue;
     }
     try {
@@ -776,7 +779,7 @@ void Dispatcher::send_handed_off() {
       d.prompt = std::move(e.prompt);
       auto pick = route(d.priority, affinity_key(d), std::nullopt);
       if (!pick) {
-        to_table_after_commit(e.xid);
+        maybe_more_work_ = true;
         set_capacity_blocked(true);
         continue;
       }
