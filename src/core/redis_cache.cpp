@@ -124,38 +124,64 @@ bool RedisCache::ensure_connected(int64_t now_ms, bool read_replies) {
 
 RedisCache::Result RedisCache::get(const std::string& key, std::string* value, int64_t now_ms,
                                    int64_t* ttl_ms) {
-  if (!ensure_connected(now_ms)) return Result::unavailable;
-  const std::string full = config_.prefix + key;
-  // PTTL then GET, pipelined: one round trip. In this order a key that
-  // expires between the two reads as a miss; the other way round a GET hit
-  // could meet PTTL -2 (gone) and be promoted to L1 as if it had no expiry.
-  const char* ttl_argv[] = {"PTTL", full.c_str()};
-  const size_t ttl_len[] = {4, full.size()};
-  const char* get_argv[] = {"GET", full.c_str()};
-  const size_t get_len[] = {3, full.size()};
-  redisAppendCommandArgv(ctx_, 2, ttl_argv, ttl_len);
-  redisAppendCommandArgv(ctx_, 2, get_argv, get_len);
-  void* raw_ttl = nullptr;
-  void* raw_get = nullptr;
-  if (redisGetReply(ctx_, &raw_ttl) != REDIS_OK || redisGetReply(ctx_, &raw_get) != REDIS_OK) {
-    if (raw_ttl) freeReplyObject(raw_ttl);
-    fail(ctx_->errstr, now_ms);
-    return Result::unavailable;
+  std::vector<Lookup> r = get_many({key}, now_ms);
+  if (r[0].result == Result::hit) {
+    *value = std::move(r[0].value);
+    if (ttl_ms) *ttl_ms = r[0].ttl_ms;
   }
-  Reply t(static_cast<redisReply*>(raw_ttl));
-  Reply r(static_cast<redisReply*>(raw_get));
-  if (r->type == REDIS_REPLY_ERROR) {
-    fail(r->str, now_ms);
-    return Result::unavailable;
+  return r[0].result;
+}
+
+std::vector<RedisCache::Lookup> RedisCache::get_many(const std::vector<std::string>& keys,
+                                                     int64_t now_ms) {
+  std::vector<Lookup> out(keys.size());
+  if (keys.empty()) return out;
+  if (!ensure_connected(now_ms)) {
+    for (Lookup& l : out) l.result = Result::unavailable;
+    return out;
   }
-  if (r->type != REDIS_REPLY_STRING) return Result::miss;
-  // -1: no expiry. -2 (gone at the PTTL, set again before the GET) or 0
-  // (under a millisecond left): its expiry is not known to be ahead, a miss.
-  const long long pttl = t && t->type == REDIS_REPLY_INTEGER ? t->integer : -2;
-  if (pttl != -1 && pttl <= 0) return Result::miss;
-  value->assign(r->str, r->len);
-  if (ttl_ms) *ttl_ms = pttl;
-  return Result::hit;
+  // PTTL then GET per key, all pipelined: one round trip. In this order a key
+  // that expires between the two reads as a miss; the other way round a GET
+  // hit could meet PTTL -2 (gone) and be promoted to L1 as if it had no expiry.
+  for (const std::string& key : keys) {
+    const std::string full = config_.prefix + key;
+    const char* ttl_argv[] = {"PTTL", full.c_str()};
+    const size_t ttl_len[] = {4, full.size()};
+    const char* get_argv[] = {"GET", full.c_str()};
+    const size_t get_len[] = {3, full.size()};
+    if (redisAppendCommandArgv(ctx_, 2, ttl_argv, ttl_len) != REDIS_OK ||
+        redisAppendCommandArgv(ctx_, 2, get_argv, get_len) != REDIS_OK) {
+      fail(ctx_->errstr, now_ms);
+      for (Lookup& l : out) l.result = Result::unavailable;
+      return out;
+    }
+  }
+  for (Lookup& l : out) {
+    void* raw_ttl = nullptr;
+    void* raw_get = nullptr;
+    if (redisGetReply(ctx_, &raw_ttl) != REDIS_OK || redisGetReply(ctx_, &raw_get) != REDIS_OK) {
+      if (raw_ttl) freeReplyObject(raw_ttl);
+      fail(ctx_ ? ctx_->errstr : "connection lost", now_ms);
+      for (Lookup& rest : out) rest.result = Result::unavailable;
+      return out;
+    }
+    Reply t(static_cast<redisReply*>(raw_ttl));
+    Reply r(static_cast<redisReply*>(raw_get));
+    if (r->type == REDIS_REPLY_ERROR) {
+      fail(r->str, now_ms);
+      for (Lookup& rest : out) rest.result = Result::unavailable;
+      return out;
+    }
+    if (r->type != REDIS_REPLY_STRING) continue;  // a miss
+    // -1: no expiry. -2 (gone at the PTTL, set again before the GET) or 0
+    // (under a millisecond left): its expiry is not known to be ahead, a miss.
+    const long long pttl = t && t->type == REDIS_REPLY_INTEGER ? t->integer : -2;
+    if (pttl != -1 && pttl <= 0) continue;
+    l.result = Result::hit;
+    l.value.assign(r->str, r->len);
+    l.ttl_ms = pttl;
+  }
+  return out;
 }
 
 bool RedisCache::set(const std::string& key, const std::string& value, int64_t ttl_s,
@@ -178,7 +204,10 @@ bool RedisCache::set_nowait(const std::string& key, const std::string& value, in
   const std::string ttl = std::to_string(ttl_s);
   const char* argv[] = {"SET", full.c_str(), value.data(), "EX", ttl.c_str()};
   const size_t lens[] = {3, full.size(), value.size(), 2, ttl.size()};
-  redisAppendCommandArgv(ctx_, ttl_s > 0 ? 5 : 3, argv, lens);
+  if (redisAppendCommandArgv(ctx_, ttl_s > 0 ? 5 : 3, argv, lens) != REDIS_OK) {
+    fail(ctx_->errstr, now_ms);
+    return false;
+  }
   // Written now (a blocking socket takes a small command at once), so the
   // value is in Redis about as soon as with set().
   int done = 0;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 struct redisContext;
 
@@ -44,6 +45,13 @@ class RedisCache {
   // On a hit, *ttl_ms (if given) is the key's remaining time to live, -1 if
   // it has none — so a promotion to L1 never outlives the L2 entry.
   Result get(const std::string& key, std::string* value, int64_t now_ms, int64_t* ttl_ms = nullptr);
+  // Several keys in one round trip (pipelined), in order.
+  struct Lookup {
+    Result result = Result::miss;
+    std::string value;
+    int64_t ttl_ms = -1;  // on a hit: time left, -1 = no expiry
+  };
+  std::vector<Lookup> get_many(const std::vector<std::string>& keys, int64_t now_ms);
   // ttl_s <= 0: no expiry.
   bool set(const std::string& key, const std::string& value, int64_t ttl_s, int64_t now_ms);
   // As set(), without waiting for Redis's reply: the command is written now

@@ -95,7 +95,7 @@ class Dispatcher {
   void configure_router();
   std::optional<size_t> route(int priority, std::optional<uint64_t> affinity_key,
                               std::optional<int> avoid_gpu);
-  int free_capacity();
+  int free_capacity() const;
   std::optional<uint64_t> affinity_key(const ClaimedDecision& d) const;
   bool send(size_t index, InFlight info, const std::string& prompt, const GenerationParams& params,
             int priority, long timeout_ms);
@@ -112,6 +112,9 @@ class Dispatcher {
   void ask_l2_after_send();
   void to_table_after_commit(TransactionId xid);
   void release_to_table_path();
+  bool table_after_commit_polled() const {
+    return !table_after_commit_.empty() && (!capacity_blocked_ || free_capacity() > 0);
+  }
   void cancel_request(uint64_t tag);
   void fill_cache();
   void flush_results();
@@ -150,15 +153,17 @@ class Dispatcher {
   };
   std::vector<SentHandoff> sent_unclaimed_;
   // Transactions whose handed-off rows were left to the table path (a cache
-  // hit, an identical request in flight, a passed deadline, a bad row):
-  // claimed from the table once the transaction has committed. (Rows left
-  // for want of capacity are not followed: every freed slot looks again.)
+  // hit, an identical request in flight, no capacity, a bad row): claimed
+  // from the table once the transaction has committed. While the fleet is
+  // full they are not looked at: each freed slot brings a look anyway.
   std::unordered_set<TransactionId> table_after_commit_;
-  // Cache keys the hand-off path promoted from L2 (and counted as L2 hits),
-  // by when: the table path answers them as L2 hits. Pruned after a minute.
-  std::unordered_map<std::string, int64_t> promoted_from_l2_;
+  // Decisions whose answer the hand-off path promoted from L2 (and counted
+  // as an L2 hit), by when: the table path answers them as L2 hits. Pruned
+  // after a minute (a row cancelled or rolled back meanwhile).
+  std::unordered_map<int64_t, int64_t> promoted_from_l2_;
   struct L2Check {
     uint64_t tag;
+    int64_t id;
     std::string key;
     TransactionId xid;
   };
@@ -300,7 +305,7 @@ long Dispatcher::wait_timeout_ms() const {
   for (const SentHandoff& h : sent_unclaimed_) {
     t = std::min<int64_t>(t, handoff_next_look_ms(parked_.count(h.tag) > 0, h.sent_ms, now, kHandoffTiming));
   }
-  if (!table_after_commit_.empty()) t = std::min<int64_t>(t, kHandoffTiming.commit_poll_ms);
+  if (table_after_commit_polled()) t = std::min<int64_t>(t, kHandoffTiming.commit_poll_ms);
   for (size_t i = 0; i < fleet_.size(); i++) {
     const MemberInfo& m = fleet_.info(i);
     const Endpoint& e = fleet_.endpoints()[i];
@@ -376,7 +381,7 @@ std::optional<size_t> Dispatcher::route(int priority, std::optional<uint64_t> af
   return d->index;
 }
 
-int Dispatcher::free_capacity() { return Router::free_capacity(fleet_.endpoints(), now_ms()); }
+int Dispatcher::free_capacity() const { return Router::free_capacity(fleet_.endpoints(), now_ms()); }
 
 bool Dispatcher::send(size_t index, InFlight info, const std::string& prompt,
                       const GenerationParams& params, int priority, long timeout_ms) {
@@ -690,7 +695,7 @@ void Dispatcher::claim_and_send() {
         CacheLayer layer = CacheLayer::none;
         std::optional<std::string> hit;
         // Promoted from L2 by the hand-off path: a hit counted there already.
-        if (auto p = promoted_from_l2_.find(info.cache_key); p != promoted_from_l2_.end()) {
+        if (auto p = promoted_from_l2_.find(d.id); p != promoted_from_l2_.end()) {
           promoted_from_l2_.erase(p);
           if ((hit = cache_read_l1(info.cache_key))) layer = CacheLayer::l2;
         }
@@ -747,15 +752,13 @@ void Dispatcher::send_handed_off() {
     // The table path keeps priority order when work is waiting, answers
     // cache hits and joins identical requests in flight (coalescing).
     if (capacity_blocked_) {
-      // Claimed from the table as slots free; every freed slot looks again,
-      // so no need to follow its commit.
-      maybe_more_work_ = true;
+      to_table_after_commit(e.xid);
       continue;
     }
     try {
       GenerationParams params = parse_params(e.params);
       if (e.deadline_us && *e.deadline_us <= now_us) {
-        to_table_after_commit(e.xid);  // expires on the table path
+        maybe_more_work_ = true;  // expired by the next housekeeping look
         continue;
       }
       InFlight info;
@@ -779,7 +782,7 @@ void Dispatcher::send_handed_off() {
       d.prompt = std::move(e.prompt);
       auto pick = route(d.priority, affinity_key(d), std::nullopt);
       if (!pick) {
-        maybe_more_work_ = true;
+        to_table_after_commit(e.xid);
         set_capacity_blocked(true);
         continue;
       }
@@ -792,7 +795,7 @@ void Dispatcher::send_handed_off() {
       send(*pick, info, d.prompt, params, d.priority, timeout);
       sent_unclaimed_.push_back({d.id, tag, e.xid, now_ms()});
       pg_atomic_fetch_add_u64(&shared_state().handoff_sent, 1);
-      if (ask_l2) ask_l2_after_send_.push_back({tag, std::move(key), e.xid});
+      if (ask_l2) ask_l2_after_send_.push_back({tag, d.id, std::move(key), e.xid});
     } catch (const std::exception&) {
       to_table_after_commit(e.xid);  // the table path reports what is wrong with it
     }
@@ -806,9 +809,14 @@ void Dispatcher::send_handed_off() {
 void Dispatcher::ask_l2_after_send() {
   std::vector<L2Check> checks;
   checks.swap(ask_l2_after_send_);
-  for (const L2Check& c : checks) {
-    if (!cache_promote_from_l2(c.key)) continue;
-    promoted_from_l2_[c.key] = now_ms();
+  if (checks.empty()) return;
+  std::vector<std::string> keys;
+  for (const L2Check& c : checks) keys.push_back(c.key);
+  std::vector<bool> promoted = cache_promote_from_l2(keys);
+  for (size_t i = 0; i < checks.size(); i++) {
+    if (!promoted[i]) continue;
+    const L2Check& c = checks[i];
+    promoted_from_l2_[c.id] = now_ms();
     cancel_request(c.tag);
     sent_unclaimed_.erase(std::remove_if(sent_unclaimed_.begin(), sent_unclaimed_.end(),
                                          [&](const SentHandoff& h) { return h.tag == c.tag; }),
@@ -824,6 +832,7 @@ void Dispatcher::to_table_after_commit(TransactionId xid) { table_after_commit_.
 // transaction has committed; the commit itself wakes nobody (the hand-off
 // already did, at PRE_COMMIT), so look on the commit poll timer.
 void Dispatcher::release_to_table_path() {
+  if (!table_after_commit_polled()) return;
   for (auto it = table_after_commit_.begin(); it != table_after_commit_.end();) {
     const TxnOutcome outcome = handoff_commit_state(*it);
     if (outcome == TxnOutcome::in_progress) {
@@ -920,6 +929,7 @@ void Dispatcher::cancel_request(uint64_t tag) {
   if (auto idx = fleet_.index_of(it->second.gpu_id)) {
     if (--fleet_.endpoints()[*idx].in_flight < 0) fleet_.endpoints()[*idx].in_flight = 0;
   }
+  if (capacity_blocked_) maybe_more_work_ = true;  // a slot freed: work may be waiting for it
   if (!it->second.cache_key.empty()) in_flight_by_key_.erase(it->second.cache_key);
   requeue_followers(it->second.followers);
   in_flight_.erase(it);

@@ -152,20 +152,23 @@ std::optional<std::string> cache_read_l1(const std::string& key) {
   return value;
 }
 
-bool cache_promote_from_l2(const std::string& key) {
+std::vector<bool> cache_promote_from_l2(const std::vector<std::string>& keys) {
+  std::vector<bool> promoted(keys.size(), false);
+  if (keys.empty()) return promoted;
   refresh_redis_config();
-  std::string value;
-  int64_t ttl_ms = -1;
   uint64_t errors_before = redis().errors();
-  RedisCache::Result r = redis().get(key, &value, now_ms(), &ttl_ms);
+  std::vector<RedisCache::Lookup> found = redis().get_many(keys, now_ms());
   note_redis_state(errors_before);
-  if (r != RedisCache::Result::hit) {
-    count(shared_state().cache_misses);
-    return false;
+  SharedState& s = shared_state();
+  for (size_t i = 0; i < keys.size(); i++) {
+    const RedisCache::Lookup& l = found[i];
+    // A hit L1 cannot hold (bigger than an entry may be) is no use to the
+    // table path: the request goes on, as for a miss.
+    promoted[i] = l.result == RedisCache::Result::hit &&
+                  l1_put(keys[i], l.value, l.ttl_ms > 0 ? (l.ttl_ms + 999) / 1000 : 0);
+    count(promoted[i] ? s.cache_l2_hits : s.cache_misses);
   }
-  count(shared_state().cache_l2_hits);
-  l1_put(key, value, ttl_ms > 0 ? (ttl_ms + 999) / 1000 : 0);
-  return true;
+  return promoted;
 }
 
 void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool persist,

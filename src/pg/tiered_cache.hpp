@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace npc_scale {
 
@@ -20,10 +21,11 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
 // The same lookup in two steps, for the dispatcher's hand-off path, which
 // sends to a GPU between them so that a Redis round trip is never in front
 // of a request: L1 read alone, counting nothing (whoever answers from it
-// counts); then L2, which counts the hit or the miss and promotes a hit to
-// L1, where the dispatcher's table path picks it up.
+// counts); then L2 for a batch of keys in one round trip, which promotes
+// each hit to L1, where the dispatcher's table path picks it up, and counts
+// it as an L2 hit (true) or else a miss (false).
 std::optional<std::string> cache_read_l1(const std::string& key);
-bool cache_promote_from_l2(const std::string& key);
+std::vector<bool> cache_promote_from_l2(const std::vector<std::string>& keys);
 
 // Writes L1 and L2, and L3 when persist (then SPI must be usable). ttl_s <= 0: no expiry.
 // wait_for_redis false: the L2 write does not wait for Redis's reply (the

@@ -218,6 +218,36 @@ TEST(RedisCacheTest, SetNowaitLeavesItsRepliesForTheNextCommand) {
   EXPECT_TRUE(cache.up());
 }
 
+TEST(RedisCacheTest, GetManyAnswersEachKeyInOrderInOneRoundTrip) {
+  int port = free_port();
+  auto server = std::make_unique<RedisServer>(port);
+  RedisCache cache;
+  RedisConfig c;
+  c.port = port;
+  cache.configure(c);
+  ASSERT_TRUE(cache.set("a", "alpha", 60, now_ms()));
+  ASSERT_TRUE(cache.set("c", "gamma", 0, now_ms()));
+  ASSERT_TRUE(cache.set_nowait("d", "delta", 30, now_ms()));  // its reply is read first
+  auto found = cache.get_many({"a", "b", "c", "d"}, now_ms());
+  ASSERT_EQ(found.size(), 4u);
+  EXPECT_EQ(found[0].result, RedisCache::Result::hit);
+  EXPECT_EQ(found[0].value, "alpha");
+  EXPECT_GT(found[0].ttl_ms, 0);
+  EXPECT_LE(found[0].ttl_ms, 60000);
+  EXPECT_EQ(found[1].result, RedisCache::Result::miss);
+  EXPECT_EQ(found[2].result, RedisCache::Result::hit);
+  EXPECT_EQ(found[2].value, "gamma");
+  EXPECT_EQ(found[2].ttl_ms, -1);
+  EXPECT_EQ(found[3].result, RedisCache::Result::hit);
+  EXPECT_EQ(found[3].value, "delta");
+  EXPECT_TRUE(cache.get_many({}, now_ms()).empty());
+  server->stop();
+  auto down = cache.get_many({"a", "c"}, now_ms());
+  ASSERT_EQ(down.size(), 2u);
+  EXPECT_EQ(down[0].result, RedisCache::Result::unavailable);
+  EXPECT_EQ(down[1].result, RedisCache::Result::unavailable);
+}
+
 TEST(RedisCacheTest, SetNowaitToAServerThatWentAwayIsAMissNotAHang) {
   int port = free_port();
   auto server = std::make_unique<RedisServer>(port);
