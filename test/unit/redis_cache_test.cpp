@@ -80,13 +80,20 @@ class RedisServer {
 
 }  // namespace
 
-TEST(RedisCacheTest, SetGetMissDeleteAndTtl) {
+// A fresh redis-server on a free port, and a client configured for it.
+class RedisCacheLive : public ::testing::Test {
+ protected:
+  RedisCacheLive() {
+    RedisConfig c;
+    c.port = port;
+    cache.configure(c);
+  }
   int port = free_port();
-  RedisServer server(port);
+  std::unique_ptr<RedisServer> server = std::make_unique<RedisServer>(port);
   RedisCache cache;
-  RedisConfig c;
-  c.port = port;
-  cache.configure(c);
+};
+
+TEST_F(RedisCacheLive, SetGetMissDeleteAndTtl) {
   std::string v;
   EXPECT_EQ(cache.get("k1", &v, now_ms()), RedisCache::Result::miss);
   ASSERT_TRUE(cache.set("k1", "village: build a granary", 60, now_ms()));
@@ -110,13 +117,7 @@ TEST(RedisCacheTest, SetGetMissDeleteAndTtl) {
 
 // A hit tells how long the key has left, so L1 never keeps it longer: a key
 // read right up to its expiry never reports "no expiry" (-1) or 0.
-TEST(RedisCacheTest, HitsReportTheTimeLeftUpToExpiry) {
-  int port = free_port();
-  RedisServer server(port);
-  RedisCache cache;
-  RedisConfig c;
-  c.port = port;
-  cache.configure(c);
+TEST_F(RedisCacheLive, HitsReportTheTimeLeftUpToExpiry) {
   std::string v;
   int64_t ttl = 0;
   ASSERT_TRUE(cache.set("forever", "x", 0, now_ms()));
@@ -158,13 +159,7 @@ TEST(RedisCacheTest, PrefixIsolationAndClear) {
   EXPECT_EQ(b.get("k1", &v, now_ms()), RedisCache::Result::hit) << "another prefix is untouched";
 }
 
-TEST(RedisCacheTest, DownIsAMissThenComesBackWithOneStateChangeEachWay) {
-  int port = free_port();
-  auto server = std::make_unique<RedisServer>(port);
-  RedisCache cache;
-  RedisConfig c;
-  c.port = port;
-  cache.configure(c);
+TEST_F(RedisCacheLive, DownIsAMissThenComesBackWithOneStateChangeEachWay) {
   std::vector<bool> changes;
   cache.on_state_change = [&](bool up, const std::string&) { changes.push_back(up); };
   ASSERT_TRUE(cache.set("k", "v", 60, now_ms()));
@@ -187,13 +182,7 @@ TEST(RedisCacheTest, DownIsAMissThenComesBackWithOneStateChangeEachWay) {
 
 // set_nowait() writes the command but leaves the reply: the next command
 // reads it first (replies come in order), so nothing is read out of step.
-TEST(RedisCacheTest, SetNowaitLeavesItsRepliesForTheNextCommand) {
-  int port = free_port();
-  RedisServer server(port);
-  RedisCache cache;
-  RedisConfig c;
-  c.port = port;
-  cache.configure(c);
+TEST_F(RedisCacheLive, SetNowaitLeavesItsRepliesForTheNextCommand) {
   for (int i = 1; i <= 20; i++) {
     ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v" + std::to_string(i), 60, now_ms()));
   }
@@ -218,13 +207,7 @@ TEST(RedisCacheTest, SetNowaitLeavesItsRepliesForTheNextCommand) {
   EXPECT_TRUE(cache.up());
 }
 
-TEST(RedisCacheTest, GetManyAnswersEachKeyInOrderInOneRoundTrip) {
-  int port = free_port();
-  auto server = std::make_unique<RedisServer>(port);
-  RedisCache cache;
-  RedisConfig c;
-  c.port = port;
-  cache.configure(c);
+TEST_F(RedisCacheLive, GetManyAnswersEachKeyInOrderInOneRoundTrip) {
   ASSERT_TRUE(cache.set("a", "alpha", 60, now_ms()));
   ASSERT_TRUE(cache.set("c", "gamma", 0, now_ms()));
   ASSERT_TRUE(cache.set_nowait("d", "delta", 30, now_ms()));  // its reply is read first
@@ -248,13 +231,7 @@ TEST(RedisCacheTest, GetManyAnswersEachKeyInOrderInOneRoundTrip) {
   EXPECT_EQ(down[1].result, RedisCache::Result::unavailable);
 }
 
-TEST(RedisCacheTest, SetNowaitToAServerThatWentAwayIsAMissNotAHang) {
-  int port = free_port();
-  auto server = std::make_unique<RedisServer>(port);
-  RedisCache cache;
-  RedisConfig c;
-  c.port = port;
-  cache.configure(c);
+TEST_F(RedisCacheLive, SetNowaitToAServerThatWentAwayIsAMissNotAHang) {
   ASSERT_TRUE(cache.set_nowait("k", "v", 60, now_ms()));
   server->stop();
   std::string v;
