@@ -770,8 +770,7 @@ void Dispatcher::send_handed_off() {
           to_table_after_commit(e.xid);
           continue;
         }
-        // Not in L1: sent now; Redis (L2) is asked once the request is out.
-        info.cache_key = std::move(key);  // a miss: this request will fill the cache
+        info.cache_key = std::move(key);  // not in L1: this request will fill the cache
         info.cache_ttl_s = policy.ttl_s;
       }
       ClaimedDecision d;
@@ -790,12 +789,11 @@ void Dispatcher::send_handed_off() {
       if (e.deadline_us) deadline_in_ms = (*e.deadline_us - now_us) / 1000;
       const long timeout = request_timeout_ms(params, deadline_in_ms);
       const uint64_t tag = next_tag_;
-      const bool ask_l2 = !info.cache_key.empty();
-      std::string key = info.cache_key;
+      std::string l2_key = info.cache_key;  // cacheable: Redis is asked once this is out
       send(*pick, info, d.prompt, params, d.priority, timeout);
       sent_unclaimed_.push_back({d.id, tag, e.xid, now_ms()});
       pg_atomic_fetch_add_u64(&shared_state().handoff_sent, 1);
-      if (ask_l2) ask_l2_after_send_.push_back({tag, d.id, std::move(key), e.xid});
+      if (!l2_key.empty()) ask_l2_after_send_.push_back({tag, d.id, std::move(l2_key), e.xid});
     } catch (const std::exception&) {
       to_table_after_commit(e.xid);  // the table path reports what is wrong with it
     }
