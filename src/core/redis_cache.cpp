@@ -136,10 +136,13 @@ std::vector<RedisCache::Lookup> RedisCache::get_many(const std::vector<std::stri
                                                      int64_t now_ms) {
   std::vector<Lookup> out(keys.size());
   if (keys.empty()) return out;
-  if (!ensure_connected(now_ms)) {
-    for (Lookup& l : out) l.result = Result::unavailable;
+  // Any failure on the way makes the whole batch unavailable.
+  auto unavailable = [&](const std::string& why) {
+    if (!why.empty()) fail(why, now_ms);
+    for (Lookup& l : out) l = Lookup{Result::unavailable, {}, -1};
     return out;
-  }
+  };
+  if (!ensure_connected(now_ms)) return unavailable("");
   // PTTL then GET per key, all pipelined: one round trip. In this order a key
   // that expires between the two reads as a miss; the other way round a GET
   // hit could meet PTTL -2 (gone) and be promoted to L1 as if it had no expiry.
@@ -151,9 +154,7 @@ std::vector<RedisCache::Lookup> RedisCache::get_many(const std::vector<std::stri
     const size_t get_len[] = {3, full.size()};
     if (redisAppendCommandArgv(ctx_, 2, ttl_argv, ttl_len) != REDIS_OK ||
         redisAppendCommandArgv(ctx_, 2, get_argv, get_len) != REDIS_OK) {
-      fail(ctx_->errstr, now_ms);
-      for (Lookup& l : out) l.result = Result::unavailable;
-      return out;
+      return unavailable(ctx_->errstr);
     }
   }
   for (Lookup& l : out) {
@@ -161,17 +162,11 @@ std::vector<RedisCache::Lookup> RedisCache::get_many(const std::vector<std::stri
     void* raw_get = nullptr;
     if (redisGetReply(ctx_, &raw_ttl) != REDIS_OK || redisGetReply(ctx_, &raw_get) != REDIS_OK) {
       if (raw_ttl) freeReplyObject(raw_ttl);
-      fail(ctx_ ? ctx_->errstr : "connection lost", now_ms);
-      for (Lookup& rest : out) rest.result = Result::unavailable;
-      return out;
+      return unavailable(ctx_->errstr);
     }
     Reply t(static_cast<redisReply*>(raw_ttl));
     Reply r(static_cast<redisReply*>(raw_get));
-    if (r->type == REDIS_REPLY_ERROR) {
-      fail(r->str, now_ms);
-      for (Lookup& rest : out) rest.result = Result::unavailable;
-      return out;
-    }
+    if (r->type == REDIS_REPLY_ERROR) return unavailable(r->str);
     if (r->type != REDIS_REPLY_STRING) continue;  // a miss
     // -1: no expiry. -2 (gone at the PTTL, set again before the GET) or 0
     // (under a millisecond left): its expiry is not known to be ahead, a miss.
@@ -186,14 +181,8 @@ std::vector<RedisCache::Lookup> RedisCache::get_many(const std::vector<std::stri
 
 bool RedisCache::set(const std::string& key, const std::string& value, int64_t ttl_s,
                      int64_t now_ms) {
-  if (!ensure_connected(now_ms)) return false;
-  Reply r = ttl_s > 0 ? command(ctx_, {"SET", config_.prefix + key, value, "EX", std::to_string(ttl_s)})
-                      : command(ctx_, {"SET", config_.prefix + key, value});
-  if (!r || r->type == REDIS_REPLY_ERROR) {
-    fail(r ? r->str : ctx_->errstr, now_ms);
-    return false;
-  }
-  return true;
+  // The same command, and then its reply (with any set_nowait() left before it).
+  return set_nowait(key, value, ttl_s, now_ms) && read_unread_replies(now_ms);
 }
 
 bool RedisCache::set_nowait(const std::string& key, const std::string& value, int64_t ttl_s,

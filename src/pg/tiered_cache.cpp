@@ -113,6 +113,24 @@ void refresh_redis_config() {
   redis().configure(c);
 }
 
+namespace {
+
+// One pipelined round trip to L2, with this process's Redis state noted.
+std::vector<RedisCache::Lookup> l2_lookup(const std::vector<std::string>& keys) {
+  refresh_redis_config();
+  uint64_t errors_before = redis().errors();
+  std::vector<RedisCache::Lookup> found = redis().get_many(keys, now_ms());
+  note_redis_state(errors_before);
+  return found;
+}
+
+// Copies an L2 hit into L1 for no longer than Redis keeps it.
+bool promote_to_l1(const std::string& key, const RedisCache::Lookup& hit) {
+  return l1_put(key, hit.value, hit.ttl_ms > 0 ? (hit.ttl_ms + 999) / 1000 : 0);
+}
+
+}  // namespace
+
 std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, CacheLayer* layer) {
   SharedState& s = shared_state();
   std::string value;
@@ -122,16 +140,12 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
     *layer = CacheLayer::l1;
     return value;
   }
-  refresh_redis_config();
-  int64_t ttl_ms = -1;
-  uint64_t errors_before = redis().errors();
-  RedisCache::Result r = redis().get(key, &value, now_ms(), &ttl_ms);
-  note_redis_state(errors_before);
-  if (r == RedisCache::Result::hit) {
+  RedisCache::Lookup l2 = std::move(l2_lookup({key})[0]);
+  if (l2.result == RedisCache::Result::hit) {
     count(s.cache_l2_hits);
-    l1_put(key, value, ttl_ms > 0 ? (ttl_ms + 999) / 1000 : 0);
+    promote_to_l1(key, l2);
     *layer = CacheLayer::l2;
-    return value;
+    return std::move(l2.value);
   }
   if (use_l3) {
     if (auto row = l3_get(key)) {
@@ -155,17 +169,12 @@ std::optional<std::string> cache_read_l1(const std::string& key) {
 std::vector<bool> cache_promote_from_l2(const std::vector<std::string>& keys) {
   std::vector<bool> promoted(keys.size(), false);
   if (keys.empty()) return promoted;
-  refresh_redis_config();
-  uint64_t errors_before = redis().errors();
-  std::vector<RedisCache::Lookup> found = redis().get_many(keys, now_ms());
-  note_redis_state(errors_before);
+  std::vector<RedisCache::Lookup> found = l2_lookup(keys);
   SharedState& s = shared_state();
   for (size_t i = 0; i < keys.size(); i++) {
-    const RedisCache::Lookup& l = found[i];
     // A hit L1 cannot hold (bigger than an entry may be) is no use to the
     // table path: the request goes on, as for a miss.
-    promoted[i] = l.result == RedisCache::Result::hit &&
-                  l1_put(keys[i], l.value, l.ttl_ms > 0 ? (l.ttl_ms + 999) / 1000 : 0);
+    promoted[i] = found[i].result == RedisCache::Result::hit && promote_to_l1(keys[i], found[i]);
     count(promoted[i] ? s.cache_l2_hits : s.cache_misses);
   }
   return promoted;
