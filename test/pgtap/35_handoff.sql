@@ -3,7 +3,7 @@
 -- rolled-back savepoint are never sent, nothing is sent twice, and what the
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
-SELECT plan(20);
+SELECT plan(23);
 SELECT npc_test.use_gpus(ARRAY['fast1']);
 SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
 SELECT npc_test.metric('handoff_sent') AS hs0, npc_test.metric('handoff_unclaimed') AS hu0 \gset
@@ -79,6 +79,27 @@ SELECT results_eq(
   $$ VALUES ('done'::text, 1) $$,
   'done after one attempt');
 
+-- Identical cacheable decisions in one transaction: the first is sent from
+-- the handoff, the others join its request in flight (the GPU answers in
+-- 40 ms) and all three answers are written by one transaction (the
+-- several-rows form of the write; a lone answer uses the one-row form).
+SELECT npc_test.gpu_reset('slow') IS NOT NULL AS reset \gset
+BEGIN;
+SELECT array_agg(id) AS same_ids FROM npc_scale.request_decisions(ARRAY[2011, 2012, 2013], 'build',
+  ARRAY['handoff: the same question', 'handoff: the same question', 'handoff: the same question'],
+  5, '{"temperature": 0, "max_tokens": 5}') AS id \gset
+COMMIT;
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(%L::bigint[])', :'same_ids')),
+  'three identical decisions are finished');
+SELECT results_eq(
+  format('SELECT count(*)::int, count(DISTINCT response)::int, count(DISTINCT xmin::text)::int,
+                 bool_and(status = ''done'' AND attempts = 1)
+            FROM npc_scale.decision_queue WHERE id = ANY(%L::bigint[])', :'same_ids'),
+  $$ VALUES (3, 1, 1, true) $$,
+  'done after one attempt each, with one answer, written by one transaction');
+SELECT is(npc_test.gpu_metric('slow', 'fake_gpu_requests_total'), 1::numeric,
+  'the GPU answered one request for the three');
+
 -- Answers are written as text arrays: multi-byte UTF-8 arrives intact.
 SELECT npc_scale.request_decision(2008, 'build', 'handoff: which mill?', 5,
   '{"choices": ["Mühle bauen 🏰 — 水車"]}') AS id_utf8 \gset
@@ -86,6 +107,6 @@ SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])',
 SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_utf8), 'Mühle bauen 🏰 — 水車',
   'a multi-byte UTF-8 answer is stored as sent');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2008;
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2013;
 SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
 SELECT * FROM finish();
