@@ -1,6 +1,7 @@
 #include "redis_cache.hpp"
 
 #include <hiredis/hiredis.h>
+#include <poll.h>
 
 #include <algorithm>
 #include <memory>
@@ -12,7 +13,7 @@ namespace {
 
 constexpr int64_t kFirstBackoffMs = 100;
 constexpr int64_t kMaxBackoffMs = 5000;
-constexpr int kMaxUnreadReplies = 64;
+constexpr size_t kMaxUnreadReplies = 64;
 
 timeval ms_to_timeval(int ms) {
   timeval tv;
@@ -46,7 +47,25 @@ RedisCache::~RedisCache() { disconnect(); }
 void RedisCache::disconnect() {
   if (ctx_) redisFree(ctx_);
   ctx_ = nullptr;
-  unread_replies_ = 0;  // they went with the connection
+  answer_pending_unavailable();  // their replies went with the connection
+}
+
+void RedisCache::answer_pending_unavailable() {
+  for (Pending& p : pending_) {
+    if (p.ticket == 0) continue;
+    for (Lookup& l : p.lookups) l = Lookup{Result::unavailable, {}, -1};
+    answers_.push_back(Answer{p.ticket, std::move(p.keys), std::move(p.lookups)});
+  }
+  pending_.clear();
+  asks_pending_ = 0;
+}
+
+int RedisCache::fd() const { return ctx_ ? ctx_->fd : -1; }
+
+int64_t RedisCache::ask_timeout_in_ms(int64_t now_ms) const {
+  if (asks_pending_ == 0) return -1;
+  // Replies come in order: the oldest command's is the one that is late.
+  return std::max<int64_t>(0, pending_.front().sent_ms + config_.command_timeout_ms - now_ms);
 }
 
 void RedisCache::configure(const RedisConfig& config) {
@@ -68,17 +87,87 @@ void RedisCache::fail(const std::string& why, int64_t now_ms) {
   }
 }
 
+bool RedisCache::consume(void* raw, int64_t now_ms) {
+  Reply r(static_cast<redisReply*>(raw));
+  if (r->type == REDIS_REPLY_ERROR) {
+    fail(r->str, now_ms);
+    return false;
+  }
+  Pending& p = pending_.front();
+  if (p.ticket != 0) {
+    // PTTL then GET per key. -1: no expiry. -2 (gone at the PTTL, set again
+    // before the GET) or 0 (under a millisecond left): its expiry is not
+    // known to be ahead, a miss.
+    const size_t index = p.lookups.size() * 2 - p.replies_left;
+    if (index % 2 == 0) {
+      p.pttl = r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
+    } else if (r->type == REDIS_REPLY_STRING && (p.pttl == -1 || p.pttl > 0)) {
+      Lookup& l = p.lookups[index / 2];
+      l.result = Result::hit;
+      l.value.assign(r->str, r->len);
+      l.ttl_ms = p.pttl;
+    }
+  }
+  if (--p.replies_left > 0) return true;
+  if (p.ticket != 0) {
+    answers_.push_back(Answer{p.ticket, std::move(p.keys), std::move(p.lookups)});
+    asks_pending_--;
+  }
+  pending_.pop_front();
+  return true;
+}
+
 bool RedisCache::read_unread_replies(int64_t now_ms) {
-  while (unread_replies_ > 0) {
+  while (!pending_.empty()) {
     void* raw = nullptr;
     if (redisGetReply(ctx_, &raw) != REDIS_OK) {
       fail(ctx_->errstr, now_ms);
       return false;
     }
-    unread_replies_--;
-    Reply r(static_cast<redisReply*>(raw));
-    if (r->type == REDIS_REPLY_ERROR) {
-      fail(r->str, now_ms);
+    if (!consume(raw, now_ms)) return false;
+  }
+  return true;
+}
+
+bool RedisCache::consume_buffered_replies(int64_t now_ms) {
+  while (!pending_.empty()) {
+    void* raw = nullptr;
+    if (redisGetReplyFromReader(ctx_, &raw) != REDIS_OK) {
+      fail(ctx_->errstr, now_ms);
+      return false;
+    }
+    if (raw == nullptr) return true;  // the rest has not arrived yet
+    if (!consume(raw, now_ms)) return false;
+  }
+  return true;
+}
+
+std::vector<RedisCache::Answer> RedisCache::take_answers(int64_t now_ms) {
+  while (!pending_.empty()) {
+    pollfd p{ctx_->fd, POLLIN, 0};
+    if (poll(&p, 1, 0) <= 0) break;
+    // Readable (or closed): one read returns at once with what is there.
+    if (redisBufferRead(ctx_) != REDIS_OK) {
+      fail(ctx_->errstr, now_ms);
+      break;
+    }
+    if (!consume_buffered_replies(now_ms)) break;
+  }
+  if (asks_pending_ > 0 && ask_timeout_in_ms(now_ms) == 0) {
+    fail("no reply within " + std::to_string(config_.command_timeout_ms) + " ms", now_ms);
+  }
+  std::vector<Answer> out;
+  out.swap(answers_);
+  return out;
+}
+
+bool RedisCache::flush_output(int64_t now_ms) {
+  // A blocking socket takes a small command at once, so it is in Redis
+  // about as soon as with a command that waits for its reply.
+  int done = 0;
+  while (!done) {
+    if (redisBufferWrite(ctx_, &done) != REDIS_OK) {
+      fail(ctx_->errstr, now_ms);
       return false;
     }
   }
@@ -87,7 +176,7 @@ bool RedisCache::read_unread_replies(int64_t now_ms) {
 
 bool RedisCache::ensure_connected(int64_t now_ms, bool read_replies) {
   if (!enabled()) return false;
-  // Replies come in command order: what set_nowait() left goes first.
+  // Replies come in command order: what set_nowait() and ask() left goes first.
   if (ctx_) return !read_replies || read_unread_replies(now_ms);
   if (now_ms < next_attempt_ms_) return false;  // backing off: a miss, cheaply
   redisContext* c = redisConnectWithTimeout(config_.host.c_str(), config_.port,
@@ -134,15 +223,33 @@ RedisCache::Result RedisCache::get(const std::string& key, std::string* value, i
 
 std::vector<RedisCache::Lookup> RedisCache::get_many(const std::vector<std::string>& keys,
                                                      int64_t now_ms) {
-  std::vector<Lookup> out(keys.size());
-  if (keys.empty()) return out;
-  // Any failure on the way makes the whole batch unavailable.
-  auto unavailable = [&](const std::string& why) {
-    if (!why.empty()) fail(why, now_ms);
-    for (Lookup& l : out) l = Lookup{Result::unavailable, {}, -1};
-    return out;
+  const uint64_t ticket = ask(keys, now_ms);
+  if (asks_pending_ > 0) read_unread_replies(now_ms);  // up to and including this ask's
+  auto it = std::find_if(answers_.begin(), answers_.end(),
+                         [&](const Answer& a) { return a.ticket == ticket; });
+  std::vector<Lookup> out = std::move(it->lookups);
+  answers_.erase(it);
+  return out;
+}
+
+uint64_t RedisCache::ask(const std::vector<std::string>& keys, int64_t now_ms) {
+  Pending p;
+  p.ticket = next_ticket_++;
+  p.sent_ms = now_ms;
+  p.lookups.resize(keys.size());
+  p.replies_left = keys.size() * 2;
+  // Any failure on the way makes the whole ask unavailable.
+  auto unavailable = [&] {
+    for (Lookup& l : p.lookups) l = Lookup{Result::unavailable, {}, -1};
+    answers_.push_back(Answer{p.ticket, std::move(p.keys), std::move(p.lookups)});
+    return p.ticket;
   };
-  if (!ensure_connected(now_ms)) return unavailable("");
+  p.keys = keys;
+  if (keys.empty()) {
+    answers_.push_back(Answer{p.ticket, {}, {}});
+    return p.ticket;
+  }
+  if (!ensure_connected(now_ms, pending_.size() >= kMaxUnreadReplies)) return unavailable();
   // PTTL then GET per key, all pipelined: one round trip. In this order a key
   // that expires between the two reads as a miss; the other way round a GET
   // hit could meet PTTL -2 (gone) and be promoted to L1 as if it had no expiry.
@@ -154,29 +261,15 @@ std::vector<RedisCache::Lookup> RedisCache::get_many(const std::vector<std::stri
     const size_t get_len[] = {3, full.size()};
     if (redisAppendCommandArgv(ctx_, 2, ttl_argv, ttl_len) != REDIS_OK ||
         redisAppendCommandArgv(ctx_, 2, get_argv, get_len) != REDIS_OK) {
-      return unavailable(ctx_->errstr);
+      fail(ctx_->errstr, now_ms);
+      return unavailable();
     }
   }
-  for (Lookup& l : out) {
-    void* raw_ttl = nullptr;
-    void* raw_get = nullptr;
-    if (redisGetReply(ctx_, &raw_ttl) != REDIS_OK || redisGetReply(ctx_, &raw_get) != REDIS_OK) {
-      if (raw_ttl) freeReplyObject(raw_ttl);
-      return unavailable(ctx_->errstr);
-    }
-    Reply t(static_cast<redisReply*>(raw_ttl));
-    Reply r(static_cast<redisReply*>(raw_get));
-    if (r->type == REDIS_REPLY_ERROR) return unavailable(r->str);
-    if (r->type != REDIS_REPLY_STRING) continue;  // a miss
-    // -1: no expiry. -2 (gone at the PTTL, set again before the GET) or 0
-    // (under a millisecond left): its expiry is not known to be ahead, a miss.
-    const long long pttl = t && t->type == REDIS_REPLY_INTEGER ? t->integer : -2;
-    if (pttl != -1 && pttl <= 0) continue;
-    l.result = Result::hit;
-    l.value.assign(r->str, r->len);
-    l.ttl_ms = pttl;
-  }
-  return out;
+  if (!flush_output(now_ms)) return unavailable();
+  const uint64_t ticket = p.ticket;
+  pending_.push_back(std::move(p));
+  asks_pending_++;
+  return ticket;
 }
 
 bool RedisCache::set(const std::string& key, const std::string& value, int64_t ttl_s,
@@ -188,7 +281,7 @@ bool RedisCache::set(const std::string& key, const std::string& value, int64_t t
 bool RedisCache::set_nowait(const std::string& key, const std::string& value, int64_t ttl_s,
                             int64_t now_ms) {
   // Left unread up to a bound; a reply waited for elsewhere reads them all.
-  if (!ensure_connected(now_ms, unread_replies_ >= kMaxUnreadReplies)) return false;
+  if (!ensure_connected(now_ms, pending_.size() >= kMaxUnreadReplies)) return false;
   const std::string full = config_.prefix + key;
   const std::string ttl = std::to_string(ttl_s);
   const char* argv[] = {"SET", full.c_str(), value.data(), "EX", ttl.c_str()};
@@ -197,16 +290,10 @@ bool RedisCache::set_nowait(const std::string& key, const std::string& value, in
     fail(ctx_->errstr, now_ms);
     return false;
   }
-  // Written now (a blocking socket takes a small command at once), so the
-  // value is in Redis about as soon as with set().
-  int done = 0;
-  while (!done) {
-    if (redisBufferWrite(ctx_, &done) != REDIS_OK) {
-      fail(ctx_->errstr, now_ms);
-      return false;
-    }
-  }
-  unread_replies_++;
+  if (!flush_output(now_ms)) return false;
+  Pending p;
+  p.sent_ms = now_ms;
+  pending_.push_back(std::move(p));
   return true;
 }
 

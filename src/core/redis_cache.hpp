@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <string>
 #include <vector>
@@ -59,8 +60,32 @@ class RedisCache {
   // it has long arrived), or once 64 are unread. For the dispatcher, whose event loop should not sit
   // out a round trip per answer it caches. False if it could not be written.
   bool set_nowait(const std::string& key, const std::string& value, int64_t ttl_s, int64_t now_ms);
-  // Replies of set_nowait() not read yet.
-  int unread_replies() const { return unread_replies_; }
+  // Replies of set_nowait() and ask() not read yet.
+  int unread_replies() const { return static_cast<int>(pending_.size()); }
+
+  // get_many() without waiting: the commands are written now and the
+  // replies read by take_answers() once they have arrived, so an event loop
+  // can watch fd() instead of sitting out the round trip. Returns the ask's
+  // ticket (> 0). Redis off, backing off or failing: the ask is answered at
+  // once, every key unavailable.
+  uint64_t ask(const std::vector<std::string>& keys, int64_t now_ms);
+  struct Answer {
+    uint64_t ticket = 0;
+    std::vector<std::string> keys;  // as asked
+    std::vector<Lookup> lookups;    // one per key, in that order
+  };
+  // Answers complete by now, oldest first. Reads what has arrived without
+  // blocking; an ask older than command_timeout_ms fails the connection and
+  // is answered unavailable, with every ask behind it.
+  std::vector<Answer> take_answers(int64_t now_ms);
+  // Asks not answered yet.
+  bool awaiting() const { return asks_pending_ > 0; }
+  // Answers take_answers() would return without reading anything.
+  bool has_answers() const { return !answers_.empty(); }
+  // The connection's descriptor, -1 if none: readable once replies arrive.
+  int fd() const;
+  // Milliseconds until the oldest pending ask times out (0: now), -1 if none.
+  int64_t ask_timeout_in_ms(int64_t now_ms) const;
   bool del(const std::string& key, int64_t now_ms);
   // Deletes every key under the prefix (SCAN + DEL in batches). Returns keys deleted, -1 if unavailable.
   int64_t clear(int64_t now_ms);
@@ -71,8 +96,18 @@ class RedisCache {
 
  private:
   bool ensure_connected(int64_t now_ms, bool read_replies = true);
-  // Reads the replies set_nowait() left; false (and the connection failed) on an error.
+  // Reads (waiting for them) every reply not read yet; false (and the
+  // connection failed) on an error.
   bool read_unread_replies(int64_t now_ms);
+  // Takes replies already read off the socket, in command order; false (and
+  // the connection failed) on an error.
+  bool consume_buffered_replies(int64_t now_ms);
+  // One reply for the oldest pending command; false if it failed the connection.
+  bool consume(void* reply, int64_t now_ms);
+  // Writes the commands appended to the context.
+  bool flush_output(int64_t now_ms);
+  // Asks whose replies will not come: answered unavailable.
+  void answer_pending_unavailable();
   void fail(const std::string& why, int64_t now_ms);
   void disconnect();
 
@@ -82,7 +117,20 @@ class RedisCache {
   uint64_t errors_ = 0;
   int64_t next_attempt_ms_ = 0;
   int64_t backoff_ms_ = 0;
-  int unread_replies_ = 0;
+  // Commands written whose replies are not read yet, in order. A SET has one
+  // reply; an ask two per key (PTTL, GET), gathered into its answer.
+  struct Pending {
+    uint64_t ticket = 0;  // 0: a SET
+    int64_t sent_ms = 0;
+    std::vector<std::string> keys;
+    std::vector<Lookup> lookups;
+    size_t replies_left = 1;
+    long long pttl = -2;  // an ask's PTTL reply, until its GET reply
+  };
+  std::deque<Pending> pending_;
+  int asks_pending_ = 0;
+  uint64_t next_ticket_ = 1;
+  std::vector<Answer> answers_;
 };
 
 }  // namespace npc_scale

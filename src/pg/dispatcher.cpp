@@ -26,6 +26,7 @@
 #include "core/handoff_policy.hpp"
 #include "core/http_client.hpp"
 #include "core/cache_policy.hpp"
+#include "core/epoll_set.hpp"
 #include "core/fleet.hpp"
 #include "core/prometheus_text.hpp"
 #include "core/router.hpp"
@@ -110,6 +111,8 @@ class Dispatcher {
   void send_handed_off();
   void claim_handed_off();
   void ask_l2_after_send();
+  void take_l2_answers();
+  void watch_redis();
   void to_table_after_commit(TransactionId xid);
   void release_to_table_path();
   bool table_after_commit_polled() const {
@@ -135,6 +138,9 @@ class Dispatcher {
   }
 
   HttpClient http_;
+  // What the wait watches: libcurl's sockets, and Redis's while an L2 ask is pending.
+  EpollSet loop_fds_;
+  int redis_watched_fd_ = -1;
   Router router_;
   Fleet fleet_;
   uint64 endpoints_generation_ = 0;
@@ -168,6 +174,10 @@ class Dispatcher {
     TransactionId xid;
   };
   std::vector<L2Check> ask_l2_after_send_;  // sent this round, cacheable
+  std::unordered_map<uint64_t, std::vector<L2Check>> l2_asks_;  // by ticket: asked, not answered
+  // Requests whose L2 ask is pending: neither claimed nor answered until it
+  // is (a hit withdraws them; it comes within redis_command_timeout).
+  std::unordered_set<uint64_t> l2_waiting_;
   struct Parked {
     InFlight info;
     AttemptReply reply;
@@ -192,7 +202,8 @@ void Dispatcher::run() {
   worker_startup(WorkerKind::dispatcher);
   start_up();
   for (;;) {
-    int events = worker_wait(wait_timeout_ms(), http_.epoll_fd(), WL_SOCKET_READABLE);
+    watch_redis();
+    int events = worker_wait(wait_timeout_ms(), loop_fds_.fd(), WL_SOCKET_READABLE);
     try {
       tick(events);
     } catch (const std::exception& e) {
@@ -205,6 +216,7 @@ void Dispatcher::run() {
 }
 
 void Dispatcher::start_up() {
+  loop_fds_.watch(http_.epoll_fd());
   // Every statement of the dispatcher touches a small batch of rows through
   // an index. Its plans are generic and cached, costed on whatever the
   // statistics said at the time (often: an empty queue), so a sequential
@@ -254,6 +266,9 @@ void Dispatcher::tick(int wake_events) {
     configure_router();  // a SIGHUP also sets the latch
   }
   http_.perform();
+  // Redis before the GPUs: an L2 hit withdraws a request whose reply may be
+  // among those just collected.
+  take_l2_answers();
   handle_finished();
   reload_endpoints_if_changed();
   start_probes_and_scrapes();
@@ -303,8 +318,10 @@ long Dispatcher::wait_timeout_ms() const {
   }
   const int64_t now = now_ms();
   for (const SentHandoff& h : sent_unclaimed_) {
+    if (l2_waiting_.count(h.tag) > 0) continue;  // Redis's reply (or its timeout) wakes us
     t = std::min<int64_t>(t, handoff_next_look_ms(parked_.count(h.tag) > 0, h.sent_ms, now, kHandoffTiming));
   }
+  if (int64_t redis = cache_l2_next_event_ms(); redis >= 0) t = std::min<int64_t>(t, redis);
   if (table_after_commit_polled()) t = std::min<int64_t>(t, kHandoffTiming.commit_poll_ms);
   for (size_t i = 0; i < fleet_.size(); i++) {
     const MemberInfo& m = fleet_.info(i);
@@ -801,26 +818,55 @@ void Dispatcher::send_handed_off() {
   http_.perform();  // out now, not after the next wait
 }
 
-// After the sends and the answers' write of this round: a Redis hit
-// withdraws its request; the hit is in L1 now, and the table path answers
-// from there once the row's transaction has committed.
+// After the sends and the answers' write of this round, Redis is asked for
+// the round's cacheable requests without waiting; take_l2_answers() reads
+// the answers when they have arrived.
 void Dispatcher::ask_l2_after_send() {
   std::vector<L2Check> checks;
   checks.swap(ask_l2_after_send_);
   if (checks.empty()) return;
   std::vector<std::string> keys;
   for (const L2Check& c : checks) keys.push_back(c.key);
-  std::vector<bool> promoted = cache_promote_from_l2(keys);
-  for (size_t i = 0; i < checks.size(); i++) {
-    if (!promoted[i]) continue;
-    const L2Check& c = checks[i];
-    promoted_from_l2_[c.id] = now_ms();
-    cancel_request(c.tag);
-    sent_unclaimed_.erase(std::remove_if(sent_unclaimed_.begin(), sent_unclaimed_.end(),
-                                         [&](const SentHandoff& h) { return h.tag == c.tag; }),
-                          sent_unclaimed_.end());
-    pg_atomic_fetch_add_u64(&shared_state().handoff_unclaimed, 1);
-    to_table_after_commit(c.xid);
+  const uint64_t ticket = cache_ask_l2(keys);
+  for (const L2Check& c : checks) l2_waiting_.insert(c.tag);
+  l2_asks_[ticket] = std::move(checks);
+}
+
+// A Redis hit withdraws its request: the hit is in L1 now, and the table
+// path answers from there once the row's transaction has committed. A miss
+// lets the request go on to its claim or its parked answer.
+void Dispatcher::take_l2_answers() {
+  for (const L2Answer& a : cache_take_l2_answers()) {
+    auto asked = l2_asks_.find(a.ticket);
+    if (asked == l2_asks_.end()) continue;
+    std::vector<L2Check> checks = std::move(asked->second);
+    l2_asks_.erase(asked);
+    for (size_t i = 0; i < checks.size(); i++) {
+      const L2Check& c = checks[i];
+      l2_waiting_.erase(c.tag);
+      if (!a.promoted[i]) continue;
+      promoted_from_l2_[c.id] = now_ms();
+      cancel_request(c.tag);  // also drops an answer parked for it
+      sent_unclaimed_.erase(std::remove_if(sent_unclaimed_.begin(), sent_unclaimed_.end(),
+                                           [&](const SentHandoff& h) { return h.tag == c.tag; }),
+                            sent_unclaimed_.end());
+      pg_atomic_fetch_add_u64(&shared_state().handoff_unclaimed, 1);
+      to_table_after_commit(c.xid);
+    }
+  }
+}
+
+// Redis's connection is in the wait set only while an ask is pending (its
+// SET replies alone need no wake-up). Added again on every wait, since a
+// reconnect may reuse a closed descriptor's number.
+void Dispatcher::watch_redis() {
+  const int fd = cache_l2_wait_fd();
+  if (fd >= 0) {
+    loop_fds_.watch(fd);
+    redis_watched_fd_ = fd;
+  } else if (redis_watched_fd_ >= 0) {
+    loop_fds_.unwatch(redis_watched_fd_);
+    redis_watched_fd_ = -1;
   }
 }
 
@@ -853,6 +899,10 @@ void Dispatcher::claim_handed_off() {
   std::vector<SentHandoff> to_claim;
   const int64_t now = now_ms();
   for (const SentHandoff& h : sent) {
+    if (l2_waiting_.count(h.tag) > 0) {
+      sent_unclaimed_.push_back(h);  // its L2 answer first: a hit withdraws it
+      continue;
+    }
     auto parked = parked_.find(h.tag);
     const bool answered = parked != parked_.end();
     if (!handoff_needs_outcome(answered, h.sent_ms, now, kHandoffTiming)) {
@@ -921,6 +971,7 @@ void Dispatcher::fill_cache() {
 
 void Dispatcher::cancel_request(uint64_t tag) {
   parked_.erase(tag);
+  l2_waiting_.erase(tag);
   auto it = in_flight_.find(tag);
   if (it == in_flight_.end()) return;
   http_.cancel(tag);

@@ -166,18 +166,40 @@ std::optional<std::string> cache_read_l1(const std::string& key) {
   return value;
 }
 
-std::vector<bool> cache_promote_from_l2(const std::vector<std::string>& keys) {
-  std::vector<bool> promoted(keys.size(), false);
-  if (keys.empty()) return promoted;
-  std::vector<RedisCache::Lookup> found = l2_lookup(keys);
+uint64_t cache_ask_l2(const std::vector<std::string>& keys) {
+  refresh_redis_config();
+  uint64_t errors_before = redis().errors();
+  uint64_t ticket = redis().ask(keys, now_ms());
+  note_redis_state(errors_before);
+  return ticket;
+}
+
+std::vector<L2Answer> cache_take_l2_answers() {
+  uint64_t errors_before = redis().errors();
+  std::vector<RedisCache::Answer> answers = redis().take_answers(now_ms());
+  note_redis_state(errors_before);
+  std::vector<L2Answer> out;
   SharedState& s = shared_state();
-  for (size_t i = 0; i < keys.size(); i++) {
-    // A hit L1 cannot hold (bigger than an entry may be) is no use to the
-    // table path: the request goes on, as for a miss.
-    promoted[i] = found[i].result == RedisCache::Result::hit && promote_to_l1(keys[i], found[i]);
-    count(promoted[i] ? s.cache_l2_hits : s.cache_misses);
+  for (RedisCache::Answer& a : answers) {
+    L2Answer& o = out.emplace_back();
+    o.ticket = a.ticket;
+    for (size_t i = 0; i < a.lookups.size(); i++) {
+      // A hit L1 cannot hold (bigger than an entry may be) is no use to the
+      // table path: the request goes on, as for a miss.
+      const RedisCache::Lookup& l = a.lookups[i];
+      const bool promoted = l.result == RedisCache::Result::hit && promote_to_l1(a.keys[i], l);
+      count(promoted ? s.cache_l2_hits : s.cache_misses);
+      o.promoted.push_back(promoted);
+    }
   }
-  return promoted;
+  return out;
+}
+
+int cache_l2_wait_fd() { return redis().awaiting() ? redis().fd() : -1; }
+
+int64_t cache_l2_next_event_ms() {
+  if (redis().has_answers()) return 0;
+  return redis().ask_timeout_in_ms(now_ms());
 }
 
 void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool persist,

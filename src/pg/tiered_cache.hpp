@@ -18,14 +18,27 @@ const char* cache_layer_name(CacheLayer layer);  // "l1" | "l2" | "l3" | nullptr
 // the dispatcher holding network waits). Counts hits per layer and misses.
 std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, CacheLayer* layer);
 
-// The same lookup in two steps, for the dispatcher's hand-off path, which
-// sends to a GPU between them so that a Redis round trip is never in front
-// of a request: L1 read alone, counting nothing (whoever answers from it
-// counts); then L2 for a batch of keys in one round trip, which promotes
+// The same lookup in steps, for the dispatcher's hand-off path, so that a
+// Redis round trip is never in front of a request nor stalls its event
+// loop: an L1 read alone, counting nothing (whoever answers from it counts);
+// the request is sent; then L2 is asked for the round's keys without
+// waiting (a ticket), and the answers are taken once Redis's replies have
+// arrived (the dispatcher watches cache_l2_wait_fd()). Taking them promotes
 // each hit to L1, where the dispatcher's table path picks it up, and counts
-// it as an L2 hit (true) or else a miss (false).
+// it as an L2 hit (true) or else a miss (false). An ask Redis does not answer
+// within npc_scale.redis_command_timeout is answered as misses.
 std::optional<std::string> cache_read_l1(const std::string& key);
-std::vector<bool> cache_promote_from_l2(const std::vector<std::string>& keys);
+uint64_t cache_ask_l2(const std::vector<std::string>& keys);
+struct L2Answer {
+  uint64_t ticket = 0;
+  std::vector<bool> promoted;  // in the order of the ask's keys
+};
+std::vector<L2Answer> cache_take_l2_answers();
+// The descriptor to watch while asks are pending, -1 if none.
+int cache_l2_wait_fd();
+// Milliseconds until there is something to take (0: now) or the oldest
+// pending ask times out; -1 if nothing is pending.
+int64_t cache_l2_next_event_ms();
 
 // Writes L1 and L2, and L3 when persist (then SPI must be usable). ttl_s <= 0: no expiry.
 // wait_for_redis false: the L2 write does not wait for Redis's reply (the

@@ -2,6 +2,8 @@
 // port: hits, misses, TTL, prefix isolation, and Redis going away and coming
 // back (a miss, never an exception; one state change each way).
 #include <gtest/gtest.h>
+#include <hiredis/hiredis.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -240,6 +242,92 @@ TEST_F(RedisCacheLive, SetNowaitToAServerThatWentAwayIsAMissNotAHang) {
   EXPECT_FALSE(cache.up());
 }
 
+// Waits (bounded) until the ask's answer can be taken, the way an event
+// loop would: poll the connection's descriptor, then take what arrived.
+std::vector<RedisCache::Answer> answers_when_ready(RedisCache& cache) {
+  std::vector<RedisCache::Answer> got;
+  const int64_t deadline = now_ms() + 5000;
+  while (got.empty() && now_ms() < deadline) {
+    pollfd p{cache.fd(), POLLIN, 0};
+    if (poll(&p, 1, 100) > 0) got = cache.take_answers(now_ms());
+  }
+  return got;
+}
+
+// ask() writes PTTL+GET per key and returns; the answer is read off the
+// socket only when take_answers() is called once the descriptor is readable.
+TEST_F(RedisCacheLive, AskIsAnsweredWhenItsRepliesArriveWithoutWaitingForThem) {
+  ASSERT_TRUE(cache.set("a", "alpha", 60, now_ms()));
+  ASSERT_TRUE(cache.set_nowait("c", "gamma", 0, now_ms()));
+  const uint64_t ticket = cache.ask({"a", "b", "c"}, now_ms());
+  EXPECT_GT(ticket, 0u);
+  EXPECT_TRUE(cache.awaiting());
+  EXPECT_FALSE(cache.has_answers()) << "nothing is read by ask() itself";
+  EXPECT_EQ(cache.unread_replies(), 2) << "the SET's reply and the ask's";
+  std::vector<RedisCache::Answer> got = answers_when_ready(cache);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].ticket, ticket);
+  ASSERT_EQ(got[0].lookups.size(), 3u);
+  EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::hit);
+  EXPECT_EQ(got[0].lookups[0].value, "alpha");
+  EXPECT_GT(got[0].lookups[0].ttl_ms, 0);
+  EXPECT_EQ(got[0].lookups[1].result, RedisCache::Result::miss);
+  EXPECT_EQ(got[0].lookups[2].result, RedisCache::Result::hit);
+  EXPECT_EQ(got[0].lookups[2].ttl_ms, -1);
+  EXPECT_FALSE(cache.awaiting());
+  EXPECT_EQ(cache.unread_replies(), 0);
+  EXPECT_EQ(cache.ask_timeout_in_ms(now_ms()), -1) << "nothing left to time out";
+}
+
+// Asks and SETs share one connection: replies are matched in command order,
+// and a command that waits (here a GET) reads the pending asks' replies
+// first, keeping their answers for take_answers().
+TEST_F(RedisCacheLive, AsksAndSetsAreAnsweredInCommandOrder) {
+  const uint64_t before = cache.ask({"x"}, now_ms());
+  ASSERT_TRUE(cache.set_nowait("x", "one", 60, now_ms()));
+  const uint64_t after = cache.ask({"x", "y"}, now_ms());
+  std::string v;
+  ASSERT_EQ(cache.get("y", &v, now_ms()), RedisCache::Result::miss);
+  EXPECT_FALSE(cache.awaiting());
+  EXPECT_TRUE(cache.has_answers());
+  std::vector<RedisCache::Answer> got = cache.take_answers(now_ms());
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].ticket, before);
+  EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::miss) << "asked before the SET";
+  EXPECT_EQ(got[1].ticket, after);
+  EXPECT_EQ(got[1].lookups[0].result, RedisCache::Result::hit) << "asked after it";
+  EXPECT_EQ(got[1].lookups[0].value, "one");
+  EXPECT_EQ(got[1].lookups[1].result, RedisCache::Result::miss);
+}
+
+// A Redis that stops answering (CLIENT PAUSE) leaves the ask pending until
+// command_timeout_ms (20) has passed on the caller's clock; then it is
+// answered unavailable and the connection dropped, not waited for.
+TEST_F(RedisCacheLive, AnAskRedisDoesNotAnswerInTimeIsUnavailable) {
+  std::string v;
+  ASSERT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::miss);  // connected
+  redisContext* admin = redisConnect("127.0.0.1", port);
+  ASSERT_TRUE(admin != nullptr && admin->err == 0);
+  redisReply* r = static_cast<redisReply*>(redisCommand(admin, "CLIENT PAUSE 3000 ALL"));
+  ASSERT_TRUE(r != nullptr && r->type == REDIS_REPLY_STATUS);
+  freeReplyObject(r);
+  redisFree(admin);
+  const int64_t t0 = now_ms();
+  const uint64_t ticket = cache.ask({"k"}, t0);
+  EXPECT_EQ(cache.ask_timeout_in_ms(t0), 20);
+  EXPECT_TRUE(cache.take_answers(t0 + 5).empty()) << "paused: no reply, not timed out yet";
+  EXPECT_EQ(cache.ask_timeout_in_ms(t0 + 5), 15);
+  const uint64_t errors = cache.errors();
+  std::vector<RedisCache::Answer> got = cache.take_answers(t0 + 20);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].ticket, ticket);
+  EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::unavailable);
+  EXPECT_EQ(cache.errors(), errors + 1);
+  EXPECT_FALSE(cache.up());
+  EXPECT_FALSE(cache.awaiting());
+  EXPECT_EQ(cache.fd(), -1) << "the connection was dropped";
+}
+
 TEST(RedisCacheTest, DisabledWhenPortIsZero) {
   RedisCache cache;
   RedisConfig c;
@@ -248,4 +336,11 @@ TEST(RedisCacheTest, DisabledWhenPortIsZero) {
   std::string v;
   EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::unavailable);
   EXPECT_FALSE(cache.set("k", "v", 1, now_ms()));
+  const uint64_t ticket = cache.ask({"k"}, now_ms());
+  EXPECT_FALSE(cache.awaiting());
+  EXPECT_TRUE(cache.has_answers()) << "answered at once";
+  std::vector<RedisCache::Answer> got = cache.take_answers(now_ms());
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].ticket, ticket);
+  EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::unavailable);
 }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Redis slow or silent (CLIENT PAUSE) while the dispatcher asks it about a
+# cacheable decision: the ask does not hold up the event loop (a decision
+# asked for after it is answered first), the asked one waits for Redis's
+# reply (a hit would withdraw its request) and is then answered from the
+# GPU; a Redis silent past redis_command_timeout is a miss and an error.
+set -euo pipefail
+source "$NPC_ROOT/scripts/stack.sh"
+q() { npc_psql -tAc "$1"; }
+
+restore() {
+  q "ALTER SYSTEM RESET npc_scale.redis_command_timeout" >/dev/null
+  q "SELECT pg_reload_conf()" >/dev/null
+}
+trap restore EXIT
+
+# Sets redis_command_timeout and waits until the dispatcher has reloaded.
+set_timeout() {
+  local before
+  before=$(q "SELECT config_reloads FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'")
+  q "ALTER SYSTEM SET npc_scale.redis_command_timeout = '$1'" >/dev/null
+  q "SELECT pg_reload_conf()" >/dev/null
+  q "SELECT npc_test.wait_for('(SELECT config_reloads > $before FROM npc_scale.worker_status()
+                               WHERE name = ''npc_scale dispatcher'')')" >/dev/null
+}
+status_of() { q "SELECT status FROM npc_scale.decision_queue WHERE id = $1"; }
+tag=$(date +%s%N)
+
+q "SELECT npc_test.use_gpus(ARRAY['fast1'])" >/dev/null
+redis-cli -p "$NPC_REDIS_PORT" PING >/dev/null
+
+echo "== Redis slow, within the timeout (3 s): paused for 1.5 s"
+set_timeout 3s
+errors0=$(q "SELECT redis_errors FROM npc_scale.cache_stats")
+redis-cli -p "$NPC_REDIS_PORT" CLIENT PAUSE 1500 ALL >/dev/null
+a=$(q "SELECT npc_scale.request_decision(3101, 'build', 'slow redis: cacheable $tag', 5, '{\"temperature\": 0}')")
+b=$(q "SELECT npc_scale.request_decision(3102, 'build', 'slow redis: not cacheable $tag', 5)")
+q "SELECT npc_test.wait_for('npc_test.all_finished(ARRAY[$b]::bigint[])')" >/dev/null
+sa=$(status_of "$a")
+echo "decision B (not cacheable) is $(status_of "$b") while A (waiting for Redis) is $sa"
+[ "$(status_of "$b")" = done ] || { echo "B did not finish"; exit 1; }
+[ "$sa" = queued ] || [ "$sa" = running ] || { echo "A should still wait for Redis's reply, is $sa"; exit 1; }
+q "SELECT npc_test.wait_for('npc_test.all_finished(ARRAY[$a]::bigint[])')" >/dev/null
+row=$(q "SELECT status, cache_layer IS NULL, response <> '' FROM npc_scale.decision_queue WHERE id = $a")
+echo "after the pause, A: status|from the GPU|has an answer = $row"
+[ "$row" = "done|t|t" ] || { echo "A was not answered by the GPU after Redis's miss"; exit 1; }
+[ "$(q "SELECT redis_errors FROM npc_scale.cache_stats")" = "$errors0" ] || { echo "a slow reply within the timeout counted as an error"; exit 1; }
+
+echo "== Redis silent past the timeout (200 ms): paused for 3 s"
+set_timeout 200ms
+redis-cli -p "$NPC_REDIS_PORT" CLIENT PAUSE 3000 ALL >/dev/null
+c=$(q "SELECT npc_scale.request_decision(3103, 'build', 'silent redis: cacheable $tag', 5, '{\"temperature\": 0}')")
+q "SELECT npc_test.wait_for('npc_test.all_finished(ARRAY[$c]::bigint[])')" >/dev/null
+row=$(q "SELECT status, cache_layer IS NULL FROM npc_scale.decision_queue WHERE id = $c")
+errors=$(q "SELECT redis_errors > $errors0 FROM npc_scale.cache_stats")
+echo "C: status|from the GPU = $row; Redis errors counted: $errors"
+[ "$row" = "done|t" ] || { echo "C was not answered after its ask timed out"; exit 1; }
+[ "$errors" = t ] || { echo "the timed-out ask was not counted as a Redis error"; exit 1; }
+redis-cli -p "$NPC_REDIS_PORT" PING >/dev/null  # returns once the pause is over
+q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3101 AND 3103" >/dev/null
+echo "ok"
