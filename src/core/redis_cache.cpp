@@ -142,17 +142,27 @@ bool RedisCache::consume_buffered_replies(int64_t now_ms) {
   return true;
 }
 
-std::vector<RedisCache::Answer> RedisCache::take_answers(int64_t now_ms) {
+void RedisCache::read_arrived(int64_t now_ms) {
   while (!pending_.empty()) {
     pollfd p{ctx_->fd, POLLIN, 0};
-    if (poll(&p, 1, 0) <= 0) break;
+    if (poll(&p, 1, 0) <= 0) return;
     // Readable (or closed): one read returns at once with what is there.
     if (redisBufferRead(ctx_) != REDIS_OK) {
       fail(ctx_->errstr, now_ms);
-      break;
+      return;
     }
-    if (!consume_buffered_replies(now_ms)) break;
+    if (!consume_buffered_replies(now_ms)) return;
   }
+}
+
+bool RedisCache::room_for_another(int64_t now_ms) {
+  if (pending_.size() < kMaxUnreadReplies) return true;
+  read_arrived(now_ms);
+  return pending_.size() < kMaxUnreadReplies;
+}
+
+std::vector<RedisCache::Answer> RedisCache::take_answers(int64_t now_ms) {
+  read_arrived(now_ms);
   if (asks_pending_ > 0 && ask_timeout_in_ms(now_ms) == 0) {
     fail("no reply within " + std::to_string(config_.command_timeout_ms) + " ms", now_ms);
   }
@@ -249,7 +259,8 @@ uint64_t RedisCache::ask(const std::vector<std::string>& keys, int64_t now_ms) {
     answers_.push_back(Answer{p.ticket, {}, {}});
     return p.ticket;
   }
-  if (!ensure_connected(now_ms, pending_.size() >= kMaxUnreadReplies)) return unavailable();
+  // A Redis that far behind is treated as unavailable for this ask, not waited for.
+  if (!ensure_connected(now_ms, false) || !room_for_another(now_ms)) return unavailable();
   // PTTL then GET per key, all pipelined: one round trip. In this order a key
   // that expires between the two reads as a miss; the other way round a GET
   // hit could meet PTTL -2 (gone) and be promoted to L1 as if it had no expiry.
@@ -280,8 +291,9 @@ bool RedisCache::set(const std::string& key, const std::string& value, int64_t t
 
 bool RedisCache::set_nowait(const std::string& key, const std::string& value, int64_t ttl_s,
                             int64_t now_ms) {
-  // Left unread up to a bound; a reply waited for elsewhere reads them all.
-  if (!ensure_connected(now_ms, pending_.size() >= kMaxUnreadReplies)) return false;
+  // Left unread up to a bound: past it the value is not cached in L2 rather
+  // than the caller waiting for Redis.
+  if (!ensure_connected(now_ms, false) || !room_for_another(now_ms)) return false;
   const std::string full = config_.prefix + key;
   const std::string ttl = std::to_string(ttl_s);
   const char* argv[] = {"SET", full.c_str(), value.data(), "EX", ttl.c_str()};

@@ -56,9 +56,11 @@ class RedisCache {
   // ttl_s <= 0: no expiry.
   bool set(const std::string& key, const std::string& value, int64_t ttl_s, int64_t now_ms);
   // As set(), without waiting for Redis's reply: the command is written now
-  // and its reply read before the next command that waits for one (by then
-  // it has long arrived), or once 64 are unread. For the dispatcher, whose event loop should not sit
-  // out a round trip per answer it caches. False if it could not be written.
+  // and its reply read later (take_answers(), or before the next command
+  // that waits for one). For the dispatcher, whose event loop should not sit
+  // out a round trip per answer it caches. False if it could not be written,
+  // or if 64 replies (SETs and asks) are still outstanding: a Redis that far
+  // behind is not waited for.
   bool set_nowait(const std::string& key, const std::string& value, int64_t ttl_s, int64_t now_ms);
   // Replies of set_nowait() and ask() not read yet.
   int unread_replies() const { return static_cast<int>(pending_.size()); }
@@ -66,8 +68,8 @@ class RedisCache {
   // get_many() without waiting: the commands are written now and the
   // replies read by take_answers() once they have arrived, so an event loop
   // can watch fd() instead of sitting out the round trip. Returns the ask's
-  // ticket (> 0). Redis off, backing off or failing: the ask is answered at
-  // once, every key unavailable.
+  // ticket (> 0). Redis off, backing off, failing or 64 replies behind: the
+  // ask is answered at once, every key unavailable.
   uint64_t ask(const std::vector<std::string>& keys, int64_t now_ms);
   struct Answer {
     uint64_t ticket = 0;
@@ -102,6 +104,10 @@ class RedisCache {
   // Takes replies already read off the socket, in command order; false (and
   // the connection failed) on an error.
   bool consume_buffered_replies(int64_t now_ms);
+  // Reads and consumes the replies that have arrived, without blocking.
+  void read_arrived(int64_t now_ms);
+  // Whether another command may be left unread (reading what has arrived if needed).
+  bool room_for_another(int64_t now_ms);
   // One reply for the oldest pending command; false if it failed the connection.
   bool consume(void* reply, int64_t now_ms);
   // Writes the commands appended to the context.

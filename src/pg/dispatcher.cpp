@@ -171,13 +171,21 @@ class Dispatcher {
     uint64_t tag;
     int64_t id;
     std::string key;
-    TransactionId xid;
+    TransactionId xid;  // handed off, not claimed yet (attempts 0)
+    int attempts;       // > 0: claimed on the table path
   };
   std::vector<L2Check> ask_l2_after_send_;  // sent this round, cacheable
-  std::unordered_map<uint64_t, std::vector<L2Check>> l2_asks_;  // by ticket: asked, not answered
+  struct L2Ask {
+    std::vector<L2Check> checks;
+    int64_t asked_ms;
+  };
+  std::unordered_map<uint64_t, L2Ask> l2_asks_;  // by ticket: asked, not answered
   // Requests whose L2 ask is pending: neither claimed nor answered until it
   // is (a hit withdraws them; it comes within redis_command_timeout).
   std::unordered_set<uint64_t> l2_waiting_;
+  // An ask whose answer never came back (it cannot, but a decision must not
+  // wait on it forever) is taken as a miss this long after its timeout.
+  static constexpr int64_t kL2AskGraceMs = 1000;
   struct Parked {
     InFlight info;
     AttemptReply reply;
@@ -202,7 +210,11 @@ void Dispatcher::run() {
   worker_startup(WorkerKind::dispatcher);
   start_up();
   for (;;) {
-    watch_redis();
+    try {
+      watch_redis();
+    } catch (const std::exception& e) {
+      log_warning(e.what());  // the ask's timeout still wakes us
+    }
     int events = worker_wait(wait_timeout_ms(), loop_fds_.fd(), WL_SOCKET_READABLE);
     try {
       tick(events);
@@ -298,6 +310,7 @@ void Dispatcher::tick(int wake_events) {
   fill_cache();
   release_to_table_path();
   if (maybe_more_work_) claim_and_send();
+  ask_l2_after_send();  // for what the table path sent
   if (now_ms() >= next_housekeeping_ms_) housekeeping();
   if (now_ms() >= next_stats_ms_) publish_stats();
   worker_set_state(in_flight_.empty() ? WorkerState::idle : WorkerState::busy,
@@ -322,6 +335,9 @@ long Dispatcher::wait_timeout_ms() const {
     t = std::min<int64_t>(t, handoff_next_look_ms(parked_.count(h.tag) > 0, h.sent_ms, now, kHandoffTiming));
   }
   if (int64_t redis = cache_l2_next_event_ms(); redis >= 0) t = std::min<int64_t>(t, redis);
+  for (const auto& [ticket, ask] : l2_asks_) {
+    t = std::min<int64_t>(t, std::max<int64_t>(0, ask.asked_ms + guc_redis_command_timeout_ms + kL2AskGraceMs - now));
+  }
   if (table_after_commit_polled()) t = std::min<int64_t>(t, kHandoffTiming.commit_poll_ms);
   for (size_t i = 0; i < fleet_.size(); i++) {
     const MemberInfo& m = fleet_.info(i);
@@ -716,8 +732,9 @@ void Dispatcher::claim_and_send() {
           promoted_from_l2_.erase(p);
           if ((hit = cache_read_l1(info.cache_key))) layer = CacheLayer::l2;
         }
-        // L1 and L2 only: the L3 table would need a transaction here.
-        if (!hit) hit = cache_lookup(info.cache_key, false, &layer);
+        // L1 here; L2 is asked once the request is out (never waited for);
+        // the L3 table would need a transaction here.
+        if (!hit && (hit = cache_read_l1(info.cache_key, /*count_hit=*/true))) layer = CacheLayer::l1;
         if (hit) {
           DecisionResult res{d.id, d.attempts, "done", *hit, "", 0, 0};
           res.cache_layer = cache_layer_name(layer);
@@ -738,7 +755,12 @@ void Dispatcher::claim_and_send() {
         handed_back = true;
         continue;
       }
+      const uint64_t tag = next_tag_;
+      std::string l2_key = info.cache_key;
       send(*pick, info, d.prompt, params, d.priority, timeout);
+      if (!l2_key.empty()) {
+        ask_l2_after_send_.push_back({tag, d.id, std::move(l2_key), InvalidTransactionId, d.attempts});
+      }
     } catch (const std::exception& e) {
       pending_results_.push_back({d.id, d.attempts, "failed", "", e.what(), 0, 0});
     }
@@ -810,7 +832,7 @@ void Dispatcher::send_handed_off() {
       send(*pick, info, d.prompt, params, d.priority, timeout);
       sent_unclaimed_.push_back({d.id, tag, e.xid, now_ms()});
       pg_atomic_fetch_add_u64(&shared_state().handoff_sent, 1);
-      if (!l2_key.empty()) ask_l2_after_send_.push_back({tag, d.id, std::move(l2_key), e.xid});
+      if (!l2_key.empty()) ask_l2_after_send_.push_back({tag, d.id, std::move(l2_key), e.xid, 0});
     } catch (const std::exception&) {
       to_table_after_commit(e.xid);  // the table path reports what is wrong with it
     }
@@ -829,22 +851,41 @@ void Dispatcher::ask_l2_after_send() {
   for (const L2Check& c : checks) keys.push_back(c.key);
   const uint64_t ticket = cache_ask_l2(keys);
   for (const L2Check& c : checks) l2_waiting_.insert(c.tag);
-  l2_asks_[ticket] = std::move(checks);
+  l2_asks_[ticket] = L2Ask{std::move(checks), now_ms()};
 }
 
-// A Redis hit withdraws its request: the hit is in L1 now, and the table
-// path answers from there once the row's transaction has committed. A miss
+// A Redis hit withdraws its request. Handed off and not claimed: the hit is
+// in L1 now, and the table path answers from there once the row's
+// transaction has committed. Claimed: answered here from the hit. A miss
 // lets the request go on to its claim or its parked answer.
 void Dispatcher::take_l2_answers() {
-  for (const L2Answer& a : cache_take_l2_answers()) {
+  std::vector<std::pair<L2Check, std::optional<std::string>>> outcomes;
+  for (L2Answer& a : cache_take_l2_answers()) {
     auto asked = l2_asks_.find(a.ticket);
     if (asked == l2_asks_.end()) continue;
-    std::vector<L2Check> checks = std::move(asked->second);
-    l2_asks_.erase(asked);
+    std::vector<L2Check>& checks = asked->second.checks;
     for (size_t i = 0; i < checks.size(); i++) {
-      const L2Check& c = checks[i];
-      l2_waiting_.erase(c.tag);
-      if (!a.promoted[i]) continue;
+      std::optional<std::string> hit;
+      if (i < a.promoted.size() && a.promoted[i]) hit = std::move(a.values[i]);
+      outcomes.emplace_back(std::move(checks[i]), std::move(hit));
+    }
+    l2_asks_.erase(asked);
+  }
+  // Backstop: an ask no answer came back for, long past its timeout.
+  const int64_t give_up = now_ms() - guc_redis_command_timeout_ms - kL2AskGraceMs;
+  for (auto it = l2_asks_.begin(); it != l2_asks_.end();) {
+    if (it->second.asked_ms > give_up) {
+      ++it;
+      continue;
+    }
+    for (L2Check& c : it->second.checks) outcomes.emplace_back(std::move(c), std::nullopt);
+    it = l2_asks_.erase(it);
+  }
+  // Every request is released before any is acted on: none can be left
+  // waiting for an answer already taken.
+  for (const auto& o : outcomes) l2_waiting_.erase(o.first.tag);
+  for (auto& [c, hit] : outcomes) {
+    if (hit && c.attempts == 0) {
       promoted_from_l2_[c.id] = now_ms();
       cancel_request(c.tag);  // also drops an answer parked for it
       sent_unclaimed_.erase(std::remove_if(sent_unclaimed_.begin(), sent_unclaimed_.end(),
@@ -852,6 +893,18 @@ void Dispatcher::take_l2_answers() {
                             sent_unclaimed_.end());
       pg_atomic_fetch_add_u64(&shared_state().handoff_unclaimed, 1);
       to_table_after_commit(c.xid);
+    } else if (hit) {
+      cancel_request(c.tag);
+      DecisionResult res{c.id, c.attempts, "done", std::move(*hit), "", 0, 0};
+      res.cache_layer = cache_layer_name(CacheLayer::l2);
+      pending_results_.push_back(std::move(res));
+    } else if (c.attempts > 0) {
+      // A claimed request's answer waited for this miss.
+      auto parked = parked_.find(c.tag);
+      if (parked == parked_.end()) continue;
+      Parked p = std::move(parked->second);
+      parked_.erase(parked);
+      finish(p.info, p.reply);
     }
   }
 }
@@ -1025,9 +1078,10 @@ void Dispatcher::handle_finished() {
       member.api = f.api;
       finish(member, r);
     }
-    if (f.kind == Work::decision && f.attempts == 0) {
+    if (f.kind == Work::decision && (f.attempts == 0 || l2_waiting_.count(tag) > 0)) {
       // Handed off and not claimed yet (its transaction is still
-      // committing): answered once the claim succeeds.
+      // committing): answered once the claim succeeds. Claimed, with its L2
+      // ask pending: answered once Redis says miss (a hit answers instead).
       f.followers.clear();
       parked_.emplace(tag, Parked{std::move(f), std::move(r)});
       continue;

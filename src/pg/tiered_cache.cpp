@@ -160,9 +160,10 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
   return std::nullopt;
 }
 
-std::optional<std::string> cache_read_l1(const std::string& key) {
+std::optional<std::string> cache_read_l1(const std::string& key, bool count_hit) {
   std::string value;
   if (!l1_get(key, &value)) return std::nullopt;
+  if (count_hit) count(shared_state().cache_l1_hits);
   return value;
 }
 
@@ -185,11 +186,18 @@ std::vector<L2Answer> cache_take_l2_answers() {
     o.ticket = a.ticket;
     for (size_t i = 0; i < a.lookups.size(); i++) {
       // A hit L1 cannot hold (bigger than an entry may be) is no use to the
-      // table path: the request goes on, as for a miss.
-      const RedisCache::Lookup& l = a.lookups[i];
-      const bool promoted = l.result == RedisCache::Result::hit && promote_to_l1(a.keys[i], l);
+      // table path: the request goes on, as for a miss. So is one whose
+      // promotion failed: every answer taken must reach the caller.
+      RedisCache::Lookup& l = a.lookups[i];
+      bool promoted = false;
+      try {
+        promoted = l.result == RedisCache::Result::hit && promote_to_l1(a.keys[i], l);
+      } catch (const std::exception&) {
+        promoted = false;
+      }
       count(promoted ? s.cache_l2_hits : s.cache_misses);
       o.promoted.push_back(promoted);
+      o.values.push_back(promoted ? std::move(l.value) : std::string());
     }
   }
   return out;

@@ -18,7 +18,7 @@ const char* cache_layer_name(CacheLayer layer);  // "l1" | "l2" | "l3" | nullptr
 // the dispatcher holding network waits). Counts hits per layer and misses.
 std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, CacheLayer* layer);
 
-// The same lookup in steps, for the dispatcher's hand-off path, so that a
+// The same lookup in steps, for the dispatcher, so that a
 // Redis round trip is never in front of a request nor stalls its event
 // loop: an L1 read alone, counting nothing (whoever answers from it counts);
 // the request is sent; then L2 is asked for the round's keys without
@@ -27,11 +27,13 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
 // each hit to L1, where the dispatcher's table path picks it up, and counts
 // it as an L2 hit (true) or else a miss (false). An ask Redis does not answer
 // within npc_scale.redis_command_timeout is answered as misses.
-std::optional<std::string> cache_read_l1(const std::string& key);
+// count_hit: a hit is counted as an L1 hit (the caller answers from it).
+std::optional<std::string> cache_read_l1(const std::string& key, bool count_hit = false);
 uint64_t cache_ask_l2(const std::vector<std::string>& keys);
 struct L2Answer {
   uint64_t ticket = 0;
-  std::vector<bool> promoted;  // in the order of the ask's keys
+  std::vector<bool> promoted;       // in the order of the ask's keys
+  std::vector<std::string> values;  // the promoted values ("" otherwise)
 };
 std::vector<L2Answer> cache_take_l2_answers();
 // The descriptor to watch while asks are pending, -1 if none.

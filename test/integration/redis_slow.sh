@@ -34,16 +34,22 @@ set_timeout 3s
 errors0=$(q "SELECT redis_errors FROM npc_scale.cache_stats")
 redis-cli -p "$NPC_REDIS_PORT" CLIENT PAUSE 1500 ALL >/dev/null
 a=$(q "SELECT npc_scale.request_decision(3101, 'build', 'slow redis: cacheable $tag', 5, '{\"temperature\": 0}')")
+# D: cacheable, over the 4 kB hand-off slot: claimed and sent on the table path.
+d=$(q "SELECT npc_scale.request_decision(3104, 'build', repeat('slow redis, the long way: $tag ', 150), 5, '{\"temperature\": 0}')")
+q "SELECT npc_test.wait_for('(SELECT status = ''running'' FROM npc_scale.decision_queue WHERE id = $d)')" >/dev/null
 b=$(q "SELECT npc_scale.request_decision(3102, 'build', 'slow redis: not cacheable $tag', 5)")
 q "SELECT npc_test.wait_for('npc_test.all_finished(ARRAY[$b]::bigint[])')" >/dev/null
-sa=$(status_of "$a")
-echo "decision B (not cacheable) is $(status_of "$b") while A (waiting for Redis) is $sa"
+sa=$(status_of "$a") sd=$(status_of "$d")
+echo "decision B (not cacheable) is $(status_of "$b") while A (handed off) is $sa and D (claimed) is $sd, both waiting for Redis"
 [ "$(status_of "$b")" = done ] || { echo "B did not finish"; exit 1; }
 [ "$sa" = queued ] || [ "$sa" = running ] || { echo "A should still wait for Redis's reply, is $sa"; exit 1; }
-q "SELECT npc_test.wait_for('npc_test.all_finished(ARRAY[$a]::bigint[])')" >/dev/null
-row=$(q "SELECT status, cache_layer IS NULL, response <> '' FROM npc_scale.decision_queue WHERE id = $a")
-echo "after the pause, A: status|from the GPU|has an answer = $row"
-[ "$row" = "done|t|t" ] || { echo "A was not answered by the GPU after Redis's miss"; exit 1; }
+[ "$sd" = running ] || { echo "D should still wait for Redis's reply, is $sd"; exit 1; }
+q "SELECT npc_test.wait_for('npc_test.all_finished(ARRAY[$a, $d]::bigint[])')" >/dev/null
+for id in "$a" "$d"; do
+  row=$(q "SELECT status, cache_layer IS NULL, response <> '' FROM npc_scale.decision_queue WHERE id = $id")
+  echo "after the pause, decision $id: status|from the GPU|has an answer = $row"
+  [ "$row" = "done|t|t" ] || { echo "$id was not answered by the GPU after Redis's miss"; exit 1; }
+done
 [ "$(q "SELECT redis_errors FROM npc_scale.cache_stats")" = "$errors0" ] || { echo "a slow reply within the timeout counted as an error"; exit 1; }
 
 echo "== Redis silent past the timeout (200 ms): paused for 3 s"
@@ -57,5 +63,5 @@ echo "C: status|from the GPU = $row; Redis errors counted: $errors"
 [ "$row" = "done|t" ] || { echo "C was not answered after its ask timed out"; exit 1; }
 [ "$errors" = t ] || { echo "the timed-out ask was not counted as a Redis error"; exit 1; }
 redis-cli -p "$NPC_REDIS_PORT" PING >/dev/null  # returns once the pause is over
-q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3101 AND 3103" >/dev/null
+q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3101 AND 3104" >/dev/null
 echo "ok"

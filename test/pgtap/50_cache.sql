@@ -1,6 +1,6 @@
 -- The three-tier cache: promotion L3 → L2 → L1, TTL expiry, the L1 budget
 -- under an overfill, cached decisions and generate() answers.
-SELECT plan(24);
+SELECT plan(29);
 
 SELECT npc_scale.cache_clear();
 CREATE TEMP TABLE s0 AS SELECT * FROM npc_scale.cache_stats;
@@ -78,5 +78,27 @@ SELECT results_eq(format('SELECT l1_hits - %s, l2_hits - %s, misses - %s FROM np
   $$ VALUES (0::bigint, 1::bigint, 0::bigint) $$, 'counted once, as one L2 hit');
 SELECT is(npc_test.metric('handoff_unclaimed') - :hu_a, 1::bigint, 'its GPU request, already sent, was withdrawn');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id IN (9101, 9102, 9103, 9104);
+-- The same on the table path (a prompt over the 4 kB hand-off slot): the
+-- claimed request is sent after an L1 read, L2 is asked without waiting,
+-- and the hit answers the claimed row and withdraws the request (its GPU
+-- answer, which comes about as fast, waits for Redis's and is dropped).
+SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
+SELECT npc_scale.request_decision(9105, 'build', repeat('Only in Redis, the long way round. ', 160), 5,
+  '{"temperature": 0, "max_tokens": 6}') AS d5 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d5)), 'a big deterministic decision answered (and cached)');
+SELECT pg_temp.redis('--scan --pattern ''npc_scale:cache:gen:*''') AS gen_keys \gset
+SELECT is(array_length(string_to_array(:'gen_keys', E'\n'), 1), 1, 'its answer is the one generation in Redis');
+SELECT pg_temp.redis('RENAME ' || :'gen_keys' || ' npc_scale_test:parked') AS parked \gset
+SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
+SELECT pg_temp.redis('RENAME npc_scale_test:parked ' || :'gen_keys') AS restored \gset
+SELECT l1_hits AS l1_b, l2_hits AS l2_b, misses AS miss_b FROM npc_scale.cache_stats \gset
+SELECT npc_scale.request_decision(9106, 'build', repeat('Only in Redis, the long way round. ', 160), 5,
+  '{"temperature": 0, "max_tokens": 6}') AS d6 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d6)), 'the big repeat is answered');
+SELECT results_eq(format('SELECT status, cache_layer, attempts, response = (SELECT response FROM npc_scale.decision_queue WHERE id = %s) FROM npc_scale.decision_queue WHERE id = %s', :d5, :d6),
+  $$ VALUES ('done'::text, 'l2'::text, 1, true) $$, 'from L2 after its claim, with the first answer');
+SELECT results_eq(format('SELECT l1_hits - %s, l2_hits - %s, misses - %s FROM npc_scale.cache_stats', :l1_b, :l2_b, :miss_b),
+  $$ VALUES (0::bigint, 1::bigint, 0::bigint) $$, 'counted once, as one L2 hit');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id IN (9101, 9102, 9103, 9104, 9105, 9106);
 SELECT * FROM finish();
