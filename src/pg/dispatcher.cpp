@@ -734,14 +734,20 @@ void Dispatcher::claim_and_send() {
         }
         // L1 here; L2 is asked once the request is out (never waited for);
         // the L3 table would need a transaction here.
-        if (!hit && (hit = cache_read_l1(info.cache_key, /*count_hit=*/true))) layer = CacheLayer::l1;
+        if (!hit && (hit = cache_read_l1(info.cache_key))) {
+          layer = CacheLayer::l1;
+          cache_count(layer);
+        }
         if (hit) {
           DecisionResult res{d.id, d.attempts, "done", *hit, "", 0, 0};
           res.cache_layer = cache_layer_name(layer);
           pending_results_.push_back(std::move(res));
           continue;
         }
-        if (coalesce(info)) continue;
+        if (coalesce(info)) {
+          cache_count(CacheLayer::none);  // answered with the identical request in flight
+          continue;
+        }
       }
       const long timeout = request_timeout_ms(params, d.deadline_in_ms);
       auto pick = route(d.priority, affinity_key(d), d.last_gpu_id);

@@ -160,11 +160,20 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
   return std::nullopt;
 }
 
-std::optional<std::string> cache_read_l1(const std::string& key, bool count_hit) {
+std::optional<std::string> cache_read_l1(const std::string& key) {
   std::string value;
   if (!l1_get(key, &value)) return std::nullopt;
-  if (count_hit) count(shared_state().cache_l1_hits);
   return value;
+}
+
+void cache_count(CacheLayer layer) {
+  SharedState& s = shared_state();
+  switch (layer) {
+    case CacheLayer::l1: count(s.cache_l1_hits); return;
+    case CacheLayer::l2: count(s.cache_l2_hits); return;
+    case CacheLayer::l3: count(s.cache_l3_hits); return;
+    case CacheLayer::none: count(s.cache_misses); return;
+  }
 }
 
 uint64_t cache_ask_l2(const std::vector<std::string>& keys) {

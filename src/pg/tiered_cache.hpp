@@ -27,8 +27,9 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
 // each hit to L1, where the dispatcher's table path picks it up, and counts
 // it as an L2 hit (true) or else a miss (false). An ask Redis does not answer
 // within npc_scale.redis_command_timeout is answered as misses.
-// count_hit: a hit is counted as an L1 hit (the caller answers from it).
-std::optional<std::string> cache_read_l1(const std::string& key, bool count_hit = false);
+std::optional<std::string> cache_read_l1(const std::string& key);
+// Counts a lookup the caller finished itself: a hit in `layer`, or a miss (none).
+void cache_count(CacheLayer layer);
 uint64_t cache_ask_l2(const std::vector<std::string>& keys);
 struct L2Answer {
   uint64_t ticket = 0;

@@ -3,7 +3,7 @@
 -- rolled-back savepoint are never sent, nothing is sent twice, and what the
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
-SELECT plan(23);
+SELECT plan(24);
 SELECT npc_test.use_gpus(ARRAY['fast1']);
 SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
 SELECT npc_test.metric('handoff_sent') AS hs0, npc_test.metric('handoff_unclaimed') AS hu0 \gset
@@ -84,6 +84,7 @@ SELECT results_eq(
 -- 40 ms) and all three answers are written by one transaction (the
 -- several-rows form of the write; a lone answer uses the one-row form).
 SELECT npc_test.gpu_reset('slow') IS NOT NULL AS reset \gset
+SELECT l1_hits AS l1_s, l2_hits AS l2_s, misses AS miss_s FROM npc_scale.cache_stats \gset
 BEGIN;
 SELECT array_agg(id) AS same_ids FROM npc_scale.request_decisions(ARRAY[2011, 2012, 2013], 'build',
   ARRAY['handoff: the same question', 'handoff: the same question', 'handoff: the same question'],
@@ -99,6 +100,9 @@ SELECT results_eq(
   'done after one attempt each, with one answer, written by one transaction');
 SELECT is(npc_test.gpu_metric('slow', 'fake_gpu_requests_total'), 1::numeric,
   'the GPU answered one request for the three');
+SELECT results_eq(format('SELECT l1_hits - %s, l2_hits - %s, misses - %s FROM npc_scale.cache_stats', :l1_s, :l2_s, :miss_s),
+  $$ VALUES (0::bigint, 0::bigint, 3::bigint) $$,
+  'each counted once, as a cache miss (the two that joined the request in flight too)');
 
 -- Answers are written as text arrays: multi-byte UTF-8 arrives intact.
 SELECT npc_scale.request_decision(2008, 'build', 'handoff: which mill?', 5,
