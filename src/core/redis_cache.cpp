@@ -117,26 +117,16 @@ bool RedisCache::consume(void* raw, int64_t now_ms) {
   return true;
 }
 
-bool RedisCache::read_unread_replies(int64_t now_ms) {
+bool RedisCache::read_replies(int64_t now_ms, bool wait) {
   while (!pending_.empty()) {
     void* raw = nullptr;
-    if (redisGetReply(ctx_, &raw) != REDIS_OK) {
+    // Waiting: from the socket (command timeout). Not: only what is buffered.
+    int rc = wait ? redisGetReply(ctx_, &raw) : redisGetReplyFromReader(ctx_, &raw);
+    if (rc != REDIS_OK) {
       fail(ctx_->errstr, now_ms);
       return false;
     }
-    if (!consume(raw, now_ms)) return false;
-  }
-  return true;
-}
-
-bool RedisCache::consume_buffered_replies(int64_t now_ms) {
-  while (!pending_.empty()) {
-    void* raw = nullptr;
-    if (redisGetReplyFromReader(ctx_, &raw) != REDIS_OK) {
-      fail(ctx_->errstr, now_ms);
-      return false;
-    }
-    if (raw == nullptr) return true;  // the rest has not arrived yet
+    if (raw == nullptr) return true;  // not waiting, and the rest has not arrived yet
     if (!consume(raw, now_ms)) return false;
   }
   return true;
@@ -151,7 +141,7 @@ void RedisCache::read_arrived(int64_t now_ms) {
       fail(ctx_->errstr, now_ms);
       return;
     }
-    if (!consume_buffered_replies(now_ms)) return;
+    if (!read_replies(now_ms, false)) return;
   }
 }
 
@@ -184,10 +174,10 @@ bool RedisCache::flush_output(int64_t now_ms) {
   return true;
 }
 
-bool RedisCache::ensure_connected(int64_t now_ms, bool read_replies) {
+bool RedisCache::ensure_connected(int64_t now_ms, bool drain) {
   if (!enabled()) return false;
   // Replies come in command order: what set_nowait() and ask() left goes first.
-  if (ctx_) return !read_replies || read_unread_replies(now_ms);
+  if (ctx_) return !drain || read_replies(now_ms, true);
   if (now_ms < next_attempt_ms_) return false;  // backing off: a miss, cheaply
   redisContext* c = redisConnectWithTimeout(config_.host.c_str(), config_.port,
                                             ms_to_timeval(config_.connect_timeout_ms));
@@ -234,7 +224,7 @@ RedisCache::Result RedisCache::get(const std::string& key, std::string* value, i
 std::vector<RedisCache::Lookup> RedisCache::get_many(const std::vector<std::string>& keys,
                                                      int64_t now_ms) {
   const uint64_t ticket = ask(keys, now_ms);
-  if (asks_pending_ > 0) read_unread_replies(now_ms);  // up to and including this ask's
+  if (asks_pending_ > 0) read_replies(now_ms, true);  // up to and including this ask's
   auto it = std::find_if(answers_.begin(), answers_.end(),
                          [&](const Answer& a) { return a.ticket == ticket; });
   std::vector<Lookup> out = std::move(it->lookups);
@@ -286,7 +276,7 @@ uint64_t RedisCache::ask(const std::vector<std::string>& keys, int64_t now_ms) {
 bool RedisCache::set(const std::string& key, const std::string& value, int64_t ttl_s,
                      int64_t now_ms) {
   // The same command, and then its reply (with any set_nowait() left before it).
-  return set_nowait(key, value, ttl_s, now_ms) && read_unread_replies(now_ms);
+  return set_nowait(key, value, ttl_s, now_ms) && read_replies(now_ms, true);
 }
 
 bool RedisCache::set_nowait(const std::string& key, const std::string& value, int64_t ttl_s,

@@ -97,13 +97,12 @@ class RedisCache {
   std::function<void(bool up, const std::string& why)> on_state_change;
 
  private:
-  bool ensure_connected(int64_t now_ms, bool read_replies = true);
-  // Reads (waiting for them) every reply not read yet; false (and the
-  // connection failed) on an error.
-  bool read_unread_replies(int64_t now_ms);
-  // Takes replies already read off the socket, in command order; false (and
-  // the connection failed) on an error.
-  bool consume_buffered_replies(int64_t now_ms);
+  // drain: first read every reply still outstanding (waiting for them).
+  bool ensure_connected(int64_t now_ms, bool drain = true);
+  // Consumes replies in command order: wait, every reply not read yet
+  // (waiting for each up to the command timeout); else only those already
+  // read off the socket. False (and the connection failed) on an error.
+  bool read_replies(int64_t now_ms, bool wait);
   // Reads and consumes the replies that have arrived, without blocking.
   void read_arrived(int64_t now_ms);
   // Whether another command may be left unread (reading what has arrived if needed).

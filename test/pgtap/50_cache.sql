@@ -14,6 +14,20 @@ BEGIN
   SELECT string_agg(line, E'\n') INTO out FROM redis_out;
   RETURN out;
 END $$;
+-- Leaves the one cached generation only in Redis: the key is parked outside
+-- the prefix while cache_clear() empties every layer, then put back.
+-- Returns how many generations Redis held (the caller expects one).
+CREATE OR REPLACE FUNCTION pg_temp.leave_only_in_redis() RETURNS int LANGUAGE plpgsql AS $$
+DECLARE keys text := pg_temp.redis('--scan --pattern ''npc_scale:cache:gen:*''');
+BEGIN
+  IF array_length(string_to_array(keys, E'\n'), 1) IS DISTINCT FROM 1 THEN
+    RETURN coalesce(array_length(string_to_array(keys, E'\n'), 1), 0);
+  END IF;
+  PERFORM pg_temp.redis('RENAME ' || keys || ' npc_scale_test:parked');
+  PERFORM npc_scale.cache_clear();
+  PERFORM pg_temp.redis('RENAME npc_scale_test:parked ' || keys);
+  RETURN 1;
+END $$;
 
 -- Promotion: a row only in L3 …
 INSERT INTO npc_scale.cache_store VALUES ('kv:promo', 'granary first', now() + interval '1 hour');
@@ -59,15 +73,10 @@ SELECT results_eq(format('SELECT status, cache_layer, response = (SELECT respons
 -- A decision whose answer is only in Redis (L1 lost, e.g. after a restart):
 -- the hand-off sends it before asking Redis, and the L2 hit withdraws the
 -- request; the table path answers from the promoted entry as an L2 hit.
--- The key is parked outside the prefix while cache_clear() empties every layer.
 SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
 SELECT npc_scale.request_decision(9103, 'build', 'Only in Redis: what next?', 5, '{"temperature": 0, "max_tokens": 6}') AS d3 \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d3)), 'a new deterministic decision answered (and cached)');
-SELECT pg_temp.redis('--scan --pattern ''npc_scale:cache:gen:*''') AS gen_keys \gset
-SELECT is(array_length(string_to_array(:'gen_keys', E'\n'), 1), 1, 'its answer is the one generation in Redis');
-SELECT pg_temp.redis('RENAME ' || :'gen_keys' || ' npc_scale_test:parked') AS parked \gset
-SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
-SELECT pg_temp.redis('RENAME npc_scale_test:parked ' || :'gen_keys') AS restored \gset
+SELECT is(pg_temp.leave_only_in_redis(), 1, 'its answer is the one generation in Redis, and now only there');
 SELECT l1_hits AS l1_a, l2_hits AS l2_a, misses AS miss_a FROM npc_scale.cache_stats \gset
 SELECT npc_test.metric('handoff_unclaimed') AS hu_a \gset
 SELECT npc_scale.request_decision(9104, 'build', 'Only in Redis: what next?', 5, '{"temperature": 0, "max_tokens": 6}') AS d4 \gset
@@ -86,11 +95,7 @@ SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
 SELECT npc_scale.request_decision(9105, 'build', repeat('Only in Redis, the long way round. ', 160), 5,
   '{"temperature": 0, "max_tokens": 6}') AS d5 \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d5)), 'a big deterministic decision answered (and cached)');
-SELECT pg_temp.redis('--scan --pattern ''npc_scale:cache:gen:*''') AS gen_keys \gset
-SELECT is(array_length(string_to_array(:'gen_keys', E'\n'), 1), 1, 'its answer is the one generation in Redis');
-SELECT pg_temp.redis('RENAME ' || :'gen_keys' || ' npc_scale_test:parked') AS parked \gset
-SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
-SELECT pg_temp.redis('RENAME npc_scale_test:parked ' || :'gen_keys') AS restored \gset
+SELECT is(pg_temp.leave_only_in_redis(), 1, 'its answer is the one generation in Redis, and now only there');
 SELECT l1_hits AS l1_b, l2_hits AS l2_b, misses AS miss_b FROM npc_scale.cache_stats \gset
 SELECT npc_scale.request_decision(9106, 'build', repeat('Only in Redis, the long way round. ', 160), 5,
   '{"temperature": 0, "max_tokens": 6}') AS d6 \gset
