@@ -185,9 +185,13 @@ uint64_t cache_ask_l2(const std::vector<std::string>& keys) {
 }
 
 std::vector<L2Answer> cache_take_l2_answers() {
+  // Called on every tick of the dispatcher: Redis's state is reported only
+  // when this call saw something of it, or a stale "down" from the last
+  // failure would overwrite what the backends see now.
+  if (!redis().awaiting() && !redis().has_answers() && redis().unread_replies() == 0) return {};
   uint64_t errors_before = redis().errors();
   std::vector<RedisCache::Answer> answers = redis().take_answers(now_ms());
-  note_redis_state(errors_before);
+  if (!answers.empty() || redis().errors() != errors_before) note_redis_state(errors_before);
   std::vector<L2Answer> out;
   SharedState& s = shared_state();
   for (RedisCache::Answer& a : answers) {

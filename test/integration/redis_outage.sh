@@ -5,9 +5,10 @@
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 q() { npc_psql -tAc "$1"; }
+tag=$(date +%s%N)  # fresh keys: L1 keeps what an earlier run cached
 
-q "SELECT npc_scale.cache_set('outage', 'still here', '1 hour')" >/dev/null
-redis_key=$(redis-cli -p "$NPC_REDIS_PORT" GET npc_scale:cache:kv:outage)
+q "SELECT npc_scale.cache_set('outage-$tag', 'still here', '1 hour')" >/dev/null
+redis_key=$(redis-cli -p "$NPC_REDIS_PORT" GET npc_scale:cache:kv:outage-$tag)
 [ "$redis_key" = "still here" ] || { echo "the value did not reach Redis"; exit 1; }
 
 lines_before=$(grep -c "Redis L2 cache unavailable" "$NPC_STATE/log/postgres.log" || true)
@@ -15,11 +16,11 @@ echo "stopping Redis"
 npc_redis_stop
 errors_before=$(q "SELECT redis_errors FROM npc_scale.cache_stats")
 # A new session: its own L2 connection. L1 still answers the key we set …
-[ "$(q "SELECT npc_scale.cache_get('outage')")" = "still here" ] || { echo "L1 lost the value"; exit 1; }
+[ "$(q "SELECT npc_scale.cache_get('outage-$tag')")" = "still here" ] || { echo "L1 lost the value"; exit 1; }
 # … and a key only Redis could know is a miss, without an error.
 out=$(q "SELECT coalesce(npc_scale.cache_get('never-set-' || g), 'miss') FROM generate_series(1, 20) g" 2>&1)
 [ "$(grep -c '^miss$' <<<"$out")" = 20 ] || { echo "expected 20 misses, got: $out"; exit 1; }
-q "SELECT npc_scale.cache_set('during', 'outage', '1 hour')" >/dev/null || { echo "cache_set failed while Redis is down"; exit 1; }
+q "SELECT npc_scale.cache_set('during-$tag', 'outage', '1 hour')" >/dev/null || { echo "cache_set failed while Redis is down"; exit 1; }
 state=$(q "SELECT redis_up, redis_errors > $errors_before FROM npc_scale.cache_stats")
 echo "during the outage: redis_up|errors_grew = $state"
 [ "$state" = "f|t" ] || { echo "the outage was not recorded"; exit 1; }
@@ -29,8 +30,8 @@ echo "log lines saying Redis is down: $down_lines (one per session that noticed,
 
 echo "starting Redis again"
 npc_redis_start
-redis-cli -p "$NPC_REDIS_PORT" SET npc_scale:cache:kv:from-redis "written to Redis directly" >/dev/null
+redis-cli -p "$NPC_REDIS_PORT" SET npc_scale:cache:kv:from-redis-$tag "written to Redis directly" >/dev/null
 hits_before=$(q "SELECT l2_hits FROM npc_scale.cache_stats")
-[ "$(q "SELECT npc_scale.cache_get('from-redis')")" = "written to Redis directly" ] || { echo "L2 did not come back"; exit 1; }
+[ "$(q "SELECT npc_scale.cache_get('from-redis-$tag')")" = "written to Redis directly" ] || { echo "L2 did not come back"; exit 1; }
 [ "$(q "SELECT l2_hits > $hits_before AND redis_up FROM npc_scale.cache_stats")" = t ] || { echo "no L2 hit counted"; exit 1; }
 echo "Redis back: L2 hits resume"
