@@ -63,5 +63,18 @@ echo "C: status|from the GPU = $row; Redis errors counted: $errors"
 [ "$row" = "done|t" ] || { echo "C was not answered after its ask timed out"; exit 1; }
 [ "$errors" = t ] || { echo "the timed-out ask was not counted as a Redis error"; exit 1; }
 redis-cli -p "$NPC_REDIS_PORT" PING >/dev/null  # returns once the pause is over
-q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3101 AND 3104" >/dev/null
+
+echo "== Redis answering again"
+# A backend sees it up. The dispatcher, whose last ask failed, still thinks it
+# down until it next asks; working without Redis meanwhile (a decision that
+# is not cacheable), it must not report that stale state over the backend's.
+restore
+redis-cli -p "$NPC_REDIS_PORT" SET "npc_scale:cache:kv:back-$tag" "back" >/dev/null
+[ "$(q "SELECT npc_scale.cache_get('back-$tag')")" = back ] || { echo "L2 did not answer"; exit 1; }
+e=$(q "SELECT npc_scale.request_decision(3105, 'build', 'after the pause $tag', 5)")
+q "SELECT npc_test.wait_for('npc_test.all_finished(ARRAY[$e]::bigint[])')" >/dev/null
+up=$(q "SELECT redis_up FROM npc_scale.cache_stats")
+echo "redis_up after the dispatcher's next decision: $up"
+[ "$up" = t ] || { echo "a stale 'down' overwrote redis_up"; exit 1; }
+q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3101 AND 3105" >/dev/null
 echo "ok"
