@@ -710,6 +710,11 @@ void Dispatcher::claim_and_send() {
   }
   std::vector<int64_t> handed_off;
   for (const SentHandoff& h : sent_unclaimed_) handed_off.push_back(h.id);
+  // Answered before their claim and not written yet: still queued in the
+  // table, but not to be claimed and sent (or answered) again.
+  for (const DecisionResult& r : pending_results_) {
+    if (r.from_queued) handed_off.push_back(r.id);
+  }
   ClaimResult claimed = claim_decisions(limit, guc_lease_timeout_s, handed_off);
   // A full batch means more may be queued behind it: claim again next round.
   set_capacity_blocked(static_cast<int>(claimed.running.size()) >= limit);
@@ -792,8 +797,20 @@ void Dispatcher::set_capacity_blocked(bool blocked) {
 void Dispatcher::send_handed_off() {
   std::vector<HandoffEntry> entries = handoff_take(MyDatabaseId);
   if (entries.empty()) return;
+  // A row can commit, and be claimed by the table path, before its entry is
+  // taken here (back-to-back commits): the table path owns it then.
+  std::unordered_set<int64_t> claimed;
+  auto add_claimed = [&](const InFlight& f) {
+    if (f.kind != Work::decision) return;
+    if (f.attempts > 0) claimed.insert(f.decision_id);  // 0: handed off itself
+    for (const InFlight& m : f.followers) claimed.insert(m.decision_id);
+  };
+  for (const auto& [tag, f] : in_flight_) add_claimed(f);
+  for (const auto& [tag, p] : parked_) add_claimed(p.info);
+  for (const DecisionResult& r : pending_results_) claimed.insert(r.id);
   const int64_t now_us = GetCurrentTimestamp();
   for (HandoffEntry& e : entries) {
+    if (claimed.count(e.id) > 0) continue;
     // The table path keeps priority order when work is waiting, answers
     // cache hits and joins identical requests in flight (coalescing).
     if (capacity_blocked_) {

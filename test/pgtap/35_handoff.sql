@@ -3,7 +3,7 @@
 -- rolled-back savepoint are never sent, nothing is sent twice, and what the
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
-SELECT plan(24);
+SELECT plan(26);
 SELECT npc_test.use_gpus(ARRAY['fast1']);
 SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
 SELECT npc_test.metric('handoff_sent') AS hs0, npc_test.metric('handoff_unclaimed') AS hu0 \gset
@@ -104,6 +104,27 @@ SELECT results_eq(format('SELECT l1_hits - %s, l2_hits - %s, misses - %s FROM np
   $$ VALUES (0::bigint, 0::bigint, 3::bigint) $$,
   'each counted once, as a cache miss (the two that joined the request in flight too)');
 
+-- A decision answered straight from the hand-off (before any claim) is still
+-- queued in the table until its answer is written. A commit that also woke
+-- the table path (a big prompt in the same transaction) must not claim it
+-- and send it again: twenty such transactions, forty GPU requests.
+SELECT npc_test.use_gpus(ARRAY['fast1']);
+SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
+CREATE PROCEDURE pg_temp.pairs(n int) LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1..n LOOP
+    PERFORM npc_scale.request_decision(2100 + i, 'build', 'handoff pair ' || i, 5);
+    PERFORM npc_scale.request_decision(2200 + i, 'build', repeat('handoff pair, the long one ' || i || ' ', 200), 5);
+    COMMIT;
+  END LOOP;
+END $$;
+CALL pg_temp.pairs(20);
+SELECT ok(npc_test.wait_for($$ (SELECT count(*) = 40 FROM npc_scale.decision_queue
+                                 WHERE npc_id BETWEEN 2101 AND 2220 AND status = 'done' AND attempts = 1) $$),
+  'forty decisions done, each after one attempt');
+SELECT is(npc_test.gpu_metric('fast1', 'fake_gpu_requests_total'), 40::numeric,
+  'forty GPU requests: none sent twice');
+
 -- Answers are written as text arrays: multi-byte UTF-8 arrives intact.
 SELECT npc_scale.request_decision(2008, 'build', 'handoff: which mill?', 5,
   '{"choices": ["Mühle bauen 🏰 — 水車"]}') AS id_utf8 \gset
@@ -111,6 +132,6 @@ SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])',
 SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_utf8), 'Mühle bauen 🏰 — 水車',
   'a multi-byte UTF-8 answer is stored as sent');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2013;
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2220;
 SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
 SELECT * FROM finish();
