@@ -158,6 +158,9 @@ class Dispatcher {
     int64_t sent_ms;
   };
   std::vector<SentHandoff> sent_unclaimed_;
+  // Decisions the table path claimed since the last hand-off take: their
+  // entries, if any, are in that take and are not sent again.
+  std::unordered_set<int64_t> claimed_since_take_;
   // Transactions whose handed-off rows were left to the table path (a cache
   // hit, an identical request in flight, no capacity, a bad row): claimed
   // from the table once the transaction has committed. While the fleet is
@@ -716,6 +719,7 @@ void Dispatcher::claim_and_send() {
     if (r.from_queued) handed_off.push_back(r.id);
   }
   ClaimResult claimed = claim_decisions(limit, guc_lease_timeout_s, handed_off);
+  for (const auto& d : claimed.running) claimed_since_take_.insert(d.id);
   // A full batch means more may be queued behind it: claim again next round.
   set_capacity_blocked(static_cast<int>(claimed.running.size()) >= limit);
   maybe_more_work_ = capacity_blocked_;
@@ -732,16 +736,13 @@ void Dispatcher::claim_and_send() {
         info.cache_ttl_s = policy.ttl_s;
         CacheLayer layer = CacheLayer::none;
         std::optional<std::string> hit;
-        // Promoted from L2 by the hand-off path: a hit counted there already.
-        if (auto p = promoted_from_l2_.find(d.id); p != promoted_from_l2_.end()) {
-          promoted_from_l2_.erase(p);
-          if ((hit = cache_read_l1(info.cache_key))) layer = CacheLayer::l2;
-        }
         // L1 here; L2 is asked once the request is out (never waited for);
-        // the L3 table would need a transaction here.
-        if (!hit && (hit = cache_read_l1(info.cache_key))) {
-          layer = CacheLayer::l1;
-          cache_count(layer);
+        // the L3 table would need a transaction here. A hit the hand-off
+        // path promoted from L2 was counted there already.
+        const bool promoted = promoted_from_l2_.erase(d.id) > 0;
+        if ((hit = cache_read_l1(info.cache_key))) {
+          layer = promoted ? CacheLayer::l2 : CacheLayer::l1;
+          if (!promoted) cache_count(layer);
         }
         if (hit) {
           DecisionResult res{d.id, d.attempts, "done", *hit, "", 0, 0};
@@ -796,18 +797,13 @@ void Dispatcher::set_capacity_blocked(bool blocked) {
 
 void Dispatcher::send_handed_off() {
   std::vector<HandoffEntry> entries = handoff_take(MyDatabaseId);
-  if (entries.empty()) return;
   // A row can commit, and be claimed by the table path, before its entry is
-  // taken here (back-to-back commits): the table path owns it then.
+  // taken here (back-to-back commits): the table path owns it then. Its
+  // entry was written at PRE_COMMIT, before the claim could see the row, so
+  // it is among those taken now.
   std::unordered_set<int64_t> claimed;
-  auto add_claimed = [&](const InFlight& f) {
-    if (f.kind != Work::decision) return;
-    if (f.attempts > 0) claimed.insert(f.decision_id);  // 0: handed off itself
-    for (const InFlight& m : f.followers) claimed.insert(m.decision_id);
-  };
-  for (const auto& [tag, f] : in_flight_) add_claimed(f);
-  for (const auto& [tag, p] : parked_) add_claimed(p.info);
-  for (const DecisionResult& r : pending_results_) claimed.insert(r.id);
+  claimed.swap(claimed_since_take_);
+  if (entries.empty()) return;
   const int64_t now_us = GetCurrentTimestamp();
   for (HandoffEntry& e : entries) {
     if (claimed.count(e.id) > 0) continue;
