@@ -25,6 +25,7 @@
 #include "core/generation.hpp"
 #include "core/handoff_policy.hpp"
 #include "core/http_client.hpp"
+#include "core/l2_asks.hpp"
 #include "core/cache_policy.hpp"
 #include "core/epoll_set.hpp"
 #include "core/fleet.hpp"
@@ -126,6 +127,8 @@ class Dispatcher {
   void finish_decision(const InFlight& f, const AttemptReply& r);
   // Joins `info` to an identical request in flight; true if it did.
   bool coalesce(const InFlight& info);
+  std::optional<std::string> known_answer(const std::string& key) const;
+  bool answer_sync_slot(const InFlight& f, const std::string& response);
   void requeue_followers(const std::vector<InFlight>& followers);
   void publish_fleet_signature();
   void finish_sync(const InFlight& f, const AttemptReply& r);
@@ -170,25 +173,11 @@ class Dispatcher {
   // as an L2 hit), by when: the table path answers them as L2 hits. Pruned
   // after a minute (a row cancelled or rolled back meanwhile).
   std::unordered_map<int64_t, int64_t> promoted_from_l2_;
-  struct L2Check {
-    uint64_t tag;
-    int64_t id;
-    std::string key;
-    TransactionId xid;  // handed off, not claimed yet (attempts 0)
-    int attempts;       // > 0: claimed on the table path
-  };
   std::vector<L2Check> ask_l2_after_send_;  // sent this round, cacheable
-  struct L2Ask {
-    std::vector<L2Check> checks;
-    int64_t asked_ms;
-  };
-  std::unordered_map<uint64_t, L2Ask> l2_asks_;  // by ticket: asked, not answered
-  // Requests whose L2 ask is pending: neither claimed nor answered until it
-  // is (a hit withdraws them; it comes within redis_command_timeout).
-  std::unordered_set<uint64_t> l2_waiting_;
-  // An ask whose answer never came back (it cannot, but a decision must not
-  // wait on it forever) is taken as a miss this long after its timeout.
-  static constexpr int64_t kL2AskGraceMs = 1000;
+  // Asks in flight. Their requests are neither claimed nor answered until
+  // the answer (a hit withdraws them; it comes within redis_command_timeout,
+  // or the ask is given up as a miss 1 s after).
+  L2Asks l2_asks_;
   struct Parked {
     InFlight info;
     AttemptReply reply;
@@ -334,12 +323,12 @@ long Dispatcher::wait_timeout_ms() const {
   }
   const int64_t now = now_ms();
   for (const SentHandoff& h : sent_unclaimed_) {
-    if (l2_waiting_.count(h.tag) > 0) continue;  // Redis's reply (or its timeout) wakes us
+    if (l2_asks_.waiting(h.tag)) continue;  // Redis's reply (or its timeout) wakes us
     t = std::min<int64_t>(t, handoff_next_look_ms(parked_.count(h.tag) > 0, h.sent_ms, now, kHandoffTiming));
   }
   if (int64_t redis = cache_l2_next_event_ms(); redis >= 0) t = std::min<int64_t>(t, redis);
-  for (const auto& [ticket, ask] : l2_asks_) {
-    t = std::min<int64_t>(t, std::max<int64_t>(0, ask.asked_ms + guc_redis_command_timeout_ms + kL2AskGraceMs - now));
+  if (int64_t give_up = l2_asks_.ms_until_give_up(now, guc_redis_command_timeout_ms); give_up >= 0) {
+    t = std::min<int64_t>(t, give_up);
   }
   if (table_after_commit_polled()) t = std::min<int64_t>(t, kHandoffTiming.commit_poll_ms);
   for (size_t i = 0; i < fleet_.size(); i++) {
@@ -591,6 +580,35 @@ void Dispatcher::requeue_followers(const std::vector<InFlight>& followers) {
   }
 }
 
+// The answer to `key` if this process knows it: in L1, or answered this
+// round and not cached yet (the cache is filled after the answers' write, and
+// the request is no longer in flight to coalesce with). Without the second
+// look, an identical call arriving in that window is sent to a GPU again.
+std::optional<std::string> Dispatcher::known_answer(const std::string& key) const {
+  for (const CacheFill& c : cache_fills_) {
+    if (c.key == key) return c.response;
+  }
+  return cache_read_l1(key);
+}
+
+// A generate() call answered without a request. False if its slot cannot
+// take the answer (then it is sent as usual).
+bool Dispatcher::answer_sync_slot(const InFlight& f, const std::string& response) {
+  if (response.size() > static_cast<size_t>(guc_max_response_bytes)) return false;
+  SyncSlot* slot = sync_slot(f.slot);
+  SpinLockAcquire(&slot->mutex);
+  if (slot->ticket != f.ticket || slot->state != SyncState::running) {
+    SpinLockRelease(&slot->mutex);
+    return false;
+  }
+  memcpy(sync_slot_response(slot), response.data(), response.size());
+  slot->response_len = static_cast<int>(response.size());
+  slot->state = SyncState::done;
+  SpinLockRelease(&slot->mutex);
+  pg_call([&] { ConditionVariableBroadcast(&slot->done_cv); });
+  return true;
+}
+
 bool Dispatcher::coalesce(const InFlight& info) {
   if (info.cache_key.empty()) return false;
   auto it = in_flight_by_key_.find(info.cache_key);
@@ -673,6 +691,15 @@ void Dispatcher::serve_sync_slots() {
     info.cache_key = slot->cache_key;
     info.cache_ttl_s = slot->cache_ttl_s;
     SpinLockRelease(&slot->mutex);
+    // The caller's own cache lookup may have come just before this answer
+    // was known (see known_answer()).
+    if (!info.cache_key.empty()) {
+      try {
+        if (auto answer = known_answer(info.cache_key); answer && answer_sync_slot(info, *answer)) continue;
+      } catch (const std::exception&) {
+        // L1 unreadable: the call goes to a GPU as usual
+      }
+    }
     if (coalesce(info)) continue;  // an identical request is in flight: share its answer
     try {
       GenerationParams params = parse_params(params_json);
@@ -824,7 +851,7 @@ void Dispatcher::send_handed_off() {
       CachePolicy policy = cache_policy(params, guc_cache_default_ttl_s);
       if (policy.use) {
         std::string key = generation_key(generation_cache_key(fleet_signature_, e.prompt, params));
-        if (in_flight_by_key_.count(key) > 0 || cache_read_l1(key)) {
+        if (in_flight_by_key_.count(key) > 0 || known_answer(key)) {
           to_table_after_commit(e.xid);
           continue;
         }
@@ -869,8 +896,7 @@ void Dispatcher::ask_l2_after_send() {
   std::vector<std::string> keys;
   for (const L2Check& c : checks) keys.push_back(c.key);
   const uint64_t ticket = cache_ask_l2(keys);
-  for (const L2Check& c : checks) l2_waiting_.insert(c.tag);
-  l2_asks_[ticket] = L2Ask{std::move(checks), now_ms()};
+  l2_asks_.asked(ticket, std::move(checks), now_ms());
 }
 
 // A Redis hit withdraws its request. Handed off and not claimed: the hit is
@@ -878,31 +904,10 @@ void Dispatcher::ask_l2_after_send() {
 // transaction has committed. Claimed: answered here from the hit. A miss
 // lets the request go on to its claim or its parked answer.
 void Dispatcher::take_l2_answers() {
-  std::vector<std::pair<L2Check, std::optional<std::string>>> outcomes;
-  for (L2Answer& a : cache_take_l2_answers()) {
-    auto asked = l2_asks_.find(a.ticket);
-    if (asked == l2_asks_.end()) continue;
-    std::vector<L2Check>& checks = asked->second.checks;
-    for (size_t i = 0; i < checks.size(); i++) {
-      std::optional<std::string> hit;
-      if (i < a.promoted.size() && a.promoted[i]) hit = std::move(a.values[i]);
-      outcomes.emplace_back(std::move(checks[i]), std::move(hit));
-    }
-    l2_asks_.erase(asked);
-  }
-  // Backstop: an ask no answer came back for, long past its timeout.
-  const int64_t give_up = now_ms() - guc_redis_command_timeout_ms - kL2AskGraceMs;
-  for (auto it = l2_asks_.begin(); it != l2_asks_.end();) {
-    if (it->second.asked_ms > give_up) {
-      ++it;
-      continue;
-    }
-    for (L2Check& c : it->second.checks) outcomes.emplace_back(std::move(c), std::nullopt);
-    it = l2_asks_.erase(it);
-  }
-  // Every request is released before any is acted on: none can be left
-  // waiting for an answer already taken.
-  for (const auto& o : outcomes) l2_waiting_.erase(o.first.tag);
+  // Every request is released (no longer waiting) before any is acted on:
+  // none can be left waiting for an answer already taken.
+  std::vector<L2Outcome> outcomes =
+      l2_asks_.take(cache_take_l2_answers(), now_ms(), guc_redis_command_timeout_ms);
   for (auto& [c, hit] : outcomes) {
     if (hit && c.attempts == 0) {
       promoted_from_l2_[c.id] = now_ms();
@@ -971,7 +976,7 @@ void Dispatcher::claim_handed_off() {
   std::vector<SentHandoff> to_claim;
   const int64_t now = now_ms();
   for (const SentHandoff& h : sent) {
-    if (l2_waiting_.count(h.tag) > 0) {
+    if (l2_asks_.waiting(h.tag)) {
       sent_unclaimed_.push_back(h);  // its L2 answer first: a hit withdraws it
       continue;
     }
@@ -1043,7 +1048,7 @@ void Dispatcher::fill_cache() {
 
 void Dispatcher::cancel_request(uint64_t tag) {
   parked_.erase(tag);
-  l2_waiting_.erase(tag);
+  l2_asks_.release(tag);
   auto it = in_flight_.find(tag);
   if (it == in_flight_.end()) return;
   http_.cancel(tag);
@@ -1097,7 +1102,7 @@ void Dispatcher::handle_finished() {
       member.api = f.api;
       finish(member, r);
     }
-    if (f.kind == Work::decision && (f.attempts == 0 || l2_waiting_.count(tag) > 0)) {
+    if (f.kind == Work::decision && (f.attempts == 0 || l2_asks_.waiting(tag))) {
       // Handed off and not claimed yet (its transaction is still
       // committing): answered once the claim succeeds. Claimed, with its L2
       // ask pending: answered once Redis says miss (a hit answers instead).

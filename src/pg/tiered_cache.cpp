@@ -184,7 +184,7 @@ uint64_t cache_ask_l2(const std::vector<std::string>& keys) {
   return ticket;
 }
 
-std::vector<L2Answer> cache_take_l2_answers() {
+std::vector<L2Reply> cache_take_l2_answers() {
   // Called on every tick of the dispatcher: Redis's state is reported only
   // when this call saw something of it, or a stale "down" from the last
   // failure would overwrite what the backends see now.
@@ -192,10 +192,10 @@ std::vector<L2Answer> cache_take_l2_answers() {
   uint64_t errors_before = redis().errors();
   std::vector<RedisCache::Answer> answers = redis().take_answers(now_ms());
   if (!answers.empty() || redis().errors() != errors_before) note_redis_state(errors_before);
-  std::vector<L2Answer> out;
+  std::vector<L2Reply> out;
   SharedState& s = shared_state();
   for (RedisCache::Answer& a : answers) {
-    L2Answer& o = out.emplace_back();
+    L2Reply& o = out.emplace_back();
     o.ticket = a.ticket;
     for (size_t i = 0; i < a.lookups.size(); i++) {
       // A hit L1 cannot hold (bigger than an entry may be) is no use to the
@@ -209,8 +209,7 @@ std::vector<L2Answer> cache_take_l2_answers() {
         promoted = false;
       }
       count(promoted ? s.cache_l2_hits : s.cache_misses);
-      o.promoted.push_back(promoted);
-      o.values.push_back(promoted ? std::move(l.value) : std::string());
+      o.hits.push_back(promoted ? std::optional<std::string>(std::move(l.value)) : std::nullopt);
     }
   }
   return out;

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "core/l2_asks.hpp"
+
 namespace npc_scale {
 
 enum class CacheLayer { none, l1, l2, l3 };
@@ -31,12 +33,8 @@ std::optional<std::string> cache_read_l1(const std::string& key);
 // Counts a lookup the caller finished itself: a hit in `layer`, or a miss (none).
 void cache_count(CacheLayer layer);
 uint64_t cache_ask_l2(const std::vector<std::string>& keys);
-struct L2Answer {
-  uint64_t ticket = 0;
-  std::vector<bool> promoted;       // in the order of the ask's keys
-  std::vector<std::string> values;  // the promoted values ("" otherwise)
-};
-std::vector<L2Answer> cache_take_l2_answers();
+// The asks answered so far: a hit is reported only when it was promoted to L1.
+std::vector<L2Reply> cache_take_l2_answers();
 // The descriptor to watch while asks are pending, -1 if none.
 int cache_l2_wait_fd();
 // Milliseconds until there is something to take (0: now) or the oldest
