@@ -89,7 +89,7 @@ void usage(FILE* out) {
       "  --report FILE         append a one-line JSON summary to FILE\n"
       "  --enqueue-function F  call F(npc_id, decision_type, prompt, priority, params) instead of\n"
       "                        npc_scale.request_decision (the overhead benchmark's baseline)\n"
-      "  --rss-pid-of-dispatcher  print the dispatcher's VmRSS/RssAnon/PSS at the end\n"
+      "  --rss-pid-of-dispatcher  print the dispatcher's private memory, RssAnon, PSS and VmRSS at the end\n"
       "  --grace S             wait this long for outstanding decisions at the end (default 10)\n"
       "exit status: 0, or 1 if a database error occurred, 2 on bad usage\n");
 }
@@ -444,7 +444,7 @@ class Load {
   std::vector<std::pair<std::string, long>> status_done_, status_lost_;
   long not_done_ = 0;  // notified, but the row is failed / expired / cancelled
   int dispatcher_pid_ = 0;
-  double vmrss_mb_ = NAN, rssanon_mb_ = NAN, rssshmem_mb_ = NAN, pss_mb_ = NAN;
+  double vmrss_mb_ = NAN, rssanon_mb_ = NAN, rssshmem_mb_ = NAN, pss_mb_ = NAN, private_mb_ = NAN;
   std::string rss_note_;
   double measured_s_ = 0;
 };
@@ -1053,13 +1053,26 @@ void Load::read_rss() {
     if (!std::isnan(v = val("RssAnon:"))) rssanon_mb_ = v;
     if (!std::isnan(v = val("RssShmem:"))) rssshmem_mb_ = v;
   }
-  // PSS: shared pages divided among the processes that map them. VmRSS
-  // counts every shared buffer this process ever touched in full, so it grows
-  // with the table towards shared_buffers although none of it is its own.
+  // PSS: shared pages divided among the processes that map them. Private
+  // (Private_Clean + Private_Dirty, "USS"): pages no other process maps, what
+  // the server would get back if the dispatcher exited. VmRSS counts every
+  // shared page this process ever touched in full (shared buffers, WAL
+  // buffers, the L1 cache, the server's code), so it grows towards
+  // shared_buffers + cache_memory although none of it is the dispatcher's own.
   std::ifstream rollup("/proc/" + std::to_string(dispatcher_pid_) + "/smaps_rollup");
+  double priv = 0;
+  bool have_priv = false;
   while (rollup && std::getline(rollup, line)) {
     if (line.compare(0, 4, "Pss:") == 0) pss_mb_ = std::strtod(line.c_str() + 4, nullptr) / 1024.0;
+    for (const char* key : {"Private_Clean:", "Private_Dirty:"}) {
+      const size_t kl = std::strlen(key);
+      if (line.compare(0, kl, key) == 0) {
+        priv += std::strtod(line.c_str() + kl, nullptr) / 1024.0;
+        have_priv = true;
+      }
+    }
   }
+  if (have_priv) private_mb_ = priv;
 }
 
 void Load::print_summary() {
@@ -1121,8 +1134,9 @@ void Load::print_summary() {
   }
   if (o_.rss) {
     if (dispatcher_pid_ > 0 && !std::isnan(vmrss_mb_))
-      std::printf("  dispatcher pid %d: VmRSS %.1f MB, RssAnon %.1f MB (RssShmem %.1f MB: shared buffers touched), PSS %.1f MB\n",
-                  dispatcher_pid_, vmrss_mb_, rssanon_mb_, rssshmem_mb_, pss_mb_);
+      std::printf("  dispatcher pid %d: private %.1f MB (RssAnon %.1f MB), PSS %.1f MB, VmRSS %.1f MB "
+                  "(RssShmem %.1f MB: shared pages touched)\n",
+                  dispatcher_pid_, private_mb_, rssanon_mb_, pss_mb_, vmrss_mb_, rssshmem_mb_);
     else
       std::printf("  dispatcher RSS: unknown (%s)\n", rss_note_.c_str());
   }
@@ -1158,6 +1172,7 @@ void Load::write_report() {
     << ",\"dispatcher_rssanon_mb\":" << json_num(rssanon_mb_, 1)
     << ",\"dispatcher_rssshmem_mb\":" << json_num(rssshmem_mb_, 1)
     << ",\"dispatcher_pss_mb\":" << json_num(pss_mb_, 1)
+    << ",\"dispatcher_private_mb\":" << json_num(private_mb_, 1)
     << ",\"races\":" << races_
     << ",\"db_error\":" << (had_db_error_ ? json_str(first_error_) : "null") << "}\n";
   FILE* f = std::fopen(o_.report.c_str(), "a");
