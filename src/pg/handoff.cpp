@@ -27,7 +27,6 @@ constexpr int kTextBytes = 4096;
 enum SlotState : uint32 { kFree = 0, kFilling = 1, kReady = 2 };
 
 struct Slot {
-  pg_atomic_uint32 state;
   Oid db;
   TransactionId xid;
   int64 id, npc_id;
@@ -40,6 +39,9 @@ struct Slot {
 
 struct Area {
   pg_atomic_uint32 next;  // where producers start looking for a free slot
+  // Apart from the slots, so the dispatcher's look for ready ones reads 2 kB,
+  // not one line of each of 512 pages.
+  pg_atomic_uint32 state[kSlots];
   Slot slots[kSlots];
 };
 
@@ -59,9 +61,10 @@ bool publish(const HandoffEntry& e, TransactionId xid) {
   }
   const uint32 start = pg_atomic_fetch_add_u32(&g_area->next, 1);
   for (int k = 0; k < kSlots; k++) {
-    Slot& s = g_area->slots[(start + k) % kSlots];
+    const uint32 i = (start + k) % kSlots;
+    Slot& s = g_area->slots[i];
     uint32 expected = kFree;
-    if (!pg_atomic_compare_exchange_u32(&s.state, &expected, kFilling)) continue;
+    if (!pg_atomic_compare_exchange_u32(&g_area->state[i], &expected, kFilling)) continue;
     s.db = MyDatabaseId;
     s.xid = xid;
     s.id = e.id;
@@ -77,7 +80,7 @@ bool publish(const HandoffEntry& e, TransactionId xid) {
     memcpy(p + s.type_len, e.prompt.data(), e.prompt.size());
     memcpy(p + s.type_len + s.prompt_len, e.params.data(), e.params.size());
     pg_write_barrier();  // contents before the state that says they are there
-    pg_atomic_write_u32(&s.state, kReady);
+    pg_atomic_write_u32(&g_area->state[i], kReady);
     return true;
   }
   return false;  // no free slot: the dispatcher claims this one from the table
@@ -103,7 +106,7 @@ void handoff_attach() {
   g_area = static_cast<Area*>(ShmemInitStruct("npc_scale handoff", handoff_size(), &found));
   if (!found) {
     pg_atomic_init_u32(&g_area->next, 0);
-    for (Slot& s : g_area->slots) pg_atomic_init_u32(&s.state, kFree);
+    for (pg_atomic_uint32& state : g_area->state) pg_atomic_init_u32(&state, kFree);
   }
   LWLockRelease(AddinShmemInitLock);
 }
@@ -131,8 +134,9 @@ void handoff_forget_pending() { g_pending.clear(); }
 std::vector<HandoffEntry> handoff_take(Oid db) {
   std::vector<HandoffEntry> out;
   if (g_area == nullptr) return out;
-  for (Slot& s : g_area->slots) {
-    if (pg_atomic_read_u32(&s.state) != kReady) continue;
+  for (int i = 0; i < kSlots; i++) {
+    if (pg_atomic_read_u32(&g_area->state[i]) != kReady) continue;
+    const Slot& s = g_area->slots[i];
     pg_read_barrier();  // state before contents
     if (s.db == db) {
       HandoffEntry e;
@@ -147,7 +151,7 @@ std::vector<HandoffEntry> handoff_take(Oid db) {
       out.push_back(std::move(e));
     }
     pg_memory_barrier();  // done reading before the slot is reused
-    pg_atomic_write_u32(&s.state, kFree);
+    pg_atomic_write_u32(&g_area->state[i], kFree);
   }
   std::sort(out.begin(), out.end(), [](const HandoffEntry& a, const HandoffEntry& b) { return a.id < b.id; });
   return out;
