@@ -591,6 +591,13 @@ std::optional<std::string> Dispatcher::known_answer(const std::string& key) cons
   return cache_read_l1(key);
 }
 
+// Under the slot's lock; the answer fits (at most max_response_bytes).
+void set_sync_answer(SyncSlot* slot, const std::string& response) {
+  memcpy(sync_slot_response(slot), response.data(), response.size());
+  slot->response_len = static_cast<int>(response.size());
+  slot->state = SyncState::done;
+}
+
 // A generate() call answered without a request. False if its slot cannot
 // take the answer (then it is sent as usual).
 bool Dispatcher::answer_sync_slot(const InFlight& f, const std::string& response) {
@@ -601,9 +608,7 @@ bool Dispatcher::answer_sync_slot(const InFlight& f, const std::string& response
     SpinLockRelease(&slot->mutex);
     return false;
   }
-  memcpy(sync_slot_response(slot), response.data(), response.size());
-  slot->response_len = static_cast<int>(response.size());
-  slot->state = SyncState::done;
+  set_sync_answer(slot, response);
   SpinLockRelease(&slot->mutex);
   pg_call([&] { ConditionVariableBroadcast(&slot->done_cv); });
   return true;
@@ -1183,9 +1188,7 @@ void Dispatcher::finish_sync(const InFlight& f, const AttemptReply& r) {
               std::to_string(guc_max_response_bytes) + ")";
   }
   if (o.kind == AttemptOutcome::Kind::done) {
-    memcpy(sync_slot_response(slot), o.response.data(), o.response.size());
-    slot->response_len = static_cast<int>(o.response.size());
-    slot->state = SyncState::done;
+    set_sync_answer(slot, o.response);
   } else {
     strlcpy(slot->error, o.error.c_str(), sizeof(slot->error));
     slot->state = SyncState::failed;
