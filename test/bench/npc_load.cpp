@@ -89,7 +89,7 @@ void usage(FILE* out) {
       "  --report FILE         append a one-line JSON summary to FILE\n"
       "  --enqueue-function F  call F(npc_id, decision_type, prompt, priority, params) instead of\n"
       "                        npc_scale.request_decision (the overhead benchmark's baseline)\n"
-      "  --rss-pid-of-dispatcher  print the dispatcher's private memory, RssAnon, PSS and VmRSS at the end\n"
+      "  --rss-pid-of-dispatcher  print the dispatcher's RssAnon, private memory, PSS and VmRSS at the end\n"
       "  --grace S             wait this long for outstanding decisions at the end (default 10)\n"
       "exit status: 0, or 1 if a database error occurred, 2 on bad usage\n");
 }
@@ -1053,12 +1053,13 @@ void Load::read_rss() {
     if (!std::isnan(v = val("RssAnon:"))) rssanon_mb_ = v;
     if (!std::isnan(v = val("RssShmem:"))) rssshmem_mb_ = v;
   }
-  // PSS: shared pages divided among the processes that map them. Private
-  // (Private_Clean + Private_Dirty, "USS"): pages no other process maps, what
-  // the server would get back if the dispatcher exited. VmRSS counts every
-  // shared page this process ever touched in full (shared buffers, WAL
-  // buffers, the L1 cache, the server's code), so it grows towards
-  // shared_buffers + cache_memory although none of it is the dispatcher's own.
+  // RssAnon: the process's own memory (heap, stack). PSS: shared pages
+  // divided among the processes that map them. Private (Private_Clean +
+  // Private_Dirty): pages no other process maps, which includes shared memory
+  // only this process touched. VmRSS counts every shared page this process
+  // ever touched in full (shared buffers, WAL buffers, the L1 cache, the
+  // server's code), so it grows towards shared_buffers + cache_memory
+  // although none of it is the dispatcher's own.
   std::ifstream rollup("/proc/" + std::to_string(dispatcher_pid_) + "/smaps_rollup");
   double priv = 0;
   bool have_priv = false;
@@ -1134,9 +1135,9 @@ void Load::print_summary() {
   }
   if (o_.rss) {
     if (dispatcher_pid_ > 0 && !std::isnan(vmrss_mb_))
-      std::printf("  dispatcher pid %d: private %.1f MB (RssAnon %.1f MB), PSS %.1f MB, VmRSS %.1f MB "
+      std::printf("  dispatcher pid %d: RssAnon %.1f MB (its own), private %.1f MB, PSS %.1f MB, VmRSS %.1f MB "
                   "(RssShmem %.1f MB: shared pages touched)\n",
-                  dispatcher_pid_, private_mb_, rssanon_mb_, pss_mb_, vmrss_mb_, rssshmem_mb_);
+                  dispatcher_pid_, rssanon_mb_, private_mb_, pss_mb_, vmrss_mb_, rssshmem_mb_);
     else
       std::printf("  dispatcher RSS: unknown (%s)\n", rss_note_.c_str());
   }

@@ -160,15 +160,16 @@ echo "measured itself (simulated GPUs: vllm:e2e_request_latency_seconds; baselin
 echo "net: end to end minus that measured service time"
 echo
 echo "dispatcher memory at the end of each npc_scale run, MB"
-printf '%-6s %5s %8s %8s %8s %8s\n' NPCs round private RssAnon PSS VmRSS
+printf '%-6s %5s %8s %8s %8s %8s\n' NPCs round RssAnon private PSS VmRSS
 declare -A mseen
 while read -r line; do
   grep -q '"enqueue_function":"npc_scale.request_decision"' <<<"$line" || continue
   npcs=$(field "$line" npcs)
   mseen[$npcs]=$(( ${mseen[$npcs]:-0} + 1 ))
-  printf '%-6s %5s %8s %8s %8s %8s\n' "$npcs" "${mseen[$npcs]}" "$(field "$line" dispatcher_private_mb)" \
-    "$(field "$line" dispatcher_rssanon_mb)" "$(field "$line" dispatcher_pss_mb)" "$(field "$line" dispatcher_vmrss_mb)"
+  printf '%-6s %5s %8s %8s %8s %8s\n' "$npcs" "${mseen[$npcs]}" "$(field "$line" dispatcher_rssanon_mb)" \
+    "$(field "$line" dispatcher_private_mb)" "$(field "$line" dispatcher_pss_mb)" "$(field "$line" dispatcher_vmrss_mb)"
 done <"$report"
-echo "private: pages no other process maps (what exiting would free); VmRSS also counts in full every"
-echo "shared page the dispatcher touched (shared buffers, WAL buffers, the L1 cache, the server's code)"
-echo "bars at 500 NPCs: npc_scale p50 <= 1 ms, p99 <= 5 ms; dispatcher memory <= 64 MB (private)"
+echo "RssAnon: the dispatcher's own memory (heap, stack); private: pages no other process maps, shared"
+echo "memory only it touched included; VmRSS counts in full every shared page it touched (shared buffers,"
+echo "WAL buffers, the L1 cache, the server's code)"
+echo "bars at 500 NPCs: npc_scale p50 <= 1 ms, p99 <= 5 ms; dispatcher memory <= 64 MB (RssAnon)"
