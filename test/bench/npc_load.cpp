@@ -1041,13 +1041,14 @@ void Load::read_rss() {
                 "/status (another host, or not allowed)";
     return;
   }
+  // "Key:   123 kB" lines of /proc files: the value in MB, NAN for another key.
   std::string line;
+  auto val = [&](const char* key) -> double {
+    size_t kl = std::strlen(key);
+    if (line.compare(0, kl, key) != 0) return NAN;
+    return std::strtod(line.c_str() + kl, nullptr) / 1024.0;  // kB -> MB
+  };
   while (std::getline(f, line)) {
-    auto val = [&](const char* key) -> double {
-      size_t kl = std::strlen(key);
-      if (line.compare(0, kl, key) != 0) return NAN;
-      return std::strtod(line.c_str() + kl, nullptr) / 1024.0;  // kB -> MB
-    };
     double v;
     if (!std::isnan(v = val("VmRSS:"))) vmrss_mb_ = v;
     if (!std::isnan(v = val("RssAnon:"))) rssanon_mb_ = v;
@@ -1061,19 +1062,14 @@ void Load::read_rss() {
   // server's code), so it grows towards shared_buffers + cache_memory
   // although none of it is the dispatcher's own.
   std::ifstream rollup("/proc/" + std::to_string(dispatcher_pid_) + "/smaps_rollup");
-  double priv = 0;
-  bool have_priv = false;
+  double clean = NAN, dirty = NAN;
   while (rollup && std::getline(rollup, line)) {
-    if (line.compare(0, 4, "Pss:") == 0) pss_mb_ = std::strtod(line.c_str() + 4, nullptr) / 1024.0;
-    for (const char* key : {"Private_Clean:", "Private_Dirty:"}) {
-      const size_t kl = std::strlen(key);
-      if (line.compare(0, kl, key) == 0) {
-        priv += std::strtod(line.c_str() + kl, nullptr) / 1024.0;
-        have_priv = true;
-      }
-    }
+    double v;
+    if (!std::isnan(v = val("Pss:"))) pss_mb_ = v;
+    if (!std::isnan(v = val("Private_Clean:"))) clean = v;
+    if (!std::isnan(v = val("Private_Dirty:"))) dirty = v;
   }
-  if (have_priv) private_mb_ = priv;
+  private_mb_ = clean + dirty;  // NAN if either is missing
 }
 
 void Load::print_summary() {
