@@ -1,5 +1,7 @@
 #include "decision_store.hpp"
 
+#include <unordered_set>
+
 #include "gucs.hpp"
 #include "spi.hpp"
 
@@ -54,6 +56,21 @@ Datum int8_array(const std::vector<int64_t>& ids) {
   for (int64_t id : ids) d.push_back(Int64GetDatum(id));
   return array_of(INT8OID, d, std::vector<bool>(d.size(), false));
 }
+
+// Another session's row lock (cancel_decision() in a transaction left open,
+// an admin's UPDATE) must not stall the dispatcher's one loop. Its row
+// writes wait at most this long, then are redone without the locked rows
+// (FOR UPDATE SKIP LOCKED), which are written on a later round.
+constexpr const char* kLockWait = "20ms";
+
+void bound_lock_wait() {
+  pg_call([] {
+    (void)set_config_option("lock_timeout", kLockWait, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+                            true, 0, false);
+  });
+}
+
+bool is_lock_timeout(const PgError& e) { return e.sqlerrcode() == ERRCODE_LOCK_NOT_AVAILABLE; }
 
 std::vector<int64_t> ids_of(uint64_t rows, int col) {
   std::vector<int64_t> ids;
@@ -263,28 +280,50 @@ std::vector<EndpointConfig> load_endpoints() {
 }
 
 std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, int lease_s) {
+#define NPC_CLAIM_SET                                                                 \
+  "UPDATE npc_scale.decision_queue q SET"                                             \
+  "  status = 'running', attempts = q.attempts + 1,"                                  \
+  "  leased_until = now() + make_interval(secs => $2),"                               \
+  "  started_at = coalesce(q.started_at, now()), not_before = NULL "
   static SavedPlan plan(
-      "UPDATE npc_scale.decision_queue q SET"
-      "  status = 'running', attempts = q.attempts + 1,"
-      "  leased_until = now() + make_interval(secs => $2),"
-      "  started_at = coalesce(q.started_at, now()), not_before = NULL "
+      NPC_CLAIM_SET
       "WHERE q.id = ANY($1) AND (q.status = 'queued') IS TRUE "
       "RETURNING q.id, q.attempts",
       {INT8ARRAYOID, INT4OID});
+  static SavedPlan skip_locked_plan(
+      NPC_CLAIM_SET
+      "WHERE q.id = ANY (ARRAY(SELECT l.id FROM npc_scale.decision_queue l"
+      "                         WHERE l.id = ANY($1) AND (l.status = 'queued') IS TRUE"
+      "                         FOR UPDATE SKIP LOCKED)) "
+      "RETURNING q.id, q.attempts",
+      {INT8ARRAYOID, INT4OID});
+#undef NPC_CLAIM_SET
   std::unordered_map<int64_t, int> out;
   if (ids.empty()) return out;
-  in_transaction("npc_scale: claim handed-off decisions", [&] {
-    if (!extension_present()) return;
-    // As claim_decisions: a claim lost in a crash leaves the row queued.
-    pg_call([] {
-      (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
-                              GUC_ACTION_LOCAL, true, 0, false);
+  auto claim = [&](SavedPlan& p) {
+    in_transaction("npc_scale: claim handed-off decisions", [&] {
+      if (!extension_present()) return;
+      // As claim_decisions: a claim lost in a crash leaves the row queued.
+      pg_call([] {
+        (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+                                GUC_ACTION_LOCAL, true, 0, false);
+      });
+      bound_lock_wait();
+      uint64_t n = p.execute({int8_array(ids), Int32GetDatum(lease_s)});
+      for (uint64_t i = 0; i < n; i++) {
+        out.emplace(spi_int(i, 1).value_or(0), static_cast<int>(spi_int(i, 2).value_or(1)));
+      }
     });
-    uint64_t n = plan.execute({int8_array(ids), Int32GetDatum(lease_s)});
-    for (uint64_t i = 0; i < n; i++) {
-      out.emplace(spi_int(i, 1).value_or(0), static_cast<int>(spi_int(i, 2).value_or(1)));
-    }
-  });
+  };
+  try {
+    claim(plan);
+  } catch (const PgError& e) {
+    if (!is_lock_timeout(e)) throw;
+    // A locked row is left out: not claimed, so the table path sends it
+    // once its locker is done (if it is still queued then).
+    out.clear();
+    claim(skip_locked_plan);
+  }
   return out;
 }
 
@@ -303,16 +342,47 @@ ClaimResult claim_decisions(int limit, int lease_s, const std::vector<int64_t>& 
   return out;
 }
 
-std::vector<int64_t> write_results(const std::vector<DecisionResult>& results) {
-  std::vector<int64_t> finished;
-  if (results.empty()) return finished;
+WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip_locked) {
+  WriteOutcome out;
+  if (results.empty()) return out;
   // Durable before the NOTIFY goes out: an answer the game has seen must
   // survive a crash, or it could be answered again.
-  in_transaction("npc_scale: write results", [&] {
+  if (!skip_locked) {
+    try {
+      in_transaction("npc_scale: write results", [&] {
+        if (!extension_present()) return;
+        bound_lock_wait();
+        write_in_transaction(results, out.finished);
+      });
+      return out;
+    } catch (const PgError& e) {
+      if (!is_lock_timeout(e)) throw;
+      out.finished.clear();
+    }
+  }
+  // Lock the rows first, skipping those another session holds: their
+  // results are deferred. A row that is gone (purged, or never committed)
+  // is neither: its result is dropped, as a fenced-out write would be.
+  static SavedPlan lock_plan(
+      "SELECT id FROM npc_scale.decision_queue WHERE id = ANY ($1) FOR UPDATE SKIP LOCKED", {INT8ARRAYOID});
+  static SavedPlan exists_plan("SELECT id FROM npc_scale.decision_queue WHERE id = ANY ($1)", {INT8ARRAYOID});
+  in_transaction("npc_scale: write results, skipping locked rows", [&] {
     if (!extension_present()) return;
-    write_in_transaction(results, finished);
+    std::vector<int64_t> ids;
+    for (const DecisionResult& r : results) ids.push_back(r.id);
+    const Datum id_array = int8_array(ids);
+    const std::vector<int64_t> locked_list = ids_of(lock_plan.execute({id_array}), 1);
+    const std::vector<int64_t> existing_list = ids_of(exists_plan.execute({id_array}, nullptr, true), 1);
+    const std::unordered_set<int64_t> locked(locked_list.begin(), locked_list.end());
+    const std::unordered_set<int64_t> existing(existing_list.begin(), existing_list.end());
+    std::vector<DecisionResult> writable;
+    for (const DecisionResult& r : results) {
+      if (locked.count(r.id)) writable.push_back(r);
+      else if (existing.count(r.id)) out.deferred.push_back(r);
+    }
+    write_in_transaction(writable, out.finished);
   });
-  return finished;
+  return out;
 }
 
 std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued) {
@@ -322,7 +392,9 @@ std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* req
       "  finished_at = CASE WHEN attempts >= $2 THEN now() END,"
       "  leased_until = NULL,"
       "  error = 'lease expired: the dispatcher stopped during attempt ' || attempts "
-      "WHERE status = 'running' AND ($1 OR leased_until < now()) "
+      "WHERE id = ANY (ARRAY(SELECT id FROM npc_scale.decision_queue"
+      "                       WHERE status = 'running' AND ($1 OR leased_until < now())"
+      "                       FOR UPDATE SKIP LOCKED)) "
       "RETURNING id, status = 'failed'",
       {BOOLOID, INT4OID});
   std::vector<int64_t> failed;
@@ -342,8 +414,13 @@ std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* req
 std::vector<int64_t> expire_queued() {
   static SavedPlan plan(
       "UPDATE npc_scale.decision_queue SET status = 'expired', finished_at = now(),"
-      "  error = 'deadline passed before it was sent' "
-      "WHERE status = 'queued' AND deadline < now() RETURNING id",
+      "  error = CASE WHEN attempts = 0 THEN 'deadline passed before it was sent'"
+      "          ELSE 'deadline passed after ' || attempts || ' attempt(s); last error: '"
+      "               || coalesce(error, 'none') END "
+      "WHERE id = ANY (ARRAY(SELECT id FROM npc_scale.decision_queue"
+      "                       WHERE status = 'queued' AND deadline < now()"
+      "                       FOR UPDATE SKIP LOCKED)) "
+      "RETURNING id",
       {});
   std::vector<int64_t> expired;
   in_transaction("npc_scale: expire deadlines", [&] {

@@ -44,20 +44,29 @@ std::vector<EndpointConfig> load_endpoints();
 ClaimResult claim_decisions(int limit, int lease_s, const std::vector<int64_t>& exclude);
 
 // Claims exactly these decisions if they are still queued (handed off at
-// commit and already sent); returns id -> attempts of those claimed.
+// commit and already sent); returns id -> attempts of those claimed. A row
+// another session holds locked is waited for briefly, then left unclaimed.
 std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, int lease_s);
+
+struct WriteOutcome {
+  std::vector<int64_t> finished;         // reached a final status: wake their waiters
+  std::vector<DecisionResult> deferred;  // rows another session holds locked: write them later
+};
 
 // Writes a batch of results, durably; a row is written only if it is still
 // the same running claim (status running, same attempts) — or, for an
-// unclaimed handed-off decision (from_queued), if it is still queued. Returns the ids
-// that reached a final status (for waking waiters).
-std::vector<int64_t> write_results(const std::vector<DecisionResult>& results);
+// unclaimed handed-off decision (from_queued), if it is still queued. A row
+// another session holds locked is waited for briefly (20 ms) and then
+// deferred; with skip_locked, not waited for at all.
+WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip_locked = false);
 
 // Running decisions whose lease lapsed (or all running ones, at start-up)
-// go back to the queue, or fail after max_attempts. Returns final ids.
+// go back to the queue, or fail after max_attempts. Returns final ids. Rows
+// other sessions hold locked are left for the next look.
 std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued);
 
-// Queued decisions past their deadline become expired. Returns their ids.
+// Queued decisions past their deadline become expired (rows other sessions
+// hold locked: at the next look). Returns their ids.
 std::vector<int64_t> expire_queued();
 
 // Earliest not_before of queued retries, as ms from now (nullopt: none).

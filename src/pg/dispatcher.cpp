@@ -56,6 +56,8 @@ namespace npc_scale {
 namespace {
 
 constexpr long kHousekeepingMs = 1000;   // lease recovery, deadline expiry
+constexpr int64_t kDeferredWriteMs = 100;  // a locked row's result is tried again this often
+constexpr int64_t kWriteBackoffMinMs = 50, kWriteBackoffMaxMs = 2000;
 constexpr long kNoExtensionWaitMs = 1000;
 // A handed-off request in flight 5 ms is claimed (running, leased); one
 // answered sooner is claimed by its answer's write: one statement, not two.
@@ -122,6 +124,7 @@ class Dispatcher {
   void cancel_request(uint64_t tag);
   void fill_cache();
   void flush_results();
+  void write_batch(std::vector<DecisionResult>& source, bool skip_locked);
   void handle_finished();
   void finish(const InFlight& f, const AttemptReply& r);
   void finish_decision(const InFlight& f, const AttemptReply& r);
@@ -154,6 +157,15 @@ class Dispatcher {
   std::string fleet_signature_;
   uint64_t next_tag_ = 1;
   std::vector<DecisionResult> pending_results_;
+  // Results for rows another session holds locked, written again at
+  // deferred_due_ms_ without waiting for the lock.
+  std::vector<DecisionResult> deferred_results_;
+  int64_t deferred_due_ms_ = 0;
+  // After a failed write, the next is not tried before this (backing off
+  // to kWriteBackoffMaxMs while it keeps failing), so a persistent error
+  // (a DDL lock held on the queue) neither spins the loop nor floods the log.
+  int64_t write_retry_at_ms_ = 0;
+  int64_t write_backoff_ms_ = 0;
   struct SentHandoff {
     int64_t id;
     uint64_t tag;
@@ -317,7 +329,11 @@ long Dispatcher::wait_timeout_ms() const {
   // Answers to write, or replies a perform() late in the last tick (e.g.
   // sending handed-off work) collected after handle_finished() had run:
   // their sockets are drained and will not wake us, so do not wait.
-  if (!pending_results_.empty() || http_.has_finished()) t = 0;
+  if (http_.has_finished()) t = 0;
+  if (!pending_results_.empty()) t = std::min<int64_t>(t, std::max<int64_t>(0, write_retry_at_ms_ - now_ms()));
+  if (!deferred_results_.empty()) {
+    t = std::min<int64_t>(t, std::max<int64_t>(0, std::max(deferred_due_ms_, write_retry_at_ms_) - now_ms()));
+  }
   if (capacity_blocked_ && !reserve_opened_ && guc_urgent_reserve > 0 && blocked_since_ms_) {
     t = std::min<int64_t>(t, std::max<int64_t>(0, *blocked_since_ms_ + guc_reserve_wait_ms - now_ms()));
   }
@@ -1067,17 +1083,38 @@ void Dispatcher::cancel_request(uint64_t tag) {
 }
 
 // Writes finished decisions in one durable transaction, then wakes waiters.
+// Results for rows another session holds locked come back deferred and are
+// tried again every kDeferredWriteMs, skipping locked rows: the loop never
+// waits on a game session's lock.
 void Dispatcher::flush_results() {
-  if (pending_results_.empty()) return;
+  const int64_t now = now_ms();
+  if (now < write_retry_at_ms_) return;
+  if (!deferred_results_.empty() && now >= deferred_due_ms_) write_batch(deferred_results_, /*skip_locked=*/true);
+  write_batch(pending_results_, /*skip_locked=*/false);
+}
+
+void Dispatcher::write_batch(std::vector<DecisionResult>& source, bool skip_locked) {
+  if (source.empty()) return;
   std::vector<DecisionResult> batch;
-  batch.swap(pending_results_);
+  batch.swap(source);
+  WriteOutcome out;
   try {
-    wake_waiters(write_results(batch));
+    out = write_results(batch, skip_locked);
   } catch (...) {
-    // Keep them for the next round (housekeeping drops them if the
+    // Keep them for a later round (housekeeping drops them if the
     // extension is gone).
-    pending_results_.insert(pending_results_.end(), batch.begin(), batch.end());
+    source.insert(source.end(), batch.begin(), batch.end());
+    write_backoff_ms_ = std::clamp(write_backoff_ms_ * 2, kWriteBackoffMinMs, kWriteBackoffMaxMs);
+    write_retry_at_ms_ = now_ms() + write_backoff_ms_;
     throw;
+  }
+  write_backoff_ms_ = 0;
+  write_retry_at_ms_ = 0;
+  wake_waiters(out.finished);
+  if (!out.deferred.empty()) {
+    if (!skip_locked) pg_atomic_fetch_add_u64(&shared_state().results_deferred, out.deferred.size());
+    deferred_results_.insert(deferred_results_.end(), out.deferred.begin(), out.deferred.end());
+    deferred_due_ms_ = now_ms() + kDeferredWriteMs;
   }
 }
 
@@ -1226,6 +1263,7 @@ void Dispatcher::housekeeping() {
   }
   if (!extension_ready()) {
     pending_results_.clear();
+    deferred_results_.clear();
     return;
   }
   int requeued = 0;

@@ -66,6 +66,7 @@ void shared_state_attach() {
     pg_atomic_init_u32(&g_state->queue_dirty, 1);
     pg_atomic_init_u64(&g_state->handoff_sent, 0);
     pg_atomic_init_u64(&g_state->handoff_unclaimed, 0);
+    pg_atomic_init_u64(&g_state->results_deferred, 0);
     pg_atomic_init_u64(&g_state->endpoints_generation, 1);
     ConditionVariableInit(&g_state->slot_freed_cv);
     SpinLockInit(&g_state->stats_mutex);

@@ -7,12 +7,11 @@
 # next decision is served as usual.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
+source "$NPC_ROOT/test/integration/lib/sessions.sh"
 
 work=$(mktemp -d)
-pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  exec 7>&- 8>&- 2>/dev/null || true
+  sessions_close
   rm -rf "$work"
   npc_psql -c "DROP TABLE IF EXISTS public.handoff_skew" >/dev/null 2>&1 || true
 }
@@ -25,25 +24,9 @@ npc_psql -c "DROP TABLE IF EXISTS public.handoff_skew" \
 read -r sent0 dropped0 < <(npc_psql -tA -F ' ' -c \
   "SELECT npc_test.metric('handoff_sent'), npc_test.metric('handoff_unclaimed')")
 
-# Two interactive sessions, each fed through a fifo; every step ends with a
-# marker line, and the next step starts only once the marker is printed.
-mkfifo "$work/a.in" "$work/b.in"
-"$PG_BIN/psql" -X -q -tA -v ON_ERROR_STOP=0 <"$work/a.in" >"$work/a.out" 2>&1 & pids+=($!)
-"$PG_BIN/psql" -X -q -tA -v ON_ERROR_STOP=0 <"$work/b.in" >"$work/b.out" 2>&1 & pids+=($!)
-exec 7>"$work/a.in" 8>"$work/b.in"
-
-step=0
-run_in() {  # run_in a|b SQL: runs SQL in that session and waits for it to finish
-  local who=$1 sql=$2 fd deadline
-  step=$((step + 1))
-  if [ "$who" = a ]; then fd=7; else fd=8; fi
-  printf '%s\n\\echo step-%d-done\n' "$sql" "$step" >&"$fd"
-  deadline=$(( $(date +%s) + 10 ))
-  until grep -q "^step-$step-done$" "$work/$who.out"; do
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "session $who: step $step did not finish"; cat "$work/$who.out"; exit 1; }
-    sleep 0.01
-  done
-}
+# Two interactive sessions (lib/sessions.sh): every step runs to its end
+# before the next starts.
+sessions_open "$work" a b
 
 run_in a "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT v FROM public.handoff_skew WHERE k = 1;"
 run_in b "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT v FROM public.handoff_skew WHERE k = 2;"

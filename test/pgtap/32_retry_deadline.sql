@@ -1,6 +1,6 @@
 -- Transient errors are retried up to npc_scale.max_attempts, then the decision
 -- fails with the last error; permanent errors fail at once; deadlines expire.
-SELECT plan(9);
+SELECT plan(11);
 
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
@@ -34,5 +34,16 @@ SELECT results_eq(format('SELECT status, attempts, error FROM npc_scale.decision
 UPDATE npc_scale.gpu_endpoints SET enabled = true;
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 0::numeric, 'the GPU never saw it');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4003;
+-- Deadline passing in flight: the request's timeout is cut to the deadline,
+-- and the decision expires with what its attempt met, not "before it was sent".
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1.0, "slow_ms": 3000}');
+SELECT npc_scale.request_decision(4004, 'defend', 'Hold the gate?', 0, '{}', '300 ms') AS id4 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id4), '10 s'), 'the decision finishes');
+SELECT results_eq(format('SELECT status, attempts, error ~ %L FROM npc_scale.decision_queue WHERE id = %s',
+                          '^deadline passed after 1 attempt\(s\); last error: .*Timeout', :id4),
+  $$ VALUES ('expired'::text, 1, true) $$,
+  'it expired after one attempt, with that attempt''s error');
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4004;
 SELECT * FROM finish();

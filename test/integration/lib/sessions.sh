@@ -1,0 +1,48 @@
+# Interactive psql sessions for the integration scripts, each fed through a
+# fifo. Every step ends with a marker line, and the next step starts only once
+# the marker is printed: the order between sessions is the script's, not the
+# scheduler's.
+#   sessions_open DIR a b ...   start one session per name (output: DIR/<name>.out)
+#   run_in NAME SQL             run SQL in that session; wait until it has finished
+#   send_to NAME SQL            run SQL in that session without waiting (it may block)
+#   sessions_close              end them (also safe from an EXIT trap)
+_session_dir=
+declare -A _session_fd=()
+_session_pids=()
+_session_step=0
+
+sessions_open() {
+  _session_dir=$1
+  shift
+  local name fd
+  for name in "$@"; do
+    mkfifo "$_session_dir/$name.in"
+    "$PG_BIN/psql" -X -q -tA -v ON_ERROR_STOP=0 <"$_session_dir/$name.in" >"$_session_dir/$name.out" 2>&1 &
+    _session_pids+=($!)
+    exec {fd}>"$_session_dir/$name.in"
+    _session_fd[$name]=$fd
+  done
+}
+
+send_to() {
+  printf '%s\n' "$2" >&"${_session_fd[$1]}"
+}
+
+run_in() {
+  local who=$1 sql=$2 deadline
+  _session_step=$((_session_step + 1))
+  printf '%s\n\\echo step-%d-done\n' "$sql" "$_session_step" >&"${_session_fd[$who]}"
+  deadline=$(( $(date +%s) + 10 ))
+  until grep -q "^step-$_session_step-done$" "$_session_dir/$who.out"; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "session $who: step $_session_step did not finish"; cat "$_session_dir/$who.out"; exit 1; }
+    sleep 0.01
+  done
+}
+
+sessions_close() {
+  local p fd
+  for fd in "${_session_fd[@]}"; do exec {fd}>&- 2>/dev/null || true; done
+  for p in "${_session_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  _session_fd=()
+  _session_pids=()
+}
