@@ -55,6 +55,7 @@ void CircuitBreaker::probe_finished(bool healthy, int64_t now_ms) {
     return;
   }
   state_ = BreakerState::closed;
+  rate_limited_ = false;
   outcomes_.clear();
   failures_in_window_ = 0;
   consecutive_ = 0;
@@ -91,10 +92,12 @@ void CircuitBreaker::record_failure(int64_t now_ms) {
 void CircuitBreaker::record_rate_limited(int64_t now_ms, int64_t retry_after_ms) {
   // The server told us when to come back: honour exactly that, whatever the state.
   open(now_ms + (retry_after_ms > 0 ? retry_after_ms : cfg_.cooldown_ms));
+  rate_limited_ = true;
 }
 
 void CircuitBreaker::open(int64_t until_ms) {
   state_ = BreakerState::open;
+  rate_limited_ = false;
   open_until_ = until_ms;
   consecutive_ = 0;
   probe_in_flight_ = false;

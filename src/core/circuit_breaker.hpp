@@ -31,6 +31,9 @@ class CircuitBreaker {
   // The state `state(now_ms)` would return, without moving it (for const callers).
   BreakerState peek_state(int64_t now_ms) const;
   bool allows_requests(int64_t now_ms) { return state(now_ms) == BreakerState::closed; }
+  // Not closed because the endpoint failed (not because it asked us, with a
+  // 429, to come back later).
+  bool failing(int64_t now_ms) { return state(now_ms) != BreakerState::closed && !rate_limited_; }
   // Half-open with no probe in flight: the caller should send GET /health now.
   bool probe_due(int64_t now_ms);
   void probe_started(int64_t now_ms);
@@ -59,6 +62,7 @@ class CircuitBreaker {
   int consecutive_ = 0;
   int64_t open_until_ = 0;
   bool probe_in_flight_ = false;
+  bool rate_limited_ = false;  // opened by a 429, not by failures
 };
 
 }  // namespace npc_scale

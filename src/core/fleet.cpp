@@ -89,4 +89,23 @@ bool Fleet::any_enabled() const {
   return false;
 }
 
+FleetAvailability Fleet::availability(int64_t now_ms) {
+  bool enabled = false;
+  for (Endpoint& e : endpoints_) {
+    if (!e.enabled) continue;
+    enabled = true;
+    if (!e.breaker.failing(now_ms)) return FleetAvailability::available;
+  }
+  return enabled ? FleetAvailability::all_failing : FleetAvailability::none_enabled;
+}
+
+std::string Fleet::last_failure() const {
+  const MemberInfo* latest = nullptr;
+  for (size_t i = 0; i < info_.size(); i++) {
+    if (!endpoints_[i].enabled || info_[i].last_error.empty()) continue;
+    if (!latest || info_[i].last_error_at_ms > latest->last_error_at_ms) latest = &info_[i];
+  }
+  return latest ? "GPU " + std::to_string(latest->config.gpu_id) + ": " + latest->last_error : "";
+}
+
 }  // namespace npc_scale

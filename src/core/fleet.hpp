@@ -36,6 +36,13 @@ struct MemberInfo {
   int64_t next_scrape_ms = 0;    // steady clock
 };
 
+// Whether the fleet can serve a request that must not wait in a queue
+// (generate()): no endpoint enabled; every enabled one failing (its circuit
+// breaker open, or half-open while a probe decides); or one that accepts
+// requests, now or once a slot frees (or, after a 429, once its Retry-After
+// has passed).
+enum class FleetAvailability { none_enabled, all_failing, available };
+
 class Fleet {
  public:
   // Applies a new configuration; returns true if anything changed.
@@ -51,6 +58,9 @@ class Fleet {
   const MemberInfo& info(size_t i) const { return info_[i]; }
   std::optional<size_t> index_of(int gpu_id) const;
   bool any_enabled() const;
+  FleetAvailability availability(int64_t now_ms);
+  // "GPU <id>: <last error>" of the failing endpoint that failed last ("" if none has).
+  std::string last_failure() const;
 
  private:
   std::vector<Endpoint> endpoints_;  // parallel to info_: the router's input

@@ -607,26 +607,61 @@ std::optional<std::string> Dispatcher::known_answer(const std::string& key) cons
   return cache_read_l1(key);
 }
 
-// Under the slot's lock; the answer fits (at most max_response_bytes).
-void set_sync_answer(SyncSlot* slot, const std::string& response) {
-  memcpy(sync_slot_response(slot), response.data(), response.size());
-  slot->response_len = static_cast<int>(response.size());
-  slot->state = SyncState::done;
-}
+// generate() slots and their spinlock. The lock guards only the state word
+// (a few loads and stores: no allocation, no copy of a request or an answer
+// under it). What makes the rest safe without it: a running slot belongs to
+// the dispatcher until the dispatcher ends it. Its owner can only mark it
+// abandoned, never free or refill it, so its request, answer and error areas
+// are read and written outside the lock; only a free slot changes hands.
 
-// A generate() call answered without a request. False if its slot cannot
-// take the answer (then it is sent as usual).
-bool Dispatcher::answer_sync_slot(const InFlight& f, const std::string& response) {
-  if (response.size() > static_cast<size_t>(guc_max_response_bytes)) return false;
-  SyncSlot* slot = sync_slot(f.slot);
+// Whether the slot still serves this call (running, same ticket). An
+// abandoned one is freed here, for the next caller.
+bool sync_slot_is_ours(SyncSlot* slot, uint64 ticket) {
   SpinLockAcquire(&slot->mutex);
-  if (slot->ticket != f.ticket || slot->state != SyncState::running) {
+  if (slot->ticket != ticket) {
     SpinLockRelease(&slot->mutex);
     return false;
   }
-  set_sync_answer(slot, response);
+  if (slot->state == SyncState::abandoned) {
+    slot->state = SyncState::free;
+    slot->owner_procno = -1;
+    SpinLockRelease(&slot->mutex);
+    pg_call([] { ConditionVariableBroadcast(&shared_state().slot_freed_cv); });
+    return false;
+  }
+  const bool ours = slot->state == SyncState::running;
   SpinLockRelease(&slot->mutex);
-  pg_call([&] { ConditionVariableBroadcast(&slot->done_cv); });
+  return ours;
+}
+
+// Moves a slot the dispatcher serves to `next` (done, failed, or pending to
+// be served again) and wakes its caller; an abandoned one is freed instead.
+void end_sync_service(SyncSlot* slot, uint64 ticket, SyncState next) {
+  SpinLockAcquire(&slot->mutex);
+  if (slot->ticket == ticket && slot->state == SyncState::running) {
+    slot->state = next;
+    SpinLockRelease(&slot->mutex);
+    if (next != SyncState::pending) pg_call([&] { ConditionVariableBroadcast(&slot->done_cv); });
+    return;
+  }
+  SpinLockRelease(&slot->mutex);
+  (void)sync_slot_is_ours(slot, ticket);  // frees it if it was abandoned
+}
+
+// The answer fits (at most max_response_bytes); the slot is ours.
+void set_sync_answer(SyncSlot* slot, uint64 ticket, const std::string& response) {
+  memcpy(sync_slot_response(slot), response.data(), response.size());
+  slot->response_len = static_cast<int>(response.size());
+  end_sync_service(slot, ticket, SyncState::done);
+}
+
+// A generate() call answered without a request. False only if the answer is
+// too big for its slot (then it is sent as usual); a call that ended
+// meanwhile needs nothing more.
+bool Dispatcher::answer_sync_slot(const InFlight& f, const std::string& response) {
+  if (response.size() > static_cast<size_t>(guc_max_response_bytes)) return false;
+  SyncSlot* slot = sync_slot(f.slot);
+  if (sync_slot_is_ours(slot, f.ticket)) set_sync_answer(slot, f.ticket, response);
   return true;
 }
 
@@ -663,10 +698,12 @@ void Dispatcher::serve_sync_slots() {
   SharedState& s = shared_state();
   for (int i = 0; i < s.sync_slot_count; i++) {
     SyncSlot* slot = sync_slot(i);
+    // Take a pending slot (running) under the lock, then read and route its
+    // request without it: see sync_slot_is_ours().
     SpinLockAcquire(&slot->mutex);
-    SyncState state = slot->state;
+    const SyncState state = slot->state;
+    const uint64 ticket = slot->ticket;
     if (state == SyncState::abandoned) {
-      uint64 ticket = slot->ticket;
       slot->state = SyncState::free;
       slot->owner_procno = -1;
       SpinLockRelease(&slot->mutex);
@@ -683,24 +720,34 @@ void Dispatcher::serve_sync_slots() {
       SpinLockRelease(&slot->mutex);
       continue;
     }
-    bool any_enabled = fleet_.any_enabled();
+    slot->state = SyncState::running;
+    SpinLockRelease(&slot->mutex);
+
     std::optional<int> avoid = slot->attempts > 0 ? std::optional<int>(slot->gpu_id) : std::nullopt;
     // generate() has no NPC: its affinity key is the prompt's prefix.
     uint64_t prefix_key = XXH3_64bits(sync_slot_prompt(slot),
                                       std::min<size_t>(static_cast<size_t>(slot->prompt_len), 64));
     auto pick = route(slot->priority, prefix_key, avoid);
-    uint64 ticket = slot->ticket;
     if (!pick) {
-      SpinLockRelease(&slot->mutex);
-      if (!any_enabled) {
-        fail_sync_slot(i, ticket,
-                       "no enabled GPU endpoint: add one to npc_scale.gpu_endpoints");
+      // generate() does not wait in a queue: a fleet that cannot serve it
+      // is an error now; one at its caps is waited for (statement_timeout
+      // and cancel bound the wait).
+      switch (fleet_.availability(now_ms())) {
+        case FleetAvailability::none_enabled:
+          fail_sync_slot(i, ticket, "no enabled GPU endpoint: add one to npc_scale.gpu_endpoints");
+          break;
+        case FleetAvailability::all_failing:
+          fail_sync_slot(i, ticket,
+                         "no GPU endpoint is accepting requests: every enabled one is failing "
+                         "(circuit breaker open); last error: " + fleet_.last_failure());
+          break;
+        case FleetAvailability::available:
+          end_sync_service(slot, ticket, SyncState::pending);  // every endpoint is at its cap
+          break;
       }
-      continue;  // every endpoint is at its cap: it waits for a free slot
+      continue;
     }
-    slot->state = SyncState::running;
     slot->attempts++;
-    int priority = slot->priority;
     std::string prompt(sync_slot_prompt(slot), slot->prompt_len);
     std::string params_json(sync_slot_params(slot), slot->params_len);
     InFlight info;
@@ -711,7 +758,6 @@ void Dispatcher::serve_sync_slots() {
     info.attempts = slot->attempts;
     info.cache_key = slot->cache_key;
     info.cache_ttl_s = slot->cache_ttl_s;
-    SpinLockRelease(&slot->mutex);
     // The caller's own cache lookup may have come just before this answer
     // was known (see known_answer()).
     if (!info.cache_key.empty()) {
@@ -725,7 +771,7 @@ void Dispatcher::serve_sync_slots() {
     try {
       GenerationParams params = parse_params(params_json);
       long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
-      send(*pick, info, prompt, params, priority, timeout);
+      send(*pick, info, prompt, params, slot->priority, timeout);
     } catch (const std::exception& e) {
       fail_sync_slot(i, ticket, e.what());
     }
@@ -1197,26 +1243,6 @@ void Dispatcher::finish_decision(const InFlight& f, const AttemptReply& r) {
 
 void Dispatcher::finish_sync(const InFlight& f, const AttemptReply& r) {
   AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), f.ticket);
-  SyncSlot* slot = sync_slot(f.slot);
-  SpinLockAcquire(&slot->mutex);
-  if (slot->ticket != f.ticket || slot->state != SyncState::running) {
-    // The caller gave up meanwhile: free the slot for the next one.
-    if (slot->ticket == f.ticket && slot->state == SyncState::abandoned) {
-      slot->state = SyncState::free;
-      slot->owner_procno = -1;
-      SpinLockRelease(&slot->mutex);
-      pg_call([&] { ConditionVariableBroadcast(&shared_state().slot_freed_cv); });
-      return;
-    }
-    SpinLockRelease(&slot->mutex);
-    return;
-  }
-  slot->gpu_id = f.gpu_id;
-  if (o.kind == AttemptOutcome::Kind::retry) {
-    slot->state = SyncState::pending;  // served again on the next pass, elsewhere if possible
-    SpinLockRelease(&slot->mutex);
-    return;
-  }
   if (o.kind == AttemptOutcome::Kind::done &&
       o.response.size() > static_cast<size_t>(guc_max_response_bytes)) {
     o.kind = AttemptOutcome::Kind::failed;
@@ -1224,34 +1250,28 @@ void Dispatcher::finish_sync(const InFlight& f, const AttemptReply& r) {
               " bytes exceeds npc_scale.max_response_bytes (" +
               std::to_string(guc_max_response_bytes) + ")";
   }
-  if (o.kind == AttemptOutcome::Kind::done) {
-    set_sync_answer(slot, o.response);
-  } else {
-    strlcpy(slot->error, o.error.c_str(), sizeof(slot->error));
-    slot->state = SyncState::failed;
+  SyncSlot* slot = sync_slot(f.slot);
+  if (!sync_slot_is_ours(slot, f.ticket)) return;  // the caller gave up meanwhile
+  slot->gpu_id = f.gpu_id;
+  switch (o.kind) {
+    case AttemptOutcome::Kind::retry:  // served again on the next pass, elsewhere if possible
+      end_sync_service(slot, f.ticket, SyncState::pending);
+      break;
+    case AttemptOutcome::Kind::done:
+      set_sync_answer(slot, f.ticket, o.response);
+      break;
+    case AttemptOutcome::Kind::failed:
+      strlcpy(slot->error, o.error.c_str(), sizeof(slot->error));
+      end_sync_service(slot, f.ticket, SyncState::failed);
+      break;
   }
-  SpinLockRelease(&slot->mutex);
-  pg_call([&] { ConditionVariableBroadcast(&slot->done_cv); });
 }
 
 void Dispatcher::fail_sync_slot(int index, uint64 ticket, const std::string& error) {
   SyncSlot* slot = sync_slot(index);
-  SpinLockAcquire(&slot->mutex);
-  if (slot->ticket != ticket) {
-    SpinLockRelease(&slot->mutex);
-    return;
-  }
-  if (slot->state == SyncState::abandoned) {
-    slot->state = SyncState::free;
-    slot->owner_procno = -1;
-    SpinLockRelease(&slot->mutex);
-    pg_call([&] { ConditionVariableBroadcast(&shared_state().slot_freed_cv); });
-    return;
-  }
+  if (!sync_slot_is_ours(slot, ticket)) return;
   strlcpy(slot->error, error.c_str(), sizeof(slot->error));
-  slot->state = SyncState::failed;
-  SpinLockRelease(&slot->mutex);
-  pg_call([&] { ConditionVariableBroadcast(&slot->done_cv); });
+  end_sync_service(slot, ticket, SyncState::failed);
 }
 
 void Dispatcher::housekeeping() {

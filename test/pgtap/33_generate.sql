@@ -1,6 +1,6 @@
 -- generate(): synchronous, through shared-memory slots; cancellable by
 -- statement_timeout; clear errors when the fleet is down or empty.
-SELECT plan(10);
+SELECT plan(11);
 SELECT npc_test.use_gpus(ARRAY['fast0']);
 SELECT npc_test.gpu_reset('fast0');
 
@@ -31,6 +31,13 @@ SELECT ok(npc_scale.generate('Still alive?', 5) <> '', 'generate() works again a
 SELECT npc_test.use_gpus(ARRAY['down']);
 SELECT throws_like($$ SELECT npc_scale.generate('Anyone?', 5) $$,
   'generate() failed: gave up after % attempts: %onnect%', 'a down fleet is a clear error');
+-- Its breaker is open now: the next call fails at once, saying why, instead
+-- of waiting for a slot that will not come (the timeout only bounds a regression).
+SET statement_timeout = '10 s';
+SELECT throws_like($$ SELECT npc_scale.generate('Anyone there now?', 5) $$,
+  'generate() failed: no GPU endpoint is accepting requests: every enabled one is failing (circuit breaker open); last error: GPU 1: %onnect%',
+  'a fleet whose breakers are all open is a clear error, not a wait');
+RESET statement_timeout;
 DELETE FROM npc_scale.gpu_endpoints;
 SELECT throws_like($$ SELECT npc_scale.generate('Anyone?', 5) $$,
   '%no enabled GPU endpoint%', 'no endpoints is a clear error');

@@ -79,3 +79,41 @@ TEST(FleetTest, ComingBackKeepsItsStateWhileDraining) {
   EXPECT_TRUE(f.endpoints()[0].enabled);
   EXPECT_EQ(f.endpoints()[0].in_flight, 1);
 }
+
+TEST(FleetTest, AvailabilityTellsAnEmptyFleetFromAFailingOne) {
+  Fleet f;
+  EXPECT_EQ(f.availability(0), FleetAvailability::none_enabled);
+  BreakerConfig breaker;
+  breaker.consecutive_failures = 2;
+  breaker.cooldown_ms = 1000;
+  f.reload({ep(1, "http://a"), ep(2, "http://b"), ep(3, "http://c", 10, false)}, breaker, 0.2);
+  EXPECT_EQ(f.availability(0), FleetAvailability::available);
+  // One endpoint failing: the other still serves.
+  f.endpoints()[0].breaker.record_failure(0);
+  f.endpoints()[0].breaker.record_failure(0);
+  f.info(0).last_error = "connect failed";
+  f.info(0).last_error_at_ms = 100;
+  EXPECT_EQ(f.availability(0), FleetAvailability::available);
+  // Both enabled ones failing (the disabled one does not count).
+  f.endpoints()[1].breaker.record_failure(0);
+  f.endpoints()[1].breaker.record_failure(0);
+  f.info(1).last_error = "HTTP 503";
+  f.info(1).last_error_at_ms = 200;
+  EXPECT_EQ(f.availability(10), FleetAvailability::all_failing);
+  EXPECT_EQ(f.last_failure(), "GPU 2: HTTP 503");
+  // Half-open after the cooldown: still failing until a probe succeeds.
+  EXPECT_EQ(f.availability(1500), FleetAvailability::all_failing);
+  f.endpoints()[0].breaker.probe_started(1500);
+  f.endpoints()[0].breaker.probe_finished(true, 1500);
+  EXPECT_EQ(f.availability(1500), FleetAvailability::available);
+  // An endpoint that answered 429 is not failing: it asked us to come back.
+  f.endpoints()[0].breaker.record_rate_limited(1600, 500);
+  EXPECT_EQ(f.availability(1600), FleetAvailability::available);
+  EXPECT_EQ(f.availability(2200), FleetAvailability::available);  // half-open: a probe decides
+  f.endpoints()[0].breaker.probe_started(2200);
+  f.endpoints()[0].breaker.probe_finished(false, 2200);  // and it found the endpoint down
+  EXPECT_EQ(f.availability(2200), FleetAvailability::all_failing);
+  // Disabling every endpoint is not a failure but an empty fleet.
+  f.reload({ep(1, "http://a", 10, false)}, breaker, 0.2);
+  EXPECT_EQ(f.availability(2300), FleetAvailability::none_enabled);
+}
