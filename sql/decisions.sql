@@ -56,6 +56,12 @@ SELECT npc_scale.request_decisions(ARRAY[1, 2], 'build', ARRAY['only one']);
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.request_decisions(ARRAY[1, 2], 'build', ARRAY['ok', '']);
 \echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decisions(ARRAY[1, NULL], 'build', ARRAY['ok', 'ok']);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decisions(ARRAY[[1, 2]], 'build', ARRAY[['ok', 'ok']]);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', 5, 'null');
+\echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.generate('x', 12);
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.generate('x', 5, '{"stop": 3}');
@@ -63,6 +69,10 @@ SELECT npc_scale.generate('x', 5, '{"stop": 3}');
 SELECT npc_scale.generate(NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) - :rows_before AS rows_inserted_by_bad_calls FROM npc_scale.decision_queue;
+-- Arrays are read by position, whatever their lower bounds.
+SELECT count(*) FROM npc_scale.request_decisions('[0:1]={7001,7002}'::bigint[], 'build', '[5:6]={first,second}'::text[]);
+SELECT npc_id, prompt FROM npc_scale.decision_queue WHERE npc_id IN (7001, 7002) ORDER BY id;
+DELETE FROM npc_scale.decision_queue WHERE npc_id IN (7001, 7002);
 
 -- Endpoints: URL and api are checked.
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (90, 'ftp://gpu.example');

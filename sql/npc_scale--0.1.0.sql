@@ -174,10 +174,14 @@ CREATE FUNCTION npc_scale.request_decisions(
     params jsonb DEFAULT '{}', deadline interval DEFAULT NULL)
 RETURNS SETOF bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-  i integer;
+  r record;
 BEGIN
   IF npc_ids IS NULL OR prompts IS NULL THEN
     RAISE EXCEPTION 'npc_ids and prompts must not be null' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF array_ndims(npc_ids) > 1 OR array_ndims(prompts) > 1 THEN
+    RAISE EXCEPTION 'npc_ids and prompts must be one-dimensional arrays, got % and % dimensions',
+      array_ndims(npc_ids), array_ndims(prompts) USING ERRCODE = 'array_subscript_error';
   END IF;
   IF cardinality(npc_ids) <> cardinality(prompts) THEN
     RAISE EXCEPTION 'npc_ids has % elements but prompts has %', cardinality(npc_ids), cardinality(prompts)
@@ -187,8 +191,9 @@ BEGIN
     RAISE EXCEPTION 'deadline % must be a positive interval', deadline USING ERRCODE = 'invalid_parameter_value';
   END IF;
   PERFORM npc_scale._check_params(coalesce(params, '{}'));
-  FOR i IN 1 .. cardinality(npc_ids) LOOP
-    PERFORM npc_scale._check_request(npc_ids[i], decision_type, prompts[i], priority);
+  -- By position, whatever the arrays' lower bounds.
+  FOR r IN SELECT u.n, u.p FROM unnest(npc_ids, prompts) AS u(n, p) LOOP
+    PERFORM npc_scale._check_request(r.n, decision_type, r.p, priority);
   END LOOP;
   RETURN QUERY
     INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt, params, priority, deadline)

@@ -278,9 +278,7 @@ GenerationParams parse_params(const std::string& json_text) {
     throw Error(sqlstate::invalid_text_representation,
                 "params is not valid JSON: " + short_parse_error(e));
   }
-  // JSON null at the top is "no params", consistent with null values meaning
-  // "not set".
-  if (doc.is_null()) return p;
+  // JSON null is not an object either: it would be stored as such.
   if (!doc.is_object()) bad(std::string("params must be a JSON object, got ") + doc.type_name());
   try {
     for (auto it = doc.begin(); it != doc.end(); ++it) {

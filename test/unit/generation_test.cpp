@@ -94,7 +94,7 @@ TEST(GenerationApi, UnknownApiNamesTheValue) {
 // ---- parse_params: accepted input --------------------------------------------
 
 TEST(GenerationParams, EmptyInputMeansDefaults) {
-  for (const char* text : {"", "{}", "  \n", "null", " { } "}) {
+  for (const char* text : {"", "{}", "  \n", " { } "}) {
     GenerationParams p = npc_scale::parse_params(text);
     EXPECT_FALSE(p.max_tokens) << text;
     EXPECT_FALSE(p.temperature);
@@ -213,6 +213,7 @@ TEST(GenerationParams, NotAnObject) {
   expect_invalid("\"max_tokens\"", {"must be a JSON object", "string"});
   expect_invalid("42", {"must be a JSON object", "number"});
   expect_invalid("true", {"must be a JSON object", "boolean"});
+  expect_invalid("null", {"must be a JSON object", "null"});
 }
 
 TEST(GenerationParams, UnknownKeyIsNamedWithAHint) {
