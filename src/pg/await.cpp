@@ -3,6 +3,8 @@
 // its latch; the dispatcher sets that latch right after the commit that
 // finished the decision. The row is re-read on each wake-up (and at least
 // every second, which also covers cancel_decision() from another session).
+// A decision requested in the caller's own open transaction is an error at
+// once: it cannot be answered before that transaction commits.
 #include <optional>
 #include <string>
 
@@ -29,11 +31,12 @@ constexpr long kRecheckMs = 1000;
 struct Row {
   Datum tuple;  // copied out of SPI, in the caller's memory context
   bool final;
+  bool ours;    // inserted by this (still open) transaction
 };
 
 std::optional<Row> read_row(int64 id) {
   static SavedPlan plan(
-      "SELECT q, q.status NOT IN ('queued', 'running') FROM npc_scale.decision_queue q "
+      "SELECT q, q.status NOT IN ('queued', 'running'), q.xmin FROM npc_scale.decision_queue q "
       "WHERE q.id = $1",
       {INT8OID});
   std::optional<Row> row;
@@ -43,7 +46,9 @@ std::optional<Row> read_row(int64 id) {
         bool isnull = false;
         Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
         bool final = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-        return Row{SPI_datumTransfer(d, false, -1), final};
+        TransactionId xmin =
+            DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+        return Row{SPI_datumTransfer(d, false, -1), final, TransactionIdIsCurrentTransactionId(xmin)};
       });
     }
   });
@@ -88,6 +93,13 @@ NPC_SQL_FUNCTION(npc_scale_await_decision) {
       throw Error("P0002", "decision " + std::to_string(id) + " does not exist");
     }
     if (row->final) return row->tuple;
+    if (row->ours) {
+      // The dispatcher cannot see it before this transaction commits.
+      throw Error(sqlstate::object_not_in_prerequisite_state,
+                  "decision " + std::to_string(id) + " was requested in this transaction, "
+                  "which must commit before it can be answered", {},
+                  "Commit after request_decision(), then call await_decision().");
+    }
     long left_ms = static_cast<long>((deadline - GetCurrentTimestamp()) / 1000);
     if (left_ms <= 0) {
       throw Error(sqlstate::query_canceled,

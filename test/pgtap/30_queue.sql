@@ -1,7 +1,7 @@
 -- The decision queue: wake at COMMIT (not on rollback), answers written back,
 -- cancel, await_decision timeouts, api_key privacy. Commits (the dispatcher
 -- must see the rows) and cleans up after itself.
-SELECT plan(17);
+SELECT plan(18);
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 
 -- Rollback: no row, no wake-up.
@@ -57,6 +57,12 @@ SELECT is(npc_test.error_of(format('SELECT npc_scale.await_decision(%s, ''200 ms
   format('57014: await_decision timed out after 200 ms: decision %s is not finished', :id5),
   'await_decision raises a timeout (query_canceled) naming the decision');
 SELECT ok(npc_scale.cancel_decision(:id5), 'cleanup: cancel it');
+-- Awaiting a decision this transaction requested cannot succeed before it
+-- commits: an error at once, not a wait to the timeout.
+SELECT matches(npc_test.error_of($$ SELECT npc_scale.await_decision(
+                 npc_scale.request_decision(1006, 'trade', 'Same transaction?', 5), '5 s') $$),
+  '^55000: decision \d+ was requested in this transaction, which must commit before it can be answered$',
+  'await_decision on a decision of the same open transaction is an error at once');
 
 -- api_key is for admins only.
 CREATE ROLE npc_test_game_role;
@@ -66,5 +72,5 @@ SELECT throws_ok('SELECT api_key FROM npc_scale.gpu_endpoints', '42501', NULL,
 RESET ROLE;
 DROP ROLE npc_test_game_role;
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 1001 AND 1005;
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 1001 AND 1006;
 SELECT * FROM finish();
