@@ -18,16 +18,6 @@ int64_t now_us() {
       .count();
 }
 
-size_t append_body(char* data, size_t size, size_t nmemb, void* user) {
-  static_cast<std::string*>(user)->append(data, size * nmemb);
-  return size * nmemb;
-}
-
-// libcurl must be initialised once per process before any thread exists.
-struct CurlGlobal {
-  CurlGlobal() { curl_global_init(CURL_GLOBAL_DEFAULT); }
-};
-
 }  // namespace
 
 // At most this many idle easy handles are kept for reuse.
@@ -37,8 +27,29 @@ struct HttpClient::Transfer {
   HttpRequest request;
   CURL* easy = nullptr;  // owned by the HttpClient's handle pool
   std::string response;
+  bool too_large = false;  // aborted at request.max_response_bytes
   int64_t started_us = 0;
 };
+
+namespace {
+
+size_t append_body(char* data, size_t size, size_t nmemb, void* user) {
+  auto* t = static_cast<HttpClient::Transfer*>(user);
+  const size_t n = size * nmemb;
+  if (t->response.size() + n > t->request.max_response_bytes) {
+    t->too_large = true;
+    return 0;  // libcurl aborts the transfer (CURLE_WRITE_ERROR)
+  }
+  t->response.append(data, n);
+  return n;
+}
+
+// libcurl must be initialised once per process before any thread exists.
+struct CurlGlobal {
+  CurlGlobal() { curl_global_init(CURL_GLOBAL_DEFAULT); }
+};
+
+}  // namespace
 
 HttpClient::HttpClient() {
   static CurlGlobal global;
@@ -150,7 +161,7 @@ void HttpClient::start(HttpRequest request) {
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, t->request.timeout_ms);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, std::min(t->request.timeout_ms, 5000L));
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &append_body);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, &t->response);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, t.get());
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_PRIVATE, reinterpret_cast<void*>(t->request.tag));
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
@@ -228,6 +239,8 @@ void HttpClient::collect_finished() {
         long long s = std::strtoll(h->value, &end, 10);
         if (end != h->value && s >= 0) r.retry_after_s = s;
       }
+    } else if (t.too_large) {
+      r.error = "reply larger than " + std::to_string(t.request.max_response_bytes) + " bytes: aborted";
     } else {
       r.error = curl_easy_strerror(msg->data.result);
     }

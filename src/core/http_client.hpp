@@ -25,6 +25,9 @@ struct HttpRequest {
   std::string body;        // POSTed as application/json; empty → GET
   std::string bearer_token;  // Authorization: Bearer …, when non-empty
   long timeout_ms = 30000;
+  // A reply body longer than this is aborted and reported as a transport
+  // error: a faulty endpoint must not grow the caller's memory without bound.
+  size_t max_response_bytes = 1 << 20;
 };
 
 struct HttpResult {
@@ -65,8 +68,9 @@ class HttpClient {
   bool has_finished() const { return !finished_.empty(); }
   size_t in_flight() const { return transfers_.size(); }
 
+  struct Transfer;  // one request in flight (public only for libcurl's write callback)
+
  private:
-  struct Transfer;
   static int on_socket(CURL* easy, int fd, int what, void* client, void* socket_data);
   static int on_timer(CURLM* multi, long timeout_ms, void* client);
   void collect_finished();

@@ -435,6 +435,8 @@ bool Dispatcher::send(size_t index, InFlight info, const std::string& prompt,
   req.url = ep.base_url + api_path(info.api);
   req.body = build_request_body(info.api, ep.model, prompt, params, priority, ep.send_priority);
   req.bearer_token = ep.api_key;
+  // Room for the longest answer generate() may return, in its JSON reply.
+  req.max_response_bytes = std::max(req.max_response_bytes, 4 * static_cast<size_t>(guc_max_response_bytes));
   req.timeout_ms = timeout_ms;
   uint64_t tag = req.tag;
   http_.start(std::move(req));

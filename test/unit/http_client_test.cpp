@@ -170,3 +170,19 @@ TEST(HttpClient, ADuplicateTagIsRefused) {
   ASSERT_EQ(results.size(), 1u);
   EXPECT_EQ(results.at(7).status, 200);
 }
+
+TEST(HttpClient, AReplyOverItsSizeLimitIsAbortedAsATransportError) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  HttpClient http;
+  HttpRequest big = completion(gpu, 1, 400);  // 400 words: a few kB of JSON
+  big.max_response_bytes = 512;
+  http.start(big);
+  http.start(completion(gpu, 2, 400));  // the default limit: read in full
+  auto out = drive(http, 2);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_FALSE(out.at(1).transport_ok);
+  EXPECT_EQ(out.at(1).error, "reply larger than 512 bytes: aborted");
+  EXPECT_TRUE(out.at(1).body.empty());
+  ASSERT_TRUE(out.at(2).transport_ok) << out.at(2).error;
+  EXPECT_GT(out.at(2).body.size(), 512u);
+}
