@@ -443,6 +443,10 @@ Completion parse_response(Api api, const std::string& body) {
   }
 }
 
+bool endpoint_misconfigured(long http_status) {
+  return http_status == 401 || http_status == 403 || http_status == 404;
+}
+
 Outcome classify(bool transport_ok, long http_status, bool body_ok) {
   if (!transport_ok) return Outcome::transient;
   if (http_status >= 200 && http_status <= 299) {
@@ -450,6 +454,7 @@ Outcome classify(bool transport_ok, long http_status, bool body_ok) {
     return body_ok ? Outcome::success : Outcome::transient;
   }
   if (http_status == 408 || http_status == 429) return Outcome::transient;
+  if (endpoint_misconfigured(http_status)) return Outcome::transient;
   if (http_status >= 500 && http_status <= 599) return Outcome::transient;
   return Outcome::permanent;
 }

@@ -533,7 +533,8 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   BreakerState before = e.breaker.state(now);
   if (r.transport_ok && r.status == 429) {
     e.breaker.record_rate_limited(now, r.retry_after_s ? *r.retry_after_s * 1000 : 0);
-  } else if (!r.transport_ok || r.status >= 500 || (r.status >= 200 && r.status < 300)) {
+  } else if (!r.transport_ok || r.status >= 500 || (r.status >= 200 && r.status < 300) ||
+             endpoint_misconfigured(r.status)) {
     e.breaker.record_failure(now);
   }
   // Other 4xx: the request was wrong, not the endpoint.

@@ -1,6 +1,7 @@
 -- Transient errors are retried up to npc_scale.max_attempts, then the decision
--- fails with the last error; permanent errors fail at once; deadlines expire.
-SELECT plan(11);
+-- fails with the last error; permanent errors fail at once; deadlines expire;
+-- a misconfigured endpoint is the endpoint's failure.
+SELECT plan(15);
 
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
@@ -15,13 +16,12 @@ SELECT matches((SELECT error FROM npc_scale.decision_queue WHERE id = :id1),
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), current_setting('npc_scale.max_attempts')::numeric,
   'the GPU saw exactly max_attempts requests');
 
--- A permanent error (unknown model: HTTP 404) is not retried.
+-- A permanent error (the request exceeds the model's context: HTTP 400) is not retried.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
-UPDATE npc_scale.gpu_endpoints SET model = 'no-such-model';
-SELECT npc_scale.request_decision(4002, 'attack', 'Attack now?', 2) AS id2 \gset
+SELECT npc_scale.request_decision(4002, 'attack', 'Attack now?', 2, '{"max_tokens": 32768}') AS id2 \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id2), '30 s'), 'the decision finishes');
-SELECT results_eq(format('SELECT status, attempts, error ~ ''HTTP 404'' FROM npc_scale.decision_queue WHERE id = %s', :id2),
-  $$ VALUES ('failed'::text, 1, true) $$, 'a 404 fails after one attempt');
+SELECT results_eq(format('SELECT status, attempts, error ~ ''HTTP 400'' FROM npc_scale.decision_queue WHERE id = %s', :id2),
+  $$ VALUES ('failed'::text, 1, true) $$, 'a 400 fails after one attempt');
 
 -- Deadline: waiting for capacity past its deadline → expired, never sent.
 UPDATE npc_scale.gpu_endpoints SET model = 'npc-llm', enabled = false;
@@ -45,5 +45,20 @@ SELECT results_eq(format('SELECT status, attempts, error ~ %L FROM npc_scale.dec
   'it expired after one attempt, with that attempt''s error');
 SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4004;
+-- A misconfigured endpoint (unknown model: HTTP 404) is the endpoint's fault,
+-- not the decision's: retried (elsewhere, when there is an elsewhere), and it
+-- opens the endpoint's breaker; alone, the decision fails after max_attempts.
+UPDATE npc_scale.gpu_endpoints SET model = 'no-such-model';
+SELECT npc_scale.request_decision(4005, 'attack', 'Attack now?', 2) AS id5 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id5), '30 s'), 'the decision finishes');
+SELECT results_eq(format('SELECT status, attempts = %s, error ~ ''HTTP 404'' FROM npc_scale.decision_queue WHERE id = %s',
+                         current_setting('npc_scale.max_attempts'), :id5),
+  $$ VALUES ('failed'::text, true, true) $$, 'a 404 is retried up to max_attempts');
+SELECT is((SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1), 'open',
+  'and it opened the endpoint''s breaker');
+UPDATE npc_scale.gpu_endpoints SET model = 'npc-llm';
+SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1) = 'closed' $$, '20 s'),
+  'the breaker closes again once a probe finds the endpoint healthy');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4005;
 SELECT * FROM finish();
