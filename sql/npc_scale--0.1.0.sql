@@ -133,6 +133,8 @@ CREATE FUNCTION npc_scale._check_params(params jsonb) RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_check_params' LANGUAGE C STRICT;
 CREATE FUNCTION npc_scale._wake_dispatcher_at_commit() RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_wake_dispatcher_at_commit' LANGUAGE C;
+CREATE FUNCTION npc_scale._cancelled_at_commit() RETURNS void
+AS 'MODULE_PATHNAME', 'npc_scale_cancelled_at_commit' LANGUAGE C;
 CREATE FUNCTION npc_scale._check_request(npc_id bigint, decision_type text, prompt text, priority int)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -218,6 +220,7 @@ BEGIN
     RETURN false;
   END IF;
   PERFORM pg_notify('npc_scale_decisions', found_id::text);
+  PERFORM npc_scale._cancelled_at_commit();  -- a request in flight for it is aborted
   RETURN true;
 END $$;
 COMMENT ON FUNCTION npc_scale.cancel_decision(bigint) IS

@@ -432,6 +432,19 @@ std::vector<int64_t> expire_queued() {
   return expired;
 }
 
+std::vector<int64_t> cancelled_among(const std::vector<int64_t>& ids) {
+  static SavedPlan plan(
+      "SELECT id FROM npc_scale.decision_queue WHERE id = ANY ($1) AND (status = 'cancelled') IS TRUE",
+      {INT8ARRAYOID});
+  std::vector<int64_t> out;
+  if (ids.empty()) return out;
+  in_transaction("npc_scale: look for cancelled decisions", [&] {
+    if (!extension_present()) return;
+    out = ids_of(plan.execute({int8_array(ids)}, nullptr, true), 1);
+  });
+  return out;
+}
+
 std::optional<int64_t> next_retry_in_ms() {
   static SavedPlan plan(
       "SELECT (extract(epoch FROM min(not_before) - now()) * 1000)::bigint "

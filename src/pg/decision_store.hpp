@@ -69,6 +69,9 @@ std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* req
 // hold locked: at the next look). Returns their ids.
 std::vector<int64_t> expire_queued();
 
+// Those of `ids` whose decision is cancelled.
+std::vector<int64_t> cancelled_among(const std::vector<int64_t>& ids);
+
 // Earliest not_before of queued retries, as ms from now (nullopt: none).
 std::optional<int64_t> next_retry_in_ms();
 

@@ -124,6 +124,7 @@ class Dispatcher {
   void cancel_request(uint64_t tag);
   void fill_cache();
   void flush_results();
+  void abort_cancelled();
   void write_batch(std::vector<DecisionResult>& source, bool skip_locked);
   void handle_finished();
   void finish(const InFlight& f, const AttemptReply& r);
@@ -166,6 +167,7 @@ class Dispatcher {
   // (a DDL lock held on the queue) neither spins the loop nor floods the log.
   int64_t write_retry_at_ms_ = 0;
   int64_t write_backoff_ms_ = 0;
+  uint64 cancels_seen_ = 0;  // shared cancels_generation at the last look
   struct SentHandoff {
     int64_t id;
     uint64_t tag;
@@ -287,6 +289,7 @@ void Dispatcher::tick(int wake_events) {
   take_l2_answers();
   handle_finished();
   reload_endpoints_if_changed();
+  abort_cancelled();
   start_probes_and_scrapes();
   serve_sync_slots();
   if (capacity_blocked_ && !reserve_opened_ && guc_urgent_reserve > 0 && blocked_since_ms_ &&
@@ -1129,6 +1132,26 @@ void Dispatcher::cancel_request(uint64_t tag) {
   if (!it->second.cache_key.empty()) in_flight_by_key_.erase(it->second.cache_key);
   requeue_followers(it->second.followers);
   in_flight_.erase(it);
+}
+
+// cancel_decision() committed since the last look: a claimed decision it
+// cancelled needs its GPU request no more (the answer would be fenced out):
+// aborting it frees the endpoint's slot now rather than when the GPU answers.
+// A request that also serves coalesced followers goes on for them.
+void Dispatcher::abort_cancelled() {
+  const uint64 generation = pg_atomic_read_u64(&shared_state().cancels_generation);
+  if (generation == cancels_seen_) return;
+  std::unordered_map<int64_t, uint64_t> tag_of;
+  for (const auto& [tag, f] : in_flight_) {
+    if (f.kind == Work::decision && f.attempts > 0 && f.followers.empty()) tag_of.emplace(f.decision_id, tag);
+  }
+  std::vector<int64_t> ids;
+  for (const auto& [id, tag] : tag_of) ids.push_back(id);
+  for (int64_t id : cancelled_among(ids)) {
+    cancel_request(tag_of.at(id));
+    pg_atomic_fetch_add_u64(&shared_state().requests_cancelled, 1);
+  }
+  cancels_seen_ = generation;  // not before: a failed look is taken again next round
 }
 
 // Writes finished decisions in one durable transaction, then wakes waiters.

@@ -91,6 +91,8 @@ struct SharedState {
   pg_atomic_uint64 handoff_sent;          // decisions sent straight from the commit handoff
   pg_atomic_uint64 handoff_unclaimed;     // … whose claim then found them taken or cancelled
   pg_atomic_uint64 results_deferred;      // answers whose row another session held locked
+  pg_atomic_uint64 cancels_generation;    // bumped at commit of a cancel_decision()
+  pg_atomic_uint64 requests_cancelled;    // GPU requests aborted because their decision was cancelled
   pg_atomic_uint64 endpoints_generation;  // bumped at commit of a gpu_endpoints change
   ConditionVariable slot_freed_cv;        // broadcast when a generate() slot becomes free
   int waiter_count;                       // entries in waiters[]

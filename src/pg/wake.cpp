@@ -18,6 +18,7 @@ bool g_callback_registered = false;
 bool g_wake_pending = false;
 bool g_table_pending = false;  // queued work the handoff does not carry
 bool g_endpoints_pending = false;
+bool g_cancel_pending = false;  // cancel_decision(): the dispatcher aborts what it still sends
 
 bool g_published = false;  // handed off at PRE_COMMIT: the dispatcher waits for our outcome
 
@@ -41,14 +42,15 @@ void on_transaction_end(XactEvent event) {
         g_table_pending = true;
       }
       if (g_endpoints_pending) pg_atomic_fetch_add_u64(&s.endpoints_generation, 1);
+      if (g_cancel_pending) pg_atomic_fetch_add_u64(&s.cancels_generation, 1);
       if (g_table_pending) pg_atomic_write_u32(&s.queue_dirty, 1);
       if (g_wake_pending) pg_atomic_fetch_add_u64(&s.queue_wakeups, 1);
       // Rows handed off at PRE_COMMIT need no second wake-up: the
       // dispatcher looks at their transaction's outcome on its own timer.
-      if (g_table_pending || g_endpoints_pending || (g_wake_pending && !g_published)) {
+      if (g_table_pending || g_endpoints_pending || g_cancel_pending || (g_wake_pending && !g_published)) {
         wake_worker(WorkerKind::dispatcher);
       }
-      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = false;
+      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = g_cancel_pending = false;
       break;
     }
     case XACT_EVENT_ABORT:
@@ -57,7 +59,7 @@ void on_transaction_end(XactEvent event) {
       handoff_forget_pending();
       // A commit that failed after PRE_COMMIT: the dispatcher drops what it sent.
       if (g_published) wake_worker(WorkerKind::dispatcher);
-      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = false;
+      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = g_cancel_pending = false;
       break;
     default:
       break;
@@ -74,7 +76,7 @@ void at_transaction_end(XactEvent event, void*) noexcept {
     if (event == XACT_EVENT_PRE_COMMIT) {
       g_table_pending = true;  // the commit still wakes the dispatcher for the table
     } else {
-      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = false;
+      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = g_cancel_pending = false;
     }
   }
 }
@@ -99,7 +101,18 @@ void endpoints_changed_at_commit() {
   g_endpoints_pending = true;
 }
 
+void cancelled_at_commit() {
+  ensure_callback();
+  g_cancel_pending = true;
+}
+
 }  // namespace npc_scale
+
+NPC_SQL_FUNCTION(npc_scale_cancelled_at_commit) {
+  (void)fcinfo;
+  npc_scale::cancelled_at_commit();
+  PG_RETURN_VOID();
+}
 
 NPC_SQL_FUNCTION(npc_scale_wake_dispatcher_at_commit) {
   (void)fcinfo;

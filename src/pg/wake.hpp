@@ -10,5 +10,8 @@ namespace npc_scale {
 // dispatcher need not look at the table for them.
 void wake_dispatcher_at_commit(bool handed_off = false);
 void endpoints_changed_at_commit();
+// cancel_decision(): at commit, the dispatcher aborts the GPU requests of
+// decisions that were cancelled while it was serving them.
+void cancelled_at_commit();
 
 }  // namespace npc_scale

@@ -1,7 +1,7 @@
 -- Transient errors are retried up to npc_scale.max_attempts, then the decision
 -- fails with the last error; permanent errors fail at once; deadlines expire;
 -- a misconfigured endpoint is the endpoint's failure.
-SELECT plan(15);
+SELECT plan(19);
 
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
@@ -60,5 +60,21 @@ UPDATE npc_scale.gpu_endpoints SET model = 'npc-llm';
 SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1) = 'closed' $$, '20 s'),
   'the breaker closes again once a probe finds the endpoint healthy');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4005;
+-- Cancelling a running decision aborts its GPU request: the endpoint's slot
+-- (and the GPU's) frees now, not when the GPU would have answered (in 20 s).
+SELECT npc_test.metric('requests_cancelled') AS rc0 \gset
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1.0, "slow_ms": 20000}');
+SELECT npc_scale.request_decision(4006, 'scout', 'Scout the hills?', 5) AS id6 \gset
+SELECT ok(npc_test.wait_for(format('(SELECT status FROM npc_scale.decision_queue WHERE id = %s) = ''running''', :id6)),
+  'a slow decision is running');
+SELECT ok(npc_scale.cancel_decision(:id6), 'cancel_decision on a running decision returns true');
+SELECT ok(npc_test.wait_for(format($$ npc_test.metric('requests_cancelled') = %s + 1
+            AND (SELECT in_flight FROM npc_scale.endpoint_stats WHERE gpu_id = 1) = 0
+            AND npc_test.gpu_metric('faulty', 'vllm:num_requests_running') = 0 $$, :rc0), '10 s'),
+  'its GPU request was aborted: no longer in flight, here or at the GPU');
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}');
+SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :id6), 'cancelled', 'and it stays cancelled');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4006;
+
 SELECT * FROM finish();
