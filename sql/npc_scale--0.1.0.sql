@@ -108,7 +108,8 @@ CREATE TABLE npc_scale.decision_queue (
     response       text,
     error          text,
     cache_layer    text
-) WITH (fillfactor = 80);  -- room for HOT updates queued → running → done
+) WITH (fillfactor = 80);  -- room on the page for the row's next versions (queued → running →
+                           -- done); not HOT updates: status is in the partial indexes' predicates
 COMMENT ON TABLE npc_scale.decision_queue IS
 'NPC decisions: queued by the game, sent to the GPU fleet by the dispatcher worker.';
 -- The claim: best priority first, then oldest.
