@@ -9,10 +9,8 @@ set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 source "$NPC_ROOT/test/integration/lib/sessions.sh"
 
-work=$(mktemp -d)
 cleanup() {
   sessions_close
-  rm -rf "$work"
   npc_psql -c "DROP TABLE IF EXISTS public.handoff_skew" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -26,7 +24,7 @@ read -r sent0 dropped0 < <(npc_psql -tA -F ' ' -c \
 
 # Two interactive sessions (lib/sessions.sh): every step runs to its end
 # before the next starts.
-sessions_open "$work" a b
+sessions_open a b
 
 run_in a "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT v FROM public.handoff_skew WHERE k = 1;"
 run_in b "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT v FROM public.handoff_skew WHERE k = 2;"
@@ -35,11 +33,11 @@ run_in b "UPDATE public.handoff_skew SET v = v + 1 WHERE k = 1;"
 run_in b "SELECT 'id=' || npc_scale.request_decision(9101, 'build', 'handoff: doomed at commit', 5);"
 run_in a "COMMIT;"
 run_in b "COMMIT;"
-cat "$work/b.out"
+cat "$(session_out b)"
 
-grep -q "could not serialize access" "$work/b.out" \
+grep -q "could not serialize access" "$(session_out b)" \
   || { echo "session b's COMMIT was expected to fail with a serialization failure"; exit 1; }
-id=$(grep -oP '^id=\K[0-9]+' "$work/b.out")
+id=$(grep -oP '^id=\K[0-9]+' "$(session_out b)")
 echo "decision $id was requested in the transaction that failed to commit"
 
 # It was handed off at PRE_COMMIT, so the dispatcher sends it; the request is

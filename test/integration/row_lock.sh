@@ -8,15 +8,13 @@ set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 source "$NPC_ROOT/test/integration/lib/sessions.sh"
 
-work=$(mktemp -d)
 cleanup() {
   sessions_close
-  rm -rf "$work"
   npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 0}')" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 npc_psql -tAc "SELECT npc_test.use_gpus(ARRAY['faulty'])" >/dev/null
-sessions_open "$work" a
+sessions_open a
 
 # held_answer ROLLBACK|COMMIT NPC: prints the locked decision's final row
 # (its failures go to stderr and end the script through the empty row).
@@ -32,7 +30,7 @@ held_answer() {
 
   # Session a cancels it in a transaction it keeps open: the row stays locked.
   run_in a "BEGIN; SELECT 'cancel=' || npc_scale.cancel_decision($id);"
-  grep -q '^cancel=true$' "$work/a.out" || { echo "cancel_decision($id) did not return true"; cat "$work/a.out"; exit 1; } >&2
+  grep -q '^cancel=true$' "$(session_out a)" || { echo "cancel_decision($id) did not return true"; cat "$(session_out a)"; exit 1; } >&2
 
   # The GPU's answer arrives; its write meets the lock and is put aside.
   npc_wait_sql "SELECT npc_test.metric('results_deferred') > $deferred0" 10 \

@@ -2,18 +2,17 @@
 # fifo. Every step ends with a marker line, and the next step starts only once
 # the marker is printed: the order between sessions is the script's, not the
 # scheduler's.
-#   sessions_open DIR a b ...   start one session per name (output: DIR/<name>.out)
-#   run_in NAME SQL             run SQL in that session; wait until it has finished
-#   send_to NAME SQL            run SQL in that session without waiting (it may block)
-#   sessions_close              end them (also safe from an EXIT trap)
+#   sessions_open a b ...   start one session per name, in a temporary directory
+#   session_out NAME        the file holding that session's output
+#   run_in NAME SQL         run SQL in that session; wait until it has finished
+#   sessions_close          end them and remove the directory (call it from an EXIT trap)
 _session_dir=
 declare -A _session_fd=()
 _session_pids=()
 _session_step=0
 
 sessions_open() {
-  _session_dir=$1
-  shift
+  _session_dir=$(mktemp -d)
   local name fd
   for name in "$@"; do
     mkfifo "$_session_dir/$name.in"
@@ -24,8 +23,8 @@ sessions_open() {
   done
 }
 
-send_to() {
-  printf '%s\n' "$2" >&"${_session_fd[$1]}"
+session_out() {
+  printf '%s/%s.out' "$_session_dir" "$1"
 }
 
 run_in() {
@@ -45,4 +44,6 @@ sessions_close() {
   for p in "${_session_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   _session_fd=()
   _session_pids=()
+  [ -n "$_session_dir" ] && rm -rf "$_session_dir"
+  _session_dir=
 }
