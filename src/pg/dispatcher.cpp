@@ -591,7 +591,11 @@ void Dispatcher::publish_stats() {
 void Dispatcher::requeue_followers(const std::vector<InFlight>& followers) {
   for (const InFlight& f : followers) {
     if (f.kind == Work::decision) {
-      pending_results_.push_back({f.decision_id, f.attempts, "queued", "", "", 0, 0, ""});
+      // Never sent: its claim's attempt is not counted (or waiting on other
+      // requests could use up max_attempts).
+      DecisionResult back{f.decision_id, f.attempts, "queued", "", "", 0, 0, ""};
+      back.release = true;
+      pending_results_.push_back(std::move(back));
       maybe_more_work_ = true;
     } else if (f.kind == Work::sync) {
       SyncSlot* slot = sync_slot(f.slot);

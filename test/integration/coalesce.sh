@@ -21,3 +21,32 @@ echo "distinct answers: $answers, requests at the GPU: $requests"
 [ "$answers" = 1 ] || { echo "sessions got different answers"; exit 1; }
 [ "$(wc -l <"$out/1")" = 1 ] && [ -s "$out/1" ] || { echo "empty answer"; exit 1; }
 [ "$requests" = 1 ] || { echo "expected one request for eight identical calls"; exit 1; }
+
+# A leader that goes away hands its followers back. Here the leader is a
+# generate() call that statement_timeout cancels while a queued decision with
+# the same question waits on its request: the decision is sent again and
+# answered, and the attempt it waited through (never sent) is not counted.
+q "SELECT npc_test.use_gpus(ARRAY['faulty'])" >/dev/null
+q "SELECT npc_test.gpu_reset('faulty')" >/dev/null
+q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": 3000}')" >/dev/null
+trap 'q "SELECT npc_test.gpu_faults('"'"'faulty'"'"', '"'"'{\"slow_rate\": 0}'"'"')" >/dev/null 2>&1 || true' EXIT
+prompt="Coalesce: who answers when the leader leaves? $(date +%s%N)"
+params='{"temperature": 0, "max_tokens": 12}'
+npc_psql -tA -c "SET statement_timeout = '1500 ms'" -c "SELECT npc_scale.generate('$prompt', 5, '$params')" \
+  >"$out/leader" 2>&1 &
+leader=$!
+npc_wait_sql "SELECT npc_test.gpu_metric('faulty', 'vllm:num_requests_running') = 1" 10 \
+  || { echo "the generate() call did not reach the GPU"; exit 1; }
+id=$(q "SELECT npc_scale.request_decision(9301, 'trade', '$prompt', 5, '$params')")
+# Claimed, and no second request at the GPU: it waits on the leader's.
+npc_wait_sql "SELECT status = 'running' FROM npc_scale.decision_queue WHERE id = $id" 10 \
+  || { echo "decision $id was not claimed"; exit 1; }
+[ "$(q "SELECT npc_test.gpu_metric('faulty', 'fake_gpu_requests_total')::int")" = 1 ] \
+  || { echo "decision $id was sent on its own instead of waiting on the identical request"; exit 1; }
+q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 0}')" >/dev/null  # what comes next is quick
+wait "$leader" || true
+grep -q "statement timeout" "$out/leader" || { echo "the leader was expected to time out"; cat "$out/leader"; exit 1; }
+row=$(q "SELECT status, attempts FROM npc_scale.await_decision($id, '10 s')")
+echo "the follower after its leader left: $row"
+[ "$row" = "done|1" ] || { echo "expected done after one counted attempt"; exit 1; }
+q "DELETE FROM npc_scale.decision_queue WHERE npc_id = 9301" >/dev/null
