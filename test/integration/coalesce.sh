@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Identical concurrent generate() misses are coalesced: eight sessions ask the
 # same deterministic question at once, the GPU sees one request, all eight get
-# the same answer.
+# the same answer. Then: a follower whose leader goes away is sent on its own.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 q() { npc_psql -tAc "$1"; }
