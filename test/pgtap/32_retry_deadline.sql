@@ -1,7 +1,7 @@
 -- Transient errors are retried up to npc_scale.max_attempts, then the decision
 -- fails with the last error; permanent errors fail at once; deadlines expire;
 -- a misconfigured endpoint is the endpoint's failure.
-SELECT plan(19);
+SELECT plan(23);
 
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
@@ -75,6 +75,23 @@ SELECT ok(npc_test.wait_for(format($$ npc_test.metric('requests_cancelled') = %s
 SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}');
 SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :id6), 'cancelled', 'and it stays cancelled');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4006;
+-- 429 (honouring Retry-After) and connection failures are transient too:
+-- retried up to max_attempts, then failed with the last error.
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 1}');
+SELECT npc_test.gpu_reset('faulty');
+SELECT npc_scale.request_decision(4007, 'trade', 'Sell clay?', 5) AS id7 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id7), '30 s'), 'the decision finishes');
+SELECT results_eq(format('SELECT status, attempts = %s, error ~ ''HTTP 429'' FROM npc_scale.decision_queue WHERE id = %s',
+                         current_setting('npc_scale.max_attempts'), :id7),
+  $$ VALUES ('failed'::text, true, true) $$, 'a 429 is retried up to max_attempts');
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
+SELECT npc_test.use_gpus(ARRAY['down']);
+SELECT npc_scale.request_decision(4008, 'trade', 'Buy clay?', 5) AS id8 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id8), '30 s'), 'the decision finishes');
+SELECT results_eq(format('SELECT status, attempts = %s, error ~ ''onnect'' FROM npc_scale.decision_queue WHERE id = %s',
+                         current_setting('npc_scale.max_attempts'), :id8),
+  $$ VALUES ('failed'::text, true, true) $$, 'a connection failure is retried up to max_attempts');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008;
 
 SELECT * FROM finish();
