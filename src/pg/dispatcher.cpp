@@ -108,6 +108,7 @@ class Dispatcher {
   void finish_probe_or_scrape(const InFlight& f, const HttpResult& r);
   void publish_stats();
   void serve_sync_slots();
+  void serve_taken_slot(int i, uint64 ticket);
   void claim_and_send();
   void set_capacity_blocked(bool blocked);
   // Decisions handed off at commit: sent at once, then claimed by id.
@@ -733,59 +734,66 @@ void Dispatcher::serve_sync_slots() {
     slot->state = SyncState::running;
     SpinLockRelease(&slot->mutex);
 
-    std::optional<int> avoid = slot->attempts > 0 ? std::optional<int>(slot->gpu_id) : std::nullopt;
-    // generate() has no NPC: its affinity key is the prompt's prefix.
-    uint64_t prefix_key = XXH3_64bits(sync_slot_prompt(slot),
-                                      std::min<size_t>(static_cast<size_t>(slot->prompt_len), 64));
-    auto pick = route(slot->priority, prefix_key, avoid);
-    if (!pick) {
-      // generate() does not wait in a queue: a fleet that cannot serve it
-      // is an error now; one at its caps is waited for (statement_timeout
-      // and cancel bound the wait).
-      switch (fleet_.availability(now_ms())) {
-        case FleetAvailability::none_enabled:
-          fail_sync_slot(i, ticket, "no enabled GPU endpoint: add one to npc_scale.gpu_endpoints");
-          break;
-        case FleetAvailability::all_failing:
-          fail_sync_slot(i, ticket,
-                         "no GPU endpoint is accepting requests: every enabled one is failing "
-                         "(circuit breaker open); last error: " + fleet_.last_failure());
-          break;
-        case FleetAvailability::available:
-          end_sync_service(slot, ticket, SyncState::pending);  // every endpoint is at its cap
-          break;
-      }
-      continue;
-    }
-    slot->attempts++;
-    std::string prompt(sync_slot_prompt(slot), slot->prompt_len);
-    std::string params_json(sync_slot_params(slot), slot->params_len);
-    InFlight info;
-    info.kind = Work::sync;
-    info.sync = true;
-    info.slot = i;
-    info.ticket = ticket;
-    info.attempts = slot->attempts;
-    info.cache_key = slot->cache_key;
-    info.cache_ttl_s = slot->cache_ttl_s;
-    // The caller's own cache lookup may have come just before this answer
-    // was known (see known_answer()).
-    if (!info.cache_key.empty()) {
-      try {
-        if (auto answer = known_answer(info.cache_key); answer && answer_sync_slot(info, *answer)) continue;
-      } catch (const std::exception&) {
-        // L1 unreadable: the call goes to a GPU as usual
-      }
-    }
-    if (coalesce(info)) continue;  // an identical request is in flight: share its answer
     try {
-      GenerationParams params = parse_params(params_json);
-      long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
-      send(*pick, info, prompt, params, slot->priority, timeout);
+      serve_taken_slot(i, ticket);
     } catch (const std::exception& e) {
-      fail_sync_slot(i, ticket, e.what());
+      fail_sync_slot(i, ticket, e.what());  // taken: it must end, not wait for nobody
     }
   }
+}
+
+// A generate() call just taken (running): route it and send it, answer it
+// from what is known, coalesce it, or end it.
+void Dispatcher::serve_taken_slot(int i, uint64 ticket) {
+  SyncSlot* slot = sync_slot(i);
+  std::optional<int> avoid = slot->attempts > 0 ? std::optional<int>(slot->gpu_id) : std::nullopt;
+  // generate() has no NPC: its affinity key is the prompt's prefix.
+  uint64_t prefix_key = XXH3_64bits(sync_slot_prompt(slot),
+                                    std::min<size_t>(static_cast<size_t>(slot->prompt_len), 64));
+  auto pick = route(slot->priority, prefix_key, avoid);
+  if (!pick) {
+    // generate() does not wait in a queue: a fleet that cannot serve it
+    // is an error now; one at its caps is waited for (statement_timeout
+    // and cancel bound the wait).
+    switch (fleet_.availability(now_ms())) {
+      case FleetAvailability::none_enabled:
+        fail_sync_slot(i, ticket, "no enabled GPU endpoint: add one to npc_scale.gpu_endpoints");
+        break;
+      case FleetAvailability::all_failing:
+        fail_sync_slot(i, ticket,
+                       "no GPU endpoint is accepting requests: every enabled one is failing "
+                       "(circuit breaker open); last error: " + fleet_.last_failure());
+        break;
+      case FleetAvailability::available:
+        end_sync_service(slot, ticket, SyncState::pending);  // every endpoint is at its cap
+        break;
+    }
+    return;
+  }
+  slot->attempts++;
+  std::string prompt(sync_slot_prompt(slot), slot->prompt_len);
+  std::string params_json(sync_slot_params(slot), slot->params_len);
+  InFlight info;
+  info.kind = Work::sync;
+  info.sync = true;
+  info.slot = i;
+  info.ticket = ticket;
+  info.attempts = slot->attempts;
+  info.cache_key = slot->cache_key;
+  info.cache_ttl_s = slot->cache_ttl_s;
+  // The caller's own cache lookup may have come just before this answer
+  // was known (see known_answer()).
+  if (!info.cache_key.empty()) {
+    try {
+      if (auto answer = known_answer(info.cache_key); answer && answer_sync_slot(info, *answer)) return;
+    } catch (const std::exception&) {
+      // L1 unreadable: the call goes to a GPU as usual
+    }
+  }
+  if (coalesce(info)) return;  // an identical request is in flight: share its answer
+  GenerationParams params = parse_params(params_json);
+  long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
+  send(*pick, info, prompt, params, slot->priority, timeout);
 }
 
 // The affinity key of a decision: its NPC, or for the decision types listed
