@@ -19,8 +19,12 @@ bool g_wake_pending = false;
 bool g_table_pending = false;  // queued work the handoff does not carry
 bool g_endpoints_pending = false;
 bool g_cancel_pending = false;  // cancel_decision(): the dispatcher aborts what it still sends
-
 bool g_published = false;  // handed off at PRE_COMMIT: the dispatcher waits for our outcome
+
+// The transaction ended: nothing of it is pending any more.
+void forget_all() {
+  g_wake_pending = g_table_pending = g_endpoints_pending = g_published = g_cancel_pending = false;
+}
 
 void on_transaction_end(XactEvent event) {
   switch (event) {
@@ -50,7 +54,7 @@ void on_transaction_end(XactEvent event) {
       if (g_table_pending || g_endpoints_pending || g_cancel_pending || (g_wake_pending && !g_published)) {
         wake_worker(WorkerKind::dispatcher);
       }
-      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = g_cancel_pending = false;
+      forget_all();
       break;
     }
     case XACT_EVENT_ABORT:
@@ -59,7 +63,7 @@ void on_transaction_end(XactEvent event) {
       handoff_forget_pending();
       // A commit that failed after PRE_COMMIT: the dispatcher drops what it sent.
       if (g_published) wake_worker(WorkerKind::dispatcher);
-      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = g_cancel_pending = false;
+      forget_all();
       break;
     default:
       break;
@@ -76,7 +80,7 @@ void at_transaction_end(XactEvent event, void*) noexcept {
     if (event == XACT_EVENT_PRE_COMMIT) {
       g_table_pending = true;  // the commit still wakes the dispatcher for the table
     } else {
-      g_wake_pending = g_table_pending = g_endpoints_pending = g_published = g_cancel_pending = false;
+      forget_all();
     }
   }
 }
