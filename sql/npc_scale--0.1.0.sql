@@ -134,7 +134,7 @@ CREATE FUNCTION npc_scale._check_params(params jsonb) RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_check_params' LANGUAGE C STRICT;
 CREATE FUNCTION npc_scale._wake_dispatcher_at_commit() RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_wake_dispatcher_at_commit' LANGUAGE C;
-CREATE FUNCTION npc_scale._cancelled_at_commit() RETURNS void
+CREATE FUNCTION npc_scale._cancelled_at_commit(id bigint) RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_cancelled_at_commit' LANGUAGE C;
 CREATE FUNCTION npc_scale._check_request(npc_id bigint, decision_type text, prompt text, priority int)
 RETURNS void LANGUAGE plpgsql AS $$
@@ -221,7 +221,7 @@ BEGIN
     RETURN false;
   END IF;
   PERFORM pg_notify('npc_scale_decisions', found_id::text);
-  PERFORM npc_scale._cancelled_at_commit();  -- a request in flight for it is aborted
+  PERFORM npc_scale._cancelled_at_commit(found_id);  -- its request in flight is aborted, its awaiters woken
   RETURN true;
 END $$;
 COMMENT ON FUNCTION npc_scale.cancel_decision(bigint) IS

@@ -1,14 +1,16 @@
 // npc_scale.await_decision(id, timeout): returns the decision's row once it
 // reached a final status. It registers the id in shared memory and sleeps on
 // its latch; the dispatcher sets that latch right after the commit that
-// finished the decision. The row is re-read on each wake-up (and at least
-// every second, which also covers cancel_decision() from another session).
+// finished the decision, and cancel_decision() sets it when its transaction
+// commits. The row is re-read on each wake-up, and every
+// npc_scale.await_recheck (1 s) as a safety net.
 // A decision requested in the caller's own open transaction is an error at
 // once: it cannot be answered before that transaction commits.
 #include <optional>
 #include <string>
 
 #include "guard.hpp"
+#include "gucs.hpp"
 #include "pg_text.hpp"
 #include "shared_state.hpp"
 #include "spi.hpp"
@@ -25,8 +27,6 @@ extern "C" {
 
 namespace npc_scale {
 namespace {
-
-constexpr long kRecheckMs = 1000;
 
 struct Row {
   Datum tuple;  // copied out of SPI, in the caller's memory context
@@ -109,7 +109,7 @@ NPC_SQL_FUNCTION(npc_scale_await_decision) {
     }
     pg_call([&] {
       (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-                      std::min(left_ms, kRecheckMs), PG_WAIT_EXTENSION);
+                      std::min(left_ms, static_cast<long>(guc_await_recheck_ms)), PG_WAIT_EXTENSION);
       ResetLatch(MyLatch);
       CHECK_FOR_INTERRUPTS();
     });

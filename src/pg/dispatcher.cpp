@@ -139,7 +139,6 @@ class Dispatcher {
   void finish_sync(const InFlight& f, const AttemptReply& r);
   void fail_sync_slot(int index, uint64 ticket, const std::string& error);
   void housekeeping();
-  void wake_waiters(const std::vector<int64_t>& finished);
   long wait_timeout_ms() const;
   RetryPolicy retry_policy() const {
     return RetryPolicy{guc_max_attempts, guc_retry_base_ms, guc_retry_max_ms};
@@ -265,7 +264,7 @@ void Dispatcher::start_up() {
   }
   // Decisions a previous dispatcher had claimed go back to the queue.
   int requeued = 0;
-  wake_waiters(recover_leases(true, guc_max_attempts, &requeued));
+  wake_awaiting(recover_leases(true, guc_max_attempts, &requeued));
   if (requeued > 0) {
     pg_call([&] {
       ereport(LOG, (errmsg("npc_scale dispatcher: %d decisions in flight at the last stop were "
@@ -1194,7 +1193,7 @@ void Dispatcher::write_batch(std::vector<DecisionResult>& source, bool skip_lock
   }
   write_backoff_ms_ = 0;
   write_retry_at_ms_ = 0;
-  wake_waiters(out.finished);
+  wake_awaiting(out.finished);
   if (!out.deferred.empty()) {
     if (!skip_locked) pg_atomic_fetch_add_u64(&shared_state().results_deferred, out.deferred.size());
     deferred_results_.insert(deferred_results_.end(), out.deferred.begin(), out.deferred.end());
@@ -1325,28 +1324,15 @@ void Dispatcher::housekeeping() {
     return;
   }
   int requeued = 0;
-  wake_waiters(recover_leases(false, guc_max_attempts, &requeued));
+  wake_awaiting(recover_leases(false, guc_max_attempts, &requeued));
   // A safety net, not the mechanism: commits wake the dispatcher at once;
   // this look per second only bounds the cost of a wake-up ever lost.
   maybe_more_work_ = true;
-  wake_waiters(expire_queued());
+  wake_awaiting(expire_queued());
   auto retry = next_retry_in_ms();
   if (retry) {
     int64_t due = now_ms() + std::max<int64_t>(0, *retry);
     if (!retry_due_ms_ || due < *retry_due_ms_) retry_due_ms_ = due;
-  }
-}
-
-void Dispatcher::wake_waiters(const std::vector<int64_t>& finished) {
-  if (finished.empty()) return;
-  std::unordered_set<int64_t> ids(finished.begin(), finished.end());
-  SharedState& s = shared_state();
-  pg_atomic_uint64* w = waiters();
-  for (int i = 0; i < s.waiter_count; i++) {
-    uint64 id = pg_atomic_read_u64(&w[i]);
-    if (id != 0 && ids.count(static_cast<int64_t>(id))) {
-      pg_call([&] { SetLatch(&ProcGlobal->allProcs[i].procLatch); });
-    }
   }
 }
 

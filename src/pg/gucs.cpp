@@ -44,6 +44,7 @@ double guc_breaker_error_rate = 0.5;
 int guc_breaker_window = 20;
 int guc_breaker_min_requests = 10;
 int guc_breaker_cooldown_ms = 5000;
+int guc_await_recheck_ms = 1000;
 
 void define_gucs() {
   // SIGHUP, not postmaster: a worker that sees the value change exits and is
@@ -183,6 +184,13 @@ void define_gucs() {
                           "How often the maintenance worker runs partition maintenance.", nullptr,
                           &guc_partition_interval_s, 3600, 1, 7 * 86400, PGC_SIGHUP, GUC_UNIT_S,
                           nullptr, nullptr, nullptr);
+  // Every way a decision finishes sets the waiter's latch; this re-read only
+  // covers what has no latch to set (a cancel in a transaction committed by
+  // COMMIT PREPARED). Tests raise it to prove the latches are set.
+  DefineCustomIntVariable("npc_scale.await_recheck",
+                          "How often await_decision() re-reads its row without a wake-up.", nullptr,
+                          &guc_await_recheck_ms, 1000, 10, 3600000, PGC_USERSET,
+                          GUC_UNIT_MS | GUC_NOT_IN_SAMPLE, nullptr, nullptr, nullptr);
   MarkGUCPrefixReserved("npc_scale");
 }
 

@@ -42,6 +42,7 @@ extern double guc_breaker_error_rate;
 extern int guc_breaker_window;
 extern int guc_breaker_min_requests;
 extern int guc_breaker_cooldown_ms;
+extern int guc_await_recheck_ms;      // developer option: await_decision()'s safety-net re-read
 
 void define_gucs();
 

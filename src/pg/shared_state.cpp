@@ -1,12 +1,16 @@
 #include "shared_state.hpp"
 
+#include <unordered_set>
+
 #include "core/error.hpp"
+#include "guard.hpp"
 #include "gucs.hpp"
 
 extern "C" {
 #include "access/twophase.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -115,6 +119,18 @@ WorkerSlot worker_slot_snapshot(WorkerKind kind) {
 pg_atomic_uint64* waiters() {
   shared_state();
   return g_waiters;
+}
+
+void wake_awaiting(const std::vector<int64_t>& finished) {
+  if (finished.empty()) return;
+  std::unordered_set<int64_t> ids(finished.begin(), finished.end());
+  SharedState& s = shared_state();
+  for (int i = 0; i < s.waiter_count; i++) {
+    uint64 id = pg_atomic_read_u64(&g_waiters[i]);
+    if (id != 0 && ids.count(static_cast<int64_t>(id))) {
+      pg_call([&] { SetLatch(&ProcGlobal->allProcs[i].procLatch); });
+    }
+  }
 }
 
 SyncSlot* sync_slot(int index) {

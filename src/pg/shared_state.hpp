@@ -2,6 +2,9 @@
 // any process's memory (a crashed backend's heap is gone, its pointers with it).
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 extern "C" {
 #include "postgres.h"
 #include "datatype/timestamp.h"
@@ -121,8 +124,9 @@ SharedState& shared_state();
 WorkerSlot worker_slot_snapshot(WorkerKind kind);
 
 // await_decision(): waiters[pgprocno] is the decision id a backend waits for
-// (0 = none); the dispatcher sets the latch of every waiter whose id it finished.
+// (0 = none). Whoever finishes decisions calls wake_awaiting() after its commit.
 pg_atomic_uint64* waiters();
+void wake_awaiting(const std::vector<int64_t>& finished);
 
 SyncSlot* sync_slot(int index);
 char* sync_slot_prompt(SyncSlot* slot);

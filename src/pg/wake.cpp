@@ -19,11 +19,13 @@ bool g_wake_pending = false;
 bool g_table_pending = false;  // queued work the handoff does not carry
 bool g_endpoints_pending = false;
 bool g_cancel_pending = false;  // cancel_decision(): the dispatcher aborts what it still sends
+std::vector<int64_t> g_cancelled;  // … and these ids' await_decision() callers wake up
 bool g_published = false;  // handed off at PRE_COMMIT: the dispatcher waits for our outcome
 
 // The transaction ended: nothing of it is pending any more.
 void forget_all() {
   g_wake_pending = g_table_pending = g_endpoints_pending = g_published = g_cancel_pending = false;
+  g_cancelled.clear();
 }
 
 void on_transaction_end(XactEvent event) {
@@ -54,6 +56,7 @@ void on_transaction_end(XactEvent event) {
       if (g_table_pending || g_endpoints_pending || g_cancel_pending || (g_wake_pending && !g_published)) {
         wake_worker(WorkerKind::dispatcher);
       }
+      wake_awaiting(g_cancelled);
       forget_all();
       break;
     }
@@ -105,16 +108,19 @@ void endpoints_changed_at_commit() {
   g_endpoints_pending = true;
 }
 
-void cancelled_at_commit() {
+void cancelled_at_commit(int64_t id) {
   ensure_callback();
+  g_cancelled.push_back(id);
   g_cancel_pending = true;
 }
 
 }  // namespace npc_scale
 
 NPC_SQL_FUNCTION(npc_scale_cancelled_at_commit) {
-  (void)fcinfo;
-  npc_scale::cancelled_at_commit();
+  if (PG_ARGISNULL(0)) {
+    throw npc_scale::Error(npc_scale::sqlstate::null_value_not_allowed, "decision id must not be null");
+  }
+  npc_scale::cancelled_at_commit(PG_GETARG_INT64(0));
   PG_RETURN_VOID();
 }
 

@@ -4,6 +4,8 @@
 // backend, sets the dispatcher's latch when it commits.
 #pragma once
 
+#include <cstdint>
+
 namespace npc_scale {
 
 // handed_off: the new rows were also given to handoff_at_commit(), so the
@@ -11,7 +13,8 @@ namespace npc_scale {
 void wake_dispatcher_at_commit(bool handed_off = false);
 void endpoints_changed_at_commit();
 // cancel_decision(): at commit, the dispatcher aborts the GPU requests of
-// decisions that were cancelled while it was serving them.
-void cancelled_at_commit();
+// decisions that were cancelled while it was serving them, and the
+// await_decision() callers waiting for this id wake up.
+void cancelled_at_commit(int64_t id);
 
 }  // namespace npc_scale

@@ -5,6 +5,8 @@
 #   sessions_open a b ...   start one session per name, in a temporary directory
 #   session_out NAME        the file holding that session's output
 #   run_in NAME SQL         run SQL in that session; wait until it has finished
+#   send_to NAME SQL        start SQL there without waiting; sets SENT_STEP
+#   wait_step NAME STEP [S] wait up to S seconds (10) until that step has finished
 #   sessions_close          end them and remove the directory (call it from an EXIT trap)
 _session_dir=
 declare -A _session_fd=()
@@ -27,15 +29,23 @@ session_out() {
   printf '%s/%s.out' "$_session_dir" "$1"
 }
 
-run_in() {
-  local who=$1 sql=$2 deadline
+send_to() {
   _session_step=$((_session_step + 1))
-  printf '%s\n\\echo step-%d-done\n' "$sql" "$_session_step" >&"${_session_fd[$who]}"
-  deadline=$(( $(date +%s) + 10 ))
-  until grep -q "^step-$_session_step-done$" "$_session_dir/$who.out"; do
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "session $who: step $_session_step did not finish"; cat "$_session_dir/$who.out"; exit 1; }
+  SENT_STEP=$_session_step
+  printf '%s\n\\echo step-%d-done\n' "$2" "$_session_step" >&"${_session_fd[$1]}"
+}
+
+wait_step() {
+  local who=$1 step=$2 deadline=$(( $(date +%s) + ${3:-10} ))
+  until grep -q "^step-$step-done$" "$_session_dir/$who.out"; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "session $who: step $step did not finish"; cat "$_session_dir/$who.out"; exit 1; }
     sleep 0.01
   done
+}
+
+run_in() {
+  send_to "$1" "$2"
+  wait_step "$1" "$SENT_STEP"
 }
 
 sessions_close() {
