@@ -62,7 +62,24 @@ bool Fleet::reload(const std::vector<EndpointConfig>& configs, const BreakerConf
   }
   endpoints_ = std::move(endpoints);
   info_ = std::move(info);
+  count_draining();
   return changed;
+}
+
+void Fleet::count_draining() {
+  std::map<std::string, int> draining;  // base URL → in flight from removed rows
+  for (size_t i = 0; i < endpoints_.size(); i++) {
+    if (info_[i].removed) draining[info_[i].config.base_url] += endpoints_[i].in_flight;
+  }
+  for (size_t i = 0; i < endpoints_.size(); i++) {
+    auto it = info_[i].removed ? draining.end() : draining.find(info_[i].config.base_url);
+    endpoints_[i].draining_in_flight = it == draining.end() ? 0 : it->second;
+  }
+}
+
+void Fleet::release(size_t i) {
+  if (--endpoints_[i].in_flight < 0) endpoints_[i].in_flight = 0;
+  if (info_[i].removed) count_draining();
 }
 
 void Fleet::prune_drained() {
@@ -73,6 +90,7 @@ void Fleet::prune_drained() {
       info_.erase(info_.begin() + static_cast<long>(i));
     }
   }
+  count_draining();
 }
 
 std::optional<size_t> Fleet::index_of(int gpu_id) const {

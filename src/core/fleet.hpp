@@ -2,7 +2,8 @@
 // npc_scale.gpu_endpoints) beside the router's live view of it (load,
 // latency, breaker). Reloading keeps the live state of endpoints that stay,
 // and keeps a removed endpoint that still has requests in flight as a
-// draining, disabled member until they finish — none is lost.
+// draining, disabled member until they finish — none is lost. Those requests
+// count against the cap of any live row for the same server.
 #pragma once
 
 #include <cstdint>
@@ -50,6 +51,9 @@ class Fleet {
               double ema_alpha);
   // Drops removed members whose requests have all finished.
   void prune_drained();
+  // One request of member i ended (answered, failed or aborted): its slot is
+  // free, for its row and for the rows that share its server.
+  void release(size_t i);
 
   size_t size() const { return endpoints_.size(); }
   std::vector<Endpoint>& endpoints() { return endpoints_; }
@@ -63,6 +67,9 @@ class Fleet {
   std::string last_failure() const;
 
  private:
+  // Sets every live member's draining_in_flight from the removed ones.
+  void count_draining();
+
   std::vector<Endpoint> endpoints_;  // parallel to info_: the router's input
   std::vector<MemberInfo> info_;
 };

@@ -14,7 +14,7 @@ constexpr double kTie = 1e-9;
 
 double Endpoint::load() const {
   if (max_concurrent <= 0) return 1.0;
-  double seen = in_flight;
+  double seen = busy();
   if (remote_running >= 0 || remote_waiting >= 0) {
     double remote = std::max(remote_running, 0) + std::max(remote_waiting, 0);
     seen = std::max(seen, remote);
@@ -68,7 +68,7 @@ std::optional<RouteDecision> Router::pick(std::vector<Endpoint>& endpoints, cons
     if (fastest) {
       const Endpoint& f = endpoints[*fastest];
       int reserved = static_cast<int>(f.max_concurrent * cfg_.urgent_reserve + 0.999);
-      if (f.in_flight >= f.max_concurrent - reserved) {
+      if (f.busy() >= f.max_concurrent - reserved) {
         cands.erase(std::remove(cands.begin(), cands.end(), *fastest), cands.end());
         if (cands.empty()) return std::nullopt;
       }
@@ -91,7 +91,7 @@ std::optional<RouteDecision> Router::pick(std::vector<Endpoint>& endpoints, cons
     bool home_hit = false;
     auto chosen = ring_.pick(
         *req.affinity_key, cfg_.affinity_epsilon, [&](int id) { return by_gpu.count(id) > 0; },
-        [&](int id) { return endpoints[by_gpu.at(id)].in_flight; }, &home_hit);
+        [&](int id) { return endpoints[by_gpu.at(id)].busy(); }, &home_hit);
     if (chosen) {
       (home_hit ? affinity_hits_ : affinity_misses_)++;
       return RouteDecision{by_gpu.at(*chosen), home_hit};
@@ -198,7 +198,7 @@ int Router::free_capacity(const std::vector<EndpointLoad>& endpoints) {
 int Router::free_capacity(const std::vector<Endpoint>& endpoints, int64_t now_ms) {
   int free = 0;
   for (const auto& e : endpoints) {
-    if (e.has_slot() && e.breaker.peek_state(now_ms) == BreakerState::closed) free += e.max_concurrent - e.in_flight;
+    if (e.has_slot() && e.breaker.peek_state(now_ms) == BreakerState::closed) free += e.max_concurrent - e.busy();
   }
   return free;
 }

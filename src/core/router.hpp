@@ -34,15 +34,21 @@ struct Endpoint {
   bool enabled = true;
   double weight = 1.0;  // carried for the dispatcher; not used in the ranking
   int in_flight = 0;    // ours
+  // Ours too, sent to the same server (base URL) by a row since removed
+  // (renumbered, or deleted and inserted again) and still draining: they
+  // count against this row's cap, so the server never sees more than it.
+  int draining_in_flight = 0;
   int remote_running = -1, remote_waiting = -1;  // from /metrics; -1 unknown
   LatencyStats latency;
   CircuitBreaker breaker;
   uint64_t requests = 0, errors = 0;
 
-  // Load as a fraction: max(in_flight, remote_running + remote_waiting) / max_concurrent.
+  // Requests of ours the server is serving.
+  int busy() const { return in_flight + draining_in_flight; }
+  // Load as a fraction: max(busy(), remote_running + remote_waiting) / max_concurrent.
   // The remote count includes other clients' requests, ours it may not have seen yet.
   double load() const;
-  bool has_slot() const { return enabled && in_flight < max_concurrent; }
+  bool has_slot() const { return enabled && busy() < max_concurrent; }
 };
 
 struct RouteRequest {

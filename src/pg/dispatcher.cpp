@@ -524,7 +524,7 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   Endpoint& e = fleet_.endpoints()[*index];
   MemberInfo& m = fleet_.info(*index);
   const int64_t now = now_ms();
-  if (--e.in_flight < 0) e.in_flight = 0;
+  fleet_.release(*index);
   if (success) {
     e.latency.add(r.elapsed_ms);
     e.breaker.record_success(now);
@@ -1137,7 +1137,7 @@ void Dispatcher::cancel_request(uint64_t tag) {
   if (it == in_flight_.end()) return;
   http_.cancel(tag);
   if (auto idx = fleet_.index_of(it->second.gpu_id)) {
-    if (--fleet_.endpoints()[*idx].in_flight < 0) fleet_.endpoints()[*idx].in_flight = 0;
+    fleet_.release(*idx);
   }
   if (capacity_blocked_) maybe_more_work_ = true;  // a slot freed: work may be waiting for it
   if (!it->second.cache_key.empty()) in_flight_by_key_.erase(it->second.cache_key);

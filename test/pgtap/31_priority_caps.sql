@@ -1,6 +1,7 @@
 -- Under a backlog, work is sent in priority order then age; an endpoint's
--- max_concurrent is never exceeded (the simulated GPU's observed peak says so).
-SELECT plan(11);
+-- max_concurrent is never exceeded (the simulated GPU's observed peak says so),
+-- not even across an endpoint's renumbering.
+SELECT plan(15);
 
 -- Backlog: enqueue while no endpoint is enabled, then open one slot.
 SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[1]);
@@ -52,5 +53,24 @@ SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue d JOIN burst5 USIN
 ALTER SYSTEM RESET npc_scale.reserve_wait;
 SELECT pg_reload_conf() AS reloaded \gset
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2000 AND 3300;
+-- Renumbering an endpoint while its requests are in flight: the old row
+-- drains, and its requests count against the new row's cap, which is the
+-- same server's. 9 one-second requests on 3 slots.
+SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[3]);
+SELECT npc_test.gpu_reset('faulty') IS NOT NULL AS reset \gset
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1, "slow_ms": 1000}') IS NOT NULL AS slowed \gset
+CREATE TEMP TABLE renumber AS
+  SELECT id FROM npc_test.burst(3400, 9, 'renumber ' || clock_timestamp()) AS id;  -- never cached
+SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 3 $$),
+  'three requests in flight on the old row');
+UPDATE npc_scale.gpu_endpoints SET gpu_id = 7;
+SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM renumber))', '30 s'), 'all nine finish');
+SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 3::numeric,
+  'the server never saw more than its cap of 3 across the renumbering');
+SELECT results_eq($$ SELECT gpu_id, count(*)::int FROM npc_scale.decision_queue d JOIN renumber USING (id)
+                      WHERE status = 'done' AND attempts = 1 GROUP BY gpu_id ORDER BY gpu_id $$,
+  $$ VALUES (1, 3), (7, 6) $$, 'three answered by the old row, six by the new one, each in one attempt');
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}') IS NOT NULL AS fast_again \gset
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2000 AND 3500;
 SELECT * FROM finish();

@@ -117,3 +117,35 @@ TEST(FleetTest, AvailabilityTellsAnEmptyFleetFromAFailingOne) {
   f.reload({ep(1, "http://a", 10, false)}, breaker, 0.2);
   EXPECT_EQ(f.availability(2300), FleetAvailability::none_enabled);
 }
+
+// A row renumbered (or deleted and inserted again) while its requests are in
+// flight: the server's cap holds across the two rows until they drain.
+TEST(FleetTest, ARenumberedEndpointCountsTheOldRowsRequestsAgainstItsCap) {
+  Fleet f;
+  f.reload({ep(1, "http://a", 2), ep(2, "http://b", 2)}, {}, 0.2);
+  f.endpoints()[*f.index_of(1)].in_flight = 2;
+  f.reload({ep(7, "http://a", 2), ep(2, "http://b", 2)}, {}, 0.2);
+  size_t renumbered = *f.index_of(7), old = *f.index_of(1), other = *f.index_of(2);
+  EXPECT_EQ(f.endpoints()[renumbered].in_flight, 0) << "its own count starts afresh";
+  EXPECT_EQ(f.endpoints()[renumbered].busy(), 2);
+  EXPECT_FALSE(f.endpoints()[renumbered].has_slot()) << "the server is full";
+  EXPECT_DOUBLE_EQ(f.endpoints()[renumbered].load(), 1.0);
+  EXPECT_EQ(f.endpoints()[other].busy(), 0) << "another server is not affected";
+  EXPECT_EQ(Router::free_capacity(f.endpoints(), 0), 2);
+
+  f.release(old);
+  EXPECT_EQ(f.endpoints()[renumbered].busy(), 1);
+  EXPECT_TRUE(f.endpoints()[renumbered].has_slot());
+  f.release(old);
+  f.prune_drained();
+  EXPECT_FALSE(f.index_of(1));
+  EXPECT_EQ(f.endpoints()[*f.index_of(7)].busy(), 0);
+  EXPECT_EQ(Router::free_capacity(f.endpoints(), 0), 4);
+}
+
+TEST(FleetTest, ReleaseNeverGoesBelowZero) {
+  Fleet f;
+  f.reload({ep(1, "http://a")}, {}, 0.2);
+  f.release(0);
+  EXPECT_EQ(f.endpoints()[0].in_flight, 0);
+}
