@@ -1,9 +1,17 @@
 #include "redis_cache.hpp"
 
+#include <fcntl.h>
 #include <hiredis/hiredis.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -47,6 +55,8 @@ RedisCache::~RedisCache() { disconnect(); }
 void RedisCache::disconnect() {
   if (ctx_) redisFree(ctx_);
   ctx_ = nullptr;
+  if (connecting_fd_ >= 0) close(connecting_fd_);
+  connecting_fd_ = -1;
   answer_pending_unavailable();  // their replies went with the connection
 }
 
@@ -178,13 +188,76 @@ bool RedisCache::ensure_connected(int64_t now_ms, bool drain) {
   if (!enabled()) return false;
   // Replies come in command order: what set_nowait() and ask() left goes first.
   if (ctx_) return !drain || read_replies(now_ms, true);
-  if (now_ms < next_attempt_ms_) return false;  // backing off: a miss, cheaply
-  redisContext* c = redisConnectWithTimeout(config_.host.c_str(), config_.port,
-                                            ms_to_timeval(config_.connect_timeout_ms));
+  if (connecting_fd_ < 0) {
+    if (now_ms < next_attempt_ms_) return false;  // backing off: a miss, cheaply
+    if (!start_connect(now_ms)) return false;
+  }
+  return finish_connect(now_ms);
+}
+
+bool RedisCache::start_connect(int64_t now_ms) {
+  const std::string where = config_.host + ":" + std::to_string(config_.port);
+  // IPv4 first, as hiredis resolves. A numeric host resolves without a lookup.
+  addrinfo* found = nullptr;
+  int rc = EAI_NONAME;
+  for (int family : {AF_INET, AF_INET6}) {
+    addrinfo hints{};
+    hints.ai_family = family;
+    hints.ai_socktype = SOCK_STREAM;
+    rc = getaddrinfo(config_.host.c_str(), std::to_string(config_.port).c_str(), &hints, &found);
+    if (rc == 0) break;
+  }
+  if (rc != 0) {
+    fail("connect to " + where + ": " + gai_strerror(rc), now_ms);
+    return false;
+  }
+  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> addresses(found, freeaddrinfo);
+  int fd = socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0 || (connect(fd, found->ai_addr, found->ai_addrlen) != 0 && errno != EINPROGRESS)) {
+    std::string why = std::strerror(errno);
+    if (fd >= 0) close(fd);
+    fail("connect to " + where + ": " + why, now_ms);
+    return false;
+  }
+  connecting_fd_ = fd;
+  connect_deadline_ms_ = now_ms + config_.connect_timeout_ms;
+  return true;
+}
+
+bool RedisCache::finish_connect(int64_t now_ms) {
+  const std::string where = config_.host + ":" + std::to_string(config_.port);
+  const int64_t wait_ms =
+      config_.connect_in_background ? 0 : std::max<int64_t>(0, connect_deadline_ms_ - now_ms);
+  pollfd p{connecting_fd_, POLLOUT, 0};
+  int ready = poll(&p, 1, static_cast<int>(wait_ms));
+  if (ready <= 0) {
+    if (now_ms + wait_ms < connect_deadline_ms_) return false;  // still connecting: a miss for now
+    fail("connect to " + where + ": Connection timed out", now_ms);
+    return false;
+  }
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(connecting_fd_, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err != 0) {
+    fail("connect to " + where + ": " + std::strerror(err), now_ms);
+    return false;
+  }
+  // Connected: the socket goes to hiredis as a blocking one, as its own
+  // connect leaves it (commands are bounded by the command timeout).
+  int fd = connecting_fd_;
+  connecting_fd_ = -1;
+  int one = 1;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  redisContext* c = redisConnectFd(fd);
   if (c == nullptr || c->err) {
     std::string why = c ? c->errstr : "cannot allocate a Redis context";
-    if (c) redisFree(c);
-    fail("connect to " + config_.host + ":" + std::to_string(config_.port) + ": " + why, now_ms);
+    if (c) {
+      redisFree(c);  // closes fd
+    } else {
+      close(fd);
+    }
+    fail("connect to " + where + ": " + why, now_ms);
     return false;
   }
   redisSetTimeout(c, ms_to_timeval(config_.command_timeout_ms));

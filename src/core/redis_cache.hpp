@@ -23,10 +23,14 @@ struct RedisConfig {
   std::string prefix = "npc_scale:cache:";
   int connect_timeout_ms = 100;
   int command_timeout_ms = 20;
+  // An event loop's client: a connect in progress is a miss for the caller,
+  // not a wait of up to connect_timeout_ms; later calls see it through.
+  bool connect_in_background = false;
   bool operator==(const RedisConfig& o) const {
     return host == o.host && port == o.port && db == o.db && password == o.password &&
            prefix == o.prefix && connect_timeout_ms == o.connect_timeout_ms &&
-           command_timeout_ms == o.command_timeout_ms;
+           command_timeout_ms == o.command_timeout_ms &&
+           connect_in_background == o.connect_in_background;
   }
 };
 
@@ -93,12 +97,20 @@ class RedisCache {
   int64_t clear(int64_t now_ms);
 
   bool up() const { return up_; }
+  // A TCP connect started and not yet through (connect_in_background).
+  bool connecting() const { return connecting_fd_ >= 0; }
   uint64_t errors() const { return errors_; }
   std::function<void(bool up, const std::string& why)> on_state_change;
 
  private:
   // drain: first read every reply still outstanding (waiting for them).
   bool ensure_connected(int64_t now_ms, bool drain = true);
+  // A non-blocking TCP connect to the configured server; false (and the
+  // connection failed) if it could not even start.
+  bool start_connect(int64_t now_ms);
+  // Sees a started connect through: waits for it up to the connect timeout,
+  // or (connect_in_background) only looks; then hands the socket to hiredis.
+  bool finish_connect(int64_t now_ms);
   // Consumes replies in command order: wait, every reply not read yet
   // (waiting for each up to the command timeout); else only those already
   // read off the socket. False (and the connection failed) on an error.
@@ -118,6 +130,8 @@ class RedisCache {
 
   RedisConfig config_;
   redisContext* ctx_ = nullptr;
+  int connecting_fd_ = -1;         // our socket until its connect is through
+  int64_t connect_deadline_ms_ = 0;
   bool up_ = true;  // optimistic until the first failure; reported only on change
   uint64_t errors_ = 0;
   int64_t next_attempt_ms_ = 0;

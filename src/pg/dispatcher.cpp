@@ -214,6 +214,7 @@ class Dispatcher {
 
 void Dispatcher::run() {
   worker_startup(WorkerKind::dispatcher);
+  cache_connect_redis_in_background();
   start_up();
   for (;;) {
     try {

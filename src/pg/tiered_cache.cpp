@@ -101,8 +101,15 @@ const char* cache_layer_name(CacheLayer layer) {
   return nullptr;
 }
 
+namespace {
+bool g_connect_in_background = false;
+}  // namespace
+
+void cache_connect_redis_in_background() { g_connect_in_background = true; }
+
 void refresh_redis_config() {
   RedisConfig c;
+  c.connect_in_background = g_connect_in_background;
   c.host = guc_redis_host ? guc_redis_host : "127.0.0.1";
   c.port = guc_redis_port;
   c.db = guc_redis_db;

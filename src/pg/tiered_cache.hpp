@@ -52,6 +52,10 @@ void cache_clear_all();
 
 // Reads GUCs into this process's Redis client (cheap; call before use).
 void refresh_redis_config();
+// For the dispatcher, once at start: its Redis connects run in the background
+// (a connect under way is a miss), so an unreachable Redis host never stalls
+// its event loop for the connect timeout.
+void cache_connect_redis_in_background();
 
 // Cache keys of generations and of the general key/value service live apart.
 inline std::string generation_key(const std::string& hex) { return "gen:" + hex; }

@@ -379,3 +379,98 @@ TEST(RedisCacheTest, DisabledWhenPortIsZero) {
   EXPECT_EQ(got[0].ticket, ticket);
   EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::unavailable);
 }
+
+namespace {
+// A listener whose accept queue is full: the kernel drops further SYNs, so a
+// connect to it neither succeeds nor fails, as to a host that has gone dark.
+class SilentListener {
+ public:
+  SilentListener() {
+    listener_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    listen(listener_, 0);
+    socklen_t len = sizeof(a);
+    getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    for (int i = 0; i < 2; i++) {  // fill the queue (it holds one), never accepted
+      int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+      connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+      fillers_.push_back(fd);
+    }
+  }
+  ~SilentListener() {
+    for (int fd : fillers_) close(fd);
+    close(listener_);
+  }
+  int port() const { return port_; }
+
+ private:
+  int listener_ = -1, port_ = 0;
+  std::vector<int> fillers_;
+};
+}  // namespace
+
+// The dispatcher's client never waits for a connect: while it is under way
+// an ask is answered unavailable at once, and a connect that does not get
+// through within the timeout fails like any other (clock passed in: no sleeps).
+TEST(RedisCacheTest, ABackgroundConnectToASilentHostIsAMissNotAWait) {
+  SilentListener silent;
+  RedisCache cache;
+  RedisConfig c;
+  c.port = silent.port();
+  c.connect_timeout_ms = 100;
+  c.connect_in_background = true;
+  cache.configure(c);
+  const int64_t t0 = now_ms();
+  const uint64_t ticket = cache.ask({"k"}, t0);
+  EXPECT_TRUE(cache.connecting()) << "left under way, not waited for";
+  std::vector<RedisCache::Answer> got = cache.take_answers(t0);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].ticket, ticket);
+  EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::unavailable);
+  EXPECT_FALSE(cache.set_nowait("k", "v", 60, t0 + 50)) << "still connecting: not written";
+  EXPECT_TRUE(cache.connecting());
+  EXPECT_TRUE(cache.up()) << "not failed yet";
+  EXPECT_EQ(cache.errors(), 0u);
+
+  (void)cache.ask({"k"}, t0 + 100);
+  EXPECT_FALSE(cache.connecting());
+  EXPECT_FALSE(cache.up()) << "timed out: down, and backing off";
+  EXPECT_EQ(cache.errors(), 1u);
+  (void)cache.ask({"k"}, t0 + 150);
+  EXPECT_FALSE(cache.connecting()) << "no new attempt during the back-off";
+}
+
+// A blocking client (SQL functions in backends) waits for the connect, up to the timeout.
+TEST(RedisCacheTest, ABlockingConnectToASilentHostFailsAfterItsTimeout) {
+  SilentListener silent;
+  RedisCache cache;
+  RedisConfig c;
+  c.port = silent.port();
+  c.connect_timeout_ms = 50;
+  cache.configure(c);
+  std::string v;
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::unavailable);
+  EXPECT_FALSE(cache.connecting());
+  EXPECT_FALSE(cache.up());
+  EXPECT_EQ(cache.errors(), 1u);
+}
+
+TEST_F(RedisCacheLive, ABackgroundConnectGetsThroughToALiveServer) {
+  RedisConfig c;
+  c.port = port;
+  c.connect_in_background = true;
+  cache.configure(c);
+  const int64_t deadline = now_ms() + 5000;
+  while (!cache.set_nowait("k", "v", 60, now_ms())) {
+    ASSERT_LT(now_ms(), deadline) << "never connected";
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_FALSE(cache.connecting());
+  std::string v;
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(v, "v");
+}
