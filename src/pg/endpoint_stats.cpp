@@ -1,6 +1,7 @@
 // npc_scale._endpoint_stats(): the dispatcher's live view of each GPU
 // endpoint, copied out of shared memory (published every 100 ms). The view
 // npc_scale.endpoint_stats joins it with gpu_endpoints — never the api_key.
+#include <algorithm>
 #include <vector>
 
 #include "guard.hpp"
@@ -16,11 +17,14 @@ extern "C" {
 NPC_SQL_FUNCTION(npc_scale_endpoint_stats) {
   using namespace npc_scale;
   SharedState& s = shared_state();
-  std::vector<EndpointStat> stats;
+  // Sized before the spinlock: nothing under it may allocate (a throw there
+  // would leave the lock held for good).
+  std::vector<EndpointStat> stats(kMaxEndpointStats);
   SpinLockAcquire(&s.stats_mutex);
-  int n = s.endpoint_stat_count;
-  stats.assign(s.endpoint_stats, s.endpoint_stats + n);
+  int n = std::min(s.endpoint_stat_count, kMaxEndpointStats);
+  std::copy(s.endpoint_stats, s.endpoint_stats + n, stats.begin());
   SpinLockRelease(&s.stats_mutex);
+  stats.resize(n);
 
   pg_call([&] {
     InitMaterializedSRF(fcinfo, 0);

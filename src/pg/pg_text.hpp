@@ -24,13 +24,13 @@ inline std::string text_arg(Datum d) {
 
 // jsonb datum → its JSON text.
 inline std::string jsonb_arg(Datum d) {
-  return pg_call([&] {
+  char* s = pg_call([&] {
     Jsonb* jb = DatumGetJsonbP(d);
-    char* s = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
-    std::string out(s);
-    pfree(s);
-    return out;
+    return JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
   });
+  std::string out(s);  // outside pg_call: no C++ object lives across a Postgres call there
+  pg_call([&] { pfree(s); });
+  return out;
 }
 
 // An interval argument in seconds; months count as 30 days, as in

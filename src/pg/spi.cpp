@@ -64,13 +64,11 @@ uint64_t SavedPlan::execute(const std::vector<Datum>& args, const char* nulls, b
 }
 
 std::optional<std::string> spi_text(uint64_t row, int col) {
-  return pg_call([&]() -> std::optional<std::string> {
-    char* v = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
-    if (v == nullptr) return std::nullopt;
-    std::string s(v);
-    pfree(v);
-    return s;
-  });
+  char* v = pg_call([&] { return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col); });
+  if (v == nullptr) return std::nullopt;
+  std::string s(v);  // outside pg_call: no C++ object lives across a Postgres call there
+  pg_call([&] { pfree(v); });
+  return s;
 }
 
 std::optional<int64_t> spi_int(uint64_t row, int col) {
