@@ -12,12 +12,13 @@ CREATE FUNCTION npc_scale.worker_status(
     OUT started_at timestamptz,
     OUT starts bigint,
     OUT config_reloads bigint,
-    OUT wakeups bigint)
+    OUT wakeups bigint,
+    OUT errors bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'npc_scale_worker_status'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
 COMMENT ON FUNCTION npc_scale.worker_status() IS
-'npc_scale background workers: name, pid (NULL when down), state, started_at, starts since server start, config reloads, wakeups (returns from its wait; an idle worker wakes about once a second)';
+'npc_scale background workers: name, pid (NULL when down), state, started_at, starts since server start, config reloads, wakeups (returns from its wait; an idle worker wakes about once a second), errors (caught, logged and gone on from, e.g. a pg_cancel_backend())';
 
 -- Bridge self-tests (C++ exception <-> Postgres error); for the test suite.
 CREATE FUNCTION npc_scale._bridge_selftest(mode text) RETURNS text

@@ -1,6 +1,8 @@
 #include "http_client.hpp"
 
 #include <curl/curl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -17,6 +19,26 @@ int64_t now_us() {
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
+
+// libcurl may start a thread while driving transfers (its threaded DNS
+// resolver), and a thread inherits its creator's signal mask. With every
+// signal blocked meanwhile, the host process's handlers (Postgres's assume
+// the main thread) never run on such a thread; a signal that came in the
+// meantime is delivered here once the mask is restored.
+class SignalsBlocked {
+ public:
+  SignalsBlocked() {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved_);
+  }
+  ~SignalsBlocked() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
+  SignalsBlocked(const SignalsBlocked&) = delete;
+  SignalsBlocked& operator=(const SignalsBlocked&) = delete;
+
+ private:
+  sigset_t saved_;
+};
 
 }  // namespace
 
@@ -40,7 +62,11 @@ size_t append_body(char* data, size_t size, size_t nmemb, void* user) {
     t->too_large = true;
     return 0;  // libcurl aborts the transfer (CURLE_WRITE_ERROR)
   }
-  t->response.append(data, n);
+  try {
+    t->response.append(data, n);
+  } catch (...) {  // nothing may unwind through libcurl's C frames
+    return 0;      // aborts the transfer (CURLE_WRITE_ERROR)
+  }
   return n;
 }
 
@@ -172,7 +198,12 @@ void HttpClient::start(HttpRequest request) {
   t->started_us = now_us();
   // Held before libcurl sees the handle, whose options point into it.
   auto it = transfers_.emplace(tag, std::move(t)).first;
-  if (curl_multi_add_handle(multi_, e) != CURLM_OK) {
+  CURLMcode added;
+  {
+    SignalsBlocked blocked;
+    added = curl_multi_add_handle(multi_, e);
+  }
+  if (added != CURLM_OK) {
     transfers_.erase(it);
     give_back(e);
     throw std::runtime_error("curl_multi_add_handle failed");
@@ -195,6 +226,7 @@ long HttpClient::next_timeout_ms() const {
 }
 
 void HttpClient::perform() {
+  SignalsBlocked blocked;
   int running = 0;
   epoll_event events[64];
   for (;;) {

@@ -222,13 +222,15 @@ void Dispatcher::run() {
     } catch (const std::exception& e) {
       log_warning(e.what());  // the ask's timeout still wakes us
     }
-    int events = worker_wait(wait_timeout_ms(), loop_fds_.fd(), WL_SOCKET_READABLE);
     try {
+      int events = worker_wait(wait_timeout_ms(), loop_fds_.fd(), WL_SOCKET_READABLE);
       tick(events);
     } catch (const std::exception& e) {
-      // A failed transaction (e.g. the extension dropped mid-way) is logged
-      // and retried on the next tick; it never takes the worker down.
+      // A failed transaction (e.g. the extension dropped mid-way) or a
+      // pg_cancel_backend() is logged and the loop goes on; neither takes
+      // the worker, and the requests it has in flight, down.
       log_warning(e.what());
+      worker_recover_after_error();
       maybe_more_work_ = true;
     }
   }

@@ -213,10 +213,10 @@ void run_maintenance_worker() {
   int64_t next_partitions_ms = 0;
   long wait_ms = 0;
   for (;;) {
-    worker_set_state(WorkerState::idle);
-    worker_wait(wait_ms);
-    wait_ms = kTickMs;
     try {
+      worker_set_state(WorkerState::idle);
+      worker_wait(wait_ms);
+      wait_ms = kTickMs;
       if (!recovered && extension_ready()) {
         fail_orphaned_runs();
         recovered = true;
@@ -238,6 +238,8 @@ void run_maintenance_worker() {
     } catch (const std::exception& e) {
       std::string msg = e.what();
       pg_call([&] { ereport(WARNING, (errmsg("npc_scale maintenance: %s", msg.c_str()))); });
+      worker_recover_after_error();
+      wait_ms = kTickMs;
     }
   }
 }

@@ -30,6 +30,7 @@ struct WorkerSlot {
   int64 starts;         // since the shared memory was (re)initialised
   int64 config_reloads;
   int64 wakeups;        // returns from the worker's wait: an idle worker must not spin
+  int64 errors;         // errors its loop caught and logged, and went on from
   int pgprocno;         // to set the worker's latch; -1 when not running
 };
 

@@ -6,12 +6,15 @@
 #include "guard.hpp"
 
 extern "C" {
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
+#include "storage/condition_variable.h"
 #include "storage/latch.h"
+#include "storage/lwlock.h"
 #include "utils/memutils.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
@@ -151,6 +154,25 @@ int worker_wait(long timeout_ms, pgsocket sock, int socket_events) {
     if (ConfigReloadPending) reload_config();
     return rc;
   });
+}
+
+void worker_recover_after_error() noexcept {
+  try {
+    SharedState& s = shared_state();
+    WorkerSlot& slot = my_slot();
+    SpinLockAcquire(&s.mutex);
+    slot.errors++;
+    SpinLockRelease(&s.mutex);
+    pg_call([] {
+      AbortCurrentTransaction();  // nothing to do when idle
+      LWLockReleaseAll();
+      ConditionVariableCancelSleep();
+      pgstat_report_wait_end();
+      QueryCancelPending = false;  // handled: the error was the cancel's
+    });
+  } catch (...) {
+    // Nothing sensible is left to do; the loop goes on.
+  }
 }
 
 void wake_worker(WorkerKind kind) {

@@ -27,6 +27,12 @@ void worker_set_state(WorkerState state, const char* activity = nullptr);
 // Returns WaitLatch's event bits.
 int worker_wait(long timeout_ms, pgsocket sock = PGINVALID_SOCKET, int socket_events = 0);
 
+// After an error the worker's loop caught and logged: releases what Postgres's
+// own error recovery would. An error inside in_transaction() was cleaned up by
+// its abort; one outside a transaction (a commit-status lookup, a cancel
+// during the wait) may have left an LWLock or a wait event behind.
+void worker_recover_after_error() noexcept;
+
 // From any backend: set the latch of a running worker (no-op if not running).
 void wake_worker(WorkerKind kind);
 

@@ -21,8 +21,8 @@ NPC_SQL_FUNCTION(npc_scale_worker_status) {
     for (int i = 0; i < kWorkerCount; i++) {
       const WorkerSlot& slot = slots[i];
       bool running = slot.pid != 0;
-      Datum values[7];
-      bool nulls[7] = {false, !running, false, slot.started_at == 0, false, false, false};
+      Datum values[8];
+      bool nulls[8] = {false, !running, false, slot.started_at == 0, false, false, false, false};
       values[0] = CStringGetTextDatum(worker_name(static_cast<WorkerKind>(i)));
       values[1] = Int32GetDatum(slot.pid);
       values[2] = CStringGetTextDatum(worker_state_name(running ? slot.state : WorkerState::stopped));
@@ -30,6 +30,7 @@ NPC_SQL_FUNCTION(npc_scale_worker_status) {
       values[4] = Int64GetDatum(slot.starts);
       values[5] = Int64GetDatum(slot.config_reloads);
       values[6] = Int64GetDatum(slot.wakeups);
+      values[7] = Int64GetDatum(slot.errors);
       tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
     }
   });

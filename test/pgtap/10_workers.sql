@@ -1,7 +1,8 @@
--- Background workers: registered, connected, waiting on their latch, and
--- restarted after SIGTERM (pg_terminate_backend).
+-- Background workers: registered, connected, waiting on their latch,
+-- restarted after SIGTERM (pg_terminate_backend), and neither ended nor
+-- restarted by a cancel (pg_cancel_backend): their loop logs it and goes on.
 BEGIN;
-SELECT plan(16);
+SELECT plan(22);
 
 SELECT has_function('npc_scale', 'worker_status', 'worker_status() exists');
 SELECT set_eq(
@@ -47,6 +48,27 @@ SELECT ok(npc_test.wait_for($$ (SELECT bool_and(state = 'idle') FROM npc_scale.w
 SELECT cmp_ok((SELECT started_at FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'), '>',
               (SELECT started_at FROM before WHERE name = 'npc_scale dispatcher'),
               'the restarted dispatcher has a later started_at');
+
+-- SIGINT (pg_cancel_backend): an error the worker's loop catches, counts and
+-- recovers from; the process (and so every request it has in flight) stays.
+CREATE TEMP TABLE before_cancel AS SELECT name, pid, starts, errors FROM npc_scale.worker_status();
+SELECT ok(pg_cancel_backend(npc_test.worker_pid('dispatcher')) AND pg_cancel_backend(npc_test.worker_pid('maintenance')),
+  'a cancel sent to each worker');
+SELECT ok(npc_test.wait_for($$
+  (SELECT bool_and(w.errors = b.errors + 1) FROM npc_scale.worker_status() w JOIN before_cancel b USING (name)) $$),
+  'each worker caught the cancel as one error');
+SELECT results_eq($$ SELECT name, pid, starts FROM npc_scale.worker_status() ORDER BY name $$,
+                  $$ SELECT name, pid, starts FROM before_cancel ORDER BY name $$,
+  'and both go on in the same process, not restarted');
+SELECT ok(npc_test.wait_for($$
+  (SELECT count(*) FROM pg_stat_activity
+    WHERE backend_type LIKE 'npc_scale %' AND wait_event_type = 'Extension' AND wait_event = 'Extension') = 2 $$),
+  'both wait on their latch again');
+CREATE TEMP TABLE after_cancel AS SELECT name, wakeups FROM npc_scale.worker_status();
+SELECT ok(npc_test.wait_for($$
+  (SELECT bool_and(w.wakeups > a.wakeups) FROM npc_scale.worker_status() w JOIN after_cancel a USING (name)) $$),
+  'and both keep running their loop');
+SELECT is((SELECT count(*)::int FROM npc_scale.worker_status() WHERE state = 'idle'), 2, 'both idle');
 
 -- Idle workers sleep until their next timer (the maintenance tick is 1 s; the
 -- dispatcher also scrapes each endpoint's /metrics once a second): a handful
