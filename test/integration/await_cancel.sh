@@ -8,7 +8,7 @@ source "$NPC_ROOT/test/integration/lib/sessions.sh"
 
 cleanup() {
   sessions_close
-  npc_psql -c "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 9301 AND 9302" >/dev/null 2>&1 || true
+  npc_psql -c "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 9401 AND 9402" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 npc_psql -tAc "SELECT npc_test.use_gpus(ARRAY['fast0'])" >/dev/null
@@ -22,7 +22,7 @@ waiting_on() {
     || { echo "the waiter is not waiting for decision $1"; cat "$(session_out waiter)"; exit 1; }
 }
 
-id=$(npc_psql -tAc "SELECT npc_scale.request_decision(9301, 'trade', 'await me', 5)")
+id=$(npc_psql -tAc "SELECT npc_scale.request_decision(9401, 'trade', 'await me', 5)")
 send_to waiter "SET npc_scale.await_recheck = '1h';
 SELECT 'first=' || status FROM npc_scale.await_decision($id, '1 h');"
 step=$SENT_STEP

@@ -28,11 +28,11 @@ echo "distinct answers: $answers, requests at the GPU: $requests"
 # answered, and the attempt it waited through (never sent) is not counted.
 q "SELECT npc_test.use_gpus(ARRAY['faulty'])" >/dev/null
 q "SELECT npc_test.gpu_reset('faulty')" >/dev/null
-q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": 3000}')" >/dev/null
+q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": 6000}')" >/dev/null
 trap 'q "SELECT npc_test.gpu_faults('"'"'faulty'"'"', '"'"'{\"slow_rate\": 0}'"'"')" >/dev/null 2>&1 || true' EXIT
 prompt="Coalesce: who answers when the leader leaves? $(date +%s%N)"
 params='{"temperature": 0, "max_tokens": 12}'
-npc_psql -tA -c "SET statement_timeout = '1500 ms'" -c "SELECT npc_scale.generate('$prompt', 5, '$params')" \
+npc_psql -tA -c "SET statement_timeout = '3000 ms'" -c "SELECT npc_scale.generate('$prompt', 5, '$params')" \
   >"$out/leader" 2>&1 &
 leader=$!
 npc_wait_sql "SELECT npc_test.gpu_metric('faulty', 'vllm:num_requests_running') = 1" 10 \

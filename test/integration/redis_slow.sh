@@ -29,10 +29,10 @@ tag=$(date +%s%N)
 q "SELECT npc_test.use_gpus(ARRAY['fast1'])" >/dev/null
 redis-cli -p "$NPC_REDIS_PORT" PING >/dev/null
 
-echo "== Redis slow, within the timeout (3 s): paused for 1.5 s"
-set_timeout 3s
+echo "== Redis slow, within the timeout (6 s): paused for 3 s"
+set_timeout 6s
 errors0=$(q "SELECT redis_errors FROM npc_scale.cache_stats")
-redis-cli -p "$NPC_REDIS_PORT" CLIENT PAUSE 1500 ALL >/dev/null
+redis-cli -p "$NPC_REDIS_PORT" CLIENT PAUSE 3000 ALL >/dev/null
 a=$(q "SELECT npc_scale.request_decision(3101, 'build', 'slow redis: cacheable $tag', 5, '{\"temperature\": 0}')")
 # D: cacheable, over the 4 kB hand-off slot: claimed and sent on the table path.
 d=$(q "SELECT npc_scale.request_decision(3104, 'build', repeat('slow redis, the long way: $tag ', 150), 5, '{\"temperature\": 0}')")

@@ -20,8 +20,8 @@ sessions_open a
 # (its failures go to stderr and end the script through the empty row).
 held_answer() {
   local outcome=$1 npc=$2 id other deferred0
-  # A decision in flight for a second on the GPU, claimed (running).
-  npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": 1000}')" >/dev/null
+  # A decision in flight for 3 s on the GPU, claimed (running).
+  npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": 3000}')" >/dev/null
   id=$(npc_psql -tAc "SELECT npc_scale.request_decision($npc, 'build', 'row lock: $outcome', 5)")
   npc_wait_sql "SELECT status = 'running' FROM npc_scale.decision_queue WHERE id = $id" 10 \
     || { echo "decision $id was not claimed"; exit 1; } >&2

@@ -65,9 +65,10 @@ SELECT results_eq(
   format('SELECT attempts, started_at IS NOT NULL AND started_at <= finished_at FROM npc_scale.decision_queue WHERE id = %s', :id_a),
   $$ VALUES (1, true) $$,
   'answered before its claim: attempt 1, started_at set by the answer''s write');
--- In flight for longer (the slow GPU answers in 40 ms), it is claimed:
--- running, with a lease, as a decision from the table path would be.
-SELECT npc_test.use_gpus(ARRAY['slow']);
+-- In flight for longer (here a second, so the wait cannot miss it), it is
+-- claimed: running, with a lease, as a decision from the table path would be.
+SELECT npc_test.use_gpus(ARRAY['faulty']);
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1, "slow_ms": 1000}') IS NOT NULL AS slowed \gset
 SELECT npc_scale.request_decision(2007, 'build', 'handoff: slow enough to be claimed', 5) AS id_slow \gset
 SELECT ok(npc_test.wait_for(format(
   'SELECT status = ''running'' AND leased_until IS NOT NULL FROM npc_scale.decision_queue WHERE id = %s', :id_slow)),
@@ -78,6 +79,8 @@ SELECT results_eq(
   format('SELECT status, attempts FROM npc_scale.decision_queue WHERE id = %s', :id_slow),
   $$ VALUES ('done'::text, 1) $$,
   'done after one attempt');
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}') IS NOT NULL AS fast_again \gset
+SELECT npc_test.use_gpus(ARRAY['slow']);
 
 -- Identical cacheable decisions in one transaction: the first is sent from
 -- the handoff, the others join its request in flight (the GPU answers in

@@ -11,8 +11,8 @@ CREATE UNIQUE INDEX ON public.sched_ok (id);
 CREATE MATERIALIZED VIEW public.sched_nokey AS SELECT id FROM public.sched_src;
 CREATE MATERIALIZED VIEW public.sched_bad AS SELECT id, 10 / x AS v FROM public.sched_src;
 CREATE UNIQUE INDEX ON public.sched_bad (id);
--- Takes a while to refresh: ~1.5 s.
-CREATE MATERIALIZED VIEW public.sched_slow AS SELECT 1 AS id, pg_sleep(1.5)::text AS slept;
+-- Takes a while to refresh: ~2.5 s.
+CREATE MATERIALIZED VIEW public.sched_slow AS SELECT 1 AS id, pg_sleep(2.5)::text AS slept;
 CREATE UNIQUE INDEX ON public.sched_slow (id);
 
 -- Bad input, said at schedule time.
