@@ -35,11 +35,11 @@ SELECT is((SELECT status FROM npc_scale.await_decision(:id1, '1 s')), 'done',
 SELECT is((SELECT response FROM npc_scale.await_decision(:id1)),
           (SELECT response FROM npc_scale.decision_queue WHERE id = :id1), 'with its response');
 
--- The same prompt at temperature 0 gets the same answer (deterministic fake GPU).
+-- The same prompt at temperature 0 gets the same answer (here from the cache).
 SELECT npc_scale.request_decision(1003, 'build', 'What should village 7 build next?', 5,
                                   '{"temperature": 0, "max_tokens": 6}') AS id3 \gset
 SELECT is((SELECT response FROM npc_scale.await_decision(:id3, '10 s')),
-          (SELECT response FROM npc_scale.decision_queue WHERE id = :id1), 'deterministic answers match');
+          (SELECT response FROM npc_scale.decision_queue WHERE id = :id1), 'a repeated temperature-0 decision gets the same answer');
 
 -- Cancel: a decision waiting for capacity (no enabled endpoint).
 UPDATE npc_scale.gpu_endpoints SET enabled = false;

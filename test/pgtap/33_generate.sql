@@ -8,7 +8,7 @@ SELECT is(npc_scale.generate('Attack or trade?', 1, '{"choices": ["attack", "tra
   'with choices, the answer is one of them');
 SELECT is(npc_scale.generate('Describe the village', 5, '{"temperature": 0, "max_tokens": 5}'),
           npc_scale.generate('Describe the village', 5, '{"temperature": 0, "max_tokens": 5}'),
-  'temperature 0 answers are deterministic');
+  'a repeated temperature-0 call gets the same answer');
 SELECT is(cardinality(regexp_split_to_array(npc_scale.generate('Describe the village', 5, '{"max_tokens": 7, "seed": 3}'), ' ')), 7,
   'max_tokens reaches the GPU');
 SELECT is(npc_test.gpu_metric('fast0', 'fake_gpu_requests_total'), 3::numeric,
