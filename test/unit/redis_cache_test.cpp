@@ -221,7 +221,7 @@ void pause_redis(int port, int ms) {
 TEST_F(RedisCacheLive, OutstandingRepliesAreBoundedWithoutWaiting) {
   std::string v;
   ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);  // connected
-  pause_redis(port, 400);
+  pause_redis(port, 1500);  // ample for the checks below, on a slow machine too
   for (int i = 1; i <= 64; i++) {
     ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v" + std::to_string(i), 60, now_ms()));
   }
