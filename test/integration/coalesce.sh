@@ -6,9 +6,13 @@ set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 q() { npc_psql -tAc "$1"; }
 
-q "SELECT npc_test.use_gpus(ARRAY['slow'])" >/dev/null
+# The GPU takes 2 s: every call starts while the first request is in flight,
+# before any answer could be cached, so only coalescing keeps it to one request.
+q "SELECT npc_test.use_gpus(ARRAY['faulty'])" >/dev/null
 q "SELECT npc_scale.cache_clear()" >/dev/null
-q "SELECT npc_test.gpu_reset('slow')" >/dev/null
+q "SELECT npc_test.gpu_reset('faulty')" >/dev/null
+q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": 2000}')" >/dev/null
+trap 'q "SELECT npc_test.gpu_faults('"'"'faulty'"'"', '"'"'{\"slow_rate\": 0}'"'"')" >/dev/null 2>&1 || true' EXIT
 out=$NPC_STATE/coalesce; rm -rf "$out"; mkdir -p "$out"
 prompt="Coalesce: should all eight villages trade iron? $(date +%s%N)"
 for i in 1 2 3 4 5 6 7 8; do
@@ -16,7 +20,7 @@ for i in 1 2 3 4 5 6 7 8; do
 done
 wait
 answers=$(cat "$out"/* | sort -u | wc -l)
-requests=$(q "SELECT npc_test.gpu_metric('slow', 'fake_gpu_requests_total')::int")
+requests=$(q "SELECT npc_test.gpu_metric('faulty', 'fake_gpu_requests_total')::int")
 echo "distinct answers: $answers, requests at the GPU: $requests"
 [ "$answers" = 1 ] || { echo "sessions got different answers"; exit 1; }
 [ "$(wc -l <"$out/1")" = 1 ] && [ -s "$out/1" ] || { echo "empty answer"; exit 1; }
@@ -26,10 +30,8 @@ echo "distinct answers: $answers, requests at the GPU: $requests"
 # generate() call that statement_timeout cancels while a queued decision with
 # the same question waits on its request: the decision is sent again and
 # answered, and the attempt it waited through (never sent) is not counted.
-q "SELECT npc_test.use_gpus(ARRAY['faulty'])" >/dev/null
 q "SELECT npc_test.gpu_reset('faulty')" >/dev/null
 q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": 6000}')" >/dev/null
-trap 'q "SELECT npc_test.gpu_faults('"'"'faulty'"'"', '"'"'{\"slow_rate\": 0}'"'"')" >/dev/null 2>&1 || true' EXIT
 prompt="Coalesce: who answers when the leader leaves? $(date +%s%N)"
 params='{"temperature": 0, "max_tokens": 12}'
 npc_psql -tA -c "SET statement_timeout = '3000 ms'" -c "SELECT npc_scale.generate('$prompt', 5, '$params')" \
