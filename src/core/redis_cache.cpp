@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -196,52 +197,76 @@ bool RedisCache::ensure_connected(int64_t now_ms, bool drain) {
 }
 
 bool RedisCache::start_connect(int64_t now_ms) {
-  const std::string where = config_.host + ":" + std::to_string(config_.port);
-  // IPv4 first, as hiredis resolves. A numeric host resolves without a lookup.
+  // A numeric host resolves without a lookup; a name is looked up here, as
+  // hiredis would (synchronously).
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
   addrinfo* found = nullptr;
-  int rc = EAI_NONAME;
-  for (int family : {AF_INET, AF_INET6}) {
-    addrinfo hints{};
-    hints.ai_family = family;
-    hints.ai_socktype = SOCK_STREAM;
-    rc = getaddrinfo(config_.host.c_str(), std::to_string(config_.port).c_str(), &hints, &found);
-    if (rc == 0) break;
-  }
+  int rc = getaddrinfo(config_.host.c_str(), std::to_string(config_.port).c_str(), &hints, &found);
   if (rc != 0) {
-    fail("connect to " + where + ": " + gai_strerror(rc), now_ms);
+    fail("connect to " + config_.host + ":" + std::to_string(config_.port) + ": " + gai_strerror(rc),
+         now_ms);
     return false;
   }
-  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> addresses(found, freeaddrinfo);
-  int fd = socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0 || (connect(fd, found->ai_addr, found->ai_addrlen) != 0 && errno != EINPROGRESS)) {
-    std::string why = std::strerror(errno);
+  addresses_.clear();
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    Address address{};
+    std::memcpy(&address.addr, a->ai_addr, std::min<size_t>(a->ai_addrlen, sizeof(address.addr)));
+    address.len = a->ai_addrlen;
+    addresses_.push_back(address);
+  }
+  freeaddrinfo(found);
+  next_address_ = 0;
+  return connect_next_address(now_ms, "no address");
+}
+
+bool RedisCache::connect_next_address(int64_t now_ms, const std::string& why) {
+  std::string last = why;
+  while (next_address_ < addresses_.size()) {
+    const Address& a = addresses_[next_address_++];
+    int fd = socket(a.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && (connect(fd, reinterpret_cast<const sockaddr*>(&a.addr), a.len) == 0 ||
+                    errno == EINPROGRESS)) {
+      connecting_fd_ = fd;
+      connect_deadline_ms_ = now_ms + config_.connect_timeout_ms;
+      return true;
+    }
+    last = std::strerror(errno);
     if (fd >= 0) close(fd);
-    fail("connect to " + where + ": " + why, now_ms);
-    return false;
   }
-  connecting_fd_ = fd;
-  connect_deadline_ms_ = now_ms + config_.connect_timeout_ms;
-  return true;
+  fail("connect to " + config_.host + ":" + std::to_string(config_.port) + ": " + last, now_ms);
+  return false;
 }
 
 bool RedisCache::finish_connect(int64_t now_ms) {
+  const auto entered = std::chrono::steady_clock::now();
+  auto now = [&] {  // the caller's clock, moved on by the time spent waiting here
+    return now_ms + std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::steady_clock::now() - entered).count();
+  };
+  for (;;) {
+    const int64_t wait_ms =
+        config_.connect_in_background ? 0 : std::max<int64_t>(0, connect_deadline_ms_ - now());
+    pollfd p{connecting_fd_, POLLOUT, 0};
+    int ready = poll(&p, 1, static_cast<int>(wait_ms));
+    int err = 0;
+    if (ready < 0) {
+      if (errno == EINTR) continue;  // a signal: wait out the rest
+      err = errno;
+    } else if (ready == 0) {
+      if (now() < connect_deadline_ms_) return false;  // under way (background): a miss for now
+      err = ETIMEDOUT;
+    } else {
+      socklen_t len = sizeof(err);
+      if (getsockopt(connecting_fd_, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    }
+    if (err == 0) break;
+    close(connecting_fd_);
+    connecting_fd_ = -1;
+    if (!connect_next_address(now(), std::strerror(err))) return false;
+  }
   const std::string where = config_.host + ":" + std::to_string(config_.port);
-  const int64_t wait_ms =
-      config_.connect_in_background ? 0 : std::max<int64_t>(0, connect_deadline_ms_ - now_ms);
-  pollfd p{connecting_fd_, POLLOUT, 0};
-  int ready = poll(&p, 1, static_cast<int>(wait_ms));
-  if (ready <= 0) {
-    if (now_ms + wait_ms < connect_deadline_ms_) return false;  // still connecting: a miss for now
-    fail("connect to " + where + ": Connection timed out", now_ms);
-    return false;
-  }
-  int err = 0;
-  socklen_t len = sizeof(err);
-  if (getsockopt(connecting_fd_, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-  if (err != 0) {
-    fail("connect to " + where + ": " + std::strerror(err), now_ms);
-    return false;
-  }
   // Connected: the socket goes to hiredis as a blocking one, as its own
   // connect leaves it (commands are bounded by the command timeout).
   int fd = connecting_fd_;

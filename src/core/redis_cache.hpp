@@ -5,6 +5,8 @@
 // Values are stored as plain text (SET key value EX ttl).
 #pragma once
 
+#include <sys/socket.h>
+
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -105,11 +107,15 @@ class RedisCache {
  private:
   // drain: first read every reply still outstanding (waiting for them).
   bool ensure_connected(int64_t now_ms, bool drain = true);
-  // A non-blocking TCP connect to the configured server; false (and the
-  // connection failed) if it could not even start.
+  // Resolves the host and starts a non-blocking TCP connect to its first
+  // address; false (and the connection failed) if none could even start.
   bool start_connect(int64_t now_ms);
-  // Sees a started connect through: waits for it up to the connect timeout,
-  // or (connect_in_background) only looks; then hands the socket to hiredis.
+  // Starts a connect to the next resolved address (why: the last one's
+  // error); false, and the connection failed, when none is left.
+  bool connect_next_address(int64_t now_ms, const std::string& why);
+  // Sees a started connect through, moving on to the next address when one
+  // fails: waits up to the connect timeout per address, or
+  // (connect_in_background) only looks; then hands the socket to hiredis.
   bool finish_connect(int64_t now_ms);
   // Consumes replies in command order: wait, every reply not read yet
   // (waiting for each up to the command timeout); else only those already
@@ -132,6 +138,12 @@ class RedisCache {
   redisContext* ctx_ = nullptr;
   int connecting_fd_ = -1;         // our socket until its connect is through
   int64_t connect_deadline_ms_ = 0;
+  struct Address {
+    sockaddr_storage addr;
+    socklen_t len;
+  };
+  std::vector<Address> addresses_;  // the host's, in the resolver's order
+  size_t next_address_ = 0;
   bool up_ = true;  // optimistic until the first failure; reported only on change
   uint64_t errors_ = 0;
   int64_t next_attempt_ms_ = 0;

@@ -250,10 +250,17 @@ void Dispatcher::start_up() {
     SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION);
     SetConfigOption("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION);
   });
-  // Idle until CREATE EXTENSION npc_scale has run in this database.
-  while (!extension_ready()) {
-    worker_set_state(WorkerState::idle, "waiting for CREATE EXTENSION npc_scale");
-    worker_wait(kNoExtensionWaitMs);
+  // Idle until CREATE EXTENSION npc_scale has run in this database (a
+  // cancel meanwhile is logged, as in the main loop).
+  for (;;) {
+    try {
+      if (extension_ready()) break;
+      worker_set_state(WorkerState::idle, "waiting for CREATE EXTENSION npc_scale");
+      worker_wait(kNoExtensionWaitMs);
+    } catch (const std::exception& e) {
+      log_warning(e.what());
+      worker_recover_after_error();
+    }
   }
   // generate() calls that a previous dispatcher was serving are lost with it.
   SharedState& s = shared_state();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # await_decision() wakes up when another session's cancel_decision() commits,
 # not at its periodic re-read: with that re-read set to an hour, the waiter
-# still returns the cancelled row. A cancel that rolls back wakes no one.
+# still returns the cancelled row. After a cancel that rolls back it waits on.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 source "$NPC_ROOT/test/integration/lib/sessions.sh"

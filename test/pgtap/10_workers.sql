@@ -68,7 +68,7 @@ CREATE TEMP TABLE after_cancel AS SELECT name, wakeups FROM npc_scale.worker_sta
 SELECT ok(npc_test.wait_for($$
   (SELECT bool_and(w.wakeups > a.wakeups) FROM npc_scale.worker_status() w JOIN after_cancel a USING (name)) $$),
   'and both keep running their loop');
-SELECT is((SELECT count(*)::int FROM npc_scale.worker_status() WHERE state = 'idle'), 2, 'both idle');
+SELECT ok(npc_test.wait_for($$ (SELECT count(*) FROM npc_scale.worker_status() WHERE state = 'idle') = 2 $$), 'both idle');
 
 -- Idle workers sleep until their next timer (the maintenance tick is 1 s; the
 -- dispatcher also scrapes each endpoint's /metrics once a second): a handful

@@ -55,10 +55,11 @@ SELECT pg_reload_conf() AS reloaded \gset
 
 -- Renumbering an endpoint while its requests are in flight: the old row
 -- drains, and its requests count against the new row's cap, which is the
--- same server's. 9 one-second requests on 3 slots.
+-- same server's. 9 two-second requests on 3 slots (the renumbering lands
+-- while the first three are in flight).
 SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[3]);
 SELECT npc_test.gpu_reset('faulty') IS NOT NULL AS reset \gset
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1, "slow_ms": 1000}') IS NOT NULL AS slowed \gset
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1, "slow_ms": 2000}') IS NOT NULL AS slowed \gset
 CREATE TEMP TABLE renumber AS
   SELECT id FROM npc_test.burst(3400, 9, 'renumber ' || clock_timestamp()) AS id;  -- never cached
 SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 3 $$),
