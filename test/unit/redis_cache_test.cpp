@@ -405,7 +405,14 @@ class SilentListener {
     for (int fd : fillers_) close(fd);
     close(listener_);
   }
-  int port() const { return port_; }
+  // A client configuration that points at it.
+  RedisConfig config(int connect_timeout_ms, bool in_background) const {
+    RedisConfig c;
+    c.port = port_;
+    c.connect_timeout_ms = connect_timeout_ms;
+    c.connect_in_background = in_background;
+    return c;
+  }
 
  private:
   int listener_ = -1, port_ = 0;
@@ -419,11 +426,7 @@ class SilentListener {
 TEST(RedisCacheTest, ABackgroundConnectToASilentHostIsAMissNotAWait) {
   SilentListener silent;
   RedisCache cache;
-  RedisConfig c;
-  c.port = silent.port();
-  c.connect_timeout_ms = 100;
-  c.connect_in_background = true;
-  cache.configure(c);
+  cache.configure(silent.config(100, /*in_background=*/true));
   const int64_t t0 = now_ms();
   const uint64_t ticket = cache.ask({"k"}, t0);
   EXPECT_TRUE(cache.connecting()) << "left under way, not waited for";
@@ -448,10 +451,7 @@ TEST(RedisCacheTest, ABackgroundConnectToASilentHostIsAMissNotAWait) {
 TEST(RedisCacheTest, ABlockingConnectToASilentHostFailsAfterItsTimeout) {
   SilentListener silent;
   RedisCache cache;
-  RedisConfig c;
-  c.port = silent.port();
-  c.connect_timeout_ms = 50;
-  cache.configure(c);
+  cache.configure(silent.config(50, /*in_background=*/false));
   std::string v;
   EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::unavailable);
   EXPECT_FALSE(cache.connecting());
