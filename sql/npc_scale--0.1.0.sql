@@ -270,7 +270,8 @@ SELECT s.gpu_id, e.endpoint, e.model, coalesce(e.enabled, false) AS enabled, s.d
        round(s.p99_latency_ms::numeric, 2) AS p99_latency_ms,
        s.remote_running, s.remote_waiting, s.last_error, s.last_error_at
   FROM npc_scale._endpoint_stats() s
-  LEFT JOIN npc_scale.gpu_endpoints e USING (gpu_id);
+  -- A draining member is no row's: its row is gone, or names another server now.
+  LEFT JOIN npc_scale.gpu_endpoints e ON e.gpu_id = s.gpu_id AND NOT s.draining;
 GRANT SELECT ON npc_scale.endpoint_stats TO PUBLIC;
 
 -- Share of routed requests that went to their NPC's (or prompt prefix's) home endpoint.

@@ -6,35 +6,36 @@ namespace npc_scale {
 
 bool Fleet::reload(const std::vector<EndpointConfig>& configs, const BreakerConfig& breaker,
                    double ema_alpha) {
+  // Each row's member so far: its live one if it has one (live members are
+  // listed first), else a draining one (a row deleted and inserted again
+  // before its requests finished).
   std::map<int, size_t> old_index;
-  for (size_t i = 0; i < endpoints_.size(); i++) old_index[endpoints_[i].gpu_id] = i;
+  for (size_t i = 0; i < endpoints_.size(); i++) old_index.emplace(endpoints_[i].gpu_id, i);
+  std::vector<bool> carried(endpoints_.size(), false);  // its state went on in a live member
 
   std::vector<Endpoint> endpoints;
   std::vector<MemberInfo> info;
-  bool changed = configs.size() != endpoints_.size();
-  std::map<int, bool> present;
+  bool changed = false;
   for (const EndpointConfig& c : configs) {
-    present[c.gpu_id] = true;
     Endpoint e;
     MemberInfo m;
     auto it = old_index.find(c.gpu_id);
-    if (it != old_index.end()) {
+    if (it != old_index.end() && info_[it->second].config.base_url == c.base_url) {
       e = endpoints_[it->second];  // keeps latency, breaker, counters, in_flight
       m = info_[it->second];
-      if (m.config.base_url != c.base_url || m.config.max_concurrent != c.max_concurrent ||
-          m.config.enabled != c.enabled || m.config.model != c.model || m.config.api != c.api ||
-          m.removed) {
+      carried[it->second] = true;
+      if (m.config.max_concurrent != c.max_concurrent || m.config.enabled != c.enabled ||
+          m.config.model != c.model || m.config.api != c.api || m.removed) {
         changed = true;
       }
-      if (m.config.base_url != c.base_url) {
-        // Another server: what we learnt about the old one does not apply.
-        e.latency = LatencyStats(ema_alpha);
-        e.breaker = CircuitBreaker(breaker);
-        e.remote_running = e.remote_waiting = -1;
-      }
     } else {
+      // A new row, or a row that now names another server: a new member, as
+      // nothing learnt about the old server applies. The old server's
+      // requests still in flight drain on the old member (below) and count
+      // against that server, not this one.
       changed = true;
       e.latency = LatencyStats(ema_alpha);
+      m.serial = next_serial_++;
     }
     e.gpu_id = c.gpu_id;
     e.max_concurrent = c.max_concurrent;
@@ -47,11 +48,13 @@ bool Fleet::reload(const std::vector<EndpointConfig>& configs, const BreakerConf
     endpoints.push_back(std::move(e));
     info.push_back(std::move(m));
   }
-  // Removed endpoints with requests in flight drain as disabled members.
+  // Members no live row carries on, with requests in flight, drain as
+  // disabled members: their answers are still taken, and no new work goes
+  // to them. Their serial stays theirs, so those answers find them.
   for (size_t i = 0; i < endpoints_.size(); i++) {
-    if (present.count(endpoints_[i].gpu_id)) continue;
-    changed = true;
-    if (endpoints_[i].in_flight > 0) {
+    if (carried[i]) continue;
+    if (!info_[i].removed) changed = true;
+    if (endpoints_[i].in_flight > 0 || info_[i].probe_in_flight || info_[i].scrape_in_flight) {
       Endpoint e = endpoints_[i];
       e.enabled = false;
       MemberInfo m = info_[i];
@@ -95,7 +98,14 @@ void Fleet::prune_drained() {
 
 std::optional<size_t> Fleet::index_of(int gpu_id) const {
   for (size_t i = 0; i < endpoints_.size(); i++) {
-    if (endpoints_[i].gpu_id == gpu_id) return i;
+    if (endpoints_[i].gpu_id == gpu_id) return i;  // live members come first
+  }
+  return std::nullopt;
+}
+
+std::optional<size_t> Fleet::index_of_member(uint64_t serial) const {
+  for (size_t i = 0; i < info_.size(); i++) {
+    if (info_[i].serial == serial) return i;
   }
   return std::nullopt;
 }

@@ -3,7 +3,8 @@
 // latency, breaker). Reloading keeps the live state of endpoints that stay,
 // and keeps a removed endpoint that still has requests in flight as a
 // draining, disabled member until they finish — none is lost. Those requests
-// count against the cap of any live row for the same server.
+// count against the cap of any live row for the same server. A row whose URL
+// changes is a new member: the old one drains the old server's requests.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,10 @@ struct EndpointConfig {
 };
 
 struct MemberInfo {
+  // Names this member for as long as it lives, unlike gpu_id: a request
+  // records it, so its answer finds the member that sent it even after its
+  // row is renumbered, or its gpu_id is given to a row for another server.
+  uint64_t serial = 0;
   EndpointConfig config;
   bool removed = false;          // gone from the table; draining its in-flight requests
   std::string last_error;
@@ -60,7 +65,9 @@ class Fleet {
   const std::vector<Endpoint>& endpoints() const { return endpoints_; }
   MemberInfo& info(size_t i) { return info_[i]; }
   const MemberInfo& info(size_t i) const { return info_[i]; }
+  // The member serving row gpu_id (a draining one only if the row is gone).
   std::optional<size_t> index_of(int gpu_id) const;
+  std::optional<size_t> index_of_member(uint64_t serial) const;
   bool any_enabled() const;
   FleetAvailability availability(int64_t now_ms);
   // "GPU <id>: <last error>" of the failing endpoint that failed last ("" if none has).
@@ -70,8 +77,11 @@ class Fleet {
   // Sets every live member's draining_in_flight from the removed ones.
   void count_draining();
 
-  std::vector<Endpoint> endpoints_;  // parallel to info_: the router's input
+  // Parallel to info_: the router's input. Live members (one per row, in
+  // the table's order) come before draining ones.
+  std::vector<Endpoint> endpoints_;
   std::vector<MemberInfo> info_;
+  uint64_t next_serial_ = 1;
 };
 
 }  // namespace npc_scale

@@ -78,10 +78,13 @@ std::optional<RouteDecision> Router::pick(std::vector<Endpoint>& endpoints, cons
   if (priority >= 3 && cfg_.affinity && req.affinity_key) {
     // Ring over the whole fleet (rebuilt only when it changes); candidacy is
     // eligibility, so a full GPU does not reshuffle everyone's home.
+    // A gpu_id twice: a row and the old member it replaced, still draining
+    // (listed after it). The row's own weight places it.
     std::vector<int> ids;
     std::vector<double> capacity;
     ids.reserve(endpoints.size());
     for (const auto& e : endpoints) {
+      if (std::find(ids.begin(), ids.end(), e.gpu_id) != ids.end()) continue;
       ids.push_back(e.gpu_id);
       capacity.push_back(ring_weight(e));
     }

@@ -81,7 +81,8 @@ struct InFlight {
   bool from_queued = false;  // answered before its claim: the answer's write claims it
   int slot = -1;            // generate() work
   uint64 ticket = 0;
-  int gpu_id = 0;
+  int gpu_id = 0;           // the row it was sent for, as the results name it
+  uint64_t member = 0;      // the fleet member that sent it: whose slot its end frees
   Api api = Api::completions;
   std::string cache_key;         // non-empty: cacheable; identical requests share this one
   int64_t cache_ttl_s = 0;
@@ -442,6 +443,7 @@ bool Dispatcher::send(size_t index, InFlight info, const std::string& prompt,
   const EndpointConfig& ep = fleet_.info(index).config;
   Endpoint& state = fleet_.endpoints()[index];
   info.gpu_id = ep.gpu_id;
+  info.member = fleet_.info(index).serial;
   info.api = ep.api == "chat" ? Api::chat : Api::completions;
   HttpRequest req;
   req.tag = next_tag_++;
@@ -479,6 +481,7 @@ void Dispatcher::start_probes_and_scrapes() {
       InFlight info;
       info.kind = Work::probe;
       info.gpu_id = e.gpu_id;
+      info.member = m.serial;
       in_flight_.emplace(req.tag, info);
       http_.start(std::move(req));
     }
@@ -493,6 +496,7 @@ void Dispatcher::start_probes_and_scrapes() {
       InFlight info;
       info.kind = Work::scrape;
       info.gpu_id = e.gpu_id;
+      info.member = m.serial;
       in_flight_.emplace(req.tag, info);
       http_.start(std::move(req));
     }
@@ -500,7 +504,7 @@ void Dispatcher::start_probes_and_scrapes() {
 }
 
 void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) {
-  auto index = fleet_.index_of(f.gpu_id);
+  auto index = fleet_.index_of_member(f.member);
   if (!index) return;
   Endpoint& e = fleet_.endpoints()[*index];
   MemberInfo& m = fleet_.info(*index);
@@ -529,7 +533,7 @@ void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) 
 // Feeds one finished request into its endpoint's breaker and statistics.
 void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool success,
                                 const std::string& error) {
-  auto index = fleet_.index_of(f.gpu_id);
+  auto index = fleet_.index_of_member(f.member);
   if (!index) return;
   Endpoint& e = fleet_.endpoints()[*index];
   MemberInfo& m = fleet_.info(*index);
@@ -1146,7 +1150,7 @@ void Dispatcher::cancel_request(uint64_t tag) {
   auto it = in_flight_.find(tag);
   if (it == in_flight_.end()) return;
   http_.cancel(tag);
-  if (auto idx = fleet_.index_of(it->second.gpu_id)) {
+  if (auto idx = fleet_.index_of_member(it->second.member)) {
     fleet_.release(*idx);
   }
   if (capacity_blocked_) maybe_more_work_ = true;  // a slot freed: work may be waiting for it
@@ -1232,10 +1236,10 @@ void Dispatcher::handle_finished() {
     if (o.kind == AttemptOutcome::Kind::done && !f.cache_key.empty()) {
       cache_fills_.push_back({f.cache_key, o.response, f.cache_ttl_s});
     }
-    for (InFlight member : f.followers) {
-      member.gpu_id = f.gpu_id;
-      member.api = f.api;
-      finish(member, r);
+    for (InFlight follower : f.followers) {
+      follower.gpu_id = f.gpu_id;
+      follower.api = f.api;
+      finish(follower, r);
     }
     if (f.kind == Work::decision && (f.attempts == 0 || l2_asks_.waiting(tag))) {
       // Handed off and not claimed yet (its transaction is still

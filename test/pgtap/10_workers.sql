@@ -19,8 +19,8 @@ SELECT ok(npc_test.wait_for($$
   (SELECT count(*) FROM pg_stat_activity
     WHERE backend_type LIKE 'npc_scale %' AND wait_event_type = 'Extension' AND wait_event = 'Extension') = 2 $$),
   'both workers wait on their latch when idle');
-SELECT is((SELECT count(*)::int FROM npc_scale.worker_status() WHERE state = 'idle'), 2,
-  'both report state idle');
+SELECT ok(npc_test.wait_for($$ (SELECT count(*) FROM npc_scale.worker_status() WHERE state = 'idle') = 2 $$),
+  'both report state idle');  -- waited for too: a worker just started may still be setting up
 
 -- SIGTERM: the worker exits cleanly and the postmaster restarts it.
 CREATE TEMP TABLE before AS SELECT name, pid, starts, started_at FROM npc_scale.worker_status();

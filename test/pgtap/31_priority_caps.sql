@@ -1,7 +1,7 @@
 -- Under a backlog, work is sent in priority order then age; an endpoint's
 -- max_concurrent is never exceeded (the simulated GPU's observed peak says so),
--- not even across an endpoint's renumbering.
-SELECT plan(15);
+-- not even across an endpoint's renumbering or a change of its URL.
+SELECT plan(20);
 
 -- Backlog: enqueue while no endpoint is enabled, then open one slot.
 SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[1]);
@@ -71,7 +71,32 @@ SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 3::numeric,
 SELECT results_eq($$ SELECT gpu_id, count(*)::int FROM npc_scale.decision_queue d JOIN renumber USING (id)
                       WHERE status = 'done' AND attempts = 1 GROUP BY gpu_id ORDER BY gpu_id $$,
   $$ VALUES (1, 3), (7, 6) $$, 'three answered by the old row, six by the new one, each in one attempt');
+
+-- A row pointed at another server while its requests are in flight, and a
+-- new row for the old server: the old server's requests drain on the old
+-- member and count against the new row's cap. (Row 1 is parked too, so
+-- that row 2 is the only way to the fleet: without that counting it would
+-- send three more at once.)
+SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[3]);
+SELECT npc_test.gpu_reset('faulty') IS NOT NULL AS reset \gset
+CREATE TEMP TABLE repoint AS
+  SELECT id FROM npc_test.burst(3500, 9, 'repoint ' || clock_timestamp()) AS id;  -- never cached
+SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 3 $$),
+  'three requests in flight on row 1');
+WITH repointed AS (
+  UPDATE npc_scale.gpu_endpoints SET endpoint = npc_test.gpu_url('slow'), enabled = false WHERE gpu_id = 1 RETURNING 1)
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, max_concurrent)
+SELECT 2, npc_test.gpu_url('faulty'), 3 FROM repointed;
+SELECT ok(npc_test.wait_for($$ EXISTS (SELECT FROM npc_scale.endpoint_stats
+                                        WHERE gpu_id = 1 AND draining AND in_flight = 3 AND endpoint IS NULL) $$),
+  'endpoint_stats shows the old member draining its three, without the row''s new URL');
+SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM repoint))', '30 s'), 'all nine finish');
+SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 3::numeric,
+  'the server never saw more than its cap of 3 when its row changed');
+SELECT results_eq($$ SELECT gpu_id, count(*)::int FROM npc_scale.decision_queue d JOIN repoint USING (id)
+                      WHERE status = 'done' AND attempts = 1 GROUP BY gpu_id ORDER BY gpu_id $$,
+  $$ VALUES (1, 3), (2, 6) $$, 'three answered through row 1, six through row 2, each in one attempt');
 SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}') IS NOT NULL AS fast_again \gset
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2000 AND 3500;
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2000 AND 3600;
 SELECT * FROM finish();

@@ -149,3 +149,65 @@ TEST(FleetTest, ReleaseNeverGoesBelowZero) {
   f.release(0);
   EXPECT_EQ(f.endpoints()[0].in_flight, 0);
 }
+
+// A row pointed at another server while requests are in flight (or its
+// gpu_id swapped with another row's): those requests are the old server's.
+// They drain on the old member, count against any row still for the old
+// server, and free their slot on that member when they end, never on the
+// row's new member.
+TEST(FleetTest, ARowsNewUrlLeavesItsRequestsInFlightWithTheOldServer) {
+  Fleet f;
+  f.reload({ep(1, "http://a", 2), ep(2, "http://b", 2)}, {}, 0.2);
+  const uint64_t old_serial = f.info(*f.index_of(1)).serial;
+  f.endpoints()[*f.index_of(1)].in_flight = 2;
+  // The two rows swap servers: row 2 is now a's, and a still has our 2.
+  EXPECT_TRUE(f.reload({ep(1, "http://b", 2), ep(2, "http://a", 2)}, {}, 0.2));
+  ASSERT_EQ(f.size(), 3u);
+  size_t row1 = *f.index_of(1), row2 = *f.index_of(2);
+  auto old = f.index_of_member(old_serial);
+  ASSERT_TRUE(old);
+  EXPECT_TRUE(f.info(*old).removed);
+  EXPECT_EQ(f.info(*old).config.base_url, "http://a");
+  EXPECT_FALSE(f.info(row1).removed) << "a row's gpu_id finds its live member, not the draining one";
+  EXPECT_NE(f.info(row1).serial, old_serial) << "another server, another member";
+  EXPECT_EQ(f.endpoints()[row1].in_flight, 0) << "b has none of ours";
+  EXPECT_TRUE(f.endpoints()[row1].has_slot());
+  EXPECT_EQ(f.endpoints()[row2].busy(), 2) << "a still has 2 of ours";
+  EXPECT_FALSE(f.endpoints()[row2].has_slot());
+  EXPECT_EQ(Router::free_capacity(f.endpoints(), 0), 2);
+
+  // Row 1 takes a request on b; one of a's ends: each frees its own slot.
+  f.endpoints()[row1].in_flight = 1;
+  f.release(*f.index_of_member(old_serial));
+  EXPECT_EQ(f.endpoints()[row1].in_flight, 1) << "an answer from a does not free b's slot";
+  EXPECT_EQ(f.endpoints()[row2].busy(), 1);
+  // A reload while it drains keeps both as they are.
+  EXPECT_FALSE(f.reload({ep(1, "http://b", 2), ep(2, "http://a", 2)}, {}, 0.2));
+  ASSERT_TRUE(f.index_of_member(old_serial));
+  EXPECT_EQ(f.info(*f.index_of(1)).config.base_url, "http://b");
+  EXPECT_EQ(f.endpoints()[*f.index_of(1)].in_flight, 1);
+  f.release(*f.index_of_member(old_serial));
+  f.prune_drained();
+  EXPECT_FALSE(f.index_of_member(old_serial));
+  EXPECT_EQ(f.size(), 2u);
+  EXPECT_EQ(f.endpoints()[*f.index_of(2)].busy(), 0);
+}
+
+// A member keeps its serial while its row keeps its server, whatever else
+// changes; a probe in flight alone keeps a replaced member until it ends.
+TEST(FleetTest, AMemberKeepsItsSerialUntilItsServerChanges) {
+  Fleet f;
+  f.reload({ep(1, "http://a", 2)}, {}, 0.2);
+  const uint64_t serial = f.info(0).serial;
+  f.reload({ep(1, "http://a", 5, false)}, {}, 0.2);
+  EXPECT_EQ(f.info(0).serial, serial);
+  f.info(0).probe_in_flight = true;
+  f.reload({ep(1, "http://c", 5)}, {}, 0.2);
+  ASSERT_EQ(f.size(), 2u);
+  EXPECT_NE(f.info(*f.index_of(1)).serial, serial);
+  ASSERT_TRUE(f.index_of_member(serial));
+  f.info(*f.index_of_member(serial)).probe_in_flight = false;
+  f.prune_drained();
+  EXPECT_FALSE(f.index_of_member(serial));
+  EXPECT_EQ(f.size(), 1u);
+}

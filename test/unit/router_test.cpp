@@ -248,6 +248,24 @@ TEST(RouterTest, OpenOrHalfOpenBreakersAreNotCandidates) {
   EXPECT_EQ(Router::free_capacity(eps, 6500), 0);
 }
 
+// A row's old member, draining after the row moved to another server, has
+// the row's gpu_id and is listed after it: the row's own weight places it on
+// the ring, so homes do not move while the old member drains.
+TEST(RouterTest, ADrainingMemberDoesNotMoveItsRowsHomes) {
+  Router with, without;
+  std::vector<Endpoint> eps{ep(1, 100), ep(2, 100), ep(3, 100)};
+  std::vector<Endpoint> draining = eps;
+  draining.push_back(ep(1, 5, 5));
+  draining.back().enabled = false;
+  int moved = 0;
+  for (uint64_t k = 0; k < 200; k++) {
+    RouteRequest req = prio(5);
+    req.affinity_key = k;
+    if (pick_index(with, draining, req) != pick_index(without, eps, req)) moved++;
+  }
+  EXPECT_EQ(moved, 0);
+}
+
 TEST(RouterTest, AffinityKeepsAKeyHomeAndCountsHits) {
   Router r;
   std::vector<Endpoint> eps{ep(1, 100, 10), ep(2, 100, 10), ep(3, 100, 10)};
