@@ -58,6 +58,7 @@ void RedisCache::disconnect() {
   ctx_ = nullptr;
   if (connecting_fd_ >= 0) close(connecting_fd_);
   connecting_fd_ = -1;
+  lookup_.reset();
   answer_pending_unavailable();  // their replies went with the connection
 }
 
@@ -190,33 +191,36 @@ bool RedisCache::ensure_connected(int64_t now_ms, bool drain) {
   // Replies come in command order: what set_nowait() and ask() left goes first.
   if (ctx_) return !drain || read_replies(now_ms, true);
   if (connecting_fd_ < 0) {
-    if (now_ms < next_attempt_ms_) return false;  // backing off: a miss, cheaply
+    if (!lookup_ && now_ms < next_attempt_ms_) return false;  // backing off: a miss, cheaply
     if (!start_connect(now_ms)) return false;
   }
   return finish_connect(now_ms);
 }
 
 bool RedisCache::start_connect(int64_t now_ms) {
-  // A numeric host resolves without a lookup; a name is looked up here, as
-  // hiredis would (synchronously).
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  int rc = getaddrinfo(config_.host.c_str(), std::to_string(config_.port).c_str(), &hints, &found);
-  if (rc != 0) {
-    fail("connect to " + config_.host + ":" + std::to_string(config_.port) + ": " + gai_strerror(rc),
-         now_ms);
-    return false;
+  if (config_.connect_in_background) {
+    if (!lookup_) lookup_ = std::make_unique<HostLookup>(config_.host, config_.port);
+    switch (lookup_->poll()) {
+      case HostLookup::State::pending:
+        return false;  // a miss for now
+      case HostLookup::State::failed: {
+        std::string why = lookup_->error();
+        lookup_.reset();
+        fail(why, now_ms);
+        return false;
+      }
+      case HostLookup::State::done:
+        addresses_ = lookup_->addresses();
+        lookup_.reset();
+        break;
+    }
+  } else {
+    std::string why;
+    if (!HostLookup::resolve_now(config_.host, config_.port, &addresses_, &why)) {
+      fail(why, now_ms);
+      return false;
+    }
   }
-  addresses_.clear();
-  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    Address address{};
-    std::memcpy(&address.addr, a->ai_addr, std::min<size_t>(a->ai_addrlen, sizeof(address.addr)));
-    address.len = a->ai_addrlen;
-    addresses_.push_back(address);
-  }
-  freeaddrinfo(found);
   next_address_ = 0;
   return connect_next_address(now_ms, "no address");
 }
@@ -224,7 +228,7 @@ bool RedisCache::start_connect(int64_t now_ms) {
 bool RedisCache::connect_next_address(int64_t now_ms, const std::string& why) {
   std::string last = why;
   while (next_address_ < addresses_.size()) {
-    const Address& a = addresses_[next_address_++];
+    const SocketAddress& a = addresses_[next_address_++];
     int fd = socket(a.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd >= 0 && (connect(fd, reinterpret_cast<const sockaddr*>(&a.addr), a.len) == 0 ||
                     errno == EINPROGRESS)) {

@@ -10,8 +10,11 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "host_lookup.hpp"
 
 struct redisContext;
 
@@ -25,8 +28,9 @@ struct RedisConfig {
   std::string prefix = "npc_scale:cache:";
   int connect_timeout_ms = 100;
   int command_timeout_ms = 20;
-  // An event loop's client: a connect in progress is a miss for the caller,
-  // not a wait of up to connect_timeout_ms; later calls see it through.
+  // An event loop's client: a connect in progress (the host name's lookup,
+  // then the TCP connect) is a miss for the caller, not a wait; later calls
+  // see it through.
   bool connect_in_background = false;
   bool operator==(const RedisConfig& o) const {
     return host == o.host && port == o.port && db == o.db && password == o.password &&
@@ -99,16 +103,18 @@ class RedisCache {
   int64_t clear(int64_t now_ms);
 
   bool up() const { return up_; }
-  // A TCP connect started and not yet through (connect_in_background).
-  bool connecting() const { return connecting_fd_ >= 0; }
+  // A lookup or TCP connect started and not yet through (connect_in_background).
+  bool connecting() const { return lookup_ != nullptr || connecting_fd_ >= 0; }
   uint64_t errors() const { return errors_; }
   std::function<void(bool up, const std::string& why)> on_state_change;
 
  private:
   // drain: first read every reply still outstanding (waiting for them).
   bool ensure_connected(int64_t now_ms, bool drain = true);
-  // Resolves the host and starts a non-blocking TCP connect to its first
-  // address; false (and the connection failed) if none could even start.
+  // Looks the host up (connect_in_background: starts the lookup, and
+  // returns false while it runs) and starts a non-blocking TCP connect to
+  // its first address; false, and the connection failed, if none could even
+  // start.
   bool start_connect(int64_t now_ms);
   // Starts a connect to the next resolved address (why: the last one's
   // error); false, and the connection failed, when none is left.
@@ -136,13 +142,10 @@ class RedisCache {
 
   RedisConfig config_;
   redisContext* ctx_ = nullptr;
-  int connecting_fd_ = -1;         // our socket until its connect is through
+  std::unique_ptr<HostLookup> lookup_;  // the host name's, while it runs (connect_in_background)
+  int connecting_fd_ = -1;              // our socket until its connect is through
   int64_t connect_deadline_ms_ = 0;
-  struct Address {
-    sockaddr_storage addr;
-    socklen_t len;
-  };
-  std::vector<Address> addresses_;  // the host's, in the resolver's order
+  std::vector<SocketAddress> addresses_;  // the host's, in the resolver's order
   size_t next_address_ = 0;
   bool up_ = true;  // optimistic until the first failure; reported only on change
   uint64_t errors_ = 0;

@@ -474,3 +474,24 @@ TEST_F(RedisCacheLive, ABackgroundConnectGetsThroughToALiveServer) {
   EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
   EXPECT_EQ(v, "v");
 }
+
+// A host name: the dispatcher's client looks it up in the background (a
+// miss while it runs), then connects.
+TEST_F(RedisCacheLive, ABackgroundConnectByNameGetsThroughToALiveServer) {
+  RedisConfig c;
+  c.host = "localhost";
+  c.port = port;
+  c.connect_in_background = true;
+  cache.configure(c);
+  const int64_t deadline = now_ms() + 30000;
+  while (!cache.set_nowait("k", "v", 60, now_ms())) {
+    ASSERT_LT(now_ms(), deadline) << "never connected";
+    EXPECT_TRUE(cache.up()) << "a lookup or connect under way is not a failure";
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_FALSE(cache.connecting());
+  std::string v;
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(v, "v");
+  EXPECT_EQ(cache.errors(), 0u);
+}
