@@ -23,7 +23,7 @@ PG_CPPFLAGS = -isystem $(PG_INCLUDE_SERVER) -Isrc
 # -MMD -MP: PGXS does not track header dependencies; a struct changed in a
 # header must rebuild every object that uses it (shared memory layouts!).
 PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-missing-field-initializers -MMD -MP
-SHLIB_LINK = -lstdc++ -lcurl -lhiredis -lxxhash
+SHLIB_LINK = -lstdc++ -lcurl -lhiredis -lxxhash -lanl
 
 # No LLVM bitcode. Debian's PostgreSQL 15 is built --with-llvm, so PGXS would
 # compile every source a second time with clang to bitcode for JIT inlining.
@@ -52,7 +52,7 @@ router_bench: $(BUILD_DIR)/router_bench
 $(BUILD_DIR)/unit_tests: $(CORE_SRCS) $(FAKE_GPU_LIB_SRCS) $(UNIT_SRCS) $(wildcard src/core/*.hpp test/fake_gpu/*.hpp test/unit/*.hpp)
 	@mkdir -p $(BUILD_DIR)
 	$(CXX) $(TEST_CXXFLAGS) $(CORE_SRCS) $(FAKE_GPU_LIB_SRCS) $(UNIT_SRCS) \
-		-lgtest -lgtest_main -lcurl -lhiredis -levent -lxxhash -lpthread -o $@
+		-lgtest -lgtest_main -lcurl -lhiredis -levent -lxxhash -lanl -lpthread -o $@
 
 $(BUILD_DIR)/fake_gpu: $(wildcard test/fake_gpu/*.cpp test/fake_gpu/*.hpp)
 	@mkdir -p $(BUILD_DIR)
@@ -71,7 +71,7 @@ $(BUILD_DIR)/echo_worker: test/bench/echo_worker.cpp
 # The routing benchmark: the router's own code against simulated GPUs.
 $(BUILD_DIR)/router_bench: test/bench/router_bench.cpp $(CORE_SRCS) $(wildcard src/core/*.hpp)
 	@mkdir -p $(BUILD_DIR)
-	$(CXX) $(TEST_CXXFLAGS) $< $(CORE_SRCS) -lcurl -lhiredis -lxxhash -lpthread -o $@
+	$(CXX) $(TEST_CXXFLAGS) $< $(CORE_SRCS) -lcurl -lhiredis -lxxhash -lanl -lpthread -o $@
 
 clean: clean-build
 .PHONY: clean-build

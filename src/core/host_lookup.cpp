@@ -96,7 +96,9 @@ HostLookup::HostLookup(const std::string& host, int port) : host_(host), port_(p
   pthread_sigmask(SIG_SETMASK, &all, &old);
   rc = getaddrinfo_a(GAI_NOWAIT, list, 1, nullptr);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (rc != 0) finish(rc);
+  // A failure may still leave the request queued (glibc queues it before
+  // allocating the rest): then it runs, and is polled like any other.
+  if (rc != 0 && gai_error(&request_->cb) != EAI_INPROGRESS) finish(rc);
 }
 
 HostLookup::~HostLookup() {

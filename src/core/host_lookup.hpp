@@ -24,11 +24,11 @@ class HostLookup {
   HostLookup(const std::string& host, int port);
   // A lookup still running is cancelled, or, if glibc has already started
   // it, left to finish and freed by a later HostLookup.
-  ~HostLookup();
+  virtual ~HostLookup();
   HostLookup(const HostLookup&) = delete;
   HostLookup& operator=(const HostLookup&) = delete;
 
-  State poll();
+  virtual State poll();
   // Once done: the addresses, in the resolver's order.
   const std::vector<SocketAddress>& addresses() const { return addresses_; }
   // Once failed: why, naming the host.
@@ -41,15 +41,18 @@ class HostLookup {
 
   struct Request;  // the lookup as glibc sees it (host_lookup.cpp)
 
+ protected:
+  HostLookup() = default;  // a stand-in's (tests), which sets the state itself
+  State state_ = State::pending;
+  std::vector<SocketAddress> addresses_;
+  std::string error_;
+
  private:
   void finish(int rc);
 
   std::string host_;
-  int port_;
+  int port_ = 0;
   Request* request_ = nullptr;  // owned; see ~HostLookup
-  State state_ = State::pending;
-  std::vector<SocketAddress> addresses_;
-  std::string error_;
 };
 
 }  // namespace npc_scale

@@ -199,10 +199,29 @@ bool RedisCache::ensure_connected(int64_t now_ms, bool drain) {
 
 bool RedisCache::start_connect(int64_t now_ms) {
   if (config_.connect_in_background) {
-    if (!lookup_) lookup_ = std::make_unique<HostLookup>(config_.host, config_.port);
+    if (!lookup_) {
+      lookup_ = start_lookup ? start_lookup(config_.host, config_.port)
+                             : std::make_unique<HostLookup>(config_.host, config_.port);
+      lookup_started_ms_ = now_ms;
+      lookup_overdue_ = false;
+    }
     switch (lookup_->poll()) {
       case HostLookup::State::pending:
-        return false;  // a miss for now
+        // A miss for now. A lookup that outlasts the connect timeout (a DNS
+        // server that does not answer) is reported once, as down, and left
+        // to run: starting it again would only wait again.
+        if (!lookup_overdue_ && now_ms - lookup_started_ms_ >= config_.connect_timeout_ms) {
+          lookup_overdue_ = true;
+          errors_++;
+          if (up_) {
+            up_ = false;
+            if (on_state_change) {
+              on_state_change(false, "look up " + config_.host + ": no answer after " +
+                                         std::to_string(config_.connect_timeout_ms) + " ms");
+            }
+          }
+        }
+        return false;
       case HostLookup::State::failed: {
         std::string why = lookup_->error();
         lookup_.reset();

@@ -107,6 +107,9 @@ class RedisCache {
   bool connecting() const { return lookup_ != nullptr || connecting_fd_ >= 0; }
   uint64_t errors() const { return errors_; }
   std::function<void(bool up, const std::string& why)> on_state_change;
+  // Starts a host name's lookup (connect_in_background); tests put a
+  // stand-in here. Unset: HostLookup.
+  std::function<std::unique_ptr<HostLookup>(const std::string& host, int port)> start_lookup;
 
  private:
   // drain: first read every reply still outstanding (waiting for them).
@@ -143,6 +146,8 @@ class RedisCache {
   RedisConfig config_;
   redisContext* ctx_ = nullptr;
   std::unique_ptr<HostLookup> lookup_;  // the host name's, while it runs (connect_in_background)
+  int64_t lookup_started_ms_ = 0;
+  bool lookup_overdue_ = false;  // reported down while it still runs
   int connecting_fd_ = -1;              // our socket until its connect is through
   int64_t connect_deadline_ms_ = 0;
   std::vector<SocketAddress> addresses_;  // the host's, in the resolver's order

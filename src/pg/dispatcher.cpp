@@ -512,7 +512,7 @@ void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) 
     m.probe_in_flight = false;
     bool healthy = r.transport_ok && r.status == 200;
     e.breaker.probe_finished(healthy, now_ms());
-    if (healthy) {
+    if (healthy && !m.removed) {  // a draining member's server may be no row's now: not logged
       maybe_more_work_ = true;  // capacity is back
       pg_call([&] {
         ereport(LOG, (errmsg("npc_scale dispatcher: GPU %d is healthy again, breaker closed", f.gpu_id)));
@@ -555,7 +555,7 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
     e.breaker.record_failure(now);
   }
   // Other 4xx: the request was wrong, not the endpoint.
-  if (before == BreakerState::closed && e.breaker.state(now) != BreakerState::closed) {
+  if (before == BreakerState::closed && e.breaker.state(now) != BreakerState::closed && !m.removed) {
     std::string what = error;
     pg_call([&] {
       ereport(LOG, (errmsg("npc_scale dispatcher: GPU %d breaker opened: %s", f.gpu_id, what.c_str())));
@@ -568,12 +568,15 @@ void Dispatcher::publish_stats() {
   fleet_.prune_drained();
   SharedState& s = shared_state();
   const int64_t now = now_ms();
-  int n = std::min<int>(static_cast<int>(fleet_.size()), kMaxEndpointStats);
-  std::vector<EndpointStat> stats(n);
-  for (int i = 0; i < n; i++) {
+  std::vector<EndpointStat> stats;
+  stats.reserve(std::min<size_t>(fleet_.size(), kMaxEndpointStats));
+  for (size_t i = 0; i < fleet_.size() && stats.size() < static_cast<size_t>(kMaxEndpointStats); i++) {
     Endpoint& e = fleet_.endpoints()[i];
     const MemberInfo& m = fleet_.info(i);
-    EndpointStat& st = stats[i];
+    // A draining member is shown while it has requests in flight, not for a
+    // probe or scrape it still waits for.
+    if (m.removed && e.in_flight <= 0) continue;
+    EndpointStat& st = stats.emplace_back();
     memset(&st, 0, sizeof(st));
     st.gpu_id = e.gpu_id;
     st.enabled = e.enabled;
@@ -594,8 +597,8 @@ void Dispatcher::publish_stats() {
     st.last_error_at = m.last_error_at_ms;
   }
   SpinLockAcquire(&s.stats_mutex);
-  s.endpoint_stat_count = n;
-  if (n > 0) memcpy(s.endpoint_stats, stats.data(), sizeof(EndpointStat) * n);
+  s.endpoint_stat_count = static_cast<int>(stats.size());
+  if (!stats.empty()) memcpy(s.endpoint_stats, stats.data(), sizeof(EndpointStat) * stats.size());
   SpinLockRelease(&s.stats_mutex);
 }
 

@@ -26,15 +26,15 @@ kill -9 "$(cat "$NPC_STATE/gpu/victim.pid")"
 q "SELECT count(*) FROM npc_scale.request_decisions(ARRAY(SELECT 6000 + g FROM generate_series(1, 40) g)::bigint[],
      'scout', ARRAY(SELECT 'scout ' || g FROM generate_series(1, 40) g), 9)" >/dev/null
 npc_wait_sql "SELECT count(*) = 40 FROM npc_scale.decision_queue WHERE npc_id BETWEEN 6001 AND 6040 AND status = 'done'" 30
-npc_wait_sql "SELECT breaker <> 'closed' FROM npc_scale.endpoint_stats WHERE gpu_id = 2" 10
-echo "dead GPU: $(q "SELECT breaker || ', errors ' || errors || ', last error: ' || last_error FROM npc_scale.endpoint_stats WHERE gpu_id = 2")"
+npc_wait_sql "SELECT breaker <> 'closed' FROM npc_scale.endpoint_stats WHERE gpu_id = 2 AND NOT draining" 10
+echo "dead GPU: $(q "SELECT breaker || ', errors ' || errors || ', last error: ' || last_error FROM npc_scale.endpoint_stats WHERE gpu_id = 2 AND NOT draining")"
 on_dead=$(q "SELECT count(*) FROM npc_scale.decision_queue WHERE npc_id BETWEEN 6001 AND 6040 AND gpu_id = 2")
 [ "$on_dead" = 0 ] || { echo "$on_dead decisions were answered by the dead GPU?"; exit 1; }
 echo "all 40 done on the live GPU"
 
 echo "restarting the GPU"
 npc_gpu_start victim "$port" --profile instant
-npc_wait_sql "SELECT breaker = 'closed' FROM npc_scale.endpoint_stats WHERE gpu_id = 2" 15
+npc_wait_sql "SELECT breaker = 'closed' FROM npc_scale.endpoint_stats WHERE gpu_id = 2 AND NOT draining" 15
 q "SELECT count(*) FROM npc_scale.request_decisions(ARRAY(SELECT 6100 + g FROM generate_series(1, 40) g)::bigint[],
      'scout', ARRAY(SELECT 'scout again ' || g FROM generate_series(1, 40) g), 9)" >/dev/null
 npc_wait_sql "SELECT count(*) = 40 FROM npc_scale.decision_queue WHERE npc_id BETWEEN 6101 AND 6140 AND status = 'done'" 30

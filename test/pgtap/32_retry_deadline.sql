@@ -51,14 +51,14 @@ SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}');
 UPDATE npc_scale.gpu_endpoints SET model = 'no-such-model';
 SELECT npc_scale.request_decision(4005, 'attack', 'Attack now?', 2) AS id5 \gset
 -- (When it opens depends on the endpoint's earlier failures: watch for it.)
-SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1) = 'open' $$, '20 s'),
+SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 'open' $$, '20 s'),
   'the 404s open the endpoint''s breaker');
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id5), '30 s'), 'the decision finishes');
 SELECT results_eq(format('SELECT status, attempts = %s, error ~ ''HTTP 404'' FROM npc_scale.decision_queue WHERE id = %s',
                          current_setting('npc_scale.max_attempts'), :id5),
   $$ VALUES ('failed'::text, true, true) $$, 'a 404 is retried up to max_attempts');
 UPDATE npc_scale.gpu_endpoints SET model = 'npc-llm';
-SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1) = 'closed' $$, '20 s'),
+SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 'closed' $$, '20 s'),
   'the breaker closes again once a probe finds the endpoint healthy');
 
 -- Cancelling a running decision aborts its GPU request: the endpoint's slot
@@ -70,7 +70,7 @@ SELECT ok(npc_test.wait_for(format('(SELECT status FROM npc_scale.decision_queue
   'a slow decision is running');
 SELECT ok(npc_scale.cancel_decision(:id6), 'cancel_decision on a running decision returns true');
 SELECT ok(npc_test.wait_for(format($$ npc_test.metric('requests_cancelled') = %s + 1
-            AND (SELECT in_flight FROM npc_scale.endpoint_stats WHERE gpu_id = 1) = 0
+            AND (SELECT in_flight FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 0
             AND npc_test.gpu_metric('faulty', 'vllm:num_requests_running') = 0 $$, :rc0), '10 s'),
   'its GPU request was aborted: no longer in flight, here or at the GPU');
 SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}');

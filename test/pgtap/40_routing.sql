@@ -8,7 +8,7 @@ SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "
 SELECT npc_test.gpu_reset('faulty');
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_scale.request_decision(5001, 'trade', 'Sell clay?', 5) AS limited \gset
-SELECT ok(npc_test.wait_for($$ (SELECT breaker = 'open' FROM npc_scale.endpoint_stats WHERE gpu_id = 1) $$),
+SELECT ok(npc_test.wait_for($$ (SELECT breaker = 'open' FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) $$),
   'a 429 opens the endpoint''s breaker');
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 1::numeric, 'after one request');
 SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :limited), 'queued',
@@ -28,7 +28,7 @@ SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 1::numeric,
 
 -- The fault clears; after Retry-After the breaker probes /health and closes.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
-SELECT ok(npc_test.wait_for($$ (SELECT breaker = 'closed' FROM npc_scale.endpoint_stats WHERE gpu_id = 1) $$, '15 s'),
+SELECT ok(npc_test.wait_for($$ (SELECT breaker = 'closed' FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) $$, '15 s'),
   'a healthy probe closes the breaker');
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :limited), '15 s'),
   'the rate-limited decision is answered on its retry');

@@ -495,3 +495,79 @@ TEST_F(RedisCacheLive, ABackgroundConnectByNameGetsThroughToALiveServer) {
   EXPECT_EQ(v, "v");
   EXPECT_EQ(cache.errors(), 0u);
 }
+
+namespace {
+// A lookup that runs until the test ends it (a DNS server that does not
+// answer, then does): what a real one cannot be made to do on demand.
+class HeldLookup : public HostLookup {
+ public:
+  State poll() override { return state_; }
+  void answer(int port) {
+    SocketAddress a{};
+    auto* in = reinterpret_cast<sockaddr_in*>(&a.addr);
+    in->sin_family = AF_INET;
+    in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    in->sin_port = htons(static_cast<uint16_t>(port));
+    a.len = sizeof(sockaddr_in);
+    addresses_ = {a};
+    state_ = State::done;
+  }
+};
+}  // namespace
+
+// The dispatcher's client never waits for a host name's lookup: while it
+// runs, every call is a miss at once. One that outlasts the connect timeout
+// is reported down once (and counted) but left to run; when it answers, the
+// connect goes on from there (clock passed in: no sleeps).
+TEST_F(RedisCacheLive, ALookupUnderWayIsAMissAndOneOverdueIsReportedDownOnce) {
+  HeldLookup* held = nullptr;
+  int lookups = 0;
+  cache.start_lookup = [&](const std::string& host, int) {
+    EXPECT_EQ(host, "redis.example");
+    lookups++;
+    auto l = std::make_unique<HeldLookup>();
+    held = l.get();
+    return std::unique_ptr<HostLookup>(std::move(l));
+  };
+  std::vector<std::pair<bool, std::string>> changes;
+  cache.on_state_change = [&](bool up, const std::string& why) { changes.emplace_back(up, why); };
+  RedisConfig c;
+  c.host = "redis.example";
+  c.port = port;
+  c.connect_timeout_ms = 100;
+  c.connect_in_background = true;
+  cache.configure(c);
+
+  const int64_t t0 = now_ms();
+  (void)cache.ask({"k"}, t0);
+  std::vector<RedisCache::Answer> got = cache.take_answers(t0);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::unavailable) << "a miss, not a wait";
+  EXPECT_TRUE(cache.connecting());
+  EXPECT_TRUE(cache.up());
+  EXPECT_EQ(cache.errors(), 0u);
+  EXPECT_FALSE(cache.set_nowait("k", "v", 60, t0 + 99));
+  EXPECT_TRUE(cache.up()) << "not overdue yet";
+
+  EXPECT_FALSE(cache.set_nowait("k", "v", 60, t0 + 100));
+  EXPECT_FALSE(cache.up()) << "overdue: down";
+  EXPECT_EQ(cache.errors(), 1u);
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_NE(changes[0].second.find("redis.example"), std::string::npos) << changes[0].second;
+  EXPECT_FALSE(cache.set_nowait("k", "v", 60, t0 + 5000));
+  EXPECT_EQ(cache.errors(), 1u) << "reported once";
+  EXPECT_TRUE(cache.connecting()) << "still running, not started again";
+  EXPECT_EQ(lookups, 1);
+
+  held->answer(port);
+  const int64_t deadline = now_ms() + 5000;
+  while (!cache.set_nowait("k", "v", 60, now_ms())) {
+    ASSERT_LT(now_ms(), deadline) << "never connected";
+  }
+  EXPECT_TRUE(cache.up());
+  ASSERT_EQ(changes.size(), 2u);
+  EXPECT_TRUE(changes[1].first) << "back up once connected";
+  EXPECT_EQ(lookups, 1);
+  std::string v;
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
+}
