@@ -1,8 +1,9 @@
 -- Scheduled materialized-view refreshes in the maintenance worker: pg_cron
 -- syntax, run history, failures recorded without stopping the worker, no run
--- overlapping itself, clear errors at schedule time, and decisions flowing
--- while a slow refresh runs (asserted by the order of events).
-SELECT plan(15);
+-- overlapping itself, clear errors at schedule time, decisions flowing
+-- while a slow refresh runs (asserted by the order of events), and a cancel
+-- during a refresh failing that run only.
+SELECT plan(20);
 
 CREATE TABLE public.sched_src (id int PRIMARY KEY, x int NOT NULL);
 INSERT INTO public.sched_src SELECT g, 1 FROM generate_series(1, 100) g;
@@ -66,6 +67,27 @@ SELECT ok((SELECT finished_at FROM npc_scale.decision_queue WHERE id = :d)
                             ON a.job = b.job AND a.run < b.run
                            WHERE a.job = :slow_job AND b.started_at < a.finished_at),
   'the decision finished before the first slow refresh did, and no two runs of the job overlapped');
+
+-- A cancel of the maintenance worker during a refresh fails that run, with
+-- the cancel as its error; the worker goes on (same process), and its loop
+-- does not count it: the run failed, not the loop. (The run waited for
+-- started under a second ago, so 1.5 s of its refresh remain.)
+CREATE TEMP TABLE maintenance_before AS
+  SELECT pid, errors FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance';
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running'
+                                                AND started_at > clock_timestamp() - interval '1 s') $$, :slow_job), '15 s'),
+  'a slow refresh has just started');
+SELECT ok(pg_cancel_backend(npc_test.worker_pid('maintenance')), 'cancel sent to the maintenance worker');
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'failed'
+                                                AND error LIKE '%%canceling statement due to user request%%') $$, :slow_job), '15 s'),
+  'the cancelled run is recorded as failed, with the cancel as its error');
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs r WHERE job = %1$s AND status = 'succeeded'
+                                                AND started_at > (SELECT max(started_at) FROM npc_scale.maintenance_runs
+                                                                   WHERE job = %1$s AND status = 'failed')) $$, :slow_job), '20 s'),
+  'the next run succeeds');
+SELECT results_eq($$ SELECT pid, errors FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance' $$,
+                  $$ SELECT pid, errors FROM maintenance_before $$,
+  'the same worker process, and no error counted by its loop');
 
 SELECT npc_scale.unschedule(job) FROM npc_scale.maintenance_jobs;
 DROP MATERIALIZED VIEW public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow;
