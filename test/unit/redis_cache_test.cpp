@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -502,15 +503,33 @@ namespace {
 class HeldLookup : public HostLookup {
  public:
   State poll() override { return state_; }
-  void answer(int port) {
-    SocketAddress a{};
-    auto* in = reinterpret_cast<sockaddr_in*>(&a.addr);
-    in->sin_family = AF_INET;
-    in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    in->sin_port = htons(static_cast<uint16_t>(port));
-    a.len = sizeof(sockaddr_in);
-    addresses_ = {a};
+  // Done: the host is 127.0.0.1 at each of these ports, in this order.
+  void answer(const std::vector<int>& ports) {
+    for (int port : ports) {
+      SocketAddress a{};
+      auto* in = reinterpret_cast<sockaddr_in*>(&a.addr);
+      in->sin_family = AF_INET;
+      in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      in->sin_port = htons(static_cast<uint16_t>(port));
+      a.len = sizeof(sockaddr_in);
+      addresses_.push_back(a);
+    }
     state_ = State::done;
+  }
+};
+
+// Hands out HeldLookups for the host name "redis.example", keeping the last.
+struct HeldLookups {
+  HeldLookup* last = nullptr;
+  int count = 0;
+  std::function<std::unique_ptr<HostLookup>(const std::string&, int)> starter() {
+    return [this](const std::string& host, int) {
+      EXPECT_EQ(host, "redis.example");
+      count++;
+      auto l = std::make_unique<HeldLookup>();
+      last = l.get();
+      return std::unique_ptr<HostLookup>(std::move(l));
+    };
   }
 };
 }  // namespace
@@ -520,15 +539,8 @@ class HeldLookup : public HostLookup {
 // is reported down once (and counted) but left to run; when it answers, the
 // connect goes on from there (clock passed in: no sleeps).
 TEST_F(RedisCacheLive, ALookupUnderWayIsAMissAndOneOverdueIsReportedDownOnce) {
-  HeldLookup* held = nullptr;
-  int lookups = 0;
-  cache.start_lookup = [&](const std::string& host, int) {
-    EXPECT_EQ(host, "redis.example");
-    lookups++;
-    auto l = std::make_unique<HeldLookup>();
-    held = l.get();
-    return std::unique_ptr<HostLookup>(std::move(l));
-  };
+  HeldLookups lookups;
+  cache.start_lookup = lookups.starter();
   std::vector<std::pair<bool, std::string>> changes;
   cache.on_state_change = [&](bool up, const std::string& why) { changes.emplace_back(up, why); };
   RedisConfig c;
@@ -557,9 +569,9 @@ TEST_F(RedisCacheLive, ALookupUnderWayIsAMissAndOneOverdueIsReportedDownOnce) {
   EXPECT_FALSE(cache.set_nowait("k", "v", 60, t0 + 5000));
   EXPECT_EQ(cache.errors(), 1u) << "reported once";
   EXPECT_TRUE(cache.connecting()) << "still running, not started again";
-  EXPECT_EQ(lookups, 1);
+  EXPECT_EQ(lookups.count, 1);
 
-  held->answer(port);
+  lookups.last->answer({port});
   const int64_t deadline = now_ms() + 5000;
   while (!cache.set_nowait("k", "v", 60, now_ms())) {
     ASSERT_LT(now_ms(), deadline) << "never connected";
@@ -567,7 +579,32 @@ TEST_F(RedisCacheLive, ALookupUnderWayIsAMissAndOneOverdueIsReportedDownOnce) {
   EXPECT_TRUE(cache.up());
   ASSERT_EQ(changes.size(), 2u);
   EXPECT_TRUE(changes[1].first) << "back up once connected";
-  EXPECT_EQ(lookups, 1);
+  EXPECT_EQ(lookups.count, 1);
+  std::string v;
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
+}
+
+// A host with several addresses: one that refuses the connect is passed
+// over for the next, without a failure.
+TEST_F(RedisCacheLive, EveryAddressOfTheHostIsTriedInTurn) {
+  HeldLookups lookups;
+  cache.start_lookup = lookups.starter();
+  RedisConfig c;
+  c.host = "redis.example";
+  c.port = port;
+  c.connect_in_background = true;
+  cache.configure(c);
+  EXPECT_FALSE(cache.set_nowait("k", "v", 60, now_ms()));
+  ASSERT_NE(lookups.last, nullptr);
+  const int refused = free_port();  // nothing listens there
+  lookups.last->answer({refused, port});
+  const int64_t deadline = now_ms() + 5000;
+  while (!cache.set_nowait("k", "v", 60, now_ms())) {
+    ASSERT_LT(now_ms(), deadline) << "never connected";
+  }
+  EXPECT_TRUE(cache.up());
+  EXPECT_EQ(cache.errors(), 0u) << "a refused address is not a failure while another is left";
+  EXPECT_EQ(lookups.count, 1);
   std::string v;
   EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
 }
