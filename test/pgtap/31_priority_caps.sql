@@ -68,9 +68,8 @@ UPDATE npc_scale.gpu_endpoints SET gpu_id = 7;
 SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM renumber))', '30 s'), 'all nine finish');
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 3::numeric,
   'the server never saw more than its cap of 3 across the renumbering');
-SELECT results_eq($$ SELECT gpu_id, count(*)::int FROM npc_scale.decision_queue d JOIN renumber USING (id)
-                      WHERE status = 'done' AND attempts = 1 GROUP BY gpu_id ORDER BY gpu_id $$,
-  $$ VALUES (1, 3), (7, 6) $$, 'three answered by the old row, six by the new one, each in one attempt');
+SELECT results_eq('SELECT * FROM npc_test.done_once_by_gpu(ARRAY(SELECT id FROM renumber))', $$ VALUES (1, 3), (7, 6) $$,
+  'three answered by the old row, six by the new one, each in one attempt');
 
 -- A row pointed at another server while its requests are in flight, and a
 -- new row for the old server: the old server's requests drain on the old
@@ -93,9 +92,8 @@ SELECT ok(npc_test.wait_for($$ EXISTS (SELECT FROM npc_scale.endpoint_stats
 SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM repoint))', '30 s'), 'all nine finish');
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 3::numeric,
   'the server never saw more than its cap of 3 when its row changed');
-SELECT results_eq($$ SELECT gpu_id, count(*)::int FROM npc_scale.decision_queue d JOIN repoint USING (id)
-                      WHERE status = 'done' AND attempts = 1 GROUP BY gpu_id ORDER BY gpu_id $$,
-  $$ VALUES (1, 3), (2, 6) $$, 'three answered through row 1, six through row 2, each in one attempt');
+SELECT results_eq('SELECT * FROM npc_test.done_once_by_gpu(ARRAY(SELECT id FROM repoint))', $$ VALUES (1, 3), (2, 6) $$,
+  'three answered through row 1, six through row 2, each in one attempt');
 SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}') IS NOT NULL AS fast_again \gset
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2000 AND 3600;

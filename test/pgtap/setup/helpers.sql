@@ -86,6 +86,13 @@ CREATE OR REPLACE FUNCTION npc_test.metric(metric text) RETURNS bigint LANGUAGE 
   SELECT value FROM npc_scale.metrics() WHERE name = metric
 $$;
 
+-- Decisions among `ids` done in one attempt, counted by the row (gpu_id) that answered them.
+CREATE OR REPLACE FUNCTION npc_test.done_once_by_gpu(ids bigint[], OUT gpu_id int, OUT n int) RETURNS SETOF record
+LANGUAGE sql AS $$
+  SELECT gpu_id, count(*)::int FROM npc_scale.decision_queue
+   WHERE id = ANY(ids) AND status = 'done' AND attempts = 1 GROUP BY gpu_id ORDER BY gpu_id
+$$;
+
 -- Waits until every given decision is finished.
 CREATE OR REPLACE FUNCTION npc_test.all_finished(ids bigint[]) RETURNS boolean LANGUAGE sql AS $$
   SELECT count(*) = cardinality(ids) FROM npc_scale.decision_queue
