@@ -91,6 +91,19 @@ class RedisCacheLive : public ::testing::Test {
     c.port = port;
     cache.configure(c);
   }
+  // Writes k = v once a background connect is through, trying every 1 ms
+  // for up to within_ms (a wait for a condition); `while_waiting` runs after
+  // each try that found it not through yet. False if it never was.
+  bool set_once_connected(int64_t within_ms, const std::function<void()>& while_waiting = {}) {
+    const int64_t deadline = now_ms() + within_ms;
+    while (!cache.set_nowait("k", "v", 60, now_ms())) {
+      if (now_ms() >= deadline) return false;
+      if (while_waiting) while_waiting();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
+  }
+
   int port = free_port();
   std::unique_ptr<RedisServer> server = std::make_unique<RedisServer>(port);
   RedisCache cache;
@@ -465,11 +478,7 @@ TEST_F(RedisCacheLive, ABackgroundConnectGetsThroughToALiveServer) {
   c.port = port;
   c.connect_in_background = true;
   cache.configure(c);
-  const int64_t deadline = now_ms() + 5000;
-  while (!cache.set_nowait("k", "v", 60, now_ms())) {
-    ASSERT_LT(now_ms(), deadline) << "never connected";
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  ASSERT_TRUE(set_once_connected(5000)) << "never connected";
   EXPECT_FALSE(cache.connecting());
   std::string v;
   EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
@@ -484,12 +493,9 @@ TEST_F(RedisCacheLive, ABackgroundConnectByNameGetsThroughToALiveServer) {
   c.port = port;
   c.connect_in_background = true;
   cache.configure(c);
-  const int64_t deadline = now_ms() + 30000;
-  while (!cache.set_nowait("k", "v", 60, now_ms())) {
-    ASSERT_LT(now_ms(), deadline) << "never connected";
+  ASSERT_TRUE(set_once_connected(30000, [&] {
     EXPECT_TRUE(cache.up()) << "a lookup or connect under way is not a failure";
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  })) << "never connected";
   EXPECT_FALSE(cache.connecting());
   std::string v;
   EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
@@ -572,10 +578,7 @@ TEST_F(RedisCacheLive, ALookupUnderWayIsAMissAndOneOverdueIsReportedDownOnce) {
   EXPECT_EQ(lookups.count, 1);
 
   lookups.last->answer({port});
-  const int64_t deadline = now_ms() + 5000;
-  while (!cache.set_nowait("k", "v", 60, now_ms())) {
-    ASSERT_LT(now_ms(), deadline) << "never connected";
-  }
+  ASSERT_TRUE(set_once_connected(5000)) << "never connected";
   EXPECT_TRUE(cache.up());
   ASSERT_EQ(changes.size(), 2u);
   EXPECT_TRUE(changes[1].first) << "back up once connected";
@@ -598,10 +601,7 @@ TEST_F(RedisCacheLive, EveryAddressOfTheHostIsTriedInTurn) {
   ASSERT_NE(lookups.last, nullptr);
   const int refused = free_port();  // nothing listens there
   lookups.last->answer({refused, port});
-  const int64_t deadline = now_ms() + 5000;
-  while (!cache.set_nowait("k", "v", 60, now_ms())) {
-    ASSERT_LT(now_ms(), deadline) << "never connected";
-  }
+  ASSERT_TRUE(set_once_connected(5000)) << "never connected";
   EXPECT_TRUE(cache.up());
   EXPECT_EQ(cache.errors(), 0u) << "a refused address is not a failure while another is left";
   EXPECT_EQ(lookups.count, 1);
