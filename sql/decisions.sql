@@ -68,6 +68,33 @@ SELECT npc_scale.generate('x', 5, '{"stop": 3}');
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.generate(NULL);
 \echo :LAST_ERROR_SQLSTATE
+-- Limits: a tag-sized decision_type, params within the prompt's limit,
+-- deadlines and await timeouts that are waits, not overflows.
+SELECT npc_scale.request_decision(1, repeat('é', 40), 'x');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', 5,
+  jsonb_build_object('system', repeat('s', current_setting('npc_scale.max_prompt_bytes')::int)));
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', 5, '{"temperature": 1e400}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', 5, '{}', '1000000 years');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.await_decision(1, '1000000 years');
+\echo :LAST_ERROR_SQLSTATE
+-- request_decisions: the same rules as request_decision, by position, and
+-- the shared arguments even for an empty batch.
+SELECT npc_scale.request_decisions(ARRAY[1, 2], E'\t', ARRAY['ok', 'ok']);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decisions(ARRAY[]::bigint[], 'build', ARRAY[]::text[], 11);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decisions(ARRAY[1], 'build', ARRAY['ok'], 5, '{}', '1000000 years');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decisions(NULL, 'build', ARRAY['ok']);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.cache_set('k', 'v', '1000000 years');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.cache_set('k', 'v', '-1 s');
+\echo :LAST_ERROR_SQLSTATE
 SELECT count(*) - :rows_before AS rows_inserted_by_bad_calls FROM npc_scale.decision_queue;
 -- Arrays are read by position, whatever their lower bounds.
 SELECT count(*) FROM npc_scale.request_decisions('[0:1]={7001,7002}'::bigint[], 'build', '[5:6]={first,second}'::text[]);
@@ -81,6 +108,29 @@ INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, api) VALUES (90, 'http://
 \echo :LAST_ERROR_SQLSTATE
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, max_concurrent) VALUES (90, 'http://gpu.example:8000', 0);
 \echo :LAST_ERROR_SQLSTATE
+-- Base URLs only: no credentials (the column is readable by everyone), no
+-- query, no /v1 (appended by npc_scale), a port in range.
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (90, 'http://user:pw@gpu.example:8000');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (90, 'http://gpu.example:8000/v1/');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (90, 'http://gpu.example:99999');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (90, 'http://gpu example:8000');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (90, 'http://gpu.example:8000?x=1');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, weight) VALUES (90, 'http://gpu.example:8000', 'NaN');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, weight) VALUES (90, 'http://gpu.example:8000', 'Infinity');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, api_key) VALUES (90, 'http://gpu.example:8000', E'sk-secret\n');
+\echo :LAST_ERROR_SQLSTATE
+-- A proxy's path prefix and an IPv6 address are fine.
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, enabled) VALUES
+  (91, 'http://gateway.example/gpus/7/', false), (92, 'http://[::1]:8000', false);
+SELECT gpu_id, endpoint FROM npc_scale.gpu_endpoints WHERE gpu_id IN (91, 92) ORDER BY gpu_id;
+DELETE FROM npc_scale.gpu_endpoints WHERE gpu_id IN (91, 92);
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (90, 'http://gpu.example:8000/');
 SELECT gpu_id, endpoint, model, api, max_concurrent, enabled FROM npc_scale.gpu_endpoints WHERE gpu_id = 90;
 DELETE FROM npc_scale.gpu_endpoints WHERE gpu_id = 90;

@@ -53,13 +53,34 @@ GRANT SELECT (gpu_id, endpoint, model, api, max_concurrent, enabled, weight, lab
 
 CREATE FUNCTION npc_scale._check_endpoint() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+  port text;
 BEGIN
-  IF NEW.endpoint IS NULL OR NEW.endpoint !~ '^https?://[^/\s]+' THEN
-    RAISE EXCEPTION 'endpoint URL "%" is not an http(s) URL', NEW.endpoint
+  IF NEW.gpu_id IS NULL THEN
+    RAISE EXCEPTION 'gpu_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  -- A base URL: scheme, host (name, IPv4 or [IPv6]), optional port and path
+  -- prefix (a reverse proxy's); no credentials (the column is readable by
+  -- everyone: keys go in api_key), query, fragment or spaces.
+  IF NEW.endpoint IS NULL OR NEW.endpoint !~
+       '^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&''()*+,;=:@/-]*)?$' THEN
+    RAISE EXCEPTION 'endpoint URL % of gpu % is not an http(s) base URL', coalesce(quote_literal(NEW.endpoint), 'NULL'), NEW.gpu_id
       USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Use the server''s base URL, e.g. http://10.0.0.5:8000';
+            HINT = 'Use the server''s base URL, e.g. http://10.0.0.5:8000 (no user:password@, query or fragment).';
+  END IF;
+  port := substring(NEW.endpoint FROM '^https?://(?:\[[^]]*\]|[^:/]*):([0-9]+)');
+  IF port IS NOT NULL AND (port::int < 1 OR port::int > 65535) THEN
+    RAISE EXCEPTION 'endpoint URL % of gpu % has port % out of range', quote_literal(NEW.endpoint), NEW.gpu_id, port
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a port from 1 to 65535.';
   END IF;
   NEW.endpoint := rtrim(NEW.endpoint, '/');
+  -- OpenAI clients take ".../v1"; npc_scale appends /v1/completions itself.
+  IF NEW.endpoint ~ '/v1$' THEN
+    RAISE EXCEPTION 'endpoint URL % of gpu % ends in /v1', quote_literal(NEW.endpoint), NEW.gpu_id
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = format('Use %s: npc_scale appends /v1/completions or /v1/chat/completions.',
+                          quote_literal(left(NEW.endpoint, -3)));
+  END IF;
   IF NEW.api IS NULL OR NEW.api NOT IN ('completions', 'chat') THEN
     RAISE EXCEPTION 'endpoint api "%" is not known', NEW.api
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Use completions or chat.';
@@ -68,11 +89,19 @@ BEGIN
     RAISE EXCEPTION 'max_concurrent % is out of range', NEW.max_concurrent
       USING ERRCODE = 'numeric_value_out_of_range', HINT = 'Use 1 to 4096.';
   END IF;
-  IF NEW.weight IS NULL OR NEW.weight <= 0 THEN
-    RAISE EXCEPTION 'weight % must be positive', NEW.weight USING ERRCODE = 'invalid_parameter_value';
+  -- NaN compares above every number in Postgres: > 0 alone would let it in.
+  IF NEW.weight IS NULL OR NOT (NEW.weight > 0 AND NEW.weight < 'Infinity'::real) THEN
+    RAISE EXCEPTION 'weight % of gpu % must be a positive finite number', coalesce(NEW.weight::text, 'NULL'), NEW.gpu_id
+      USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  IF jsonb_typeof(NEW.labels) <> 'object' THEN
-    RAISE EXCEPTION 'labels % must be a JSON object', NEW.labels USING ERRCODE = 'invalid_parameter_value';
+  -- Sent as "Authorization: Bearer <key>": a line break would split the
+  -- header. The key itself is never shown.
+  IF NEW.api_key ~ '[[:cntrl:][:space:]]' THEN
+    RAISE EXCEPTION 'api_key of gpu % contains a space or control character', NEW.gpu_id
+      USING ERRCODE = 'invalid_parameter_value', HINT = 'Store the bare token, without "Bearer " or a trailing newline.';
+  END IF;
+  IF NEW.labels IS NULL OR jsonb_typeof(NEW.labels) <> 'object' THEN
+    RAISE EXCEPTION 'labels % must be a JSON object', coalesce(NEW.labels::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
   END IF;
   RETURN NEW;
 END $$;
@@ -131,37 +160,14 @@ REVOKE ALL ON npc_scale.decision_queue FROM PUBLIC;
 GRANT SELECT ON npc_scale.decision_queue TO PUBLIC;
 
 -- C helpers for the SQL API.
-CREATE FUNCTION npc_scale._check_params(params jsonb) RETURNS void
-AS 'MODULE_PATHNAME', 'npc_scale_check_params' LANGUAGE C STRICT;
+-- request_decisions()' checks: the same rules, in the same code, as request_decision().
+CREATE FUNCTION npc_scale._check_batch(npc_ids bigint[], decision_type text, prompts text[], priority integer,
+    params jsonb, deadline interval) RETURNS void
+AS 'MODULE_PATHNAME', 'npc_scale_check_batch' LANGUAGE C;
 CREATE FUNCTION npc_scale._wake_dispatcher_at_commit() RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_wake_dispatcher_at_commit' LANGUAGE C;
 CREATE FUNCTION npc_scale._cancelled_at_commit(id bigint) RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_cancelled_at_commit' LANGUAGE C;
-CREATE FUNCTION npc_scale._check_request(npc_id bigint, decision_type text, prompt text, priority int)
-RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-  IF npc_id IS NULL THEN
-    RAISE EXCEPTION 'npc_id must not be null' USING ERRCODE = 'null_value_not_allowed';
-  END IF;
-  IF decision_type IS NULL OR btrim(decision_type) = '' THEN
-    RAISE EXCEPTION 'decision_type must not be null or empty (got %)', coalesce(quote_literal(decision_type), 'NULL')
-      USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  IF prompt IS NULL OR prompt = '' THEN
-    RAISE EXCEPTION 'prompt for npc % must not be null or empty', npc_id
-      USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  IF octet_length(prompt) > current_setting('npc_scale.max_prompt_bytes')::int THEN
-    RAISE EXCEPTION 'prompt for npc % is % bytes, more than npc_scale.max_prompt_bytes (%)',
-      npc_id, octet_length(prompt), current_setting('npc_scale.max_prompt_bytes')
-      USING ERRCODE = 'program_limit_exceeded';
-  END IF;
-  IF priority IS NULL OR priority < 0 OR priority > 10 THEN
-    RAISE EXCEPTION 'priority % is out of range', coalesce(priority::text, 'NULL')
-      USING ERRCODE = 'numeric_value_out_of_range', HINT = 'Use 0 (most urgent) to 10.';
-  END IF;
-END $$;
-
 ------------------------------------------------------------------------------
 -- SQL API
 ------------------------------------------------------------------------------
@@ -177,28 +183,8 @@ CREATE FUNCTION npc_scale.request_decisions(
     npc_ids bigint[], decision_type text, prompts text[], priority integer DEFAULT 5,
     params jsonb DEFAULT '{}', deadline interval DEFAULT NULL)
 RETURNS SETOF bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-  r record;
 BEGIN
-  IF npc_ids IS NULL OR prompts IS NULL THEN
-    RAISE EXCEPTION 'npc_ids and prompts must not be null' USING ERRCODE = 'null_value_not_allowed';
-  END IF;
-  IF array_ndims(npc_ids) > 1 OR array_ndims(prompts) > 1 THEN
-    RAISE EXCEPTION 'npc_ids and prompts must be one-dimensional arrays, got % and % dimensions',
-      array_ndims(npc_ids), array_ndims(prompts) USING ERRCODE = 'array_subscript_error';
-  END IF;
-  IF cardinality(npc_ids) <> cardinality(prompts) THEN
-    RAISE EXCEPTION 'npc_ids has % elements but prompts has %', cardinality(npc_ids), cardinality(prompts)
-      USING ERRCODE = 'array_subscript_error';
-  END IF;
-  IF deadline IS NOT NULL AND deadline <= interval '0' THEN
-    RAISE EXCEPTION 'deadline % must be a positive interval', deadline USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  PERFORM npc_scale._check_params(coalesce(params, '{}'));
-  -- By position, whatever the arrays' lower bounds.
-  FOR r IN SELECT u.n, u.p FROM unnest(npc_ids, prompts) AS u(n, p) LOOP
-    PERFORM npc_scale._check_request(r.n, decision_type, r.p, priority);
-  END LOOP;
+  PERFORM npc_scale._check_batch(npc_ids, decision_type, prompts, priority, params, deadline);
   RETURN QUERY
     INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt, params, priority, deadline)
     SELECT n, decision_type, p, coalesce(params, '{}'), priority, now() + deadline
@@ -346,6 +332,41 @@ CREATE TABLE npc_scale.maintenance_runs (
 );
 CREATE INDEX maintenance_runs_job ON npc_scale.maintenance_runs (job, run);
 GRANT SELECT ON npc_scale.maintenance_jobs, npc_scale.maintenance_runs TO PUBLIC;
+
+-- Jobs are changed by hand too (pause: active = false; a new schedule): a
+-- schedule is checked and made canonical here, and the next run follows it,
+-- so a bad row cannot reach the maintenance worker's tick.
+CREATE FUNCTION npc_scale._check_maintenance_job() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.schedule IS NULL THEN
+    RAISE EXCEPTION 'schedule of job % must not be null', NEW.job USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  NEW.schedule := npc_scale._cron_canonical(NEW.schedule);  -- raises, naming the schedule, if invalid
+  IF TG_OP = 'INSERT' THEN
+    NEW.next_run_at := coalesce(NEW.next_run_at, npc_scale._cron_next(NEW.schedule, now()));
+  ELSIF NEW.schedule IS DISTINCT FROM OLD.schedule OR (NEW.active AND NOT OLD.active) THEN
+    -- A new schedule, or a job resumed: due at its next time from now, not
+    -- at a time left over from before.
+    NEW.next_run_at := npc_scale._cron_next(NEW.schedule, now());
+  END IF;
+  IF (TG_OP = 'INSERT' OR NEW.target IS DISTINCT FROM OLD.target)
+     AND (SELECT relkind FROM pg_class WHERE oid = NEW.target) IS DISTINCT FROM 'm' THEN
+    RAISE EXCEPTION 'relation % is not a materialized view', NEW.target USING ERRCODE = 'wrong_object_type';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER check_maintenance_job BEFORE INSERT OR UPDATE OF schedule, active, target ON npc_scale.maintenance_jobs
+    FOR EACH ROW EXECUTE FUNCTION npc_scale._check_maintenance_job();
+-- A change by hand reaches the worker at COMMIT, as schedule_refresh() does.
+CREATE FUNCTION npc_scale._maintenance_jobs_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM npc_scale._wake_maintenance_at_commit();
+  RETURN NULL;
+END $$;
+CREATE TRIGGER maintenance_jobs_changed AFTER INSERT OR UPDATE OF schedule, active ON npc_scale.maintenance_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION npc_scale._maintenance_jobs_changed();
 
 CREATE FUNCTION npc_scale.schedule_refresh(matview regclass, schedule text, "concurrently" boolean DEFAULT true)
 RETURNS bigint LANGUAGE plpgsql AS $$
@@ -957,6 +978,54 @@ CREATE TABLE npc_scale.partition_configs (
 );
 GRANT SELECT ON npc_scale.partition_configs TO PUBLIC;
 
+-- Checks a managed parent, whether it comes from manage_partitions() or is
+-- written by hand: a bad row would otherwise fail in the worker, every cycle.
+CREATE FUNCTION npc_scale._check_partition_config() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  strategy "char";
+  key_cols int2vector;
+  att int2;
+  coltype regtype;
+BEGIN
+  SELECT partstrat, partattrs INTO strategy, key_cols FROM pg_partitioned_table WHERE partrelid = NEW.parent;
+  IF strategy IS NULL THEN
+    RAISE EXCEPTION 'relation % is not partitioned', NEW.parent USING ERRCODE = 'wrong_object_type',
+      HINT = 'Create it with PARTITION BY RANGE (<timestamp column>).';
+  END IF;
+  SELECT attnum, atttypid::regtype INTO att, coltype FROM pg_attribute
+   WHERE attrelid = NEW.parent AND attname = NEW.control AND NOT attisdropped;
+  IF att IS NULL THEN
+    RAISE EXCEPTION 'column "%" does not exist in %', NEW.control, NEW.parent USING ERRCODE = 'undefined_column';
+  END IF;
+  IF strategy <> 'r' OR array_length(key_cols::int2[], 1) <> 1 OR key_cols[0] <> att THEN
+    RAISE EXCEPTION '% is not partitioned by RANGE on column "%"', NEW.parent, NEW.control USING ERRCODE = 'wrong_object_type';
+  END IF;
+  IF coltype NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+    RAISE EXCEPTION 'column "%" of % has type %, not timestamptz, timestamp or date', NEW.control, NEW.parent, coltype
+      USING ERRCODE = 'datatype_mismatch';
+  END IF;
+  IF NEW.partition_interval <= interval '0' THEN
+    RAISE EXCEPTION 'partition_interval % must be positive', NEW.partition_interval USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF coltype = 'date'::regtype AND NEW.partition_interval < interval '1 day' THEN
+    RAISE EXCEPTION 'partition_interval % is shorter than a day for date column "%"', NEW.partition_interval, NEW.control
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF NEW.premake < 1 OR NEW.premake > 1000 THEN
+    RAISE EXCEPTION 'premake % is out of range', NEW.premake USING ERRCODE = 'invalid_parameter_value',
+      HINT = 'Use 1 to 1000 partitions ahead.';
+  END IF;
+  IF NEW.retention IS NOT NULL AND (NEW.retention <= interval '0' OR NEW.retention < NEW.partition_interval) THEN
+    RAISE EXCEPTION 'retention % is shorter than partition_interval %', NEW.retention, NEW.partition_interval
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM * FROM npc_scale._partition_bounds(NEW.partition_interval, now(), 0, 0);  -- raises on an unsupported interval
+  RETURN NEW;
+END $$;
+CREATE TRIGGER check_partition_config BEFORE INSERT OR UPDATE ON npc_scale.partition_configs
+    FOR EACH ROW EXECUTE FUNCTION npc_scale._check_partition_config();
+
 -- A bound as a literal of the control column's type, always read as UTC.
 CREATE FUNCTION npc_scale._bound_literal(ts timestamptz, coltype regtype) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT AS $$
@@ -965,6 +1034,39 @@ LANGUAGE sql IMMUTABLE STRICT AS $$
     WHEN 'timestamp'::regtype THEN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
     ELSE to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00' END)
 $$;
+
+-- A partition's name: the parent's name cut to leave room for "_<suffix>"
+-- within NAMEDATALEN (63 bytes), so Postgres never truncates the suffix away
+-- (hourly names would all collapse into one).
+CREATE FUNCTION npc_scale._child_name(rel name, suffix text) RETURNS name
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+  base text := rel;
+BEGIN
+  WHILE octet_length(base) + 1 + octet_length(suffix) > 63 LOOP
+    base := left(base, -1);  -- by characters: never half a multibyte one
+  END LOOP;
+  RETURN base || '_' || suffix;
+END $$;
+
+-- Whether a partition of `parent` named `child` exists already. A table of
+-- that name that is not one (another parent's, cut to the same name) is an
+-- error rather than a range silently left to the default partition.
+CREATE FUNCTION npc_scale._child_exists(nsp name, child name, parent regclass) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  existing regclass := to_regclass(format('%I.%I', nsp, child));
+BEGIN
+  IF existing IS NULL THEN
+    RETURN false;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = existing AND inhparent = parent) THEN
+    RAISE EXCEPTION 'table % exists but is not a partition of %', existing, parent
+      USING ERRCODE = 'duplicate_table',
+            HINT = 'Rename one of the parents so their first characters differ, or drop that table.';
+  END IF;
+  RETURN true;
+END $$;
 
 -- One parent's maintenance: default partition, retention, then premake.
 -- Returns partitions created + dropped/detached.
@@ -991,8 +1093,10 @@ BEGIN
   SELECT inhrelid::regclass INTO def FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
    WHERE i.inhparent = cfg.parent AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT';
   IF def IS NULL THEN
-    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', nsp, left(rel, 55) || '_default', cfg.parent);
-    def := format('%I.%I', nsp, left(rel, 55) || '_default')::regclass;
+    child_name := npc_scale._child_name(rel, 'default');
+    PERFORM npc_scale._child_exists(nsp, child_name, cfg.parent);  -- raises: it cannot be ours
+    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', nsp, child_name, cfg.parent);
+    def := format('%I.%I', nsp, child_name)::regclass;
     n := n + 1;
   END IF;
   -- Retention first: partitions entirely older than now() - retention.
@@ -1021,9 +1125,10 @@ BEGIN
   FOR b IN SELECT * FROM npc_scale._partition_bounds(cfg.partition_interval, now(),
                                                       CASE WHEN initial THEN cfg.premake ELSE 0 END, cfg.premake)
   LOOP
-    child_name := left(rel, 50) || '_' || b.suffix;
-    CONTINUE WHEN to_regclass(format('%I.%I', nsp, child_name)) IS NOT NULL;
+    -- Already past retention (a detached one keeps its name): not made again.
     CONTINUE WHEN cfg.retention IS NOT NULL AND b.upper_bound <= now() - cfg.retention;
+    child_name := npc_scale._child_name(rel, b.suffix);
+    CONTINUE WHEN npc_scale._child_exists(nsp, child_name, cfg.parent);
     lo := npc_scale._bound_literal(b.lower_bound, coltype);
     hi := npc_scale._bound_literal(b.upper_bound, coltype);
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I >= %s AND %I < %s)', def, cfg.control, lo, cfg.control, hi)
@@ -1073,47 +1178,15 @@ CREATE FUNCTION npc_scale.manage_partitions(parent regclass, control text, parti
     premake integer DEFAULT 4, retention interval DEFAULT NULL, retention_keep_table boolean DEFAULT false)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
-  strategy "char";
-  key_cols int2vector;
-  att int2;
-  coltype regtype;
   cfg npc_scale.partition_configs;
 BEGIN
   IF parent IS NULL OR control IS NULL OR partition_interval IS NULL OR premake IS NULL THEN
     RAISE EXCEPTION 'parent, control, partition_interval and premake must not be null' USING ERRCODE = 'null_value_not_allowed';
   END IF;
-  SELECT partstrat, partattrs INTO strategy, key_cols FROM pg_partitioned_table WHERE partrelid = parent;
-  IF strategy IS NULL THEN
-    RAISE EXCEPTION 'relation % is not partitioned', parent USING ERRCODE = 'wrong_object_type',
-      HINT = 'Create it with PARTITION BY RANGE (<timestamp column>).';
+  IF retention_keep_table IS NULL THEN
+    RAISE EXCEPTION 'retention_keep_table must not be null' USING ERRCODE = 'null_value_not_allowed';
   END IF;
-  SELECT attnum, atttypid::regtype INTO att, coltype FROM pg_attribute
-   WHERE attrelid = parent AND attname = control AND NOT attisdropped;
-  IF att IS NULL THEN
-    RAISE EXCEPTION 'column "%" does not exist in %', control, parent USING ERRCODE = 'undefined_column';
-  END IF;
-  IF strategy <> 'r' OR array_length(key_cols::int2[], 1) <> 1 OR key_cols[0] <> att THEN
-    RAISE EXCEPTION '% is not partitioned by RANGE on column "%"', parent, control USING ERRCODE = 'wrong_object_type';
-  END IF;
-  IF coltype NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
-    RAISE EXCEPTION 'column "%" of % has type %, not timestamptz, timestamp or date', control, parent, coltype
-      USING ERRCODE = 'datatype_mismatch';
-  END IF;
-  IF partition_interval <= interval '0' THEN
-    RAISE EXCEPTION 'partition_interval % must be positive', partition_interval USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  IF coltype = 'date'::regtype AND partition_interval < interval '1 day' THEN
-    RAISE EXCEPTION 'partition_interval % is shorter than a day for date column "%"', partition_interval, control
-      USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  IF premake < 1 THEN
-    RAISE EXCEPTION 'premake % must be at least 1', premake USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  IF retention IS NOT NULL AND retention < partition_interval THEN
-    RAISE EXCEPTION 'retention % is shorter than partition_interval %', retention, partition_interval
-      USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  PERFORM * FROM npc_scale._partition_bounds(partition_interval, now(), 0, 0);  -- raises on an unsupported interval
+  -- The rest is checked by the trigger on partition_configs (check_partition_config).
   INSERT INTO npc_scale.partition_configs AS c (parent, control, partition_interval, premake, retention, retention_keep_table)
   VALUES (parent, control, partition_interval, premake, retention, retention_keep_table)
   ON CONFLICT ON CONSTRAINT partition_configs_pkey DO UPDATE

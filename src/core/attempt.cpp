@@ -40,6 +40,8 @@ AttemptOutcome resolve_attempt(const AttemptReply& reply, int attempts, const Re
     case Outcome::permanent:
       out.kind = AttemptOutcome::Kind::failed;
       out.error = error_message_from_body(result.status, result.body);
+      out.rejected = result.transport_ok &&
+                     (result.status == 400 || result.status == 413 || result.status == 422);
       return out;
     case Outcome::transient:
       break;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,10 @@ struct AttemptOutcome {
   Kind kind = Kind::failed;
   std::string response;  // when done
   std::string error;     // when retry/failed: the last error, for the error column
+  // Failed because the server refused the request itself as invalid (HTTP
+  // 400, 413, 422: e.g. max_tokens beyond the model's context): the
+  // caller's input, not a fault of the fleet.
+  bool rejected = false;
   int64_t retry_delay_ms = 0;
 };
 
@@ -48,7 +53,7 @@ struct DecisionResult {
   std::string status;
   std::string response;
   std::string error;
-  int gpu_id = 0;    // 0 = none
+  std::optional<int> gpu_id;  // the endpoint that answered, if one did (any int is a gpu_id)
   int64_t retry_ms = 0;
   std::string cache_layer;  // l1 | l2 | l3 when the cache answered
   // A handed-off decision answered before it was claimed: its row is still

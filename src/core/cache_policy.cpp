@@ -3,8 +3,11 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+
+#include "error.hpp"
 
 namespace npc_scale {
 
@@ -44,6 +47,21 @@ std::string generation_cache_key(const std::string& fleet_signature, const std::
   std::snprintf(hex, sizeof(hex), "%016llx%016llx", static_cast<unsigned long long>(h.high64),
                 static_cast<unsigned long long>(h.low64));
   return hex;
+}
+
+int64_t cache_ttl_seconds(double secs) {
+  char shown[64];
+  snprintf(shown, sizeof(shown), "%g", secs);
+  if (!(secs > 0)) {
+    throw Error(sqlstate::invalid_parameter_value,
+                std::string("cache ttl of ") + shown + " s must be positive (NULL: no expiry)");
+  }
+  if (secs > kMaxCacheTtlSeconds) {
+    throw Error(sqlstate::invalid_parameter_value,
+                std::string("cache ttl of ") + shown + " s is more than 30 days", {},
+                "Use a ttl of at most 30 days, or NULL for no expiry.");
+  }
+  return static_cast<int64_t>(std::ceil(secs));
 }
 
 }  // namespace npc_scale

@@ -18,6 +18,12 @@ struct CachePolicy {
 
 CachePolicy cache_policy(const GenerationParams& params, int64_t default_ttl_s);
 
+// cache_set()'s ttl in whole seconds, rounded up (a ttl under a second
+// still expires: 0 would mean never). Positive, at most 30 days, the same
+// bound as params.cache_ttl; NULL, not a huge ttl, means no expiry.
+inline constexpr double kMaxCacheTtlSeconds = 2592000;
+int64_t cache_ttl_seconds(double secs);
+
 // 32 hex digits (XXH3-128) over a canonical form of what changes the output:
 // the fleet's model signature (model and API of the endpoints that answer),
 // the prompt, and the generation parameters (not timeouts or cache options).

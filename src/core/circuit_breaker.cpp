@@ -18,6 +18,9 @@ CircuitBreaker::CircuitBreaker(BreakerConfig cfg) { configure(cfg); }
 void CircuitBreaker::configure(const BreakerConfig& cfg) {
   cfg_ = cfg;
   cfg_.window = std::max(cfg_.window, 1);
+  // The window never holds more than `window` outcomes: a larger minimum
+  // would silently switch the error-rate rule off.
+  cfg_.min_requests = std::clamp(cfg_.min_requests, 1, cfg_.window);
   cfg_.consecutive_failures = std::max(cfg_.consecutive_failures, 1);
   cfg_.cooldown_ms = std::max<int64_t>(cfg_.cooldown_ms, 0);
   while (static_cast<int>(outcomes_.size()) > cfg_.window) {

@@ -102,6 +102,20 @@ std::string short_parse_error(const std::exception& e) {
   return utf8_prefix(msg, 160);
 }
 
+// The top-level key whose value a parse stopped in (for its error message).
+std::string key_at_parse_failure(const std::string& json_text) {
+  std::string key;
+  auto remember = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::key && depth == 1) key = parsed.get<std::string>();
+    return true;
+  };
+  try {
+    json partial = json::parse(json_text, remember);
+  } catch (const json::exception&) {
+  }
+  return key.empty() ? std::string("?") : key;
+}
+
 [[noreturn]] void bad(const std::string& message, const std::string& hint = {}) {
   throw Error(sqlstate::invalid_parameter_value, message, {}, hint);
 }
@@ -274,6 +288,18 @@ GenerationParams parse_params(const std::string& json_text) {
   json doc;
   try {
     doc = json::parse(json_text);
+  } catch (const json::out_of_range& e) {
+    // Valid JSON (jsonb takes 1e400) with a number no double holds: name
+    // the key it belongs to, found by parsing again up to the failure.
+    std::string number = e.what();  // "... number overflow parsing '1000…'"
+    const size_t open = number.find('\''), close = number.rfind('\'');
+    number = open != std::string::npos && close > open ? number.substr(open + 1, close - open - 1) : "";
+    const std::string shown = number.size() > 24 ? number.substr(0, 24) + "… (" +
+                                                       std::to_string(number.size()) + " characters)"
+                                                 : number;
+    throw Error(sqlstate::numeric_value_out_of_range,
+                "params." + key_at_parse_failure(json_text) + " is out of range: " + shown +
+                    " does not fit a double");
   } catch (const json::exception& e) {
     throw Error(sqlstate::invalid_text_representation,
                 "params is not valid JSON: " + short_parse_error(e));
@@ -305,11 +331,6 @@ std::string build_request_body(Api api, const std::string& model, const std::str
   if (priority < 0 || priority > 10) {
     bad("priority must be between 0 and 10, got " + std::to_string(priority));
   }
-  if (api == Api::completions && params.system) {
-    // Dropping it silently would change the answer without telling anyone.
-    bad("params.system needs api \"chat\"; this endpoint uses api \"completions\"",
-        "remove \"system\" from params or route the decision to a chat endpoint");
-  }
   try {
     json body = json::object();
     // Empty model: let the server use the one it serves rather than ask for "".
@@ -319,6 +340,12 @@ std::string build_request_body(Api api, const std::string& model, const std::str
       if (params.system) messages.push_back({{"role", "system"}, {"content", *params.system}});
       messages.push_back({{"role", "user"}, {"content", prompt}});
       body["messages"] = std::move(messages);
+    } else if (params.system) {
+      // A completions endpoint has no roles: the system text leads the
+      // prompt, as a chat template would put it first. So a decision with
+      // a system prompt is served by any endpoint of a mixed fleet, never
+      // failed (or silently stripped) by where the router sent it.
+      body["prompt"] = *params.system + "\n\n" + prompt;
     } else {
       body["prompt"] = prompt;
     }

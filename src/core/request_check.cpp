@@ -1,20 +1,48 @@
 #include "request_check.hpp"
 
+#include <cstdio>
+
 #include "error.hpp"
 
 namespace npc_scale {
 
 namespace {
 bool blank(const std::string& s) { return s.find_first_not_of(" \t\r\n") == std::string::npos; }
+
+// A value in a message: quoted, and cut short when long (at a character
+// boundary: half a UTF-8 character would make the message itself invalid).
+std::string quoted(const std::string& s) {
+  size_t cut = 40;
+  if (s.size() <= cut) return "'" + s + "'";
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) cut--;
+  return "'" + s.substr(0, cut) + "…'";
+}
+
+std::string seconds(double secs) {
+  char shown[64];
+  snprintf(shown, sizeof(shown), "%g", secs);
+  return shown;
+}
 }  // namespace
 
 void check_request(const RequestArgs& a, int max_prompt_bytes) {
-  if (!a.npc_id) throw Error(sqlstate::null_value_not_allowed, "npc_id must not be null");
+  if (!a.npc_id) {
+    throw Error(sqlstate::null_value_not_allowed,
+                a.position ? "npc_ids[" + std::to_string(*a.position) + "] must not be null"
+                           : std::string("npc_id must not be null"));
+  }
   const std::string npc = std::to_string(*a.npc_id);
   if (!a.decision_type || blank(*a.decision_type)) {
     throw Error(sqlstate::invalid_parameter_value,
                 "decision_type must not be null or empty (got " +
                     (a.decision_type ? "'" + *a.decision_type + "'" : std::string("NULL")) + ")");
+  }
+  if (a.decision_type->size() > kMaxDecisionTypeBytes) {
+    throw Error(sqlstate::string_data_right_truncation,
+                "decision_type " + quoted(*a.decision_type) + " is " +
+                    std::to_string(a.decision_type->size()) + " bytes, more than " +
+                    std::to_string(kMaxDecisionTypeBytes),
+                {}, "Use a short tag such as 'build' or 'attack'; the prompt carries the text.");
   }
   if (!a.prompt || a.prompt->empty()) {
     throw Error(sqlstate::invalid_parameter_value,
@@ -30,6 +58,38 @@ void check_request(const RequestArgs& a, int max_prompt_bytes) {
                 "priority " + (a.priority ? std::to_string(*a.priority) : std::string("NULL")) +
                     " is out of range",
                 {}, "Use 0 (most urgent) to 10.");
+  }
+}
+
+void check_params_size(size_t bytes, int max_prompt_bytes) {
+  if (bytes > static_cast<size_t>(max_prompt_bytes)) {
+    throw Error("54000", "params are " + std::to_string(bytes) +
+                             " bytes, more than npc_scale.max_prompt_bytes (" +
+                             std::to_string(max_prompt_bytes) + ")");
+  }
+}
+
+void check_deadline_seconds(double secs) {
+  if (!(secs > 0)) {
+    throw Error(sqlstate::invalid_parameter_value,
+                "deadline of " + seconds(secs) + " s must be a positive interval");
+  }
+  if (secs > kMaxDeadlineSeconds) {
+    throw Error(sqlstate::invalid_parameter_value,
+                "deadline of " + seconds(secs) + " s is more than a year", {},
+                "Leave deadline null for a decision that may wait indefinitely.");
+  }
+}
+
+void check_await_timeout_seconds(double secs) {
+  if (!(secs >= 0)) {
+    throw Error(sqlstate::invalid_parameter_value,
+                "timeout " + seconds(secs) + " s must not be negative");
+  }
+  if (secs > kMaxAwaitSeconds) {
+    throw Error(sqlstate::invalid_parameter_value,
+                "timeout " + seconds(secs) + " s is more than a day", {},
+                "Call await_decision() again, or LISTEN npc_scale_decisions for its id.");
   }
 }
 

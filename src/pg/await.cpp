@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "core/request_check.hpp"
 #include "guard.hpp"
 #include "gucs.hpp"
 #include "pg_text.hpp"
@@ -73,10 +74,7 @@ NPC_SQL_FUNCTION(npc_scale_await_decision) {
   int64 timeout_ms = 30000;
   if (!PG_ARGISNULL(1)) {
     double secs = interval_arg_seconds(fcinfo, 1);
-    if (secs < 0) {
-      throw Error(sqlstate::invalid_parameter_value,
-                  "timeout " + seconds_text(secs) + " s must not be negative");
-    }
+    check_await_timeout_seconds(secs);
     timeout_ms = static_cast<int64>(secs * 1000);
   }
   if (pg_call([] { return IsolationUsesXactSnapshot(); })) {

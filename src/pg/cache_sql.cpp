@@ -2,6 +2,7 @@
 // cache_delete / cache_clear, and the counters behind npc_scale.cache_stats.
 #include <string>
 
+#include "core/cache_policy.hpp"
 #include "guard.hpp"
 #include "l1_cache.hpp"
 #include "pg_text.hpp"
@@ -46,12 +47,7 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
   std::string value = text_arg(PG_GETARG_DATUM(1));
   int64_t ttl_s = 0;
   if (!PG_ARGISNULL(2)) {
-    double secs = interval_arg_seconds(fcinfo, 2);
-    if (secs <= 0) {
-      throw Error(sqlstate::invalid_parameter_value,
-                  "cache ttl of " + seconds_text(secs) + " s must be positive (NULL: no expiry)");
-    }
-    ttl_s = static_cast<int64_t>(secs + 0.999);
+    ttl_s = cache_ttl_seconds(interval_arg_seconds(fcinfo, 2));
   }
   bool persist = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
   cache_store(user_key(key), value, ttl_s, persist);

@@ -211,8 +211,8 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
     status.add(&r.status);
     response.add(r.status == "done" ? &r.response : nullptr);
     error.add(r.error.empty() ? nullptr : &r.error);
-    gpu_ids.push_back(Int32GetDatum(r.gpu_id));
-    gpu_nulls.push_back(r.gpu_id == 0);
+    gpu_ids.push_back(Int32GetDatum(r.gpu_id.value_or(0)));
+    gpu_nulls.push_back(!r.gpu_id.has_value());
     retry_ms.push_back(Int64GetDatum(r.retry_ms));
     cache_layer.add(r.cache_layer.empty() ? nullptr : &r.cache_layer);
     from_queued.push_back(BoolGetDatum(r.from_queued));

@@ -21,6 +21,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "core/steady_clock.hpp"
 #include "core/attempt.hpp"
 #include "core/generation.hpp"
 #include "core/handoff_policy.hpp"
@@ -65,7 +66,7 @@ constexpr long kNoExtensionWaitMs = 1000;
 // (the commit itself does not wake the dispatcher).
 constexpr HandoffTiming kHandoffTiming{5, 1};
 
-int64_t now_ms() { return GetCurrentTimestamp() / 1000; }
+int64_t now_ms() { return steady_now_ms(); }
 
 void log_warning(const std::string& what) {
   pg_call([&] { ereport(WARNING, (errmsg("npc_scale dispatcher: %s", what.c_str()))); });
@@ -250,6 +251,12 @@ void Dispatcher::start_up() {
     SetConfigOption("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION);
     SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION);
     SetConfigOption("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION);
+    // No statement of the loop waits long for a lock: a table lock on the
+    // queue (LOCK TABLE, VACUUM FULL, a non-concurrent CREATE INDEX) would
+    // otherwise stop every request in flight, generate() included. A
+    // statement that times out fails its tick, which is logged and tried
+    // again later; the result writes wait even less (decision_store).
+    SetConfigOption("lock_timeout", "50ms", PGC_USERSET, PGC_S_SESSION);
   });
   // Idle until CREATE EXTENSION npc_scale has run in this database (a
   // cancel meanwhile is logged, as in the main loop).
@@ -610,7 +617,7 @@ void Dispatcher::requeue_followers(const std::vector<InFlight>& followers) {
     if (f.kind == Work::decision) {
       // Never sent: its claim's attempt is not counted (or waiting on other
       // requests could use up max_attempts).
-      DecisionResult back{f.decision_id, f.attempts, "queued", "", "", 0, 0, ""};
+      DecisionResult back{f.decision_id, f.attempts, "queued", "", "", std::nullopt, 0, ""};
       back.release = true;
       pending_results_.push_back(std::move(back));
       maybe_more_work_ = true;
@@ -841,10 +848,13 @@ void Dispatcher::claim_and_send() {
   }
   std::vector<int64_t> handed_off;
   for (const SentHandoff& h : sent_unclaimed_) handed_off.push_back(h.id);
-  // Answered before their claim and not written yet: still queued in the
-  // table, but not to be claimed and sent (or answered) again.
-  for (const DecisionResult& r : pending_results_) {
-    if (r.from_queued) handed_off.push_back(r.id);
+  // Answered before their claim and not written yet (also those deferred by
+  // a game session's row lock): still queued in the table, but not to be
+  // claimed and sent (or answered) again.
+  for (const std::vector<DecisionResult>* results : {&pending_results_, &deferred_results_}) {
+    for (const DecisionResult& r : *results) {
+      if (r.from_queued) handed_off.push_back(r.id);
+    }
   }
   ClaimResult claimed = claim_decisions(limit, guc_lease_timeout_s, handed_off);
   for (const auto& d : claimed.running) claimed_since_take_.insert(d.id);
@@ -873,7 +883,7 @@ void Dispatcher::claim_and_send() {
           if (!promoted) cache_count(layer);
         }
         if (hit) {
-          DecisionResult res{d.id, d.attempts, "done", *hit, "", 0, 0};
+          DecisionResult res{d.id, d.attempts, "done", *hit, "", std::nullopt, 0};
           res.cache_layer = cache_layer_name(layer);
           pending_results_.push_back(std::move(res));
           continue;
@@ -889,7 +899,7 @@ void Dispatcher::claim_and_send() {
         // No slot it may use (the only free ones are the urgent reserve, or
         // an endpoint was disabled since the count): hand it back at once,
         // attempt not counted, and wait for a slot.
-        DecisionResult back{d.id, d.attempts, "queued", "", "no free GPU slot", 0, 0};
+        DecisionResult back{d.id, d.attempts, "queued", "", "no free GPU slot", std::nullopt, 0};
         back.release = true;
         pending_results_.push_back(std::move(back));
         handed_back = true;
@@ -902,7 +912,7 @@ void Dispatcher::claim_and_send() {
         ask_l2_after_send_.push_back({tag, d.id, std::move(l2_key), InvalidTransactionId, d.attempts});
       }
     } catch (const std::exception& e) {
-      pending_results_.push_back({d.id, d.attempts, "failed", "", e.what(), 0, 0});
+      pending_results_.push_back({d.id, d.attempts, "failed", "", e.what(), std::nullopt, 0});
     }
   }
   if (handed_back) {
@@ -1020,7 +1030,7 @@ void Dispatcher::take_l2_answers() {
       to_table_after_commit(c.xid);
     } else if (hit) {
       cancel_request(c.tag);
-      DecisionResult res{c.id, c.attempts, "done", std::move(*hit), "", 0, 0};
+      DecisionResult res{c.id, c.attempts, "done", std::move(*hit), "", std::nullopt, 0};
       res.cache_layer = cache_layer_name(CacheLayer::l2);
       pending_results_.push_back(std::move(res));
     } else if (c.attempts > 0) {
@@ -1316,6 +1326,7 @@ void Dispatcher::finish_sync(const InFlight& f, const AttemptReply& r) {
       break;
     case AttemptOutcome::Kind::failed:
       strlcpy(slot->error, o.error.c_str(), sizeof(slot->error));
+      slot->rejected = o.rejected;
       end_sync_service(slot, f.ticket, SyncState::failed);
       break;
   }

@@ -80,6 +80,7 @@ int acquire_slot() {
         slot->attempts = 0;
         slot->gpu_id = 0;
         slot->error[0] = '\0';
+        slot->rejected = false;
         SpinLockRelease(&slot->mutex);
         g_held_slot = i;
         pg_call([] { ConditionVariableCancelSleep(); });
@@ -160,8 +161,15 @@ std::string generate_impl(const std::string& prompt, int priority, const std::st
       }
       if (state == SyncState::failed) {
         std::string error(slot->error);
+        const bool rejected = slot->rejected;
         pg_call([] { ConditionVariableCancelSleep(); });
         release_slot(index);
+        if (rejected) {
+          // The same request fails on every GPU: it is the caller's to fix.
+          throw Error(sqlstate::invalid_parameter_value,
+                      "generate() request was rejected by the GPU server: " + error, {},
+                      "Check prompt and params, e.g. max_tokens against the model's context length.");
+        }
         throw Error("58000", "generate() failed: " + error);
       }
       // Cancel and statement_timeout raise here, as a PgError.

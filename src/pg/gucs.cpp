@@ -146,7 +146,7 @@ void define_gucs() {
                           nullptr, &guc_breaker_window, 20, 1, 10000, PGC_SIGHUP, 0, nullptr,
                           nullptr, nullptr);
   DefineCustomIntVariable("npc_scale.breaker_min_requests",
-                          "Outcomes needed before the error rate can open the breaker.", nullptr,
+                          "Outcomes needed before the error rate can open the breaker (at most breaker_window).", nullptr,
                           &guc_breaker_min_requests, 10, 1, 10000, PGC_SIGHUP, 0, nullptr, nullptr,
                           nullptr);
   DefineCustomIntVariable("npc_scale.breaker_cooldown",

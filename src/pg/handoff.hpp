@@ -60,7 +60,7 @@ void handoff_forget_pending();
 std::vector<HandoffEntry> handoff_take(Oid db);
 
 // The dispatcher, for a handed-off entry: whether its transaction has
-// committed yet.
+// committed yet. Never throws (an unreadable outcome counts as committed).
 TxnOutcome handoff_commit_state(TransactionId xid);
 
 }  // namespace npc_scale

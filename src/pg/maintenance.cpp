@@ -206,6 +206,19 @@ void maintain_partitions() {
   }
 }
 
+// One part of a tick. A failure is logged and counted, and the parts after
+// it still run: a job that cannot start must not stop the purges.
+template <typename Fn>
+void tick_step(const char* what, Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    pg_call([&] { ereport(WARNING, (errmsg("npc_scale maintenance: %s: %s", what, msg.c_str()))); });
+    worker_recover_after_error();
+  }
+}
+
 void run_maintenance_worker() {
   worker_startup(WorkerKind::maintenance);
   bool recovered = false;
@@ -221,17 +234,19 @@ void run_maintenance_worker() {
         fail_orphaned_runs();
         recovered = true;
       }
-      for (const DueJob& d : start_due_jobs()) run_job(d);
+      tick_step("scheduled refreshes", [] {
+        for (const DueJob& d : start_due_jobs()) run_job(d);
+      });
       const int64_t now = GetCurrentTimestamp() / 1000;
       if (now >= next_purge_ms) {
         worker_set_state(WorkerState::busy, "purging finished decisions");
-        purge_finished();
-        purge_cache_store();
+        tick_step("purge of finished decisions", [] { purge_finished(); });
+        tick_step("purge of expired cache rows", [] { purge_cache_store(); });
         next_purge_ms = now + kTickMs;
       }
       if (now >= next_partitions_ms) {
         worker_set_state(WorkerState::busy, "partition maintenance");
-        maintain_partitions();
+        tick_step("partition maintenance", [] { maintain_partitions(); });
         next_partitions_ms = now + static_cast<int64_t>(guc_partition_interval_s) * 1000;
       }
       if (auto next = ms_until_next_job()) wait_ms = std::min<long>(wait_ms, static_cast<long>(*next));

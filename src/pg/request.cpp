@@ -17,6 +17,8 @@
 extern "C" {
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 }
 
@@ -30,14 +32,9 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   check_request(args, guc_max_prompt_bytes);
   std::string params = PG_ARGISNULL(4) ? "{}" : jsonb_arg(PG_GETARG_DATUM(4));
   parse_params(params);
+  check_params_size(params.size(), guc_max_prompt_bytes);
   bool has_deadline = !PG_ARGISNULL(5);
-  if (has_deadline) {
-    double secs = interval_arg_seconds(fcinfo, 5);
-    if (secs <= 0) {
-      throw Error(sqlstate::invalid_parameter_value,
-                  "deadline of " + seconds_text(secs) + " s must be a positive interval");
-    }
-  }
+  if (has_deadline) check_deadline_seconds(interval_arg_seconds(fcinfo, 5));
 
   static SavedPlan insert(
       "INSERT INTO npc_scale.decision_queue"
@@ -76,4 +73,62 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   handoff_at_commit(std::move(entry));
   wake_dispatcher_at_commit(/*handed_off=*/true);
   PG_RETURN_INT64(id);
+}
+
+// request_decisions()' checks, all before its INSERT (nothing half-inserted),
+// by the same rules as request_decision(): the arrays' shape, then each
+// element by position, then the arguments they share (checked even for an
+// empty batch, so a bad call fails the same way whatever its size).
+NPC_SQL_FUNCTION(npc_scale_check_batch) {
+  using namespace npc_scale;
+  if (PG_ARGISNULL(0) || PG_ARGISNULL(2)) {
+    throw Error(sqlstate::null_value_not_allowed, "npc_ids and prompts must not be null");
+  }
+  struct Elements {
+    int ndim = 0;
+    int count = 0;
+    Datum* values = nullptr;
+    bool* nulls = nullptr;
+  };
+  auto elements = [&](int arg, Oid type, int16 len, bool byval, char align) {
+    return pg_call([&] {
+      ArrayType* a = PG_GETARG_ARRAYTYPE_P(arg);
+      Elements e;
+      e.ndim = ARR_NDIM(a);
+      if (e.ndim <= 1) deconstruct_array(a, type, len, byval, align, &e.values, &e.nulls, &e.count);
+      return e;
+    });
+  };
+  Elements ids = elements(0, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+  Elements prompts = elements(2, TEXTOID, -1, false, TYPALIGN_INT);
+  if (ids.ndim > 1 || prompts.ndim > 1) {
+    throw Error("2202E", "npc_ids and prompts must be one-dimensional arrays, got " +
+                             std::to_string(ids.ndim) + " and " + std::to_string(prompts.ndim) +
+                             " dimensions");
+  }
+  if (ids.count != prompts.count) {
+    throw Error("2202E", "npc_ids has " + std::to_string(ids.count) + " elements but prompts has " +
+                             std::to_string(prompts.count));
+  }
+  RequestArgs args;
+  if (!PG_ARGISNULL(1)) args.decision_type = text_arg(PG_GETARG_DATUM(1));
+  if (!PG_ARGISNULL(3)) args.priority = PG_GETARG_INT32(3);
+  for (int i = 0; i < ids.count; i++) {
+    args.position = i + 1;
+    args.npc_id.reset();
+    args.prompt.reset();
+    if (!ids.nulls[i]) args.npc_id = DatumGetInt64(ids.values[i]);
+    if (!prompts.nulls[i]) args.prompt = text_arg(prompts.values[i]);
+    check_request(args, guc_max_prompt_bytes);
+  }
+  if (ids.count == 0) {
+    args.npc_id = 0;  // only the shared arguments are left to check
+    args.prompt = "-";
+    check_request(args, guc_max_prompt_bytes);
+  }
+  std::string params = PG_ARGISNULL(4) ? "{}" : jsonb_arg(PG_GETARG_DATUM(4));
+  parse_params(params);
+  check_params_size(params.size(), guc_max_prompt_bytes);
+  if (!PG_ARGISNULL(5)) check_deadline_seconds(interval_arg_seconds(fcinfo, 5));
+  PG_RETURN_VOID();
 }

@@ -62,6 +62,7 @@ struct SyncSlot {
   char cache_key[48];         // "gen:<32 hex>" when cacheable: identical requests coalesce
   int64 cache_ttl_s;
   char error[512];
+  bool rejected;              // failed: the server refused the request as invalid (caller's input)
   // Followed in shared memory by: prompt[max_prompt_bytes], params[kMaxParamsBytes],
   // response[max_response_bytes]; see sync_slot_prompt() & co.
 };

@@ -1,5 +1,6 @@
 #include "tiered_cache.hpp"
 
+#include "core/steady_clock.hpp"
 #include "core/redis_cache.hpp"
 #include "guard.hpp"
 #include "gucs.hpp"
@@ -39,7 +40,7 @@ RedisCache& redis() {
   return instance;
 }
 
-int64_t now_ms() { return GetCurrentTimestamp() / 1000; }
+int64_t now_ms() { return steady_now_ms(); }
 
 void count(pg_atomic_uint64& counter) { pg_atomic_fetch_add_u64(&counter, 1); }
 

@@ -1,8 +1,9 @@
 -- generate(): synchronous, through shared-memory slots; cancellable by
 -- statement_timeout; clear errors when the fleet is down or empty.
-SELECT plan(11);
+SELECT plan(14);
 SELECT npc_test.use_gpus(ARRAY['fast0']);
 SELECT npc_test.gpu_reset('fast0');
+SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would hide requests
 
 SELECT is(npc_scale.generate('Attack or trade?', 1, '{"choices": ["attack", "trade"]}') IN ('attack', 'trade'), true,
   'with choices, the answer is one of them');
@@ -15,6 +16,22 @@ SELECT is(npc_test.gpu_metric('fast0', 'fake_gpu_requests_total'), 3::numeric,
   'four calls, three requests at the GPU: the repeated deterministic one was a cache hit');
 SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue WHERE prompt = 'Describe the village'), 0,
   'and no rows in the decision queue');
+-- A request the server refuses as invalid fails the same on every GPU: the
+-- caller's input (22023), not a fleet failure (58000).
+SELECT matches(npc_test.error_of($$ SELECT npc_scale.generate('Tell a long story', 5, '{"max_tokens": 32768}') $$),
+  '^22023: generate\(\) request was rejected by the GPU server: .*maximum context length',
+  'a request the GPU server rejects is 22023, with the server''s reason');
+-- params.system on a completions endpoint (fast0): it leads the prompt, so
+-- the decision is served wherever the router sends it. The row is gpu_id 0,
+-- a valid id like any other (once a "none" marker that left gpu_id NULL).
+UPDATE npc_scale.gpu_endpoints SET gpu_id = 0;
+SELECT ok(npc_test.wait_for($$ (SELECT array_agg(gpu_id) FROM npc_scale.endpoint_stats WHERE NOT draining) = '{0}' $$),
+  'the dispatcher has the row as gpu_id 0');
+SELECT npc_scale.request_decision(3301, 'talk', 'Greet the player', 5, '{"system": "You are a guard.", "max_tokens": 3}') AS sys_id \gset
+SELECT is((SELECT status || coalesce(': ' || error, '') || ' by gpu ' || coalesce(gpu_id::text, 'NULL')
+             FROM npc_scale.await_decision(:sys_id, '10 s')), 'done by gpu 0',
+  'a decision with a system prompt is served by a completions endpoint, and gpu_id 0 is recorded');
+DELETE FROM npc_scale.decision_queue WHERE npc_id = 3301;
 
 -- A hanging GPU: statement_timeout interrupts generate() and frees its slot.
 SELECT npc_test.use_gpus(ARRAY['faulty']);

@@ -3,7 +3,7 @@
 -- overlapping itself, clear errors at schedule time, decisions flowing
 -- while a slow refresh runs (asserted by the order of events), and a cancel
 -- during a refresh failing that run only.
-SELECT plan(20);
+SELECT plan(24);
 
 CREATE TABLE public.sched_src (id int PRIMARY KEY, x int NOT NULL);
 INSERT INTO public.sched_src SELECT g, 1 FROM generate_series(1, 100) g;
@@ -30,6 +30,21 @@ SELECT lives_ok($$ SELECT npc_scale.unschedule(npc_scale.schedule_refresh('publi
 -- A good job runs and records its history.
 SELECT npc_scale.schedule_refresh('public.sched_ok', '1 second') AS ok_job \gset
 SELECT is((SELECT schedule FROM npc_scale.maintenance_jobs WHERE job = :ok_job), '1 second', 'canonical schedule stored');
+-- Jobs are also changed by hand (pause, a new schedule): checked the same way.
+SELECT throws_like(format($$ UPDATE npc_scale.maintenance_jobs SET schedule = 'every 5 min' WHERE job = %s $$, :ok_job),
+  '%"every 5 min"%', 'a bad schedule written by hand is refused, naming it');
+SELECT npc_scale.schedule_refresh('public.sched_ok', '0 4 * * *') AS hand_job \gset
+UPDATE npc_scale.maintenance_jobs SET schedule = '*/5  * * * *' WHERE job = :hand_job;
+SELECT is((SELECT schedule || ' ' || (next_run_at = npc_scale._cron_next('*/5 * * * *', now()))::text
+             FROM npc_scale.maintenance_jobs WHERE job = :hand_job), '*/5 * * * * true',
+  'a new schedule by hand is stored canonical and its next run follows it');
+UPDATE npc_scale.maintenance_jobs SET active = false, next_run_at = now() - interval '1 day' WHERE job = :hand_job;
+UPDATE npc_scale.maintenance_jobs SET active = true WHERE job = :hand_job;
+SELECT ok((SELECT next_run_at > now() FROM npc_scale.maintenance_jobs WHERE job = :hand_job),
+  'a resumed job is due at its next time from now, not at a time left from before');
+SELECT throws_ok(format($$ UPDATE npc_scale.maintenance_jobs SET target = 'public.sched_src' WHERE job = %s $$, :hand_job),
+  '42809', 'relation sched_src is not a materialized view', 'a target by hand must be a materialized view');
+SELECT npc_scale.unschedule(:hand_job) AS hand_gone \gset
 UPDATE public.sched_src SET x = 2;
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'succeeded') $$, :ok_job), '15 s'),
   'the refresh job runs');

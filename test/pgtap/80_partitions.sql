@@ -4,7 +4,7 @@
 -- indexes and privileges reaching new partitions, and bound parity with
 -- pg_partman 4.7 itself.
 BEGIN;
-SELECT plan(20);
+SELECT plan(24);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -26,7 +26,9 @@ SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_int', 'n', '1 
 SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '-1 day') $$, '22023',
   'partition_interval -1 days must be positive', 'a negative interval is refused');
 SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '1 month', 0) $$, '22023',
-  'premake 0 must be at least 1', 'premake < 1 is refused');
+  'premake 0 is out of range', 'premake < 1 is refused');
+SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '1 month', 1001) $$, '22023',
+  'premake 1001 is out of range', 'premake > 1000 is refused');
 SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '1 month', 4, '1 day') $$, '22023',
   'retention 1 day is shorter than partition_interval 1 mon', 'retention shorter than the interval is refused');
 
@@ -66,6 +68,20 @@ SELECT ok(to_regclass('public.pm_drop_p' || to_char((now() - interval '2 months'
           AND to_regclass('public.pm_drop_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM')) IS NOT NULL,
   'retention without keep_table drops partitions entirely older than it, and keeps the current one');
 SELECT is(npc_scale.run_maintenance('public.pm_mem'), 0, 'run_maintenance has nothing more to do');
+-- The config table is checked however it is written: a bad row written by
+-- hand would otherwise fail in the worker every cycle.
+SELECT throws_ok($$ UPDATE npc_scale.partition_configs SET partition_interval = '2 mons 3 days'
+                     WHERE parent = 'public.pm_mem'::regclass $$, '22023', NULL,
+  'an UPDATE of partition_configs to an interval it cannot partition by is refused');
+
+-- Parents whose names fill NAMEDATALEN: a name cut to fit the 63 bytes may
+-- collide with another parent's; that is an error, never a range silently
+-- left in the default partition.
+CREATE TABLE public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_1 (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+CREATE TABLE public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_2 (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+SELECT npc_scale.manage_partitions('public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_1', 'ts', '1 hour', 2) AS clash1 \gset
+SELECT throws_like($$ SELECT npc_scale.manage_partitions('public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_2', 'ts', '1 hour', 2) $$,
+  '%exists but is not a partition of pm_clash_%_2', 'a partition name shared with another parent is an error');
 
 -- Parity with pg_partman 4.7: same parent, same config, same bounds (in UTC).
 SET LOCAL TimeZone = 'UTC';
@@ -81,6 +97,21 @@ SELECT set_eq(
   $$ SELECT replace(c.relname, 'pm_theirs', 'pm_x') || ' ' || pg_get_expr(c.relpartbound, c.oid)
        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'public.pm_theirs'::regclass $$,
   'npc_scale creates the same partitions (names and bounds, default included) as pg_partman');
+-- Hourly partitions of a parent with a 60-character name: the name is cut
+-- so the suffix survives, as pg_partman does (Postgres would otherwise cut
+-- the suffix, and every hour of a day would get one name).
+CREATE TABLE public.pm_ours_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+CREATE TABLE public.pm_theirxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+SELECT partman.create_parent('public.pm_theirxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx', 'ts', 'native', 'hourly', p_premake := 3) AS partman_hourly \gset
+SELECT npc_scale.manage_partitions('public.pm_ours_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx', 'ts', '1 hour', 3) AS ours_hourly \gset
+SELECT set_eq(
+  $$ SELECT substr(c.relname, 9) || ' ' || pg_get_expr(c.relpartbound, c.oid)
+       FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+      WHERE i.inhparent = 'public.pm_ours_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'::regclass $$,
+  $$ SELECT substr(c.relname, 9) || ' ' || pg_get_expr(c.relpartbound, c.oid)
+       FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+      WHERE i.inhparent = 'public.pm_theirxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'::regclass $$,
+  'long parent names: the same hourly partitions, names cut the same way, as pg_partman');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -83,6 +83,18 @@ TEST(Attempt, ARejectedRequestFailsAtOnce) {
       kPolicy, 7);
   EXPECT_EQ(o.kind, AttemptOutcome::Kind::failed);
   EXPECT_NE(o.error.find("max_tokens is too large"), std::string::npos) << o.error;
+  EXPECT_TRUE(o.rejected);  // generate() reports it as the caller's input (22023)
+  for (long status : {413L, 422L}) {
+    EXPECT_TRUE(npc_scale::resolve_attempt(Api::completions, http(status, "{}"), 1, kPolicy, 7).rejected)
+        << status;
+  }
+  // A wrong model or URL (404) and auth errors are the fleet's configuration.
+  for (long status : {401L, 403L, 404L}) {
+    AttemptOutcome f = npc_scale::resolve_attempt(Api::completions, http(status, "{}"), 3, kPolicy, 7);
+    EXPECT_EQ(f.kind, AttemptOutcome::Kind::failed) << status;
+    EXPECT_FALSE(f.rejected) << status;
+  }
+  EXPECT_FALSE(npc_scale::resolve_attempt(Api::completions, http(503, "{}"), 3, kPolicy, 7).rejected);
 }
 
 // The dispatcher reads a reply once and judges it again later (after a

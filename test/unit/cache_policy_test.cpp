@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "cache_policy.hpp"
+#include "error.hpp"
 #include "generation.hpp"
 
 using namespace npc_scale;
@@ -40,4 +41,20 @@ TEST(CachePolicyTest, KeyDependsOnWhatChangesTheOutput) {
   EXPECT_NE(base, k("npc-llm/completions", "Build?", R"({"temperature": 0, "max_tokens": 8, "seed": 1})"));
   EXPECT_NE(base, k("npc-llm/completions", "Build?",
                     R"({"temperature": 0, "max_tokens": 8, "choices": ["a", "b"]})"));
+}
+
+TEST(CachePolicyTest, CacheSetTtlRoundsUpAndIsBounded) {
+  EXPECT_EQ(cache_ttl_seconds(0.0001), 1) << "a ttl under a second still expires (0 means never)";
+  EXPECT_EQ(cache_ttl_seconds(1), 1);
+  EXPECT_EQ(cache_ttl_seconds(1.2), 2);
+  EXPECT_EQ(cache_ttl_seconds(kMaxCacheTtlSeconds), 2592000);
+  for (double bad : {0.0, -1.0, kMaxCacheTtlSeconds + 1, 3.1e13}) {
+    try {
+      cache_ttl_seconds(bad);
+      ADD_FAILURE() << bad << " accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.sqlstate(), sqlstate::invalid_parameter_value) << bad;
+      EXPECT_NE(std::string(e.what()).find("cache ttl of "), std::string::npos) << e.what();
+    }
+  }
 }

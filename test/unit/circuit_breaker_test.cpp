@@ -53,6 +53,23 @@ TEST(CircuitBreakerTest, ErrorRateOpensOnlyAfterMinRequests) {
   EXPECT_EQ(b.state(t), BreakerState::open);
 }
 
+TEST(CircuitBreakerTest, MinRequestsAboveTheWindowStillLetsTheRateTrip) {
+  BreakerConfig c;
+  c.consecutive_failures = 100;
+  c.error_rate = 0.5;
+  c.window = 4;
+  c.min_requests = 10;  // more than the window can ever hold: read as 4
+  CircuitBreaker b(c);
+  int64_t t = 0;
+  for (int i = 0; i < 3; i++) {
+    b.record_failure(++t);
+    b.record_success(++t);
+  }
+  b.record_failure(++t);
+  b.record_failure(++t);  // window F,S,F,F: 3/4
+  EXPECT_EQ(b.state(t), BreakerState::open);
+}
+
 TEST(CircuitBreakerTest, ErrorRateAtTheThresholdDoesNotOpen) {
   BreakerConfig c;
   c.consecutive_failures = 100;

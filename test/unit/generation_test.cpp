@@ -148,6 +148,21 @@ TEST(GenerationParams, RangeBoundsAreInclusive) {
   EXPECT_EQ(hi.seed, std::numeric_limits<int64_t>::max());
 }
 
+TEST(GenerationParams, NumberBeyondADoubleNamesItsKey) {
+  // jsonb accepts 1e400; no double holds it.
+  for (const char* text : {R"({"temperature":1e400})", R"({"seed":1, "temperature":-1e400})",
+                           R"({"stop":["x"], "temperature":1e400, "max_tokens":5})"}) {
+    try {
+      npc_scale::parse_params(text);
+      ADD_FAILURE() << text << " accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.sqlstate(), sqlstate::numeric_value_out_of_range) << text;
+      EXPECT_NE(std::string(e.what()).find("params.temperature is out of range"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 TEST(GenerationParams, IntegralFloatsAreIntegers) {
   GenerationParams p =
       npc_scale::parse_params(R"({"max_tokens":64.0,"seed":7e0,"cache_ttl":3.6e3,"top_k":-1.0})");
@@ -366,15 +381,13 @@ TEST(GenerationBody, ChatMessages) {
   EXPECT_FALSE(b.contains("system"));
 }
 
-TEST(GenerationBody, SystemOnCompletionsIsAnError) {
-  GenerationParams p = npc_scale::parse_params(R"({"system":"x"})");
-  try {
-    npc_scale::build_request_body(Api::completions, "m", "p", p);
-    FAIL() << "system silently dropped";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.sqlstate(), sqlstate::invalid_parameter_value);
-    EXPECT_NE(std::string(e.what()).find("params.system"), std::string::npos);
-  }
+TEST(GenerationBody, SystemOnCompletionsLeadsThePrompt) {
+  GenerationParams p = npc_scale::parse_params(R"({"system":"You are Bob."})");
+  json b = body_of(Api::completions, "What now?", p);
+  EXPECT_EQ(b["prompt"], "You are Bob.\n\nWhat now?");  // neither dropped nor an error
+  EXPECT_FALSE(b.contains("system"));
+  EXPECT_FALSE(b.contains("messages"));
+  EXPECT_EQ(body_of(Api::completions, "What now?", GenerationParams{})["prompt"], "What now?");
 }
 
 TEST(GenerationBody, PriorityOnlyWhenAskedAndPassedThrough) {

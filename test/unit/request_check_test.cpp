@@ -9,7 +9,7 @@ using npc_scale::Error;
 using npc_scale::RequestArgs;
 
 namespace {
-RequestArgs good() { return RequestArgs{42, std::string("build"), std::string("What next?"), 5}; }
+RequestArgs good() { return RequestArgs{42, std::string("build"), std::string("What next?"), 5, std::nullopt}; }
 
 void expect_error(const RequestArgs& a, const std::string& sqlstate, const std::string& needle,
                   int max_bytes = 100) {
@@ -67,4 +67,66 @@ TEST(RequestCheckTest, PriorityRange) {
   expect_error(a, "22003", "priority -1 is out of range");
   a.priority.reset();
   expect_error(a, "22003", "priority NULL is out of range");
+}
+
+TEST(RequestCheckTest, DecisionTypeIsATagNotAText) {
+  auto a = good();
+  a.decision_type = std::string(64, 't');
+  EXPECT_NO_THROW(check_request(a, 100));
+  a.decision_type = std::string(65, 't');
+  expect_error(a, "22001", "is 65 bytes, more than 64");
+  // The value is shown cut short, never half a UTF-8 character.
+  std::string accents;
+  for (int i = 0; i < 40; i++) accents += "\xC3\xA9";  // é
+  a.decision_type = accents;
+  try {
+    check_request(a, 100);
+    FAIL() << "80 bytes accepted";
+  } catch (const Error& e) {
+    const std::string shown = std::string("'") + accents.substr(0, 40) + "…'";
+    EXPECT_NE(std::string(e.what()).find(shown), std::string::npos) << e.what();
+  }
+}
+
+TEST(RequestCheckTest, ANullInABatchNamesItsPosition) {
+  auto a = good();
+  a.npc_id.reset();
+  a.position = 3;
+  expect_error(a, "22004", "npc_ids[3] must not be null");
+}
+
+TEST(RequestCheckTest, ParamsAreHeldToThePromptLimit) {
+  EXPECT_NO_THROW(npc_scale::check_params_size(100, 100));
+  try {
+    npc_scale::check_params_size(101, 100);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.sqlstate(), "54000");
+    EXPECT_STREQ(e.what(), "params are 101 bytes, more than npc_scale.max_prompt_bytes (100)");
+  }
+}
+
+TEST(RequestCheckTest, DeadlinesAndTimeoutsAreWaitsNotOverflows) {
+  EXPECT_NO_THROW(npc_scale::check_deadline_seconds(0.001));
+  EXPECT_NO_THROW(npc_scale::check_deadline_seconds(npc_scale::kMaxDeadlineSeconds));
+  EXPECT_NO_THROW(npc_scale::check_await_timeout_seconds(0));
+  EXPECT_NO_THROW(npc_scale::check_await_timeout_seconds(npc_scale::kMaxAwaitSeconds));
+  struct Case {
+    void (*check)(double);
+    double secs;
+    const char* needle;
+  };
+  for (const Case& c : {Case{npc_scale::check_deadline_seconds, 0, "deadline of 0 s must be a positive"},
+                        Case{npc_scale::check_deadline_seconds, -1, "deadline of -1 s"},
+                        Case{npc_scale::check_deadline_seconds, 3.1e13, "deadline of 3.1e+13 s is more than a year"},
+                        Case{npc_scale::check_await_timeout_seconds, -0.5, "timeout -0.5 s must not be negative"},
+                        Case{npc_scale::check_await_timeout_seconds, 86401, "timeout 86401 s is more than a day"}}) {
+    try {
+      c.check(c.secs);
+      ADD_FAILURE() << c.secs << " accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.sqlstate(), "22023");
+      EXPECT_NE(std::string(e.what()).find(c.needle), std::string::npos) << e.what();
+    }
+  }
 }
