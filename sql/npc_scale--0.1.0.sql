@@ -374,8 +374,8 @@ DECLARE
   canonical text;
   new_job bigint;
 BEGIN
-  IF matview IS NULL OR schedule IS NULL THEN
-    RAISE EXCEPTION 'matview and schedule must not be null' USING ERRCODE = 'null_value_not_allowed';
+  IF matview IS NULL OR schedule IS NULL OR "concurrently" IS NULL THEN
+    RAISE EXCEPTION 'matview, schedule and concurrently must not be null' USING ERRCODE = 'null_value_not_allowed';
   END IF;
   IF (SELECT relkind FROM pg_class WHERE oid = matview) IS DISTINCT FROM 'm' THEN
     RAISE EXCEPTION 'relation % is not a materialized view', matview USING ERRCODE = 'wrong_object_type';

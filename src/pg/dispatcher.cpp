@@ -289,6 +289,11 @@ void Dispatcher::start_up() {
                            "queued again", requeued)));
     });
   }
+  // Hand-offs a previous dispatcher left untaken may be rows it had claimed
+  // (queued again just above, with their attempts and back-off): the table
+  // path takes them all, so none is sent as if it were new.
+  for (const HandoffEntry& e : handoff_take(MyDatabaseId)) to_table_after_commit(e.xid);
+  maybe_more_work_ = true;
   configure_router();
   reload_endpoints_if_changed(true);
   worker_set_state(WorkerState::idle);
@@ -911,8 +916,21 @@ void Dispatcher::claim_and_send() {
       if (!l2_key.empty()) {
         ask_l2_after_send_.push_back({tag, d.id, std::move(l2_key), InvalidTransactionId, d.attempts});
       }
-    } catch (const std::exception& e) {
+    } catch (const Error& e) {
+      // The row itself is wrong (its params, say): no attempt can succeed.
       pending_results_.push_back({d.id, d.attempts, "failed", "", e.what(), std::nullopt, 0});
+    } catch (const std::exception& e) {
+      // Something of ours failed (out of memory, a curl handle): the
+      // decision is retried like a transient endpoint error, and fails with
+      // this reason once its attempts are used up.
+      if (d.attempts >= guc_max_attempts) {
+        pending_results_.push_back({d.id, d.attempts, "failed", "", std::string("gave up after ") +
+                                    std::to_string(d.attempts) + " attempts: " + e.what(), std::nullopt, 0});
+      } else {
+        pending_results_.push_back({d.id, d.attempts, "queued", "", e.what(), std::nullopt, guc_retry_base_ms});
+        const int64_t due = now_ms() + guc_retry_base_ms;
+        if (!retry_due_ms_ || due < *retry_due_ms_) retry_due_ms_ = due;
+      }
     }
   }
   if (handed_back) {

@@ -162,6 +162,26 @@ void run_job(const DueJob& d) {
   finish_run(d.run, true, "", rows);
 }
 
+// The due jobs, one after another. A run whose outcome could not be
+// recorded (an error, a cancel, while writing it) is recorded as failed
+// with that reason, and the jobs after it still run: no run is left
+// 'running' until the next restart.
+void run_due_jobs() {
+  for (const DueJob& d : start_due_jobs()) {
+    try {
+      run_job(d);
+    } catch (const std::exception& e) {
+      const std::string why = std::string("could not record this run's outcome: ") + e.what();
+      worker_recover_after_error();
+      try {
+        finish_run(d.run, false, why, std::nullopt);
+      } catch (const std::exception&) {
+        worker_recover_after_error();
+      }
+    }
+  }
+}
+
 // nullopt when no job is active. (Not greatest(0, ...) in SQL: greatest
 // skips NULLs, so "no job" came back as 0 and the worker spun.)
 std::optional<int64_t> ms_until_next_job() {
@@ -234,9 +254,7 @@ void run_maintenance_worker() {
         fail_orphaned_runs();
         recovered = true;
       }
-      tick_step("scheduled refreshes", [] {
-        for (const DueJob& d : start_due_jobs()) run_job(d);
-      });
+      tick_step("scheduled refreshes", [] { run_due_jobs(); });
       const int64_t now = GetCurrentTimestamp() / 1000;
       if (now >= next_purge_ms) {
         worker_set_state(WorkerState::busy, "purging finished decisions");

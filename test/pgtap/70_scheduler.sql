@@ -89,8 +89,12 @@ SELECT ok((SELECT finished_at FROM npc_scale.decision_queue WHERE id = :d)
 -- started under a second ago, so 1.5 s of its refresh remain.)
 CREATE TEMP TABLE maintenance_before AS
   SELECT pid, errors FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance';
+-- Its REFRESH itself, not a run still waiting behind another due job's.
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running'
-                                                AND started_at > clock_timestamp() - interval '1 s') $$, :slow_job), '15 s'),
+                                                AND started_at > clock_timestamp() - interval '1 s')
+                                      AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = npc_test.worker_pid('maintenance')
+                                                     AND state = 'active' AND query = 'npc_scale: REFRESH MATERIALIZED VIEW sched_slow') $$,
+                                   :slow_job), '15 s'),
   'a slow refresh has just started');
 SELECT ok(pg_cancel_backend(npc_test.worker_pid('maintenance')), 'cancel sent to the maintenance worker');
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'failed'
