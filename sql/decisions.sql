@@ -126,11 +126,13 @@ INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, weight) VALUES (90, 'http
 \echo :LAST_ERROR_SQLSTATE
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, api_key) VALUES (90, 'http://gpu.example:8000', E'sk-secret\n');
 \echo :LAST_ERROR_SQLSTATE
--- A proxy's path prefix and an IPv6 address are fine.
+-- A proxy's path prefix, IPv6 addresses (with or without a port) and
+-- Docker-style host names are fine.
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, enabled) VALUES
-  (91, 'http://gateway.example/gpus/7/', false), (92, 'http://[::1]:8000', false);
-SELECT gpu_id, endpoint FROM npc_scale.gpu_endpoints WHERE gpu_id IN (91, 92) ORDER BY gpu_id;
-DELETE FROM npc_scale.gpu_endpoints WHERE gpu_id IN (91, 92);
+  (91, 'http://gateway.example/gpus/7/', false), (92, 'http://[::1]:8000', false),
+  (93, 'http://[2001:0db8::1]', false), (94, 'https://vllm_0:8000', false);
+SELECT gpu_id, endpoint FROM npc_scale.gpu_endpoints WHERE gpu_id BETWEEN 91 AND 94 ORDER BY gpu_id;
+DELETE FROM npc_scale.gpu_endpoints WHERE gpu_id BETWEEN 91 AND 94;
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (90, 'http://gpu.example:8000/');
 SELECT gpu_id, endpoint, model, api, max_concurrent, enabled FROM npc_scale.gpu_endpoints WHERE gpu_id = 90;
 DELETE FROM npc_scale.gpu_endpoints WHERE gpu_id = 90;

@@ -59,16 +59,17 @@ BEGIN
   IF NEW.gpu_id IS NULL THEN
     RAISE EXCEPTION 'gpu_id must not be null' USING ERRCODE = 'null_value_not_allowed';
   END IF;
-  -- A base URL: scheme, host (name, IPv4 or [IPv6]), optional port and path
+  -- A base URL: scheme, host (name, Docker-style names with _ too, IPv4 or
+  -- [IPv6]), optional port and path
   -- prefix (a reverse proxy's); no credentials (the column is readable by
   -- everyone: keys go in api_key), query, fragment or spaces.
   IF NEW.endpoint IS NULL OR NEW.endpoint !~
-       '^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&''()*+,;=:@/-]*)?$' THEN
+       '^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&''()*+,;=:@/-]*)?$' THEN
     RAISE EXCEPTION 'endpoint URL % of gpu % is not an http(s) base URL', coalesce(quote_literal(NEW.endpoint), 'NULL'), NEW.gpu_id
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Use the server''s base URL, e.g. http://10.0.0.5:8000 (no user:password@, query or fragment).';
   END IF;
-  port := substring(NEW.endpoint FROM '^https?://(?:\[[^]]*\]|[^:/]*):([0-9]+)');
+  port := substring(NEW.endpoint FROM '^https?://(?:\[[^]]*\]|[^:/\[]*):([0-9]+)(?:/|$)');
   IF port IS NOT NULL AND (port::int < 1 OR port::int > 65535) THEN
     RAISE EXCEPTION 'endpoint URL % of gpu % has port % out of range', quote_literal(NEW.endpoint), NEW.gpu_id, port
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a port from 1 to 65535.';
@@ -333,6 +334,28 @@ CREATE TABLE npc_scale.maintenance_runs (
 CREATE INDEX maintenance_runs_job ON npc_scale.maintenance_runs (job, run);
 GRANT SELECT ON npc_scale.maintenance_jobs, npc_scale.maintenance_runs TO PUBLIC;
 
+-- What a scheduled refresh needs of its target, said when it is scheduled
+-- (or changed by hand), not at 3 a.m.: a materialized view, and for
+-- CONCURRENTLY a unique index on plain columns, without WHERE.
+CREATE FUNCTION npc_scale._check_refresh_target(matview regclass, "concurrently" boolean) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  IF matview IS NULL THEN
+    RAISE EXCEPTION 'the job''s target must not be null' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF (SELECT relkind FROM pg_class WHERE oid = matview) IS DISTINCT FROM 'm' THEN
+    RAISE EXCEPTION 'relation % is not a materialized view', matview USING ERRCODE = 'wrong_object_type';
+  END IF;
+  IF "concurrently" AND NOT EXISTS (
+       SELECT 1 FROM pg_index i
+        WHERE i.indrelid = matview AND i.indisunique AND i.indisvalid
+          AND i.indpred IS NULL AND i.indexprs IS NULL) THEN
+    RAISE EXCEPTION 'REFRESH MATERIALIZED VIEW CONCURRENTLY needs a unique index on %', matview
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = format('CREATE UNIQUE INDEX ON %s (<key columns>), or schedule with concurrently => false.', matview);
+  END IF;
+END $$;
+
 -- Jobs are changed by hand too (pause: active = false; a new schedule): a
 -- schedule is checked and made canonical here, and the next run follows it,
 -- so a bad row cannot reach the maintenance worker's tick.
@@ -350,13 +373,14 @@ BEGIN
     -- at a time left over from before.
     NEW.next_run_at := npc_scale._cron_next(NEW.schedule, now());
   END IF;
-  IF (TG_OP = 'INSERT' OR NEW.target IS DISTINCT FROM OLD.target)
-     AND (SELECT relkind FROM pg_class WHERE oid = NEW.target) IS DISTINCT FROM 'm' THEN
-    RAISE EXCEPTION 'relation % is not a materialized view', NEW.target USING ERRCODE = 'wrong_object_type';
+  IF TG_OP = 'INSERT' OR NEW.target IS DISTINCT FROM OLD.target
+     OR NEW.concurrent_refresh IS DISTINCT FROM OLD.concurrent_refresh THEN
+    PERFORM npc_scale._check_refresh_target(NEW.target, NEW.concurrent_refresh);
   END IF;
   RETURN NEW;
 END $$;
-CREATE TRIGGER check_maintenance_job BEFORE INSERT OR UPDATE OF schedule, active, target ON npc_scale.maintenance_jobs
+CREATE TRIGGER check_maintenance_job BEFORE INSERT OR UPDATE OF schedule, active, target, concurrent_refresh
+    ON npc_scale.maintenance_jobs
     FOR EACH ROW EXECUTE FUNCTION npc_scale._check_maintenance_job();
 -- A change by hand reaches the worker at COMMIT, as schedule_refresh() does.
 CREATE FUNCTION npc_scale._maintenance_jobs_changed() RETURNS trigger
@@ -377,18 +401,7 @@ BEGIN
   IF matview IS NULL OR schedule IS NULL OR "concurrently" IS NULL THEN
     RAISE EXCEPTION 'matview, schedule and concurrently must not be null' USING ERRCODE = 'null_value_not_allowed';
   END IF;
-  IF (SELECT relkind FROM pg_class WHERE oid = matview) IS DISTINCT FROM 'm' THEN
-    RAISE EXCEPTION 'relation % is not a materialized view', matview USING ERRCODE = 'wrong_object_type';
-  END IF;
-  -- Said now, not at 3 a.m.: CONCURRENTLY needs a unique index on plain columns, without WHERE.
-  IF "concurrently" AND NOT EXISTS (
-       SELECT 1 FROM pg_index i
-        WHERE i.indrelid = matview AND i.indisunique AND i.indisvalid
-          AND i.indpred IS NULL AND i.indexprs IS NULL) THEN
-    RAISE EXCEPTION 'REFRESH MATERIALIZED VIEW CONCURRENTLY needs a unique index on %', matview
-      USING ERRCODE = 'object_not_in_prerequisite_state',
-            HINT = format('CREATE UNIQUE INDEX ON %s (<key columns>), or schedule with concurrently => false.', matview);
-  END IF;
+  PERFORM npc_scale._check_refresh_target(matview, "concurrently");
   canonical := npc_scale._cron_canonical(schedule);   -- raises, naming the schedule, if invalid
   INSERT INTO npc_scale.maintenance_jobs (kind, target, schedule, concurrent_refresh, next_run_at)
   VALUES ('refresh', matview, canonical, "concurrently", npc_scale._cron_next(canonical, now()))
@@ -1023,7 +1036,9 @@ BEGIN
   PERFORM * FROM npc_scale._partition_bounds(NEW.partition_interval, now(), 0, 0);  -- raises on an unsupported interval
   RETURN NEW;
 END $$;
-CREATE TRIGGER check_partition_config BEFORE INSERT OR UPDATE ON npc_scale.partition_configs
+CREATE TRIGGER check_partition_config
+    BEFORE INSERT OR UPDATE OF parent, control, partition_interval, premake, retention, retention_keep_table
+    ON npc_scale.partition_configs
     FOR EACH ROW EXECUTE FUNCTION npc_scale._check_partition_config();
 
 -- A bound as a literal of the control column's type, always read as UTC.
@@ -1049,21 +1064,29 @@ BEGIN
   RETURN base || '_' || suffix;
 END $$;
 
--- Whether a partition of `parent` named `child` exists already. A table of
--- that name that is not one (another parent's, cut to the same name) is an
--- error rather than a range silently left to the default partition.
+-- Whether a table named `child` is in the way of creating that partition
+-- of `parent` (true: leave this range alone). Another parent's partition of
+-- that name (names cut to the same 63 bytes) is an error, not a range
+-- silently left to the default partition; a plain table of that name (one
+-- detached by retention_keep_table, or by hand) is kept, with a warning.
 CREATE FUNCTION npc_scale._child_exists(nsp name, child name, parent regclass) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
   existing regclass := to_regclass(format('%I.%I', nsp, child));
+  other regclass;
 BEGIN
   IF existing IS NULL THEN
     RETURN false;
   END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = existing AND inhparent = parent) THEN
-    RAISE EXCEPTION 'table % exists but is not a partition of %', existing, parent
+  SELECT inhparent::regclass INTO other FROM pg_inherits WHERE inhrelid = existing;
+  IF other IS DISTINCT FROM parent AND other IS NOT NULL THEN
+    RAISE EXCEPTION 'table % exists but is not a partition of %: it belongs to %', existing, parent, other
       USING ERRCODE = 'duplicate_table',
-            HINT = 'Rename one of the parents so their first characters differ, or drop that table.';
+            HINT = 'Rename one of the parents so their first characters differ.';
+  END IF;
+  IF other IS NULL THEN
+    RAISE WARNING 'table % exists and is not a partition of %: its range is left to the default partition',
+      existing, parent;
   END IF;
   RETURN true;
 END $$;
@@ -1094,7 +1117,11 @@ BEGIN
    WHERE i.inhparent = cfg.parent AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT';
   IF def IS NULL THEN
     child_name := npc_scale._child_name(rel, 'default');
-    PERFORM npc_scale._child_exists(nsp, child_name, cfg.parent);  -- raises: it cannot be ours
+    IF to_regclass(format('%I.%I', nsp, child_name)) IS NOT NULL THEN
+      RAISE EXCEPTION 'table %.% exists but is not the default partition of %', nsp, child_name, cfg.parent
+        USING ERRCODE = 'duplicate_table',
+              HINT = 'Rename one of the parents so their first characters differ, or drop that table.';
+    END IF;
     EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', nsp, child_name, cfg.parent);
     def := format('%I.%I', nsp, child_name)::regclass;
     n := n + 1;

@@ -113,7 +113,7 @@ std::string key_at_parse_failure(const std::string& json_text) {
     json partial = json::parse(json_text, remember);
   } catch (const json::exception&) {
   }
-  return key.empty() ? std::string("?") : key;
+  return key.empty() ? std::string("?") : utf8_prefix(key, 64);
 }
 
 [[noreturn]] void bad(const std::string& message, const std::string& hint = {}) {

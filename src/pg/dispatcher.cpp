@@ -251,12 +251,6 @@ void Dispatcher::start_up() {
     SetConfigOption("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION);
     SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION);
     SetConfigOption("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION);
-    // No statement of the loop waits long for a lock: a table lock on the
-    // queue (LOCK TABLE, VACUUM FULL, a non-concurrent CREATE INDEX) would
-    // otherwise stop every request in flight, generate() included. A
-    // statement that times out fails its tick, which is logged and tried
-    // again later; the result writes wait even less (decision_store).
-    SetConfigOption("lock_timeout", "50ms", PGC_USERSET, PGC_S_SESSION);
   });
   // Idle until CREATE EXTENSION npc_scale has run in this database (a
   // cancel meanwhile is logged, as in the main loop).
@@ -296,6 +290,13 @@ void Dispatcher::start_up() {
   maybe_more_work_ = true;
   configure_router();
   reload_endpoints_if_changed(true);
+  // From here on no statement of the loop waits long for a lock: a table
+  // lock on the queue (LOCK TABLE, VACUUM FULL, a non-concurrent CREATE
+  // INDEX) would otherwise stop every request in flight, generate()
+  // included. A statement that times out fails its tick, which is logged
+  // and tried again later; the result writes wait even less
+  // (decision_store). Start-up above, outside the loop's recovery, waits.
+  pg_call([] { SetConfigOption("lock_timeout", "50ms", PGC_USERSET, PGC_S_SESSION); });
   worker_set_state(WorkerState::idle);
 }
 
@@ -412,8 +413,10 @@ BreakerConfig breaker_config() {
 void Dispatcher::reload_endpoints_if_changed(bool force) {
   uint64 generation = pg_atomic_read_u64(&shared_state().endpoints_generation);
   if (!force && generation == endpoints_generation_) return;
-  endpoints_generation_ = generation;
+  // Marked seen only once loaded: a load that fails (a lock wait timing
+  // out) is tried again on the next round, not skipped until the next change.
   fleet_.reload(load_endpoints(), breaker_config(), guc_latency_alpha);
+  endpoints_generation_ = generation;
   publish_fleet_signature();
   maybe_more_work_ = true;
   next_stats_ms_ = 0;

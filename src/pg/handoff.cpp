@@ -166,6 +166,10 @@ TxnOutcome handoff_commit_state(TransactionId xid) {
       return TransactionIdDidCommit(xid) ? TxnOutcome::committed : TxnOutcome::aborted;
     });
   } catch (const std::exception&) {
+    // The error left the commit log's LWLock held (SLRU read errors are
+    // raised under it): release it, or every backend checking a commit
+    // would block. The dispatcher holds no LWLock of its own here.
+    pg_call([] { LWLockReleaseAll(); });
     // The commit log could not be read for it (an xid so old its page is
     // gone: it ended long ago). "Committed" is the safe answer: every step
     // that follows is fenced by the table itself (a claim or a write from

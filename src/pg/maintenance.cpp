@@ -2,6 +2,7 @@
 // project grows, refreshes materialized views and manages partitions) —
 // separate from the dispatcher so a long REFRESH never delays a decision.
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -135,6 +136,17 @@ void finish_run(int64_t run, bool ok, const std::string& error, std::optional<in
   });
 }
 
+// finish_run(), and if that fails, an error saying what the run's outcome
+// was as well as why it could not be recorded (run_due_jobs records that).
+void record_run(int64_t run, bool ok, const std::string& error, std::optional<int64_t> rows) {
+  try {
+    finish_run(run, ok, error, rows);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("could not record this run's outcome (" +
+                             (ok ? std::string("succeeded") : "failed: " + error) + "): " + e.what());
+  }
+}
+
 // One refresh in its own transaction. A failure is recorded with its error and
 // the worker goes on; a run never overlaps itself (one worker, one at a time,
 // and the next due time is computed when a run starts).
@@ -156,10 +168,10 @@ void run_job(const DueJob& d) {
       rows = spi_int(0, 1);
     });
   } catch (const std::exception& e) {
-    finish_run(d.run, false, e.what(), std::nullopt);
+    record_run(d.run, false, e.what(), std::nullopt);
     return;
   }
-  finish_run(d.run, true, "", rows);
+  record_run(d.run, true, "", rows);
 }
 
 // The due jobs, one after another. A run whose outcome could not be
@@ -171,7 +183,7 @@ void run_due_jobs() {
     try {
       run_job(d);
     } catch (const std::exception& e) {
-      const std::string why = std::string("could not record this run's outcome: ") + e.what();
+      const std::string why = e.what();  // record_run() says what the outcome was
       worker_recover_after_error();
       try {
         finish_run(d.run, false, why, std::nullopt);

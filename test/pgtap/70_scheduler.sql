@@ -3,7 +3,7 @@
 -- overlapping itself, clear errors at schedule time, decisions flowing
 -- while a slow refresh runs (asserted by the order of events), and a cancel
 -- during a refresh failing that run only.
-SELECT plan(24);
+SELECT plan(25);
 
 CREATE TABLE public.sched_src (id int PRIMARY KEY, x int NOT NULL);
 INSERT INTO public.sched_src SELECT g, 1 FROM generate_series(1, 100) g;
@@ -44,6 +44,9 @@ SELECT ok((SELECT next_run_at > now() FROM npc_scale.maintenance_jobs WHERE job 
   'a resumed job is due at its next time from now, not at a time left from before');
 SELECT throws_ok(format($$ UPDATE npc_scale.maintenance_jobs SET target = 'public.sched_src' WHERE job = %s $$, :hand_job),
   '42809', 'relation sched_src is not a materialized view', 'a target by hand must be a materialized view');
+SELECT throws_ok(format($$ UPDATE npc_scale.maintenance_jobs SET target = 'public.sched_nokey' WHERE job = %s $$, :hand_job),
+  '55000', 'REFRESH MATERIALIZED VIEW CONCURRENTLY needs a unique index on sched_nokey',
+  'a CONCURRENTLY job by hand needs the unique index too');
 SELECT npc_scale.unschedule(:hand_job) AS hand_gone \gset
 UPDATE public.sched_src SET x = 2;
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'succeeded') $$, :ok_job), '15 s'),

@@ -4,7 +4,7 @@
 -- indexes and privileges reaching new partitions, and bound parity with
 -- pg_partman 4.7 itself.
 BEGIN;
-SELECT plan(24);
+SELECT plan(25);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -77,11 +77,17 @@ SELECT throws_ok($$ UPDATE npc_scale.partition_configs SET partition_interval = 
 -- Parents whose names fill NAMEDATALEN: a name cut to fit the 63 bytes may
 -- collide with another parent's; that is an error, never a range silently
 -- left in the default partition.
-CREATE TABLE public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_1 (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
-CREATE TABLE public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_2 (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
-SELECT npc_scale.manage_partitions('public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_1', 'ts', '1 hour', 2) AS clash1 \gset
-SELECT throws_like($$ SELECT npc_scale.manage_partitions('public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_2', 'ts', '1 hour', 2) $$,
-  '%exists but is not a partition of pm_clash_%_2', 'a partition name shared with another parent is an error');
+-- (Both names share their first 46 characters, all an hourly name keeps.)
+CREATE TABLE public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_one (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+CREATE TABLE public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_two (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+SELECT npc_scale.manage_partitions('public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_one', 'ts', '1 hour', 2) AS clash1 \gset
+SELECT throws_like($$ SELECT npc_scale.manage_partitions('public.pm_clash_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_two', 'ts', '1 hour', 2) $$,
+  '%exists but is not a partition of pm_clash_%_two: it belongs to pm_clash_%_one',
+  'a partition name shared with another parent is an error naming both');
+-- A plain table of a partition's name (here one detached by retention) is
+-- kept, with a warning: setting retention off again is not an error.
+SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '1 month', 5) $$,
+  'a detached partition in the premade range is left alone, not an error');
 
 -- Parity with pg_partman 4.7: same parent, same config, same bounds (in UTC).
 SET LOCAL TimeZone = 'UTC';
