@@ -176,7 +176,7 @@ CREATE FUNCTION npc_scale.request_decision(
     npc_id bigint, decision_type text, prompt text, priority integer DEFAULT 5,
     params jsonb DEFAULT '{}', deadline interval DEFAULT NULL, world_id bigint DEFAULT NULL)
 RETURNS bigint AS 'MODULE_PATHNAME', 'npc_scale_request_decision'
-LANGUAGE C VOLATILE SECURITY DEFINER;  -- its SQL is schema-qualified and prepared
+LANGUAGE C VOLATILE SECURITY DEFINER;  -- its one statement qualifies every name (no SET: the hot path)
 COMMENT ON FUNCTION npc_scale.request_decision(bigint, text, text, integer, jsonb, interval, bigint) IS
 'Queues one NPC decision; the dispatcher is woken when the transaction commits. Returns its id.';
 
@@ -217,7 +217,8 @@ COMMENT ON FUNCTION npc_scale.cancel_decision(bigint) IS
 
 CREATE FUNCTION npc_scale.await_decision(id bigint, timeout interval DEFAULT '30 s')
 RETURNS npc_scale.decision_queue
-AS 'MODULE_PATHNAME', 'npc_scale_await_decision' LANGUAGE C SECURITY DEFINER;
+AS 'MODULE_PATHNAME', 'npc_scale_await_decision' LANGUAGE C SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;  -- a caller's path must not resolve names in its SQL
 COMMENT ON FUNCTION npc_scale.await_decision(bigint, interval) IS
 'Waits (on a latch, not by polling) until the decision is finished and returns its row.';
 
@@ -281,11 +282,14 @@ CREATE INDEX cache_store_expires ON npc_scale.cache_store (expires_at) WHERE exp
 REVOKE ALL ON npc_scale.cache_store FROM PUBLIC;
 
 CREATE FUNCTION npc_scale.cache_get(key text) RETURNS text
-AS 'MODULE_PATHNAME', 'npc_scale_cache_get' LANGUAGE C STRICT VOLATILE SECURITY DEFINER;
+AS 'MODULE_PATHNAME', 'npc_scale_cache_get' LANGUAGE C STRICT VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;  -- a caller's path must not resolve names in its SQL
 CREATE FUNCTION npc_scale.cache_set(key text, value text, ttl interval, persist boolean DEFAULT false)
-RETURNS void AS 'MODULE_PATHNAME', 'npc_scale_cache_set' LANGUAGE C VOLATILE SECURITY DEFINER;
+RETURNS void AS 'MODULE_PATHNAME', 'npc_scale_cache_set' LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION npc_scale.cache_delete(key text) RETURNS boolean
-AS 'MODULE_PATHNAME', 'npc_scale_cache_delete' LANGUAGE C STRICT VOLATILE SECURITY DEFINER;
+AS 'MODULE_PATHNAME', 'npc_scale_cache_delete' LANGUAGE C STRICT VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION npc_scale.cache_clear() RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_cache_clear' LANGUAGE C VOLATILE;
 REVOKE ALL ON FUNCTION npc_scale.cache_clear() FROM PUBLIC;

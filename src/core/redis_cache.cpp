@@ -23,6 +23,7 @@ namespace {
 constexpr int64_t kFirstBackoffMs = 100;
 constexpr int64_t kMaxBackoffMs = 5000;
 constexpr size_t kMaxUnreadReplies = 64;
+constexpr int64_t kUnreadSetReplyTimeoutMs = 5000;
 
 timeval ms_to_timeval(int ms) {
   timeval tv;
@@ -100,10 +101,16 @@ void RedisCache::fail(const std::string& why, int64_t now_ms) {
 }
 
 bool RedisCache::consume(void* raw, int64_t now_ms) {
+  (void)now_ms;
   Reply r(static_cast<redisReply*>(raw));
-  if (r->type == REDIS_REPLY_ERROR) {
-    fail(r->str, now_ms);
-    return false;
+  // An error reply (OOM on a SET under noeviction, WRONGTYPE on a key
+  // someone else wrote under the prefix) concerns its command only: that
+  // value is not cached, that key is a miss. The connection, and the replies
+  // pipelined behind it, are fine.
+  const bool error = r->type == REDIS_REPLY_ERROR;
+  if (error) {
+    errors_++;
+    last_reply_error_ = r->str ? r->str : "error reply";
   }
   Pending& p = pending_.front();
   if (p.ticket != 0) {
@@ -112,8 +119,8 @@ bool RedisCache::consume(void* raw, int64_t now_ms) {
     // known to be ahead, a miss.
     const size_t index = p.lookups.size() * 2 - p.replies_left;
     if (index % 2 == 0) {
-      p.pttl = r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
-    } else if (r->type == REDIS_REPLY_STRING && (p.pttl == -1 || p.pttl > 0)) {
+      p.pttl = !error && r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
+    } else if (!error && r->type == REDIS_REPLY_STRING && (p.pttl == -1 || p.pttl > 0)) {
       Lookup& l = p.lookups[index / 2];
       l.result = Result::hit;
       l.value.assign(r->str, r->len);
@@ -158,16 +165,31 @@ void RedisCache::read_arrived(int64_t now_ms) {
 }
 
 bool RedisCache::room_for_another(int64_t now_ms) {
+  if (ctx_ == nullptr) return false;
   if (pending_.size() < kMaxUnreadReplies) return true;
   read_arrived(now_ms);
-  return pending_.size() < kMaxUnreadReplies;
+  fail_if_overdue(now_ms);
+  // Reading may have failed the connection (EOF, a reset): no context then.
+  return ctx_ != nullptr && pending_.size() < kMaxUnreadReplies;
+}
+
+void RedisCache::fail_if_overdue(int64_t now_ms) {
+  if (ctx_ == nullptr || pending_.empty()) return;
+  // Replies come in order: the oldest command's is the late one. An ask is
+  // waited for at most the command timeout. SET replies nobody waits for
+  // get longer (a slow Redis is not a down one), but not forever: with only
+  // SETs unread, nothing else would notice a host that went away.
+  const int64_t limit = asks_pending_ > 0
+                            ? config_.command_timeout_ms
+                            : std::max<int64_t>(config_.command_timeout_ms, kUnreadSetReplyTimeoutMs);
+  if (now_ms >= pending_.front().sent_ms + limit) {
+    fail("no reply within " + std::to_string(limit) + " ms", now_ms);
+  }
 }
 
 std::vector<RedisCache::Answer> RedisCache::take_answers(int64_t now_ms) {
   read_arrived(now_ms);
-  if (asks_pending_ > 0 && ask_timeout_in_ms(now_ms) == 0) {
-    fail("no reply within " + std::to_string(config_.command_timeout_ms) + " ms", now_ms);
-  }
+  fail_if_overdue(now_ms);
   std::vector<Answer> out;
   out.swap(answers_);
   return out;
@@ -186,12 +208,13 @@ bool RedisCache::flush_output(int64_t now_ms) {
   return true;
 }
 
-bool RedisCache::ensure_connected(int64_t now_ms, bool drain) {
+bool RedisCache::ensure_connected(int64_t now_ms, bool drain, bool even_backing_off) {
   if (!enabled()) return false;
   // Replies come in command order: what set_nowait() and ask() left goes first.
   if (ctx_) return !drain || read_replies(now_ms, true);
   if (connecting_fd_ < 0) {
-    if (!lookup_ && now_ms < next_attempt_ms_) return false;  // backing off: a miss, cheaply
+    // Backing off: a miss, cheaply.
+    if (!lookup_ && now_ms < next_attempt_ms_ && !even_backing_off) return false;
     if (!start_connect(now_ms)) return false;
   }
   return finish_connect(now_ms);
@@ -396,8 +419,11 @@ uint64_t RedisCache::ask(const std::vector<std::string>& keys, int64_t now_ms) {
 
 bool RedisCache::set(const std::string& key, const std::string& value, int64_t ttl_s,
                      int64_t now_ms) {
-  // The same command, and then its reply (with any set_nowait() left before it).
-  return set_nowait(key, value, ttl_s, now_ms) && read_replies(now_ms, true);
+  // The same command, and then its reply (with any set_nowait() left before
+  // it): stored only if no reply was an error.
+  const uint64_t errors_before = errors_;
+  return set_nowait(key, value, ttl_s, now_ms) && read_replies(now_ms, true) &&
+         errors_ == errors_before;
 }
 
 bool RedisCache::set_nowait(const std::string& key, const std::string& value, int64_t ttl_s,
@@ -420,18 +446,20 @@ bool RedisCache::set_nowait(const std::string& key, const std::string& value, in
   return true;
 }
 
-bool RedisCache::del(const std::string& key, int64_t now_ms) {
-  if (!ensure_connected(now_ms)) return false;
+std::optional<bool> RedisCache::del(const std::string& key, int64_t now_ms) {
+  // An invalidation is worth a connect even while backing off: a value left
+  // in Redis would come back on the next L1 miss.
+  if (!ensure_connected(now_ms, true, /*even_backing_off=*/true)) return std::nullopt;
   Reply r = command(ctx_, {"DEL", config_.prefix + key});
   if (!r || r->type == REDIS_REPLY_ERROR) {
     fail(r ? r->str : ctx_->errstr, now_ms);
-    return false;
+    return std::nullopt;
   }
   return r->type == REDIS_REPLY_INTEGER && r->integer > 0;
 }
 
 int64_t RedisCache::clear(int64_t now_ms) {
-  if (!ensure_connected(now_ms)) return -1;
+  if (!ensure_connected(now_ms, true, /*even_backing_off=*/true)) return -1;
   int64_t deleted = 0;
   std::string cursor = "0";
   do {

@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -98,7 +99,9 @@ class RedisCache {
   int fd() const;
   // Milliseconds until the oldest pending ask times out (0: now), -1 if none.
   int64_t ask_timeout_in_ms(int64_t now_ms) const;
-  bool del(const std::string& key, int64_t now_ms);
+  // Whether the key existed; nullopt if Redis could not be reached (tried
+  // even while backing off).
+  std::optional<bool> del(const std::string& key, int64_t now_ms);
   // Deletes every key under the prefix (SCAN + DEL in batches). Returns keys deleted, -1 if unavailable.
   int64_t clear(int64_t now_ms);
 
@@ -106,6 +109,10 @@ class RedisCache {
   // A lookup or TCP connect started and not yet through (connect_in_background).
   bool connecting() const { return lookup_ != nullptr || connecting_fd_ >= 0; }
   uint64_t errors() const { return errors_; }
+  // The text of the last error reply (a command's, the connection kept).
+  const std::string& last_reply_error() const { return last_reply_error_; }
+  // host:port, for messages.
+  std::string endpoint_text() const { return config_.host + ":" + std::to_string(config_.port); }
   std::function<void(bool up, const std::string& why)> on_state_change;
   // Starts a host name's lookup (connect_in_background); tests put a
   // stand-in here. Unset: HostLookup.
@@ -113,7 +120,8 @@ class RedisCache {
 
  private:
   // drain: first read every reply still outstanding (waiting for them).
-  bool ensure_connected(int64_t now_ms, bool drain = true);
+  // even_backing_off: try now even inside the back-off (invalidations).
+  bool ensure_connected(int64_t now_ms, bool drain = true, bool even_backing_off = false);
   // Looks the host up (connect_in_background: starts the lookup, and
   // returns false while it runs) and starts a non-blocking TCP connect to
   // its first address; false, and the connection failed, if none could even
@@ -134,7 +142,10 @@ class RedisCache {
   void read_arrived(int64_t now_ms);
   // Whether another command may be left unread (reading what has arrived if needed).
   bool room_for_another(int64_t now_ms);
-  // One reply for the oldest pending command; false if it failed the connection.
+  // Fails the connection when the oldest unread reply is past the command timeout.
+  void fail_if_overdue(int64_t now_ms);
+  // One reply for the oldest pending command (an error reply counts as an
+  // error, and is a miss or an uncached value, but keeps the connection).
   bool consume(void* reply, int64_t now_ms);
   // Writes the commands appended to the context.
   bool flush_output(int64_t now_ms);
@@ -154,6 +165,7 @@ class RedisCache {
   size_t next_address_ = 0;
   bool up_ = true;  // optimistic until the first failure; reported only on change
   uint64_t errors_ = 0;
+  std::string last_reply_error_;  // the last error reply's text
   int64_t next_attempt_ms_ = 0;
   int64_t backoff_ms_ = 0;
   // Commands written whose replies are not read yet, in order. A SET has one

@@ -50,6 +50,7 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
     ttl_s = cache_ttl_seconds(interval_arg_seconds(fcinfo, 2));
   }
   bool persist = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
+  if (!persist) cache_forget_l3(user_key(key));
   cache_store(user_key(key), value, ttl_s, persist);
   PG_RETURN_VOID();
 }

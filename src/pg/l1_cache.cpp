@@ -18,6 +18,11 @@ namespace {
 constexpr const char* kTranche = "npc_scale_cache";
 char* g_base = nullptr;
 LWLockPadded* g_locks = nullptr;
+// Per partition: bumped by every write (put, erase, clear) under its
+// exclusive lock. A reader that missed L1 notes it first; its promotion of
+// what it then found below is dropped if a write came in between, so a
+// value deleted or replaced meanwhile never comes back into L1.
+pg_atomic_uint64* g_epochs = nullptr;
 
 Size partition_bytes() {
   // 8-byte aligned partitions; the layout inside each is shm_cache's business.
@@ -49,9 +54,11 @@ auto with_partition(const std::string& key, Fn&& fn) {
   }
 }
 
+Size epochs_offset() { return partition_bytes() * kCachePartitions + 8; }
+
 }  // namespace
 
-Size l1_cache_size() { return partition_bytes() * kCachePartitions + 8; }
+Size l1_cache_size() { return epochs_offset() + sizeof(pg_atomic_uint64) * kCachePartitions; }
 
 void l1_cache_request() { RequestNamedLWLockTranche(kTranche, kCachePartitions); }
 
@@ -61,9 +68,11 @@ void l1_cache_attach() {
   char* raw = static_cast<char*>(ShmemInitStruct("npc_scale L1 cache", l1_cache_size(), &found));
   g_base = reinterpret_cast<char*>(TYPEALIGN(8, reinterpret_cast<uintptr_t>(raw)));
   g_locks = GetNamedLWLockTranche(kTranche);
+  g_epochs = reinterpret_cast<pg_atomic_uint64*>(raw + epochs_offset());
   if (!found) {
     for (int p = 0; p < kCachePartitions; p++) {
       ShmCachePartition::format(g_base + p * partition_bytes(), partition_bytes());
+      pg_atomic_init_u64(&g_epochs[p], 0);
     }
   }
   LWLockRelease(AddinShmemInitLock);
@@ -92,20 +101,44 @@ bool l1_get(const std::string& key, std::string* value) {
   return with_partition(key, [&](ShmCachePartition& part) { return part.get(key, now, value); });
 }
 
-bool l1_put(const std::string& key, const std::string& value, int64_t ttl_s) {
+uint64_t l1_epoch(const std::string& key) {
+  if (g_epochs == nullptr) return 0;
+  return pg_atomic_read_u64(&g_epochs[shm_cache_partition_of(key, kCachePartitions)]);
+}
+
+bool l1_put(const std::string& key, const std::string& value, int64_t ttl_ms) {
   int64_t now = now_ms();
-  int64_t expires = ttl_s > 0 ? now + ttl_s * 1000 : 0;
-  return with_partition(key, [&](ShmCachePartition& part) { return part.put(key, value, expires, now); });
+  int64_t expires = ttl_ms > 0 ? now + ttl_ms : 0;
+  size_t p = shm_cache_partition_of(key, kCachePartitions);
+  return with_partition(key, [&](ShmCachePartition& part) {
+    pg_atomic_fetch_add_u64(&g_epochs[p], 1);
+    return part.put(key, value, expires, now);
+  });
+}
+
+bool l1_promote(const std::string& key, const std::string& value, int64_t ttl_ms, uint64_t epoch) {
+  int64_t now = now_ms();
+  int64_t expires = ttl_ms > 0 ? now + ttl_ms : 0;
+  size_t p = shm_cache_partition_of(key, kCachePartitions);
+  return with_partition(key, [&](ShmCachePartition& part) {
+    if (pg_atomic_read_u64(&g_epochs[p]) != epoch) return false;  // written since the miss
+    return part.put(key, value, expires, now);
+  });
 }
 
 bool l1_erase(const std::string& key) {
-  return with_partition(key, [&](ShmCachePartition& part) { return part.erase(key); });
+  size_t p = shm_cache_partition_of(key, kCachePartitions);
+  return with_partition(key, [&](ShmCachePartition& part) {
+    pg_atomic_fetch_add_u64(&g_epochs[p], 1);
+    return part.erase(key);
+  });
 }
 
 void l1_clear() {
   for (int p = 0; p < kCachePartitions; p++) {
     LWLock* lock = &g_locks[p].lock;
     pg_call([&] { LWLockAcquire(lock, LW_EXCLUSIVE); });
+    pg_atomic_fetch_add_u64(&g_epochs[p], 1);
     ShmCachePartition(g_base + p * partition_bytes()).clear();
     LWLockRelease(lock);
   }

@@ -21,7 +21,13 @@ void l1_cache_attach();   // shmem_startup_hook
 
 bool l1_get(const std::string& key, std::string* value);
 // ttl_s <= 0: no expiry. False if the entry can never fit.
-bool l1_put(const std::string& key, const std::string& value, int64_t ttl_s);
+// ttl_ms <= 0: no expiry. A write: moves the key's partition epoch on.
+bool l1_put(const std::string& key, const std::string& value, int64_t ttl_ms);
+// The key's partition epoch, to note before a lookup that may promote.
+uint64_t l1_epoch(const std::string& key);
+// A promotion from a lower layer: stored only if no write reached the key's
+// partition since `epoch` was noted (false otherwise, or if it did not fit).
+bool l1_promote(const std::string& key, const std::string& value, int64_t ttl_ms, uint64_t epoch);
 bool l1_erase(const std::string& key);
 void l1_clear();
 

@@ -39,8 +39,11 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   static SavedPlan insert(
       "INSERT INTO npc_scale.decision_queue"
       " (npc_id, world_id, decision_type, prompt, params, priority, deadline)"
-      " VALUES ($1, $2, $3, $4, coalesce($5, '{}'), $6, now() + $7)"
-      " RETURNING id, (extract(epoch FROM deadline - now()) * 1000000)::bigint",
+      // Every function and operator qualified: this runs as the extension's
+      // owner (SECURITY DEFINER) under the caller's search_path.
+      " VALUES ($1, $2, $3, $4, coalesce($5, '{}'), $6, pg_catalog.now() OPERATOR(pg_catalog.+) $7)"
+      " RETURNING id, (pg_catalog.extract('epoch', deadline OPERATOR(pg_catalog.-) pg_catalog.now())"
+      "               OPERATOR(pg_catalog.*) 1000000)::bigint",
       {INT8OID, INT8OID, TEXTOID, TEXTOID, JSONBOID, INT2OID, INTERVALOID});
   Datum values[7] = {
       Int64GetDatum(*args.npc_id),

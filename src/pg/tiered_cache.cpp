@@ -1,5 +1,8 @@
 #include "tiered_cache.hpp"
 
+#include <algorithm>
+#include <unordered_map>
+
 #include "core/steady_clock.hpp"
 #include "core/redis_cache.hpp"
 #include "guard.hpp"
@@ -10,6 +13,7 @@
 #include "spi.hpp"
 
 extern "C" {
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "utils/timestamp.h"
 }
@@ -54,21 +58,32 @@ void note_redis_state(uint64_t errors_before) {
   if (redis().enabled() && pg_atomic_read_u32(&s.redis_up) != up) pg_atomic_write_u32(&s.redis_up, up);
 }
 
+[[noreturn]] void redis_unreachable(const char* what) {
+  throw Error(sqlstate::connection_failure,
+              std::string(what) + " could not reach Redis at " + redis().endpoint_text() +
+                  ": the key could still be served from L2, so nothing was changed",
+              {}, "Retry once Redis is back (npc_scale.cache_stats shows redis_up).");
+}
+
 struct L3Row {
   std::string value;
-  int64_t ttl_s;  // <= 0: no expiry
+  int64_t ttl_ms;  // <= 0: no expiry
 };
 
 std::optional<L3Row> l3_get(const std::string& key) {
   static SavedPlan plan(
-      "SELECT value, ceil(extract(epoch FROM expires_at - now()))::bigint"
+      // clock_timestamp(), not now(): in a long transaction now() is its
+      // start, and a row expired since would be served (and spread).
+      "SELECT value, ceil(extract(epoch FROM expires_at - pg_catalog.clock_timestamp()) * 1000)::bigint"
       "  FROM npc_scale.cache_store"
-      " WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())",
+      " WHERE key = $1 AND (expires_at IS NULL OR expires_at > pg_catalog.clock_timestamp())",
       {TEXTOID});
   std::optional<L3Row> row;
   with_spi([&] {
     if (plan.execute({text_datum(key)}, nullptr, true) == 1) {
-      row = L3Row{spi_text(0, 1).value_or(""), spi_int(0, 2).value_or(0)};
+      const std::optional<int64_t> left_ms = spi_int(0, 2);  // NULL: no expiry
+      // Under a millisecond left is 1 ms, not "no expiry".
+      row = L3Row{spi_text(0, 1).value_or(""), left_ms ? std::max<int64_t>(*left_ms, 1) : 0};
     }
   });
   return row;
@@ -77,7 +92,7 @@ std::optional<L3Row> l3_get(const std::string& key) {
 void l3_put(const std::string& key, const std::string& value, int64_t ttl_s) {
   static SavedPlan plan(
       "INSERT INTO npc_scale.cache_store (key, value, expires_at)"
-      " VALUES ($1, $2, CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END)"
+      " VALUES ($1, $2, CASE WHEN $3 > 0 THEN pg_catalog.clock_timestamp() + make_interval(secs => $3) END)"
       " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
       {TEXTOID, TEXTOID, INT8OID});
   with_spi([&] { plan.execute({text_datum(key), text_datum(value), Int64GetDatum(ttl_s)}); });
@@ -132,9 +147,50 @@ std::vector<RedisCache::Lookup> l2_lookup(const std::vector<std::string>& keys) 
   return found;
 }
 
-// Copies an L2 hit into L1 for no longer than Redis keeps it.
-bool promote_to_l1(const std::string& key, const RedisCache::Lookup& hit) {
-  return l1_put(key, hit.value, hit.ttl_ms > 0 ? (hit.ttl_ms + 999) / 1000 : 0);
+// Copies an L2 hit into L1 for no longer than Redis keeps it, unless the
+// key's partition was written since the L1 miss (epoch noted before it).
+bool promote_to_l1(const std::string& key, const RedisCache::Lookup& hit, uint64_t epoch) {
+  return l1_promote(key, hit.value, hit.ttl_ms > 0 ? hit.ttl_ms : 0, epoch);
+}
+
+// Keys this transaction deleted (or all, after a clear): their L1 entries
+// are erased again at COMMIT. Until then a reader may still see the
+// committed L3 row this transaction is deleting and promote it.
+std::vector<std::string> g_removed_in_xact;
+bool g_cleared_in_xact = false;
+bool g_xact_callback_registered = false;
+
+void reinvalidate_at_commit(XactEvent event, void*) {
+  if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_COMMIT &&
+      event != XACT_EVENT_PARALLEL_ABORT) {
+    return;
+  }
+  std::vector<std::string> keys;
+  keys.swap(g_removed_in_xact);
+  const bool cleared = g_cleared_in_xact;
+  g_cleared_in_xact = false;
+  if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT) return;
+  // After the commit: nothing may raise here, and L1 is a cache.
+  try {
+    if (cleared) {
+      l1_clear();
+    } else {
+      for (const std::string& k : keys) l1_erase(k);
+    }
+  } catch (...) {
+  }
+}
+
+void remember_removal(const std::string* key) {
+  if (!g_xact_callback_registered) {
+    pg_call([] { RegisterXactCallback(reinvalidate_at_commit, nullptr); });
+    g_xact_callback_registered = true;
+  }
+  if (key) {
+    g_removed_in_xact.push_back(*key);
+  } else {
+    g_cleared_in_xact = true;
+  }
 }
 
 }  // namespace
@@ -143,6 +199,7 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
   SharedState& s = shared_state();
   std::string value;
   *layer = CacheLayer::none;
+  const uint64_t epoch = l1_epoch(key);  // before the miss: see promote_to_l1
   if (l1_get(key, &value)) {
     count(s.cache_l1_hits);
     *layer = CacheLayer::l1;
@@ -151,15 +208,21 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
   RedisCache::Lookup l2 = std::move(l2_lookup({key})[0]);
   if (l2.result == RedisCache::Result::hit) {
     count(s.cache_l2_hits);
-    promote_to_l1(key, l2);
+    promote_to_l1(key, l2, epoch);
     *layer = CacheLayer::l2;
     return std::move(l2.value);
   }
   if (use_l3) {
     if (auto row = l3_get(key)) {
       count(s.cache_l3_hits);
-      redis().set(key, row->value, row->ttl_s, now_ms());
-      l1_put(key, row->value, row->ttl_s);
+      // Up the layers only if nothing wrote the key meanwhile (a delete in
+      // flight would otherwise see its value come back).
+      if (l1_epoch(key) == epoch) {
+        if (row->ttl_ms <= 0 || row->ttl_ms >= 1000) {
+          redis().set(key, row->value, row->ttl_ms > 0 ? row->ttl_ms / 1000 : 0, now_ms());
+        }
+        l1_promote(key, row->value, row->ttl_ms, epoch);
+      }
       *layer = CacheLayer::l3;
       return row->value;
     }
@@ -184,11 +247,21 @@ void cache_count(CacheLayer layer) {
   }
 }
 
+namespace {
+// The dispatcher's asks in flight: each key's L1 epoch when it was asked
+// (after its L1 miss), for the promotion of its answer.
+std::unordered_map<uint64_t, std::vector<uint64_t>> g_ask_epochs;
+}  // namespace
+
 uint64_t cache_ask_l2(const std::vector<std::string>& keys) {
+  std::vector<uint64_t> epochs;
+  epochs.reserve(keys.size());
+  for (const std::string& k : keys) epochs.push_back(l1_epoch(k));
   refresh_redis_config();
   uint64_t errors_before = redis().errors();
   uint64_t ticket = redis().ask(keys, now_ms());
   note_redis_state(errors_before);
+  g_ask_epochs[ticket] = std::move(epochs);
   return ticket;
 }
 
@@ -205,6 +278,11 @@ std::vector<L2Reply> cache_take_l2_answers() {
   for (RedisCache::Answer& a : answers) {
     L2Reply& o = out.emplace_back();
     o.ticket = a.ticket;
+    std::vector<uint64_t> epochs;
+    if (auto it = g_ask_epochs.find(a.ticket); it != g_ask_epochs.end()) {
+      epochs = std::move(it->second);
+      g_ask_epochs.erase(it);
+    }
     for (size_t i = 0; i < a.lookups.size(); i++) {
       // A hit L1 cannot hold (bigger than an entry may be) is no use to the
       // table path: the request goes on, as for a miss. So is one whose
@@ -212,7 +290,8 @@ std::vector<L2Reply> cache_take_l2_answers() {
       RedisCache::Lookup& l = a.lookups[i];
       bool promoted = false;
       try {
-        promoted = l.result == RedisCache::Result::hit && promote_to_l1(a.keys[i], l);
+        promoted = l.result == RedisCache::Result::hit && i < epochs.size() &&
+                   promote_to_l1(a.keys[i], l, epochs[i]);
       } catch (const std::exception&) {
         promoted = false;
       }
@@ -232,7 +311,7 @@ int64_t cache_l2_next_event_ms() {
 
 void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool persist,
                  bool wait_for_redis) {
-  l1_put(key, value, ttl_s);
+  l1_put(key, value, ttl_s > 0 ? ttl_s * 1000 : 0);
   refresh_redis_config();
   uint64_t errors_before = redis().errors();
   if (wait_for_redis) {
@@ -244,20 +323,40 @@ void cache_store(const std::string& key, const std::string& value, int64_t ttl_s
   if (persist) l3_put(key, value, ttl_s);
 }
 
+// Bottom-up, so a reader between the steps finds nothing to bring back up
+// (and what it promotes is dropped: L1's epoch moves with the erase). L2
+// must confirm: a value left in Redis would come back on the next L1 miss,
+// so an unreachable Redis is an error, and this transaction's L3 change
+// rolls back with it.
 bool cache_remove(const std::string& key, bool use_l3) {
-  bool removed = l1_erase(key);
+  bool removed = use_l3 && l3_delete(key);
   refresh_redis_config();
-  removed = redis().del(key, now_ms()) || removed;
-  if (use_l3) removed = l3_delete(key) || removed;
+  if (redis().enabled()) {
+    uint64_t errors_before = redis().errors();
+    std::optional<bool> in_l2 = redis().del(key, now_ms());
+    note_redis_state(errors_before);
+    if (!in_l2) redis_unreachable("cache_delete()");
+    removed = *in_l2 || removed;
+  }
+  removed = l1_erase(key) || removed;
+  if (use_l3) remember_removal(&key);
   return removed;
 }
 
 void cache_clear_all() {
-  l1_clear();
-  refresh_redis_config();
-  redis().clear(now_ms());
   static SavedPlan plan("DELETE FROM npc_scale.cache_store", {});
   with_spi([&] { plan.execute({}); });
+  refresh_redis_config();
+  if (redis().enabled()) {
+    uint64_t errors_before = redis().errors();
+    const int64_t cleared = redis().clear(now_ms());
+    note_redis_state(errors_before);
+    if (cleared < 0) redis_unreachable("cache_clear()");
+  }
+  l1_clear();
+  remember_removal(nullptr);
 }
+
+bool cache_forget_l3(const std::string& key) { return l3_delete(key); }
 
 }  // namespace npc_scale

@@ -49,6 +49,9 @@ void cache_store(const std::string& key, const std::string& value, int64_t ttl_s
 
 bool cache_remove(const std::string& key, bool use_l3);
 void cache_clear_all();
+// Deletes a key's L3 row (cache_set without persist: an older persisted
+// value must not come back once the new one expires from L1 and L2).
+bool cache_forget_l3(const std::string& key);
 
 // Reads GUCs into this process's Redis client (cheap; call before use).
 void refresh_redis_config();

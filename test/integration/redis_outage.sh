@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Redis stops in the middle of the game: cache lookups become misses (never
-# errors), counted; one log line says it is down. Redis comes back: L2 hits
+# errors), counted; one log line says it is down. A delete, which cannot be
+# promised then, is an error that changes nothing. Redis comes back: L2 hits
 # resume, and one log line says so.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
@@ -21,6 +22,12 @@ errors_before=$(q "SELECT redis_errors FROM npc_scale.cache_stats")
 out=$(q "SELECT coalesce(npc_scale.cache_get('never-set-' || g), 'miss') FROM generate_series(1, 20) g" 2>&1)
 [ "$(grep -c '^miss$' <<<"$out")" = 20 ] || { echo "expected 20 misses, got: $out"; exit 1; }
 q "SELECT npc_scale.cache_set('during-$tag', 'outage', '1 hour')" >/dev/null || { echo "cache_set failed while Redis is down"; exit 1; }
+# A delete cannot be promised while Redis (which may still hold the value,
+# to be served again on an L1 miss) is away: an error, and nothing changed.
+out=$(npc_psql -v VERBOSITY=verbose -tAc "SELECT npc_scale.cache_delete('outage-$tag')" 2>&1 || true)
+grep -q "08006" <<<"$out" && grep -q "could not reach Redis" <<<"$out" \
+  || { echo "cache_delete during the outage: expected 08006, got: $out"; exit 1; }
+[ "$(q "SELECT npc_scale.cache_get('outage-$tag')")" = "still here" ] || { echo "a failed delete changed L1"; exit 1; }
 state=$(q "SELECT redis_up, redis_errors > $errors_before FROM npc_scale.cache_stats")
 echo "during the outage: redis_up|errors_grew = $state"
 [ "$state" = "f|t" ] || { echo "the outage was not recorded"; exit 1; }

@@ -1,7 +1,8 @@
 -- The decision queue: wake at COMMIT (not on rollback), answers written back,
 -- cancel, await_decision timeouts, api_key privacy. Commits (the dispatcher
 -- must see the rows) and cleans up after itself.
-SELECT plan(18);
+SELECT plan(20);
+SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would skip the GPU
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 
 -- Rollback: no row, no wake-up.
@@ -72,5 +73,24 @@ SELECT throws_ok('SELECT api_key FROM npc_scale.gpu_endpoints', '42501', NULL,
 RESET ROLE;
 DROP ROLE npc_test_game_role;
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 1001 AND 1006;
+-- The SECURITY DEFINER functions run their SQL as the extension's owner:
+-- no name in it may resolve through the caller's search_path.
+CREATE SCHEMA npc_test_evil;
+CREATE FUNCTION npc_test_evil.now() RETURNS timestamptz LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'npc_test_evil.now() ran'; END $$;
+CREATE FUNCTION npc_test_evil.clock_timestamp() RETURNS timestamptz LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'npc_test_evil.clock_timestamp() ran'; END $$;
+CREATE FUNCTION npc_test_evil.make_interval(years int DEFAULT 0, months int DEFAULT 0, weeks int DEFAULT 0,
+    days int DEFAULT 0, hours int DEFAULT 0, mins int DEFAULT 0, secs double precision DEFAULT 0)
+  RETURNS interval LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'npc_test_evil.make_interval() ran'; END $$;
+SET search_path = npc_test_evil, pg_catalog, public;
+SELECT lives_ok($$ SELECT npc_scale.request_decision(1007, 'build', 'search_path probe', 5, '{}', '5 s') $$,
+  'request_decision() resolves nothing through the caller''s search_path');
+SELECT lives_ok($$ SELECT npc_scale.cache_set('path-probe', 'v', '1 hour', true), npc_scale.cache_get('path-probe'),
+                          npc_scale.cache_delete('path-probe') $$,
+  'nor do cache_set(), cache_get() and cache_delete()');
+RESET search_path;
+DROP SCHEMA npc_test_evil CASCADE;
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 1001 AND 1007;
 SELECT * FROM finish();

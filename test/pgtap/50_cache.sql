@@ -1,6 +1,6 @@
 -- The three-tier cache: promotion L3 → L2 → L1, TTL expiry, the L1 budget
 -- under an overfill, cached decisions and generate() answers.
-SELECT plan(29);
+SELECT plan(31);
 
 SELECT npc_scale.cache_clear();
 CREATE TEMP TABLE s0 AS SELECT * FROM npc_scale.cache_stats;
@@ -47,6 +47,19 @@ SELECT is((SELECT count(*)::int FROM npc_scale.cache_store WHERE key IN ('kv:pla
 SELECT ok(npc_scale.cache_delete('kept'), 'cache_delete finds the key');
 SELECT ok(npc_scale.cache_get('kept') IS NULL AND NOT EXISTS (SELECT 1 FROM npc_scale.cache_store WHERE key = 'kv:kept'),
   'and removes it from every layer');
+-- A later cache_set without persist replaces a persisted value everywhere:
+-- the old row must not come back from L3 once the new value expires.
+SELECT npc_scale.cache_set('replaced', 'old and persisted', '1 hour', true);
+SELECT npc_scale.cache_set('replaced', 'new', '1 hour');
+SELECT is((SELECT count(*)::int FROM npc_scale.cache_store WHERE key = 'kv:replaced'), 0,
+  'a cache_set without persist removes the key''s older L3 row');
+-- A delete in a transaction that rolls back changes nothing the layers keep
+-- for good: the value is still served afterwards (from L3, promoted again).
+SELECT npc_scale.cache_set('undeleted', 'kept after a rollback', '1 hour', true);
+BEGIN;
+SELECT npc_scale.cache_delete('undeleted');
+ROLLBACK;
+SELECT is(npc_scale.cache_get('undeleted'), 'kept after a rollback', 'a rolled-back delete leaves the value served');
 
 -- TTL: expired entries are misses in every layer.
 SELECT npc_scale.cache_set('brief', 'gone soon', '1 s');

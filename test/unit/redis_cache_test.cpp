@@ -119,7 +119,7 @@ TEST_F(RedisCacheLive, SetGetMissDeleteAndTtl) {
   ASSERT_TRUE(cache.set("bin", binary, 60, now_ms()));
   ASSERT_EQ(cache.get("bin", &v, now_ms()), RedisCache::Result::hit);
   EXPECT_EQ(v, binary);
-  EXPECT_TRUE(cache.del("k1", now_ms()));
+  EXPECT_EQ(cache.del("k1", now_ms()), std::optional<bool>(true));
   EXPECT_EQ(cache.get("k1", &v, now_ms()), RedisCache::Result::miss);
   ASSERT_TRUE(cache.set("short", "x", 1, now_ms()));
   // Expiry is Redis's own clock: wait for the condition, bounded.
@@ -607,4 +607,82 @@ TEST_F(RedisCacheLive, EveryAddressOfTheHostIsTriedInTurn) {
   EXPECT_EQ(lookups.count, 1);
   std::string v;
   EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
+}
+
+// An error reply concerns its command only: a key someone else stored as
+// another type is a miss, the keys asked with it are still answered, and
+// the connection stays up (no back-off, no "down").
+TEST_F(RedisCacheLive, AnErrorReplyIsAMissNotADisconnect) {
+  ASSERT_TRUE(cache.set("good", "value", 60, now_ms()));
+  redisContext* admin = redisConnect("127.0.0.1", port);
+  ASSERT_TRUE(admin != nullptr && admin->err == 0);
+  freeReplyObject(redisCommand(admin, "LPUSH npc_scale:cache:listy x"));
+  const uint64_t errors_before = cache.errors();
+  auto found = cache.get_many({"listy", "good"}, now_ms());
+  ASSERT_EQ(found.size(), 2u);
+  EXPECT_EQ(found[0].result, RedisCache::Result::miss) << "WRONGTYPE on its GET";
+  EXPECT_EQ(found[1].result, RedisCache::Result::hit);
+  EXPECT_EQ(found[1].value, "value");
+  EXPECT_EQ(cache.errors(), errors_before + 1);
+  EXPECT_NE(cache.last_reply_error().find("WRONGTYPE"), std::string::npos) << cache.last_reply_error();
+  EXPECT_TRUE(cache.up());
+  // A SET Redis refuses (out of memory under noeviction) is not stored, and
+  // says so when waited for; the connection is kept for what follows.
+  freeReplyObject(redisCommand(admin, "CONFIG SET maxmemory 1"));
+  EXPECT_FALSE(cache.set("refused", "value", 60, now_ms()));
+  freeReplyObject(redisCommand(admin, "CONFIG SET maxmemory 0"));
+  EXPECT_TRUE(cache.up());
+  std::string v;
+  EXPECT_EQ(cache.get("good", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(cache.get("refused", &v, now_ms()), RedisCache::Result::miss);
+  redisFree(admin);
+}
+
+// With the unread bound reached and Redis refusing every SET (a full Redis
+// under noeviction), more fills are refused or taken, never a crash; and
+// with Redis gone, the bound is met with "down", not a write to a closed
+// connection.
+TEST_F(RedisCacheLive, TheUnreadBoundSurvivesErrorRepliesAndAClosedConnection) {
+  signal(SIGPIPE, SIG_IGN);  // as in every Postgres process: a closed socket is an error, not a kill
+  std::string v;
+  ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);  // connected
+  redisContext* admin = redisConnect("127.0.0.1", port);
+  ASSERT_TRUE(admin != nullptr && admin->err == 0);
+  freeReplyObject(redisCommand(admin, "CONFIG SET maxmemory 1"));
+  redisFree(admin);
+  for (int i = 0; i < 200; i++) cache.set_nowait("k" + std::to_string(i), "v", 60, now_ms());
+  ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);  // every reply read
+  EXPECT_TRUE(cache.up()) << "error replies are not a disconnect";
+  EXPECT_GT(cache.errors(), 0u);
+  EXPECT_NE(cache.last_reply_error().find("OOM"), std::string::npos) << cache.last_reply_error();
+  admin = redisConnect("127.0.0.1", port);
+  ASSERT_TRUE(admin != nullptr && admin->err == 0);
+  freeReplyObject(redisCommand(admin, "CONFIG SET maxmemory 0"));
+  redisFree(admin);
+  // The bound reached with no reply read, then Redis dies: making room
+  // reads the end of the connection, which fails it. The next fill must see
+  // that (refused), not write to the connection just closed.
+  pause_redis(port, 60000);
+  for (int i = 0; i < 64; i++) ASSERT_TRUE(cache.set_nowait("p" + std::to_string(i), "v", 60, now_ms()));
+  server->stop();
+  EXPECT_FALSE(cache.set_nowait("after", "v", 60, now_ms()));
+  EXPECT_FALSE(cache.up());
+  for (int i = 0; i < 100; i++) EXPECT_FALSE(cache.set_nowait("gone" + std::to_string(i), "v", 60, now_ms()));
+  EXPECT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::unavailable);
+}
+
+// Only SET replies unread, and Redis stops answering: after the unread-SET
+// timeout (5 s) the connection is failed, so a host that went away is seen
+// as down instead of leaving L2 refused forever.
+TEST_F(RedisCacheLive, UnreadSetRepliesTimeOutInTheEnd) {
+  std::string v;
+  ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);
+  pause_redis(port, 60000);
+  const int64_t t0 = now_ms();
+  for (int i = 0; i < 64; i++) ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v", 60, t0));
+  EXPECT_FALSE(cache.set_nowait("more", "v", 60, t0 + 4000)) << "full, still waiting";
+  EXPECT_TRUE(cache.up()) << "slow is not down";
+  EXPECT_FALSE(cache.set_nowait("more", "v", 60, t0 + 5000));
+  EXPECT_FALSE(cache.up()) << "5 s without a reply to a SET: down";
+  EXPECT_EQ(cache.unread_replies(), 0);
 }
