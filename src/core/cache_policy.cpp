@@ -49,6 +49,14 @@ std::string generation_cache_key(const std::string& fleet_signature, const std::
   return hex;
 }
 
+std::string fleet_signature_digest(const std::string& signature) {
+  XXH128_hash_t h = XXH3_128bits(signature.data(), signature.size());
+  char hex[33];
+  snprintf(hex, sizeof(hex), "%016llx%016llx", static_cast<unsigned long long>(h.high64),
+           static_cast<unsigned long long>(h.low64));
+  return hex;
+}
+
 int64_t cache_ttl_seconds(double secs) {
   char shown[64];
   snprintf(shown, sizeof(shown), "%g", secs);

@@ -30,4 +30,10 @@ int64_t cache_ttl_seconds(double secs);
 std::string generation_cache_key(const std::string& fleet_signature, const std::string& prompt,
                                  const GenerationParams& params);
 
+// The fleet signature as it enters cache keys and shared memory: 32 hex
+// digits (XXH3-128) of the full text, so two fleets that differ only far
+// into a long list of model names never share keys, and backends (reading
+// shared memory) and the dispatcher make the same keys.
+std::string fleet_signature_digest(const std::string& signature);
+
 }  // namespace npc_scale

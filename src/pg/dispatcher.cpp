@@ -729,10 +729,10 @@ void Dispatcher::publish_fleet_signature() {
   parts.erase(std::unique(parts.begin(), parts.end()), parts.end());
   std::string sig;
   for (const auto& p : parts) sig += (sig.empty() ? "" : ",") + p;
-  fleet_signature_ = sig;
+  fleet_signature_ = fleet_signature_digest(sig);  // fits shared memory whole
   SharedState& s = shared_state();
   SpinLockAcquire(&s.stats_mutex);
-  strlcpy(s.fleet_signature, sig.c_str(), sizeof(s.fleet_signature));
+  strlcpy(s.fleet_signature, fleet_signature_.c_str(), sizeof(s.fleet_signature));
   SpinLockRelease(&s.stats_mutex);
 }
 
@@ -812,6 +812,12 @@ void Dispatcher::serve_taken_slot(int i, uint64 ticket) {
   info.attempts = slot->attempts;
   info.cache_key = slot->cache_key;
   info.cache_ttl_s = slot->cache_ttl_s;
+  GenerationParams params = parse_params(params_json);
+  if (!info.cache_key.empty()) {
+    // Keyed by the fleet it is served on: the caller made its key from the
+    // signature last published, which a reload this round may have replaced.
+    info.cache_key = generation_key(generation_cache_key(fleet_signature_, prompt, params));
+  }
   // The caller's own cache lookup may have come just before this answer
   // was known (see known_answer()).
   if (!info.cache_key.empty()) {
@@ -822,7 +828,6 @@ void Dispatcher::serve_taken_slot(int i, uint64 ticket) {
     }
   }
   if (coalesce(info)) return;  // an identical request is in flight: share its answer
-  GenerationParams params = parse_params(params_json);
   long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
   send(*pick, info, prompt, params, slot->priority, timeout);
 }

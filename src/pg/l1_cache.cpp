@@ -18,11 +18,20 @@ namespace {
 constexpr const char* kTranche = "npc_scale_cache";
 char* g_base = nullptr;
 LWLockPadded* g_locks = nullptr;
-// Per partition: bumped by every write (put, erase, clear) under its
-// exclusive lock. A reader that missed L1 notes it first; its promotion of
-// what it then found below is dropped if a write came in between, so a
-// value deleted or replaced meanwhile never comes back into L1.
+// Write epochs, one per slot of keys (1024 slots, by the key's partition
+// hash, so slot % 16 is its partition): bumped by every write (put, erase;
+// a clear bumps all) under the partition's exclusive lock. A reader that
+// missed L1 notes its key's epoch first; its promotion of what it then
+// found below is dropped if a write to that slot came in between, so a
+// value deleted or replaced meanwhile never comes back into L1. Slots, not
+// partitions: unrelated writes seldom drop a promotion.
+constexpr size_t kEpochSlots = 1024;
+static_assert(kEpochSlots % kCachePartitions == 0, "a slot stays within one partition");
 pg_atomic_uint64* g_epochs = nullptr;
+
+pg_atomic_uint64* epoch_of(const std::string& key) {
+  return &g_epochs[shm_cache_partition_of(key, kEpochSlots)];
+}
 
 Size partition_bytes() {
   // 8-byte aligned partitions; the layout inside each is shm_cache's business.
@@ -58,7 +67,7 @@ Size epochs_offset() { return partition_bytes() * kCachePartitions + 8; }
 
 }  // namespace
 
-Size l1_cache_size() { return epochs_offset() + sizeof(pg_atomic_uint64) * kCachePartitions; }
+Size l1_cache_size() { return epochs_offset() + sizeof(pg_atomic_uint64) * kEpochSlots; }
 
 void l1_cache_request() { RequestNamedLWLockTranche(kTranche, kCachePartitions); }
 
@@ -72,8 +81,8 @@ void l1_cache_attach() {
   if (!found) {
     for (int p = 0; p < kCachePartitions; p++) {
       ShmCachePartition::format(g_base + p * partition_bytes(), partition_bytes());
-      pg_atomic_init_u64(&g_epochs[p], 0);
     }
+    for (size_t e = 0; e < kEpochSlots; e++) pg_atomic_init_u64(&g_epochs[e], 0);
   }
   LWLockRelease(AddinShmemInitLock);
 }
@@ -103,15 +112,14 @@ bool l1_get(const std::string& key, std::string* value) {
 
 uint64_t l1_epoch(const std::string& key) {
   if (g_epochs == nullptr) return 0;
-  return pg_atomic_read_u64(&g_epochs[shm_cache_partition_of(key, kCachePartitions)]);
+  return pg_atomic_read_u64(epoch_of(key));
 }
 
 bool l1_put(const std::string& key, const std::string& value, int64_t ttl_ms) {
   int64_t now = now_ms();
   int64_t expires = ttl_ms > 0 ? now + ttl_ms : 0;
-  size_t p = shm_cache_partition_of(key, kCachePartitions);
   return with_partition(key, [&](ShmCachePartition& part) {
-    pg_atomic_fetch_add_u64(&g_epochs[p], 1);
+    pg_atomic_fetch_add_u64(epoch_of(key), 1);
     return part.put(key, value, expires, now);
   });
 }
@@ -119,17 +127,15 @@ bool l1_put(const std::string& key, const std::string& value, int64_t ttl_ms) {
 bool l1_promote(const std::string& key, const std::string& value, int64_t ttl_ms, uint64_t epoch) {
   int64_t now = now_ms();
   int64_t expires = ttl_ms > 0 ? now + ttl_ms : 0;
-  size_t p = shm_cache_partition_of(key, kCachePartitions);
   return with_partition(key, [&](ShmCachePartition& part) {
-    if (pg_atomic_read_u64(&g_epochs[p]) != epoch) return false;  // written since the miss
+    if (pg_atomic_read_u64(epoch_of(key)) != epoch) return false;  // written since the miss
     return part.put(key, value, expires, now);
   });
 }
 
 bool l1_erase(const std::string& key) {
-  size_t p = shm_cache_partition_of(key, kCachePartitions);
   return with_partition(key, [&](ShmCachePartition& part) {
-    pg_atomic_fetch_add_u64(&g_epochs[p], 1);
+    pg_atomic_fetch_add_u64(epoch_of(key), 1);
     return part.erase(key);
   });
 }
@@ -138,7 +144,9 @@ void l1_clear() {
   for (int p = 0; p < kCachePartitions; p++) {
     LWLock* lock = &g_locks[p].lock;
     pg_call([&] { LWLockAcquire(lock, LW_EXCLUSIVE); });
-    pg_atomic_fetch_add_u64(&g_epochs[p], 1);
+    for (size_t e = static_cast<size_t>(p); e < kEpochSlots; e += kCachePartitions) {
+      pg_atomic_fetch_add_u64(&g_epochs[e], 1);  // this partition's slots
+    }
     ShmCachePartition(g_base + p * partition_bytes()).clear();
     LWLockRelease(lock);
   }

@@ -110,7 +110,7 @@ struct SharedState {
   pg_atomic_uint64 cache_l1_hits, cache_l2_hits, cache_l3_hits, cache_misses;
   pg_atomic_uint64 redis_errors;
   pg_atomic_uint32 redis_up;              // as last seen by any process
-  char fleet_signature[256];              // models/APIs of enabled endpoints: part of cache keys
+  char fleet_signature[256];              // digest of enabled endpoints' models/APIs: part of cache keys
   int sync_slot_count;
   Size sync_slot_stride;
 };

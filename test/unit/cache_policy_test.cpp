@@ -58,3 +58,15 @@ TEST(CachePolicyTest, CacheSetTtlRoundsUpAndIsBounded) {
     }
   }
 }
+
+TEST(CachePolicyTest, FleetSignatureDigestKeepsEveryCharacter) {
+  // Shared memory once held the text cut at 255 bytes: two fleets that
+  // differed only past it shared generate()'s cache keys.
+  const std::string common(300, 'm');
+  const std::string a = fleet_signature_digest(common + "/completions,a/chat");
+  const std::string b = fleet_signature_digest(common + "/completions,b/chat");
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a.size(), 32u);
+  EXPECT_EQ(a, fleet_signature_digest(common + "/completions,a/chat")) << "stable";
+  EXPECT_NE(generation_cache_key(a, "p", GenerationParams{}), generation_cache_key(b, "p", GenerationParams{}));
+}
