@@ -153,8 +153,8 @@ bool promote_to_l1(const std::string& key, const RedisCache::Lookup& hit, uint64
   return l1_promote(key, hit.value, hit.ttl_ms > 0 ? hit.ttl_ms : 0, epoch);
 }
 
-// Keys this transaction deleted (or all, after a clear): their L1 entries
-// are erased again at COMMIT. Until then a reader may still see the
+// Keys this transaction deleted: erased again from L2 and L1 at COMMIT
+// (after a clear: L1 again). Until then a reader may still see the
 // committed L3 row this transaction is deleting and promote it.
 std::vector<std::string> g_removed_in_xact;
 bool g_cleared_in_xact = false;
@@ -170,12 +170,19 @@ void reinvalidate_at_commit(XactEvent event, void*) {
   const bool cleared = g_cleared_in_xact;
   g_cleared_in_xact = false;
   if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT) return;
-  // After the commit: nothing may raise here, and L1 is a cache.
+  // After the commit: nothing may raise here. A reader that found the L3
+  // row before this commit may have put it back into L2 and L1: remove it
+  // from both once more (Redis best effort: the delete itself was confirmed).
   try {
     if (cleared) {
+      // L1 only: clearing Redis again would also drop what others wrote
+      // there since (a whole-cache clear is an admin's, rare, operation).
       l1_clear();
     } else {
-      for (const std::string& k : keys) l1_erase(k);
+      for (const std::string& k : keys) {
+        if (redis().enabled()) (void)redis().del(k, now_ms());
+        l1_erase(k);
+      }
     }
   } catch (...) {
   }
@@ -292,6 +299,15 @@ std::vector<L2Reply> cache_take_l2_answers() {
       try {
         promoted = l.result == RedisCache::Result::hit && i < epochs.size() &&
                    promote_to_l1(a.keys[i], l, epochs[i]);
+        if (!promoted && l.result == RedisCache::Result::hit) {
+          // Dropped: the key's slot was written since the ask (often by
+          // the GPU's answer to this very request, filled meanwhile). What
+          // L1 holds now is the current value: answer with that.
+          if (std::optional<std::string> now_in_l1 = cache_read_l1(a.keys[i])) {
+            l.value = std::move(*now_in_l1);
+            promoted = true;
+          }
+        }
       } catch (const std::exception&) {
         promoted = false;
       }
