@@ -58,15 +58,14 @@ std::string fleet_signature_digest(const std::string& signature) {
 }
 
 int64_t cache_ttl_seconds(double secs) {
-  char shown[64];
-  snprintf(shown, sizeof(shown), "%g", secs);
+  const std::string shown = seconds_text(secs);
   if (!(secs > 0)) {
     throw Error(sqlstate::invalid_parameter_value,
-                std::string("cache ttl of ") + shown + " s must be positive (NULL: no expiry)");
+                "cache ttl of " + shown + " s must be positive (NULL: no expiry)");
   }
   if (secs > kMaxCacheTtlSeconds) {
     throw Error(sqlstate::invalid_parameter_value,
-                std::string("cache ttl of ") + shown + " s is more than 30 days", {},
+                "cache ttl of " + shown + " s is more than 30 days", {},
                 "Use a ttl of at most 30 days, or NULL for no expiry.");
   }
   return static_cast<int64_t>(std::ceil(secs));

@@ -1,5 +1,6 @@
 #include "error.hpp"
 
+#include <cstdio>
 #include <utility>
 
 namespace npc_scale {
@@ -19,5 +20,11 @@ Error::Error(std::string sqlstate, const std::string& message, std::string detai
       sqlstate_(is_valid_sqlstate(sqlstate) ? std::move(sqlstate) : sqlstate::internal_error),
       detail_(std::move(detail)),
       hint_(std::move(hint)) {}
+
+std::string seconds_text(double secs) {
+  char shown[64];
+  snprintf(shown, sizeof(shown), "%g", secs);
+  return shown;
+}
 
 }  // namespace npc_scale

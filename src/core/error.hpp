@@ -27,6 +27,9 @@ inline constexpr const char* out_of_memory = "53200";
 // True when `code` is five characters of [0-9A-Z], the SQLSTATE alphabet.
 bool is_valid_sqlstate(const std::string& code);
 
+// A number of seconds as it reads best in a message ("-1", "0.5", "3.1e+13").
+std::string seconds_text(double secs);
+
 class Error : public std::runtime_error {
  public:
   Error(std::string sqlstate, const std::string& message, std::string detail = {},

@@ -1,7 +1,5 @@
 #include "request_check.hpp"
 
-#include <cstdio>
-
 #include "error.hpp"
 
 namespace npc_scale {
@@ -16,12 +14,6 @@ std::string quoted(const std::string& s) {
   if (s.size() <= cut) return "'" + s + "'";
   while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) cut--;
   return "'" + s.substr(0, cut) + "…'";
-}
-
-std::string seconds(double secs) {
-  char shown[64];
-  snprintf(shown, sizeof(shown), "%g", secs);
-  return shown;
 }
 }  // namespace
 
@@ -72,11 +64,11 @@ void check_params_size(size_t bytes, int max_prompt_bytes) {
 void check_deadline_seconds(double secs) {
   if (!(secs > 0)) {
     throw Error(sqlstate::invalid_parameter_value,
-                "deadline of " + seconds(secs) + " s must be a positive interval");
+                "deadline of " + seconds_text(secs) + " s must be a positive interval");
   }
   if (secs > kMaxDeadlineSeconds) {
     throw Error(sqlstate::invalid_parameter_value,
-                "deadline of " + seconds(secs) + " s is more than a year", {},
+                "deadline of " + seconds_text(secs) + " s is more than a year", {},
                 "Leave deadline null for a decision that may wait indefinitely.");
   }
 }
@@ -84,11 +76,11 @@ void check_deadline_seconds(double secs) {
 void check_await_timeout_seconds(double secs) {
   if (!(secs >= 0)) {
     throw Error(sqlstate::invalid_parameter_value,
-                "timeout " + seconds(secs) + " s must not be negative");
+                "timeout " + seconds_text(secs) + " s must not be negative");
   }
   if (secs > kMaxAwaitSeconds) {
     throw Error(sqlstate::invalid_parameter_value,
-                "timeout " + seconds(secs) + " s is more than a day", {},
+                "timeout " + seconds_text(secs) + " s is more than a day", {},
                 "Call await_decision() again, or LISTEN npc_scale_decisions for its id.");
   }
 }

@@ -40,13 +40,6 @@ inline double interval_arg_seconds(FunctionCallInfo fcinfo, int arg) {
   return iv->time / 1e6 + (iv->day + iv->month * 30.0) * 86400.0;
 }
 
-// A number of seconds as it reads best in a message ("-1", "0.5").
-inline std::string seconds_text(double secs) {
-  char shown[64];
-  snprintf(shown, sizeof(shown), "%g", secs);
-  return shown;
-}
-
 inline Datum text_datum(const std::string& s) {
   return pg_call([&] { return PointerGetDatum(cstring_to_text_with_len(s.data(), s.size())); });
 }
