@@ -25,6 +25,17 @@ constexpr int64_t kMaxBackoffMs = 5000;
 constexpr size_t kMaxUnreadReplies = 64;
 constexpr int64_t kUnreadSetReplyTimeoutMs = 5000;
 
+// The prefix as a literal in a SCAN MATCH pattern: its glob characters
+// escaped, so clearing "game[1]:" never matches "game1:"'s keys.
+std::string glob_escaped(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
 timeval ms_to_timeval(int ms) {
   timeval tv;
   tv.tv_sec = ms / 1000;
@@ -463,7 +474,7 @@ int64_t RedisCache::clear(int64_t now_ms) {
   int64_t deleted = 0;
   std::string cursor = "0";
   do {
-    Reply r = command(ctx_, {"SCAN", cursor, "MATCH", config_.prefix + "*", "COUNT", "500"});
+    Reply r = command(ctx_, {"SCAN", cursor, "MATCH", glob_escaped(config_.prefix) + "*", "COUNT", "500"});
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
       fail(r && r->type == REDIS_REPLY_ERROR ? r->str : "SCAN failed", now_ms);
       return -1;

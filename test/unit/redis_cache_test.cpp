@@ -173,6 +173,16 @@ TEST(RedisCacheTest, PrefixIsolationAndClear) {
   std::string v;
   EXPECT_EQ(a.get("k1", &v, now_ms()), RedisCache::Result::miss);
   EXPECT_EQ(b.get("k1", &v, now_ms()), RedisCache::Result::hit) << "another prefix is untouched";
+  // A prefix with glob characters is matched literally: "game[2]:" as a
+  // pattern would also match "game2:".
+  RedisCache g;
+  RedisConfig cg = cb;
+  cg.prefix = "game[2]:";
+  g.configure(cg);
+  ASSERT_TRUE(g.set("k1", "globby", 60, now_ms()));
+  EXPECT_EQ(g.clear(now_ms()), 1);
+  EXPECT_EQ(b.get("k1", &v, now_ms()), RedisCache::Result::hit) << "game2:k1 survives clearing game[2]:";
+  EXPECT_EQ(g.get("k1", &v, now_ms()), RedisCache::Result::miss);
 }
 
 TEST_F(RedisCacheLive, DownIsAMissThenComesBackWithOneStateChangeEachWay) {
