@@ -111,8 +111,7 @@ void RedisCache::fail(const std::string& why, int64_t now_ms) {
   }
 }
 
-bool RedisCache::consume(void* raw, int64_t now_ms) {
-  (void)now_ms;
+void RedisCache::consume(void* raw) {
   Reply r(static_cast<redisReply*>(raw));
   // An error reply (OOM on a SET under noeviction, WRONGTYPE on a key
   // someone else wrote under the prefix) concerns its command only: that
@@ -138,13 +137,12 @@ bool RedisCache::consume(void* raw, int64_t now_ms) {
       l.ttl_ms = p.pttl;
     }
   }
-  if (--p.replies_left > 0) return true;
+  if (--p.replies_left > 0) return;
   if (p.ticket != 0) {
     answers_.push_back(Answer{p.ticket, std::move(p.keys), std::move(p.lookups)});
     asks_pending_--;
   }
   pending_.pop_front();
-  return true;
 }
 
 bool RedisCache::read_replies(int64_t now_ms, bool wait) {
@@ -157,7 +155,7 @@ bool RedisCache::read_replies(int64_t now_ms, bool wait) {
       return false;
     }
     if (raw == nullptr) return true;  // not waiting, and the rest has not arrived yet
-    if (!consume(raw, now_ms)) return false;
+    consume(raw);
   }
   return true;
 }

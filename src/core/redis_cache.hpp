@@ -146,7 +146,7 @@ class RedisCache {
   void fail_if_overdue(int64_t now_ms);
   // One reply for the oldest pending command (an error reply counts as an
   // error, and is a miss or an uncached value, but keeps the connection).
-  bool consume(void* reply, int64_t now_ms);
+  void consume(void* reply);
   // Writes the commands appended to the context.
   bool flush_output(int64_t now_ms);
   // Asks whose replies will not come: answered unavailable.
