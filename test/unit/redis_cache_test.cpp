@@ -623,6 +623,10 @@ TEST_F(RedisCacheLive, EveryAddressOfTheHostIsTriedInTurn) {
 // another type is a miss, the keys asked with it are still answered, and
 // the connection stays up (no back-off, no "down").
 TEST_F(RedisCacheLive, AnErrorReplyIsAMissNotADisconnect) {
+  RedisConfig c;  // replies are waited for here: no timeout on a busy machine
+  c.port = port;
+  c.command_timeout_ms = 5000;
+  cache.configure(c);
   ASSERT_TRUE(cache.set("good", "value", 60, now_ms()));
   redisContext* admin = redisConnect("127.0.0.1", port);
   ASSERT_TRUE(admin != nullptr && admin->err == 0);
@@ -654,6 +658,11 @@ TEST_F(RedisCacheLive, AnErrorReplyIsAMissNotADisconnect) {
 // connection.
 TEST_F(RedisCacheLive, TheUnreadBoundSurvivesErrorRepliesAndAClosedConnection) {
   signal(SIGPIPE, SIG_IGN);  // as in every Postgres process: a closed socket is an error, not a kill
+  // Room to wait for 200 OOM replies on a busy machine (20 ms is the default).
+  RedisConfig c;
+  c.port = port;
+  c.command_timeout_ms = 5000;
+  cache.configure(c);
   std::string v;
   ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);  // connected
   redisContext* admin = redisConnect("127.0.0.1", port);
