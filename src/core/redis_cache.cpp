@@ -25,6 +25,16 @@ constexpr int64_t kMaxBackoffMs = 5000;
 constexpr size_t kMaxUnreadReplies = 64;
 constexpr int64_t kUnreadSetReplyTimeoutMs = 5000;
 
+// An ask: each key's PTTL and value, read at one instant (see ask()).
+// pcall: a key of the wrong type is an error for that key alone.
+constexpr const char* kLookupScript =
+    "local out = {} "
+    "for i, k in ipairs(KEYS) do "
+    "out[2 * i - 1] = redis.pcall('PTTL', k) "
+    "out[2 * i] = redis.pcall('GET', k) "
+    "end "
+    "return out";
+
 // The prefix as a literal in a SCAN MATCH pattern: its glob characters
 // escaped, so clearing "game[1]:" never matches "game1:"'s keys.
 std::string glob_escaped(const std::string& s) {
@@ -111,34 +121,36 @@ void RedisCache::fail(const std::string& why, int64_t now_ms) {
   }
 }
 
+void RedisCache::note_error_reply(const void* raw) {
+  const redisReply* r = static_cast<const redisReply*>(raw);
+  errors_++;
+  last_reply_error_ = r->str ? r->str : "error reply";
+}
+
 void RedisCache::consume(void* raw) {
   Reply r(static_cast<redisReply*>(raw));
   // An error reply (OOM on a SET under noeviction, WRONGTYPE on a key
   // someone else wrote under the prefix) concerns its command only: that
   // value is not cached, that key is a miss. The connection, and the replies
   // pipelined behind it, are fine.
-  const bool error = r->type == REDIS_REPLY_ERROR;
-  if (error) {
-    errors_++;
-    last_reply_error_ = r->str ? r->str : "error reply";
-  }
+  if (r->type == REDIS_REPLY_ERROR) note_error_reply(r.get());
   Pending& p = pending_.front();
   if (p.ticket != 0) {
-    // PTTL then GET per key. -1: no expiry. -2 (gone at the PTTL, set again
-    // before the GET) or 0 (under a millisecond left): its expiry is not
-    // known to be ahead, a miss.
-    const size_t index = p.lookups.size() * 2 - p.replies_left;
-    if (index % 2 == 0) {
-      p.pttl = !error && r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
-    } else if (!error && r->type == REDIS_REPLY_STRING && (p.pttl == -1 || p.pttl > 0)) {
-      Lookup& l = p.lookups[index / 2];
-      l.result = Result::hit;
-      l.value.assign(r->str, r->len);
-      l.ttl_ms = p.pttl;
+    // kLookupScript's array: PTTL, GET per key, each an error of its own
+    // (pcall). Any other reply (the script refused) leaves every key a miss.
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == p.lookups.size() * 2) {
+      for (size_t i = 0; i < p.lookups.size(); i++) {
+        const redisReply* ttl = r->element[2 * i];
+        const redisReply* got = r->element[2 * i + 1];
+        if (ttl->type == REDIS_REPLY_ERROR) note_error_reply(ttl);
+        if (got->type == REDIS_REPLY_ERROR) note_error_reply(got);
+        // -1: no expiry. 0 (under a millisecond left): not known to be ahead, a miss.
+        if (ttl->type == REDIS_REPLY_INTEGER && (ttl->integer == -1 || ttl->integer > 0) &&
+            got->type == REDIS_REPLY_STRING) {
+          p.lookups[i] = Lookup{Result::hit, std::string(got->str, got->len), ttl->integer};
+        }
+      }
     }
-  }
-  if (--p.replies_left > 0) return;
-  if (p.ticket != 0) {
     answers_.push_back(Answer{p.ticket, std::move(p.keys), std::move(p.lookups)});
     asks_pending_--;
   }
@@ -390,7 +402,6 @@ uint64_t RedisCache::ask(const std::vector<std::string>& keys, int64_t now_ms) {
   p.ticket = next_ticket_++;
   p.sent_ms = now_ms;
   p.lookups.resize(keys.size());
-  p.replies_left = keys.size() * 2;
   // Any failure on the way makes the whole ask unavailable.
   auto unavailable = [&] {
     for (Lookup& l : p.lookups) l = Lookup{Result::unavailable, {}, -1};
@@ -404,20 +415,25 @@ uint64_t RedisCache::ask(const std::vector<std::string>& keys, int64_t now_ms) {
   }
   // A Redis that far behind is treated as unavailable for this ask, not waited for.
   if (!ensure_connected(now_ms, false) || !room_for_another(now_ms)) return unavailable();
-  // PTTL then GET per key, all pipelined: one round trip. In this order a key
-  // that expires between the two reads as a miss; the other way round a GET
-  // hit could meet PTTL -2 (gone) and be promoted to L1 as if it had no expiry.
-  for (const std::string& key : keys) {
-    const std::string full = config_.prefix + key;
-    const char* ttl_argv[] = {"PTTL", full.c_str()};
-    const size_t ttl_len[] = {4, full.size()};
-    const char* get_argv[] = {"GET", full.c_str()};
-    const size_t get_len[] = {3, full.size()};
-    if (redisAppendCommandArgv(ctx_, 2, ttl_argv, ttl_len) != REDIS_OK ||
-        redisAppendCommandArgv(ctx_, 2, get_argv, get_len) != REDIS_OK) {
-      fail(ctx_->errstr, now_ms);
-      return unavailable();
-    }
+  // One script reads PTTL and GET for every key: one round trip, and each
+  // key's value and time left read at one instant. Sent apart, a SET landing
+  // between the two could pair its new value with the old key's "no
+  // expiry", and L1 would keep that value for good. Not MULTI/EXEC: a full
+  // Redis (maxmemory, noeviction) refuses to queue commands, even reads; a
+  // script without a #! line is refused only the writes it makes.
+  std::vector<std::string> full;
+  full.reserve(keys.size());
+  for (const std::string& key : keys) full.push_back(config_.prefix + key);
+  const std::string numkeys = std::to_string(keys.size());
+  std::vector<const char*> argv = {"EVAL", kLookupScript, numkeys.c_str()};
+  std::vector<size_t> lens = {4, strlen(kLookupScript), numkeys.size()};
+  for (const std::string& f : full) {
+    argv.push_back(f.c_str());
+    lens.push_back(f.size());
+  }
+  if (redisAppendCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data()) != REDIS_OK) {
+    fail(ctx_->errstr, now_ms);
+    return unavailable();
   }
   if (!flush_output(now_ms)) return unavailable();
   const uint64_t ticket = p.ticket;

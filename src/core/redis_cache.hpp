@@ -147,6 +147,8 @@ class RedisCache {
   // One reply for the oldest pending command (an error reply counts as an
   // error, and is a miss or an uncached value, but keeps the connection).
   void consume(void* reply);
+  // Counts an error reply (a whole reply, or one key's within an ask's).
+  void note_error_reply(const void* reply);
   // Writes the commands appended to the context.
   bool flush_output(int64_t now_ms);
   // Asks whose replies will not come: answered unavailable.
@@ -168,15 +170,13 @@ class RedisCache {
   std::string last_reply_error_;  // the last error reply's text
   int64_t next_attempt_ms_ = 0;
   int64_t backoff_ms_ = 0;
-  // Commands written whose replies are not read yet, in order. A SET has one
-  // reply; an ask two per key (PTTL, GET), gathered into its answer.
+  // Commands written whose replies are not read yet, in order, one reply
+  // each: a SET, or an ask (one script over all its keys).
   struct Pending {
     uint64_t ticket = 0;  // 0: a SET
     int64_t sent_ms = 0;
     std::vector<std::string> keys;
     std::vector<Lookup> lookups;
-    size_t replies_left = 1;
-    long long pttl = -2;  // an ask's PTTL reply, until its GET reply
   };
   std::deque<Pending> pending_;
   int asks_pending_ = 0;

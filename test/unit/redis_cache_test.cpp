@@ -11,9 +11,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -318,7 +320,7 @@ std::vector<RedisCache::Answer> answers_when_ready(RedisCache& cache) {
   return got;
 }
 
-// ask() writes PTTL+GET per key and returns; the answer is read off the
+// ask() writes its one command and returns; the answer is read off the
 // socket only when take_answers() is called once the descriptor is readable.
 TEST_F(RedisCacheLive, AskIsAnsweredWhenItsRepliesArriveWithoutWaitingForThem) {
   ASSERT_TRUE(cache.set("a", "alpha", 60, now_ms()));
@@ -402,6 +404,170 @@ TEST(RedisCacheTest, DisabledWhenPortIsZero) {
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].ticket, ticket);
   EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::unavailable);
+}
+
+namespace {
+// A TCP relay between one client and Redis that passes the client's first
+// command on alone and holds the rest until released, so another client's
+// command can run in between: Redis may interleave one client's pipelined
+// commands with others' when they arrive in separate reads. hiredis's
+// reader finds where each command and reply ends.
+class SplittingRelay {
+ public:
+  explicit SplittingRelay(int upstream_port) : upstream_port_(upstream_port) {
+    listener_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    listen(listener_, 1);
+    socklen_t len = sizeof(a);
+    getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { run(); });
+  }
+  ~SplittingRelay() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = released_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+    for (int fd : {listener_, client_, upstream_}) {
+      if (fd >= 0) close(fd);
+    }
+  }
+  int port() const { return port_; }
+  // Waits until Redis has answered the first command alone.
+  bool wait_first_replied() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return changed_.wait_for(lock, std::chrono::seconds(5), [this] { return first_replied_; });
+  }
+  void release() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      released_ = true;
+    }
+    changed_.notify_all();
+  }
+
+ private:
+  bool stopping() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return stop_;
+  }
+  // Reads from fd until `reader` has one whole message; returns the bytes
+  // read (the message, perhaps with more behind it) and its length.
+  bool read_one(int fd, std::string* bytes, size_t* message_len) {
+    std::unique_ptr<redisReader, void (*)(redisReader*)> reader(redisReaderCreate(), redisReaderFree);
+    size_t fed = 0;
+    while (!stopping()) {
+      for (; fed < bytes->size(); fed++) {
+        redisReaderFeed(reader.get(), bytes->data() + fed, 1);
+        void* msg = nullptr;
+        if (redisReaderGetReply(reader.get(), &msg) != REDIS_OK) return false;
+        if (msg) {
+          freeReplyObject(msg);
+          *message_len = fed + 1;
+          return true;
+        }
+      }
+      pollfd p{fd, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      char buf[4096];
+      ssize_t n = read(fd, buf, sizeof(buf));
+      if (n <= 0) return false;
+      bytes->append(buf, static_cast<size_t>(n));
+    }
+    return false;
+  }
+  static bool write_all(int fd, const std::string& bytes) {
+    size_t off = 0;
+    while (off < bytes.size()) {
+      ssize_t n = write(fd, bytes.data() + off, bytes.size() - off);
+      if (n <= 0) return false;
+      off += static_cast<size_t>(n);
+    }
+    return true;
+  }
+  void run() {
+    pollfd l{listener_, POLLIN, 0};
+    while (poll(&l, 1, 100) <= 0) {
+      if (stopping()) return;
+    }
+    client_ = accept(listener_, nullptr, nullptr);
+    upstream_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(upstream_port_));
+    if (connect(upstream_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) return;
+    std::string held, reply;
+    size_t first = 0, reply_len = 0;
+    if (!read_one(client_, &held, &first) || !write_all(upstream_, held.substr(0, first))) return;
+    held.erase(0, first);
+    if (!read_one(upstream_, &reply, &reply_len) || !write_all(client_, reply)) return;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      first_replied_ = true;
+      changed_.notify_all();
+      changed_.wait(lock, [this] { return released_; });
+    }
+    if (!write_all(upstream_, held)) return;
+    // Then a plain relay both ways until stopped.
+    while (!stopping()) {
+      pollfd p[2] = {{client_, POLLIN, 0}, {upstream_, POLLIN, 0}};
+      if (poll(p, 2, 100) <= 0) continue;
+      for (int i = 0; i < 2; i++) {
+        if (!(p[i].revents & (POLLIN | POLLHUP))) continue;
+        char buf[4096];
+        ssize_t n = read(p[i].fd, buf, sizeof(buf));
+        if (n <= 0 || !write_all(p[1 - i].fd, std::string(buf, static_cast<size_t>(n)))) return;
+      }
+    }
+  }
+
+  int upstream_port_;
+  int listener_ = -1, client_ = -1, upstream_ = -1, port_ = 0;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool first_replied_ = false, released_ = false, stop_ = false;
+  std::thread thread_;
+};
+}  // namespace
+
+// An ask reads each key's value and time left at one instant: a SET by
+// another client landing between the ask's commands cannot pair the new
+// value with the old key's "no expiry" (L1 would then keep it for good).
+TEST_F(RedisCacheLive, AKeysValueAndTimeLeftAreReadAtOneInstant) {
+  redisContext* admin = redisConnect("127.0.0.1", port);
+  ASSERT_TRUE(admin != nullptr && admin->err == 0);
+  freeReplyObject(redisCommand(admin, "SET npc_scale:cache:k old"));  // no expiry
+  SplittingRelay relay(port);
+  RedisCache split;
+  RedisConfig c;
+  c.port = relay.port();
+  c.command_timeout_ms = 5000;  // waited for: no timeout on a busy machine
+  split.configure(c);
+  const uint64_t ticket = split.ask({"k"}, now_ms());
+  ASSERT_TRUE(relay.wait_first_replied());
+  freeReplyObject(redisCommand(admin, "SET npc_scale:cache:k new EX 100"));
+  relay.release();
+  std::vector<RedisCache::Answer> got = answers_when_ready(split);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].ticket, ticket);
+  ASSERT_EQ(got[0].lookups.size(), 1u);
+  const RedisCache::Lookup& l = got[0].lookups[0];
+  ASSERT_EQ(l.result, RedisCache::Result::hit);
+  // Read before the SET or after it, but never half of each.
+  if (l.value == "old") {
+    EXPECT_EQ(l.ttl_ms, -1) << "the old value, which has no expiry";
+  } else {
+    EXPECT_EQ(l.value, "new");
+    EXPECT_GT(l.ttl_ms, 0) << "the new value with its own expiry, not the old key's none";
+    EXPECT_LE(l.ttl_ms, 100000);
+  }
+  redisFree(admin);
 }
 
 namespace {
