@@ -95,6 +95,12 @@ SELECT npc_scale.cache_set('k', 'v', '1000000 years');
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.cache_set('k', 'v', '-1 s');
 \echo :LAST_ERROR_SQLSTATE
+-- A cache write waits for its COMMIT: it cannot wait in a prepared transaction.
+BEGIN;
+SELECT npc_scale.cache_set('k', 'v', '1 hour');
+PREPARE TRANSACTION 'npc_scale_cache';
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.cache_get('k') AS after_refused_prepare;
 SELECT count(*) - :rows_before AS rows_inserted_by_bad_calls FROM npc_scale.decision_queue;
 -- Arrays are read by position, whatever their lower bounds.
 SELECT count(*) FROM npc_scale.request_decisions('[0:1]={7001,7002}'::bigint[], 'build', '[5:6]={first,second}'::text[]);

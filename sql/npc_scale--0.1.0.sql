@@ -295,7 +295,7 @@ AS 'MODULE_PATHNAME', 'npc_scale_cache_clear' LANGUAGE C VOLATILE;
 REVOKE ALL ON FUNCTION npc_scale.cache_clear() FROM PUBLIC;
 COMMENT ON FUNCTION npc_scale.cache_get(text) IS 'L1 → L2 → L3 lookup with promotion; NULL on a miss';
 COMMENT ON FUNCTION npc_scale.cache_set(text, text, interval, boolean) IS
-'Writes L1 and L2 (and the cache_store table when persist); ttl NULL = no expiry';
+'Writes L1 and L2 at COMMIT (and the cache_store table now when persist); ttl NULL = no expiry';
 
 CREATE FUNCTION npc_scale._cache_stats(
     OUT l1_hits bigint, OUT l2_hits bigint, OUT l3_hits bigint, OUT misses bigint,

@@ -2,6 +2,7 @@
 // cache_delete / cache_clear, and the counters behind npc_scale.cache_stats.
 #include <string>
 
+#include "cache_xact.hpp"
 #include "core/cache_policy.hpp"
 #include "guard.hpp"
 #include "l1_cache.hpp"
@@ -33,6 +34,7 @@ std::string checked_key(Datum d) {
 NPC_SQL_FUNCTION(npc_scale_cache_get) {
   using namespace npc_scale;
   std::string key = checked_key(PG_GETARG_DATUM(0));
+  if (auto own = xact_cache_own_value(user_key(key))) return text_datum(*own);  // set, not committed yet
   CacheLayer layer;
   auto value = cache_lookup(user_key(key), true, &layer);
   if (!value) PG_RETURN_NULL();
@@ -50,15 +52,20 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
     ttl_s = cache_ttl_seconds(interval_arg_seconds(fcinfo, 2));
   }
   bool persist = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
-  if (!persist) cache_forget_l3(user_key(key));
-  cache_store(user_key(key), value, ttl_s, persist);
+  if (persist) {
+    cache_put_l3(user_key(key), value, ttl_s);
+  } else {
+    cache_forget_l3(user_key(key));
+  }
+  xact_cache_note_set(user_key(key), value, ttl_s);  // L1 and L2 at COMMIT
   PG_RETURN_VOID();
 }
 
 NPC_SQL_FUNCTION(npc_scale_cache_delete) {
   using namespace npc_scale;
   std::string key = checked_key(PG_GETARG_DATUM(0));
-  PG_RETURN_BOOL(cache_remove(user_key(key), true));
+  const bool own = xact_cache_own_value(user_key(key)).has_value();  // set, not committed yet
+  PG_RETURN_BOOL(cache_remove(user_key(key)) || own);
 }
 
 NPC_SQL_FUNCTION(npc_scale_cache_clear) {

@@ -1176,7 +1176,7 @@ void Dispatcher::fill_cache() {
   fills.swap(cache_fills_);
   for (const CacheFill& c : fills) {
     try {
-      cache_store(c.key, c.response, c.ttl_s, false, /*wait_for_redis=*/false);
+      cache_store(c.key, c.response, c.ttl_s, /*wait_for_redis=*/false);
     } catch (const std::exception& e) {
       log_warning(std::string("cache store failed: ") + e.what());
     }

@@ -5,6 +5,7 @@
 
 #include "core/steady_clock.hpp"
 #include "core/redis_cache.hpp"
+#include "cache_xact.hpp"
 #include "guard.hpp"
 #include "gucs.hpp"
 #include "l1_cache.hpp"
@@ -13,7 +14,6 @@
 #include "spi.hpp"
 
 extern "C" {
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "utils/timestamp.h"
 }
@@ -153,53 +153,6 @@ bool promote_to_l1(const std::string& key, const RedisCache::Lookup& hit, uint64
   return l1_promote(key, hit.value, hit.ttl_ms > 0 ? hit.ttl_ms : 0, epoch);
 }
 
-// Keys this transaction deleted: erased again from L2 and L1 at COMMIT
-// (after a clear: L1 again). Until then a reader may still see the
-// committed L3 row this transaction is deleting and promote it.
-std::vector<std::string> g_removed_in_xact;
-bool g_cleared_in_xact = false;
-bool g_xact_callback_registered = false;
-
-void reinvalidate_at_commit(XactEvent event, void*) {
-  if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_COMMIT &&
-      event != XACT_EVENT_PARALLEL_ABORT) {
-    return;
-  }
-  std::vector<std::string> keys;
-  keys.swap(g_removed_in_xact);
-  const bool cleared = g_cleared_in_xact;
-  g_cleared_in_xact = false;
-  if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT) return;
-  // After the commit: nothing may raise here. A reader that found the L3
-  // row before this commit may have put it back into L2 and L1: remove it
-  // from both once more (Redis best effort: the delete itself was confirmed).
-  try {
-    if (cleared) {
-      // L1 only: clearing Redis again would also drop what others wrote
-      // there since (a whole-cache clear is an admin's, rare, operation).
-      l1_clear();
-    } else {
-      for (const std::string& k : keys) {
-        if (redis().enabled()) (void)redis().del(k, now_ms());
-        l1_erase(k);
-      }
-    }
-  } catch (...) {
-  }
-}
-
-void remember_removal(const std::string* key) {
-  if (!g_xact_callback_registered) {
-    pg_call([] { RegisterXactCallback(reinvalidate_at_commit, nullptr); });
-    g_xact_callback_registered = true;
-  }
-  if (key) {
-    g_removed_in_xact.push_back(*key);
-  } else {
-    g_cleared_in_xact = true;
-  }
-}
-
 }  // namespace
 
 std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, CacheLayer* layer) {
@@ -325,8 +278,7 @@ int64_t cache_l2_next_event_ms() {
   return redis().ask_timeout_in_ms(now_ms());
 }
 
-void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool persist,
-                 bool wait_for_redis) {
+void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool wait_for_redis) {
   l1_put(key, value, ttl_s > 0 ? ttl_s * 1000 : 0);
   refresh_redis_config();
   uint64_t errors_before = redis().errors();
@@ -336,16 +288,17 @@ void cache_store(const std::string& key, const std::string& value, int64_t ttl_s
     redis().set_nowait(key, value, ttl_s, now_ms());
   }
   note_redis_state(errors_before);
-  if (persist) l3_put(key, value, ttl_s);
 }
+
+void cache_put_l3(const std::string& key, const std::string& value, int64_t ttl_s) { l3_put(key, value, ttl_s); }
 
 // Bottom-up, so a reader between the steps finds nothing to bring back up
 // (and what it promotes is dropped: L1's epoch moves with the erase). L2
 // must confirm: a value left in Redis would come back on the next L1 miss,
 // so an unreachable Redis is an error, and this transaction's L3 change
 // rolls back with it.
-bool cache_remove(const std::string& key, bool use_l3) {
-  bool removed = use_l3 && l3_delete(key);
+bool cache_remove(const std::string& key) {
+  bool removed = l3_delete(key);
   refresh_redis_config();
   if (redis().enabled()) {
     uint64_t errors_before = redis().errors();
@@ -355,7 +308,7 @@ bool cache_remove(const std::string& key, bool use_l3) {
     removed = *in_l2 || removed;
   }
   removed = l1_erase(key) || removed;
-  if (use_l3) remember_removal(&key);
+  xact_cache_note_removal(&key);
   return removed;
 }
 
@@ -370,7 +323,25 @@ void cache_clear_all() {
     if (cleared < 0) redis_unreachable("cache_clear()");
   }
   l1_clear();
-  remember_removal(nullptr);
+  xact_cache_note_removal(nullptr);
+}
+
+void cache_drop_upper(const std::string* key) {
+  refresh_redis_config();
+  if (redis().enabled()) {
+    uint64_t errors_before = redis().errors();
+    if (key) {
+      (void)redis().del(*key, now_ms());
+    } else {
+      (void)redis().clear(now_ms());
+    }
+    note_redis_state(errors_before);
+  }
+  if (key) {
+    l1_erase(*key);
+  } else {
+    l1_clear();
+  }
 }
 
 bool cache_forget_l3(const std::string& key) { return l3_delete(key); }

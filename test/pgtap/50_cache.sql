@@ -1,6 +1,6 @@
 -- The three-tier cache: promotion L3 → L2 → L1, TTL expiry, the L1 budget
 -- under an overfill, cached decisions and generate() answers.
-SELECT plan(31);
+SELECT plan(46);
 
 SELECT npc_scale.cache_clear();
 CREATE TEMP TABLE s0 AS SELECT * FROM npc_scale.cache_stats;
@@ -14,20 +14,26 @@ BEGIN
   SELECT string_agg(line, E'\n') INTO out FROM redis_out;
   RETURN out;
 END $$;
--- Leaves the one cached generation only in Redis: the key is parked outside
--- the prefix while cache_clear() empties every layer, then put back.
--- Returns how many generations Redis held (the caller expects one).
-CREATE OR REPLACE FUNCTION pg_temp.leave_only_in_redis() RETURNS int LANGUAGE plpgsql AS $$
+-- Leaves the one cached generation only in Redis: park_generation() moves
+-- the key outside the prefix, cache_clear() empties every layer (at its
+-- COMMIT: hence a statement of its own), unpark_generation() puts it back.
+-- park_generation() returns how many generations Redis held (the caller
+-- expects one).
+CREATE TEMP TABLE parked (key text);
+CREATE OR REPLACE FUNCTION pg_temp.park_generation() RETURNS int LANGUAGE plpgsql AS $$
 DECLARE keys text := pg_temp.redis('--scan --pattern ''npc_scale:cache:gen:*''');
 BEGIN
   IF array_length(string_to_array(keys, E'\n'), 1) IS DISTINCT FROM 1 THEN
     RETURN coalesce(array_length(string_to_array(keys, E'\n'), 1), 0);
   END IF;
+  TRUNCATE parked;
+  INSERT INTO parked VALUES (keys);
   PERFORM pg_temp.redis('RENAME ' || keys || ' npc_scale_test:parked');
-  PERFORM npc_scale.cache_clear();
-  PERFORM pg_temp.redis('RENAME npc_scale_test:parked ' || keys);
   RETURN 1;
 END $$;
+CREATE OR REPLACE FUNCTION pg_temp.unpark_generation() RETURNS text LANGUAGE sql AS $$
+  SELECT pg_temp.redis('RENAME npc_scale_test:parked ' || key) FROM parked
+$$;
 
 -- Promotion: a row only in L3 …
 INSERT INTO npc_scale.cache_store VALUES ('kv:promo', 'granary first', now() + interval '1 hour');
@@ -61,6 +67,64 @@ SELECT npc_scale.cache_delete('undeleted');
 ROLLBACK;
 SELECT is(npc_scale.cache_get('undeleted'), 'kept after a rollback', 'a rolled-back delete leaves the value served');
 
+-- cache_set is transactional for L1 and L2 too: another session sees the
+-- value from COMMIT on, never after a rollback (of the transaction or a
+-- savepoint); the transaction reads its own writes meanwhile.
+CREATE OR REPLACE FUNCTION pg_temp.elsewhere(key text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE out text;
+BEGIN
+  CREATE TEMP TABLE IF NOT EXISTS elsewhere_out (line text);
+  TRUNCATE elsewhere_out;
+  EXECUTE format('COPY elsewhere_out FROM PROGRAM %L WITH (FORMAT csv, DELIMITER E''\x1f'', QUOTE E''\x1e'')',
+                 format('psql -X -A -t -v ON_ERROR_STOP=1 -h %s -p %s -d %s -c "SELECT npc_scale.cache_get(%s)"',
+                        current_setting('unix_socket_directories'), current_setting('port'),
+                        current_database(), quote_literal(key)));
+  SELECT string_agg(line, E'\n') INTO out FROM elsewhere_out;
+  RETURN out;
+END $$;
+BEGIN;
+SELECT npc_scale.cache_set('tx:a', 'one', '1 hour');
+SELECT is(npc_scale.cache_get('tx:a'), 'one', 'a transaction reads its own cache_set');
+SELECT is(pg_temp.redis('EXISTS npc_scale:cache:kv:tx:a'), '0', 'which is not in Redis before COMMIT');
+SELECT is(pg_temp.elsewhere('tx:a'), NULL, 'nor seen by another session');
+ROLLBACK;
+SELECT is(npc_scale.cache_get('tx:a'), NULL, 'a rolled-back cache_set leaves nothing');
+SELECT is(pg_temp.redis('EXISTS npc_scale:cache:kv:tx:a'), '0', '… in Redis either');
+BEGIN;
+SELECT npc_scale.cache_set('tx:a', 'two', '1 hour');
+COMMIT;
+SELECT is(pg_temp.redis('GET npc_scale:cache:kv:tx:a'), 'two', 'at COMMIT the value reaches Redis');
+SELECT is(pg_temp.elsewhere('tx:a'), 'two', '… and other sessions');
+BEGIN;
+SELECT npc_scale.cache_set('tx:b', 'kept', '1 hour');
+SAVEPOINT s;
+SELECT npc_scale.cache_set('tx:b', 'undone', '1 hour');
+SELECT npc_scale.cache_set('tx:c', 'undone', '1 hour');
+ROLLBACK TO SAVEPOINT s;
+SELECT is(npc_scale.cache_get('tx:b'), 'kept', 'a rollback to a savepoint undoes the cache_set after it');
+SAVEPOINT outer_s;
+SAVEPOINT inner_s;
+SELECT npc_scale.cache_set('tx:d', 'released, then rolled back', '1 hour');
+RELEASE SAVEPOINT inner_s;
+ROLLBACK TO SAVEPOINT outer_s;
+SELECT npc_scale.cache_set('tx:e', 'set, then deleted', '1 hour');
+SELECT ok(npc_scale.cache_delete('tx:e'), 'cache_delete finds the transaction''s own value');
+SELECT is(npc_scale.cache_get('tx:e'), NULL, '… and removes it');
+COMMIT;
+SELECT results_eq($$ SELECT pg_temp.redis('GET npc_scale:cache:kv:tx:b'), pg_temp.redis('EXISTS npc_scale:cache:kv:tx:c'),
+                            pg_temp.redis('EXISTS npc_scale:cache:kv:tx:d'), pg_temp.redis('EXISTS npc_scale:cache:kv:tx:e') $$,
+  $$ VALUES ('kept', '0', '0', '0') $$,
+  'at COMMIT only what no rollback undid reaches Redis (a released savepoint belongs to its parent)');
+-- cache_clear takes effect at COMMIT: what reached Redis meanwhile is gone too.
+BEGIN;
+SELECT npc_scale.cache_set('tx:f', 'before the clear', '1 hour');
+SELECT npc_scale.cache_clear();
+SELECT is(npc_scale.cache_get('tx:f'), NULL, 'a clear hides the transaction''s own earlier cache_set');
+SELECT pg_temp.redis('SET npc_scale:cache:kv:tx:g during-the-clear');
+COMMIT;
+SELECT results_eq($$ SELECT pg_temp.redis('EXISTS npc_scale:cache:kv:tx:f'), pg_temp.redis('EXISTS npc_scale:cache:kv:tx:g') $$,
+  $$ VALUES ('0', '0') $$, 'after the clear''s COMMIT neither is in Redis');
+
 -- TTL: expired entries are misses in every layer.
 SELECT npc_scale.cache_set('brief', 'gone soon', '1 s');
 SELECT is(npc_scale.cache_get('brief'), 'gone soon', 'fresh entry is a hit');
@@ -89,7 +153,9 @@ SELECT results_eq(format('SELECT status, cache_layer, response = (SELECT respons
 SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
 SELECT npc_scale.request_decision(9103, 'build', 'Only in Redis: what next?', 5, '{"temperature": 0, "max_tokens": 6}') AS d3 \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d3)), 'a new deterministic decision answered (and cached)');
-SELECT is(pg_temp.leave_only_in_redis(), 1, 'its answer is the one generation in Redis, and now only there');
+SELECT is(pg_temp.park_generation(), 1, 'its answer is the one generation in Redis');
+SELECT npc_scale.cache_clear();
+SELECT is(pg_temp.unpark_generation(), 'OK', '… and now only there');
 SELECT l1_hits AS l1_a, l2_hits AS l2_a, misses AS miss_a FROM npc_scale.cache_stats \gset
 SELECT npc_test.metric('handoff_unclaimed') AS hu_a \gset
 SELECT npc_scale.request_decision(9104, 'build', 'Only in Redis: what next?', 5, '{"temperature": 0, "max_tokens": 6}') AS d4 \gset
@@ -108,7 +174,9 @@ SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
 SELECT npc_scale.request_decision(9105, 'build', repeat('Only in Redis, the long way round. ', 160), 5,
   '{"temperature": 0, "max_tokens": 6}') AS d5 \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d5)), 'a big deterministic decision answered (and cached)');
-SELECT is(pg_temp.leave_only_in_redis(), 1, 'its answer is the one generation in Redis, and now only there');
+SELECT is(pg_temp.park_generation(), 1, 'its answer is the one generation in Redis');
+SELECT npc_scale.cache_clear();
+SELECT is(pg_temp.unpark_generation(), 'OK', '… and now only there');
 SELECT l1_hits AS l1_b, l2_hits AS l2_b, misses AS miss_b FROM npc_scale.cache_stats \gset
 SELECT npc_scale.request_decision(9106, 'build', repeat('Only in Redis, the long way round. ', 160), 5,
   '{"temperature": 0, "max_tokens": 6}') AS d6 \gset
