@@ -56,9 +56,10 @@ void apply_at_commit() noexcept {
     // Only each key's last write and the last clear: what they supersede
     // would be undone at once.
     const Op& op = g_ops[i];
-    const bool superseded = op.kind == Op::Kind::clear
-                                ? i != *g_last_clear
-                                : g_last_write[op.key] != i || (g_last_clear && *g_last_clear > i);
+    const bool superseded =
+        op.kind == Op::Kind::clear
+            ? i != *g_last_clear
+            : g_last_write.find(op.key)->second != i || (g_last_clear && *g_last_clear > i);
     if (superseded) continue;
     try {
       switch (op.kind) {
