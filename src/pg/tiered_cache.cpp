@@ -290,7 +290,9 @@ void cache_store(const std::string& key, const std::string& value, int64_t ttl_s
   note_redis_state(errors_before);
 }
 
-void cache_put_l3(const std::string& key, const std::string& value, int64_t ttl_s) { l3_put(key, value, ttl_s); }
+void cache_put_l3(const std::string& key, const std::string& value, int64_t ttl_s) {
+  l3_put(key, value, ttl_s);
+}
 
 // Bottom-up, so a reader between the steps finds nothing to bring back up
 // (and what it promotes is dropped: L1's epoch moves with the erase). L2
