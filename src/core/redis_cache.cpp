@@ -129,6 +129,17 @@ void RedisCache::note_error_reply(const void* raw) {
 
 void RedisCache::consume(void* raw) {
   Reply r(static_cast<redisReply*>(raw));
+  if (!pending_.front().login_failure.empty()) {
+    // AUTH or SELECT: refused, the connection is failed (read_replies);
+    // the last one through, Redis is up.
+    if (r->type == REDIS_REPLY_ERROR) {
+      login_failed_ = pending_.front().login_failure;
+    } else if (pending_.size() == 1 || pending_[1].login_failure.empty()) {
+      mark_up();
+    }
+    pending_.pop_front();
+    return;
+  }
   // An error reply (OOM on a SET under noeviction, WRONGTYPE on a key
   // someone else wrote under the prefix) concerns its command only: that
   // value is not cached, that key is a miss. The connection, and the replies
@@ -168,6 +179,12 @@ bool RedisCache::read_replies(int64_t now_ms, bool wait) {
     }
     if (raw == nullptr) return true;  // not waiting, and the rest has not arrived yet
     consume(raw);
+    if (!login_failed_.empty()) {
+      std::string why;
+      why.swap(login_failed_);
+      fail(why, now_ms);
+      return false;
+    }
   }
   return true;
 }
@@ -231,14 +248,16 @@ bool RedisCache::flush_output(int64_t now_ms) {
 
 bool RedisCache::ensure_connected(int64_t now_ms, bool drain, bool even_backing_off) {
   if (!enabled()) return false;
-  // Replies come in command order: what set_nowait() and ask() left goes first.
-  if (ctx_) return !drain || read_replies(now_ms, true);
-  if (connecting_fd_ < 0) {
-    // Backing off: a miss, cheaply.
-    if (!lookup_ && now_ms < next_attempt_ms_ && !even_backing_off) return false;
-    if (!start_connect(now_ms)) return false;
+  if (!ctx_) {
+    if (connecting_fd_ < 0) {
+      // Backing off: a miss, cheaply.
+      if (!lookup_ && now_ms < next_attempt_ms_ && !even_backing_off) return false;
+      if (!start_connect(now_ms)) return false;
+    }
+    if (!finish_connect(now_ms)) return false;
   }
-  return finish_connect(now_ms);
+  // Replies come in command order: what the login, set_nowait() and ask() left goes first.
+  return !drain || read_replies(now_ms, true);
 }
 
 bool RedisCache::start_connect(int64_t now_ms) {
@@ -354,26 +373,47 @@ bool RedisCache::finish_connect(int64_t now_ms) {
   }
   redisSetTimeout(c, ms_to_timeval(config_.command_timeout_ms));
   ctx_ = c;
-  if (!config_.password.empty()) {
-    Reply r = command(ctx_, {"AUTH", config_.password});
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-      fail("AUTH failed", now_ms);  // the password itself is never part of a message
-      return false;
-    }
-  }
+  // Log in: AUTH and SELECT go ahead of the first command. A blocking
+  // client reads their replies now; an event loop's (connect_in_background)
+  // reads them with the replies behind them, so a slow Redis never holds
+  // its loop. Either way Redis is reported up once they are through.
+  std::vector<std::pair<std::vector<std::string>, std::string>> login;
+  // The password itself is never part of a message.
+  if (!config_.password.empty()) login.push_back({{"AUTH", config_.password}, "AUTH failed"});
   if (config_.db != 0) {
-    Reply r = command(ctx_, {"SELECT", std::to_string(config_.db)});
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-      fail("SELECT " + std::to_string(config_.db) + " failed", now_ms);
+    const std::string db = std::to_string(config_.db);
+    login.push_back({{"SELECT", db}, "SELECT " + db + " failed"});
+  }
+  if (login.empty()) {
+    mark_up();
+    return true;
+  }
+  for (auto& [args, failure] : login) {
+    std::vector<const char*> argv;
+    std::vector<size_t> lens;
+    for (const std::string& a : args) {
+      argv.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    if (redisAppendCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data()) != REDIS_OK) {
+      fail(ctx_->errstr, now_ms);
       return false;
     }
+    Pending p;
+    p.sent_ms = now_ms;
+    p.login_failure = std::move(failure);
+    pending_.push_back(std::move(p));
   }
+  if (!flush_output(now_ms)) return false;
+  return config_.connect_in_background || read_replies(now_ms, true);
+}
+
+void RedisCache::mark_up() {
   backoff_ms_ = 0;
   if (!up_) {
     up_ = true;
     if (on_state_change) on_state_change(true, "connected");
   }
-  return true;
 }
 
 RedisCache::Result RedisCache::get(const std::string& key, std::string* value, int64_t now_ms,

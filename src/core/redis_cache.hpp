@@ -154,6 +154,8 @@ class RedisCache {
   // Asks whose replies will not come: answered unavailable.
   void answer_pending_unavailable();
   void fail(const std::string& why, int64_t now_ms);
+  // Logged in: back-off reset, "up" reported if it was down.
+  void mark_up();
   void disconnect();
 
   RedisConfig config_;
@@ -171,13 +173,16 @@ class RedisCache {
   int64_t next_attempt_ms_ = 0;
   int64_t backoff_ms_ = 0;
   // Commands written whose replies are not read yet, in order, one reply
-  // each: a SET, or an ask (one script over all its keys).
+  // each: a login command (AUTH, SELECT), a SET, or an ask (one script over
+  // all its keys).
   struct Pending {
-    uint64_t ticket = 0;  // 0: a SET
+    uint64_t ticket = 0;  // 0: a SET or a login command
     int64_t sent_ms = 0;
     std::vector<std::string> keys;
     std::vector<Lookup> lookups;
+    std::string login_failure;  // a login command's: the message if refused
   };
+  std::string login_failed_;  // set by consume(): the connection is to be failed
   std::deque<Pending> pending_;
   int asks_pending_ = 0;
   uint64_t next_ticket_ = 1;

@@ -46,7 +46,9 @@ int free_port() {
 
 class RedisServer {
  public:
-  explicit RedisServer(int port) : port_(port) { start(); }
+  explicit RedisServer(int port, std::string password = "") : port_(port), password_(std::move(password)) {
+    start();
+  }
   ~RedisServer() { stop(); }
   void start() {
     pid_ = fork();
@@ -54,14 +56,21 @@ class RedisServer {
       if (!freopen("/dev/null", "w", stdout)) _exit(126);
       if (!freopen("/dev/null", "w", stderr)) _exit(126);
       std::string p = std::to_string(port_);
-      execlp("redis-server", "redis-server", "--port", p.c_str(), "--bind", "127.0.0.1", "--save",
-             "", "--appendonly", "no", "--loglevel", "warning", static_cast<char*>(nullptr));
+      std::vector<const char*> argv = {"redis-server", "--port", p.c_str(), "--bind", "127.0.0.1",
+                                       "--save", "", "--appendonly", "no", "--loglevel", "warning"};
+      if (!password_.empty()) {
+        argv.push_back("--requirepass");
+        argv.push_back(password_.c_str());
+      }
+      argv.push_back(nullptr);
+      execvp("redis-server", const_cast<char* const*>(argv.data()));
       _exit(127);
     }
     // Wait (with a deadline) until it answers.
     RedisCache probe;
     RedisConfig c;
     c.port = port_;
+    c.password = password_;
     probe.configure(c);
     std::string v;
     for (int i = 0; i < 500; i++) {
@@ -80,6 +89,7 @@ class RedisServer {
 
  private:
   int port_;
+  std::string password_;
   pid_t pid_ = -1;
 };
 
@@ -404,6 +414,118 @@ TEST(RedisCacheTest, DisabledWhenPortIsZero) {
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].ticket, ticket);
   EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::unavailable);
+}
+
+// A password and a database: the client logs in (AUTH, SELECT) on every
+// connect, and its keys land in that database.
+TEST(RedisCacheTest, LogsInWithPasswordAndDatabase) {
+  const int port = free_port();
+  RedisServer server(port, "s3cret");
+  RedisCache cache;
+  RedisConfig c;
+  c.port = port;
+  c.password = "s3cret";
+  c.db = 3;
+  c.command_timeout_ms = 5000;  // waited for: no timeout on a busy machine
+  cache.configure(c);
+  ASSERT_TRUE(cache.set("k", "in db 3", 60, now_ms()));
+  std::string v;
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(v, "in db 3");
+  EXPECT_TRUE(cache.up());
+  redisContext* admin = redisConnect("127.0.0.1", port);
+  ASSERT_TRUE(admin != nullptr && admin->err == 0);
+  freeReplyObject(redisCommand(admin, "AUTH s3cret"));
+  freeReplyObject(redisCommand(admin, "SELECT 3"));
+  redisReply* r = static_cast<redisReply*>(redisCommand(admin, "GET npc_scale:cache:k"));
+  ASSERT_TRUE(r != nullptr && r->type == REDIS_REPLY_STRING);
+  EXPECT_EQ(std::string(r->str, r->len), "in db 3");
+  freeReplyObject(r);
+  redisFree(admin);
+  // A database Redis does not have (16 by default) is a failed login.
+  c.db = 99;
+  cache.configure(c);
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::unavailable);
+  EXPECT_FALSE(cache.up());
+}
+
+// An event loop's client pipelines its login ahead of the first command
+// instead of waiting for it: with Redis paused, an ask is under way, not a
+// wait out of the command timeout (which would fail the connection).
+TEST(RedisCacheTest, ABackgroundClientsLoginDoesNotWait) {
+  const int port = free_port();
+  RedisServer server(port, "s3cret");
+  redisContext* admin = redisConnect("127.0.0.1", port);
+  ASSERT_TRUE(admin != nullptr && admin->err == 0);
+  freeReplyObject(redisCommand(admin, "AUTH s3cret"));
+  freeReplyObject(redisCommand(admin, "SET npc_scale:cache:k v"));
+  RedisCache cache;
+  RedisConfig c;
+  c.port = port;
+  c.password = "s3cret";
+  c.connect_in_background = true;
+  c.command_timeout_ms = 500;
+  cache.configure(c);
+  freeReplyObject(redisCommand(admin, "CLIENT PAUSE 2000 ALL"));  // ends by itself
+  redisFree(admin);
+  // The first asks find the connect under way (answered at once); the
+  // first one after it is through waits behind the login.
+  const int64_t deadline = now_ms() + 5000;
+  while (now_ms() < deadline && !cache.awaiting() && cache.errors() == 0) {
+    cache.ask({"k"}, now_ms());
+    if (!cache.awaiting()) cache.take_answers(now_ms());
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(cache.awaiting()) << "the ask never got past the login";
+  EXPECT_EQ(cache.errors(), 0u) << "the login was waited for, and timed out";
+  // Once Redis goes on, asks are answered (after a reconnect if the paused
+  // one timed out meanwhile).
+  const int64_t until = now_ms() + 10000;
+  bool hit = false;
+  while (!hit && now_ms() < until) {
+    if (!cache.awaiting()) cache.ask({"k"}, now_ms());
+    for (const RedisCache::Answer& a : answers_when_ready(cache)) {
+      hit = hit || a.lookups[0].result == RedisCache::Result::hit;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(hit);
+}
+
+// A wrong password, pipelined: the ask behind it is unavailable, Redis is
+// reported down once (the message without the password), and the client
+// backs off.
+TEST(RedisCacheTest, ABackgroundClientsRefusedLoginIsDownOnce) {
+  const int port = free_port();
+  RedisServer server(port, "s3cret");
+  RedisCache cache;
+  std::vector<std::string> downs;
+  cache.on_state_change = [&](bool up, const std::string& why) {
+    if (!up) downs.push_back(why);
+  };
+  RedisConfig c;
+  c.port = port;
+  c.password = "wrong-password";
+  c.connect_in_background = true;
+  c.command_timeout_ms = 5000;
+  cache.configure(c);
+  const int64_t deadline = now_ms() + 5000;
+  while (now_ms() < deadline && !cache.awaiting() && downs.empty()) {
+    cache.ask({"k"}, now_ms());
+    if (!cache.awaiting()) cache.take_answers(now_ms());
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(cache.awaiting()) << "the ask is written behind the login";
+  std::vector<RedisCache::Answer> got = answers_when_ready(cache);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::unavailable);
+  EXPECT_FALSE(cache.up());
+  ASSERT_EQ(downs.size(), 1u);
+  EXPECT_EQ(downs[0], "AUTH failed");
+  // Backing off: the next ask is answered at once, nothing reported again.
+  cache.ask({"k"}, now_ms());
+  EXPECT_FALSE(cache.awaiting());
+  EXPECT_EQ(downs.size(), 1u);
 }
 
 namespace {
