@@ -132,12 +132,10 @@ void RedisCache::consume(void* raw) {
   if (!pending_.front().login_failure.empty()) {
     // AUTH or SELECT: refused, the connection is failed (read_replies);
     // the last one through, Redis is up.
-    if (r->type == REDIS_REPLY_ERROR) {
-      login_failed_ = pending_.front().login_failure;
-    } else if (pending_.size() == 1 || pending_[1].login_failure.empty()) {
-      mark_up();
-    }
+    const bool refused = r->type == REDIS_REPLY_ERROR;
+    if (refused) fail_connection_ = pending_.front().login_failure;
     pending_.pop_front();
+    if (!refused && !logging_in()) mark_up();
     return;
   }
   // An error reply (OOM on a SET under noeviction, WRONGTYPE on a key
@@ -147,6 +145,14 @@ void RedisCache::consume(void* raw) {
   if (r->type == REDIS_REPLY_ERROR) note_error_reply(r.get());
   Pending& p = pending_.front();
   if (p.ticket != 0) {
+    // A Redis that refuses the script itself (an ACL without @scripting, EVAL
+    // renamed away) would make every lookup a miss while it looked up: it is
+    // reported down, with the reason.
+    if (r->type == REDIS_REPLY_ERROR && r->str &&
+        (strncmp(r->str, "NOPERM", 6) == 0 || strncmp(r->str, "ERR unknown command", 19) == 0)) {
+      fail_connection_ = std::string("Redis refuses the lookup script (EVAL): ") + r->str;
+      for (Lookup& l : p.lookups) l.result = Result::unavailable;
+    }
     // kLookupScript's array: PTTL, GET per key, each an error of its own
     // (pcall). Any other reply (the script refused) leaves every key a miss.
     if (r->type == REDIS_REPLY_ARRAY && r->elements == p.lookups.size() * 2) {
@@ -179,9 +185,9 @@ bool RedisCache::read_replies(int64_t now_ms, bool wait) {
     }
     if (raw == nullptr) return true;  // not waiting, and the rest has not arrived yet
     consume(raw);
-    if (!login_failed_.empty()) {
+    if (!fail_connection_.empty()) {
       std::string why;
-      why.swap(login_failed_);
+      why.swap(fail_connection_);
       fail(why, now_ms);
       return false;
     }
@@ -494,8 +500,12 @@ bool RedisCache::set(const std::string& key, const std::string& value, int64_t t
 bool RedisCache::set_nowait(const std::string& key, const std::string& value, int64_t ttl_s,
                             int64_t now_ms) {
   // Left unread up to a bound: past it the value is not cached in L2 rather
-  // than the caller waiting for Redis.
-  if (!ensure_connected(now_ms, false) || !room_for_another(now_ms)) return false;
+  // than the caller waiting for Redis. Not before the login is through: a
+  // SET behind a refused AUTH or SELECT could still land in the wrong
+  // database. (An ask may wait behind it: its answer is only read.)
+  if (!ensure_connected(now_ms, false)) return false;
+  if (logging_in()) read_arrived(now_ms);
+  if (logging_in() || !room_for_another(now_ms)) return false;
   const std::string full = config_.prefix + key;
   const std::string ttl = std::to_string(ttl_s);
   const char* argv[] = {"SET", full.c_str(), value.data(), "EX", ttl.c_str()};
@@ -534,11 +544,22 @@ int64_t RedisCache::clear(int64_t now_ms) {
       return -1;
     }
     cursor.assign(r->element[0]->str, r->element[0]->len);
+    // One UNLINK per batch: a round trip per SCAN page, not per key.
     redisReply* keys = r->element[1];
+    if (keys->elements == 0) continue;
+    std::vector<const char*> argv = {"UNLINK"};
+    std::vector<size_t> lens = {6};
     for (size_t i = 0; i < keys->elements; i++) {
-      Reply d = command(ctx_, {"DEL", std::string(keys->element[i]->str, keys->element[i]->len)});
-      if (d && d->type == REDIS_REPLY_INTEGER) deleted += d->integer;
+      argv.push_back(keys->element[i]->str);
+      lens.push_back(keys->element[i]->len);
     }
+    Reply d(static_cast<redisReply*>(
+        redisCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data())));
+    if (!d || d->type != REDIS_REPLY_INTEGER) {
+      fail(d && d->type == REDIS_REPLY_ERROR ? d->str : ctx_->errstr, now_ms);
+      return -1;
+    }
+    deleted += d->integer;
   } while (cursor != "0");
   return deleted;
 }

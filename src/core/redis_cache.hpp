@@ -102,7 +102,7 @@ class RedisCache {
   // Whether the key existed; nullopt if Redis could not be reached (tried
   // even while backing off).
   std::optional<bool> del(const std::string& key, int64_t now_ms);
-  // Deletes every key under the prefix (SCAN + DEL in batches). Returns keys deleted, -1 if unavailable.
+  // Deletes every key under the prefix (SCAN, one UNLINK per page). Returns keys deleted, -1 if unavailable.
   int64_t clear(int64_t now_ms);
 
   bool up() const { return up_; }
@@ -182,7 +182,10 @@ class RedisCache {
     std::vector<Lookup> lookups;
     std::string login_failure;  // a login command's: the message if refused
   };
-  std::string login_failed_;  // set by consume(): the connection is to be failed
+  // Set by consume() (a refused login, a refused lookup script): read_replies fails the connection.
+  std::string fail_connection_;
+  // A login command's reply is still to come (they lead a new connection's queue).
+  bool logging_in() const { return !pending_.empty() && !pending_.front().login_failure.empty(); }
   std::deque<Pending> pending_;
   int asks_pending_ = 0;
   uint64_t next_ticket_ = 1;

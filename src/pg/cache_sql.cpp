@@ -34,7 +34,10 @@ std::string checked_key(Datum d) {
 NPC_SQL_FUNCTION(npc_scale_cache_get) {
   using namespace npc_scale;
   std::string key = checked_key(PG_GETARG_DATUM(0));
-  if (auto own = xact_cache_own_value(user_key(key))) return text_datum(*own);  // set, not committed yet
+  if (std::optional<std::string> own; xact_cache_own(user_key(key), &own)) {  // set, not committed yet
+    if (!own) PG_RETURN_NULL();
+    return text_datum(*own);
+  }
   CacheLayer layer;
   auto value = cache_lookup(user_key(key), true, &layer);
   if (!value) PG_RETURN_NULL();
@@ -64,7 +67,8 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
 NPC_SQL_FUNCTION(npc_scale_cache_delete) {
   using namespace npc_scale;
   std::string key = checked_key(PG_GETARG_DATUM(0));
-  const bool own = xact_cache_own_value(user_key(key)).has_value();  // set, not committed yet
+  std::optional<std::string> own_value;
+  const bool own = xact_cache_own(user_key(key), &own_value) && own_value;  // set, not committed yet
   PG_RETURN_BOOL(cache_remove(user_key(key)) || own);
 }
 

@@ -4,6 +4,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/steady_clock.hpp"
 #include "guard.hpp"
 #include "tiered_cache.hpp"
 
@@ -19,10 +20,12 @@ namespace {
 // that committed, its parent's) decides whether a savepoint rollback drops it.
 struct Op {
   enum class Kind { set, remove, clear } kind;
-  SubTransactionId subxact;
+  SubTransactionId subxact = InvalidSubTransactionId;
   std::string key;  // not for clear
   std::string value;
-  int64_t ttl_s = 0;
+  // A set's expiry on the steady clock, 0: none. Counted from cache_set(),
+  // as its L3 row's is: a long transaction does not lengthen it.
+  int64_t expires_ms = 0;
 };
 
 std::vector<Op> g_ops;
@@ -43,29 +46,40 @@ void reindex() {
   }
 }
 
-void forget_all() {
+void forget_all() noexcept {
   g_ops.clear();
   g_last_write.clear();
   g_last_clear.reset();
 }
 
-// After the commit: nothing may raise here. Redis is best effort (a set
-// not stored there is a later miss; a removal was confirmed when it was made).
+// The index of the key's last write if nothing (a clear) came after it.
+std::optional<size_t> last_write(const std::string& key) {
+  auto it = g_last_write.find(key);
+  if (it == g_last_write.end() || (g_last_clear && *g_last_clear > it->second)) return std::nullopt;
+  return it->second;
+}
+
+// After the commit: nothing may raise here, and nothing may wait long (the
+// session cannot be cancelled now, and still holds its locks). Sets do not
+// wait for Redis's reply; once Redis fails, the rest skip it (L1 still
+// changes). Only each key's last write and the last clear are applied:
+// what they supersede would be undone at once.
 void apply_at_commit() noexcept {
+  bool redis_ok = true;
+  const int64_t now = steady_now_ms();
   for (size_t i = 0; i < g_ops.size(); i++) {
-    // Only each key's last write and the last clear: what they supersede
-    // would be undone at once.
     const Op& op = g_ops[i];
-    const bool superseded =
-        op.kind == Op::Kind::clear
-            ? i != *g_last_clear
-            : g_last_write.find(op.key)->second != i || (g_last_clear && *g_last_clear > i);
-    if (superseded) continue;
+    const bool last = op.kind == Op::Kind::clear ? i == *g_last_clear : last_write(op.key) == i;
+    if (!last) continue;
     try {
-      switch (op.kind) {
-        case Op::Kind::set: cache_store(op.key, op.value, op.ttl_s); break;
-        case Op::Kind::remove: cache_drop_upper(&op.key); break;
-        case Op::Kind::clear: cache_drop_upper(nullptr); break;
+      if (op.kind == Op::Kind::clear) {
+        redis_ok = cache_drop_upper(nullptr, redis_ok) && redis_ok;
+      } else if (op.kind == Op::Kind::remove || (op.expires_ms > 0 && op.expires_ms <= now)) {
+        // A set that expired before its COMMIT: the key ends as after a delete.
+        redis_ok = cache_drop_upper(&op.key, redis_ok) && redis_ok;
+      } else {
+        const int64_t ttl_s = op.expires_ms > 0 ? (op.expires_ms - now + 999) / 1000 : 0;
+        cache_store(op.key, op.value, ttl_s, /*wait_for_redis=*/false);
       }
     } catch (...) {
     }
@@ -101,16 +115,21 @@ void on_xact(XactEvent event, void*) {
 }
 
 void on_subxact(SubXactEvent event, SubTransactionId mine, SubTransactionId parent, void*) {
-  if (event == SUBXACT_EVENT_COMMIT_SUB) {
-    for (Op& op : g_ops) {
-      if (op.subxact == mine) op.subxact = parent;
+  // Called from Postgres's C code: nothing may be thrown out of here.
+  try {
+    if (event == SUBXACT_EVENT_COMMIT_SUB) {
+      for (Op& op : g_ops) {
+        if (op.subxact == mine) op.subxact = parent;
+      }
+    } else if (event == SUBXACT_EVENT_ABORT_SUB) {
+      auto dropped = std::remove_if(g_ops.begin(), g_ops.end(),
+                                    [&](const Op& op) { return op.subxact == mine; });
+      if (dropped == g_ops.end()) return;
+      g_ops.erase(dropped, g_ops.end());
+      reindex();
     }
-  } else if (event == SUBXACT_EVENT_ABORT_SUB) {
-    auto dropped = std::remove_if(g_ops.begin(), g_ops.end(),
-                                  [&](const Op& op) { return op.subxact == mine; });
-    if (dropped == g_ops.end()) return;
-    g_ops.erase(dropped, g_ops.end());
-    reindex();
+  } catch (...) {
+    forget_all();  // out of memory: the writes are not applied (later misses)
   }
 }
 
@@ -124,6 +143,14 @@ void record(Op op) {
     registered = true;
   }
   op.subxact = GetCurrentSubTransactionId();
+  if (op.kind != Op::Kind::clear) {
+    // Rewritten in the same subtransaction: in place, so a loop of writes
+    // to one key holds one value (a savepoint rollback drops both alike).
+    if (std::optional<size_t> prev = last_write(op.key); prev && g_ops[*prev].subxact == op.subxact) {
+      g_ops[*prev] = std::move(op);
+      return;
+    }
+  }
   g_ops.push_back(std::move(op));
   const size_t index = g_ops.size() - 1;
   if (g_ops.back().kind == Op::Kind::clear) {
@@ -136,23 +163,28 @@ void record(Op op) {
 }  // namespace
 
 void xact_cache_note_set(const std::string& key, const std::string& value, int64_t ttl_s) {
-  record(Op{Op::Kind::set, 0, key, value, ttl_s});
+  record(Op{Op::Kind::set, InvalidSubTransactionId, key, value,
+            ttl_s > 0 ? steady_now_ms() + ttl_s * 1000 : 0});
 }
 
 void xact_cache_note_removal(const std::string* key) {
   if (key) {
-    record(Op{Op::Kind::remove, 0, *key, {}, 0});
+    record(Op{Op::Kind::remove, InvalidSubTransactionId, *key, {}, 0});
   } else {
-    record(Op{Op::Kind::clear, 0, {}, {}, 0});
+    record(Op{Op::Kind::clear, InvalidSubTransactionId, {}, {}, 0});
   }
 }
 
-std::optional<std::string> xact_cache_own_value(const std::string& key) {
-  auto it = g_last_write.find(key);
-  if (it == g_last_write.end() || (g_last_clear && *g_last_clear > it->second)) return std::nullopt;
-  const Op& op = g_ops[it->second];
-  if (op.kind != Op::Kind::set) return std::nullopt;
-  return op.value;
+bool xact_cache_own(const std::string& key, std::optional<std::string>* value) {
+  std::optional<size_t> i = last_write(key);
+  if (!i || g_ops[*i].kind != Op::Kind::set) return false;
+  const Op& op = g_ops[*i];
+  if (op.expires_ms > 0 && op.expires_ms <= steady_now_ms()) {
+    value->reset();
+  } else {
+    *value = op.value;
+  }
+  return true;
 }
 
 }  // namespace npc_scale

@@ -16,7 +16,8 @@ namespace npc_scale {
 void xact_cache_note_set(const std::string& key, const std::string& value, int64_t ttl_s);
 // A removal done now, to repeat at COMMIT. key nullptr: the whole cache (cache_clear).
 void xact_cache_note_removal(const std::string* key);
-// What this transaction set the key to, if its last write to it was a set.
-std::optional<std::string> xact_cache_own_value(const std::string& key);
+// Whether this transaction's own write decides the key: its last write to
+// it was a set. *value is what it set, or nullopt if that has expired.
+bool xact_cache_own(const std::string& key, std::optional<std::string>* value);
 
 }  // namespace npc_scale

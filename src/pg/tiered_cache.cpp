@@ -328,22 +328,23 @@ void cache_clear_all() {
   xact_cache_note_removal(nullptr);
 }
 
-void cache_drop_upper(const std::string* key) {
+bool cache_drop_upper(const std::string* key, bool try_redis) {
+  bool redis_ok = true;
   refresh_redis_config();
   if (redis().enabled()) {
-    uint64_t errors_before = redis().errors();
-    if (key) {
-      (void)redis().del(*key, now_ms());
-    } else {
-      (void)redis().clear(now_ms());
+    redis_ok = false;
+    if (try_redis) {
+      uint64_t errors_before = redis().errors();
+      redis_ok = key ? redis().del(*key, now_ms()).has_value() : redis().clear(now_ms()) >= 0;
+      note_redis_state(errors_before);
     }
-    note_redis_state(errors_before);
   }
   if (key) {
     l1_erase(*key);
   } else {
     l1_clear();
   }
+  return redis_ok;
 }
 
 bool cache_forget_l3(const std::string& key) { return l3_delete(key); }

@@ -56,8 +56,9 @@ bool cache_forget_l3(const std::string& key);
 // again from L2 and L1 at COMMIT (cache_xact).
 bool cache_remove(const std::string& key);
 void cache_clear_all();
-// The key (nullptr: every key) out of L2 and L1, Redis best effort: after a COMMIT.
-void cache_drop_upper(const std::string* key);
+// The key (nullptr: every key) out of L2 and L1, Redis best effort (and
+// not tried unless try_redis): after a COMMIT. False if Redis failed.
+bool cache_drop_upper(const std::string* key, bool try_redis);
 
 // Reads GUCs into this process's Redis client (cheap; call before use).
 void refresh_redis_config();

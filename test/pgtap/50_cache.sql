@@ -1,6 +1,6 @@
 -- The three-tier cache: promotion L3 → L2 → L1, TTL expiry, the L1 budget
 -- under an overfill, cached decisions and generate() answers.
-SELECT plan(46);
+SELECT plan(48);
 
 SELECT npc_scale.cache_clear();
 CREATE TEMP TABLE s0 AS SELECT * FROM npc_scale.cache_stats;
@@ -115,6 +115,17 @@ SELECT results_eq($$ SELECT pg_temp.redis('GET npc_scale:cache:kv:tx:b'), pg_tem
                             pg_temp.redis('EXISTS npc_scale:cache:kv:tx:d'), pg_temp.redis('EXISTS npc_scale:cache:kv:tx:e') $$,
   $$ VALUES ('kept', '0', '0', '0') $$,
   'at COMMIT only what no rollback undid reaches Redis (a released savepoint belongs to its parent)');
+-- A set's TTL runs from cache_set(), as its L3 row's does, not from COMMIT:
+-- one that expires inside its transaction reads as a miss there (not as
+-- the older committed value) and the key ends as after a delete.
+SELECT npc_scale.cache_set('tx:h', 'committed before', '1 hour');
+BEGIN;
+SELECT npc_scale.cache_set('tx:h', 'brief', '1 s');
+SELECT ok(npc_test.wait_for($$ npc_scale.cache_get('tx:h') IS NULL $$, '5 s'),
+  'an own cache_set that expired in its transaction is a miss there, not the older value');
+COMMIT;
+SELECT results_eq($$ SELECT pg_temp.redis('EXISTS npc_scale:cache:kv:tx:h'), pg_temp.elsewhere('tx:h') $$,
+  $$ VALUES ('0', NULL::text) $$, 'and after its COMMIT the key is gone');
 -- cache_clear takes effect at COMMIT: what reached Redis meanwhile is gone too.
 BEGIN;
 SELECT npc_scale.cache_set('tx:f', 'before the clear', '1 hour');

@@ -79,6 +79,9 @@ class RedisServer {
     }
     FAIL() << "redis-server did not start";
   }
+  // SIGSTOP: the kernel still completes TCP connects, nothing is answered.
+  void freeze() { kill(pid_, SIGSTOP); }
+  void thaw() { kill(pid_, SIGCONT); }
   void stop() {
     if (pid_ > 0) {
       kill(pid_, SIGKILL);
@@ -324,6 +327,7 @@ std::vector<RedisCache::Answer> answers_when_ready(RedisCache& cache) {
   std::vector<RedisCache::Answer> got;
   const int64_t deadline = now_ms() + 5000;
   while (got.empty() && now_ms() < deadline) {
+    if (cache.has_answers()) return cache.take_answers(now_ms());  // answered at once (no connection)
     pollfd p{cache.fd(), POLLIN, 0};
     if (poll(&p, 1, 100) > 0) got = cache.take_answers(now_ms());
   }
@@ -450,8 +454,9 @@ TEST(RedisCacheTest, LogsInWithPasswordAndDatabase) {
 }
 
 // An event loop's client pipelines its login ahead of the first command
-// instead of waiting for it: with Redis paused, an ask is under way, not a
-// wait out of the command timeout (which would fail the connection).
+// instead of waiting for it: with Redis not answering, an ask is under way,
+// not a wait out of the command timeout (which would fail the connection).
+// No SET is written until the login is through.
 TEST(RedisCacheTest, ABackgroundClientsLoginDoesNotWait) {
   const int port = free_port();
   RedisServer server(port, "s3cret");
@@ -464,10 +469,9 @@ TEST(RedisCacheTest, ABackgroundClientsLoginDoesNotWait) {
   c.port = port;
   c.password = "s3cret";
   c.connect_in_background = true;
-  c.command_timeout_ms = 500;
+  c.command_timeout_ms = 1000;
   cache.configure(c);
-  freeReplyObject(redisCommand(admin, "CLIENT PAUSE 2000 ALL"));  // ends by itself
-  redisFree(admin);
+  server.freeze();
   // The first asks find the connect under way (answered at once); the
   // first one after it is through waits behind the login.
   const int64_t deadline = now_ms() + 5000;
@@ -476,10 +480,14 @@ TEST(RedisCacheTest, ABackgroundClientsLoginDoesNotWait) {
     if (!cache.awaiting()) cache.take_answers(now_ms());
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  EXPECT_TRUE(cache.awaiting()) << "the ask never got past the login";
+  const bool under_way = cache.awaiting();
+  const bool set_written = cache.set_nowait("k2", "v2", 60, now_ms());
+  server.thaw();
+  EXPECT_TRUE(under_way) << "the ask never got past the login";
   EXPECT_EQ(cache.errors(), 0u) << "the login was waited for, and timed out";
-  // Once Redis goes on, asks are answered (after a reconnect if the paused
-  // one timed out meanwhile).
+  EXPECT_FALSE(set_written) << "a SET written before the login is through";
+  // Redis answers again: asks are answered (after a reconnect if the
+  // pending one timed out meanwhile on a slow machine).
   const int64_t until = now_ms() + 10000;
   bool hit = false;
   while (!hit && now_ms() < until) {
@@ -487,45 +495,82 @@ TEST(RedisCacheTest, ABackgroundClientsLoginDoesNotWait) {
     for (const RedisCache::Answer& a : answers_when_ready(cache)) {
       hit = hit || a.lookups[0].result == RedisCache::Result::hit;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_TRUE(hit);
+  EXPECT_TRUE(cache.up());
+  redisFree(admin);
 }
 
-// A wrong password, pipelined: the ask behind it is unavailable, Redis is
-// reported down once (the message without the password), and the client
-// backs off.
+// A refused login, pipelined: the ask behind it is unavailable, Redis is
+// reported down once (the message without the password), and no SET lands
+// in another database meanwhile.
 TEST(RedisCacheTest, ABackgroundClientsRefusedLoginIsDownOnce) {
   const int port = free_port();
   RedisServer server(port, "s3cret");
-  RedisCache cache;
+  for (const char* wrong : {"password", "database"}) {
+    SCOPED_TRACE(wrong);
+    RedisCache cache;
+    std::vector<std::string> downs;
+    cache.on_state_change = [&](bool up, const std::string& why) {
+      if (!up) downs.push_back(why);
+    };
+    RedisConfig c;
+    c.port = port;
+    c.password = std::string(wrong) == "password" ? "wrong-password" : "s3cret";
+    c.db = std::string(wrong) == "database" ? 99 : 0;  // Redis has 16
+    c.connect_in_background = true;
+    c.command_timeout_ms = 5000;
+    cache.configure(c);
+    // Fills and asks until the login's refusal comes back.
+    const int64_t deadline = now_ms() + 5000;
+    while (now_ms() < deadline && downs.empty()) {
+      cache.set_nowait("leaked", "v", 60, now_ms());
+      if (!cache.awaiting()) cache.ask({"k"}, now_ms());
+      for (const RedisCache::Answer& a : answers_when_ready(cache)) {
+        EXPECT_EQ(a.lookups[0].result, RedisCache::Result::unavailable);
+      }
+    }
+    EXPECT_FALSE(cache.up());
+    ASSERT_EQ(downs.size(), 1u);
+    EXPECT_EQ(downs[0], std::string(wrong) == "password" ? "AUTH failed" : "SELECT 99 failed");
+    // Another round: still down, not reported again.
+    for (int i = 0; i < 3; i++) {
+      cache.ask({"k"}, now_ms());
+      answers_when_ready(cache);
+    }
+    EXPECT_EQ(downs.size(), 1u);
+  }
+  redisContext* admin = redisConnect("127.0.0.1", port);
+  ASSERT_TRUE(admin != nullptr && admin->err == 0);
+  freeReplyObject(redisCommand(admin, "AUTH s3cret"));
+  redisReply* r = static_cast<redisReply*>(redisCommand(admin, "EXISTS npc_scale:cache:leaked"));
+  ASSERT_TRUE(r != nullptr && r->type == REDIS_REPLY_INTEGER);
+  EXPECT_EQ(r->integer, 0) << "a SET behind the refused SELECT landed in database 0";
+  freeReplyObject(r);
+  redisFree(admin);
+}
+
+// Redis refusing the lookup script itself (an ACL without @scripting) is
+// reported down with the reason, not a silent miss on every lookup.
+TEST_F(RedisCacheLive, ARefusedLookupScriptIsReportedDown) {
+  redisContext* admin = redisConnect("127.0.0.1", port);
+  ASSERT_TRUE(admin != nullptr && admin->err == 0);
+  freeReplyObject(redisCommand(admin, "ACL SETUSER default -@scripting"));
+  redisFree(admin);
   std::vector<std::string> downs;
   cache.on_state_change = [&](bool up, const std::string& why) {
     if (!up) downs.push_back(why);
   };
   RedisConfig c;
   c.port = port;
-  c.password = "wrong-password";
-  c.connect_in_background = true;
   c.command_timeout_ms = 5000;
   cache.configure(c);
-  const int64_t deadline = now_ms() + 5000;
-  while (now_ms() < deadline && !cache.awaiting() && downs.empty()) {
-    cache.ask({"k"}, now_ms());
-    if (!cache.awaiting()) cache.take_answers(now_ms());
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  ASSERT_TRUE(cache.awaiting()) << "the ask is written behind the login";
-  std::vector<RedisCache::Answer> got = answers_when_ready(cache);
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::unavailable);
+  std::string v;
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::unavailable);
   EXPECT_FALSE(cache.up());
   ASSERT_EQ(downs.size(), 1u);
-  EXPECT_EQ(downs[0], "AUTH failed");
-  // Backing off: the next ask is answered at once, nothing reported again.
-  cache.ask({"k"}, now_ms());
-  EXPECT_FALSE(cache.awaiting());
-  EXPECT_EQ(downs.size(), 1u);
+  EXPECT_NE(downs[0].find("EVAL"), std::string::npos) << downs[0];
+  EXPECT_NE(downs[0].find("NOPERM"), std::string::npos) << downs[0];
 }
 
 namespace {
