@@ -9,10 +9,11 @@ namespace {
 bool is_2xx(const HttpResult& r) { return r.transport_ok && r.status >= 200 && r.status < 300; }
 }  // namespace
 
-AttemptReply read_attempt(Api api, HttpResult result) {
+AttemptReply read_attempt(Api api, HttpResult result, const std::vector<std::string>& choices) {
   AttemptReply reply;
   if (is_2xx(result)) {
     reply.completion = parse_response(api, result.body);
+    check_answer(&reply.completion, choices);
     // A text column cannot hold NUL; a model that emits one loses only that byte.
     std::string& text = reply.completion.text;
     text.erase(std::remove(text.begin(), text.end(), '\0'), text.end());
@@ -32,6 +33,13 @@ AttemptOutcome resolve_attempt(const AttemptReply& reply, int attempts, const Re
   const Completion& completion = reply.completion;
   AttemptOutcome out;
   const bool body_ok = is_2xx(result) && completion.ok;
+  if (is_2xx(result) && completion.request_at_fault) {
+    // Asking again gets the same answer: the caller's to change.
+    out.kind = AttemptOutcome::Kind::failed;
+    out.error = completion.error;
+    out.rejected = true;
+    return out;
+  }
   switch (classify(result.transport_ok, result.status, body_ok)) {
     case Outcome::success:
       out.kind = AttemptOutcome::Kind::done;

@@ -38,7 +38,8 @@ struct AttemptReply {
   HttpResult http;
   Completion completion;  // parsed when the status was 2xx
 };
-AttemptReply read_attempt(Api api, HttpResult result);
+// choices: the request's params.choices (check_answer).
+AttemptReply read_attempt(Api api, HttpResult result, const std::vector<std::string>& choices = {});
 
 // `attempts` counts the attempt that just finished (1 for the first).
 AttemptOutcome resolve_attempt(const AttemptReply& reply, int attempts, const RetryPolicy& policy,

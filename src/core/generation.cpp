@@ -474,6 +474,33 @@ bool endpoint_misconfigured(long http_status) {
   return http_status == 401 || http_status == 403 || http_status == 404;
 }
 
+void check_answer(Completion* c, const std::vector<std::string>& choices) {
+  if (!c->ok) return;
+  const bool cut = c->finish_reason == "length";
+  auto useless = [&](std::string why, bool request_at_fault) {
+    c->ok = false;
+    c->error = std::move(why);
+    c->request_at_fault = request_at_fault;
+  };
+  if (!choices.empty() && std::find(choices.begin(), choices.end(), c->text) == choices.end()) {
+    const std::string text = "\"" + utf8_prefix(sanitize(c->text), kValueShown) + "\"";
+    // Cut: the start of a choice. Anything else was never constrained.
+    const bool cut_choice = cut && std::any_of(choices.begin(), choices.end(), [&](const std::string& ch) {
+                              return ch.compare(0, c->text.size(), c->text) == 0;
+                            });
+    if (cut_choice) {
+      useless("the answer " + text + " was cut at max_tokens before it completed one of "
+              "params.choices: raise params.max_tokens", true);
+    } else {
+      useless("the endpoint answered " + text + ", which is not one of params.choices: does it "
+              "support structured_outputs (vLLM 0.10.2 or later)?", false);
+    }
+  } else if (c->text.empty() && cut) {
+    useless("the answer was empty, cut at max_tokens (a reasoning model may spend them "
+            "thinking): raise params.max_tokens", true);
+  }
+}
+
 Outcome classify(bool transport_ok, long http_status, bool body_ok) {
   if (!transport_ok) return Outcome::transient;
   if (http_status >= 200 && http_status <= 299) {

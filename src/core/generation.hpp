@@ -58,11 +58,22 @@ struct Completion {
   int prompt_tokens = 0;
   int completion_tokens = 0;
   std::string error;           // when !ok: why, fit for the decision's error column
+  // !ok because of the request itself (its max_tokens too small for an
+  // answer): final, and no fault of the endpoint.
+  bool request_at_fault = false;
 };
 
 // Reads a 200 response body. Malformed JSON or a missing choice → !ok with a
 // reason (never throws).
 Completion parse_response(Api api, const std::string& body);
+
+// Turns a readable answer that is of no use into !ok, with the reason: with
+// params.choices, a text that is none of them (a server that ignores
+// structured_outputs, as vLLM before 0.10.2 does: retried, perhaps
+// elsewhere), or a choice cut at max_tokens; an empty text cut at max_tokens
+// (a reasoning model that spent them thinking). The last two are the
+// request's own (request_at_fault).
+void check_answer(Completion* c, const std::vector<std::string>& choices);
 
 // How a finished HTTP exchange is classified.
 enum class Outcome {

@@ -85,6 +85,7 @@ struct InFlight {
   int gpu_id = 0;           // the row it was sent for, as the results name it
   uint64_t member = 0;      // the fleet member that sent it: whose slot its end frees
   Api api = Api::completions;
+  std::vector<std::string> choices;  // params.choices: the answer must be one of them
   std::string cache_key;         // non-empty: cacheable; identical requests share this one
   int64_t cache_ttl_s = 0;
   std::vector<InFlight> followers;  // coalesced identical requests, answered with this one
@@ -460,6 +461,7 @@ bool Dispatcher::send(size_t index, InFlight info, const std::string& prompt,
   info.gpu_id = ep.gpu_id;
   info.member = fleet_.info(index).serial;
   info.api = ep.api == "chat" ? Api::chat : Api::completions;
+  info.choices = params.choices;
   HttpRequest req;
   req.tag = next_tag_++;
   req.url = ep.base_url + api_path(info.api);
@@ -1265,13 +1267,15 @@ void Dispatcher::handle_finished() {
       continue;
     }
     const uint64_t tag = http.tag;
-    AttemptReply r = read_attempt(f.api, std::move(http));
+    AttemptReply r = read_attempt(f.api, std::move(http), f.choices);
     // A freed slot matters only if work was left waiting for one; new work
     // arrives with a latch wake-up.
     if (capacity_blocked_) maybe_more_work_ = true;
     if (!f.cache_key.empty()) in_flight_by_key_.erase(f.cache_key);
     AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), tag);
-    record_outcome(f, r.http, o.kind == AttemptOutcome::Kind::done, o.error);
+    // An answer cut at the request's own max_tokens was served well.
+    record_outcome(f, r.http, o.kind == AttemptOutcome::Kind::done || r.completion.request_at_fault,
+                   o.error);
     if (o.kind == AttemptOutcome::Kind::done && !f.cache_key.empty()) {
       cache_fills_.push_back({f.cache_key, o.response, f.cache_ttl_s});
     }

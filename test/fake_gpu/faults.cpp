@@ -9,7 +9,8 @@ nlohmann::ordered_json faults_to_json(const FaultConfig& c) {
               {"retry_after", c.retry_after},     {"hang_rate", c.hang_rate},
               {"hang_ms", c.hang_ms},             {"slow_rate", c.slow_rate},
               {"slow_ms", c.slow_ms},             {"malformed_rate", c.malformed_rate},
-              {"drop_rate", c.drop_rate},         {"fault_seed", c.fault_seed}};
+              {"drop_rate", c.drop_rate},         {"fault_seed", c.fault_seed},
+              {"ignore_structured_outputs", c.ignore_structured_outputs}};
 }
 
 namespace {
@@ -71,6 +72,12 @@ std::optional<std::string> merge_faults(FaultConfig& cfg, const json& patch) {
         err = "fault_seed must be a non-negative integer";
       } else {
         next.fault_seed = v.get<uint64_t>();
+      }
+    } else if (k == "ignore_structured_outputs") {
+      if (!v.is_boolean()) {
+        err = "ignore_structured_outputs must be true or false";
+      } else {
+        next.ignore_structured_outputs = v.get<bool>();
       }
     } else {
       err = "unknown fault key: " + k;

@@ -23,6 +23,9 @@ struct FaultConfig {
   double malformed_rate = 0;
   double drop_rate = 0;
   uint64_t fault_seed = 1;
+  // As vLLM before 0.10.2: structured_outputs is an unknown field there,
+  // ignored with a warning, so a choice constraint yields free text.
+  bool ignore_structured_outputs = false;
 };
 
 nlohmann::ordered_json faults_to_json(const FaultConfig& cfg);

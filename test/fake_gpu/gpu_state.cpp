@@ -39,6 +39,7 @@ Intake GpuState::intake(int worker) {
   in.retry_after = faults_.retry_after;
   in.hang_ms = faults_.hang_ms;
   in.slow_ms = faults_.slow_ms;
+  in.ignore_structured_outputs = faults_.ignore_structured_outputs;
   ++stats_.inflight;
   stats_.peak_inflight = std::max(stats_.peak_inflight, stats_.inflight);
   return in;

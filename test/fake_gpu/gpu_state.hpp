@@ -28,6 +28,7 @@ struct Intake {
   int retry_after;
   int64_t hang_ms;
   int64_t slow_ms;
+  bool ignore_structured_outputs;
 };
 
 constexpr int kWorkerBits = 8;

@@ -448,6 +448,7 @@ void Worker::handle_inference(evhttp_request* req, bool chat) {
   p->nonce = in.nonce;
   p->malformed = in.faults.malformed;
   p->request = std::move(std::get<InferenceRequest>(parsed));
+  if (in.ignore_structured_outputs) p->request.gen.choices.clear();
   p->result = run_inference(p->request, in.nonce);
   p->job.priority = p->request.priority;
   p->job.completion_tokens = std::max(1, p->result.max_choice_tokens);

@@ -94,10 +94,25 @@ Generation generate(uint64_t key, const GenParams& params) {
   Generation out;
 
   if (!params.choices.empty()) {
-    // Guided decoding forces a complete choice, so it always ends in "stop".
-    out.text = params.choices[rng.next() % params.choices.size()];
-    out.completion_tokens = std::max(1, count_tokens(out.text));
-    out.finish_reason = "stop";
+    // Guided decoding forces one of the choices, ending in "stop"; but
+    // max_tokens still applies, as in vLLM: a longer choice is cut, "length".
+    const std::string& choice = params.choices[rng.next() % params.choices.size()];
+    const int budget = std::max(1, params.max_tokens);
+    if (count_tokens(choice) <= budget) {
+      out.text = choice;
+      out.completion_tokens = std::max(1, count_tokens(choice));
+      out.finish_reason = "stop";
+      return out;
+    }
+    // The first `budget` words, as many "tokens".
+    size_t end = 0;
+    for (int words = 0; end < choice.size(); ++end) {
+      if (!is_space(choice[end]) && (end == 0 || is_space(choice[end - 1])) && words++ == budget) break;
+    }
+    out.text = choice.substr(0, end);
+    while (!out.text.empty() && is_space(out.text.back())) out.text.pop_back();
+    out.completion_tokens = budget;
+    out.finish_reason = "length";
     return out;
   }
 

@@ -1,6 +1,6 @@
 -- generate(): synchronous, through shared-memory slots; cancellable by
 -- statement_timeout; clear errors when the fleet is down or empty.
-SELECT plan(14);
+SELECT plan(16);
 SELECT npc_test.use_gpus(ARRAY['fast0']);
 SELECT npc_test.gpu_reset('fast0');
 SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would hide requests
@@ -21,6 +21,13 @@ SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue WHERE prompt = 'De
 SELECT matches(npc_test.error_of($$ SELECT npc_scale.generate('Tell a long story', 5, '{"max_tokens": 32768}') $$),
   '^22023: generate\(\) request was rejected by the GPU server: .*maximum context length',
   'a request the GPU server rejects is 22023, with the server''s reason');
+-- So is an answer cut at max_tokens before it completed a choice (the
+-- server keeps max_tokens under a choice constraint): asking again would
+-- get the same, so it is not retried.
+SELECT matches(npc_test.error_of($$ SELECT npc_scale.generate('Which building?', 5,
+                 '{"choices": ["the great granary of the north"], "max_tokens": 2}') $$),
+  '^22023: generate\(\) request was rejected by the GPU server: the answer "the great" was cut at max_tokens',
+  'a choice cut at max_tokens is 22023, naming max_tokens');
 -- params.system on a completions endpoint (fast0): it leads the prompt, so
 -- the decision is served wherever the router sends it. The row is gpu_id 0,
 -- a valid id like any other (once a "none" marker that left gpu_id NULL).
@@ -43,6 +50,13 @@ RESET statement_timeout;
 SELECT ok(npc_test.wait_for($$ npc_test.metric('sync_slots_busy') = 0 $$), 'its slot is freed');
 SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0}');
 SELECT ok(npc_scale.generate('Still alive?', 5) <> '', 'generate() works again afterwards');
+-- A server that ignores structured_outputs (vLLM before 0.10.2) answers
+-- free text: that is not taken as the answer; tried again, then a clear error.
+SELECT npc_test.gpu_faults('faulty', '{"ignore_structured_outputs": true}');
+SELECT throws_like($$ SELECT npc_scale.generate('Attack or trade?', 1, '{"choices": ["attack", "trade"], "max_tokens": 4}') $$,
+  '%the endpoint answered "%", which is not one of params.choices: does it support structured_outputs%',
+  'an answer that is none of params.choices is not taken');
+SELECT npc_test.gpu_faults('faulty', '{"ignore_structured_outputs": false}');
 
 -- Fleet down: nothing listens at the endpoint → clear error after the attempts.
 SELECT npc_test.use_gpus(ARRAY['down']);

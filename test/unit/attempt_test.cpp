@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "core/attempt.hpp"
 
@@ -75,6 +76,46 @@ TEST(Attempt, TheErrorNamesWhatTheEndpointSaid) {
   o = npc_scale::resolve_attempt(Api::completions, transport_error("Operation timed out"), 1,
                                  kPolicy, 7);
   EXPECT_EQ(o.error, "Operation timed out");
+}
+
+// An answer is checked against params.choices: free text from a server
+// that ignores structured_outputs is retried like a malformed answer; a
+// choice (or an empty answer) cut at max_tokens is the request's doing,
+// failed at once and marked rejected.
+TEST(Attempt, AnAnswerOfNoUseIsNotDone) {
+  const std::vector<std::string> choices = {"attack", "trade"};
+  auto resolve = [&](Api api, const std::string& body, const std::vector<std::string>& ch) {
+    return npc_scale::resolve_attempt(npc_scale::read_attempt(api, http(200, body), ch), 1, kPolicy, 7);
+  };
+  AttemptOutcome ok = resolve(Api::completions, R"({"choices":[{"text":"trade","finish_reason":"stop"}]})", choices);
+  EXPECT_EQ(ok.kind, AttemptOutcome::Kind::done);
+  AttemptOutcome free = resolve(Api::completions,
+                                R"({"choices":[{"text":"well, maybe raid","finish_reason":"stop"}]})", choices);
+  EXPECT_EQ(free.kind, AttemptOutcome::Kind::retry);
+  EXPECT_FALSE(free.rejected);
+  EXPECT_NE(free.error.find(R"(answered "well, maybe raid", which is not one of params.choices)"),
+            std::string::npos) << free.error;
+  AttemptOutcome cut = resolve(Api::completions,
+                               R"({"choices":[{"text":"att","finish_reason":"length"}]})", choices);
+  EXPECT_EQ(cut.kind, AttemptOutcome::Kind::failed);
+  EXPECT_TRUE(cut.rejected);
+  EXPECT_NE(cut.error.find("cut at max_tokens"), std::string::npos) << cut.error;
+  // Free text that ran to max_tokens is still free text, not a cut choice.
+  AttemptOutcome long_free = resolve(Api::completions,
+                                     R"({"choices":[{"text":"well, maybe","finish_reason":"length"}]})", choices);
+  EXPECT_EQ(long_free.kind, AttemptOutcome::Kind::retry);
+  EXPECT_NE(long_free.error.find("not one of params.choices"), std::string::npos) << long_free.error;
+  AttemptOutcome empty = resolve(
+      Api::chat, R"({"choices":[{"message":{"role":"assistant","content":null},"finish_reason":"length"}]})", {});
+  EXPECT_EQ(empty.kind, AttemptOutcome::Kind::failed);
+  EXPECT_TRUE(empty.rejected);
+  EXPECT_NE(empty.error.find("empty, cut at max_tokens"), std::string::npos) << empty.error;
+  // Without choices, any text is an answer; an empty one that ended by
+  // itself too (the model had nothing to say).
+  EXPECT_EQ(resolve(Api::completions, R"({"choices":[{"text":"well, maybe raid","finish_reason":"length"}]})", {}).kind,
+            AttemptOutcome::Kind::done);
+  EXPECT_EQ(resolve(Api::completions, R"({"choices":[{"text":"","finish_reason":"stop"}]})", {}).kind,
+            AttemptOutcome::Kind::done);
 }
 
 TEST(Attempt, ARejectedRequestFailsAtOnce) {

@@ -125,6 +125,21 @@ TEST(FakeGpuTextGen, ChoiceIsAlwaysOneOfTheGiven) {
   EXPECT_EQ(seen.size(), choices.size());  // not stuck on one choice
 }
 
+// As in vLLM, max_tokens still applies under a choice constraint: a longer
+// choice is cut to that many tokens (words here), ending in "length".
+TEST(FakeGpuTextGen, AChoiceLongerThanMaxTokensIsCut) {
+  GenParams p = sampled(0.0, std::nullopt, 2);
+  p.choices = {"the  great granary of the north"};
+  Generation g = generate(sampling_key("prompt", p, 0, 0), p);
+  EXPECT_EQ(g.text, "the  great");
+  EXPECT_EQ(g.completion_tokens, 2);
+  EXPECT_EQ(g.finish_reason, "length");
+  p.max_tokens = 6;
+  g = generate(sampling_key("prompt", p, 0, 0), p);
+  EXPECT_EQ(g.text, p.choices[0]);
+  EXPECT_EQ(g.finish_reason, "stop");
+}
+
 TEST(FakeGpuTextGen, StopTruncatesAtEarliestMatch) {
   GenParams p = sampled(0.0, std::nullopt, 40);
   const std::string prompt = "stop test prompt";
