@@ -4,16 +4,19 @@ SELECT plan(48);
 
 SELECT npc_scale.cache_clear();
 CREATE TEMP TABLE s0 AS SELECT * FROM npc_scale.cache_stats;
-CREATE OR REPLACE FUNCTION pg_temp.redis(cmd text) RETURNS text LANGUAGE plpgsql AS $$
+-- A shell command's output lines, run by the server (as its OS user).
+CREATE OR REPLACE FUNCTION pg_temp.program_output(command text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE out text;
 BEGIN
-  CREATE TEMP TABLE IF NOT EXISTS redis_out (line text);
-  TRUNCATE redis_out;
-  EXECUTE format('COPY redis_out FROM PROGRAM %L WITH (FORMAT csv, DELIMITER E''\x1f'', QUOTE E''\x1e'')',
-                 format('redis-cli -p %s %s', current_setting('npc_scale.redis_port'), cmd));
-  SELECT string_agg(line, E'\n') INTO out FROM redis_out;
+  CREATE TEMP TABLE IF NOT EXISTS program_out (line text);
+  TRUNCATE program_out;
+  EXECUTE format('COPY program_out FROM PROGRAM %L WITH (FORMAT csv, DELIMITER E''\x1f'', QUOTE E''\x1e'')', command);
+  SELECT string_agg(line, E'\n') INTO out FROM program_out;
   RETURN out;
 END $$;
+CREATE OR REPLACE FUNCTION pg_temp.redis(cmd text) RETURNS text LANGUAGE sql AS $$
+  SELECT pg_temp.program_output(format('redis-cli -p %s %s', current_setting('npc_scale.redis_port'), cmd))
+$$;
 -- Leaves the one cached generation only in Redis: park_generation() moves
 -- the key outside the prefix, cache_clear() empties every layer (at its
 -- COMMIT: hence a statement of its own), unpark_generation() puts it back.
@@ -70,18 +73,13 @@ SELECT is(npc_scale.cache_get('undeleted'), 'kept after a rollback', 'a rolled-b
 -- cache_set is transactional for L1 and L2 too: another session sees the
 -- value from COMMIT on, never after a rollback (of the transaction or a
 -- savepoint); the transaction reads its own writes meanwhile.
-CREATE OR REPLACE FUNCTION pg_temp.elsewhere(key text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE out text;
-BEGIN
-  CREATE TEMP TABLE IF NOT EXISTS elsewhere_out (line text);
-  TRUNCATE elsewhere_out;
-  EXECUTE format('COPY elsewhere_out FROM PROGRAM %L WITH (FORMAT csv, DELIMITER E''\x1f'', QUOTE E''\x1e'')',
-                 format('psql -X -A -t -v ON_ERROR_STOP=1 -h %s -p %s -d %s -c "SELECT npc_scale.cache_get(%s)"',
-                        current_setting('unix_socket_directories'), current_setting('port'),
-                        current_database(), quote_literal(key)));
-  SELECT string_agg(line, E'\n') INTO out FROM elsewhere_out;
-  RETURN out;
-END $$;
+-- cache_get(key) in another session.
+CREATE OR REPLACE FUNCTION pg_temp.elsewhere(key text) RETURNS text LANGUAGE sql AS $$
+  SELECT pg_temp.program_output(
+    format('psql -X -A -t -v ON_ERROR_STOP=1 -h %s -p %s -d %s -c "SELECT npc_scale.cache_get(%s)"',
+           current_setting('unix_socket_directories'), current_setting('port'),
+           current_database(), quote_literal(key)))
+$$;
 BEGIN;
 SELECT npc_scale.cache_set('tx:a', 'one', '1 hour');
 SELECT is(npc_scale.cache_get('tx:a'), 'one', 'a transaction reads its own cache_set');

@@ -32,16 +32,24 @@ int64_t now_ms() {
       .count();
 }
 
-int free_port() {
+// A listening socket on a free loopback port (*port).
+int loopback_listener(int backlog, int* port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  listen(fd, backlog);
   socklen_t len = sizeof(a);
   getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+int free_port() {
+  int port = 0;
+  close(loopback_listener(1, &port));
+  return port;
 }
 
 class RedisServer {
@@ -582,15 +590,7 @@ namespace {
 class SplittingRelay {
  public:
   explicit SplittingRelay(int upstream_port) : upstream_port_(upstream_port) {
-    listener_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    listen(listener_, 1);
-    socklen_t len = sizeof(a);
-    getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    listener_ = loopback_listener(1, &port_);
     thread_ = std::thread([this] { run(); });
   }
   ~SplittingRelay() {
@@ -743,15 +743,11 @@ namespace {
 class SilentListener {
  public:
   SilentListener() {
-    listener_ = socket(AF_INET, SOCK_STREAM, 0);
+    listener_ = loopback_listener(0, &port_);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    listen(listener_, 0);
-    socklen_t len = sizeof(a);
-    getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    a.sin_port = htons(static_cast<uint16_t>(port_));
     for (int i = 0; i < 2; i++) {  // fill the queue (it holds one), never accepted
       int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
       connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
