@@ -25,6 +25,9 @@ PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 export NPC_ROOT NPC_PROFILE NPC_BUILD NPC_STATE NPC_PGPORT NPC_REDIS_PORT NPC_GPU_BASE_PORT \
        NPC_DB NPC_PGDATA NPC_PGSOCK PG_BIN
 export PGHOST=$NPC_PGSOCK PGPORT=$NPC_PGPORT PGUSER=postgres PGDATABASE=$NPC_DB
+# Everything here talks to loopback: never through a proxy the machine sets
+# (the server, its workers' libcurl and the tests' curl inherit this).
+export no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost
 
 NPC_PACKAGES=(
   build-essential pkg-config make g++ curl procps
@@ -48,9 +51,11 @@ npc_install_deps() {
   export DEBIAN_FRONTEND=noninteractive
   # Installing postgresql-15 creates and may start a default cluster on 5432;
   # we never use it (own port, own data directory), and leave it alone.
-  if ! apt-get install -y --no-install-recommends "${missing[@]}" >"$NPC_BUILD/apt.log" 2>&1; then
-    apt-get update >>"$NPC_BUILD/apt.log" 2>&1
-    apt-get install -y --no-install-recommends "${missing[@]}" >>"$NPC_BUILD/apt.log" 2>&1 \
+  # A fresh VM's first boot often runs unattended-upgrades: wait for its lock.
+  local wait_lock=(-o DPkg::Lock::Timeout=600)
+  if ! apt-get "${wait_lock[@]}" install -y --no-install-recommends "${missing[@]}" >"$NPC_BUILD/apt.log" 2>&1; then
+    apt-get "${wait_lock[@]}" update >>"$NPC_BUILD/apt.log" 2>&1
+    apt-get "${wait_lock[@]}" install -y --no-install-recommends "${missing[@]}" >>"$NPC_BUILD/apt.log" 2>&1 \
       || { tail -20 "$NPC_BUILD/apt.log"; npc_die "apt-get install failed (see $NPC_BUILD/apt.log)"; }
   fi
 }
@@ -104,6 +109,11 @@ npc_wait_port() {
 
 npc_pg_start() {
   npc_grant_traversal
+  # Under a umask of 077 the postgres user could reach none of these: the
+  # build area (its state directory is postgres's own) and the regression
+  # files pg_regress reads as postgres.
+  chmod o+x "$NPC_BUILD"
+  chmod -R o+rX "$NPC_ROOT/sql" "$NPC_ROOT/expected"
   "$NPC_ROOT/scripts/stop_stale.sh" "$NPC_STATE" 2>/dev/null || true
   rm -rf "$NPC_PGDATA" "$NPC_PGSOCK" "$NPC_STATE/log"
   mkdir -p "$NPC_PGDATA" "$NPC_PGSOCK" "$NPC_STATE/log"

@@ -12,7 +12,7 @@ port=$((NPC_PGPORT + 100))
 rm -rf "$dir"; mkdir -p "$dir/run"; chown -R postgres:postgres "$dir"
 cleanup() { runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true; }
 trap cleanup EXIT
-runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust >/dev/null
+runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
 cat >>"$dir/data/postgresql.conf" <<CONF
 port = $port
 listen_addresses = ''

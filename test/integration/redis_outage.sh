@@ -15,6 +15,8 @@ redis_key=$(redis-cli -p "$NPC_REDIS_PORT" GET npc_scale:cache:kv:outage-$tag)
 lines_before=$(grep -c "Redis L2 cache unavailable" "$NPC_STATE/log/postgres.log" || true)
 echo "stopping Redis"
 npc_redis_stop
+# Whatever fails below, the scripts after this one need Redis back.
+trap '[ -n "${redis_back:-}" ] || npc_redis_start' EXIT
 errors_before=$(q "SELECT redis_errors FROM npc_scale.cache_stats")
 # A new session: its own L2 connection. L1 still answers the key we set …
 [ "$(q "SELECT npc_scale.cache_get('outage-$tag')")" = "still here" ] || { echo "L1 lost the value"; exit 1; }
@@ -37,6 +39,7 @@ echo "log lines saying Redis is down: $down_lines (one per session that noticed,
 
 echo "starting Redis again"
 npc_redis_start
+redis_back=1
 redis-cli -p "$NPC_REDIS_PORT" SET npc_scale:cache:kv:from-redis-$tag "written to Redis directly" >/dev/null
 hits_before=$(q "SELECT l2_hits FROM npc_scale.cache_stats")
 [ "$(q "SELECT npc_scale.cache_get('from-redis-$tag')")" = "written to Redis directly" ] || { echo "L2 did not come back"; exit 1; }
