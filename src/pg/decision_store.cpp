@@ -162,8 +162,9 @@ struct TextColumn {
 void write_in_transaction(const std::vector<DecisionResult>& results, std::vector<int64_t>& finished) {
   // A claimed decision is written only by the attempt that claimed it
   // (status running, same attempt number); an unclaimed handed-off one
-  // (from_queued) only while it is still queued, and the write counts its
-  // attempt. A batch comes as one array per column (no JSON to build and
+  // (from_queued) only while it is still queued and was never attempted (a
+  // row the table path has sent meanwhile is its to answer), and the write
+  // counts its attempt. A batch comes as one array per column (no JSON to build and
   // parse on the answer's critical path); one row, the common case below
   // saturation, as scalars in a VALUES row: no arrays to build and no
   // function scans to materialize, 114 -> 81 µs per answer at 500 NPCs.
@@ -179,7 +180,7 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
   "  finished_at = CASE WHEN r.status = 'queued' THEN NULL ELSE now() END "
 #define NPC_WRITE_FENCE                                                                        \
   " AND q.id = r.id"                                                                           \
-  "  AND CASE WHEN r.from_queued THEN (q.status = 'queued') IS TRUE"                           \
+  "  AND CASE WHEN r.from_queued THEN (q.status = 'queued' AND q.attempts = 0) IS TRUE"       \
   "           ELSE (q.status = 'running') IS TRUE AND q.attempts = r.attempts END "            \
   "RETURNING q.id, q.status <> 'queued'"
 #define NPC_WRITE_COLUMNS                                                                      \
@@ -385,7 +386,8 @@ WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip
   return out;
 }
 
-std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued) {
+std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued,
+                                    const std::vector<int64_t>& exclude) {
   static SavedPlan plan(
       "UPDATE npc_scale.decision_queue SET"
       "  status = CASE WHEN attempts >= $2 THEN 'failed' ELSE 'queued' END,"
@@ -394,14 +396,15 @@ std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* req
       "  error = 'lease expired: the dispatcher stopped during attempt ' || attempts "
       "WHERE id = ANY (ARRAY(SELECT id FROM npc_scale.decision_queue"
       "                       WHERE status = 'running' AND ($1 OR leased_until < now())"
+      "                         AND id <> ALL ($3)"
       "                       FOR UPDATE SKIP LOCKED)) "
       "RETURNING id, status = 'failed'",
-      {BOOLOID, INT4OID});
+      {BOOLOID, INT4OID, INT8ARRAYOID});
   std::vector<int64_t> failed;
   *requeued = 0;
   in_transaction("npc_scale: recover leases", [&] {
     if (!extension_present()) return;
-    uint64_t n = plan.execute({BoolGetDatum(all_running), Int32GetDatum(max_attempts)});
+    uint64_t n = plan.execute({BoolGetDatum(all_running), Int32GetDatum(max_attempts), int8_array(exclude)});
     for (uint64_t i = 0; i < n; i++) {
       if (spi_bool(i, 2)) failed.push_back(spi_int(i, 1).value_or(0));
       else (*requeued)++;
@@ -411,21 +414,21 @@ std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* req
   return failed;
 }
 
-std::vector<int64_t> expire_queued() {
+std::vector<int64_t> expire_queued(const std::vector<int64_t>& exclude) {
   static SavedPlan plan(
       "UPDATE npc_scale.decision_queue SET status = 'expired', finished_at = now(),"
       "  error = CASE WHEN attempts = 0 THEN 'deadline passed before it was sent'"
       "          ELSE 'deadline passed after ' || attempts || ' attempt(s); last error: '"
       "               || coalesce(error, 'none') END "
       "WHERE id = ANY (ARRAY(SELECT id FROM npc_scale.decision_queue"
-      "                       WHERE status = 'queued' AND deadline < now()"
+      "                       WHERE status = 'queued' AND deadline < now() AND id <> ALL ($1)"
       "                       FOR UPDATE SKIP LOCKED)) "
       "RETURNING id",
-      {});
+      {INT8ARRAYOID});
   std::vector<int64_t> expired;
   in_transaction("npc_scale: expire deadlines", [&] {
     if (!extension_present()) return;
-    uint64_t n = plan.execute({});
+    uint64_t n = plan.execute({int8_array(exclude)});
     expired = ids_of(n, 1);
     for (int64_t id : expired) notify_finished(id);
   });

@@ -62,12 +62,15 @@ WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip
 
 // Running decisions whose lease lapsed (or all running ones, at start-up)
 // go back to the queue, or fail after max_attempts. Returns final ids. Rows
-// other sessions hold locked are left for the next look.
-std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued);
+// other sessions hold locked are left for the next look, and so are the
+// `exclude` ids (the dispatcher holds an answer for them, not written yet).
+std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued,
+                                    const std::vector<int64_t>& exclude = {});
 
 // Queued decisions past their deadline become expired (rows other sessions
-// hold locked: at the next look). Returns their ids.
-std::vector<int64_t> expire_queued();
+// hold locked: at the next look), except the `exclude` ids (sent, or
+// answered and not written yet). Returns their ids.
+std::vector<int64_t> expire_queued(const std::vector<int64_t>& exclude);
 
 // Those of `ids` whose decision is cancelled.
 std::vector<int64_t> cancelled_among(const std::vector<int64_t>& ids);

@@ -88,6 +88,7 @@ struct InFlight {
   std::vector<std::string> choices;  // params.choices: the answer must be one of them
   std::string cache_key;         // non-empty: cacheable; identical requests share this one
   int64_t cache_ttl_s = 0;
+  int64_t times_out_at_ms = 0;      // when its request times out at the latest (once sent)
   std::vector<InFlight> followers;  // coalesced identical requests, answered with this one
 };
 
@@ -107,6 +108,10 @@ class Dispatcher {
   bool send(size_t index, InFlight info, const std::string& prompt, const GenerationParams& params,
             int priority, long timeout_ms);
   void record_outcome(const InFlight& f, const HttpResult& r, bool success, const std::string& error);
+  // Ids the table must not claim, recover or expire under the dispatcher:
+  // handed off and sent but not claimed yet, or answered and not written
+  // yet (deferred by a game session's row lock too). The writes decide.
+  std::vector<int64_t> held_back_ids() const;
   void start_probes_and_scrapes();
   void finish_probe_or_scrape(const InFlight& f, const HttpResult& r);
   void publish_stats();
@@ -134,7 +139,9 @@ class Dispatcher {
   void finish(const InFlight& f, const AttemptReply& r);
   void finish_decision(const InFlight& f, const AttemptReply& r);
   // Joins `info` to an identical request in flight; true if it did.
-  bool coalesce(const InFlight& info);
+  // Joins info to an identical request in flight that ends by `until_ms`
+  // (the follower's own timeout: within its lease and deadline).
+  bool coalesce(const InFlight& info, int64_t until_ms);
   std::optional<std::string> known_answer(const std::string& key) const;
   bool answer_sync_slot(const InFlight& f, const std::string& response);
   void requeue_followers(const std::vector<InFlight>& followers);
@@ -470,6 +477,7 @@ bool Dispatcher::send(size_t index, InFlight info, const std::string& prompt,
   // Room for the longest answer generate() may return, in its JSON reply.
   req.max_response_bytes = std::max(req.max_response_bytes, 4 * static_cast<size_t>(guc_max_response_bytes));
   req.timeout_ms = timeout_ms;
+  info.times_out_at_ms = now_ms() + timeout_ms;
   uint64_t tag = req.tag;
   http_.start(std::move(req));
   state.in_flight++;
@@ -709,12 +717,12 @@ bool Dispatcher::answer_sync_slot(const InFlight& f, const std::string& response
   return true;
 }
 
-bool Dispatcher::coalesce(const InFlight& info) {
+bool Dispatcher::coalesce(const InFlight& info, int64_t until_ms) {
   if (info.cache_key.empty()) return false;
   auto it = in_flight_by_key_.find(info.cache_key);
   if (it == in_flight_by_key_.end()) return false;
   auto leader = in_flight_.find(it->second);
-  if (leader == in_flight_.end()) return false;
+  if (leader == in_flight_.end() || leader->second.times_out_at_ms > until_ms) return false;
   leader->second.followers.push_back(info);
   return true;
 }
@@ -829,8 +837,8 @@ void Dispatcher::serve_taken_slot(int i, uint64 ticket) {
       // L1 unreadable: the call goes to a GPU as usual
     }
   }
-  if (coalesce(info)) return;  // an identical request is in flight: share its answer
   long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
+  if (coalesce(info, now_ms() + timeout)) return;  // an identical request is in flight: share its answer
   send(*pick, info, prompt, params, slot->priority, timeout);
 }
 
@@ -851,6 +859,15 @@ long request_timeout_ms(const GenerationParams& params, std::optional<int64_t> d
   return std::min(timeout, std::max(1000L, (guc_lease_timeout_s - 5) * 1000L));
 }
 
+std::vector<int64_t> Dispatcher::held_back_ids() const {
+  std::vector<int64_t> ids;
+  for (const SentHandoff& h : sent_unclaimed_) ids.push_back(h.id);
+  for (const std::vector<DecisionResult>* results : {&pending_results_, &deferred_results_}) {
+    for (const DecisionResult& r : *results) ids.push_back(r.id);
+  }
+  return ids;
+}
+
 // Claims as many queued decisions as there are free slots and sends them
 // the moment the claim commits.
 void Dispatcher::claim_and_send() {
@@ -861,17 +878,7 @@ void Dispatcher::claim_and_send() {
     set_capacity_blocked(true);  // work may be waiting: look again when a slot frees
     return;
   }
-  std::vector<int64_t> handed_off;
-  for (const SentHandoff& h : sent_unclaimed_) handed_off.push_back(h.id);
-  // Answered before their claim and not written yet (also those deferred by
-  // a game session's row lock): still queued in the table, but not to be
-  // claimed and sent (or answered) again.
-  for (const std::vector<DecisionResult>* results : {&pending_results_, &deferred_results_}) {
-    for (const DecisionResult& r : *results) {
-      if (r.from_queued) handed_off.push_back(r.id);
-    }
-  }
-  ClaimResult claimed = claim_decisions(limit, guc_lease_timeout_s, handed_off);
+  ClaimResult claimed = claim_decisions(limit, guc_lease_timeout_s, held_back_ids());
   for (const auto& d : claimed.running) claimed_since_take_.insert(d.id);
   // A full batch means more may be queued behind it: claim again next round.
   set_capacity_blocked(static_cast<int>(claimed.running.size()) >= limit);
@@ -903,7 +910,7 @@ void Dispatcher::claim_and_send() {
           pending_results_.push_back(std::move(res));
           continue;
         }
-        if (coalesce(info)) {
+        if (coalesce(info, now_ms() + request_timeout_ms(params, d.deadline_in_ms))) {
           cache_count(CacheLayer::none);  // answered with the identical request in flight
           continue;
         }
@@ -1382,11 +1389,12 @@ void Dispatcher::housekeeping() {
     return;
   }
   int requeued = 0;
-  wake_awaiting(recover_leases(false, guc_max_attempts, &requeued));
+  const std::vector<int64_t> held_back = held_back_ids();
+  wake_awaiting(recover_leases(false, guc_max_attempts, &requeued, held_back));
   // A safety net, not the mechanism: commits wake the dispatcher at once;
   // this look per second only bounds the cost of a wake-up ever lost.
   maybe_more_work_ = true;
-  wake_awaiting(expire_queued());
+  wake_awaiting(expire_queued(held_back));
   auto retry = next_retry_in_ms();
   if (retry) {
     int64_t due = now_ms() + std::max<int64_t>(0, *retry);

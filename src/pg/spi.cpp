@@ -7,6 +7,7 @@ extern "C" {
 #include "utils/lsyscache.h"
 #include "pgstat.h"
 #include "utils/backend_status.h"
+#include "utils/guc.h"
 #include "utils/snapmgr.h"
 }
 
@@ -28,6 +29,13 @@ void commit() {
   pg_call([] {
     SPI_finish();
     PopActiveSnapshot();
+    // The workers' statements wait only briefly for locks (lock_timeout),
+    // but their COMMIT may take one: the database's NOTIFY lock, held by
+    // each committing transaction that notified, only while it commits.
+    // Failing the commit on a short wait for it would redo work (a batch of
+    // answers) for nothing.
+    (void)set_config_option("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0,
+                            false);
     CommitTransactionCommand();
     // Without this, autovacuum never learns of the worker's writes.
     pgstat_report_stat(false);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Identical concurrent generate() misses are coalesced: eight sessions ask the
 # same deterministic question at once, the GPU sees one request, all eight get
-# the same answer. Then: a follower whose leader goes away is sent on its own.
+# the same answer. Then: a follower whose leader goes away is sent on its own,
+# and a decision due before the identical request could end is not joined to it.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 q() { npc_psql -tAc "$1"; }
@@ -52,3 +53,20 @@ row=$(q "SELECT status, attempts FROM npc_scale.await_decision($id, '10 s')")
 echo "the follower after its leader left: $row"
 [ "$row" = "done|1" ] || { echo "expected done after one counted attempt"; exit 1; }
 q "DELETE FROM npc_scale.decision_queue WHERE npc_id = 9301" >/dev/null
+# A follower never waits past its own deadline: a decision due in 3 s is not
+# joined to an identical generate() request allowed 60 s; it is sent on its own.
+q "SELECT npc_test.gpu_reset('faulty')" >/dev/null
+q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": 4000}')" >/dev/null
+prompt="Coalesce: can the deadline wait for the slow one? $(date +%s%N)"
+npc_psql -tA -c "SELECT npc_scale.generate('$prompt', 5, '{\"temperature\": 0, \"max_tokens\": 12, \"timeout_ms\": 60000}')" \
+  >"$out/long_leader" 2>&1 &
+leader=$!
+npc_wait_sql "SELECT npc_test.gpu_metric('faulty', 'vllm:num_requests_running') = 1" 10 \
+  || { echo "the generate() call did not reach the GPU"; exit 1; }
+id=$(q "SELECT npc_scale.request_decision(9302, 'trade', '$prompt', 5, '$params', '3 s')")
+npc_wait_sql "SELECT npc_test.gpu_metric('faulty', 'fake_gpu_requests_total') = 2" 10 \
+  || { echo "decision $id (due in 3 s) waited on the identical 60 s request"; exit 1; }
+wait "$leader" || true
+echo "a decision due sooner than the identical request in flight was sent on its own"
+q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 0}')" >/dev/null
+q "DELETE FROM npc_scale.decision_queue WHERE npc_id = 9302" >/dev/null
