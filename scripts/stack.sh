@@ -139,7 +139,7 @@ CONF
   npc_as_postgres "$PG_BIN/pg_ctl" -D "$NPC_PGDATA" -l "$NPC_STATE/log/postgres.log" -w -t 60 start \
     >/dev/null || { tail -30 "$NPC_STATE/log/postgres.log"; npc_die "postgres did not start"; }
   echo pg >>"$NPC_STATE/started"
-  npc_psql -d postgres -c "CREATE DATABASE $NPC_DB" >/dev/null
+  npc_psql -d postgres -c "CREATE DATABASE $NPC_DB" >/dev/null || npc_die "could not create database $NPC_DB"
   # The workers connect to $NPC_DB: it exists now, so they come up (restart interval 1 s).
   npc_wait_sql "SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type LIKE 'npc_scale %' AND datname = '$NPC_DB'" 20 \
     || { tail -30 "$NPC_STATE/log/postgres.log"; npc_die "npc_scale workers did not start"; }
