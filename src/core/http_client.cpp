@@ -267,9 +267,9 @@ void HttpClient::collect_finished() {
       r.body = std::move(t.response);
       curl_header* h = nullptr;
       if (curl_easy_header(t.easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK && h) {
-        char* end = nullptr;
-        long long s = std::strtoll(h->value, &end, 10);
-        if (end != h->value && s >= 0) r.retry_after_s = s;
+        // Seconds or an HTTP-date, as libcurl reads it (a date past is 0).
+        curl_off_t s = 0;
+        if (curl_easy_getinfo(t.easy, CURLINFO_RETRY_AFTER, &s) == CURLE_OK && s >= 0) r.retry_after_s = s;
       }
     } else if (t.too_large) {
       r.error = "reply larger than " + std::to_string(t.request.max_response_bytes) + " bytes: aborted";

@@ -18,7 +18,7 @@ uint64_t startup_entropy() {
 }  // namespace
 
 GpuState::GpuState(const Options& opts)
-    : model_{opts.model, opts.profile.max_model_len},
+    : model_{opts.model, opts.profile.max_model_len, opts.priority_scheduling},
       scheduler_(opts.profile),
       prefix_cache_(opts.prefix_cache_entries),
       faults_(opts.faults),

@@ -51,7 +51,8 @@ std::string usage_text() {
          "  --malformed-rate R --drop-rate R --fault-seed N\n"
          "  --unhealthy            start with /health answering 503\n"
          "  --threads N            event loops sharing the port (1)\n"
-         "  --prefix-cache-entries N  simulated prefix-cache size (1024)\n";
+         "  --prefix-cache-entries N  simulated prefix-cache size (1024)\n"
+         "  --scheduling-policy fcfs|priority  as vLLM's: fcfs refuses a nonzero priority (fcfs)\n";
 }
 
 std::optional<std::string> parse_options(int argc, const char* const* argv, Options* out) {
@@ -91,6 +92,11 @@ std::optional<std::string> parse_options(int argc, const char* const* argv, Opti
   flags["--profile"] = [&](const std::string& v) {
     if (!profile_by_name(v)) return "unknown profile " + v + " (rtx3090ti, p40, instant)";
     profile_name = v;
+    return std::string();
+  };
+  flags["--scheduling-policy"] = [&](const std::string& v) {
+    if (v != "fcfs" && v != "priority") return "unknown scheduling policy " + v + " (fcfs, priority)";
+    o.priority_scheduling = v == "priority";
     return std::string();
   };
   integer("--port", 0, 65535, [&](int64_t n) { o.port = static_cast<int>(n); });

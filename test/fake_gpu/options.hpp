@@ -18,6 +18,7 @@ struct Options {
   bool healthy = true;
   int threads = 1;  // event loops sharing the port via SO_REUSEPORT
   size_t prefix_cache_entries = 1024;
+  bool priority_scheduling = false;  // --scheduling-policy priority (vLLM's default: fcfs)
   bool help = false;
 };
 

@@ -194,6 +194,9 @@ ParseResult parse_inference_request(bool chat, const json& body,
                           std::numeric_limits<int32_t>::max(), &v)) {
     return *err;
   }
+  if (v != 0 && !model.priority_scheduling) {
+    return bad_request("Got priority " + std::to_string(v) + " but Priority scheduling is not enabled.");
+  }
   req.priority = static_cast<int>(v);
   if (present(body, "stop")) {
     if (auto err = read_string_list(body["stop"], "stop", true, &req.gen.stop)) return *err;

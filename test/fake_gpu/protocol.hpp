@@ -17,6 +17,9 @@ namespace npc_scale::fake_gpu {
 struct ServedModel {
   std::string name = "npc-llm";
   int max_model_len = 8192;
+  // vLLM's --scheduling-policy priority; under its default (fcfs) a request
+  // with a nonzero priority is refused.
+  bool priority_scheduling = false;
 };
 
 struct ApiError {

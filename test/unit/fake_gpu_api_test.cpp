@@ -306,7 +306,7 @@ TEST(FakeGpuApi, RunningAndWaitingVisibleWhileInFlight) {
 TEST(FakeGpuApi, WaitingQueueServesLowerPriorityValueFirst) {
   // The blocker runs long enough for both others to queue behind it.
   START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "1500", "--per-token-ms", "0",
-                 "--max-batch", "1");
+                 "--max-batch", "1", "--scheduling-policy", "priority");
   Concurrent load;
   load.post(gpu, completion("blocker", 1));
   ASSERT_TRUE(wait_until([&] { return gpu.metric("vllm:num_requests_running") == 1; }));

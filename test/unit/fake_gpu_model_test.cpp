@@ -185,6 +185,8 @@ TEST(FakeGpuTextGen, NaturalStopEndsBeforeBudget) {
 // ---- protocol ----
 
 TEST(FakeGpuProtocol, ParsesCompletionParameters) {
+  ServedModel priority_scheduling;
+  priority_scheduling.priority_scheduling = true;
   InferenceRequest r = parse_ok(false, {{"model", "npc-llm"},
                                         {"prompt", {"a b c", "d"}},
                                         {"max_tokens", 9},
@@ -194,7 +196,8 @@ TEST(FakeGpuProtocol, ParsesCompletionParameters) {
                                         {"priority", -7},
                                         {"stop", "iron"},
                                         {"structured_outputs", {{"choice", {"yes", "no"}}}},
-                                        {"unknown_field", true}});
+                                        {"unknown_field", true}},
+                                priority_scheduling);
   EXPECT_FALSE(r.chat);
   EXPECT_EQ(r.prompts, (std::vector<std::string>{"a b c", "d"}));
   EXPECT_EQ(r.prompt_tokens, (std::vector<int>{3, 1}));
@@ -215,6 +218,14 @@ TEST(FakeGpuProtocol, DefaultsLikeVllm) {
   EXPECT_EQ(r.n, 1);
   EXPECT_EQ(r.priority, 0);
   EXPECT_TRUE(r.gen.choices.empty());
+}
+
+// As vLLM under its default scheduling policy (fcfs): a nonzero priority is a 400.
+TEST(FakeGpuProtocol, APriorityNeedsPriorityScheduling) {
+  EXPECT_EQ(parse_ok(false, {{"prompt", "hi"}, {"priority", 0}}).priority, 0);
+  ApiError e = parse_err(false, {{"prompt", "hi"}, {"priority", 5}});
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.message, "Got priority 5 but Priority scheduling is not enabled.");
 }
 
 TEST(FakeGpuProtocol, OlderGuidedChoiceAccepted) {
