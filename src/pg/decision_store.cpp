@@ -60,7 +60,10 @@ Datum int8_array(const std::vector<int64_t>& ids) {
 // Another session's row lock (cancel_decision() in a transaction left open,
 // an admin's UPDATE) must not stall the dispatcher's one loop. Its row
 // writes wait at most this long, then are redone without the locked rows
-// (FOR UPDATE SKIP LOCKED), which are written on a later round.
+// (SKIP LOCKED), which are written on a later round. Every row lock here is
+// FOR NO KEY UPDATE, what the UPDATEs themselves take (they never change the
+// id): a game row referencing a decision by foreign key (KEY SHARE) blocks
+// none of them.
 constexpr const char* kLockWait = "20ms";
 
 void bound_lock_wait() {
@@ -102,7 +105,7 @@ void claim_in_transaction(int limit, int lease_s, const std::vector<int64_t>& ex
       "   ORDER BY CASE WHEN $3 <= 0 THEN q.priority ELSE greatest(0, q.priority -"
       "              floor(extract(epoch FROM now() - q.created_at) * 1000 / $3)::int) END,"
       "            q.id"
-      "   LIMIT $1 FOR UPDATE OF q SKIP LOCKED) "
+      "   LIMIT $1 FOR NO KEY UPDATE OF q SKIP LOCKED) "
       "UPDATE npc_scale.decision_queue q SET"
       "  status = 'running', attempts = q.attempts + 1,"
       "  leased_until = now() + make_interval(secs => $2),"
@@ -295,7 +298,7 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
       NPC_CLAIM_SET
       "WHERE q.id = ANY (ARRAY(SELECT l.id FROM npc_scale.decision_queue l"
       "                         WHERE l.id = ANY($1) AND (l.status = 'queued') IS TRUE"
-      "                         FOR UPDATE SKIP LOCKED)) "
+      "                         FOR NO KEY UPDATE SKIP LOCKED)) "
       "RETURNING q.id, q.attempts",
       {INT8ARRAYOID, INT4OID});
 #undef NPC_CLAIM_SET
@@ -365,7 +368,7 @@ WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip
   // results are deferred. A row that is gone (purged, or never committed)
   // is neither: its result is dropped, as a fenced-out write would be.
   static SavedPlan lock_plan(
-      "SELECT id FROM npc_scale.decision_queue WHERE id = ANY ($1) FOR UPDATE SKIP LOCKED", {INT8ARRAYOID});
+      "SELECT id FROM npc_scale.decision_queue WHERE id = ANY ($1) FOR NO KEY UPDATE SKIP LOCKED", {INT8ARRAYOID});
   static SavedPlan exists_plan("SELECT id FROM npc_scale.decision_queue WHERE id = ANY ($1)", {INT8ARRAYOID});
   in_transaction("npc_scale: write results, skipping locked rows", [&] {
     if (!extension_present()) return;
@@ -397,7 +400,7 @@ std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* req
       "WHERE id = ANY (ARRAY(SELECT id FROM npc_scale.decision_queue"
       "                       WHERE status = 'running' AND ($1 OR leased_until < now())"
       "                         AND id <> ALL ($3)"
-      "                       FOR UPDATE SKIP LOCKED)) "
+      "                       FOR NO KEY UPDATE SKIP LOCKED)) "
       "RETURNING id, status = 'failed'",
       {BOOLOID, INT4OID, INT8ARRAYOID});
   std::vector<int64_t> failed;
@@ -422,7 +425,7 @@ std::vector<int64_t> expire_queued(const std::vector<int64_t>& exclude) {
       "               || coalesce(error, 'none') END "
       "WHERE id = ANY (ARRAY(SELECT id FROM npc_scale.decision_queue"
       "                       WHERE status = 'queued' AND deadline < now() AND id <> ALL ($1)"
-      "                       FOR UPDATE SKIP LOCKED)) "
+      "                       FOR NO KEY UPDATE SKIP LOCKED)) "
       "RETURNING id",
       {INT8ARRAYOID});
   std::vector<int64_t> expired;
