@@ -17,13 +17,43 @@
 extern "C" {
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 }
 
+namespace {
+
+// Decisions are sent by the dispatcher of one database (npc_scale.database):
+// one queued anywhere else would wait for ever. The database's name is looked
+// up again only when the setting changes.
+void check_served_database() {
+  using namespace npc_scale;
+  static std::optional<std::string> checked_setting;
+  static std::string here;
+  const std::string served = guc_database ? guc_database : "";
+  if (checked_setting != served) {
+    here = pg_call([] {
+      const char* name = get_database_name(MyDatabaseId);
+      return std::string(name ? name : "");
+    });
+    checked_setting = served;
+  }
+  if (here != served) {
+    throw Error("55000",
+                "no npc_scale dispatcher serves database \"" + here + "\" (npc_scale.database is \"" +
+                    served + "\"): a decision queued here would never be sent",
+                {}, "Queue decisions in database \"" + served + "\", or point npc_scale.database here.");
+  }
+}
+
+}  // namespace
+
 NPC_SQL_FUNCTION(npc_scale_request_decision) {
   using namespace npc_scale;
+  check_served_database();
   RequestArgs args;
   if (!PG_ARGISNULL(0)) args.npc_id = PG_GETARG_INT64(0);
   if (!PG_ARGISNULL(1)) args.decision_type = text_arg(PG_GETARG_DATUM(1));
@@ -84,6 +114,7 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
 // empty batch, so a bad call fails the same way whatever its size).
 NPC_SQL_FUNCTION(npc_scale_check_batch) {
   using namespace npc_scale;
+  check_served_database();
   if (PG_ARGISNULL(0) || PG_ARGISNULL(2)) {
     throw Error(sqlstate::null_value_not_allowed, "npc_ids and prompts must not be null");
   }

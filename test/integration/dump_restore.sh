@@ -2,7 +2,8 @@
 # pg_dump keeps the game's npc_scale data: the fleet, queued and answered
 # decisions, the persisted cache, refresh schedules (with their run
 # history) and partition settings come back from a dump restored into a
-# new database, and new ids follow the restored ones.
+# new database, and new ids follow the restored ones. (And decisions are only
+# queued where a dispatcher serves them.)
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 src=npc_dump_src
@@ -16,13 +17,20 @@ trap cleanup EXIT
 cleanup
 q() { npc_psql -d "$1" -tAc "$2"; }
 npc_psql -d postgres -c "CREATE DATABASE $src" >/dev/null
-# No dispatcher serves this database (npc_scale.database names another):
-# the decisions stay as they are written.
+# No dispatcher serves this database (npc_scale.database names another), so
+# request_decision() refuses it; the rows are written as they stand.
+npc_psql -d "$src" -c "CREATE EXTENSION npc_scale" >/dev/null
+out=$(npc_psql -d "$src" -v VERBOSITY=verbose -tAc "SELECT npc_scale.request_decision(1, 'build', 'lost?')" 2>&1 || true)
+grep -q "55000" <<<"$out" && grep -q "no npc_scale dispatcher serves database \"$src\"" <<<"$out" \
+  || { echo "request_decision in a database no dispatcher serves: expected 55000, got: $out"; exit 1; }
+out=$(npc_psql -d "$src" -tAc "SELECT npc_scale.request_decisions(ARRAY[1], 'build', ARRAY['lost?'])" 2>&1 || true)
+grep -q "no npc_scale dispatcher serves database" <<<"$out" \
+  || { echo "request_decisions in a database no dispatcher serves: expected the same error, got: $out"; exit 1; }
 npc_psql -d "$src" >/dev/null <<'SQL'
-CREATE EXTENSION npc_scale;
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, model, api, max_concurrent, api_key, labels)
 VALUES (7, 'http://10.1.2.3:8000', 'npc-llm', 'chat', 12, 'sk-secret', '{"zone": "eu"}');
-SELECT npc_scale.request_decision(g, 'build', 'Village ' || g || ': what next?') FROM generate_series(1, 3) g;
+INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt)
+SELECT g, 'build', 'Village ' || g || ': what next?' FROM generate_series(1, 3) g;
 UPDATE npc_scale.decision_queue SET status = 'done', response = 'granary', finished_at = now()
  WHERE id = (SELECT min(id) FROM npc_scale.decision_queue);
 SELECT npc_scale.cache_set('plan:1', 'granary first', '1 hour', persist => true);
@@ -58,7 +66,7 @@ for t in gpu_endpoints decision_queue cache_store maintenance_jobs maintenance_r
 done
 # New rows continue after the restored ones.
 max_id=$(q "$dst" "SELECT max(id) FROM npc_scale.decision_queue")
-new_id=$(q "$dst" "SELECT npc_scale.request_decision(4, 'build', 'after the restore')")
+new_id=$(q "$dst" "INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt) VALUES (4, 'build', 'after the restore') RETURNING id")
 [ "$new_id" -gt "$max_id" ] || { echo "new decision id $new_id does not follow the restored $max_id"; exit 1; }
 new_job=$(q "$dst" "SELECT npc_scale.schedule_refresh('village_summary', '@hourly')")
 [ "$new_job" -gt "$(q "$dst" "SELECT min(job) FROM npc_scale.maintenance_jobs")" ] \
