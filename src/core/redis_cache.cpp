@@ -144,18 +144,23 @@ void RedisCache::consume(void* raw) {
   // pipelined behind it, are fine.
   if (r->type == REDIS_REPLY_ERROR) note_error_reply(r.get());
   Pending& p = pending_.front();
+  bool lookup_worked = false;  // the first since the script was refused
   if (p.ticket != 0) {
     // A Redis that refuses the script itself (an ACL without @scripting, EVAL
     // renamed away) would make every lookup a miss while it looked up: it is
-    // reported down, with the reason.
+    // reported down, with the reason, and stays down (reconnects back off)
+    // until a lookup succeeds.
     if (r->type == REDIS_REPLY_ERROR && r->str &&
         (strncmp(r->str, "NOPERM", 6) == 0 || strncmp(r->str, "ERR unknown command", 19) == 0)) {
       fail_connection_ = std::string("Redis refuses the lookup script (EVAL): ") + r->str;
+      script_refused_ = true;
       for (Lookup& l : p.lookups) l.result = Result::unavailable;
     }
     // kLookupScript's array: PTTL, GET per key, each an error of its own
-    // (pcall). Any other reply (the script refused) leaves every key a miss.
+    // (pcall). Any other error reply leaves every key a miss.
     if (r->type == REDIS_REPLY_ARRAY && r->elements == p.lookups.size() * 2) {
+      lookup_worked = script_refused_;
+      script_refused_ = false;
       for (size_t i = 0; i < p.lookups.size(); i++) {
         const redisReply* ttl = r->element[2 * i];
         const redisReply* got = r->element[2 * i + 1];
@@ -172,6 +177,7 @@ void RedisCache::consume(void* raw) {
     asks_pending_--;
   }
   pending_.pop_front();
+  if (lookup_worked) mark_up();  // after the pop: its callback may throw
 }
 
 bool RedisCache::read_replies(int64_t now_ms, bool wait) {
@@ -415,6 +421,7 @@ bool RedisCache::finish_connect(int64_t now_ms) {
 }
 
 void RedisCache::mark_up() {
+  if (script_refused_) return;  // logged in, but lookups are not known to work
   backoff_ms_ = 0;
   if (!up_) {
     up_ = true;
@@ -555,8 +562,12 @@ int64_t RedisCache::clear(int64_t now_ms) {
     }
     Reply d(static_cast<redisReply*>(
         redisCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data())));
-    if (!d || d->type != REDIS_REPLY_INTEGER) {
-      fail(d && d->type == REDIS_REPLY_ERROR ? d->str : ctx_->errstr, now_ms);
+    if (!d) {
+      fail(ctx_->errstr, now_ms);
+      return -1;
+    }
+    if (d->type != REDIS_REPLY_INTEGER) {  // refused (an ACL): this clear fails, the connection is fine
+      if (d->type == REDIS_REPLY_ERROR) note_error_reply(d.get());
       return -1;
     }
     deleted += d->integer;

@@ -154,7 +154,8 @@ class RedisCache {
   // Asks whose replies will not come: answered unavailable.
   void answer_pending_unavailable();
   void fail(const std::string& why, int64_t now_ms);
-  // Logged in: back-off reset, "up" reported if it was down.
+  // Logged in: back-off reset, "up" reported if it was down (not while the
+  // lookup script is refused: then once a lookup succeeds).
   void mark_up();
   void disconnect();
 
@@ -184,6 +185,7 @@ class RedisCache {
   };
   // Set by consume() (a refused login, a refused lookup script): read_replies fails the connection.
   std::string fail_connection_;
+  bool script_refused_ = false;  // the last lookup's script was refused (ACL, renamed EVAL)
   // A login command's reply is still to come (they lead a new connection's queue).
   bool logging_in() const { return !pending_.empty() && !pending_.front().login_failure.empty(); }
   std::deque<Pending> pending_;

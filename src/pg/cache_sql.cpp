@@ -33,13 +33,13 @@ std::string checked_key(Datum d) {
 
 NPC_SQL_FUNCTION(npc_scale_cache_get) {
   using namespace npc_scale;
-  std::string key = checked_key(PG_GETARG_DATUM(0));
-  if (std::optional<std::string> own; xact_cache_own(user_key(key), &own)) {  // set, not committed yet
+  const std::string key = user_key(checked_key(PG_GETARG_DATUM(0)));
+  if (std::optional<std::string> own; xact_cache_own(key, &own)) {  // set, not committed yet
     if (!own) PG_RETURN_NULL();
     return text_datum(*own);
   }
   CacheLayer layer;
-  auto value = cache_lookup(user_key(key), true, &layer);
+  auto value = cache_lookup(key, true, &layer);
   if (!value) PG_RETURN_NULL();
   return text_datum(*value);
 }
@@ -48,7 +48,7 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
   using namespace npc_scale;
   if (PG_ARGISNULL(0)) throw Error(sqlstate::null_value_not_allowed, "cache key must not be null");
   if (PG_ARGISNULL(1)) throw Error(sqlstate::null_value_not_allowed, "cache value must not be null");
-  std::string key = checked_key(PG_GETARG_DATUM(0));
+  const std::string key = user_key(checked_key(PG_GETARG_DATUM(0)));
   std::string value = text_arg(PG_GETARG_DATUM(1));
   int64_t ttl_s = 0;
   if (!PG_ARGISNULL(2)) {
@@ -56,25 +56,28 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
   }
   bool persist = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
   if (persist) {
-    cache_put_l3(user_key(key), value, ttl_s);
+    cache_put_l3(key, value, ttl_s);
   } else {
-    cache_forget_l3(user_key(key));
+    cache_forget_l3(key);
   }
-  xact_cache_note_set(user_key(key), value, ttl_s);  // L1 and L2 at COMMIT
+  xact_cache_note_set(key, value, ttl_s);  // L1 and L2 at COMMIT
   PG_RETURN_VOID();
 }
 
 NPC_SQL_FUNCTION(npc_scale_cache_delete) {
   using namespace npc_scale;
-  std::string key = checked_key(PG_GETARG_DATUM(0));
+  const std::string key = user_key(checked_key(PG_GETARG_DATUM(0)));
   std::optional<std::string> own_value;
-  const bool own = xact_cache_own(user_key(key), &own_value) && own_value;  // set, not committed yet
-  PG_RETURN_BOOL(cache_remove(user_key(key)) || own);
+  const bool own = xact_cache_own(key, &own_value) && own_value;  // set, not committed yet
+  const bool removed = cache_remove(key) || own;
+  xact_cache_note_removal(&key);  // L2 and L1 again at COMMIT
+  PG_RETURN_BOOL(removed);
 }
 
 NPC_SQL_FUNCTION(npc_scale_cache_clear) {
   (void)fcinfo;
   npc_scale::cache_clear_all();
+  npc_scale::xact_cache_note_removal(nullptr);  // L2 and L1 again at COMMIT
   PG_RETURN_VOID();
 }
 

@@ -59,11 +59,12 @@ std::optional<size_t> last_write(const std::string& key) {
   return it->second;
 }
 
-// After the commit: nothing may raise here, and nothing may wait long (the
-// session cannot be cancelled now, and still holds its locks). Sets do not
-// wait for Redis's reply; once Redis fails, the rest skip it (L1 still
-// changes). Only each key's last write and the last clear are applied:
-// what they supersede would be undone at once.
+// After the commit: nothing may raise here, and little may wait (the session
+// cannot be cancelled now, and still holds its locks). Sets do not wait for
+// Redis's reply; deletes and a clear do, each bounded by the command
+// timeout, and once Redis fails the rest skip it (L1 still changes). Only
+// each key's last write and the last clear are applied: what they
+// supersede would be undone at once.
 void apply_at_commit() noexcept {
   bool redis_ok = true;
   const int64_t now = steady_now_ms();
@@ -79,7 +80,7 @@ void apply_at_commit() noexcept {
         redis_ok = cache_drop_upper(&op.key, redis_ok) && redis_ok;
       } else {
         const int64_t ttl_s = op.expires_ms > 0 ? (op.expires_ms - now + 999) / 1000 : 0;
-        cache_store(op.key, op.value, ttl_s, /*wait_for_redis=*/false);
+        cache_store(op.key, op.value, ttl_s);
       }
     } catch (...) {
     }

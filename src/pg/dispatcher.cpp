@@ -890,6 +890,7 @@ void Dispatcher::claim_and_send() {
     info.attempts = d.attempts;
     try {
       GenerationParams params = parse_params(d.params);
+      const long timeout = request_timeout_ms(params, d.deadline_in_ms);
       CachePolicy policy = cache_policy(params, guc_cache_default_ttl_s);
       if (policy.use) {
         info.cache_key = generation_key(generation_cache_key(fleet_signature_, d.prompt, params));
@@ -910,12 +911,11 @@ void Dispatcher::claim_and_send() {
           pending_results_.push_back(std::move(res));
           continue;
         }
-        if (coalesce(info, now_ms() + request_timeout_ms(params, d.deadline_in_ms))) {
+        if (coalesce(info, now_ms() + timeout)) {
           cache_count(CacheLayer::none);  // answered with the identical request in flight
           continue;
         }
       }
-      const long timeout = request_timeout_ms(params, d.deadline_in_ms);
       auto pick = route(d.priority, affinity_key(d), d.last_gpu_id);
       if (!pick) {
         // No slot it may use (the only free ones are the urgent reserve, or
@@ -1185,7 +1185,7 @@ void Dispatcher::fill_cache() {
   fills.swap(cache_fills_);
   for (const CacheFill& c : fills) {
     try {
-      cache_store(c.key, c.response, c.ttl_s, /*wait_for_redis=*/false);
+      cache_store(c.key, c.response, c.ttl_s);
     } catch (const std::exception& e) {
       log_warning(std::string("cache store failed: ") + e.what());
     }
@@ -1267,7 +1267,7 @@ void Dispatcher::handle_finished() {
   for (HttpResult& http : http_.take_finished()) {
     auto it = in_flight_.find(http.tag);
     if (it == in_flight_.end()) continue;
-    InFlight f = it->second;
+    InFlight f = std::move(it->second);
     in_flight_.erase(it);
     if (f.kind == Work::probe || f.kind == Work::scrape) {
       finish_probe_or_scrape(f, http);

@@ -5,7 +5,6 @@
 
 #include "core/steady_clock.hpp"
 #include "core/redis_cache.hpp"
-#include "cache_xact.hpp"
 #include "guard.hpp"
 #include "gucs.hpp"
 #include "l1_cache.hpp"
@@ -278,15 +277,11 @@ int64_t cache_l2_next_event_ms() {
   return redis().ask_timeout_in_ms(now_ms());
 }
 
-void cache_store(const std::string& key, const std::string& value, int64_t ttl_s, bool wait_for_redis) {
+void cache_store(const std::string& key, const std::string& value, int64_t ttl_s) {
   l1_put(key, value, ttl_s > 0 ? ttl_s * 1000 : 0);
   refresh_redis_config();
   uint64_t errors_before = redis().errors();
-  if (wait_for_redis) {
-    redis().set(key, value, ttl_s, now_ms());
-  } else {
-    redis().set_nowait(key, value, ttl_s, now_ms());
-  }
+  redis().set_nowait(key, value, ttl_s, now_ms());
   note_redis_state(errors_before);
 }
 
@@ -310,7 +305,6 @@ bool cache_remove(const std::string& key) {
     removed = *in_l2 || removed;
   }
   removed = l1_erase(key) || removed;
-  xact_cache_note_removal(&key);
   return removed;
 }
 
@@ -325,7 +319,6 @@ void cache_clear_all() {
     if (cleared < 0) redis_unreachable("cache_clear()");
   }
   l1_clear();
-  xact_cache_note_removal(nullptr);
 }
 
 bool cache_drop_upper(const std::string* key, bool try_redis) {

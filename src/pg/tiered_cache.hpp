@@ -41,19 +41,16 @@ int cache_l2_wait_fd();
 // pending ask times out; -1 if nothing is pending.
 int64_t cache_l2_next_event_ms();
 
-// Writes L1 and L2. ttl_s <= 0: no expiry. wait_for_redis false: the L2
-// write does not wait for Redis's reply (the dispatcher's event loop); L1
-// has the value at once either way.
-void cache_store(const std::string& key, const std::string& value, int64_t ttl_s,
-                 bool wait_for_redis = true);
+// Writes L1, and L2 without waiting for Redis's reply. ttl_s <= 0: no expiry.
+void cache_store(const std::string& key, const std::string& value, int64_t ttl_s);
 // Writes the key's L3 row (SPI).
 void cache_put_l3(const std::string& key, const std::string& value, int64_t ttl_s);
 // Deletes a key's L3 row (cache_set without persist: an older persisted
 // value must not come back once the new one expires from L1 and L2).
 bool cache_forget_l3(const std::string& key);
 
-// cache_delete() / cache_clear(): L3, L2 (which must confirm), L1, and
-// again from L2 and L1 at COMMIT (cache_xact).
+// cache_delete() / cache_clear(): L3, L2 (which must confirm), L1. The
+// caller notes them for COMMIT (cache_xact), which repeats L2 and L1.
 bool cache_remove(const std::string& key);
 void cache_clear_all();
 // The key (nullptr: every key) out of L2 and L1, Redis best effort (and

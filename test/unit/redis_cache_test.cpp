@@ -566,19 +566,42 @@ TEST_F(RedisCacheLive, ARefusedLookupScriptIsReportedDown) {
   freeReplyObject(redisCommand(admin, "ACL SETUSER default -@scripting"));
   redisFree(admin);
   std::vector<std::string> downs;
+  int ups = 0;
   cache.on_state_change = [&](bool up, const std::string& why) {
-    if (!up) downs.push_back(why);
+    if (up) {
+      ups++;
+    } else {
+      downs.push_back(why);
+    }
   };
   RedisConfig c;
   c.port = port;
   c.command_timeout_ms = 5000;
   cache.configure(c);
   std::string v;
-  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::unavailable);
+  int64_t t = now_ms();
+  EXPECT_EQ(cache.get("k", &v, t), RedisCache::Result::unavailable);
   EXPECT_FALSE(cache.up());
   ASSERT_EQ(downs.size(), 1u);
   EXPECT_NE(downs[0].find("EVAL"), std::string::npos) << downs[0];
   EXPECT_NE(downs[0].find("NOPERM"), std::string::npos) << downs[0];
+  // Reconnects (each past its back-off) log in fine, but Redis is not
+  // reported up, nor down again, while the script is refused.
+  for (int i = 0; i < 3; i++) {
+    t += 10000;
+    EXPECT_EQ(cache.get("k", &v, t), RedisCache::Result::unavailable);
+  }
+  EXPECT_EQ(ups, 0);
+  EXPECT_EQ(downs.size(), 1u);
+  // Allowed again: the next lookup works, and Redis is up, reported once.
+  admin = redisConnect("127.0.0.1", port);
+  ASSERT_TRUE(admin != nullptr && admin->err == 0);
+  freeReplyObject(redisCommand(admin, "ACL SETUSER default +@scripting"));
+  redisFree(admin);
+  t += 10000;
+  EXPECT_EQ(cache.get("k", &v, t), RedisCache::Result::miss);
+  EXPECT_TRUE(cache.up());
+  EXPECT_EQ(ups, 1);
 }
 
 namespace {
