@@ -31,15 +31,22 @@ echo "distinct answers: $answers, requests at the GPU: $requests"
 # generate() call that statement_timeout cancels while a queued decision with
 # the same question waits on its request: the decision is sent again and
 # answered, and the attempt it waited through (never sent) is not counted.
-q "SELECT npc_test.gpu_reset('faulty')" >/dev/null
-q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": 6000}')" >/dev/null
+# start_leader SLOW_MS OUTFILE PSQL_ARGS...: the GPU slowed to SLOW_MS, then
+# a generate() call (PSQL_ARGS) in the background until its request is at
+# the GPU; $leader is its pid.
+start_leader() {
+  local slow_ms=$1 outfile=$2
+  shift 2
+  q "SELECT npc_test.gpu_reset('faulty')" >/dev/null
+  q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": $slow_ms}')" >/dev/null
+  npc_psql -tA "$@" >"$outfile" 2>&1 &
+  leader=$!
+  npc_wait_sql "SELECT npc_test.gpu_metric('faulty', 'vllm:num_requests_running') = 1" 10 \
+    || { echo "the generate() call did not reach the GPU"; exit 1; }
+}
 prompt="Coalesce: who answers when the leader leaves? $(date +%s%N)"
 params='{"temperature": 0, "max_tokens": 12}'
-npc_psql -tA -c "SET statement_timeout = '3000 ms'" -c "SELECT npc_scale.generate('$prompt', 5, '$params')" \
-  >"$out/leader" 2>&1 &
-leader=$!
-npc_wait_sql "SELECT npc_test.gpu_metric('faulty', 'vllm:num_requests_running') = 1" 10 \
-  || { echo "the generate() call did not reach the GPU"; exit 1; }
+start_leader 6000 "$out/leader" -c "SET statement_timeout = '3000 ms'" -c "SELECT npc_scale.generate('$prompt', 5, '$params')"
 id=$(q "SELECT npc_scale.request_decision(9301, 'trade', '$prompt', 5, '$params')")
 # Claimed, and no second request at the GPU: it waits on the leader's.
 npc_wait_sql "SELECT status = 'running' FROM npc_scale.decision_queue WHERE id = $id" 10 \
@@ -55,14 +62,9 @@ echo "the follower after its leader left: $row"
 q "DELETE FROM npc_scale.decision_queue WHERE npc_id = 9301" >/dev/null
 # A follower never waits past its own deadline: a decision due in 3 s is not
 # joined to an identical generate() request allowed 60 s; it is sent on its own.
-q "SELECT npc_test.gpu_reset('faulty')" >/dev/null
-q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": 4000}')" >/dev/null
 prompt="Coalesce: can the deadline wait for the slow one? $(date +%s%N)"
-npc_psql -tA -c "SELECT npc_scale.generate('$prompt', 5, '{\"temperature\": 0, \"max_tokens\": 12, \"timeout_ms\": 60000}')" \
-  >"$out/long_leader" 2>&1 &
-leader=$!
-npc_wait_sql "SELECT npc_test.gpu_metric('faulty', 'vllm:num_requests_running') = 1" 10 \
-  || { echo "the generate() call did not reach the GPU"; exit 1; }
+start_leader 4000 "$out/long_leader" \
+  -c "SELECT npc_scale.generate('$prompt', 5, '{\"temperature\": 0, \"max_tokens\": 12, \"timeout_ms\": 60000}')"
 id=$(q "SELECT npc_scale.request_decision(9302, 'trade', '$prompt', 5, '$params', '3 s')")
 npc_wait_sql "SELECT npc_test.gpu_metric('faulty', 'fake_gpu_requests_total') = 2" 10 \
   || { echo "decision $id (due in 3 s) waited on the identical 60 s request"; exit 1; }
