@@ -88,7 +88,9 @@ std::optional<L3Row> l3_get(const std::string& key) {
   return row;
 }
 
-void l3_put(const std::string& key, const std::string& value, int64_t ttl_s) {
+}  // namespace
+
+void cache_put_l3(const std::string& key, const std::string& value, int64_t ttl_s) {
   static SavedPlan plan(
       "INSERT INTO npc_scale.cache_store (key, value, expires_at)"
       " VALUES ($1, $2, CASE WHEN $3 > 0 THEN pg_catalog.clock_timestamp() + make_interval(secs => $3) END)"
@@ -97,14 +99,12 @@ void l3_put(const std::string& key, const std::string& value, int64_t ttl_s) {
   with_spi([&] { plan.execute({text_datum(key), text_datum(value), Int64GetDatum(ttl_s)}); });
 }
 
-bool l3_delete(const std::string& key) {
+bool cache_forget_l3(const std::string& key) {
   static SavedPlan plan("DELETE FROM npc_scale.cache_store WHERE key = $1", {TEXTOID});
   bool deleted = false;
   with_spi([&] { deleted = plan.execute({text_datum(key)}) > 0; });
   return deleted;
 }
-
-}  // namespace
 
 const char* cache_layer_name(CacheLayer layer) {
   switch (layer) {
@@ -285,17 +285,13 @@ void cache_store(const std::string& key, const std::string& value, int64_t ttl_s
   note_redis_state(errors_before);
 }
 
-void cache_put_l3(const std::string& key, const std::string& value, int64_t ttl_s) {
-  l3_put(key, value, ttl_s);
-}
-
 // Bottom-up, so a reader between the steps finds nothing to bring back up
 // (and what it promotes is dropped: L1's epoch moves with the erase). L2
 // must confirm: a value left in Redis would come back on the next L1 miss,
 // so an unreachable Redis is an error, and this transaction's L3 change
 // rolls back with it.
 bool cache_remove(const std::string& key) {
-  bool removed = l3_delete(key);
+  bool removed = cache_forget_l3(key);
   refresh_redis_config();
   if (redis().enabled()) {
     uint64_t errors_before = redis().errors();
@@ -340,6 +336,5 @@ bool cache_drop_upper(const std::string* key, bool try_redis) {
   return redis_ok;
 }
 
-bool cache_forget_l3(const std::string& key) { return l3_delete(key); }
 
 }  // namespace npc_scale
