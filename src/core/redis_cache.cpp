@@ -505,12 +505,16 @@ bool RedisCache::set(const std::string& key, const std::string& value, int64_t t
 }
 
 bool RedisCache::set_nowait(const std::string& key, const std::string& value, int64_t ttl_s,
-                            int64_t now_ms) {
+                            int64_t now_ms, WhenBehind behind) {
   // Left unread up to a bound: past it the value is not cached in L2 rather
   // than the caller waiting for Redis. Not before the login is through: a
   // SET behind a refused AUTH or SELECT could still land in the wrong
   // database. (An ask may wait behind it: its answer is only read.)
   if (!ensure_connected(now_ms, false)) return false;
+  if (behind == WhenBehind::wait && (logging_in() || pending_.size() >= kMaxUnreadReplies) &&
+      !read_replies(now_ms, true)) {
+    return false;  // no reply within the command timeout: the connection is failed
+  }
   if (logging_in()) read_arrived(now_ms);
   if (logging_in() || !room_for_another(now_ms)) return false;
   const std::string full = config_.prefix + key;

@@ -70,9 +70,14 @@ class RedisCache {
   // and its reply read later (take_answers(), or before the next command
   // that waits for one). For the dispatcher, whose event loop should not sit
   // out a round trip per answer it caches. False if it could not be written,
-  // or if 64 replies (SETs and asks) are still outstanding: a Redis that far
-  // behind is not waited for.
-  bool set_nowait(const std::string& key, const std::string& value, int64_t ttl_s, int64_t now_ms);
+  // or if 64 replies (SETs and asks) are still outstanding and `behind` is
+  // skip: a Redis that far behind is not waited for. With wait, the replies
+  // read so far are waited for instead (the command timeout at most), for a
+  // caller that must not lose the write to a burst of its own, such as a
+  // transaction's sets applied at COMMIT.
+  enum class WhenBehind { skip, wait };
+  bool set_nowait(const std::string& key, const std::string& value, int64_t ttl_s, int64_t now_ms,
+                  WhenBehind behind = WhenBehind::skip);
   // Replies of set_nowait() and ask() not read yet.
   int unread_replies() const { return static_cast<int>(pending_.size()); }
 

@@ -60,9 +60,10 @@ std::optional<size_t> last_write(const std::string& key) {
 }
 
 // After the commit: nothing may raise here, and little may wait (the session
-// cannot be cancelled now, and still holds its locks). Sets do not wait for
-// Redis's reply; deletes and a clear do, each bounded by the command
-// timeout, and once Redis fails the rest skip it (L1 still changes). Only
+// cannot be cancelled now, and still holds its locks). Sets wait for
+// Redis's replies only when 64 are unread; deletes and a clear do, each
+// bounded by the command timeout, and once Redis fails the rest skip it
+// (L1 still changes). Only
 // each key's last write and the last clear are applied: what they
 // supersede would be undone at once.
 void apply_at_commit() noexcept {
@@ -80,7 +81,11 @@ void apply_at_commit() noexcept {
         redis_ok = cache_drop_upper(&op.key, redis_ok) && redis_ok;
       } else {
         const int64_t ttl_s = op.expires_ms > 0 ? (op.expires_ms - now + 999) / 1000 : 0;
-        cache_store(op.key, op.value, ttl_s);
+        // Waiting when 64 replies are unread: else a transaction of many
+        // sets would leave most of them out of Redis.
+        redis_ok = cache_store(op.key, op.value, ttl_s,
+                               redis_ok ? RedisCache::WhenBehind::wait : RedisCache::WhenBehind::skip) &&
+                   redis_ok;
       }
     } catch (...) {
     }

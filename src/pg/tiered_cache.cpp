@@ -4,7 +4,6 @@
 #include <unordered_map>
 
 #include "core/steady_clock.hpp"
-#include "core/redis_cache.hpp"
 #include "guard.hpp"
 #include "gucs.hpp"
 #include "l1_cache.hpp"
@@ -277,12 +276,14 @@ int64_t cache_l2_next_event_ms() {
   return redis().ask_timeout_in_ms(now_ms());
 }
 
-void cache_store(const std::string& key, const std::string& value, int64_t ttl_s) {
+bool cache_store(const std::string& key, const std::string& value, int64_t ttl_s,
+                 RedisCache::WhenBehind behind) {
   l1_put(key, value, ttl_s > 0 ? ttl_s * 1000 : 0);
   refresh_redis_config();
   uint64_t errors_before = redis().errors();
-  redis().set_nowait(key, value, ttl_s, now_ms());
+  redis().set_nowait(key, value, ttl_s, now_ms(), behind);
   note_redis_state(errors_before);
+  return redis().errors() == errors_before;
 }
 
 // Bottom-up, so a reader between the steps finds nothing to bring back up

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/l2_asks.hpp"
+#include "core/redis_cache.hpp"
 
 namespace npc_scale {
 
@@ -41,8 +42,11 @@ int cache_l2_wait_fd();
 // pending ask times out; -1 if nothing is pending.
 int64_t cache_l2_next_event_ms();
 
-// Writes L1, and L2 without waiting for Redis's reply. ttl_s <= 0: no expiry.
-void cache_store(const std::string& key, const std::string& value, int64_t ttl_s);
+// Writes L1, and L2 without waiting for Redis's reply; with `behind` wait,
+// replies are waited for when 64 are unread rather than the L2 write
+// skipped. ttl_s <= 0: no expiry. False if Redis failed meanwhile.
+bool cache_store(const std::string& key, const std::string& value, int64_t ttl_s,
+                 RedisCache::WhenBehind behind = RedisCache::WhenBehind::skip);
 // Writes the key's L3 row (SPI).
 void cache_put_l3(const std::string& key, const std::string& value, int64_t ttl_s);
 // Deletes a key's L3 row (cache_set without persist: an older persisted

@@ -1,6 +1,6 @@
 -- The three-tier cache: promotion L3 → L2 → L1, TTL expiry, the L1 budget
 -- under an overfill, cached decisions and generate() answers.
-SELECT plan(48);
+SELECT plan(50);
 
 SELECT npc_scale.cache_clear();
 CREATE TEMP TABLE s0 AS SELECT * FROM npc_scale.cache_stats;
@@ -133,6 +133,16 @@ SELECT pg_temp.redis('SET npc_scale:cache:kv:tx:g during-the-clear');
 COMMIT;
 SELECT results_eq($$ SELECT pg_temp.redis('EXISTS npc_scale:cache:kv:tx:f'), pg_temp.redis('EXISTS npc_scale:cache:kv:tx:g') $$,
   $$ VALUES ('0', '0') $$, 'after the clear''s COMMIT neither is in Redis');
+
+-- Every set of a big transaction reaches Redis at COMMIT: past the bound on
+-- replies left unread, COMMIT waits for Redis's replies rather than skip keys.
+BEGIN;
+SELECT count(npc_scale.cache_set('bulk:' || g, 'value ' || g, '1 hour')) AS bulk_sets FROM generate_series(1, 3000) g;
+COMMIT;
+SELECT is(pg_temp.program_output(format('redis-cli -p %s --scan --pattern %L | wc -l',
+            current_setting('npc_scale.redis_port'), 'npc_scale:cache:kv:bulk:*')), '3000',
+  'all 3000 cache_set() of one transaction are in Redis after its COMMIT');
+SELECT is(pg_temp.redis('GET npc_scale:cache:kv:bulk:2999'), 'value 2999', '… with their values');
 
 -- TTL: expired entries are misses in every layer.
 SELECT npc_scale.cache_set('brief', 'gone soon', '1 s');

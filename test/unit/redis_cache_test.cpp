@@ -296,6 +296,49 @@ TEST_F(RedisCacheLive, OutstandingRepliesAreBoundedWithoutWaiting) {
   EXPECT_EQ(cache.get("k65", &v, now_ms()), RedisCache::Result::miss) << "the refused SET";
 }
 
+// With WhenBehind::wait (a transaction's sets at COMMIT), a burst past the
+// unread bound is not cut short: at 64 unread the replies are waited for,
+// here while Redis is paused, and every SET is written.
+TEST_F(RedisCacheLive, WaitingWhenBehindWritesEverySetOfABurst) {
+  RedisConfig c;
+  c.port = port;
+  c.command_timeout_ms = 5000;  // the pause below is shorter
+  cache.configure(c);
+  std::string v;
+  ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);  // connected
+  pause_redis(port, 300);
+  for (int i = 1; i <= 300; i++) {
+    ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v" + std::to_string(i), 60, now_ms(),
+                                 RedisCache::WhenBehind::wait))
+        << "SET " << i;
+    ASSERT_LE(cache.unread_replies(), 64);
+  }
+  EXPECT_TRUE(cache.up());
+  for (int i = 1; i <= 300; i++) {
+    ASSERT_EQ(cache.get("k" + std::to_string(i), &v, now_ms()), RedisCache::Result::hit) << i;
+    EXPECT_EQ(v, "v" + std::to_string(i));
+  }
+}
+
+// ... but a Redis that stops answering is waited for once, up to the
+// command timeout: then it is down, and the SETs after that are refused at
+// once (backing off), not each waited for.
+TEST_F(RedisCacheLive, WaitingWhenBehindIsBoundedByTheCommandTimeout) {
+  std::string v;
+  ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);
+  server->freeze();
+  for (int i = 0; i < 64; i++) ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v", 60, now_ms()));
+  EXPECT_FALSE(cache.set_nowait("more", "v", 60, now_ms(), RedisCache::WhenBehind::wait));
+  EXPECT_FALSE(cache.up()) << "no reply within the command timeout: down";
+  EXPECT_EQ(cache.unread_replies(), 0);
+  const uint64_t errors = cache.errors();
+  for (int i = 0; i < 100; i++) {
+    EXPECT_FALSE(cache.set_nowait("after" + std::to_string(i), "v", 60, now_ms(), RedisCache::WhenBehind::wait));
+  }
+  EXPECT_EQ(cache.errors(), errors) << "backing off: not tried again";
+  server->thaw();
+}
+
 TEST_F(RedisCacheLive, GetManyAnswersEachKeyInOrderInOneRoundTrip) {
   ASSERT_TRUE(cache.set("a", "alpha", 60, now_ms()));
   ASSERT_TRUE(cache.set("c", "gamma", 0, now_ms()));
