@@ -34,62 +34,125 @@ std::vector<std::string> profile_names() {
   return names;
 }
 
-double service_time_ms(const GpuProfile& p, int completion_tokens, int running,
-                       bool prefix_hit) {
-  double base = prefix_hit ? p.base_ms * p.prefix_hit_factor : p.base_ms;
+double prefill_ms(const GpuProfile& p, bool prefix_hit) {
+  return prefix_hit ? p.base_ms * p.prefix_hit_factor : p.base_ms;
+}
+
+double step_ms(const GpuProfile& p, int running) {
   double others = std::max(0, running - 1);
-  double slowdown =
-      1.0 + p.batch_slowdown * others / std::max(1, p.max_batch);
-  return base + completion_tokens * p.per_token_ms * slowdown;
+  return p.per_token_ms * (1.0 + p.batch_slowdown * others / std::max(1, p.max_batch));
 }
 
-Admission Scheduler::admit(const Job& job) {
-  running_.emplace(job.id, job);
-  peak_running_ = std::max(peak_running_, running_.size());
-  double ms = service_time_ms(profile_, job.completion_tokens,
-                              static_cast<int>(running_.size()),
-                              job.prefix_hit) +
-              job.extra_ms;
-  return {job.id, ms};
+namespace {
+// Finishing times are sums of doubles: "done" allows for their rounding.
+constexpr double kDoneEpsilonMs = 1e-6;
+}  // namespace
+
+double Scheduler::left_ms(const Running& r, double step) const {
+  return r.prefill_left_ms + r.tokens_left * step;
 }
 
-std::optional<Admission> Scheduler::submit(const Job& job) {
-  if (running_.size() < static_cast<size_t>(std::max(1, profile_.max_batch))) {
-    return admit(job);
+std::optional<double> Scheduler::next_finish() const {
+  if (running_.empty()) return std::nullopt;
+  const double step = step_ms(profile_, static_cast<int>(running_.size()));
+  double soonest = left_ms(running_.front(), step);
+  for (const Running& r : running_) soonest = std::min(soonest, left_ms(r, step));
+  return clock_ms_ + soonest;
+}
+
+void Scheduler::progress_to(double t) {
+  const double dt = t - clock_ms_;
+  if (dt <= 0) return;
+  const double step = step_ms(profile_, static_cast<int>(running_.size()));
+  for (Running& r : running_) {
+    const double prefill = std::min(dt, r.prefill_left_ms);
+    r.prefill_left_ms -= prefill;
+    const double decoding = dt - prefill;
+    if (decoding > 0) r.tokens_left = step > 0 ? std::max(0.0, r.tokens_left - decoding / step) : 0;
   }
-  auto key = std::make_pair(job.priority, arrivals_++);
-  waiting_.emplace(key, job);
-  waiting_keys_.emplace(job.id, key);
-  return std::nullopt;
+  clock_ms_ = t;
 }
 
-std::vector<Admission> Scheduler::fill_slots() {
-  std::vector<Admission> out;
+void Scheduler::run_until(double now_ms, std::vector<uint64_t>* finished) {
+  // Callers on other threads read their clocks before taking the lock: a
+  // time slightly behind the scheduler's is "now".
+  if (!clock_started_) {
+    clock_ms_ = now_ms;
+    clock_started_ = true;
+  }
+  for (;;) {
+    std::optional<double> next = next_finish();
+    if (!next || *next > now_ms + kDoneEpsilonMs) break;
+    progress_to(*next);
+    const double step = step_ms(profile_, static_cast<int>(running_.size()));
+    auto done = [&](const Running& r) { return left_ms(r, step) <= kDoneEpsilonMs; };
+    for (const Running& r : running_) {
+      if (done(r)) finished->push_back(r.job.id);
+    }
+    running_.erase(std::remove_if(running_.begin(), running_.end(), done), running_.end());
+    fill_slots();
+  }
+  progress_to(now_ms);
+}
+
+void Scheduler::admit(const Job& job) {
+  running_.push_back(Running{job, prefill_ms(profile_, job.prefix_hit) + job.extra_ms,
+                             static_cast<double>(std::max(0, job.completion_tokens))});
+  peak_running_ = std::max(peak_running_, running_.size());
+}
+
+void Scheduler::fill_slots() {
   while (!waiting_.empty() &&
          running_.size() < static_cast<size_t>(std::max(1, profile_.max_batch))) {
     auto it = waiting_.begin();
     Job job = it->second;
     waiting_keys_.erase(job.id);
     waiting_.erase(it);
-    out.push_back(admit(job));
+    admit(job);
   }
-  return out;
 }
 
-std::vector<Admission> Scheduler::finish(uint64_t id) {
-  running_.erase(id);
-  return fill_slots();
+Progress Scheduler::report(std::vector<uint64_t> finished) const {
+  return Progress{std::move(finished), next_finish()};
 }
 
-std::vector<Admission> Scheduler::cancel(uint64_t id) {
+Progress Scheduler::submit(const Job& job, double now_ms) {
+  std::vector<uint64_t> finished;
+  run_until(now_ms, &finished);
+  if (running_.size() < static_cast<size_t>(std::max(1, profile_.max_batch))) {
+    admit(job);
+    run_until(now_ms, &finished);  // no work at all: done now
+  } else {
+    auto key = std::make_pair(job.priority, arrivals_++);
+    waiting_.emplace(key, job);
+    waiting_keys_.emplace(job.id, key);
+  }
+  return report(std::move(finished));
+}
+
+Progress Scheduler::advance(double now_ms) {
+  std::vector<uint64_t> finished;
+  run_until(now_ms, &finished);
+  return report(std::move(finished));
+}
+
+Progress Scheduler::cancel(uint64_t id, double now_ms) {
+  std::vector<uint64_t> finished;
+  run_until(now_ms, &finished);
   auto wk = waiting_keys_.find(id);
   if (wk != waiting_keys_.end()) {
     waiting_.erase(wk->second);
     waiting_keys_.erase(wk);
-    return {};
+  } else {
+    auto it = std::find_if(running_.begin(), running_.end(),
+                           [&](const Running& r) { return r.job.id == id; });
+    if (it != running_.end()) {
+      running_.erase(it);
+      fill_slots();
+      run_until(now_ms, &finished);
+    }
   }
-  if (running_.erase(id) == 0) return {};
-  return fill_slots();
+  return report(std::move(finished));
 }
 
 bool PrefixCache::lookup_and_insert(std::string_view prompt) {

@@ -1,7 +1,7 @@
 // The simulated GPU: timing profiles, a vLLM-like continuous-batching
 // scheduler (bounded running set + priority-ordered waiting queue) and a
-// prefix cache. Pure logic with no clock: the server turns service times into
-// libevent timers, tests drive it directly.
+// prefix cache. Pure logic: the caller passes the time, the server arms a
+// libevent timer for the next finish, tests drive it directly.
 #pragma once
 
 #include <cstddef>
@@ -34,37 +34,48 @@ struct GpuProfile {
 std::optional<GpuProfile> profile_by_name(std::string_view name);
 std::vector<std::string> profile_names();
 
-// Service time of a request admitted when `running` requests (itself
-// included) occupy the GPU:
-//   base' + tokens * per_token * (1 + slowdown * (running - 1) / max_batch)
-// where base' is base_ms, scaled by prefix_hit_factor on a cache hit.
-double service_time_ms(const GpuProfile& p, int completion_tokens, int running,
-                       bool prefix_hit);
-
-struct Admission {
-  uint64_t id;
-  double service_ms;  // includes the job's extra_ms (slow fault)
-};
+// A request's fixed cost (prefill, scheduling): base_ms, scaled by
+// prefix_hit_factor on a prefix-cache hit. Not slowed by the batch.
+double prefill_ms(const GpuProfile& p, bool prefix_hit);
+// Time of one decode step, i.e. per generated token of each running
+// request, while `running` requests share the GPU:
+//   per_token_ms * (1 + batch_slowdown * (running - 1) / max_batch)
+double step_ms(const GpuProfile& p, int running);
 
 struct Job {
   uint64_t id = 0;
   int priority = 0;  // lower runs first, like vLLM's priority scheduling
   int completion_tokens = 1;
   bool prefix_hit = false;
-  double extra_ms = 0;
+  double extra_ms = 0;  // the slow fault: added to the fixed cost
 };
 
+// What a call to the scheduler changed: the jobs that finished by then, in
+// the order they finished, and when the next running job will finish if
+// nothing else changes (none: nothing runs).
+struct Progress {
+  std::vector<uint64_t> finished;
+  std::optional<double> next_finish_ms;
+};
+
+// Continuous batching, as vLLM's engine: every running request advances by
+// one token per decode step, and a step's time depends on how many run at
+// that moment. So a request admitted into an empty GPU slows down as others
+// join and speeds up as they leave; its finishing time is known only up to
+// the next change, and every call below moves the simulated clock to
+// `now_ms` first (finishing what was due by then, in order).
 class Scheduler {
  public:
   explicit Scheduler(GpuProfile profile) : profile_(std::move(profile)) {}
 
-  // Admits the job if a batch slot is free, otherwise queues it.
-  std::optional<Admission> submit(const Job& job);
-  // The job finished: frees its slot and admits waiting jobs into it.
-  std::vector<Admission> finish(uint64_t id);
-  // Aborts a running or waiting job (client went away); returns jobs admitted
-  // into a freed slot. Unknown ids are ignored.
-  std::vector<Admission> cancel(uint64_t id);
+  // Admits the job if a batch slot is free, otherwise queues it. A job with
+  // no work at all (the instant profile) is finished at once.
+  Progress submit(const Job& job, double now_ms);
+  // Just moves the clock: what has finished by now_ms.
+  Progress advance(double now_ms);
+  // Aborts a running or waiting job (client went away); a freed slot goes to
+  // the next waiting job. Unknown ids are ignored.
+  Progress cancel(uint64_t id, double now_ms);
 
   size_t running() const { return running_.size(); }
   size_t waiting() const { return waiting_.size(); }
@@ -74,11 +85,27 @@ class Scheduler {
   const GpuProfile& profile() const { return profile_; }
 
  private:
-  Admission admit(const Job& job);
-  std::vector<Admission> fill_slots();
+  struct Running {
+    Job job;
+    double prefill_left_ms;  // fixed cost still to go, spent first
+    double tokens_left;      // then decode steps
+  };
+  double left_ms(const Running& r, double step) const;
+  std::optional<double> next_finish() const;
+  // Runs the clock to now_ms event by event: each finish changes the batch
+  // (and so the step time) and may admit waiting jobs.
+  void run_until(double now_ms, std::vector<uint64_t>* finished);
+  // Progresses every running job by the time from clock_ to t, at the
+  // current step time (the batch does not change in between).
+  void progress_to(double t);
+  void admit(const Job& job);
+  void fill_slots();
+  Progress report(std::vector<uint64_t> finished) const;
 
   GpuProfile profile_;
-  std::unordered_map<uint64_t, Job> running_;
+  double clock_ms_ = 0;
+  bool clock_started_ = false;
+  std::vector<Running> running_;  // admission order: ties finish in it
   // (priority, arrival) keeps FIFO order within one priority.
   std::map<std::pair<int, uint64_t>, Job> waiting_;
   std::unordered_map<uint64_t, std::pair<int, uint64_t>> waiting_keys_;

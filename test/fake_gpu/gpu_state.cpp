@@ -64,13 +64,24 @@ bool GpuState::prefix_lookup(const std::vector<std::string>& prompts) {
   return all;
 }
 
-std::optional<Admission> GpuState::submit(const Job& job) {
+Progress GpuState::submit(const Job& job, double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  return scheduler_.submit(job);
+  return scheduler_.submit(job, now_ms);
 }
 
-std::vector<Admission> GpuState::finish(uint64_t id, const InferenceResult& result,
-                                        double e2e_seconds) {
+Progress GpuState::advance(double now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return scheduler_.advance(now_ms);
+}
+
+Progress GpuState::cancel(uint64_t id, double now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.client_disconnects;
+  if (stats_.inflight > 0) --stats_.inflight;
+  return scheduler_.cancel(id, now_ms);
+}
+
+void GpuState::succeeded(const InferenceResult& result, double e2e_seconds) {
   std::lock_guard<std::mutex> lock(mu_);
   observe_e2e_latency(stats_, e2e_seconds);
   bool stopped = !result.choices.empty() && result.choices[0].finish_reason == "stop";
@@ -78,14 +89,6 @@ std::vector<Admission> GpuState::finish(uint64_t id, const InferenceResult& resu
   stats_.prompt_tokens += static_cast<uint64_t>(result.prompt_tokens);
   stats_.generation_tokens += static_cast<uint64_t>(result.completion_tokens);
   if (stats_.inflight > 0) --stats_.inflight;
-  return scheduler_.finish(id);
-}
-
-std::vector<Admission> GpuState::cancel(uint64_t id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  ++stats_.client_disconnects;
-  if (stats_.inflight > 0) --stats_.inflight;
-  return scheduler_.cancel(id);
 }
 
 void GpuState::answered() {

@@ -49,13 +49,15 @@ class GpuState {
   // Looks each prompt up in the prefix cache; true when all of them hit.
   bool prefix_lookup(const std::vector<std::string>& prompts);
 
-  std::optional<Admission> submit(const Job& job);
-  // Success: counts tokens, frees the slot, returns jobs admitted into it.
-  // Ends the request's in-flight time, like cancel() and answered().
-  // `e2e_seconds`: from the request's arrival to this answer.
-  std::vector<Admission> finish(uint64_t id, const InferenceResult& result, double e2e_seconds);
+  // The scheduler's calls (gpu_model.hpp), at now_ms on a steady clock.
+  Progress submit(const Job& job, double now_ms);
+  Progress advance(double now_ms);
   // Client went away: drops the job wherever it is.
-  std::vector<Admission> cancel(uint64_t id);
+  Progress cancel(uint64_t id, double now_ms);
+  // A finished request was answered: counts its tokens and ends its
+  // in-flight time, like cancel() and answered(). `e2e_seconds`: from the
+  // request's arrival to this answer.
+  void succeeded(const InferenceResult& result, double e2e_seconds);
   // The request was answered (or dropped) without reaching the GPU.
   void answered();
 

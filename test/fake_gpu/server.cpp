@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -42,13 +43,20 @@ const char* reason_phrase(int status) {
   }
 }
 
+// Rounded up to the microsecond: a timer for a job's finish never fires
+// before the scheduler has it done.
 timeval to_timeval(double ms) {
   if (ms < 0) ms = 0;
-  auto us = static_cast<int64_t>(ms * 1000.0);
+  auto us = static_cast<int64_t>(std::ceil(ms * 1000.0));
   timeval tv;
   tv.tv_sec = static_cast<time_t>(us / 1000000);
   tv.tv_usec = static_cast<suseconds_t>(us % 1000000);
   return tv;
+}
+
+double steady_now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 // vLLM ids are "cmpl-" + 32 hex digits; ours derive from the request id.
@@ -141,8 +149,12 @@ int bound_port(int fd) {
 }  // namespace
 
 // One event loop with its own evhttp and its own pending requests. Requests
-// never move between workers; only scheduler admissions cross over, through
-// a mutex-protected mailbox plus a wake-up pipe (no evthread needed).
+// never move between workers; only the news that one finished crosses over,
+// through a mutex-protected mailbox plus a wake-up pipe (no evthread needed).
+// Every worker that changes the GPU's state arms its own GPU timer for the
+// next finish the scheduler reports, so the last one to change it always
+// has a timer at the right time; a timer that turns out early finds nothing
+// due and is armed again.
 class Worker {
  public:
   Worker(GpuState& gpu, int index, std::vector<std::unique_ptr<Worker>>& peers)
@@ -151,12 +163,12 @@ class Worker {
 
   std::optional<std::string> init(int listen_fd, bool handle_signals);
   void run() { event_base_dispatch(base_); }
-  // Thread-safe.
-  void post(const Admission& adm);
+  // Thread-safe: the request `id`, which this worker owns, has finished.
+  void post_finished(uint64_t id);
   void post_stop();
 
  private:
-  enum class Stage { dropping, hanging, queued, running };
+  enum class Stage { dropping, hanging, in_gpu };
 
   // A request whose answer is deferred. It owns its events, so freeing it
   // cancels them: no callback can ever see a dead Pending.
@@ -166,7 +178,7 @@ class Worker {
     evhttp_connection* conn = nullptr;
     event* timer = nullptr;
     event* watch = nullptr;  // detects the client hanging up meanwhile
-    Stage stage = Stage::queued;
+    Stage stage = Stage::in_gpu;
     bool chat = false;
     bool malformed = false;
     uint64_t nonce = 0;
@@ -184,6 +196,7 @@ class Worker {
     static_cast<Worker*>(arg)->on_request(req);
   }
   static void on_timer_cb(evutil_socket_t, short, void* arg);
+  static void on_gpu_timer_cb(evutil_socket_t, short, void* arg);
   static void on_watch_cb(evutil_socket_t fd, short, void* arg);
   static void on_mail_cb(evutil_socket_t, short, void* arg);
   static void on_signal_cb(evutil_socket_t, short, void* arg);
@@ -202,8 +215,10 @@ class Worker {
   void complete(std::unique_ptr<Pending> p);
   void abort_disconnected(Pending* p);
   void drop(Pending* p);
-  void dispatch(const std::vector<Admission>& admissions);
-  void start_admitted(const Admission& adm);
+  // Answers the finished requests (passing those of other workers on) and
+  // arms the GPU timer. True if `own` was among them (and is answered).
+  bool settle(const Progress& progress, uint64_t own = 0);
+  void finish_owned(uint64_t id);
 
   GpuState& gpu_;
   int index_;
@@ -211,9 +226,10 @@ class Worker {
   event_base* base_ = nullptr;
   evhttp* http_ = nullptr;
   std::vector<event*> own_events_;  // mailbox and signal events
+  event* gpu_timer_ = nullptr;      // the next finish on the GPU
   int mail_fds_[2] = {-1, -1};
   std::mutex mail_mu_;
-  std::vector<Admission> mail_;
+  std::vector<uint64_t> mail_;  // finished requests of this worker
   bool mail_stop_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
 };
@@ -224,6 +240,7 @@ Worker::~Worker() {
   pending_.clear();
   if (http_) evhttp_free(http_);
   for (event* ev : own_events_) event_free(ev);
+  if (gpu_timer_) event_free(gpu_timer_);
   if (base_) event_base_free(base_);
   for (int fd : mail_fds_) {
     if (fd >= 0) close(fd);
@@ -257,13 +274,15 @@ std::optional<std::string> Worker::init(int listen_fd, bool handle_signals) {
     own_events_.push_back(evsignal_new(base_, SIGTERM, &Worker::on_signal_cb, this));
   }
   for (event* ev : own_events_) event_add(ev, nullptr);
+  gpu_timer_ = evtimer_new(base_, &Worker::on_gpu_timer_cb, this);
+  if (!gpu_timer_) return std::string("cannot create a timer");
   return std::nullopt;
 }
 
-void Worker::post(const Admission& adm) {
+void Worker::post_finished(uint64_t id) {
   {
     std::lock_guard<std::mutex> lock(mail_mu_);
-    mail_.push_back(adm);
+    mail_.push_back(id);
   }
   char c = 'a';
   // A full pipe already guarantees a wake-up, so EAGAIN is harmless.
@@ -284,7 +303,7 @@ void Worker::on_mail_cb(evutil_socket_t fd, short, void* arg) {
   char buf[256];
   while (read(fd, buf, sizeof(buf)) > 0) {
   }
-  std::vector<Admission> mail;
+  std::vector<uint64_t> mail;
   bool stop;
   {
     std::lock_guard<std::mutex> lock(self->mail_mu_);
@@ -295,7 +314,7 @@ void Worker::on_mail_cb(evutil_socket_t fd, short, void* arg) {
     event_base_loopbreak(self->base_);
     return;
   }
-  for (const auto& adm : mail) self->start_admitted(adm);
+  for (uint64_t id : mail) self->finish_owned(id);
 }
 
 void Worker::on_signal_cb(evutil_socket_t, short, void* arg) {
@@ -466,25 +485,18 @@ void Worker::handle_inference(evhttp_request* req, bool chat) {
 }
 
 void Worker::enter_gpu(std::unique_ptr<Pending> p) {
-  std::optional<Admission> adm = gpu_.submit(p->job);
-  if (adm && adm->service_ms <= 0) {
-    complete(std::move(p));  // the instant profile: answer right here
-    return;
-  }
   Pending* raw = hold(std::move(p));
-  watch(raw);
-  if (adm) {
-    raw->stage = Stage::running;
-    arm(raw, adm->service_ms);
-  } else {
-    raw->stage = Stage::queued;
-  }
+  raw->stage = Stage::in_gpu;
+  const uint64_t id = raw->job.id;
+  // The instant profile finishes it right here, answered inside the request
+  // callback; otherwise it waits for the GPU timer, queued or running.
+  if (!settle(gpu_.submit(raw->job, steady_now_ms()), id)) watch(raw);
 }
 
 void Worker::complete(std::unique_ptr<Pending> p) {
   const double e2e_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - p->arrived).count();
-  std::vector<Admission> admitted = gpu_.finish(p->job.id, p->result, e2e_s);
+  gpu_.succeeded(p->result, e2e_s);
   const char* prefix = p->chat ? "chatcmpl-" : "cmpl-";
   std::string body =
       completion_response(p->request, p->result, response_id(prefix, p->job.id, p->nonce),
@@ -494,7 +506,6 @@ void Worker::complete(std::unique_ptr<Pending> p) {
   evhttp_request* req = p->req;
   p.reset();  // drop our events before evhttp may close the socket
   send_body(req, 200, "application/json", body);
-  dispatch(admitted);
 }
 
 void Worker::on_timer_cb(evutil_socket_t, short, void* arg) {
@@ -507,12 +518,14 @@ void Worker::on_timer_cb(evutil_socket_t, short, void* arg) {
     case Stage::hanging:
       self->enter_gpu(self->release(p->job.id));
       break;
-    case Stage::running:
-      self->complete(self->release(p->job.id));
-      break;
-    case Stage::queued:
-      break;  // queued requests have no armed timer
+    case Stage::in_gpu:
+      break;  // the GPU timer ends these
   }
+}
+
+void Worker::on_gpu_timer_cb(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Worker*>(arg);
+  self->settle(self->gpu_.advance(steady_now_ms()));
 }
 
 void Worker::on_watch_cb(evutil_socket_t fd, short, void* arg) {
@@ -530,11 +543,11 @@ void Worker::on_watch_cb(evutil_socket_t fd, short, void* arg) {
 void Worker::abort_disconnected(Pending* p) {
   // Like vLLM aborting a request whose client left: frees its batch slot.
   std::unique_ptr<Pending> owned = release(p->job.id);
-  std::vector<Admission> admitted = gpu_.cancel(owned->job.id);
+  Progress progress = gpu_.cancel(owned->job.id, steady_now_ms());
   evhttp_connection* conn = owned->conn;
   owned.reset();
   evhttp_connection_free(conn);  // also frees the request still attached
-  dispatch(admitted);
+  settle(progress);
 }
 
 void Worker::drop(Pending* p) {
@@ -545,23 +558,30 @@ void Worker::drop(Pending* p) {
   evhttp_connection_free(conn);  // FIN without a response: "empty reply"
 }
 
-void Worker::dispatch(const std::vector<Admission>& admissions) {
-  for (const auto& adm : admissions) {
-    int owner = owner_of(adm.id);
-    if (owner == index_) {
-      start_admitted(adm);
-    } else {
-      peers_[static_cast<size_t>(owner)]->post(adm);
+bool Worker::settle(const Progress& progress, uint64_t own) {
+  bool own_finished = false;
+  for (uint64_t id : progress.finished) {
+    const int owner = owner_of(id);
+    if (owner != index_) {
+      peers_[static_cast<size_t>(owner)]->post_finished(id);
+      continue;
     }
+    own_finished = own_finished || id == own;
+    finish_owned(id);
   }
+  if (progress.next_finish_ms) {
+    timeval tv = to_timeval(*progress.next_finish_ms - steady_now_ms());
+    // Relative timers start from libevent's cached loop time, which can be
+    // stale by now: refresh it first.
+    event_base_update_cache_time(base_);
+    evtimer_add(gpu_timer_, &tv);  // re-adding moves it
+  }
+  return own_finished;
 }
 
-void Worker::start_admitted(const Admission& adm) {
-  auto it = pending_.find(adm.id);
-  if (it == pending_.end()) return;  // aborted meanwhile
-  Pending* p = it->second.get();
-  p->stage = Stage::running;
-  arm(p, adm.service_ms);  // even at 0 ms: never answer re-entrantly
+void Worker::finish_owned(uint64_t id) {
+  std::unique_ptr<Pending> p = release(id);
+  if (p) complete(std::move(p));  // else its client left meanwhile
 }
 
 Server::Server(Options opts) : opts_(std::move(opts)), gpu_(opts_) {}

@@ -374,28 +374,28 @@ TEST(FakeGpuProtocol, ModelsListing) {
 
 // ---- GPU model ----
 
-TEST(FakeGpuModel, ServiceTimeFollowsFormulaAndGrowsWithBatch) {
+TEST(FakeGpuModel, StepTimeFollowsFormulaAndGrowsWithBatch) {
   for (const std::string& name : profile_names()) {
     GpuProfile p = *profile_by_name(name);
     double prev = -1;
     for (int running = 1; running <= p.max_batch && running <= 64; running *= 2) {
-      double t = service_time_ms(p, 100, running, false);
-      double expect = p.base_ms + 100 * p.per_token_ms *
-                                      (1 + p.batch_slowdown * (running - 1) / p.max_batch);
-      EXPECT_DOUBLE_EQ(t, expect) << name;
+      double t = step_ms(p, running);
+      EXPECT_DOUBLE_EQ(t, p.per_token_ms * (1 + p.batch_slowdown * (running - 1) / p.max_batch)) << name;
       EXPECT_GE(t, prev) << name;
       if (p.per_token_ms > 0 && p.batch_slowdown > 0 && prev >= 0) {
         EXPECT_GT(t, prev) << name;
       }
       prev = t;
     }
-    EXPECT_LE(service_time_ms(p, 100, 1, true), service_time_ms(p, 100, 1, false));
+    EXPECT_LE(prefill_ms(p, true), prefill_ms(p, false));
   }
   GpuProfile fast = *profile_by_name("rtx3090ti");
   GpuProfile slow = *profile_by_name("p40");
-  EXPECT_LT(service_time_ms(fast, 50, 1, false), service_time_ms(slow, 50, 1, false));
+  EXPECT_LT(step_ms(fast, 1), step_ms(slow, 1));
+  EXPECT_LT(prefill_ms(fast, false), prefill_ms(slow, false));
   EXPECT_GT(fast.max_batch, slow.max_batch);
-  EXPECT_DOUBLE_EQ(service_time_ms(*profile_by_name("instant"), 500, 1000, false), 0.0);
+  EXPECT_DOUBLE_EQ(step_ms(*profile_by_name("instant"), 1000), 0.0);
+  EXPECT_DOUBLE_EQ(prefill_ms(*profile_by_name("instant"), false), 0.0);
   EXPECT_FALSE(profile_by_name("h100").has_value());
 }
 
@@ -417,26 +417,88 @@ Job job(uint64_t id, int priority = 0, int tokens = 10) {
   return j;
 }
 
+using Ids = std::vector<uint64_t>;
+
+// Alone on the GPU a job takes its prefill plus one step per token.
+TEST(FakeGpuModel, ALoneJobTakesPrefillPlusItsTokens) {
+  Scheduler s(tiny_gpu(4));
+  Progress p = s.submit(job(1, 0, 20), 1000);
+  EXPECT_TRUE(p.finished.empty());
+  ASSERT_TRUE(p.next_finish_ms);
+  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 1000 + 10 + 20);
+  EXPECT_TRUE(s.advance(1029.9).finished.empty());
+  p = s.advance(1030);
+  EXPECT_EQ(p.finished, Ids{1});
+  EXPECT_FALSE(p.next_finish_ms) << "nothing runs";
+  Job hit = job(2, 0, 20);
+  hit.prefix_hit = true;
+  hit.extra_ms = 7;  // the slow fault
+  EXPECT_DOUBLE_EQ(*s.submit(hit, 2000).next_finish_ms, 2000 + 10 * 0.5 + 7 + 20);
+}
+
+// Continuous batching: a job that joins slows the one already decoding from
+// that moment on, and its leaving speeds the other up again. A time fixed
+// at admission would have the first job done at t = 110.
+TEST(FakeGpuModel, JoiningAndLeavingChangeTheStepTimeOfTheOthers) {
+  GpuProfile g = tiny_gpu(2);
+  g.base_ms = 0;  // steps only: 1 ms alone, 1.5 ms for two
+  Scheduler s(g);
+  EXPECT_DOUBLE_EQ(*s.submit(job(1, 0, 100), 0).next_finish_ms, 100);
+  // At t = 50 job 1 has 50 tokens left; both now step at 1.5 ms.
+  Progress p = s.submit(job(2, 0, 100), 50);
+  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 50 + 50 * 1.5);
+  EXPECT_TRUE(s.advance(124).finished.empty()) << "no longer done at 100";
+  p = s.advance(125);
+  EXPECT_EQ(p.finished, Ids{1});
+  // Job 2 did 75 / 1.5 = 50 tokens meanwhile; alone, the other 50 take 50 ms.
+  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 175);
+  EXPECT_EQ(s.advance(175).finished, Ids{2});
+}
+
+// One call that covers several finishes runs them in order: after the
+// first, the rest run faster.
+TEST(FakeGpuModel, FinishesBetweenTwoCallsAreRunEventByEvent) {
+  GpuProfile g = tiny_gpu(2);
+  g.base_ms = 0;
+  Scheduler s(g);
+  s.submit(job(1, 0, 10), 0);
+  s.submit(job(2, 0, 30), 0);
+  s.submit(job(3, 0, 5), 0);  // waits for a slot
+  EXPECT_EQ(s.waiting(), 1u);
+  // Job 1 ends at 15 (10 steps of 1.5 ms); job 3 takes its slot then, ends
+  // at 15 + 5 * 1.5 = 22.5; job 2 has 30 - 10 - 5 = 15 tokens left, alone: 37.5.
+  Progress p = s.advance(1000);
+  EXPECT_EQ(p.finished, (Ids{1, 3, 2}));
+  EXPECT_FALSE(p.next_finish_ms);
+  Scheduler again(g);
+  again.submit(job(1, 0, 10), 0);
+  again.submit(job(2, 0, 30), 0);
+  again.submit(job(3, 0, 5), 0);
+  EXPECT_EQ(again.advance(37.4).finished, (Ids{1, 3}));
+  EXPECT_DOUBLE_EQ(*again.advance(37.4).next_finish_ms, 37.5);
+}
+
+TEST(FakeGpuModel, AJobWithNoWorkFinishesAtOnce) {
+  Scheduler s(*profile_by_name("instant"));
+  Progress p = s.submit(job(7, 0, 500), 42);
+  EXPECT_EQ(p.finished, Ids{7});
+  EXPECT_FALSE(p.next_finish_ms);
+  EXPECT_EQ(s.running(), 0u);
+}
+
 TEST(FakeGpuModel, WaitingQueueBeyondMaxBatchInPriorityOrder) {
   Scheduler s(tiny_gpu(2));
-  auto a1 = s.submit(job(1));
-  auto a2 = s.submit(job(2));
-  ASSERT_TRUE(a1 && a2);
-  // The second admission shares the batch, so it decodes slower.
-  EXPECT_GT(a2->service_ms, a1->service_ms);
-  EXPECT_FALSE(s.submit(job(3, 5)));
-  EXPECT_FALSE(s.submit(job(4, -1)));
-  EXPECT_FALSE(s.submit(job(5, 0)));
-  EXPECT_FALSE(s.submit(job(6, 0)));
+  s.submit(job(1), 0);
+  s.submit(job(2), 0);
+  s.submit(job(3, 5), 0);
+  s.submit(job(4, -1), 0);
+  s.submit(job(5, 0), 0);
+  s.submit(job(6, 0), 0);
   EXPECT_EQ(s.running(), 2u);
   EXPECT_EQ(s.waiting(), 4u);
-
-  std::vector<uint64_t> order;
-  for (uint64_t done : {1, 2, 4, 5, 6, 3}) {
-    for (const Admission& a : s.finish(done)) order.push_back(a.id);
-  }
-  // Lowest priority value first, FIFO among equals.
-  EXPECT_EQ(order, (std::vector<uint64_t>{4, 5, 6, 3}));
+  // Lowest priority value first, FIFO among equals (same work: pairs finish
+  // together, in admission order).
+  EXPECT_EQ(s.advance(1e6).finished, (Ids{1, 2, 4, 5, 6, 3}));
   EXPECT_EQ(s.running(), 0u);
   EXPECT_EQ(s.waiting(), 0u);
   EXPECT_EQ(s.peak_running(), 2u);
@@ -444,18 +506,28 @@ TEST(FakeGpuModel, WaitingQueueBeyondMaxBatchInPriorityOrder) {
 
 TEST(FakeGpuModel, CancelFreesSlotOrQueuePlace) {
   Scheduler s(tiny_gpu(1));
-  ASSERT_TRUE(s.submit(job(1)));
-  EXPECT_FALSE(s.submit(job(2)));
-  EXPECT_FALSE(s.submit(job(3)));
-  EXPECT_TRUE(s.cancel(2).empty());  // waiting: nothing admitted
+  s.submit(job(1), 0);
+  s.submit(job(2), 0);
+  s.submit(job(3), 0);
+  EXPECT_EQ(*s.cancel(2, 5).next_finish_ms, 20) << "waiting: job 1 goes on";
   EXPECT_EQ(s.waiting(), 1u);
-  auto admitted = s.cancel(1);  // running: slot goes to 3
-  ASSERT_EQ(admitted.size(), 1u);
-  EXPECT_EQ(admitted[0].id, 3u);
-  EXPECT_TRUE(s.cancel(99).empty());
+  // Running: its slot goes to 3, whose work starts now.
+  Progress p = s.cancel(1, 6);
+  EXPECT_TRUE(p.finished.empty());
+  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 6 + 20);
+  EXPECT_EQ(s.cancel(99, 7).finished.size(), 0u);
   EXPECT_EQ(s.running(), 1u);
   s.reset_peak();
   EXPECT_EQ(s.peak_running(), 1u);  // restarts from what is running
+}
+
+// Threads read their clocks before the lock: a time behind the
+// scheduler's is taken as now, never run backwards.
+TEST(FakeGpuModel, ATimeBehindTheClockIsNow) {
+  Scheduler s(tiny_gpu(2));
+  s.submit(job(1, 0, 10), 100);
+  EXPECT_DOUBLE_EQ(*s.advance(90).next_finish_ms, 120);
+  EXPECT_EQ(s.advance(120).finished, Ids{1});
 }
 
 TEST(FakeGpuModel, PrefixCacheHitsOnSharedPrefixAndEvictsLru) {
@@ -632,18 +704,19 @@ TEST(FakeGpuState, CountsAndResets) {
   Intake i2 = gpu.intake(1);
   EXPECT_NE(i1.id, i2.id);
   EXPECT_EQ(owner_of(i2.id), 1);
-  ASSERT_TRUE(gpu.submit(job(i1.id)));
-  EXPECT_FALSE(gpu.submit(job(i2.id)));
+  gpu.submit(job(i1.id), 0);
+  gpu.submit(job(i2.id), 0);
   MetricsSnapshot s = gpu.snapshot();
   EXPECT_EQ(s.requests_total, 2u);
   EXPECT_EQ(s.running, 1u);
   EXPECT_EQ(s.waiting, 1u);
   EXPECT_EQ(s.inflight, 2u);
 
-  auto admitted = gpu.finish(i1.id, res, 0.05);
-  ASSERT_EQ(admitted.size(), 1u);
-  EXPECT_EQ(admitted[0].id, i2.id);
+  EXPECT_EQ(gpu.advance(20).finished, Ids{i1.id});  // 10 ms prefill + 10 tokens
+  gpu.succeeded(res, 0.05);
   s = gpu.snapshot();
+  EXPECT_EQ(s.running, 1u) << "i2 took the slot";
+  EXPECT_EQ(s.waiting, 0u);
   EXPECT_EQ(s.success_length, 1u);
   EXPECT_EQ(s.prompt_tokens, 2u);
   EXPECT_EQ(s.generation_tokens, 3u);
@@ -656,7 +729,7 @@ TEST(FakeGpuState, CountsAndResets) {
   EXPECT_EQ(s.generation_tokens, 0u);
   EXPECT_EQ(s.peak_running, 1u);  // i2 still runs
   EXPECT_EQ(s.peak_inflight, 1u);
-  gpu.cancel(i2.id);
+  gpu.cancel(i2.id, 21);
   s = gpu.snapshot();
   EXPECT_EQ(s.running, 0u);
   EXPECT_EQ(s.client_disconnects, 1u);
