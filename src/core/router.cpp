@@ -67,7 +67,10 @@ std::optional<RouteDecision> Router::pick(std::vector<Endpoint>& endpoints, cons
     }
     if (fastest) {
       const Endpoint& f = endpoints[*fastest];
-      int reserved = static_cast<int>(f.max_concurrent * cfg_.urgent_reserve + 0.999);
+      // Never the whole endpoint: a one-slot GPU reserved for urgent work
+      // would make all other work wait reserve_wait_ms on an idle GPU.
+      int reserved = std::min(static_cast<int>(f.max_concurrent * cfg_.urgent_reserve + 0.999),
+                              f.max_concurrent - 1);
       if (f.busy() >= f.max_concurrent - reserved) {
         cands.erase(std::remove(cands.begin(), cands.end(), *fastest), cands.end());
         if (cands.empty()) return std::nullopt;

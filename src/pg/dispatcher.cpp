@@ -101,8 +101,15 @@ class Dispatcher {
   void tick(int wake_events);
   void reload_endpoints_if_changed(bool force = false);
   void configure_router();
+  // own_wait_ms: how long this piece of work has waited for a slot it may
+  // use (the urgent reserve opens to it after npc_scale.reserve_wait).
   std::optional<size_t> route(int priority, std::optional<uint64_t> affinity_key,
-                              std::optional<int> avoid_gpu);
+                              std::optional<int> avoid_gpu, int64_t own_wait_ms = 0);
+  // For route(): since when `key` has found no slot it may use (0 if it
+  // just did); waiting_for_slot() starts the clock, routed() stops it.
+  int64_t waited_for_slot_ms(const std::pair<int64_t, uint64_t>& key) const;
+  void waiting_for_slot(const std::pair<int64_t, uint64_t>& key);
+  void routed(const std::pair<int64_t, uint64_t>& key) { refused_since_ms_.erase(key); }
   int free_capacity() const;
   std::optional<uint64_t> affinity_key(const ClaimedDecision& d) const;
   bool send(size_t index, InFlight info, const std::string& prompt, const GenerationParams& params,
@@ -218,6 +225,11 @@ class Dispatcher {
   bool capacity_blocked_ = false;  // the last look stopped at the fleet's capacity
   std::optional<int64_t> blocked_since_ms_;  // since when work has been waiting for a slot
   bool reserve_opened_ = false;              // the look after reserve_wait has been taken
+  // Work that found only reserved slots, since when: (decision id, 0), or
+  // (-1 - sync slot, ticket) for a generate() call. Each piece of work
+  // counts its own wait, so one that waits is not held back by the fleet's
+  // signal restarting (a claim that empties the queue clears that).
+  std::map<std::pair<int64_t, uint64_t>, int64_t> refused_since_ms_;
   int64_t next_housekeeping_ms_ = 0;
   std::optional<int64_t> retry_due_ms_;  // earliest queued retry
 };
@@ -373,6 +385,11 @@ long Dispatcher::wait_timeout_ms() const {
     t = std::min<int64_t>(t, std::max<int64_t>(0, *blocked_since_ms_ + guc_reserve_wait_ms - now_ms()));
   }
   const int64_t now = now_ms();
+  // A generate() call refused only reserved slots is served again once its
+  // own wait opens them (after that, only a freed slot helps: no timer).
+  for (const auto& [key, since] : refused_since_ms_) {
+    if (key.first < 0 && since + guc_reserve_wait_ms > now) t = std::min<int64_t>(t, since + guc_reserve_wait_ms - now);
+  }
   for (const SentHandoff& h : sent_unclaimed_) {
     if (l2_asks_.waiting(h.tag)) continue;  // Redis's reply (or its timeout) wakes us
     t = std::min<int64_t>(t, handoff_next_look_ms(parked_.count(h.tag) > 0, h.sent_ms, now, kHandoffTiming));
@@ -441,15 +458,24 @@ void Dispatcher::reload_endpoints_if_changed(bool force) {
   });
 }
 
+int64_t Dispatcher::waited_for_slot_ms(const std::pair<int64_t, uint64_t>& key) const {
+  auto it = refused_since_ms_.find(key);
+  return it == refused_since_ms_.end() ? 0 : now_ms() - it->second;
+}
+
+void Dispatcher::waiting_for_slot(const std::pair<int64_t, uint64_t>& key) {
+  refused_since_ms_.emplace(key, now_ms());  // the first refusal counts
+}
+
 std::optional<size_t> Dispatcher::route(int priority, std::optional<uint64_t> affinity_key,
-                                        std::optional<int> avoid_gpu) {
+                                        std::optional<int> avoid_gpu, int64_t own_wait_ms) {
   RouteRequest req;
   req.priority = priority;
   req.affinity_key = affinity_key;
   req.avoid_gpu = avoid_gpu;
   // How long work has been waiting for a slot: the fleet's saturation signal
   // that opens the urgent reserve to everyone.
-  req.waited_ms = blocked_since_ms_ ? now_ms() - *blocked_since_ms_ : 0;
+  req.waited_ms = std::max<int64_t>(blocked_since_ms_ ? now_ms() - *blocked_since_ms_ : 0, own_wait_ms);
   uint64_t hits = router_.affinity_hits(), misses = router_.affinity_misses();
   auto d = router_.pick(fleet_.endpoints(), req, now_ms());
   SharedState& s = shared_state();
@@ -791,7 +817,8 @@ void Dispatcher::serve_taken_slot(int i, uint64 ticket) {
   // generate() has no NPC: its affinity key is the prompt's prefix.
   uint64_t prefix_key = XXH3_64bits(sync_slot_prompt(slot),
                                     std::min<size_t>(static_cast<size_t>(slot->prompt_len), 64));
-  auto pick = route(slot->priority, prefix_key, avoid);
+  const std::pair<int64_t, uint64_t> wait_key{-1 - i, ticket};
+  auto pick = route(slot->priority, prefix_key, avoid, waited_for_slot_ms(wait_key));
   if (!pick) {
     // generate() does not wait in a queue: a fleet that cannot serve it
     // is an error now; one at its caps is waited for (statement_timeout
@@ -806,11 +833,16 @@ void Dispatcher::serve_taken_slot(int i, uint64 ticket) {
                        "(circuit breaker open); last error: " + fleet_.last_failure());
         break;
       case FleetAvailability::available:
-        end_sync_service(slot, ticket, SyncState::pending);  // every endpoint is at its cap
-        break;
+        // Every endpoint is at its cap, or only reserved slots are free: in
+        // that case a wake-up after reserve_wait opens them to this call.
+        waiting_for_slot(wait_key);
+        end_sync_service(slot, ticket, SyncState::pending);
+        return;
     }
+    routed(wait_key);
     return;
   }
+  routed(wait_key);
   slot->attempts++;
   std::string prompt(sync_slot_prompt(slot), slot->prompt_len);
   std::string params_json(sync_slot_params(slot), slot->params_len);
@@ -916,17 +948,20 @@ void Dispatcher::claim_and_send() {
           continue;
         }
       }
-      auto pick = route(d.priority, affinity_key(d), d.last_gpu_id);
+      const std::pair<int64_t, uint64_t> wait_key{d.id, 0};
+      auto pick = route(d.priority, affinity_key(d), d.last_gpu_id, waited_for_slot_ms(wait_key));
       if (!pick) {
         // No slot it may use (the only free ones are the urgent reserve, or
         // an endpoint was disabled since the count): hand it back at once,
         // attempt not counted, and wait for a slot.
+        waiting_for_slot(wait_key);
         DecisionResult back{d.id, d.attempts, "queued", "", "no free GPU slot", std::nullopt, 0};
         back.release = true;
         pending_results_.push_back(std::move(back));
         handed_back = true;
         continue;
       }
+      routed(wait_key);
       const uint64_t tag = next_tag_;
       std::string l2_key = info.cache_key;
       send(*pick, info, d.prompt, params, d.priority, timeout);
@@ -1382,6 +1417,11 @@ void Dispatcher::housekeeping() {
   // elsewhere) is forgotten; its answer stays in L1 regardless.
   for (auto it = promoted_from_l2_.begin(); it != promoted_from_l2_.end();) {
     it = now_ms() - it->second > 60000 ? promoted_from_l2_.erase(it) : std::next(it);
+  }
+  // Work that waited long ago and was then answered, cancelled or expired
+  // elsewhere; one still waiting merely restarts its wait.
+  for (auto it = refused_since_ms_.begin(); it != refused_since_ms_.end();) {
+    it = now_ms() - it->second > 60000 ? refused_since_ms_.erase(it) : std::next(it);
   }
   if (!extension_ready()) {
     pending_results_.clear();

@@ -1,7 +1,7 @@
 -- Under a backlog, work is sent in priority order then age; an endpoint's
 -- max_concurrent is never exceeded (the simulated GPU's observed peak says so),
 -- not even across an endpoint's renumbering or a change of its URL.
-SELECT plan(20);
+SELECT plan(25);
 
 -- Backlog: enqueue while no endpoint is enabled, then open one slot.
 SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[1]);
@@ -95,6 +95,28 @@ SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 3::numeric,
 SELECT results_eq('SELECT * FROM npc_test.done_once_by_gpu(ARRAY(SELECT id FROM repoint))', $$ VALUES (1, 3), (2, 6) $$,
   'three answered through row 1, six through row 2, each in one attempt');
 SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}') IS NOT NULL AS fast_again \gset
+
+-- generate() counts its own wait for a slot: with the one unreserved slot of
+-- two busy, a priority-5 call takes the reserved one after reserve_wait
+-- instead of waiting for the busy slot to free (on an idle fleet it waited
+-- until statement_timeout).
+SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[2]);
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0, "slow_rate": 0, "hang_rate": 0}') IS NOT NULL AS calm \gset
+SELECT ok(length(npc_scale.generate('reserve: a first sample ' || clock_timestamp(), 0)) > 0,
+  'a first generate() gives the endpoint latency samples (the reserve is on it)');
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1.0, "slow_ms": 5000}') IS NOT NULL AS slow \gset
+SELECT npc_scale.request_decision(3590, 'build', 'reserve: occupy ' || clock_timestamp(), 0) AS occupy \gset
+SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'vllm:num_requests_running') = 1 $$),
+  'a slow decision holds the unreserved slot');
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}') IS NOT NULL AS fast_again \gset
+SELECT npc_test.gpu_reset('faulty') IS NOT NULL AS reset \gset
+SET statement_timeout = '20s';
+SELECT ok(length(npc_scale.generate('reserve: priority 5 ' || clock_timestamp(), 5)) > 0,
+  'a priority-5 generate() is answered');
+RESET statement_timeout;
+SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_running'), 2::numeric,
+  'on the reserved slot, while the slow decision still ran');
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :occupy), '30 s'), 'the slow decision finishes');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2000 AND 3600;
 SELECT * FROM finish();

@@ -160,6 +160,23 @@ TEST(RouterTest, UrgentReserveKeepsTheFastestEndpointsLastSlotsWhileTheFleetKeep
   EXPECT_EQ(pick_index(r, eps, prio(5)), 0u) << "reserve 0: off";
 }
 
+// A reserve never takes the whole endpoint: on a fleet of one single-slot
+// GPU (reserve 0.2 rounds up to 1 slot), other work would otherwise wait
+// reserve_wait_ms for an idle GPU on every request.
+TEST(RouterTest, UrgentReserveLeavesAtLeastOneSlotToEveryone) {
+  RouterConfig c;
+  c.urgent_reserve = 0.9;
+  c.affinity = false;
+  Router r(c);
+  std::vector<Endpoint> eps{ep(1, 1, 0, 40)};
+  EXPECT_EQ(pick_index(r, eps, prio(5)), 0u) << "idle, one slot: not reserved";
+  eps = {ep(1, 2, 0, 40)};
+  EXPECT_EQ(pick_index(r, eps, prio(9)), 0u) << "two slots: one of them is for everyone";
+  eps[0].in_flight = 1;
+  EXPECT_FALSE(r.pick(eps, prio(9), 0)) << "and the other is reserved";
+  EXPECT_EQ(pick_index(r, eps, prio(1)), 0u);
+}
+
 TEST(RouterTest, UrgentReserveIsOnTheLowestLatencyEndpointOnly) {
   RouterConfig c;
   c.urgent_reserve = 0.2;
