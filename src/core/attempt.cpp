@@ -69,7 +69,7 @@ AttemptOutcome resolve_attempt(const AttemptReply& reply, int attempts, const Re
   }
   out.kind = AttemptOutcome::Kind::retry;
   out.retry_delay_ms = retry_delay_ms(attempts + 1, policy.base_delay_ms, policy.max_delay_ms,
-                                      jitter_seed, result.retry_after_s);
+                                      jitter_seed);
   return out;
 }
 

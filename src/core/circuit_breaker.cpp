@@ -94,8 +94,13 @@ void CircuitBreaker::record_failure(int64_t now_ms) {
 
 void CircuitBreaker::record_rate_limited(int64_t now_ms, int64_t retry_after_ms) {
   // The server told us when to come back: honour exactly that, whatever the state.
-  open(now_ms + (retry_after_ms > 0 ? retry_after_ms : cfg_.cooldown_ms));
+  open(now_ms + (retry_after_ms > 0 ? std::min(retry_after_ms, kMaxRetryAfterMs) : cfg_.cooldown_ms));
   rate_limited_ = true;
+}
+
+int64_t CircuitBreaker::retry_after_ms(std::optional<int64_t> seconds) {
+  if (!seconds || *seconds <= 0) return 0;
+  return std::min(*seconds, kMaxRetryAfterMs / 1000) * 1000;  // no overflow for any header
 }
 
 void CircuitBreaker::open(int64_t until_ms) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <optional>
 
 namespace npc_scale {
 
@@ -44,8 +45,13 @@ class CircuitBreaker {
   // half-open belong to requests sent before it tripped, and the probe decides.
   void record_success(int64_t now_ms);
   void record_failure(int64_t now_ms);  // transport error, timeout, 5xx
-  // 429: open at once until now + retry_after_ms (cooldown_ms when <= 0).
+  // 429: open at once until now + retry_after_ms (cooldown_ms when <= 0),
+  // at most kMaxRetryAfterMs: a hostile or broken header cannot close an
+  // endpoint for days.
+  static constexpr int64_t kMaxRetryAfterMs = 3600 * 1000;
   void record_rate_limited(int64_t now_ms, int64_t retry_after_ms);
+  // A Retry-After header's seconds as record_rate_limited() takes them.
+  static int64_t retry_after_ms(std::optional<int64_t> seconds);
 
   double error_rate() const;  // over the window; 0 when empty
   int64_t open_until_ms() const { return open_until_; }

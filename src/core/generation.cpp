@@ -19,7 +19,6 @@ constexpr size_t kMaxChoices = 64;
 constexpr size_t kValueShown = 80;        // bytes of an offending value quoted in a message
 constexpr size_t kRawBodyShown = 200;     // bytes of a non-JSON error body kept
 constexpr size_t kBodyMessageShown = 1000;
-constexpr int64_t kRetryAfterMaxS = 3600;
 
 // Sorted, so the hint reads well and stays stable.
 constexpr const char* kParamKeys[] = {"cache",  "cache_ttl",   "choices",    "max_tokens",
@@ -540,8 +539,7 @@ std::string error_message_from_body(long http_status, const std::string& body) {
   return head + ": " + sanitize(raw);
 }
 
-int64_t retry_delay_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint64_t jitter_seed,
-                       std::optional<int64_t> retry_after_s) {
+int64_t retry_delay_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint64_t jitter_seed) {
   if (attempt <= 1) return 0;
   int64_t cap = std::max<int64_t>(cap_ms, 0);
   int64_t base = std::max<int64_t>(base_ms, 0);
@@ -564,12 +562,6 @@ int64_t retry_delay_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint64_t ji
     uint64_t extra = (half >> 32) * r + (((half & 0xFFFFFFFFULL) * r) >> 32);
     delay = static_cast<int64_t>(d / 2 + extra);
     if (delay < 1) delay = 1;
-  }
-  // Retry-After is the server's explicit wish: not jittered, not held to
-  // cap_ms, but bounded so a hostile header cannot park a request for days.
-  if (retry_after_s && *retry_after_s > 0) {
-    int64_t ra_ms = std::min(*retry_after_s, kRetryAfterMaxS) * 1000;
-    if (ra_ms > delay) return ra_ms;
   }
   return delay;
 }

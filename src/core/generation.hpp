@@ -99,8 +99,8 @@ std::string error_message_from_body(long http_status, const std::string& body);
 // Delay before attempt number `attempt` (1-based: the delay after the first
 // failure is for attempt 2): exponential from base_ms, capped, with
 // deterministic jitter from `jitter_seed` (so tests can assert it). A
-// Retry-After header (seconds) wins when it is longer.
-int64_t retry_delay_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint64_t jitter_seed,
-                       std::optional<int64_t> retry_after_s = std::nullopt);
+// Retry-After header is not the request's: it keeps the endpoint that sent
+// it closed (its circuit breaker) while the retry goes elsewhere.
+int64_t retry_delay_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint64_t jitter_seed);
 
 }  // namespace npc_scale

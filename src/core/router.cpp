@@ -12,14 +12,14 @@ constexpr double kTie = 1e-9;
 
 }  // namespace
 
+int Endpoint::seen_requests() const {
+  if (remote_running < 0 && remote_waiting < 0) return busy();
+  return std::max(busy(), std::max(remote_running, 0) + std::max(remote_waiting, 0));
+}
+
 double Endpoint::load() const {
   if (max_concurrent <= 0) return 1.0;
-  double seen = busy();
-  if (remote_running >= 0 || remote_waiting >= 0) {
-    double remote = std::max(remote_running, 0) + std::max(remote_waiting, 0);
-    seen = std::max(seen, remote);
-  }
-  return seen / max_concurrent;
+  return static_cast<double>(seen_requests()) / max_concurrent;
 }
 
 Router::Router(RouterConfig cfg) : cfg_(cfg) {}
@@ -97,7 +97,9 @@ std::optional<RouteDecision> Router::pick(std::vector<Endpoint>& endpoints, cons
     bool home_hit = false;
     auto chosen = ring_.pick(
         *req.affinity_key, cfg_.affinity_epsilon, [&](int id) { return by_gpu.count(id) > 0; },
-        [&](int id) { return endpoints[by_gpu.at(id)].busy(); }, &home_hit);
+        // The bound is on what the server holds, other clients' work too:
+        // a home swamped by another database is not "within the bound".
+        [&](int id) { return endpoints[by_gpu.at(id)].seen_requests(); }, &home_hit);
     if (chosen) {
       (home_hit ? affinity_hits_ : affinity_misses_)++;
       return RouteDecision{by_gpu.at(*chosen), home_hit};

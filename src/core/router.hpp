@@ -45,8 +45,11 @@ struct Endpoint {
 
   // Requests of ours the server is serving.
   int busy() const { return in_flight + draining_in_flight; }
-  // Load as a fraction: max(busy(), remote_running + remote_waiting) / max_concurrent.
-  // The remote count includes other clients' requests, ours it may not have seen yet.
+  // Requests the server is known to hold: max(busy(), remote_running +
+  // remote_waiting). The remote count includes other clients' requests
+  // (databases sharing the fleet); ours it may not have seen yet.
+  int seen_requests() const;
+  // Load as a fraction: seen_requests() / max_concurrent.
   double load() const;
   bool has_slot() const { return enabled && busy() < max_concurrent; }
 };

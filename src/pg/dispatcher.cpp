@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstring>
 #include <sstream>
+#include <deque>
 #include <map>
 #include <unordered_map>
 #include <unordered_set>
@@ -221,6 +222,7 @@ class Dispatcher {
     int64_t ttl_s;
   };
   std::vector<CacheFill> cache_fills_;  // answers to cache once they are written
+  std::deque<HttpResult> finished_;     // replies taken from libcurl, not handled yet
   bool maybe_more_work_ = true;   // look at the queue on the next round
   bool capacity_blocked_ = false;  // the last look stopped at the fleet's capacity
   std::optional<int64_t> blocked_since_ms_;  // since when work has been waiting for a slot
@@ -376,7 +378,7 @@ long Dispatcher::wait_timeout_ms() const {
   // Answers to write, or replies a perform() late in the last tick (e.g.
   // sending handed-off work) collected after handle_finished() had run:
   // their sockets are drained and will not wake us, so do not wait.
-  if (http_.has_finished()) t = 0;
+  if (http_.has_finished() || !finished_.empty()) t = 0;
   if (!pending_results_.empty()) t = std::min<int64_t>(t, std::max<int64_t>(0, write_retry_at_ms_ - now_ms()));
   if (!deferred_results_.empty()) {
     t = std::min<int64_t>(t, std::max<int64_t>(0, std::max(deferred_due_ms_, write_retry_at_ms_) - now_ms()));
@@ -528,6 +530,7 @@ void Dispatcher::start_probes_and_scrapes() {
       HttpRequest req;
       req.tag = next_tag_++;
       req.url = m.config.base_url + "/health";
+      req.bearer_token = m.config.api_key;  // a gateway in front may want it even here
       req.timeout_ms = 2000;
       InFlight info;
       info.kind = Work::probe;
@@ -600,7 +603,7 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   m.last_error_at_ms = GetCurrentTimestamp();
   BreakerState before = e.breaker.state(now);
   if (r.transport_ok && r.status == 429) {
-    e.breaker.record_rate_limited(now, r.retry_after_s ? *r.retry_after_s * 1000 : 0);
+    e.breaker.record_rate_limited(now, CircuitBreaker::retry_after_ms(r.retry_after_s));
   } else if (!r.transport_ok || r.status >= 500 || (r.status >= 200 && r.status < 300) ||
              endpoint_misconfigured(r.status)) {
     e.breaker.record_failure(now);
@@ -1299,7 +1302,13 @@ void Dispatcher::write_batch(std::vector<DecisionResult>& source, bool skip_lock
 }
 
 void Dispatcher::handle_finished() {
-  for (HttpResult& http : http_.take_finished()) {
+  // One at a time off a queue of our own: if handling one throws (a
+  // pg_cancel_backend() landing in a LOG line, say), the rest are handled
+  // next round instead of being lost with their slots still held.
+  for (HttpResult& http : http_.take_finished()) finished_.push_back(std::move(http));
+  while (!finished_.empty()) {
+    HttpResult http = std::move(finished_.front());
+    finished_.pop_front();
     auto it = in_flight_.find(http.tag);
     if (it == in_flight_.end()) continue;
     InFlight f = std::move(it->second);

@@ -1,38 +1,52 @@
 -- Routing: 429 with Retry-After opens the endpoint's breaker for exactly that
--- long (no request reaches it meanwhile, work flows elsewhere), a /health
--- probe closes it; NPC affinity keeps an NPC on one endpoint; the stats view.
-SELECT plan(13);
+-- long (no request reaches it meanwhile) while the decision's retry goes
+-- elsewhere at once; a /health probe closes it; NPC affinity keeps an NPC on
+-- one endpoint; the stats view.
+SELECT plan(17);
 
--- A rate-limited endpoint: every inference request gets 429, Retry-After: 3.
-SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 3, "hang_rate": 0, "slow_rate": 0}');
+-- A rate-limited endpoint: every inference request gets 429, Retry-After: 30.
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 30, "hang_rate": 0, "slow_rate": 0}');
 SELECT npc_test.gpu_reset('faulty');
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_scale.request_decision(5001, 'trade', 'Sell clay?', 5) AS limited \gset
 SELECT ok(npc_test.wait_for($$ (SELECT breaker = 'open' FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) $$),
   'a 429 opens the endpoint''s breaker');
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 1::numeric, 'after one request');
-SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :limited), 'queued',
-  'the rate-limited decision waits for its retry');
-SELECT ok((SELECT not_before >= started_at + interval '3 s' FROM npc_scale.decision_queue WHERE id = :limited),
-  'its retry is not before Retry-After');
+SELECT ok(npc_test.wait_for(format($$ (SELECT status = 'queued' FROM npc_scale.decision_queue WHERE id = %s) $$, :limited)),
+  'the rate-limited decision waits for a GPU');
+SELECT ok((SELECT not_before < started_at + interval '30 s' FROM npc_scale.decision_queue WHERE id = :limited),
+  'its retry has the usual back-off: Retry-After holds the endpoint, not the decision');
 
--- Add a healthy endpoint: new work flows there while the breaker is open.
+-- Add a healthy endpoint: the rate-limited decision and new work go there
+-- while the first one's breaker is still open.
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, max_concurrent) VALUES (2, npc_test.gpu_url('fast0'), 16);
 CREATE TEMP TABLE meanwhile AS
 SELECT npc_scale.request_decision(5100 + g, 'trade', 'Buy wheat ' || g, 9) AS id FROM generate_series(1, 10) g;
 SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM meanwhile))'), 'other work finishes meanwhile');
 SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue JOIN meanwhile USING (id) WHERE gpu_id = 2 AND status = 'done'), 10,
   'all of it on the healthy endpoint');
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :limited)), 'the rate-limited decision finishes');
+SELECT results_eq(format('SELECT status, gpu_id, attempts FROM npc_scale.decision_queue WHERE id = %s', :limited),
+  $$ VALUES ('done'::text, 2, 2) $$, 'on its second attempt, on the healthy endpoint');
+SELECT is((SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining), 'open',
+  'without waiting for the first endpoint''s Retry-After');
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 1::numeric,
   'no request reached the rate-limited endpoint while its breaker was open');
-
--- The fault clears; after Retry-After the breaker probes /health and closes.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
+
+-- After Retry-After the breaker probes /health and closes (a 2 s Retry-After
+-- on a fresh endpoint, the only one).
+SELECT npc_test.gpu_faults('fast1', '{"error_rate": 1.0, "error_status": 429, "retry_after": 2}');
+SELECT npc_test.use_gpus(ARRAY['fast1']);
+SELECT npc_scale.request_decision(5002, 'trade', 'Sell iron?', 5) AS limited2 \gset
+SELECT ok(npc_test.wait_for($$ (SELECT breaker = 'open' FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) $$),
+  'a 429 opens its breaker');
+SELECT npc_test.gpu_faults('fast1', '{"error_rate": 0}');
 SELECT ok(npc_test.wait_for($$ (SELECT breaker = 'closed' FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) $$, '15 s'),
   'a healthy probe closes the breaker');
-SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :limited), '15 s'),
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :limited2), '15 s'),
   'the rate-limited decision is answered on its retry');
-SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :limited), 'done', 'done');
+SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :limited2), 'done', 'done');
 
 -- Affinity: one NPC's decisions stay on one endpoint while loads are even.
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1', 'fast2']);

@@ -69,6 +69,19 @@ TEST(Attempt, TransientErrorsRetryUntilTheLastAttempt) {
   }
 }
 
+// A 429's Retry-After keeps its endpoint closed (the circuit breaker), not
+// the decision: the retry has the usual back-off and goes to another GPU.
+TEST(Attempt, A429sRetryAfterDoesNotDelayTheRetry) {
+  HttpResult limited = http(429, R"({"error":{"message":"rate limited"}})");
+  HttpResult plain = limited;
+  limited.retry_after_s = 60;
+  AttemptOutcome with = npc_scale::resolve_attempt(Api::completions, limited, 1, kPolicy, 7);
+  AttemptOutcome without = npc_scale::resolve_attempt(Api::completions, plain, 1, kPolicy, 7);
+  ASSERT_EQ(with.kind, AttemptOutcome::Kind::retry);
+  EXPECT_EQ(with.retry_delay_ms, without.retry_delay_ms);
+  EXPECT_LE(with.retry_delay_ms, kPolicy.max_delay_ms);
+}
+
 TEST(Attempt, TheErrorNamesWhatTheEndpointSaid) {
   AttemptOutcome o = npc_scale::resolve_attempt(
       Api::completions, http(503, R"({"error":{"message":"KV cache full"}})"), 1, kPolicy, 7);

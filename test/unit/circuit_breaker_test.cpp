@@ -160,6 +160,14 @@ TEST(CircuitBreakerTest, RateLimitedWithoutRetryAfterUsesCooldown) {
   b.record_rate_limited(100, 30000);
   EXPECT_EQ(b.open_until_ms(), 30100);
   EXPECT_EQ(b.state(29000), BreakerState::open);
+  // ... up to an hour: a day-long (or absurd) header is cut there.
+  b.record_rate_limited(100, CircuitBreaker::retry_after_ms(86400));
+  EXPECT_EQ(b.open_until_ms(), 100 + 3600 * 1000);
+  b.record_rate_limited(100, CircuitBreaker::retry_after_ms(INT64_MAX / 10));
+  EXPECT_EQ(b.open_until_ms(), 100 + 3600 * 1000);
+  EXPECT_EQ(CircuitBreaker::retry_after_ms(std::nullopt), 0);
+  EXPECT_EQ(CircuitBreaker::retry_after_ms(-5), 0);
+  EXPECT_EQ(CircuitBreaker::retry_after_ms(2), 2000);
 }
 
 TEST(CircuitBreakerTest, LateOutcomesWhileOpenDoNotMoveIt) {

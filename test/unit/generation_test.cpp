@@ -636,7 +636,7 @@ TEST(GenerationErrorMessage, RawBodyIsSafeText) {
 TEST(GenerationRetry, FirstAttemptHasNoDelay) {
   EXPECT_EQ(npc_scale::retry_delay_ms(1, 100, 10000, 42), 0);
   EXPECT_EQ(npc_scale::retry_delay_ms(0, 100, 10000, 42), 0);
-  EXPECT_EQ(npc_scale::retry_delay_ms(-3, 100, 10000, 42, 30), 0);
+  EXPECT_EQ(npc_scale::retry_delay_ms(-3, 100, 10000, 42), 0);
 }
 
 TEST(GenerationRetry, ExponentialWithinJitterBounds) {
@@ -705,22 +705,4 @@ TEST(GenerationRetry, NoOverflowAtLargeAttempts) {
     EXPECT_LE(h, huge) << attempt;
   }
   EXPECT_GE(npc_scale::retry_delay_ms(100, 1, std::numeric_limits<int64_t>::max(), 3), 1);
-}
-
-TEST(GenerationRetry, RetryAfterWinsWhenLonger) {
-  int64_t jittered = npc_scale::retry_delay_ms(3, 100, 10000, 1);
-  ASSERT_LE(jittered, 200);
-  EXPECT_EQ(npc_scale::retry_delay_ms(3, 100, 10000, 1, 5), 5000);  // not jittered
-  // Not held to cap_ms either: the server said when.
-  EXPECT_EQ(npc_scale::retry_delay_ms(3, 100, 1000, 1, 120), 120000);
-  // Shorter than the backoff: the backoff stands.
-  EXPECT_EQ(npc_scale::retry_delay_ms(3, 1000, 10000, 1, 1),
-            npc_scale::retry_delay_ms(3, 1000, 10000, 1));
-  // Zero or negative headers are ignored.
-  EXPECT_EQ(npc_scale::retry_delay_ms(3, 100, 10000, 1, 0), jittered);
-  EXPECT_EQ(npc_scale::retry_delay_ms(3, 100, 10000, 1, -5), jittered);
-  // At most an hour, and no overflow from absurd values.
-  EXPECT_EQ(npc_scale::retry_delay_ms(3, 100, 10000, 1, 86400), 3600000);
-  EXPECT_EQ(npc_scale::retry_delay_ms(3, 100, 10000, 1, std::numeric_limits<int64_t>::max()),
-            3600000);
 }

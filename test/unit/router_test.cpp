@@ -309,6 +309,27 @@ TEST(RouterTest, AffinityKeepsAKeyHomeAndCountsHits) {
   EXPECT_EQ(r.affinity_hits(), 11u);
 }
 
+// The bounded-load check counts what the server holds, other clients'
+// requests included (vLLM's /metrics): a home another database swamped is
+// spilled from, not kept.
+TEST(RouterTest, AffinitySpillsFromAHomeOtherClientsSwamped) {
+  Router r;
+  std::vector<Endpoint> eps{ep(1, 16), ep(2, 16)};
+  eps[0].remote_running = 16;
+  eps[0].remote_waiting = 200;
+  eps[1].remote_running = 0;
+  eps[1].remote_waiting = 0;
+  int to_swamped = 0;
+  RouteRequest req = prio(9);
+  for (uint64_t k = 0; k < 200; k++) {
+    req.affinity_key = k;
+    auto d = r.pick(eps, req, 0);
+    ASSERT_TRUE(d.has_value());
+    if (d->index == 0) to_swamped++;
+  }
+  EXPECT_EQ(to_swamped, 0);
+}
+
 TEST(RouterTest, AffinityBeatsTheTierWhileWithinTheBound) {
   Router r;
   std::vector<Endpoint> eps{ep(1, 100, 10), ep(2, 100, 10), ep(3, 100, 10)};
