@@ -336,6 +336,7 @@ CREATE TABLE npc_scale.maintenance_runs (
     rows         bigint
 );
 CREATE INDEX maintenance_runs_job ON npc_scale.maintenance_runs (job, run);
+CREATE INDEX maintenance_runs_finished ON npc_scale.maintenance_runs (finished_at);  -- the purge
 GRANT SELECT ON npc_scale.maintenance_jobs, npc_scale.maintenance_runs TO PUBLIC;
 
 -- What a scheduled refresh needs of its target, said when it is scheduled
@@ -1011,6 +1012,7 @@ DECLARE
   key_cols int2vector;
   att int2;
   coltype regtype;
+  every interval := coalesce(current_setting('npc_scale.partition_maintenance_interval', true), '1h')::interval;
 BEGIN
   SELECT partstrat, partattrs INTO strategy, key_cols FROM pg_partitioned_table WHERE partrelid = NEW.parent;
   IF strategy IS NULL THEN
@@ -1045,6 +1047,15 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   PERFORM * FROM npc_scale._partition_bounds(NEW.partition_interval, now(), 0, 0);  -- raises on an unsupported interval
+  -- The premade partitions must outlast the time to the next run, one
+  -- missed run included: else rows land in the default partition between
+  -- runs and every run has to move them.
+  IF NEW.premake * NEW.partition_interval < 2 * every THEN
+    RAISE EXCEPTION 'premake % x partition_interval % covers less than two runs of partition maintenance (every %)',
+      NEW.premake, NEW.partition_interval, every
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Raise premake, or lower npc_scale.partition_maintenance_interval.';
+  END IF;
   RETURN NEW;
 END $$;
 CREATE TRIGGER check_partition_config
@@ -1102,8 +1113,101 @@ BEGIN
   RETURN true;
 END $$;
 
--- One parent's maintenance: default partition, retention, then premake.
--- Returns partitions created + dropped/detached.
+-- A partition bound as written by pg_get_expr, read as the instant it is
+-- (date and timestamp bounds are UTC: _bound_literal writes them so).
+CREATE FUNCTION npc_scale._bound_value(bound text, coltype regtype) RETURNS timestamptz
+LANGUAGE sql STABLE STRICT AS $$
+  SELECT CASE WHEN coltype IN ('date'::regtype, 'timestamp'::regtype)
+              THEN bound::timestamp AT TIME ZONE 'UTC' ELSE bound::timestamptz END
+$$;
+
+-- The partitions of `parent` with their bounds (MINVALUE/MAXVALUE and the
+-- default partition are left out).
+CREATE FUNCTION npc_scale._partitions_of(parent regclass, coltype regtype,
+    OUT part regclass, OUT lower_bound timestamptz, OUT upper_bound timestamptz)
+RETURNS SETOF record LANGUAGE sql STABLE AS $$
+  SELECT c.oid::regclass, npc_scale._bound_value(m[1], coltype), npc_scale._bound_value(m[2], coltype)
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid,
+         LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\) TO \(''([^'']+)''\)') AS m
+   WHERE i.inhparent = parent AND m IS NOT NULL
+$$;
+
+-- A partition made by maintenance gets the parent's owner (the worker runs
+-- as the bootstrap superuser; the game's role must still own its tables)
+-- and the parent's grants (a partition does not inherit them), PUBLIC's too.
+CREATE FUNCTION npc_scale._adopt_partition(part regclass, parent regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  parent_owner oid := (SELECT relowner FROM pg_class WHERE oid = parent);
+  g record;
+BEGIN
+  IF (SELECT relowner FROM pg_class WHERE oid = part) <> parent_owner THEN
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', part, pg_get_userbyid(parent_owner));
+  END IF;
+  FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable
+             FROM pg_class c, aclexplode(c.relacl) AS a
+            WHERE c.oid = parent AND a.grantee <> parent_owner LOOP
+    EXECUTE format('GRANT %s ON %s TO %s%s', g.privilege_type, part,
+                   CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END,
+                   CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+  END LOOP;
+END $$;
+
+-- Creates the partition [lower, upper) of cfg.parent named for `suffix`,
+-- unless that name is taken or another partition (made by hand, by
+-- pg_partman, or under an older interval) overlaps the range. Made as a
+-- table of its own and then attached: ATTACH locks the parent SHARE UPDATE
+-- EXCLUSIVE, where CREATE TABLE ... PARTITION OF would lock out the game's
+-- reads and writes. Rows of the range already in the default partition are
+-- moved into it first. Returns 1 if created.
+CREATE FUNCTION npc_scale._create_partition(cfg npc_scale.partition_configs, def regclass,
+    lower_bound timestamptz, upper_bound timestamptz, suffix text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  nsp name;
+  rel name;
+  coltype regtype := (SELECT atttypid::regtype FROM pg_attribute WHERE attrelid = cfg.parent AND attname = cfg.control);
+  child_name text;
+  overlapping regclass;
+  lo text := npc_scale._bound_literal(lower_bound, coltype);
+  hi text := npc_scale._bound_literal(upper_bound, coltype);
+  cols text;
+  has_rows boolean;
+BEGIN
+  SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.oid = cfg.parent;
+  child_name := npc_scale._child_name(rel, suffix);
+  IF npc_scale._child_exists(nsp, child_name, cfg.parent) THEN
+    RETURN 0;
+  END IF;
+  SELECT p.part INTO overlapping FROM npc_scale._partitions_of(cfg.parent, coltype) p
+   WHERE p.lower_bound < _create_partition.upper_bound AND p.upper_bound > _create_partition.lower_bound LIMIT 1;
+  IF overlapping IS NOT NULL THEN
+    RAISE NOTICE 'partition % of % not created: % already covers part of its range', child_name, cfg.parent, overlapping;
+    RETURN 0;
+  END IF;
+  EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)',
+                 nsp, child_name, cfg.parent);
+  EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I >= %s AND %I < %s)', def, cfg.control, lo, cfg.control, hi)
+    INTO has_rows;
+  IF has_rows THEN
+    -- Generated columns are computed again, not copied.
+    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols FROM pg_attribute
+     WHERE attrelid = cfg.parent AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+    EXECUTE format('WITH moved AS (DELETE FROM %s WHERE %I >= %s AND %I < %s RETURNING %s) INSERT INTO %I.%I (%s) SELECT * FROM moved',
+                   def, cfg.control, lo, cfg.control, hi, cols, nsp, child_name, cols);
+  END IF;
+  EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)', cfg.parent, nsp, child_name, lo, hi);
+  PERFORM npc_scale._adopt_partition(format('%I.%I', nsp, child_name)::regclass, cfg.parent);
+  RETURN 1;
+END $$;
+
+-- One parent's maintenance: default partition, retention, the default
+-- partition's rows, then premake. Returns partitions created +
+-- dropped/detached. Locks are waited for at most
+-- npc_scale.maintenance_lock_timeout: a long game query on the parent fails
+-- this run (retried soon) instead of queueing the game's statements behind
+-- maintenance's lock.
 CREATE FUNCTION npc_scale._maintain_parent(cfg npc_scale.partition_configs, initial boolean)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
@@ -1115,11 +1219,17 @@ DECLARE
   child record;
   n integer := 0;
   child_name text;
-  lo text;
-  hi text;
-  grant_row record;
-  has_rows boolean;
+  lock_wait text := current_setting('npc_scale.maintenance_lock_timeout', true);
+  caller_lock_timeout text := current_setting('lock_timeout');
+  current_lower timestamptz;
+  kept_from timestamptz;     -- rows before this are past retention
+  floor_at timestamptz;      -- the default partition's rows before this are dealt with
+  oldest_text text;
+  oldest timestamptz;
 BEGIN
+  IF lock_wait IS NOT NULL THEN
+    PERFORM set_config('lock_timeout', lock_wait, true);
+  END IF;
   SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
    WHERE c.oid = cfg.parent;
   SELECT atttypid::regtype INTO coltype FROM pg_attribute WHERE attrelid = cfg.parent AND attname = cfg.control;
@@ -1135,20 +1245,13 @@ BEGIN
     END IF;
     EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', nsp, child_name, cfg.parent);
     def := format('%I.%I', nsp, child_name)::regclass;
+    PERFORM npc_scale._adopt_partition(def, cfg.parent);
     n := n + 1;
   END IF;
   -- Retention first: partitions entirely older than now() - retention.
   IF cfg.retention IS NOT NULL THEN
-    FOR child IN
-      SELECT i.inhrelid::regclass AS part,
-             (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1] AS upper_text
-        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-       WHERE i.inhparent = cfg.parent AND i.inhrelid <> def
-    LOOP
-      CONTINUE WHEN child.upper_text IS NULL;
-      IF (CASE WHEN coltype = 'date'::regtype OR coltype = 'timestamp'::regtype
-               THEN (child.upper_text::timestamp AT TIME ZONE 'UTC')
-               ELSE child.upper_text::timestamptz END) <= now() - cfg.retention THEN
+    FOR child IN SELECT * FROM npc_scale._partitions_of(cfg.parent, coltype) LOOP
+      IF child.upper_bound <= now() - cfg.retention THEN
         IF cfg.retention_keep_table THEN
           EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', cfg.parent, child.part);
         ELSE
@@ -1157,7 +1260,32 @@ BEGIN
         n := n + 1;
       END IF;
     END LOOP;
+    SELECT lower_bound INTO kept_from FROM npc_scale._partition_bounds(cfg.partition_interval, now() - cfg.retention, 0, 0);
   END IF;
+  -- The default partition's rows: the game's writes into it wait while
+  -- they move (else a row landing between the move and the ATTACH fails
+  -- the ATTACH). Those past retention go as their partition would have;
+  -- older ranges than the premade ones (rows written while no partition
+  -- covered them) get their partitions too.
+  EXECUTE format('LOCK TABLE %s IN EXCLUSIVE MODE', def);
+  IF kept_from IS NOT NULL AND NOT cfg.retention_keep_table THEN
+    EXECUTE format('DELETE FROM %s WHERE %I < %s', def, cfg.control, npc_scale._bound_literal(kept_from, coltype));
+  END IF;
+  SELECT lower_bound INTO current_lower FROM npc_scale._partition_bounds(cfg.partition_interval, now(),
+    CASE WHEN initial THEN cfg.premake ELSE 0 END, 0) ORDER BY lower_bound LIMIT 1;
+  floor_at := kept_from;
+  FOR i IN 1 .. 1000 LOOP
+    EXECUTE format('SELECT min(%I)::text FROM %s WHERE %I < %s', cfg.control, def,
+                   cfg.control, npc_scale._bound_literal(current_lower, coltype))
+            || CASE WHEN floor_at IS NULL THEN ''
+                    ELSE format(' AND %I >= %s', cfg.control, npc_scale._bound_literal(floor_at, coltype)) END
+      INTO oldest_text;
+    EXIT WHEN oldest_text IS NULL;
+    oldest := npc_scale._bound_value(oldest_text, coltype);
+    SELECT * INTO b FROM npc_scale._partition_bounds(cfg.partition_interval, oldest, 0, 0);
+    n := n + npc_scale._create_partition(cfg, def, b.lower_bound, b.upper_bound, b.suffix);
+    floor_at := b.upper_bound;  -- a range left alone (name taken) is not looked at again
+  END LOOP;
   -- Premake: the current interval and `premake` ahead (at set-up also
   -- `premake` back, as pg_partman does), each created only if missing.
   FOR b IN SELECT * FROM npc_scale._partition_bounds(cfg.partition_interval, now(),
@@ -1165,32 +1293,10 @@ BEGIN
   LOOP
     -- Already past retention (a detached one keeps its name): not made again.
     CONTINUE WHEN cfg.retention IS NOT NULL AND b.upper_bound <= now() - cfg.retention;
-    child_name := npc_scale._child_name(rel, b.suffix);
-    CONTINUE WHEN npc_scale._child_exists(nsp, child_name, cfg.parent);
-    lo := npc_scale._bound_literal(b.lower_bound, coltype);
-    hi := npc_scale._bound_literal(b.upper_bound, coltype);
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I >= %s AND %I < %s)', def, cfg.control, lo, cfg.control, hi)
-      INTO has_rows;
-    IF has_rows THEN
-      -- Rows for this range already sit in the default partition: move them
-      -- into the new table, then attach it (indexes follow on attach).
-      EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', nsp, child_name, cfg.parent);
-      EXECUTE format('WITH moved AS (DELETE FROM %s WHERE %I >= %s AND %I < %s RETURNING *) INSERT INTO %I.%I SELECT * FROM moved',
-                     def, cfg.control, lo, cfg.control, hi, nsp, child_name);
-      EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)', cfg.parent, nsp, child_name, lo, hi);
-    ELSE
-      EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)', nsp, child_name, cfg.parent, lo, hi);
-    END IF;
-    -- Privileges granted on the parent reach the new partition too.
-    FOR grant_row IN SELECT grantee, string_agg(privilege_type, ', ') AS privs
-                       FROM information_schema.role_table_grants
-                      WHERE table_schema = nsp AND table_name = rel AND grantee <> current_user
-                      GROUP BY grantee LOOP
-      EXECUTE format('GRANT %s ON %I.%I TO %I', grant_row.privs, nsp, child_name, grant_row.grantee);
-    END LOOP;
-    n := n + 1;
+    n := n + npc_scale._create_partition(cfg, def, b.lower_bound, b.upper_bound, b.suffix);
   END LOOP;
   UPDATE npc_scale.partition_configs SET last_run_at = now() WHERE parent = cfg.parent;
+  PERFORM set_config('lock_timeout', caller_lock_timeout, true);
   RETURN n;
 END $$;
 

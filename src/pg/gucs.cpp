@@ -39,6 +39,8 @@ char* guc_redis_prefix = nullptr;
 int guc_redis_connect_timeout_ms = 100;
 int guc_redis_command_timeout_ms = 20;
 int guc_partition_interval_s = 3600;
+int guc_maintenance_lock_timeout_ms = 5000;
+int guc_maintenance_run_ttl_s = 7 * 86400;
 int guc_breaker_failures = 3;
 double guc_breaker_error_rate = 0.5;
 int guc_breaker_window = 20;
@@ -183,6 +185,17 @@ void define_gucs() {
   DefineCustomIntVariable("npc_scale.partition_maintenance_interval",
                           "How often the maintenance worker runs partition maintenance.", nullptr,
                           &guc_partition_interval_s, 3600, 1, 7 * 86400, PGC_SIGHUP, GUC_UNIT_S,
+                          nullptr, nullptr, nullptr);
+  // A refresh or a partition change waiting behind a long game query would
+  // queue the game's own statements behind its lock: it gives up instead,
+  // and is tried again soon.
+  DefineCustomIntVariable("npc_scale.maintenance_lock_timeout",
+                          "Longest wait for a lock in a refresh or in partition maintenance (0: no limit).",
+                          nullptr, &guc_maintenance_lock_timeout_ms, 5000, 0, 3600000, PGC_USERSET,
+                          GUC_UNIT_MS, nullptr, nullptr, nullptr);
+  DefineCustomIntVariable("npc_scale.maintenance_run_ttl",
+                          "Rows of npc_scale.maintenance_runs are purged after this.", nullptr,
+                          &guc_maintenance_run_ttl_s, 7 * 86400, 60, 3650 * 86400, PGC_SIGHUP, GUC_UNIT_S,
                           nullptr, nullptr, nullptr);
   // Every way a decision finishes sets the waiter's latch; this re-read only
   // covers what has no latch to set (a cancel in a transaction committed by

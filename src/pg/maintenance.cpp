@@ -26,6 +26,8 @@ namespace {
 
 constexpr long kTickMs = 1000;
 constexpr int kPurgeBatch = 1000;  // rows per transaction: short locks, steady vacuum
+constexpr int64_t kPartitionRetryMs = 60000;
+constexpr int64_t kRunsPurgeMs = 10000;
 
 // Runs a batched DELETE (its last argument is the batch size) until a batch
 // comes back short: each batch its own transaction, so no transaction holds
@@ -52,6 +54,18 @@ int64_t purge_finished() {
       "   ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
       {INT4OID, INT4OID});
   return delete_in_batches(plan, {Int32GetDatum(guc_result_ttl_s)}, "npc_scale: purge finished decisions");
+}
+
+// Finished runs older than npc_scale.maintenance_run_ttl: a job every
+// second would add 86,400 rows a day.
+int64_t purge_runs() {
+  static SavedPlan plan(
+      "DELETE FROM npc_scale.maintenance_runs WHERE run IN ("
+      "  SELECT run FROM npc_scale.maintenance_runs"
+      "   WHERE finished_at < now() - make_interval(secs => $1)"
+      "   LIMIT $2 FOR UPDATE SKIP LOCKED)",
+      {INT4OID, INT4OID});
+  return delete_in_batches(plan, {Int32GetDatum(guc_maintenance_run_ttl_s)}, "npc_scale: purge old maintenance runs");
 }
 
 // Expired rows of the L3 cache table.
@@ -86,35 +100,35 @@ void fail_orphaned_runs() {
   });
 }
 
-// Claims the due jobs, records a 'running' run for each and moves the job's
-// next run on — in one transaction, so a job is started once per due time.
-std::vector<DueJob> start_due_jobs() {
+// Claims the next due job, records a 'running' run for it and moves its
+// next run on, in one transaction: a job starts once per due time. One at a
+// time, so a crash during one job leaves no other marked as started, and a
+// run's started_at is when it really started. Only jobs due by
+// `round_start`: one due again at once (its run took longer than its
+// period) waits for the next round instead of starving the rest.
+std::optional<DueJob> start_next_due_job(TimestampTz round_start) {
   static SavedPlan advance(
       "UPDATE npc_scale.maintenance_jobs j SET next_run_at = npc_scale._cron_next(j.schedule, now()) "
-      "WHERE j.job IN (SELECT job FROM npc_scale.maintenance_jobs"
-      "                 WHERE active AND next_run_at <= now()"
-      "                 ORDER BY next_run_at FOR UPDATE SKIP LOCKED) "
+      "WHERE j.job = (SELECT job FROM npc_scale.maintenance_jobs"
+      "                WHERE active AND next_run_at <= $1"
+      "                ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
       "RETURNING j.job, j.target::text, j.concurrent_refresh",
-      {});
+      {TIMESTAMPTZOID});
   static SavedPlan insert_run(
       "INSERT INTO npc_scale.maintenance_runs (job, started_at, status)"
       " VALUES ($1, clock_timestamp(), 'running') RETURNING run",
       {INT8OID});
-  std::vector<DueJob> due;
-  in_transaction("npc_scale: start due maintenance jobs", [&] {
+  std::optional<DueJob> due;
+  in_transaction("npc_scale: start a due maintenance job", [&] {
     if (!extension_present()) return;
-    uint64_t n = advance.execute({});
-    for (uint64_t i = 0; i < n; i++) {
-      DueJob d;
-      d.job = spi_int(i, 1).value_or(0);
-      d.target = spi_text(i, 2).value_or("");
-      d.concurrently = spi_bool(i, 3);
-      due.push_back(std::move(d));
-    }
-    for (DueJob& d : due) {
-      insert_run.execute({Int64GetDatum(d.job)});
-      d.run = spi_int(0, 1).value_or(0);
-    }
+    if (advance.execute({TimestampTzGetDatum(round_start)}) != 1) return;
+    DueJob d;
+    d.job = spi_int(0, 1).value_or(0);
+    d.target = spi_text(0, 2).value_or("");
+    d.concurrently = spi_bool(0, 3);
+    insert_run.execute({Int64GetDatum(d.job)});
+    d.run = spi_int(0, 1).value_or(0);
+    due = std::move(d);
   });
   return due;
 }
@@ -156,14 +170,33 @@ void run_job(const DueJob& d) {
   std::optional<int64_t> rows;
   try {
     in_transaction(activity.c_str(), [&] {
-      std::string sql = std::string("REFRESH MATERIALIZED VIEW ") +
-                        (d.concurrently ? "CONCURRENTLY " : "") + d.target;
+      // A refresh waiting behind a long query would hold the game's
+      // statements on the view behind its own lock: it fails instead.
+      const std::string lock_timeout =
+          "SET LOCAL lock_timeout = " + std::to_string(guc_maintenance_lock_timeout_ms);
+      // CONCURRENTLY needs a populated view: one created WITH NO DATA gets
+      // a plain first refresh.
+      const std::string populated = "SELECT relispopulated FROM pg_class WHERE oid = '" + d.target +
+                                    "'::regclass";
+      bool concurrently = d.concurrently;
+      pg_call([&] {
+        if (SPI_execute(lock_timeout.c_str(), false, 0) < 0) elog(ERROR, "SET lock_timeout failed");
+      });
+      if (concurrently) {
+        pg_call([&] {
+          if (SPI_execute(populated.c_str(), true, 0) < 0) elog(ERROR, "reading relispopulated failed");
+        });
+        concurrently = SPI_processed == 1 && spi_bool(0, 1);
+      }
+      std::string sql = std::string("REFRESH MATERIALIZED VIEW ") + (concurrently ? "CONCURRENTLY " : "") + d.target;
       pg_call([&] {
         if (SPI_execute(sql.c_str(), false, 0) < 0) elog(ERROR, "REFRESH failed");
       });
+      // Not read-only: that would reuse the snapshot from before the
+      // refresh, and count the view as it was.
       std::string count = "SELECT count(*) FROM " + d.target;
       pg_call([&] {
-        if (SPI_execute(count.c_str(), true, 0) < 0) elog(ERROR, "count failed");
+        if (SPI_execute(count.c_str(), false, 0) < 0) elog(ERROR, "count failed");
       });
       rows = spi_int(0, 1);
     });
@@ -179,7 +212,9 @@ void run_job(const DueJob& d) {
 // with that reason, and the jobs after it still run: no run is left
 // 'running' until the next restart.
 void run_due_jobs() {
-  for (const DueJob& d : start_due_jobs()) {
+  const TimestampTz round_start = GetCurrentTimestamp();
+  while (std::optional<DueJob> next = start_next_due_job(round_start)) {
+    const DueJob& d = *next;
     try {
       run_job(d);
     } catch (const std::exception& e) {
@@ -211,8 +246,8 @@ std::optional<int64_t> ms_until_next_job() {
 }
 
 // Partition maintenance of every managed parent, each in its own
-// transaction so one failure does not undo the others.
-void maintain_partitions() {
+// transaction so one failure does not undo the others. False if any failed.
+bool maintain_partitions() {
   static SavedPlan parents("SELECT parent::oid FROM npc_scale.partition_configs ORDER BY parent::text", {});
   static SavedPlan run("SELECT npc_scale.run_maintenance($1::oid::regclass)", {OIDOID});
   std::vector<Oid> oids;
@@ -226,16 +261,20 @@ void maintain_partitions() {
       })));
     }
   });
+  bool all_ok = true;
   for (Oid oid : oids) {
     try {
       in_transaction("npc_scale: partition maintenance", [&] { run.execute({ObjectIdGetDatum(oid)}); });
     } catch (const std::exception& e) {
+      all_ok = false;
       std::string msg = e.what();
       pg_call([&] {
         ereport(WARNING, (errmsg("npc_scale maintenance: partitions of relation %u: %s", oid, msg.c_str())));
       });
+      worker_recover_after_error();
     }
   }
+  return all_ok;
 }
 
 // One part of a tick. A failure is logged and counted, and the parts after
@@ -256,6 +295,7 @@ void run_maintenance_worker() {
   bool recovered = false;
   int64_t next_purge_ms = 0;
   int64_t next_partitions_ms = 0;
+  int64_t next_runs_purge_ms = 0;
   long wait_ms = 0;
   for (;;) {
     try {
@@ -274,10 +314,18 @@ void run_maintenance_worker() {
         tick_step("purge of expired cache rows", [] { purge_cache_store(); });
         next_purge_ms = now + kTickMs;
       }
+      if (now >= next_runs_purge_ms) {
+        tick_step("purge of old maintenance runs", [] { purge_runs(); });
+        next_runs_purge_ms = now + kRunsPurgeMs;
+      }
       if (now >= next_partitions_ms) {
         worker_set_state(WorkerState::busy, "partition maintenance");
-        tick_step("partition maintenance", [] { maintain_partitions(); });
-        next_partitions_ms = now + static_cast<int64_t>(guc_partition_interval_s) * 1000;
+        bool ok = false;
+        tick_step("partition maintenance", [&] { ok = maintain_partitions(); });
+        // A parent that failed (a lock not granted in time, say) is tried
+        // again within a minute, not a whole interval later.
+        int64_t every_ms = static_cast<int64_t>(guc_partition_interval_s) * 1000;
+        next_partitions_ms = now + (ok ? every_ms : std::min<int64_t>(every_ms, kPartitionRetryMs));
       }
       if (auto next = ms_until_next_job()) wait_ms = std::min<long>(wait_ms, static_cast<long>(*next));
     } catch (const std::exception& e) {

@@ -3,7 +3,7 @@
 -- overlapping itself, clear errors at schedule time, decisions flowing
 -- while a slow refresh runs (asserted by the order of events), and a cancel
 -- during a refresh failing that run only.
-SELECT plan(26);
+SELECT plan(32);
 
 CREATE TABLE public.sched_src (id int PRIMARY KEY, x int NOT NULL);
 INSERT INTO public.sched_src SELECT g, 1 FROM generate_series(1, 100) g;
@@ -74,6 +74,40 @@ SELECT ok(npc_test.wait_for(format($$ (SELECT count(*) FROM npc_scale.maintenanc
                                    :ok_job, :bad_job), '15 s'),
   'the good job keeps running after the failure');
 
+-- A run's rows count the view as refreshed: a CONCURRENTLY refresh's count
+-- once read it as it was before, one refresh behind.
+INSERT INTO public.sched_src SELECT g, 2 FROM generate_series(101, 150) g;
+SELECT clock_timestamp() AS grown_at \gset
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'succeeded'
+                                                AND started_at > %L) $$, :ok_job, :'grown_at'), '15 s'),
+  'a refresh runs after the view''s source grew');
+SELECT is((SELECT rows FROM npc_scale.maintenance_runs WHERE job = :ok_job AND status = 'succeeded'
+            AND started_at > :'grown_at' ORDER BY run LIMIT 1), 150::bigint,
+  'its run counts the 150 rows the view has now');
+
+-- CONCURRENTLY on a view created WITH NO DATA would fail on every run: its
+-- first refresh is a plain one.
+CREATE MATERIALIZED VIEW public.sched_empty AS SELECT id FROM public.sched_src WITH NO DATA;
+CREATE UNIQUE INDEX ON public.sched_empty (id);
+SELECT npc_scale.schedule_refresh('public.sched_empty', '1 second') AS empty_job \gset
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'succeeded') $$,
+                                   :empty_job), '15 s'),
+  'a CONCURRENTLY job on a view created WITH NO DATA succeeds');
+SELECT is((SELECT count(*)::int FROM public.sched_empty), 150, 'and fills it');
+SELECT npc_scale.unschedule(:empty_job) AS empty_gone \gset
+
+-- Run history is purged after npc_scale.maintenance_run_ttl.
+ALTER SYSTEM SET npc_scale.maintenance_run_ttl = '60s';
+SELECT pg_reload_conf() AS reloaded \gset
+INSERT INTO npc_scale.maintenance_runs (job, started_at, finished_at, status, duration, rows)
+VALUES (:ok_job, now() - interval '2 hours', now() - interval '2 hours', 'succeeded', '1 s', 1) RETURNING run AS old_run \gset
+SELECT ok(npc_test.wait_for(format('NOT EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE run = %s)', :old_run), '30 s'),
+  'a run older than maintenance_run_ttl is purged');
+SELECT ok(EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = :ok_job AND finished_at > now() - interval '30 s'),
+  'recent runs are kept');
+ALTER SYSTEM RESET npc_scale.maintenance_run_ttl;
+SELECT pg_reload_conf() AS reloaded \gset
+
 -- A slow job never overlaps itself, and decisions flow while it runs.
 SELECT npc_scale.unschedule(:bad_job) AS unscheduled \gset
 SELECT npc_scale.schedule_refresh('public.sched_slow', '1 second') AS slow_job \gset
@@ -118,7 +152,7 @@ SELECT results_eq($$ SELECT pid, errors FROM npc_scale.worker_status() WHERE nam
   'the same worker process, and no error counted by its loop');
 
 SELECT npc_scale.unschedule(job) FROM npc_scale.maintenance_jobs;
-DROP MATERIALIZED VIEW public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow;
+DROP MATERIALIZED VIEW public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow, public.sched_empty;
 DROP TABLE public.sched_src;
 DELETE FROM npc_scale.decision_queue WHERE npc_id = 9901;
 SELECT * FROM finish();

@@ -4,7 +4,7 @@
 -- indexes and privileges reaching new partitions, and bound parity with
 -- pg_partman 4.7 itself.
 BEGIN;
-SELECT plan(25);
+SELECT plan(36);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -88,6 +88,64 @@ SELECT throws_like($$ SELECT npc_scale.manage_partitions('public.pm_clash_aaaaaa
 -- kept, with a warning: setting retention off again is not an error.
 SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '1 month', 5) $$,
   'a detached partition in the premade range is left alone, not an error');
+
+-- A managed parent's owner and grants reach the partitions maintenance
+-- makes (the worker runs as the bootstrap superuser): PUBLIC's and grant
+-- options included.
+CREATE ROLE pm_owner;
+CREATE TABLE public.pm_owned (id bigint GENERATED ALWAYS AS IDENTITY, ts timestamptz NOT NULL, a int,
+                              twice int GENERATED ALWAYS AS (a * 2) STORED) PARTITION BY RANGE (ts);
+ALTER TABLE public.pm_owned OWNER TO pm_owner;
+GRANT SELECT ON public.pm_owned TO PUBLIC;
+GRANT INSERT ON public.pm_owned TO pm_reader WITH GRANT OPTION;
+SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_owned', 'ts', '1 month', 2) $$,
+  'a parent granted to PUBLIC is managed');
+SELECT is((SELECT count(*)::int FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = 'public.pm_owned'::regclass AND c.relowner = 'pm_owner'::regrole), 6,
+  'every partition, the default one too, belongs to the parent''s owner');
+SELECT ok((SELECT bool_and(has_table_privilege('public', i.inhrelid, 'SELECT')
+                           AND has_table_privilege('pm_reader', i.inhrelid, 'INSERT WITH GRANT OPTION'))
+             FROM pg_inherits i WHERE i.inhparent = 'public.pm_owned'::regclass),
+  'and has the parent''s grants');
+
+-- Rows in the default partition for a range before the premade ones
+-- (written while no partition covered it) get their partition too, with
+-- generated columns computed again and identities kept.
+INSERT INTO public.pm_owned (ts, a) VALUES (now() - interval '6 months', 21), (now() + interval '5 months', 4);
+SELECT is((SELECT count(*)::int FROM public.pm_owned_default), 2, 'two rows outside the premade range are in the default partition');
+SELECT is(npc_scale.run_maintenance('public.pm_owned'), 1, 'run_maintenance makes one partition');
+SELECT is((SELECT tableoid::regclass::text || ' ' || twice || ' ' || id FROM public.pm_owned WHERE a = 21),
+          'pm_owned_p' || to_char((now() - interval '6 months') AT TIME ZONE 'UTC', 'YYYY_MM') || ' 42 1',
+  'the older row''s, into which it moved');
+SELECT is((SELECT count(*)::int FROM public.pm_owned_default), 1, 'the row beyond the premade range waits for its own');
+
+-- With retention, rows of the default partition older than it go, as
+-- their partition would have.
+CREATE TABLE public.pm_ret (ts timestamptz NOT NULL, v int) PARTITION BY RANGE (ts);
+SELECT npc_scale.manage_partitions('public.pm_ret', 'ts', '1 month', 2, '3 months') AS ret \gset
+INSERT INTO public.pm_ret VALUES (now() - interval '12 months', 1), (now() - interval '3 months' + interval '2 days', 2);
+SELECT npc_scale.run_maintenance('public.pm_ret') AS ret_run \gset
+SELECT results_eq($$ SELECT v, tableoid::regclass::text LIKE '%default' FROM public.pm_ret $$, $$ VALUES (2, false) $$,
+  'the default partition''s row past retention is gone, the other is in a partition of its own');
+
+-- A partition made by hand (or by pg_partman, or under another interval)
+-- whose range overlaps one to be made is left alone, not an error.
+CREATE TABLE public.pm_hand (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+DO $$ BEGIN
+  EXECUTE format('CREATE TABLE public.pm_hand_mine PARTITION OF public.pm_hand FOR VALUES FROM (%L) TO (%L)',
+                 (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 day') AT TIME ZONE 'UTC',
+                 (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '10 days') AT TIME ZONE 'UTC');
+END $$;
+SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_hand', 'ts', '1 month', 2) $$,
+  'a partition made by hand across this month''s start is no error');
+SELECT is((SELECT count(*)::int FROM pg_inherits WHERE inhparent = 'public.pm_hand'::regclass), 5,
+  'it is kept; the two months it overlaps are not made, the other three and the default are');
+
+-- Premade partitions must outlast two runs of maintenance.
+CREATE TABLE public.pm_short (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_short', 'ts', '15 minutes', 2) $$, '22023',
+  'premake 2 x partition_interval 00:15:00 covers less than two runs of partition maintenance (every 01:00:00)',
+  'premake x interval shorter than two maintenance runs is refused');
 
 -- Parity with pg_partman 4.7: same parent, same config, same bounds (in UTC).
 SET LOCAL TimeZone = 'UTC';
