@@ -1344,6 +1344,26 @@ END $$;
 COMMENT ON FUNCTION npc_scale.manage_partitions(regclass, text, interval, integer, interval, boolean) IS
 'Manages time partitions of a RANGE-partitioned parent: premake ahead, a default partition, retention.';
 
+-- A dropped view's refresh job, or a dropped parent's partition settings,
+-- would otherwise fail every run, naming a bare OID, and could one day
+-- point at whatever relation reuses that OID: they go with the relation.
+-- SECURITY DEFINER: any role may drop its own tables, and its DROP must not
+-- fail for lack of rights on these.
+CREATE FUNCTION npc_scale._forget_dropped() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  -- DROP EXTENSION npc_scale drops these tables in the same command.
+  IF to_regclass('npc_scale.maintenance_jobs') IS NULL OR to_regclass('npc_scale.partition_configs') IS NULL THEN
+    RETURN;
+  END IF;
+  DELETE FROM npc_scale.maintenance_jobs j USING pg_event_trigger_dropped_objects() d
+   WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.objid = j.target::oid;
+  DELETE FROM npc_scale.partition_configs c USING pg_event_trigger_dropped_objects() d
+   WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.objid = c.parent::oid;
+END $$;
+REVOKE ALL ON FUNCTION npc_scale._forget_dropped() FROM PUBLIC;
+CREATE EVENT TRIGGER npc_scale_forget_dropped ON sql_drop EXECUTE FUNCTION npc_scale._forget_dropped();
+
 -- pg_dump: the tables above hold the game's data (its fleet, its queued and
 -- answered decisions, its persisted cache, its schedules and partition
 -- settings), not the extension's. Without this a dump would restore them

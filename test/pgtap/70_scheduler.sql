@@ -3,7 +3,7 @@
 -- overlapping itself, clear errors at schedule time, decisions flowing
 -- while a slow refresh runs (asserted by the order of events), and a cancel
 -- during a refresh failing that run only.
-SELECT plan(32);
+SELECT plan(34);
 
 CREATE TABLE public.sched_src (id int PRIMARY KEY, x int NOT NULL);
 INSERT INTO public.sched_src SELECT g, 1 FROM generate_series(1, 100) g;
@@ -150,6 +150,19 @@ SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenanc
 SELECT results_eq($$ SELECT pid, errors FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance' $$,
                   $$ SELECT pid, errors FROM maintenance_before $$,
   'the same worker process, and no error counted by its loop');
+
+-- Dropping a scheduled view takes its job (and run history) with it: a job
+-- left behind would fail every run naming a bare OID.
+CREATE MATERIALIZED VIEW public.sched_gone AS SELECT 1 AS id;
+SELECT npc_scale.schedule_refresh('public.sched_gone', '@daily', false) AS gone_job \gset
+DROP MATERIALIZED VIEW public.sched_gone;
+SELECT is((SELECT count(*)::int FROM npc_scale.maintenance_jobs WHERE job = :gone_job), 0, 'a dropped view''s job goes with it');
+CREATE ROLE pm_nobody;
+SET ROLE pm_nobody;
+CREATE TABLE pg_temp.some_table (x int);
+SELECT lives_ok('DROP TABLE pg_temp.some_table', 'a role without rights on npc_scale''s tables still drops its own');
+RESET ROLE;
+DROP ROLE pm_nobody;
 
 SELECT npc_scale.unschedule(job) FROM npc_scale.maintenance_jobs;
 DROP MATERIALIZED VIEW public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow, public.sched_empty;

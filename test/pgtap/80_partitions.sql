@@ -4,7 +4,7 @@
 -- indexes and privileges reaching new partitions, and bound parity with
 -- pg_partman 4.7 itself.
 BEGIN;
-SELECT plan(36);
+SELECT plan(37);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -140,6 +140,13 @@ SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_hand', 'ts', '1
   'a partition made by hand across this month''s start is no error');
 SELECT is((SELECT count(*)::int FROM pg_inherits WHERE inhparent = 'public.pm_hand'::regclass), 5,
   'it is kept; the two months it overlaps are not made, the other three and the default are');
+
+-- Dropping a managed parent takes its settings with it (else maintenance
+-- would fail on it every run, naming a bare OID).
+SELECT 'public.pm_hand'::regclass::oid AS hand_oid \gset
+DROP TABLE public.pm_hand;
+SELECT is((SELECT count(*)::int FROM npc_scale.partition_configs WHERE parent::oid = :hand_oid), 0,
+  'a dropped parent''s partition settings go with it');
 
 -- Premade partitions must outlast two runs of maintenance.
 CREATE TABLE public.pm_short (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
