@@ -539,6 +539,17 @@ std::string error_message_from_body(long http_status, const std::string& body) {
   return head + ": " + sanitize(raw);
 }
 
+bool model_is_served(const std::string& models_body, const std::string& model) {
+  const nlohmann::json list = nlohmann::json::parse(models_body, nullptr, false);
+  if (list.is_discarded() || !list.is_object()) return false;
+  auto data = list.find("data");
+  if (data == list.end() || !data->is_array()) return false;
+  for (const auto& m : *data) {
+    if (m.is_object() && m.contains("id") && m["id"].is_string() && m["id"].get<std::string>() == model) return true;
+  }
+  return false;
+}
+
 int64_t retry_delay_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint64_t jitter_seed) {
   if (attempt <= 1) return 0;
   int64_t cap = std::max<int64_t>(cap_ms, 0);

@@ -96,6 +96,10 @@ Outcome classify(bool transport_ok, long http_status, bool body_ok);
 // {"message":...}), a short message; falls back to a prefix of the raw body.
 std::string error_message_from_body(long http_status, const std::string& body);
 
+// Whether an OpenAI-style model list (GET /v1/models: {"data": [{"id":
+// ...}, ...]}) names `model`. False for anything else, never throws.
+bool model_is_served(const std::string& models_body, const std::string& model);
+
 // Delay before attempt number `attempt` (1-based: the delay after the first
 // failure is for attempt 2): exponential from base_ms, capped, with
 // deterministic jitter from `jitter_seed` (so tests can assert it). A

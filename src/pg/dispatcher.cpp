@@ -73,7 +73,11 @@ void log_warning(const std::string& what) {
   pg_call([&] { ereport(WARNING, (errmsg("npc_scale dispatcher: %s", what.c_str()))); });
 }
 
-enum class Work { decision, sync, probe, scrape };
+// A probe is two requests: /health, then /v1/models (probe_model) to see
+// that the endpoint serves the configured model with our api_key: /health
+// alone passes for a wrong model or key, and the breaker would close only
+// to see every request fail again.
+enum class Work { decision, sync, probe, probe_model, scrape };
 
 struct InFlight {
   Work kind = Work::decision;
@@ -562,9 +566,34 @@ void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) 
   if (!index) return;
   Endpoint& e = fleet_.endpoints()[*index];
   MemberInfo& m = fleet_.info(*index);
-  if (f.kind == Work::probe) {
+  if (f.kind == Work::probe && r.transport_ok && r.status == 200 && !m.config.model.empty()) {
+    // Alive: now whether it serves our model, to us.
+    HttpRequest req;
+    req.tag = next_tag_++;
+    req.url = m.config.base_url + "/v1/models";
+    req.bearer_token = m.config.api_key;
+    req.timeout_ms = 2000;
+    InFlight info;
+    info.kind = Work::probe_model;
+    info.gpu_id = e.gpu_id;
+    info.member = m.serial;
+    in_flight_.emplace(req.tag, info);
+    http_.start(std::move(req));
+    return;  // still probing
+  }
+  if (f.kind == Work::probe || f.kind == Work::probe_model) {
     m.probe_in_flight = false;
     bool healthy = r.transport_ok && r.status == 200;
+    if (healthy && f.kind == Work::probe_model && !model_is_served(r.body, m.config.model)) {
+      healthy = false;
+      m.last_error = "health probe: the server answers, but its /v1/models does not list model \"" +
+                     m.config.model + "\"";
+      m.last_error_at_ms = GetCurrentTimestamp();
+    } else if (!healthy && f.kind == Work::probe_model) {
+      m.last_error = "health probe: GET /v1/models: " +
+                     (r.transport_ok ? "HTTP " + std::to_string(r.status) : r.error);
+      m.last_error_at_ms = GetCurrentTimestamp();
+    }
     e.breaker.probe_finished(healthy, now_ms());
     if (healthy && !m.removed) {  // a draining member's server may be no row's now: not logged
       maybe_more_work_ = true;  // capacity is back
@@ -1313,7 +1342,7 @@ void Dispatcher::handle_finished() {
     if (it == in_flight_.end()) continue;
     InFlight f = std::move(it->second);
     in_flight_.erase(it);
-    if (f.kind == Work::probe || f.kind == Work::scrape) {
+    if (f.kind == Work::probe || f.kind == Work::probe_model || f.kind == Work::scrape) {
       finish_probe_or_scrape(f, http);
       continue;
     }

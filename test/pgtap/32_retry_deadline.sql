@@ -1,7 +1,7 @@
 -- Transient errors are retried up to npc_scale.max_attempts, then the decision
 -- fails with the last error; permanent errors fail at once; deadlines expire;
 -- a misconfigured endpoint is the endpoint's failure.
-SELECT plan(23);
+SELECT plan(27);
 
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
@@ -47,19 +47,38 @@ SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}');
 
 -- A misconfigured endpoint (unknown model: HTTP 404) is the endpoint's fault,
 -- not the decision's: retried (elsewhere, when there is an elsewhere), and it
--- opens the endpoint's breaker; alone, the decision fails after max_attempts.
+-- opens the endpoint's breaker, which then stays open like a down
+-- endpoint's until the configuration is fixed.
 UPDATE npc_scale.gpu_endpoints SET model = 'no-such-model';
 SELECT npc_scale.request_decision(4005, 'attack', 'Attack now?', 2) AS id5 \gset
 -- (When it opens depends on the endpoint's earlier failures: watch for it.)
 SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 'open' $$, '20 s'),
   'the 404s open the endpoint''s breaker');
-SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id5), '30 s'), 'the decision finishes');
-SELECT results_eq(format('SELECT status, attempts = %s, error ~ ''HTTP 404'' FROM npc_scale.decision_queue WHERE id = %s',
-                         current_setting('npc_scale.max_attempts'), :id5),
-  $$ VALUES ('failed'::text, true, true) $$, 'a 404 is retried up to max_attempts');
+-- Its /health answers, but the breaker's probe also asks /v1/models: the
+-- model is not there, so the breaker stays open (it used to close, only to
+-- fail the next requests), saying why.
+SELECT ok(npc_test.wait_for($$ (SELECT last_error FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining)
+                                 LIKE 'health probe: %does not list model "no-such-model"' $$, '20 s'),
+  'a probe finds the model missing from the server''s /v1/models');
+SELECT last_error_at AS probed_at FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining \gset
+SELECT npc_test.gpu_metric('faulty', 'fake_gpu_requests_total') AS requests_then \gset
+SELECT ok(npc_test.wait_for(format($$ (SELECT last_error_at FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) > %L $$,
+                                   :'probed_at'), '20 s'),
+  'another probe finds it missing again');
+SELECT results_eq($$ SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining $$, $$ VALUES ('open'::text) $$,
+  'the breaker stayed open');
+SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), :requests_then::numeric,
+  'and no inference request reached the endpoint between the probes');
 UPDATE npc_scale.gpu_endpoints SET model = 'npc-llm';
 SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 'closed' $$, '20 s'),
   'the breaker closes again once a probe finds the endpoint healthy');
+-- The decision either used its attempts before the breaker opened, or
+-- waited (attempts left) and is answered now.
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id5), '30 s'), 'the decision finishes');
+SELECT ok((SELECT status = 'done' OR (status = 'failed' AND attempts = current_setting('npc_scale.max_attempts')::int
+                                      AND error ~ 'HTTP 404')
+             FROM npc_scale.decision_queue WHERE id = :id5),
+  'answered once the endpoint is fixed, or failed with the 404 after max_attempts: never failed early');
 
 -- Cancelling a running decision aborts its GPU request: the endpoint's slot
 -- (and the GPU's) frees now, not when the GPU would have answered (in 20 s).

@@ -706,3 +706,19 @@ TEST(GenerationRetry, NoOverflowAtLargeAttempts) {
   }
   EXPECT_GE(npc_scale::retry_delay_ms(100, 1, std::numeric_limits<int64_t>::max(), 3), 1);
 }
+
+// ---- model_is_served -------------------------------------------------------
+
+TEST(GenerationModels, AModelListNamesTheServedModels) {
+  const std::string vllm =
+      R"({"object":"list","data":[{"id":"npc-llm","object":"model","owned_by":"vllm"},)"
+      R"({"id":"npc-lora","object":"model","parent":"npc-llm"}]})";
+  EXPECT_TRUE(npc_scale::model_is_served(vllm, "npc-llm"));
+  EXPECT_TRUE(npc_scale::model_is_served(vllm, "npc-lora"));
+  EXPECT_FALSE(npc_scale::model_is_served(vllm, "no-such-model"));
+  EXPECT_FALSE(npc_scale::model_is_served(vllm, "npc"));
+  for (const char* junk : {"", "not json", "[]", R"({"data":{}})", R"({"data":[1,{"id":7}]})",
+                           R"({"error":{"message":"Unauthorized"}})"}) {
+    EXPECT_FALSE(npc_scale::model_is_served(junk, "npc-llm")) << junk;
+  }
+}
