@@ -236,6 +236,9 @@ class Dispatcher {
   // counts its own wait, so one that waits is not held back by the fleet's
   // signal restarting (a claim that empties the queue clears that).
   std::map<std::pair<int64_t, uint64_t>, int64_t> refused_since_ms_;
+  // generate() calls to retry, by the same key: not before this time on
+  // the GPU that just failed them (another GPU may take them at once).
+  std::map<std::pair<int64_t, uint64_t>, int64_t> sync_retry_due_ms_;
   int64_t next_housekeeping_ms_ = 0;
   std::optional<int64_t> retry_due_ms_;  // earliest queued retry
 };
@@ -395,6 +398,9 @@ long Dispatcher::wait_timeout_ms() const {
   // own wait opens them (after that, only a freed slot helps: no timer).
   for (const auto& [key, since] : refused_since_ms_) {
     if (key.first < 0 && since + guc_reserve_wait_ms > now) t = std::min<int64_t>(t, since + guc_reserve_wait_ms - now);
+  }
+  for (const auto& [key, due] : sync_retry_due_ms_) {
+    if (due > now) t = std::min<int64_t>(t, due - now);
   }
   for (const SentHandoff& h : sent_unclaimed_) {
     if (l2_asks_.waiting(h.tag)) continue;  // Redis's reply (or its timeout) wakes us
@@ -875,6 +881,13 @@ void Dispatcher::serve_taken_slot(int i, uint64 ticket) {
     return;
   }
   routed(wait_key);
+  if (auto due = sync_retry_due_ms_.find(wait_key); due != sync_retry_due_ms_.end()) {
+    if (fleet_.endpoints()[*pick].gpu_id == slot->gpu_id && now_ms() < due->second) {
+      end_sync_service(slot, ticket, SyncState::pending);  // the GPU that just failed: after its back-off
+      return;
+    }
+    sync_retry_due_ms_.erase(due);
+  }
   slot->attempts++;
   std::string prompt(sync_slot_prompt(slot), slot->prompt_len);
   std::string params_json(sync_slot_params(slot), slot->params_len);
@@ -1428,7 +1441,11 @@ void Dispatcher::finish_sync(const InFlight& f, const AttemptReply& r) {
   if (!sync_slot_is_ours(slot, f.ticket)) return;  // the caller gave up meanwhile
   slot->gpu_id = f.gpu_id;
   switch (o.kind) {
-    case AttemptOutcome::Kind::retry:  // served again on the next pass, elsewhere if possible
+    case AttemptOutcome::Kind::retry:
+      // Served again on the next pass: elsewhere at once if possible, on
+      // the same GPU after the back-off (else a one-GPU fleet would spend
+      // every attempt within a millisecond).
+      sync_retry_due_ms_[{-1 - f.slot, f.ticket}] = now_ms() + o.retry_delay_ms;
       end_sync_service(slot, f.ticket, SyncState::pending);
       break;
     case AttemptOutcome::Kind::done:
@@ -1460,6 +1477,9 @@ void Dispatcher::housekeeping() {
   // elsewhere; one still waiting merely restarts its wait.
   for (auto it = refused_since_ms_.begin(); it != refused_since_ms_.end();) {
     it = now_ms() - it->second > 60000 ? refused_since_ms_.erase(it) : std::next(it);
+  }
+  for (auto it = sync_retry_due_ms_.begin(); it != sync_retry_due_ms_.end();) {
+    it = now_ms() - it->second > 60000 ? sync_retry_due_ms_.erase(it) : std::next(it);
   }
   if (!extension_ready()) {
     pending_results_.clear();
