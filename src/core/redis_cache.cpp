@@ -112,6 +112,7 @@ void RedisCache::configure(const RedisConfig& config) {
 
 void RedisCache::fail(const std::string& why, int64_t now_ms) {
   errors_++;
+  connection_failures_++;
   disconnect();
   backoff_ms_ = backoff_ms_ == 0 ? kFirstBackoffMs : std::min(backoff_ms_ * 2, kMaxBackoffMs);
   next_attempt_ms_ = now_ms + backoff_ms_;

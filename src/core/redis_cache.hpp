@@ -114,6 +114,9 @@ class RedisCache {
   // A lookup or TCP connect started and not yet through (connect_in_background).
   bool connecting() const { return lookup_ != nullptr || connecting_fd_ >= 0; }
   uint64_t errors() const { return errors_; }
+  // Connections given up (a subset of errors(): not error replies, which
+  // leave the connection working).
+  uint64_t connection_failures() const { return connection_failures_; }
   // The text of the last error reply (a command's, the connection kept).
   const std::string& last_reply_error() const { return last_reply_error_; }
   // host:port, for messages.
@@ -174,6 +177,7 @@ class RedisCache {
   std::vector<SocketAddress> addresses_;  // the host's, in the resolver's order
   size_t next_address_ = 0;
   bool up_ = true;  // optimistic until the first failure; reported only on change
+  uint64_t connection_failures_ = 0;
   uint64_t errors_ = 0;
   std::string last_reply_error_;  // the last error reply's text
   int64_t next_attempt_ms_ = 0;

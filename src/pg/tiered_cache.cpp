@@ -281,9 +281,12 @@ bool cache_store(const std::string& key, const std::string& value, int64_t ttl_s
   l1_put(key, value, ttl_s > 0 ? ttl_s * 1000 : 0);
   refresh_redis_config();
   uint64_t errors_before = redis().errors();
+  const uint64_t failures_before = redis().connection_failures();
   redis().set_nowait(key, value, ttl_s, now_ms(), behind);
   note_redis_state(errors_before);
-  return redis().errors() == errors_before;
+  // An error reply read meanwhile (a SET refused by a full Redis) leaves the
+  // connection working: only a lost connection says Redis failed.
+  return redis().connection_failures() == failures_before;
 }
 
 // Bottom-up, so a reader between the steps finds nothing to bring back up

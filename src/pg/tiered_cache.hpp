@@ -44,7 +44,8 @@ int64_t cache_l2_next_event_ms();
 
 // Writes L1, and L2 without waiting for Redis's reply; with `behind` wait,
 // replies are waited for when 64 are unread rather than the L2 write
-// skipped. ttl_s <= 0: no expiry. False if Redis failed meanwhile.
+// skipped. ttl_s <= 0: no expiry. False if the connection to Redis failed
+// meanwhile (not for an error reply).
 bool cache_store(const std::string& key, const std::string& value, int64_t ttl_s,
                  RedisCache::WhenBehind behind = RedisCache::WhenBehind::skip);
 // Writes the key's L3 row (SPI).

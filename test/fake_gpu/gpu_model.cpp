@@ -80,16 +80,28 @@ void Scheduler::run_until(double now_ms, std::vector<uint64_t>* finished) {
     clock_ms_ = now_ms;
     clock_started_ = true;
   }
-  for (;;) {
-    std::optional<double> next = next_finish();
-    if (!next || *next > now_ms + kDoneEpsilonMs) break;
-    progress_to(*next);
+  while (!running_.empty()) {
     const double step = step_ms(profile_, static_cast<int>(running_.size()));
-    auto done = [&](const Running& r) { return left_ms(r, step) <= kDoneEpsilonMs; };
-    for (const Running& r : running_) {
-      if (done(r)) finished->push_back(r.job.id);
+    double soonest = left_ms(running_.front(), step);
+    for (const Running& r : running_) soonest = std::min(soonest, left_ms(r, step));
+    if (clock_ms_ + soonest > now_ms + kDoneEpsilonMs) break;
+    // The jobs with the least left finish at this instant, whatever
+    // rounding leaves of their work once the clock has moved there (at a
+    // large clock the step between doubles exceeds any fixed epsilon, and
+    // "done" judged afterwards could loop for ever): chosen before.
+    auto done = [&](const Running& r) { return left_ms(r, step) <= soonest + kDoneEpsilonMs; };
+    std::vector<bool> finishing;
+    for (const Running& r : running_) finishing.push_back(done(r));
+    progress_to(clock_ms_ + soonest);
+    size_t kept = 0;
+    for (size_t i = 0; i < running_.size(); i++) {
+      if (finishing[i]) {
+        finished->push_back(running_[i].job.id);
+      } else {
+        running_[kept++] = std::move(running_[i]);
+      }
     }
-    running_.erase(std::remove_if(running_.begin(), running_.end(), done), running_.end());
+    running_.resize(kept);
     fill_slots();
   }
   progress_to(now_ms);

@@ -54,9 +54,12 @@ timeval to_timeval(double ms) {
   return tv;
 }
 
+// Milliseconds since the process started: small numbers keep the
+// scheduler's sums of doubles precise (time since boot would not, after
+// months of uptime).
 double steady_now_ms() {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  static const auto start = std::chrono::steady_clock::now();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
 // vLLM ids are "cmpl-" + 32 hex digits; ours derive from the request id.

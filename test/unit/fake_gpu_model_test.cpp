@@ -530,6 +530,25 @@ TEST(FakeGpuModel, ATimeBehindTheClockIsNow) {
   EXPECT_EQ(s.advance(120).finished, Ids{1});
 }
 
+// Whatever the clock's magnitude (here ~3 years in ms, where one double step
+// is far above the scheduler's epsilon), every job finishes and the
+// scheduler never loops on a remainder left by rounding.
+TEST(FakeGpuModel, AHugeClockStillFinishesEveryJob) {
+  for (const std::string& name : {"rtx3090ti", "p40"}) {
+    Scheduler s(*profile_by_name(name));
+    const double base = 1e11;
+    size_t finished = 0;
+    for (uint64_t i = 1; i <= 200; i++) {
+      finished += s.submit(job(i, static_cast<int>(i % 3), static_cast<int>(1 + i * 7 % 61)), base + i * 0.37).finished.size();
+      if (i % 5 == 0) finished += s.advance(base + i * 0.37 + 3.1).finished.size();
+    }
+    Progress p = s.advance(base + 1e7);
+    finished += p.finished.size();
+    EXPECT_EQ(finished, 200u) << name;
+    EXPECT_FALSE(p.next_finish_ms) << name;
+  }
+}
+
 TEST(FakeGpuModel, PrefixCacheHitsOnSharedPrefixAndEvictsLru) {
   PrefixCache c(2, 16);
   EXPECT_FALSE(c.lookup_and_insert("0123456789abcdef-tail one"));

@@ -1044,6 +1044,10 @@ TEST_F(RedisCacheLive, AnErrorReplyIsAMissNotADisconnect) {
   std::string v;
   EXPECT_EQ(cache.get("good", &v, now_ms()), RedisCache::Result::hit);
   EXPECT_EQ(cache.get("refused", &v, now_ms()), RedisCache::Result::miss);
+  EXPECT_EQ(cache.connection_failures(), 0u) << "error replies are not connection failures";
+  server->stop();
+  EXPECT_EQ(cache.get("good", &v, now_ms()), RedisCache::Result::unavailable);
+  EXPECT_EQ(cache.connection_failures(), 1u) << "a lost connection is";
   redisFree(admin);
 }
 
