@@ -1121,14 +1121,17 @@ LANGUAGE sql STABLE STRICT AS $$
               THEN bound::timestamp AT TIME ZONE 'UTC' ELSE bound::timestamptz END
 $$;
 
--- The partitions of `parent` with their bounds (MINVALUE/MAXVALUE and the
--- default partition are left out).
+-- The partitions of `parent` with their bounds, MINVALUE and MAXVALUE as
+-- -infinity and infinity (the default partition is left out).
 CREATE FUNCTION npc_scale._partitions_of(parent regclass, coltype regtype,
     OUT part regclass, OUT lower_bound timestamptz, OUT upper_bound timestamptz)
 RETURNS SETOF record LANGUAGE sql STABLE AS $$
-  SELECT c.oid::regclass, npc_scale._bound_value(m[1], coltype), npc_scale._bound_value(m[2], coltype)
+  SELECT c.oid::regclass,
+         CASE WHEN m[1] = 'MINVALUE' THEN '-infinity'::timestamptz ELSE npc_scale._bound_value(btrim(m[1], ''''), coltype) END,
+         CASE WHEN m[2] = 'MAXVALUE' THEN 'infinity'::timestamptz ELSE npc_scale._bound_value(btrim(m[2], ''''), coltype) END
     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid,
-         LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\) TO \(''([^'']+)''\)') AS m
+         LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                              'FROM \((MINVALUE|''[^'']+'')\) TO \((MAXVALUE|''[^'']+'')\)') AS m
    WHERE i.inhparent = parent AND m IS NOT NULL
 $$;
 
@@ -1173,6 +1176,7 @@ DECLARE
   hi text := npc_scale._bound_literal(upper_bound, coltype);
   cols text;
   has_rows boolean;
+  replication_role text;
 BEGIN
   SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
    WHERE c.oid = cfg.parent;
@@ -1191,11 +1195,22 @@ BEGIN
   EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I >= %s AND %I < %s)', def, cfg.control, lo, cfg.control, hi)
     INTO has_rows;
   IF has_rows THEN
-    -- Generated columns are computed again, not copied.
+    -- Generated columns are computed again, not copied. A move is not a
+    -- delete: the game's row triggers and the foreign keys pointing at the
+    -- parent (ON DELETE CASCADE would delete their rows) must not fire, so
+    -- a superuser (the worker) moves with triggers off. Another role's
+    -- move fires them (documented).
     SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols FROM pg_attribute
      WHERE attrelid = cfg.parent AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+      replication_role := current_setting('session_replication_role');
+      PERFORM set_config('session_replication_role', 'replica', true);
+    END IF;
     EXECUTE format('WITH moved AS (DELETE FROM %s WHERE %I >= %s AND %I < %s RETURNING %s) INSERT INTO %I.%I (%s) SELECT * FROM moved',
                    def, cfg.control, lo, cfg.control, hi, cols, nsp, child_name, cols);
+    IF replication_role IS NOT NULL THEN
+      PERFORM set_config('session_replication_role', replication_role, true);
+    END IF;
   END IF;
   EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)', cfg.parent, nsp, child_name, lo, hi);
   PERFORM npc_scale._adopt_partition(format('%I.%I', nsp, child_name)::regclass, cfg.parent);
@@ -1226,6 +1241,8 @@ DECLARE
   floor_at timestamptz;      -- the default partition's rows before this are dealt with
   oldest_text text;
   oldest timestamptz;
+  has_rows boolean;
+  backfilled integer := 0;
 BEGIN
   IF lock_wait IS NOT NULL THEN
     PERFORM set_config('lock_timeout', lock_wait, true);
@@ -1248,7 +1265,51 @@ BEGIN
     PERFORM npc_scale._adopt_partition(def, cfg.parent);
     n := n + 1;
   END IF;
-  -- Retention first: partitions entirely older than now() - retention.
+  IF cfg.retention IS NOT NULL THEN
+    SELECT lower_bound INTO kept_from FROM npc_scale._partition_bounds(cfg.partition_interval, now() - cfg.retention, 0, 0);
+  END IF;
+  -- The default partition's rows, if any: the game's writes into it wait
+  -- while they move (else a row landing between the move and the ATTACH
+  -- fails the ATTACH). Those past retention go as their partition would
+  -- have; ranges older than the premade ones (rows written while no
+  -- partition covered them) get their partitions too, at most 24 per
+  -- call: a long history is taken out over several short transactions
+  -- (the worker calls again while a call makes partitions).
+  EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', def) INTO has_rows;
+  IF has_rows THEN
+    EXECUTE format('LOCK TABLE %s IN EXCLUSIVE MODE', def);
+    IF kept_from IS NOT NULL AND NOT cfg.retention_keep_table THEN
+      EXECUTE format('DELETE FROM %s WHERE %I < %s', def, cfg.control, npc_scale._bound_literal(kept_from, coltype));
+    END IF;
+    SELECT lower_bound INTO current_lower FROM npc_scale._partition_bounds(cfg.partition_interval, now(),
+      CASE WHEN initial THEN cfg.premake ELSE 0 END, 0) ORDER BY lower_bound LIMIT 1;
+    floor_at := kept_from;
+    WHILE backfilled < 24 LOOP
+      -- (-infinity has no range: it stays in the default partition.)
+      EXECUTE format('SELECT min(%I)::text FROM %s WHERE isfinite(%I) AND %I < %s', cfg.control, def, cfg.control,
+                     cfg.control, npc_scale._bound_literal(current_lower, coltype))
+              || CASE WHEN floor_at IS NULL THEN ''
+                      ELSE format(' AND %I >= %s', cfg.control, npc_scale._bound_literal(floor_at, coltype)) END
+        INTO oldest_text;
+      EXIT WHEN oldest_text IS NULL;
+      oldest := npc_scale._bound_value(oldest_text, coltype);
+      SELECT * INTO b FROM npc_scale._partition_bounds(cfg.partition_interval, oldest, 0, 0);
+      backfilled := backfilled + npc_scale._create_partition(cfg, def, b.lower_bound, b.upper_bound, b.suffix);
+      floor_at := b.upper_bound;  -- a range left alone (name taken) is not looked at again
+    END LOOP;
+    n := n + backfilled;
+  END IF;
+  -- Premake: the current interval and `premake` ahead (at set-up also
+  -- `premake` back, as pg_partman does), each created only if missing.
+  FOR b IN SELECT * FROM npc_scale._partition_bounds(cfg.partition_interval, now(),
+                                                      CASE WHEN initial THEN cfg.premake ELSE 0 END, cfg.premake)
+  LOOP
+    -- Already past retention (a detached one keeps its name): not made again.
+    CONTINUE WHEN cfg.retention IS NOT NULL AND b.upper_bound <= now() - cfg.retention;
+    n := n + npc_scale._create_partition(cfg, def, b.lower_bound, b.upper_bound, b.suffix);
+  END LOOP;
+  -- Retention last: a DROP or DETACH locks the parent ACCESS EXCLUSIVE
+  -- until COMMIT, so nothing else of this run happens under that lock.
   IF cfg.retention IS NOT NULL THEN
     FOR child IN SELECT * FROM npc_scale._partitions_of(cfg.parent, coltype) LOOP
       IF child.upper_bound <= now() - cfg.retention THEN
@@ -1260,41 +1321,7 @@ BEGIN
         n := n + 1;
       END IF;
     END LOOP;
-    SELECT lower_bound INTO kept_from FROM npc_scale._partition_bounds(cfg.partition_interval, now() - cfg.retention, 0, 0);
   END IF;
-  -- The default partition's rows: the game's writes into it wait while
-  -- they move (else a row landing between the move and the ATTACH fails
-  -- the ATTACH). Those past retention go as their partition would have;
-  -- older ranges than the premade ones (rows written while no partition
-  -- covered them) get their partitions too.
-  EXECUTE format('LOCK TABLE %s IN EXCLUSIVE MODE', def);
-  IF kept_from IS NOT NULL AND NOT cfg.retention_keep_table THEN
-    EXECUTE format('DELETE FROM %s WHERE %I < %s', def, cfg.control, npc_scale._bound_literal(kept_from, coltype));
-  END IF;
-  SELECT lower_bound INTO current_lower FROM npc_scale._partition_bounds(cfg.partition_interval, now(),
-    CASE WHEN initial THEN cfg.premake ELSE 0 END, 0) ORDER BY lower_bound LIMIT 1;
-  floor_at := kept_from;
-  FOR i IN 1 .. 1000 LOOP
-    EXECUTE format('SELECT min(%I)::text FROM %s WHERE %I < %s', cfg.control, def,
-                   cfg.control, npc_scale._bound_literal(current_lower, coltype))
-            || CASE WHEN floor_at IS NULL THEN ''
-                    ELSE format(' AND %I >= %s', cfg.control, npc_scale._bound_literal(floor_at, coltype)) END
-      INTO oldest_text;
-    EXIT WHEN oldest_text IS NULL;
-    oldest := npc_scale._bound_value(oldest_text, coltype);
-    SELECT * INTO b FROM npc_scale._partition_bounds(cfg.partition_interval, oldest, 0, 0);
-    n := n + npc_scale._create_partition(cfg, def, b.lower_bound, b.upper_bound, b.suffix);
-    floor_at := b.upper_bound;  -- a range left alone (name taken) is not looked at again
-  END LOOP;
-  -- Premake: the current interval and `premake` ahead (at set-up also
-  -- `premake` back, as pg_partman does), each created only if missing.
-  FOR b IN SELECT * FROM npc_scale._partition_bounds(cfg.partition_interval, now(),
-                                                      CASE WHEN initial THEN cfg.premake ELSE 0 END, cfg.premake)
-  LOOP
-    -- Already past retention (a detached one keeps its name): not made again.
-    CONTINUE WHEN cfg.retention IS NOT NULL AND b.upper_bound <= now() - cfg.retention;
-    n := n + npc_scale._create_partition(cfg, def, b.lower_bound, b.upper_bound, b.suffix);
-  END LOOP;
   UPDATE npc_scale.partition_configs SET last_run_at = now() WHERE parent = cfg.parent;
   PERFORM set_config('lock_timeout', caller_lock_timeout, true);
   RETURN n;

@@ -7,6 +7,7 @@
 
 extern "C" {
 #include "catalog/pg_type.h"
+#include "commands/async.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "mb/pg_wchar.h"
@@ -20,7 +21,10 @@ namespace {
 
 constexpr const char* kChannel = "npc_scale_decisions";
 
-void notify_finished(int64_t id) { notify_at_commit(kChannel, std::to_string(id)); }
+void notify_finished(int64_t id) {
+  std::string payload = std::to_string(id);
+  pg_call([&] { Async_Notify(kChannel, payload.c_str()); });
+}
 
 // Statements that touch given rows find them with "id = ANY(<array>)" and
 // write their status test as "(status = 'x') IS TRUE". Their plans are

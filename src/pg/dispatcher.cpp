@@ -589,8 +589,9 @@ void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) 
   }
   if (f.kind == Work::probe || f.kind == Work::probe_model) {
     m.probe_in_flight = false;
-    bool healthy = r.transport_ok && r.status == 200;
-    if (healthy && f.kind == Work::probe_model && !model_is_served(r.body, m.config.model)) {
+    // A server without /v1/models (404) is judged by its /health alone.
+    bool healthy = r.transport_ok && (r.status == 200 || (f.kind == Work::probe_model && r.status == 404));
+    if (healthy && r.status == 200 && f.kind == Work::probe_model && !model_is_served(r.body, m.config.model)) {
       healthy = false;
       m.last_error = "health probe: the server answers, but its /v1/models does not list model \"" +
                      m.config.model + "\"";
@@ -1475,8 +1476,9 @@ void Dispatcher::housekeeping() {
   }
   // Work that waited long ago and was then answered, cancelled or expired
   // elsewhere; one still waiting merely restarts its wait.
+  const int64_t forget_after_ms = std::max<int64_t>(60000, 2 * static_cast<int64_t>(guc_reserve_wait_ms));
   for (auto it = refused_since_ms_.begin(); it != refused_since_ms_.end();) {
-    it = now_ms() - it->second > 60000 ? refused_since_ms_.erase(it) : std::next(it);
+    it = now_ms() - it->second > forget_after_ms ? refused_since_ms_.erase(it) : std::next(it);
   }
   for (auto it = sync_retry_due_ms_.begin(); it != sync_retry_due_ms_.end();) {
     it = now_ms() - it->second > 60000 ? sync_retry_due_ms_.erase(it) : std::next(it);

@@ -85,6 +85,7 @@ struct DueJob {
   int64_t job = 0;
   int64_t run = 0;
   std::string target;  // regclass as text: already quoted
+  int64_t oid = 0;     // the view's
   bool concurrently = true;
 };
 
@@ -112,7 +113,7 @@ std::optional<DueJob> start_next_due_job(TimestampTz round_start) {
       "WHERE j.job = (SELECT job FROM npc_scale.maintenance_jobs"
       "                WHERE active AND next_run_at <= $1"
       "                ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
-      "RETURNING j.job, j.target::text, j.concurrent_refresh",
+      "RETURNING j.job, j.target::text, j.concurrent_refresh, j.target::oid::int8",
       {TIMESTAMPTZOID});
   static SavedPlan insert_run(
       "INSERT INTO npc_scale.maintenance_runs (job, started_at, status)"
@@ -126,6 +127,7 @@ std::optional<DueJob> start_next_due_job(TimestampTz round_start) {
     d.job = spi_int(0, 1).value_or(0);
     d.target = spi_text(0, 2).value_or("");
     d.concurrently = spi_bool(0, 3);
+    d.oid = spi_int(0, 4).value_or(0);
     insert_run.execute({Int64GetDatum(d.job)});
     d.run = spi_int(0, 1).value_or(0);
     due = std::move(d);
@@ -176,8 +178,7 @@ void run_job(const DueJob& d) {
           "SET LOCAL lock_timeout = " + std::to_string(guc_maintenance_lock_timeout_ms);
       // CONCURRENTLY needs a populated view: one created WITH NO DATA gets
       // a plain first refresh.
-      const std::string populated = "SELECT relispopulated FROM pg_class WHERE oid = '" + d.target +
-                                    "'::regclass";
+      const std::string populated = "SELECT relispopulated FROM pg_class WHERE oid = " + std::to_string(d.oid);
       bool concurrently = d.concurrently;
       pg_call([&] {
         if (SPI_execute(lock_timeout.c_str(), false, 0) < 0) elog(ERROR, "SET lock_timeout failed");
@@ -264,7 +265,15 @@ bool maintain_partitions() {
   bool all_ok = true;
   for (Oid oid : oids) {
     try {
-      in_transaction("npc_scale: partition maintenance", [&] { run.execute({ObjectIdGetDatum(oid)}); });
+      // Again while a call makes partitions (at most 24 of a long history
+      // per call, each call its own transaction), within a bound.
+      for (int round = 0; round < 50; round++) {
+        std::optional<int64_t> made;
+        in_transaction("npc_scale: partition maintenance", [&] {
+          if (run.execute({ObjectIdGetDatum(oid)}) == 1) made = spi_int(0, 1);
+        });
+        if (made.value_or(0) == 0) break;
+      }
     } catch (const std::exception& e) {
       all_ok = false;
       std::string msg = e.what();

@@ -4,7 +4,6 @@ extern "C" {
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "catalog/namespace.h"
-#include "commands/async.h"
 #include "utils/lsyscache.h"
 #include "pgstat.h"
 #include "utils/backend_status.h"
@@ -14,20 +13,9 @@ extern "C" {
 
 namespace npc_scale {
 
-namespace {
-// Whether the worker's current transaction has notified.
-bool g_notified = false;
-}  // namespace
-
-void notify_at_commit(const char* channel, const std::string& payload) {
-  pg_call([&] { Async_Notify(channel, payload.c_str()); });
-  g_notified = true;
-}
-
 namespace spi_detail {
 
 void begin(const char* activity) {
-  g_notified = false;
   pg_call([&] {
     SetCurrentStatementStartTimestamp();
     StartTransactionCommand();
@@ -45,11 +33,10 @@ void commit() {
     // but the COMMIT of one that notified takes the database's NOTIFY lock,
     // held by each committing transaction that notified, only while it
     // commits. Failing the commit on a short wait for it would redo work (a
-    // batch of answers) for nothing.
-    if (g_notified) {
-      (void)set_config_option("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true,
-                              0, false);
-    }
+    // batch of answers) for nothing. Not only when we notified: a game's
+    // trigger on our tables may have (pg_notify), unknown to us.
+    (void)set_config_option("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0,
+                            false);
     CommitTransactionCommand();
     // Without this, autovacuum never learns of the worker's writes.
     pgstat_report_stat(false);

@@ -56,10 +56,6 @@ bool extension_present();
 // The same, in a short transaction of its own (the workers idle until it is true).
 bool extension_ready();
 
-// NOTIFY channel, payload at the commit of the current transaction. A
-// worker's commit (in_transaction) then waits for the NOTIFY lock.
-void notify_at_commit(const char* channel, const std::string& payload);
-
 namespace spi_detail {
 void begin(const char* activity);
 void commit();

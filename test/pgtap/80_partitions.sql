@@ -4,7 +4,7 @@
 -- indexes and privileges reaching new partitions, and bound parity with
 -- pg_partman 4.7 itself.
 BEGIN;
-SELECT plan(37);
+SELECT plan(43);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -118,6 +118,34 @@ SELECT is((SELECT tableoid::regclass::text || ' ' || twice || ' ' || id FROM pub
           'pm_owned_p' || to_char((now() - interval '6 months') AT TIME ZONE 'UTC', 'YYYY_MM') || ' 42 1',
   'the older row''s, into which it moved');
 SELECT is((SELECT count(*)::int FROM public.pm_owned_default), 1, 'the row beyond the premade range waits for its own');
+
+-- Moving rows out of the default partition is not a delete: the game's row
+-- triggers (here one that forbids deletes) do not fire.
+CREATE FUNCTION pg_temp.no_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'rows of pm_owned are never deleted'; END $$;
+CREATE TRIGGER pm_owned_no_deletes BEFORE DELETE ON public.pm_owned FOR EACH ROW EXECUTE FUNCTION pg_temp.no_deletes();
+INSERT INTO public.pm_owned (ts, a) VALUES (now() - interval '9 months', 5);
+SELECT is(npc_scale.run_maintenance('public.pm_owned'), 1, 'a row is moved out of the default partition past a delete trigger');
+-- A long history in the default partition is taken out 24 partitions per
+-- call (each call one transaction); -infinity stays where it is.
+CREATE TABLE public.pm_long (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+SELECT npc_scale.manage_partitions('public.pm_long', 'ts', '1 month', 2) AS long_made \gset
+INSERT INTO public.pm_long SELECT date_trunc('month', now()) - make_interval(months => g) + interval '3 days'
+  FROM generate_series(3, 32) g;
+INSERT INTO public.pm_long VALUES ('-infinity');
+SELECT is(npc_scale.run_maintenance('public.pm_long'), 24, 'a first call makes 24 of the 30 past partitions');
+SELECT is(npc_scale.run_maintenance('public.pm_long'), 6, 'the next call the other 6');
+SELECT is((SELECT string_agg(ts::text, ',') FROM public.pm_long_default), '-infinity', 'only -infinity is left in the default partition');
+-- A MINVALUE partition made by hand counts as overlapping too.
+CREATE TABLE public.pm_min (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+DO $$ BEGIN
+  EXECUTE format('CREATE TABLE public.pm_min_old PARTITION OF public.pm_min FOR VALUES FROM (MINVALUE) TO (%L)',
+                 (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month' + interval '10 days') AT TIME ZONE 'UTC');
+END $$;
+SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_min', 'ts', '1 month', 2) $$,
+  'a MINVALUE partition overlapping the first premade months is no error');
+SELECT is((SELECT count(*)::int FROM pg_inherits WHERE inhparent = 'public.pm_min'::regclass), 1 + 3 + 1,
+  'the two months it overlaps are not made; this one, two ahead and the default are');
 
 -- With retention, rows of the default partition older than it go, as
 -- their partition would have.
