@@ -4,7 +4,7 @@
 -- indexes and privileges reaching new partitions, and bound parity with
 -- pg_partman 4.7 itself.
 BEGIN;
-SELECT plan(43);
+SELECT plan(44);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -211,6 +211,10 @@ SELECT set_eq(
        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
       WHERE i.inhparent = 'public.pm_theirxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'::regclass $$,
   'long parent names: the same hourly partitions, names cut the same way, as pg_partman');
+
+-- The sql_drop event trigger does not stand in the way of dropping the
+-- extension itself (its tables go in the same command; rolled back below).
+SELECT lives_ok('DROP EXTENSION npc_scale', 'DROP EXTENSION npc_scale works, event trigger included');
 
 SELECT * FROM finish();
 ROLLBACK;
