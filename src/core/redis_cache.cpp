@@ -442,6 +442,10 @@ RedisCache::Result RedisCache::get(const std::string& key, std::string* value, i
 
 std::vector<RedisCache::Lookup> RedisCache::get_many(const std::vector<std::string>& keys,
                                                      int64_t now_ms) {
+  // This call waits for Redis anyway: 64 replies behind, it waits for them
+  // first (the command timeout at most) rather than find no room for its
+  // own command and be a miss.
+  if (ctx_ != nullptr && pending_.size() >= kMaxUnreadReplies) read_replies(now_ms, true);
   const uint64_t ticket = ask(keys, now_ms);
   if (asks_pending_ > 0) read_replies(now_ms, true);  // up to and including this ask's
   auto it = std::find_if(answers_.begin(), answers_.end(),

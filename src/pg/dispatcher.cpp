@@ -126,6 +126,7 @@ class Dispatcher {
   std::vector<int64_t> held_back_ids() const;
   void start_probes_and_scrapes();
   void finish_probe_or_scrape(const InFlight& f, const HttpResult& r);
+  void get_from_endpoint(Work kind, const Endpoint& e, const MemberInfo& m, const char* path, long timeout_ms);
   void publish_stats();
   void serve_sync_slots();
   void serve_taken_slot(int i, uint64 ticket);
@@ -537,34 +538,31 @@ void Dispatcher::start_probes_and_scrapes() {
     if (e.enabled && !m.probe_in_flight && e.breaker.probe_due(now)) {
       e.breaker.probe_started(now);
       m.probe_in_flight = true;
-      HttpRequest req;
-      req.tag = next_tag_++;
-      req.url = m.config.base_url + "/health";
-      req.bearer_token = m.config.api_key;  // a gateway in front may want it even here
-      req.timeout_ms = 2000;
-      InFlight info;
-      info.kind = Work::probe;
-      info.gpu_id = e.gpu_id;
-      info.member = m.serial;
-      in_flight_.emplace(req.tag, info);
-      http_.start(std::move(req));
+      get_from_endpoint(Work::probe, e, m, "/health", 2000);
     }
     if (guc_metrics_interval_ms > 0 && e.enabled && !m.scrape_in_flight && now >= m.next_scrape_ms) {
       m.scrape_in_flight = true;
       m.next_scrape_ms = now + guc_metrics_interval_ms;
-      HttpRequest req;
-      req.tag = next_tag_++;
-      req.url = m.config.base_url + "/metrics";
-      req.bearer_token = m.config.api_key;
-      req.timeout_ms = std::min(guc_metrics_interval_ms, 2000);
-      InFlight info;
-      info.kind = Work::scrape;
-      info.gpu_id = e.gpu_id;
-      info.member = m.serial;
-      in_flight_.emplace(req.tag, info);
-      http_.start(std::move(req));
+      get_from_endpoint(Work::scrape, e, m, "/metrics", std::min(guc_metrics_interval_ms, 2000));
     }
   }
+}
+
+// A GET of ours to an endpoint, with its api_key (a gateway in front may
+// want it even on /health).
+void Dispatcher::get_from_endpoint(Work kind, const Endpoint& e, const MemberInfo& m, const char* path,
+                                   long timeout_ms) {
+  HttpRequest req;
+  req.tag = next_tag_++;
+  req.url = m.config.base_url + path;
+  req.bearer_token = m.config.api_key;
+  req.timeout_ms = timeout_ms;
+  InFlight info;
+  info.kind = kind;
+  info.gpu_id = e.gpu_id;
+  info.member = m.serial;
+  in_flight_.emplace(req.tag, info);
+  http_.start(std::move(req));
 }
 
 void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) {
@@ -573,18 +571,7 @@ void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) 
   Endpoint& e = fleet_.endpoints()[*index];
   MemberInfo& m = fleet_.info(*index);
   if (f.kind == Work::probe && r.transport_ok && r.status == 200 && !m.config.model.empty()) {
-    // Alive: now whether it serves our model, to us.
-    HttpRequest req;
-    req.tag = next_tag_++;
-    req.url = m.config.base_url + "/v1/models";
-    req.bearer_token = m.config.api_key;
-    req.timeout_ms = 2000;
-    InFlight info;
-    info.kind = Work::probe_model;
-    info.gpu_id = e.gpu_id;
-    info.member = m.serial;
-    in_flight_.emplace(req.tag, info);
-    http_.start(std::move(req));
+    get_from_endpoint(Work::probe_model, e, m, "/v1/models", 2000);  // alive: does it serve our model, to us?
     return;  // still probing
   }
   if (f.kind == Work::probe || f.kind == Work::probe_model) {

@@ -339,6 +339,22 @@ TEST_F(RedisCacheLive, WaitingWhenBehindIsBoundedByTheCommandTimeout) {
   server->thaw();
 }
 
+// A lookup that waits for its reply anyway (get, get_many) waits for the
+// unread ones before it too, instead of finding no room and missing.
+TEST_F(RedisCacheLive, AWaitingLookupWaitsForTheUnreadRepliesBeforeIt) {
+  RedisConfig c;
+  c.port = port;
+  c.command_timeout_ms = 5000;  // the pause below is shorter
+  cache.configure(c);
+  std::string v;
+  ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);  // connected
+  pause_redis(port, 300);
+  for (int i = 1; i <= 64; i++) ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v", 60, now_ms()));
+  EXPECT_EQ(cache.unread_replies(), 64);
+  EXPECT_EQ(cache.get("k64", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(v, "v");
+}
+
 TEST_F(RedisCacheLive, GetManyAnswersEachKeyInOrderInOneRoundTrip) {
   ASSERT_TRUE(cache.set("a", "alpha", 60, now_ms()));
   ASSERT_TRUE(cache.set("c", "gamma", 0, now_ms()));
