@@ -106,6 +106,8 @@ class RedisServer {
 
 }  // namespace
 
+void pause_redis(int port, int ms);  // CLIENT PAUSE ALL, below
+
 // A fresh redis-server on a free port, and a client configured for it.
 class RedisCacheLive : public ::testing::Test {
  protected:
@@ -113,6 +115,17 @@ class RedisCacheLive : public ::testing::Test {
     RedisConfig c;
     c.port = port;
     cache.configure(c);
+  }
+  // Connected, with a command timeout (5 s) longer than the pause of Redis
+  // (ms) that follows: replies are late, not missing.
+  void connected_then_paused(int ms) {
+    RedisConfig c;
+    c.port = port;
+    c.command_timeout_ms = 5000;
+    cache.configure(c);
+    std::string v;
+    ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);
+    pause_redis(port, ms);
   }
   // Writes k = v once a background connect is through, trying every 1 ms
   // for up to within_ms (a wait for a condition); `while_waiting` runs after
@@ -300,13 +313,8 @@ TEST_F(RedisCacheLive, OutstandingRepliesAreBoundedWithoutWaiting) {
 // unread bound is not cut short: at 64 unread the replies are waited for,
 // here while Redis is paused, and every SET is written.
 TEST_F(RedisCacheLive, WaitingWhenBehindWritesEverySetOfABurst) {
-  RedisConfig c;
-  c.port = port;
-  c.command_timeout_ms = 5000;  // the pause below is shorter
-  cache.configure(c);
+  connected_then_paused(300);
   std::string v;
-  ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);  // connected
-  pause_redis(port, 300);
   for (int i = 1; i <= 300; i++) {
     ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v" + std::to_string(i), 60, now_ms(),
                                  RedisCache::WhenBehind::wait))
@@ -342,13 +350,8 @@ TEST_F(RedisCacheLive, WaitingWhenBehindIsBoundedByTheCommandTimeout) {
 // A lookup that waits for its reply anyway (get, get_many) waits for the
 // unread ones before it too, instead of finding no room and missing.
 TEST_F(RedisCacheLive, AWaitingLookupWaitsForTheUnreadRepliesBeforeIt) {
-  RedisConfig c;
-  c.port = port;
-  c.command_timeout_ms = 5000;  // the pause below is shorter
-  cache.configure(c);
+  connected_then_paused(300);
   std::string v;
-  ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);  // connected
-  pause_redis(port, 300);
   for (int i = 1; i <= 64; i++) ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v", 60, now_ms()));
   EXPECT_EQ(cache.unread_replies(), 64);
   EXPECT_EQ(cache.get("k64", &v, now_ms()), RedisCache::Result::hit);
