@@ -1005,6 +1005,28 @@ GRANT SELECT ON npc_scale.partition_configs TO PUBLIC;
 
 -- Checks a managed parent, whether it comes from manage_partitions() or is
 -- written by hand: a bad row would otherwise fail in the worker, every cycle.
+-- The premade partitions must outlast the time to the next run, one missed
+-- run included: else rows land in the default partition between runs and
+-- every run has to move them. An error when strict, else a warning.
+CREATE FUNCTION npc_scale._check_premake_cover(premake integer, partition_interval interval, strict boolean)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  every interval := coalesce(current_setting('npc_scale.partition_maintenance_interval', true), '1h')::interval;
+  msg text;
+BEGIN
+  IF premake * partition_interval >= 2 * every THEN
+    RETURN;
+  END IF;
+  msg := format('premake %s x partition_interval %s covers less than two runs of partition maintenance (every %s)',
+                premake, partition_interval, every);
+  IF strict THEN
+    RAISE EXCEPTION '%', msg USING ERRCODE = 'invalid_parameter_value',
+      HINT = 'Raise premake, or lower npc_scale.partition_maintenance_interval.';
+  END IF;
+  RAISE WARNING '%: rows will land in the default partition between runs', msg
+    USING HINT = 'Raise premake, or lower npc_scale.partition_maintenance_interval.';
+END $$;
+
 CREATE FUNCTION npc_scale._check_partition_config() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1012,7 +1034,6 @@ DECLARE
   key_cols int2vector;
   att int2;
   coltype regtype;
-  every interval := coalesce(current_setting('npc_scale.partition_maintenance_interval', true), '1h')::interval;
 BEGIN
   SELECT partstrat, partattrs INTO strategy, key_cols FROM pg_partitioned_table WHERE partrelid = NEW.parent;
   IF strategy IS NULL THEN
@@ -1047,15 +1068,10 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   PERFORM * FROM npc_scale._partition_bounds(NEW.partition_interval, now(), 0, 0);  -- raises on an unsupported interval
-  -- The premade partitions must outlast the time to the next run, one
-  -- missed run included: else rows land in the default partition between
-  -- runs and every run has to move them.
-  IF NEW.premake * NEW.partition_interval < 2 * every THEN
-    RAISE EXCEPTION 'premake % x partition_interval % covers less than two runs of partition maintenance (every %)',
-      NEW.premake, NEW.partition_interval, every
-      USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Raise premake, or lower npc_scale.partition_maintenance_interval.';
-  END IF;
+  -- An INSERT as it stands (pg_restore's, onto a server whose maintenance
+  -- runs less often) is kept with a warning; an UPDATE, and
+  -- manage_partitions(), are refused.
+  PERFORM npc_scale._check_premake_cover(NEW.premake, NEW.partition_interval, TG_OP = 'UPDATE');
   RETURN NEW;
 END $$;
 CREATE TRIGGER check_partition_config
@@ -1356,6 +1372,9 @@ BEGIN
   END IF;
   IF retention_keep_table IS NULL THEN
     RAISE EXCEPTION 'retention_keep_table must not be null' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF premake BETWEEN 1 AND 1000 AND partition_interval > interval '0' THEN  -- else the trigger says what is wrong
+    PERFORM npc_scale._check_premake_cover(premake, partition_interval, true);
   END IF;
   -- The rest is checked by the trigger on partition_configs (check_partition_config).
   INSERT INTO npc_scale.partition_configs AS c (parent, control, partition_interval, premake, retention, retention_keep_table)

@@ -4,7 +4,7 @@
 -- indexes and privileges reaching new partitions, and bound parity with
 -- pg_partman 4.7 itself.
 BEGIN;
-SELECT plan(44);
+SELECT plan(46);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -181,6 +181,12 @@ CREATE TABLE public.pm_short (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
 SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_short', 'ts', '15 minutes', 2) $$, '22023',
   'premake 2 x partition_interval 00:15:00 covers less than two runs of partition maintenance (every 01:00:00)',
   'premake x interval shorter than two maintenance runs is refused');
+SELECT lives_ok($$ INSERT INTO npc_scale.partition_configs (parent, control, partition_interval, premake)
+                   VALUES ('public.pm_short', 'ts', '15 minutes', 2) $$,
+  'a row inserted as it stands (as by pg_restore onto a server with a longer interval) is kept, with a warning');
+SELECT throws_ok($$ UPDATE npc_scale.partition_configs SET premake = 3 WHERE parent = 'public.pm_short'::regclass $$, '22023',
+  'premake 3 x partition_interval 00:15:00 covers less than two runs of partition maintenance (every 01:00:00)',
+  'an UPDATE that still leaves a gap is refused');
 
 -- Parity with pg_partman 4.7: same parent, same config, same bounds (in UTC).
 SET LOCAL TimeZone = 'UTC';
