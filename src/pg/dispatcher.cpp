@@ -871,6 +871,7 @@ void Dispatcher::serve_taken_slot(int i, uint64 ticket) {
   routed(wait_key);
   if (auto due = sync_retry_due_ms_.find(wait_key); due != sync_retry_due_ms_.end()) {
     if (fleet_.endpoints()[*pick].gpu_id == slot->gpu_id && now_ms() < due->second) {
+      pg_atomic_fetch_add_u64(&shared_state().sync_retries_held, 1);
       end_sync_service(slot, ticket, SyncState::pending);  // the GPU that just failed: after its back-off
       return;
     }

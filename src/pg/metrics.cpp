@@ -28,6 +28,7 @@ NPC_SQL_FUNCTION(npc_scale_metrics) {
       {"handoff_unclaimed", static_cast<int64>(pg_atomic_read_u64(&s.handoff_unclaimed))},
       {"results_deferred", static_cast<int64>(pg_atomic_read_u64(&s.results_deferred))},
       {"requests_cancelled", static_cast<int64>(pg_atomic_read_u64(&s.requests_cancelled))},
+      {"sync_retries_held", static_cast<int64>(pg_atomic_read_u64(&s.sync_retries_held))},
       {"endpoints_generation", static_cast<int64>(pg_atomic_read_u64(&s.endpoints_generation))},
       {"sync_slots", s.sync_slot_count},
       {"sync_slots_busy", sync_busy},

@@ -73,6 +73,7 @@ void shared_state_attach() {
     pg_atomic_init_u64(&g_state->results_deferred, 0);
     pg_atomic_init_u64(&g_state->cancels_generation, 0);
     pg_atomic_init_u64(&g_state->requests_cancelled, 0);
+    pg_atomic_init_u64(&g_state->sync_retries_held, 0);
     pg_atomic_init_u64(&g_state->endpoints_generation, 1);
     ConditionVariableInit(&g_state->slot_freed_cv);
     SpinLockInit(&g_state->stats_mutex);

@@ -98,6 +98,7 @@ struct SharedState {
   pg_atomic_uint64 results_deferred;      // answers whose row another session held locked
   pg_atomic_uint64 cancels_generation;    // bumped at commit of a cancel_decision()
   pg_atomic_uint64 requests_cancelled;    // GPU requests aborted because their decision was cancelled
+  pg_atomic_uint64 sync_retries_held;     // generate() retries held back for their back-off
   pg_atomic_uint64 endpoints_generation;  // bumped at commit of a gpu_endpoints change
   ConditionVariable slot_freed_cv;        // broadcast when a generate() slot becomes free
   int waiter_count;                       // entries in waiters[]
