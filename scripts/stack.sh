@@ -108,6 +108,10 @@ npc_wait_port() {
 }
 
 npc_pg_start() {
+  # The server's socket file is $NPC_PGSOCK/.s.PGSQL.PORT and a Unix socket path
+  # holds at most 107 bytes: say so plainly instead of "postgres did not start".
+  [ $(( ${#NPC_PGSOCK} + 18 )) -le 107 ] \
+    || npc_die "the socket directory $NPC_PGSOCK is too long for a Unix socket (max ~89 bytes): clone the repository to a shorter path"
   npc_grant_traversal
   # Under a umask of 077 the postgres user could reach none of these: the
   # build area (its state directory is postgres's own) and the regression
@@ -151,13 +155,29 @@ npc_pg_stop() {
     || npc_as_postgres "$PG_BIN/pg_ctl" -D "$NPC_PGDATA" -m immediate stop >/dev/null 2>&1 || true
 }
 
+# npc_need_free_port PORT: waits up to 5 s for nothing to listen on PORT (a
+# server just stopped may still hold it), else dies naming it: a Redis or
+# simulated GPU left there by another clone or a killed run would answer in
+# place of ours.
+npc_need_free_port() {
+  local port=$1 i
+  for i in $(seq 250); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || return 0
+    sleep 0.02
+  done
+  npc_die "port $port is already in use by another program (a run of another clone?): see which: ss -ltnp 'sport = :$port'"
+}
+
 npc_redis_start() {
+  npc_need_free_port "$NPC_REDIS_PORT"
   mkdir -p "$NPC_STATE/redis"
   redis-server --port "$NPC_REDIS_PORT" --bind 127.0.0.1 --daemonize yes --save '' --appendonly no \
     --dir "$NPC_STATE/redis" --pidfile "$NPC_STATE/redis/redis.pid" \
     --logfile "$NPC_STATE/log/redis.log" >/dev/null || npc_die "redis-server did not start"
   echo redis >>"$NPC_STATE/started"
   npc_wait_port "$NPC_REDIS_PORT" 10 || npc_die "redis did not listen on $NPC_REDIS_PORT"
+  kill -0 "$(cat "$NPC_STATE/redis/redis.pid" 2>/dev/null)" 2>/dev/null \
+    || { tail -5 "$NPC_STATE/log/redis.log"; npc_die "redis-server exited (see $NPC_STATE/log/redis.log)"; }
 }
 
 npc_redis_stop() {
@@ -166,12 +186,15 @@ npc_redis_stop() {
 
 # npc_gpu_start NAME PORT ARGS... — one simulated vLLM server on loopback.
 npc_gpu_start() {
-  local name=$1 port=$2; shift 2
+  local name=$1 port=$2 pid; shift 2
+  npc_need_free_port "$port"
   mkdir -p "$NPC_STATE/gpu"
   "$NPC_BUILD/fake_gpu" --host 127.0.0.1 --port "$port" "$@" >"$NPC_STATE/log/gpu_$name.log" 2>&1 &
-  echo $! >"$NPC_STATE/gpu/$name.pid"
+  pid=$!
+  echo "$pid" >"$NPC_STATE/gpu/$name.pid"
   echo "gpu:$name" >>"$NPC_STATE/started"
-  npc_wait_port "$port" 10 || npc_die "fake GPU $name did not listen on $port"
+  npc_wait_port "$port" 10 && kill -0 "$pid" 2>/dev/null \
+    || { tail -5 "$NPC_STATE/log/gpu_$name.log"; npc_die "fake GPU $name did not listen on $port"; }
 }
 
 # The seed's fleet: one RTX 3090 Ti and two Tesla P40.

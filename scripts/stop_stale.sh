@@ -3,9 +3,21 @@
 # (found by its pid files), so a re-run never collides with it.
 state=$1
 [ -n "$state" ] || exit 0
-if [ -f "$state/pgdata/postmaster.pid" ]; then
-  runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$state/pgdata" -m immediate stop >/dev/null 2>&1
-fi
+# stop_cluster DATADIR: its postmaster, if the pid in postmaster.pid still is
+# that postmaster (after a reboot the pid may be another cluster's: then the
+# stale file goes and nothing is signalled).
+stop_cluster() {
+  local data=$1 pid
+  [ -f "$data/postmaster.pid" ] || return 0
+  pid=$(head -1 "$data/postmaster.pid")
+  if [[ "$pid" =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$data"; then
+    runuser -u postgres -- "${PG_BIN:-/usr/lib/postgresql/15/bin}/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1
+  else
+    rm -f "$data/postmaster.pid"
+  fi
+}
+stop_cluster "$state/pgdata"
+stop_cluster "$state/second/data"  # preload_and_postmaster_death.sh's own cluster
 # stop_recorded PIDFILE PROGRAM: the process the file names, if it still is
 # PROGRAM (after a reboot the pid may belong to anything), and waits for it
 # to be gone, so the next start finds its port free.
