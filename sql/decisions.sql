@@ -68,6 +68,12 @@ SELECT npc_scale.generate('x', 5, '{"stop": 3}');
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.generate(NULL);
 \echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', 'x', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.await_decision(1, NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.cancel_decision(NULL);
+\echo :LAST_ERROR_SQLSTATE
 -- Limits: a tag-sized decision_type, params within the prompt's limit,
 -- deadlines and await timeouts that are waits, not overflows.
 SELECT npc_scale.request_decision(1, repeat('é', 40), 'x');

@@ -169,6 +169,9 @@ CREATE FUNCTION npc_scale._wake_dispatcher_at_commit() RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_wake_dispatcher_at_commit' LANGUAGE C;
 CREATE FUNCTION npc_scale._cancelled_at_commit(id bigint) RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_cancelled_at_commit' LANGUAGE C;
+-- Called by the SECURITY DEFINER API functions only: nobody else wakes the dispatcher.
+REVOKE ALL ON FUNCTION npc_scale._check_batch(bigint[], text, text[], integer, jsonb, interval),
+  npc_scale._wake_dispatcher_at_commit(), npc_scale._cancelled_at_commit(bigint) FROM PUBLIC;
 ------------------------------------------------------------------------------
 -- SQL API
 ------------------------------------------------------------------------------
@@ -201,6 +204,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   found_id bigint;
 BEGIN
+  IF cancel_decision.id IS NULL THEN
+    RAISE EXCEPTION 'decision id must not be null' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
   UPDATE npc_scale.decision_queue q
      SET status = 'cancelled', finished_at = now(), leased_until = NULL, error = 'cancelled by cancel_decision()'
    WHERE q.id = cancel_decision.id AND q.status IN ('queued', 'running')
@@ -222,8 +228,11 @@ SET search_path = pg_catalog, pg_temp;  -- a caller's path must not resolve name
 COMMENT ON FUNCTION npc_scale.await_decision(bigint, interval) IS
 'Waits (on a latch, not by polling) until the decision is finished and returns its row.';
 
+-- SECURITY DEFINER: a cacheable call reads and fills cache_store, which game
+-- roles cannot touch directly.
 CREATE FUNCTION npc_scale.generate(prompt text, priority integer DEFAULT 5, params jsonb DEFAULT '{}')
-RETURNS text AS 'MODULE_PATHNAME', 'npc_scale_generate' LANGUAGE C;
+RETURNS text AS 'MODULE_PATHNAME', 'npc_scale_generate' LANGUAGE C SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION npc_scale.generate(text, integer, jsonb) IS
 'Synchronous generation through the dispatcher (shared-memory slot, no queue table).';
 

@@ -45,11 +45,14 @@ void check_request(const RequestArgs& a, int max_prompt_bytes) {
                              " bytes, more than npc_scale.max_prompt_bytes (" +
                              std::to_string(max_prompt_bytes) + ")");
   }
-  if (!a.priority || *a.priority < 0 || *a.priority > 10) {
+  if (!a.priority) {
+    throw Error(sqlstate::null_value_not_allowed, "priority must not be null", {},
+                "Use 0 (most urgent) to 10; 5 is the default.");
+  }
+  if (*a.priority < 0 || *a.priority > 10) {
     throw Error(sqlstate::numeric_value_out_of_range,
-                "priority " + (a.priority ? std::to_string(*a.priority) : std::string("NULL")) +
-                    " is out of range",
-                {}, "Use 0 (most urgent) to 10.");
+                "priority " + std::to_string(*a.priority) + " is out of range", {},
+                "Use 0 (most urgent) to 10.");
   }
 }
 

@@ -30,14 +30,18 @@ namespace npc_scale {
 namespace {
 
 struct Row {
-  Datum tuple;  // copied out of SPI, in the caller's memory context
+  Datum tuple;  // only once final: copied out of SPI, in the caller's memory context
   bool final;
   bool ours;    // inserted by this (still open) transaction
 };
 
+// The whole row (prompt included) is selected and copied out only once it is
+// final: a copy per re-read would live until the call returns, and a wait of
+// hours re-reads thousands of times.
 std::optional<Row> read_row(int64 id) {
   static SavedPlan plan(
-      "SELECT q, q.status NOT IN ('queued', 'running'), q.xmin FROM npc_scale.decision_queue q "
+      "SELECT CASE WHEN q.status NOT IN ('queued', 'running') THEN q END, "
+      "q.status NOT IN ('queued', 'running'), q.xmin FROM npc_scale.decision_queue q "
       "WHERE q.id = $1",
       {INT8OID});
   std::optional<Row> row;
@@ -45,11 +49,15 @@ std::optional<Row> read_row(int64 id) {
     if (plan.execute({Int64GetDatum(id)}) == 1) {
       row = pg_call([] {
         bool isnull = false;
-        Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
         bool final = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
         TransactionId xmin =
             DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
-        return Row{SPI_datumTransfer(d, false, -1), final, TransactionIdIsCurrentTransactionId(xmin)};
+        Datum tuple = 0;
+        if (final) {
+          Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+          tuple = SPI_datumTransfer(d, false, -1);
+        }
+        return Row{tuple, final, TransactionIdIsCurrentTransactionId(xmin)};
       });
     }
   });
@@ -71,12 +79,13 @@ NPC_SQL_FUNCTION(npc_scale_await_decision) {
   using namespace npc_scale;
   if (PG_ARGISNULL(0)) throw Error(sqlstate::null_value_not_allowed, "decision id must not be null");
   int64 id = PG_GETARG_INT64(0);
-  int64 timeout_ms = 30000;
-  if (!PG_ARGISNULL(1)) {
-    double secs = interval_arg_seconds(fcinfo, 1);
-    check_await_timeout_seconds(secs);
-    timeout_ms = static_cast<int64>(secs * 1000);
+  if (PG_ARGISNULL(1)) {
+    throw Error(sqlstate::null_value_not_allowed, "timeout must not be null", {},
+                "Leave it out for the default of 30 s.");
   }
+  double secs = interval_arg_seconds(fcinfo, 1);
+  check_await_timeout_seconds(secs);
+  const int64 timeout_ms = static_cast<int64>(secs * 1000);
   if (pg_call([] { return IsolationUsesXactSnapshot(); })) {
     throw Error(sqlstate::feature_not_supported,
                 "await_decision() needs READ COMMITTED isolation", {},

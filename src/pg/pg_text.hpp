@@ -6,6 +6,7 @@
 #include "guard.hpp"
 
 extern "C" {
+#include "access/xact.h"
 #include "datatype/timestamp.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -38,6 +39,18 @@ inline std::string jsonb_arg(Datum d) {
 inline double interval_arg_seconds(FunctionCallInfo fcinfo, int arg) {
   Interval* iv = pg_call([&] { return PG_GETARG_INTERVAL_P(arg); });
   return iv->time / 1e6 + (iv->day + iv->month * 30.0) * 86400.0;
+}
+
+// The seconds an interval argument adds to the transaction's now(), months as
+// the calendar has them (what now() + interval gives a row): '1 mon -29 days'
+// is a day in most months and a day in the past after a 28-day February.
+// Call it on an interval already bounded (no overflow).
+inline double interval_arg_seconds_from_now(FunctionCallInfo fcinfo, int arg) {
+  return pg_call([&] {
+    TimestampTz now = GetCurrentTransactionStartTimestamp();
+    Datum later = DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now), PG_GETARG_DATUM(arg));
+    return static_cast<double>(DatumGetTimestampTz(later) - now) / 1e6;
+  });
 }
 
 inline Datum text_datum(const std::string& s) {

@@ -64,7 +64,10 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   parse_params(params);
   check_params_size(params.size(), guc_max_prompt_bytes);
   bool has_deadline = !PG_ARGISNULL(5);
-  if (has_deadline) check_deadline_seconds(interval_arg_seconds(fcinfo, 5));
+  if (has_deadline) {
+    check_deadline_seconds(interval_arg_seconds(fcinfo, 5));          // bounded first
+    check_deadline_seconds(interval_arg_seconds_from_now(fcinfo, 5));  // then as now() + deadline lands
+  }
 
   static SavedPlan insert(
       "INSERT INTO npc_scale.decision_queue"
@@ -163,6 +166,9 @@ NPC_SQL_FUNCTION(npc_scale_check_batch) {
   std::string params = PG_ARGISNULL(4) ? "{}" : jsonb_arg(PG_GETARG_DATUM(4));
   parse_params(params);
   check_params_size(params.size(), guc_max_prompt_bytes);
-  if (!PG_ARGISNULL(5)) check_deadline_seconds(interval_arg_seconds(fcinfo, 5));
+  if (!PG_ARGISNULL(5)) {
+    check_deadline_seconds(interval_arg_seconds(fcinfo, 5));
+    check_deadline_seconds(interval_arg_seconds_from_now(fcinfo, 5));
+  }
   PG_RETURN_VOID();
 }

@@ -1,7 +1,7 @@
 -- The decision queue: wake at COMMIT (not on rollback), answers written back,
 -- cancel, await_decision timeouts, api_key privacy. Commits (the dispatcher
 -- must see the rows) and cleans up after itself.
-SELECT plan(20);
+SELECT plan(27);
 SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would skip the GPU
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 
@@ -92,5 +92,32 @@ SELECT lives_ok($$ SELECT npc_scale.cache_set('path-probe', 'v', '1 hour', true)
 RESET search_path;
 DROP SCHEMA npc_test_evil CASCADE;
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 1001 AND 1007;
+-- A game role with no privileges of its own uses the whole API: the
+-- functions run their SQL as the extension's owner. generate()'s cacheable
+-- call reads cache_store, which the role cannot (it was an error).
+SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);  -- enabled again
+DROP ROLE IF EXISTS npc_test_player;  -- left by an interrupted run
+CREATE ROLE npc_test_player;
+SET ROLE npc_test_player;
+SELECT npc_scale.request_decision(1008, 'build', 'Asked by a plain role', 5, '{"max_tokens": 3}') AS role_id \gset
+SELECT is((SELECT status FROM npc_scale.await_decision(:role_id, '10 s')), 'done',
+  'a plain role requests a decision and awaits it');
+SELECT is((SELECT count(*)::int FROM npc_scale.request_decisions(ARRAY[1008, 1008], 'build', ARRAY['a', 'b'])), 2,
+  'and requests a batch');
+SELECT lives_ok(format('SELECT npc_scale.cancel_decision(%s)', :role_id), 'and may cancel');
+SELECT ok(npc_scale.generate('A plain role asks ' || clock_timestamp(), 5, '{"temperature": 0, "max_tokens": 3}') <> '',
+  'and calls generate() with a cacheable request');
+SELECT throws_ok('SELECT npc_scale._wake_dispatcher_at_commit()', '42501', NULL,
+  'but not the internal helpers (waking the dispatcher at will)');
+RESET ROLE;
+DROP ROLE npc_test_player;
+
+-- A deadline is checked as now() + deadline lands, by the calendar: a year
+-- is 365 or 366 days, not 12 x 30, so this one is in the past.
+SELECT throws_like($$ SELECT npc_scale.request_decision(1009, 'build', 'x', 5, '{}', '-1 year 362 days') $$,
+  'deadline of -% s must be a positive interval', 'a deadline in the past by the calendar is refused');
+SELECT throws_like($$ SELECT npc_scale.request_decisions(ARRAY[1009], 'build', ARRAY['x'], 5, '{}', '-1 year 362 days') $$,
+  'deadline of -% s must be a positive interval', 'by request_decisions() too');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 1001 AND 1009;
 SELECT * FROM finish();

@@ -66,7 +66,7 @@ TEST(RequestCheckTest, PriorityRange) {
   a.priority = -1;
   expect_error(a, "22003", "priority -1 is out of range");
   a.priority.reset();
-  expect_error(a, "22003", "priority NULL is out of range");
+  expect_error(a, "22004", "priority must not be null");
 }
 
 TEST(RequestCheckTest, DecisionTypeIsATagNotAText) {
