@@ -75,6 +75,25 @@ void bound_lock_wait() {
 
 bool is_lock_timeout(const PgError& e) { return e.sqlerrcode() == ERRCODE_LOCK_NOT_AVAILABLE; }
 
+// An error that belongs to the rows being written (a trigger the game put on
+// the table raising, a constraint it added, a value it refuses), not to the
+// server (disk, memory, a full NOTIFY queue, a serialization failure): the
+// same write fails again however long one waits, so its row is isolated.
+bool is_row_error(const PgError& e) {
+  switch (ERRCODE_TO_CATEGORY(e.sqlerrcode())) {
+    case ERRCODE_DATA_EXCEPTION:
+    case ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION:
+    case ERRCODE_TRIGGERED_ACTION_EXCEPTION:
+    case ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION:
+    case ERRCODE_EXTERNAL_ROUTINE_EXCEPTION:
+    case ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION:
+    case ERRCODE_PLPGSQL_ERROR:
+      return true;
+    default:
+      return false;
+  }
+}
+
 std::vector<int64_t> ids_of(uint64_t rows, int col) {
   std::vector<int64_t> ids;
   ids.reserve(rows);
@@ -173,7 +192,10 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
   // function scans to materialize, 114 -> 81 µs per answer at 500 NPCs.
 #define NPC_WRITE_SET                                                                          \
   "UPDATE npc_scale.decision_queue q SET"                                                      \
-  "  status = r.status, response = r.response, error = r.error, cache_layer = r.cache_layer,"  \
+  "  status = r.status, response = r.response, cache_layer = r.cache_layer,"                    \
+  "  error = CASE WHEN r.status = 'queued'"  /* a retry keeps the last real error */          \
+  "               THEN coalesce(CASE WHEN r.release THEN q.error END, r.error, q.error)"      \
+  "               ELSE r.error END,"                                                           \
   "  gpu_id = coalesce(r.gpu_id, q.gpu_id), leased_until = NULL,"                              \
   "  attempts = CASE WHEN r.from_queued THEN q.attempts + 1"                                   \
   "                  WHEN r.release THEN greatest(q.attempts - 1, 0) ELSE q.attempts END,"     \
@@ -346,9 +368,10 @@ ClaimResult claim_decisions(int limit, int lease_s, const std::vector<int64_t>& 
   return out;
 }
 
-WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip_locked) {
+namespace {
+// The batch in one transaction (or, past a lock wait, without the locked rows).
+WriteOutcome write_batch_once(const std::vector<DecisionResult>& results, bool skip_locked) {
   WriteOutcome out;
-  if (results.empty()) return out;
   // Durable before the NOTIFY goes out: an answer the game has seen must
   // survive a crash, or it could be answered again.
   if (!skip_locked) {
@@ -387,6 +410,40 @@ WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip
     write_in_transaction(writable, out.finished);
   });
   return out;
+}
+
+// One transaction per row, after a batch failed on an error of its rows'.
+WriteOutcome write_each(const std::vector<DecisionResult>& results, bool skip_locked) {
+  WriteOutcome out;
+  for (const DecisionResult& r : results) {
+    WriteOutcome one;
+    try {
+      one = write_batch_once({r}, skip_locked);
+    } catch (const PgError& e) {
+      if (!is_row_error(e)) throw;
+      out.refused.emplace_back(r, e.what());
+      continue;
+    }
+    out.finished.insert(out.finished.end(), one.finished.begin(), one.finished.end());
+    out.deferred.insert(out.deferred.end(), one.deferred.begin(), one.deferred.end());
+  }
+  return out;
+}
+}  // namespace
+
+WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip_locked) {
+  WriteOutcome out;
+  if (results.empty()) return out;
+  try {
+    return write_batch_once(results, skip_locked);
+  } catch (const PgError& e) {
+    if (!is_row_error(e)) throw;
+    if (results.size() == 1) {
+      out.refused.emplace_back(results[0], e.what());
+      return out;
+    }
+  }
+  return write_each(results, skip_locked);
 }
 
 std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued,

@@ -51,13 +51,19 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
 struct WriteOutcome {
   std::vector<int64_t> finished;         // reached a final status: wake their waiters
   std::vector<DecisionResult> deferred;  // rows another session holds locked: write them later
+  // Rows whose own write failed (a game's trigger or constraint refused it),
+  // with the error: found by writing the batch one row per transaction, so
+  // one such row never holds back the others' answers.
+  std::vector<std::pair<DecisionResult, std::string>> refused;
 };
 
 // Writes a batch of results, durably; a row is written only if it is still
 // the same running claim (status running, same attempts) — or, for an
 // unclaimed handed-off decision (from_queued), if it is still queued. A row
 // another session holds locked is waited for briefly (20 ms) and then
-// deferred; with skip_locked, not waited for at all.
+// deferred; with skip_locked, not waited for at all. An error of the rows'
+// own (see is_row_error) is isolated to its row (WriteOutcome::refused); any
+// other error is thrown, for the whole batch to be tried again later.
 WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip_locked = false);
 
 // Running decisions whose lease lapsed (or all running ones, at start-up)

@@ -124,6 +124,7 @@ class Dispatcher {
   // handed off and sent but not claimed yet, or answered and not written
   // yet (deferred by a game session's row lock too). The writes decide.
   std::vector<int64_t> held_back_ids() const;
+  void refused_writes(std::vector<std::pair<DecisionResult, std::string>>& refused);
   void start_probes_and_scrapes();
   void finish_probe_or_scrape(const InFlight& f, const HttpResult& r);
   void get_from_endpoint(Work kind, const Endpoint& e, const MemberInfo& m, const char* path, long timeout_ms);
@@ -190,6 +191,12 @@ class Dispatcher {
   // (a DDL lock held on the queue) neither spins the loop nor floods the log.
   int64_t write_retry_at_ms_ = 0;
   int64_t write_backoff_ms_ = 0;
+  // Rows that refused our write (a game's trigger or constraint): each is
+  // tried once more as failed, saying why; refused again, it is given up
+  // (logged, counted) and left alone by claims, recovery and expiry for this
+  // dispatcher's life, so it cannot stop those statements for every row.
+  std::unordered_set<int64_t> refused_once_;
+  std::unordered_set<int64_t> unwritable_;
   uint64 cancels_seen_ = 0;  // shared cancels_generation at the last look
   struct SentHandoff {
     int64_t id;
@@ -931,6 +938,7 @@ std::vector<int64_t> Dispatcher::held_back_ids() const {
   for (const std::vector<DecisionResult>* results : {&pending_results_, &deferred_results_}) {
     for (const DecisionResult& r : *results) ids.push_back(r.id);
   }
+  ids.insert(ids.end(), unwritable_.begin(), unwritable_.end());
   return ids;
 }
 
@@ -1325,11 +1333,41 @@ void Dispatcher::write_batch(std::vector<DecisionResult>& source, bool skip_lock
   write_backoff_ms_ = 0;
   write_retry_at_ms_ = 0;
   wake_awaiting(out.finished);
+  if (!refused_once_.empty()) {
+    for (int64_t id : out.finished) refused_once_.erase(id);  // written as failed
+  }
+  refused_writes(out.refused);
   if (!out.deferred.empty()) {
     if (!skip_locked) pg_atomic_fetch_add_u64(&shared_state().results_deferred, out.deferred.size());
     deferred_results_.insert(deferred_results_.end(), out.deferred.begin(), out.deferred.end());
     deferred_due_ms_ = now_ms() + kDeferredWriteMs;
   }
+}
+
+// State first, log lines last: a cancel landing in a log line (it checks for
+// interrupts) then loses no row's bookkeeping.
+void Dispatcher::refused_writes(std::vector<std::pair<DecisionResult, std::string>>& refused) {
+  std::vector<std::string> lines;
+  for (auto& [result, error] : refused) {
+    pg_atomic_fetch_add_u64(&shared_state().results_refused, 1);
+    const std::string id = std::to_string(result.id);
+    if (refused_once_.insert(result.id).second) {
+      lines.push_back("decision " + id + ": its " + result.status + " result could not be written (" + error +
+                      "); writing it as failed");
+      result.status = "failed";
+      result.response.clear();
+      result.error = "the answer could not be recorded: " + error;
+      result.retry_ms = 0;
+      result.release = false;
+      pending_results_.push_back(std::move(result));
+    } else {
+      refused_once_.erase(result.id);
+      unwritable_.insert(result.id);
+      lines.push_back("decision " + id + " refuses every write (" + error +
+                      "); left as it is until the dispatcher restarts");
+    }
+  }
+  for (const std::string& line : lines) log_warning(line);
 }
 
 void Dispatcher::handle_finished() {

@@ -27,6 +27,7 @@ NPC_SQL_FUNCTION(npc_scale_metrics) {
       {"handoff_sent", static_cast<int64>(pg_atomic_read_u64(&s.handoff_sent))},
       {"handoff_unclaimed", static_cast<int64>(pg_atomic_read_u64(&s.handoff_unclaimed))},
       {"results_deferred", static_cast<int64>(pg_atomic_read_u64(&s.results_deferred))},
+      {"results_refused", static_cast<int64>(pg_atomic_read_u64(&s.results_refused))},
       {"requests_cancelled", static_cast<int64>(pg_atomic_read_u64(&s.requests_cancelled))},
       {"sync_retries_held", static_cast<int64>(pg_atomic_read_u64(&s.sync_retries_held))},
       {"endpoints_generation", static_cast<int64>(pg_atomic_read_u64(&s.endpoints_generation))},

@@ -71,6 +71,7 @@ void shared_state_attach() {
     pg_atomic_init_u64(&g_state->handoff_sent, 0);
     pg_atomic_init_u64(&g_state->handoff_unclaimed, 0);
     pg_atomic_init_u64(&g_state->results_deferred, 0);
+    pg_atomic_init_u64(&g_state->results_refused, 0);
     pg_atomic_init_u64(&g_state->cancels_generation, 0);
     pg_atomic_init_u64(&g_state->requests_cancelled, 0);
     pg_atomic_init_u64(&g_state->sync_retries_held, 0);

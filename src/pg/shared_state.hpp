@@ -96,6 +96,7 @@ struct SharedState {
   pg_atomic_uint64 handoff_sent;          // decisions sent straight from the commit handoff
   pg_atomic_uint64 handoff_unclaimed;     // … whose claim then found them taken or cancelled
   pg_atomic_uint64 results_deferred;      // answers whose row another session held locked
+  pg_atomic_uint64 results_refused;       // result writes a row refused (a game's trigger or constraint)
   pg_atomic_uint64 cancels_generation;    // bumped at commit of a cancel_decision()
   pg_atomic_uint64 requests_cancelled;    // GPU requests aborted because their decision was cancelled
   pg_atomic_uint64 sync_retries_held;     // generate() retries held back for their back-off
