@@ -127,7 +127,7 @@ class Dispatcher {
   void refused_writes(std::vector<std::pair<DecisionResult, std::string>>& refused);
   void start_probes_and_scrapes();
   void finish_probe_or_scrape(const InFlight& f, const HttpResult& r);
-  void get_from_endpoint(Work kind, const Endpoint& e, const MemberInfo& m, const char* path, long timeout_ms);
+  void get_from_endpoint(Work kind, Endpoint& e, MemberInfo& m, const char* path, long timeout_ms);
   void publish_stats();
   void serve_sync_slots();
   void serve_taken_slot(int i, uint64 ticket);
@@ -140,7 +140,7 @@ class Dispatcher {
   void take_l2_answers();
   void watch_redis();
   void to_table_after_commit(TransactionId xid);
-  void release_to_table_path();
+  void release_to_table_path(bool even_when_full = false);
   bool table_after_commit_polled() const {
     return !table_after_commit_.empty() && (!capacity_blocked_ || free_capacity() > 0);
   }
@@ -150,6 +150,8 @@ class Dispatcher {
   void abort_cancelled();
   void write_batch(std::vector<DecisionResult>& source, bool skip_locked);
   void handle_finished();
+  void flush_log_lines();
+  std::vector<std::string> log_lines_;  // LOG lines held until a reply is handled
   void finish(const InFlight& f, const AttemptReply& r);
   void finish_decision(const InFlight& f, const AttemptReply& r);
   // Joins `info` to an identical request in flight; true if it did.
@@ -557,7 +559,7 @@ void Dispatcher::start_probes_and_scrapes() {
 
 // A GET of ours to an endpoint, with its api_key (a gateway in front may
 // want it even on /health).
-void Dispatcher::get_from_endpoint(Work kind, const Endpoint& e, const MemberInfo& m, const char* path,
+void Dispatcher::get_from_endpoint(Work kind, Endpoint& e, MemberInfo& m, const char* path,
                                    long timeout_ms) {
   HttpRequest req;
   req.tag = next_tag_++;
@@ -568,8 +570,23 @@ void Dispatcher::get_from_endpoint(Work kind, const Endpoint& e, const MemberInf
   info.kind = kind;
   info.gpu_id = e.gpu_id;
   info.member = m.serial;
-  in_flight_.emplace(req.tag, info);
-  http_.start(std::move(req));
+  const uint64_t tag = req.tag;
+  in_flight_.emplace(tag, info);
+  try {
+    http_.start(std::move(req));
+  } catch (...) {
+    // Not started (out of memory in libcurl): no reply will clear its
+    // flags, and an endpoint whose flag stuck would never be probed or
+    // scraped again. The probe counts as failed; the breaker probes later.
+    in_flight_.erase(tag);
+    if (kind == Work::scrape) {
+      m.scrape_in_flight = false;
+    } else {
+      m.probe_in_flight = false;
+      e.breaker.probe_finished(false, now_ms());
+    }
+    throw;
+  }
 }
 
 void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) {
@@ -640,10 +657,19 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   }
   // Other 4xx: the request was wrong, not the endpoint.
   if (before == BreakerState::closed && e.breaker.state(now) != BreakerState::closed && !m.removed) {
-    std::string what = error;
-    pg_call([&] {
-      ereport(LOG, (errmsg("npc_scale dispatcher: GPU %d breaker opened: %s", f.gpu_id, what.c_str())));
-    });
+    // Logged once the reply is handled (see flush_log_lines).
+    log_lines_.push_back("GPU " + std::to_string(f.gpu_id) + " breaker opened: " + error);
+  }
+}
+
+// A log line checks for interrupts, and a cancel landing there throws:
+// lines written while a reply is being handled wait until it is, so the
+// reply (its decision, followers, slot, cache fill) is never lost half-way.
+void Dispatcher::flush_log_lines() {
+  std::vector<std::string> lines;
+  lines.swap(log_lines_);
+  for (const std::string& line : lines) {
+    pg_call([&] { ereport(LOG, (errmsg("npc_scale dispatcher: %s", line.c_str()))); });
   }
 }
 
@@ -1022,8 +1048,6 @@ void Dispatcher::claim_and_send() {
                                     std::to_string(d.attempts) + " attempts: " + e.what(), std::nullopt, 0});
       } else {
         pending_results_.push_back({d.id, d.attempts, "queued", "", e.what(), std::nullopt, guc_retry_base_ms});
-        const int64_t due = now_ms() + guc_retry_base_ms;
-        if (!retry_due_ms_ || due < *retry_due_ms_) retry_due_ms_ = due;
       }
     }
   }
@@ -1175,8 +1199,11 @@ void Dispatcher::to_table_after_commit(TransactionId xid) { table_after_commit_.
 // Rows the hand-off left to the table path can be claimed once their
 // transaction has committed; the commit itself wakes nobody (the hand-off
 // already did, at PRE_COMMIT), so look on the commit poll timer.
-void Dispatcher::release_to_table_path() {
-  if (!table_after_commit_polled()) return;
+// While the fleet is full they are not polled, but housekeeping still drops
+// the ended ones (even_when_full): through an outage with the game still
+// enqueuing, the set would grow by every committing transaction.
+void Dispatcher::release_to_table_path(bool even_when_full) {
+  if (!table_after_commit_polled() && !(even_when_full && !table_after_commit_.empty())) return;
   for (auto it = table_after_commit_.begin(); it != table_after_commit_.end();) {
     const TxnOutcome outcome = handoff_commit_state(*it);
     if (outcome == TxnOutcome::in_progress) {
@@ -1332,6 +1359,14 @@ void Dispatcher::write_batch(std::vector<DecisionResult>& source, bool skip_lock
   }
   write_backoff_ms_ = 0;
   write_retry_at_ms_ = 0;
+  // A retry's not_before is now() + retry_ms at its write, not at its reply:
+  // a look timed from the reply finds it not due yet, and nothing would look
+  // again before housekeeping's (up to a second late).
+  for (const DecisionResult& r : batch) {
+    if (r.status != "queued" || r.retry_ms <= 0) continue;
+    const int64_t due = now_ms() + r.retry_ms;
+    if (!retry_due_ms_ || due < *retry_due_ms_) retry_due_ms_ = due;
+  }
   wake_awaiting(out.finished);
   if (!refused_once_.empty()) {
     for (int64_t id : out.finished) refused_once_.erase(id);  // written as failed
@@ -1414,6 +1449,7 @@ void Dispatcher::handle_finished() {
     }
     finish(f, r);
   }
+  flush_log_lines();
 }
 
 void Dispatcher::finish(const InFlight& f, const AttemptReply& r) {
@@ -1441,11 +1477,7 @@ void Dispatcher::finish_decision(const InFlight& f, const AttemptReply& r) {
     case AttemptOutcome::Kind::retry:
       res.status = "queued";
       res.error = std::move(o.error);
-      res.retry_ms = o.retry_delay_ms;
-      {
-        int64_t due = now_ms() + o.retry_delay_ms;
-        if (!retry_due_ms_ || due < *retry_due_ms_) retry_due_ms_ = due;
-      }
+      res.retry_ms = o.retry_delay_ms;  // its look is timed once the row is written (write_batch)
       break;
     case AttemptOutcome::Kind::failed:
       res.status = "failed";
@@ -1495,6 +1527,7 @@ void Dispatcher::fail_sync_slot(int index, uint64 ticket, const std::string& err
 
 void Dispatcher::housekeeping() {
   next_housekeeping_ms_ = now_ms() + kHousekeepingMs;
+  release_to_table_path(/*even_when_full=*/true);
   // A promoted key whose decision was not claimed (cancelled, or claimed
   // elsewhere) is forgotten; its answer stays in L1 regardless.
   for (auto it = promoted_from_l2_.begin(); it != promoted_from_l2_.end();) {
