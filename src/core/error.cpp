@@ -1,6 +1,7 @@
 #include "error.hpp"
 
 #include <cstdio>
+#include <cstring>
 #include <utility>
 
 namespace npc_scale {
@@ -25,6 +26,19 @@ std::string seconds_text(double secs) {
   char shown[64];
   snprintf(shown, sizeof(shown), "%g", secs);
   return shown;
+}
+
+void copy_text_clipped(char* dst, size_t size, const char* src) noexcept {
+  if (size == 0) return;
+  size_t len = 0;
+  while (len < size - 1 && src[len] != '\0') len++;
+  if (src[len] != '\0') {
+    // Cut: back over continuation bytes (10xxxxxx) to the lead byte of the
+    // character that did not fit, and drop it.
+    while (len > 0 && (static_cast<unsigned char>(src[len]) & 0xC0) == 0x80) len--;
+  }
+  memcpy(dst, src, len);
+  dst[len] = '\0';
 }
 
 }  // namespace npc_scale

@@ -30,6 +30,11 @@ bool is_valid_sqlstate(const std::string& code);
 // A number of seconds as it reads best in a message ("-1", "0.5", "3.1e+13").
 std::string seconds_text(double secs);
 
+// Copies text into a fixed buffer of `size` bytes (NUL included), cut at a
+// UTF-8 character boundary: half a character would make the message invalid
+// in the server's encoding (the log, a client converting to its own).
+void copy_text_clipped(char* dst, size_t size, const char* src) noexcept;
+
 class Error : public std::runtime_error {
  public:
   Error(std::string sqlstate, const std::string& message, std::string detail = {},

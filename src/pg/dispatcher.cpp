@@ -703,7 +703,7 @@ void Dispatcher::publish_stats() {
     st.p99_ms = e.latency.percentile(99);
     st.remote_running = e.remote_running;
     st.remote_waiting = e.remote_waiting;
-    strlcpy(st.last_error, m.last_error.c_str(), sizeof(st.last_error));
+    copy_text_clipped(st.last_error, sizeof(st.last_error), m.last_error.c_str());
     st.last_error_at = m.last_error_at_ms;
   }
   SpinLockAcquire(&s.stats_mutex);
@@ -1511,7 +1511,7 @@ void Dispatcher::finish_sync(const InFlight& f, const AttemptReply& r) {
       set_sync_answer(slot, f.ticket, o.response);
       break;
     case AttemptOutcome::Kind::failed:
-      strlcpy(slot->error, o.error.c_str(), sizeof(slot->error));
+      copy_text_clipped(slot->error, sizeof(slot->error), o.error.c_str());
       slot->rejected = o.rejected;
       end_sync_service(slot, f.ticket, SyncState::failed);
       break;
@@ -1521,7 +1521,7 @@ void Dispatcher::finish_sync(const InFlight& f, const AttemptReply& r) {
 void Dispatcher::fail_sync_slot(int index, uint64 ticket, const std::string& error) {
   SyncSlot* slot = sync_slot(index);
   if (!sync_slot_is_ours(slot, ticket)) return;
-  strlcpy(slot->error, error.c_str(), sizeof(slot->error));
+  copy_text_clipped(slot->error, sizeof(slot->error), error.c_str());
   end_sync_service(slot, ticket, SyncState::failed);
 }
 

@@ -5,9 +5,9 @@ namespace npc_scale::bridge_detail {
 void capture(PendingError& out, int sqlerrcode, const char* message, const char* detail,
              const char* hint) noexcept {
   out.sqlerrcode = sqlerrcode;
-  strlcpy(out.message, message ? message : "", sizeof(out.message));
-  strlcpy(out.detail, detail ? detail : "", sizeof(out.detail));
-  strlcpy(out.hint, hint ? hint : "", sizeof(out.hint));
+  copy_text_clipped(out.message, sizeof(out.message), message ? message : "");
+  copy_text_clipped(out.detail, sizeof(out.detail), detail ? detail : "");
+  copy_text_clipped(out.hint, sizeof(out.hint), hint ? hint : "");
 }
 
 int sqlstate_to_code(const std::string& s) noexcept {

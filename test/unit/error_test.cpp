@@ -38,3 +38,23 @@ TEST(ErrorTest, IsAStdException) {
   }
   FAIL() << "not caught as std::exception";
 }
+
+TEST(ErrorTest, CopiesTextClippedAtACharacterBoundary) {
+  char buf[6];
+  npc_scale::copy_text_clipped(buf, sizeof buf, "abc");
+  EXPECT_STREQ(buf, "abc");
+  npc_scale::copy_text_clipped(buf, sizeof buf, "abcdefgh");
+  EXPECT_STREQ(buf, "abcde");  // ASCII: every byte is a boundary
+  // "ab" + é (2 bytes) + é: 5 bytes fit, the second é would be cut in half.
+  npc_scale::copy_text_clipped(buf, sizeof buf, "ab\xc3\xa9\xc3\xa9");
+  EXPECT_STREQ(buf, "ab\xc3\xa9");
+  // A 4-byte character straddling the end goes whole.
+  npc_scale::copy_text_clipped(buf, sizeof buf, "abc\xf0\x9f\x8e\xb2");
+  EXPECT_STREQ(buf, "abc");
+  // Exactly full: nothing cut.
+  npc_scale::copy_text_clipped(buf, sizeof buf, "a\xf0\x9f\x8e\xb2");
+  EXPECT_STREQ(buf, "a\xf0\x9f\x8e\xb2");
+  char one[1];
+  npc_scale::copy_text_clipped(one, sizeof one, "abc");
+  EXPECT_STREQ(one, "");
+}
