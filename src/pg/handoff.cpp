@@ -50,6 +50,9 @@ Area* g_area = nullptr;
 struct Pending {
   HandoffEntry entry;
   SubTransactionId subxact;
+  // cancel_decision() in the same transaction: not published (unless the
+  // savepoint it was called in rolls back).
+  SubTransactionId cancelled_in = InvalidSubTransactionId;
 };
 std::vector<Pending> g_pending;  // this backend's, until its transaction ends
 bool g_callbacks_registered = false;
@@ -94,6 +97,9 @@ void at_subxact_end(SubXactEvent event, SubTransactionId sub, SubTransactionId, 
   g_pending.erase(std::remove_if(g_pending.begin(), g_pending.end(),
                                  [&](const Pending& p) { return p.subxact >= sub; }),
                   g_pending.end());
+  for (Pending& p : g_pending) {
+    if (p.cancelled_in != InvalidSubTransactionId && p.cancelled_in >= sub) p.cancelled_in = InvalidSubTransactionId;
+  }
 }
 
 }  // namespace
@@ -122,9 +128,17 @@ void handoff_at_commit(HandoffEntry e) {
 
 bool handoff_has_pending() { return !g_pending.empty(); }
 
+void handoff_cancel_pending(int64_t id) {
+  for (Pending& p : g_pending) {
+    if (p.entry.id == id && p.cancelled_in == InvalidSubTransactionId) p.cancelled_in = GetCurrentSubTransactionId();
+  }
+}
+
 bool handoff_publish_pending(TransactionId xid) {
   bool all = true;
-  for (const Pending& p : g_pending) all = publish(p.entry, xid) && all;
+  for (const Pending& p : g_pending) {
+    if (p.cancelled_in == InvalidSubTransactionId) all = publish(p.entry, xid) && all;
+  }
   g_pending.clear();
   return all;
 }

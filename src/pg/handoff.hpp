@@ -51,6 +51,9 @@ bool handoff_has_pending();
 // any did not fit (the dispatcher must then look at the table once the
 // transaction has committed).
 bool handoff_publish_pending(TransactionId xid);
+// cancel_decision() of a decision this transaction requested: it is not
+// handed off (a rollback of the savepoint the cancel was in undoes this).
+void handoff_cancel_pending(int64_t id);
 // From the abort callback.
 void handoff_forget_pending();
 

@@ -1,5 +1,7 @@
 #include "wake.hpp"
 
+#include <algorithm>
+
 #include "guard.hpp"
 #include "handoff.hpp"
 #include "shared_state.hpp"
@@ -14,18 +16,48 @@ namespace npc_scale {
 
 namespace {
 
+// Something the transaction asks for at its commit, with the earliest
+// subtransaction that asked: a savepoint rolled back takes back what was asked
+// inside it. Subtransaction ids grow, and one still open when `sub` aborts is
+// its child, so everything asked at or after `sub` goes with it.
+struct Asked {
+  SubTransactionId since = InvalidSubTransactionId;  // not asked
+  void ask() {
+    const SubTransactionId sub = GetCurrentSubTransactionId();
+    if (since == InvalidSubTransactionId || sub < since) since = sub;
+  }
+  void ask_for_whole_transaction() { since = TopSubTransactionId; }
+  void undo_from(SubTransactionId sub) {
+    if (since != InvalidSubTransactionId && since >= sub) since = InvalidSubTransactionId;
+  }
+  explicit operator bool() const { return since != InvalidSubTransactionId; }
+};
+
 bool g_callback_registered = false;
-bool g_wake_pending = false;
-bool g_table_pending = false;  // queued work the handoff does not carry
-bool g_endpoints_pending = false;
-bool g_cancel_pending = false;  // cancel_decision(): the dispatcher aborts what it still sends
-std::vector<int64_t> g_cancelled;  // … and these ids' await_decision() callers wake up
+Asked g_wake_pending;
+Asked g_table_pending;  // queued work the handoff does not carry
+Asked g_endpoints_pending;
+Asked g_cancel_pending;  // cancel_decision(): the dispatcher aborts what it still sends
+struct Cancelled {
+  int64_t id;
+  SubTransactionId sub;
+};
+std::vector<Cancelled> g_cancelled;  // … and these ids' await_decision() callers wake up
 bool g_published = false;  // handed off at PRE_COMMIT: the dispatcher waits for our outcome
 
 // The transaction ended: nothing of it is pending any more.
 void forget_all() {
-  g_wake_pending = g_table_pending = g_endpoints_pending = g_published = g_cancel_pending = false;
+  g_wake_pending = g_table_pending = g_endpoints_pending = g_cancel_pending = Asked{};
+  g_published = false;
   g_cancelled.clear();
+}
+
+void at_subxact_end(SubXactEvent event, SubTransactionId sub, SubTransactionId, void*) noexcept {
+  if (event != SUBXACT_EVENT_ABORT_SUB) return;
+  for (Asked* a : {&g_wake_pending, &g_table_pending, &g_endpoints_pending, &g_cancel_pending}) a->undo_from(sub);
+  g_cancelled.erase(std::remove_if(g_cancelled.begin(), g_cancelled.end(),
+                                   [&](const Cancelled& c) { return c.sub >= sub; }),
+                    g_cancelled.end());
 }
 
 void on_transaction_end(XactEvent event) {
@@ -34,7 +66,7 @@ void on_transaction_end(XactEvent event) {
       // Handed off now, so the dispatcher sends while this backend flushes
       // its commit record; it claims the rows once the commit is visible.
       if (handoff_has_pending()) {
-        if (!handoff_publish_pending(GetTopTransactionIdIfAny())) g_table_pending = true;
+        if (!handoff_publish_pending(GetTopTransactionIdIfAny())) g_table_pending.ask_for_whole_transaction();
         g_published = true;
         wake_worker(WorkerKind::dispatcher);
       }
@@ -45,7 +77,7 @@ void on_transaction_end(XactEvent event) {
       // Anything remembered after PRE_COMMIT (not expected) takes the table.
       if (handoff_has_pending()) {
         handoff_forget_pending();
-        g_table_pending = true;
+        g_table_pending.ask_for_whole_transaction();
       }
       if (g_endpoints_pending) pg_atomic_fetch_add_u64(&s.endpoints_generation, 1);
       if (g_cancel_pending) pg_atomic_fetch_add_u64(&s.cancels_generation, 1);
@@ -56,7 +88,9 @@ void on_transaction_end(XactEvent event) {
       if (g_table_pending || g_endpoints_pending || g_cancel_pending || (g_wake_pending && !g_published)) {
         wake_worker(WorkerKind::dispatcher);
       }
-      wake_awaiting(g_cancelled);
+      std::vector<int64_t> ids;
+      for (const Cancelled& c : g_cancelled) ids.push_back(c.id);
+      wake_awaiting(ids);
       forget_all();
       break;
     }
@@ -81,7 +115,7 @@ void at_transaction_end(XactEvent event, void*) noexcept {
   } catch (...) {
     handoff_forget_pending();
     if (event == XACT_EVENT_PRE_COMMIT) {
-      g_table_pending = true;  // the commit still wakes the dispatcher for the table
+      g_table_pending.ask_for_whole_transaction();  // the commit still wakes the dispatcher for the table
     } else {
       forget_all();
     }
@@ -90,7 +124,10 @@ void at_transaction_end(XactEvent event, void*) noexcept {
 
 void ensure_callback() {
   if (!g_callback_registered) {
-    pg_call([] { RegisterXactCallback(at_transaction_end, nullptr); });
+    pg_call([] {
+      RegisterXactCallback(at_transaction_end, nullptr);
+      RegisterSubXactCallback(at_subxact_end, nullptr);
+    });
     g_callback_registered = true;
   }
 }
@@ -99,19 +136,20 @@ void ensure_callback() {
 
 void wake_dispatcher_at_commit(bool handed_off) {
   ensure_callback();
-  g_wake_pending = true;
-  if (!handed_off) g_table_pending = true;
+  g_wake_pending.ask();
+  if (!handed_off) g_table_pending.ask();
 }
 
 void endpoints_changed_at_commit() {
   ensure_callback();
-  g_endpoints_pending = true;
+  g_endpoints_pending.ask();
 }
 
 void cancelled_at_commit(int64_t id) {
   ensure_callback();
-  g_cancelled.push_back(id);
-  g_cancel_pending = true;
+  g_cancelled.push_back({id, GetCurrentSubTransactionId()});
+  g_cancel_pending.ask();
+  handoff_cancel_pending(id);  // requested in this transaction: not sent at all
 }
 
 }  // namespace npc_scale

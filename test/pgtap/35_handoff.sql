@@ -3,7 +3,7 @@
 -- rolled-back savepoint are never sent, nothing is sent twice, and what the
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
-SELECT plan(26);
+SELECT plan(32);
 SELECT npc_test.use_gpus(ARRAY['fast1']);
 SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
 SELECT npc_test.metric('handoff_sent') AS hs0, npc_test.metric('handoff_unclaimed') AS hu0 \gset
@@ -134,6 +134,39 @@ SELECT npc_scale.request_decision(2008, 'build', 'handoff: which mill?', 5,
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_utf8)), 'answered');
 SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_utf8), 'Mühle bauen 🏰 — 水車',
   'a multi-byte UTF-8 answer is stored as sent');
+
+-- A savepoint rolled back takes back what was asked inside it: its request
+-- wakes nobody at COMMIT (the commit itself asks nothing else).
+SELECT npc_test.metric('queue_wakeups') AS qw0 \gset
+BEGIN;
+SAVEPOINT s;
+SELECT npc_scale.request_decision(2009, 'build', 'handoff: asked, then rolled back', 5) IS NOT NULL AS asked \gset
+SELECT npc_scale.request_decisions(ARRAY[2009], 'build', ARRAY['handoff: a batch, rolled back']) IS NOT NULL AS asked \gset
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+SELECT is(npc_test.metric('queue_wakeups'), :qw0::bigint,
+  'requests in a rolled-back savepoint do not wake the dispatcher at COMMIT');
+
+-- A decision cancelled in the transaction that requested it is not sent.
+SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
+SELECT npc_test.metric('handoff_sent') AS hs1 \gset
+BEGIN;
+SELECT npc_scale.request_decision(2010, 'build', 'handoff: cancelled before its commit', 5) AS id_cx \gset
+SELECT npc_scale.cancel_decision(:id_cx) AS cancelled \gset
+COMMIT;
+-- ... while one whose cancel was in a savepoint rolled back is sent.
+BEGIN;
+SELECT npc_scale.request_decision(2011, 'build', 'handoff: its cancel rolled back', 5) AS id_kept \gset
+SAVEPOINT s;
+SELECT npc_scale.cancel_decision(:id_kept) AS cancelled \gset
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_kept)), 'the kept one is answered');
+SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :id_kept), 'done', 'done');
+SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :id_cx), 'cancelled', 'the other stays cancelled');
+SELECT is(npc_test.metric('handoff_sent') - :hs1, 1::bigint, 'one hand-off sent, not two');
+SELECT is(npc_test.gpu_metric('fast1', 'fake_gpu_requests_total'), 1::numeric,
+  'and one GPU request: the decision cancelled before its commit never went out');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2220;
 SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
