@@ -3,6 +3,7 @@
 #include <unordered_set>
 
 #include "gucs.hpp"
+#include "pg_text.hpp"
 #include "spi.hpp"
 
 extern "C" {
@@ -92,6 +93,53 @@ bool is_row_error(const PgError& e) {
     default:
       return false;
   }
+}
+
+struct ProbeDone {};  // thrown to roll a probe's transaction back
+
+// Which of `ids` refuse `probe` (an UPDATE of the row $1), each tried in a
+// transaction of its own that is rolled back. A row locked by another
+// session is passed over (it is left alone by the statement's SKIP LOCKED).
+template <typename Probe>
+std::vector<RefusedRow> find_refusing(const std::vector<int64_t>& ids, Probe&& probe) {
+  std::vector<RefusedRow> refused;
+  for (int64_t id : ids) {
+    try {
+      in_transaction("npc_scale: look for rows refusing an update", [&] {
+        bound_lock_wait();
+        probe(id);
+        throw ProbeDone{};
+      });
+    } catch (const ProbeDone&) {
+    } catch (const PgError& e) {
+      if (is_lock_timeout(e)) continue;
+      if (!is_row_error(e)) throw;
+      refused.push_back({id, e.what()});
+    }
+  }
+  return refused;
+}
+
+// Runs `run(exclude)`; if it fails on a row error, finds the refusing rows
+// among `candidates(exclude)` with `probe`, adds them to `refused` and runs
+// it once more without them.
+template <typename Run, typename Candidates, typename Probe>
+void isolating_refusals(std::vector<int64_t> exclude, Run&& run, Candidates&& candidates, Probe&& probe,
+                        std::vector<RefusedRow>* refused) {
+  try {
+    run(exclude);
+    return;
+  } catch (const PgError& e) {
+    if (refused == nullptr || !is_row_error(e)) throw;
+  }
+  std::vector<RefusedRow> found = find_refusing(candidates(exclude), probe);
+  if (found.empty()) {
+    run(exclude);  // not reproduced row by row: this throws again, or it went through
+    return;
+  }
+  for (const RefusedRow& r : found) exclude.push_back(r.id);
+  refused->insert(refused->end(), found.begin(), found.end());
+  run(exclude);
 }
 
 std::vector<int64_t> ids_of(uint64_t rows, int col) {
@@ -305,6 +353,29 @@ std::vector<EndpointConfig> load_endpoints() {
   return out;
 }
 
+namespace {
+// One queued row's claim, for find_refusing (its transaction is rolled back).
+void claim_probe(int64_t id) {
+  static SavedPlan plan(
+      "UPDATE npc_scale.decision_queue q SET status = 'running', attempts = q.attempts + 1,"
+      "  leased_until = now() + interval '1 minute', started_at = coalesce(q.started_at, now()),"
+      "  not_before = NULL "
+      "WHERE q.id = $1 AND (q.status = 'queued') IS TRUE",
+      {INT8OID});
+  plan.execute({Int64GetDatum(id)});
+}
+
+std::vector<int64_t> without(const std::vector<int64_t>& ids, const std::vector<int64_t>& drop) {
+  if (drop.empty()) return ids;
+  const std::unordered_set<int64_t> gone(drop.begin(), drop.end());
+  std::vector<int64_t> out;
+  for (int64_t id : ids) {
+    if (!gone.count(id)) out.push_back(id);
+  }
+  return out;
+}
+}  // namespace
+
 std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, int lease_s) {
 #define NPC_CLAIM_SET                                                                 \
   "UPDATE npc_scale.decision_queue q SET"                                             \
@@ -326,7 +397,7 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
 #undef NPC_CLAIM_SET
   std::unordered_map<int64_t, int> out;
   if (ids.empty()) return out;
-  auto claim = [&](SavedPlan& p) {
+  auto claim = [&](SavedPlan& p, const std::vector<int64_t>& todo) {
     in_transaction("npc_scale: claim handed-off decisions", [&] {
       if (!extension_present()) return;
       // As claim_decisions: a claim lost in a crash leaves the row queued.
@@ -335,36 +406,69 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
                                 GUC_ACTION_LOCAL, true, 0, false);
       });
       bound_lock_wait();
-      uint64_t n = p.execute({int8_array(ids), Int32GetDatum(lease_s)});
+      uint64_t n = p.execute({int8_array(todo), Int32GetDatum(lease_s)});
       for (uint64_t i = 0; i < n; i++) {
         out.emplace(spi_int(i, 1).value_or(0), static_cast<int>(spi_int(i, 2).value_or(1)));
       }
     });
   };
-  try {
-    claim(plan);
-  } catch (const PgError& e) {
-    if (!is_lock_timeout(e)) throw;
-    // A locked row is left out: not claimed, so the table path sends it
-    // once its locker is done (if it is still queued then).
-    out.clear();
-    claim(skip_locked_plan);
-  }
+  // A row that refuses the claim is left unclaimed: its request is cancelled
+  // and the table path's claim fails it, saying why.
+  std::vector<RefusedRow> refused;
+  isolating_refusals(
+      {},
+      [&](const std::vector<int64_t>& ex) {
+        const std::vector<int64_t> todo = without(ids, ex);
+        out.clear();
+        try {
+          claim(plan, todo);
+        } catch (const PgError& e) {
+          if (!is_lock_timeout(e)) throw;
+          // A locked row is left out: not claimed, so the table path sends it
+          // once its locker is done (if it is still queued then).
+          out.clear();
+          claim(skip_locked_plan, todo);
+        }
+      },
+      [&](const std::vector<int64_t>& ex) { return without(ids, ex); }, claim_probe, &refused);
   return out;
 }
 
 ClaimResult claim_decisions(int limit, int lease_s, const std::vector<int64_t>& exclude) {
+  // The rows the claim would look at, and one row's claim (rolled back).
+  static SavedPlan candidates_plan(
+      "(SELECT id FROM npc_scale.decision_queue"
+      "  WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
+      "    AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($2) ORDER BY priority, id LIMIT $1)"
+      " UNION "
+      "(SELECT id FROM npc_scale.decision_queue"
+      "  WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
+      "    AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($2) ORDER BY id LIMIT $1)",
+      {INT4OID, INT8ARRAYOID});
   ClaimResult out;
-  in_transaction("npc_scale: claim decisions", [&] {
-    if (!extension_present()) return;
-    // Not worth a WAL flush: a claim lost in a crash only leaves the row
-    // queued; its answer was not written yet, so nothing can be answered twice.
-    pg_call([] {
-      (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
-                              GUC_ACTION_LOCAL, true, 0, false);
-    });
-    claim_in_transaction(limit, lease_s, exclude, out);
-  });
+  isolating_refusals(
+      exclude,
+      [&](const std::vector<int64_t>& ex) {
+        out.running.clear();
+        in_transaction("npc_scale: claim decisions", [&] {
+          if (!extension_present()) return;
+          // Not worth a WAL flush: a claim lost in a crash only leaves the row
+          // queued; its answer was not written yet, so nothing can be answered twice.
+          pg_call([] {
+            (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+                                    GUC_ACTION_LOCAL, true, 0, false);
+          });
+          claim_in_transaction(limit, lease_s, ex, out);
+        });
+      },
+      [&](const std::vector<int64_t>& ex) {
+        std::vector<int64_t> ids;
+        in_transaction("npc_scale: claim candidates", [&] {
+          ids = ids_of(candidates_plan.execute({Int32GetDatum(limit), int8_array(ex)}, nullptr, true), 1);
+        });
+        return ids;
+      },
+      claim_probe, &out.refused);
   return out;
 }
 
@@ -446,8 +550,41 @@ WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip
   return write_each(results, skip_locked);
 }
 
+// The statements themselves, over many rows (defined below).
+std::vector<int64_t> recover_leases_once(bool all_running, int max_attempts, int* requeued,
+                                         const std::vector<int64_t>& exclude);
+std::vector<int64_t> expire_queued_once(const std::vector<int64_t>& exclude);
+
 std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued,
-                                    const std::vector<int64_t>& exclude) {
+                                    const std::vector<int64_t>& exclude, std::vector<RefusedRow>* refused) {
+  static SavedPlan candidates_plan(
+      "SELECT id FROM npc_scale.decision_queue"
+      " WHERE status = 'running' AND ($1 OR leased_until < now()) AND id <> ALL ($2)",
+      {BOOLOID, INT8ARRAYOID});
+  static SavedPlan probe_plan(
+      "UPDATE npc_scale.decision_queue SET"
+      "  status = CASE WHEN attempts >= $2 THEN 'failed' ELSE 'queued' END,"
+      "  finished_at = CASE WHEN attempts >= $2 THEN now() END, leased_until = NULL,"
+      "  error = 'lease expired' "
+      "WHERE id = $1 AND (status = 'running') IS TRUE",
+      {INT8OID, INT4OID});
+  std::vector<int64_t> failed;
+  isolating_refusals(
+      exclude,
+      [&](const std::vector<int64_t>& ex) { failed = recover_leases_once(all_running, max_attempts, requeued, ex); },
+      [&](const std::vector<int64_t>& ex) {
+        std::vector<int64_t> ids;
+        in_transaction("npc_scale: recovery candidates", [&] {
+          ids = ids_of(candidates_plan.execute({BoolGetDatum(all_running), int8_array(ex)}, nullptr, true), 1);
+        });
+        return ids;
+      },
+      [&](int64_t id) { probe_plan.execute({Int64GetDatum(id), Int32GetDatum(max_attempts)}); }, refused);
+  return failed;
+}
+
+std::vector<int64_t> recover_leases_once(bool all_running, int max_attempts, int* requeued,
+                                         const std::vector<int64_t>& exclude) {
   static SavedPlan plan(
       "UPDATE npc_scale.decision_queue SET"
       "  status = CASE WHEN attempts >= $2 THEN 'failed' ELSE 'queued' END,"
@@ -474,7 +611,56 @@ std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* req
   return failed;
 }
 
-std::vector<int64_t> expire_queued(const std::vector<int64_t>& exclude) {
+std::vector<int64_t> expire_queued(const std::vector<int64_t>& exclude, std::vector<RefusedRow>* refused) {
+  static SavedPlan candidates_plan(
+      "SELECT id FROM npc_scale.decision_queue WHERE status = 'queued' AND deadline < now() AND id <> ALL ($1)",
+      {INT8ARRAYOID});
+  static SavedPlan probe_plan(
+      "UPDATE npc_scale.decision_queue SET status = 'expired', finished_at = now(),"
+      "  error = 'deadline passed' WHERE id = $1 AND (status = 'queued') IS TRUE",
+      {INT8OID});
+  std::vector<int64_t> expired;
+  isolating_refusals(
+      exclude, [&](const std::vector<int64_t>& ex) { expired = expire_queued_once(ex); },
+      [&](const std::vector<int64_t>& ex) {
+        std::vector<int64_t> ids;
+        in_transaction("npc_scale: expiry candidates", [&] {
+          ids = ids_of(candidates_plan.execute({int8_array(ex)}, nullptr, true), 1);
+        });
+        return ids;
+      },
+      [&](int64_t id) { probe_plan.execute({Int64GetDatum(id)}); }, refused);
+  return expired;
+}
+
+std::vector<int64_t> fail_refused(const std::vector<RefusedRow>& rows, const std::string& what,
+                                  std::vector<RefusedRow>& still_refused) {
+  static SavedPlan plan(
+      "UPDATE npc_scale.decision_queue SET status = 'failed', finished_at = now(), leased_until = NULL,"
+      "  error = $2 WHERE id = $1 AND status IN ('queued', 'running') RETURNING id",
+      {INT8OID, TEXTOID});
+  std::vector<int64_t> failed;
+  for (const RefusedRow& r : rows) {
+    const std::string error = what + ": " + r.error;
+    try {
+      in_transaction("npc_scale: fail a refusing decision", [&] {
+        if (!extension_present()) return;
+        bound_lock_wait();
+        if (plan.execute({Int64GetDatum(r.id), text_datum(error)}) == 1) {
+          notify_finished(r.id);
+          failed.push_back(r.id);
+        }
+      });
+    } catch (const PgError& e) {
+      if (is_lock_timeout(e)) continue;  // its locker goes first; found again on a later look
+      if (!is_row_error(e)) throw;
+      still_refused.push_back({r.id, e.what()});
+    }
+  }
+  return failed;
+}
+
+std::vector<int64_t> expire_queued_once(const std::vector<int64_t>& exclude) {
   static SavedPlan plan(
       "UPDATE npc_scale.decision_queue SET status = 'expired', finished_at = now(),"
       "  error = CASE WHEN attempts = 0 THEN 'deadline passed before it was sent'"

@@ -28,8 +28,16 @@ struct ClaimedDecision {
   std::string decision_type;
 };
 
+// A row that refused one of the dispatcher's UPDATEs with an error of its
+// own (a trigger or constraint of the game's; see is_row_error), and why.
+struct RefusedRow {
+  int64_t id = 0;
+  std::string error;
+};
+
 struct ClaimResult {
   std::vector<ClaimedDecision> running;  // to send now
+  std::vector<RefusedRow> refused;       // queued rows that refuse the claim: fail them
 };
 
 
@@ -71,12 +79,25 @@ WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip
 // other sessions hold locked are left for the next look, and so are the
 // `exclude` ids (the dispatcher holds an answer for them, not written yet).
 std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* requeued,
-                                    const std::vector<int64_t>& exclude = {});
+                                    const std::vector<int64_t>& exclude = {},
+                                    std::vector<RefusedRow>* refused = nullptr);
 
 // Queued decisions past their deadline become expired (rows other sessions
 // hold locked: at the next look), except the `exclude` ids (sent, or
 // answered and not written yet). Returns their ids.
-std::vector<int64_t> expire_queued(const std::vector<int64_t>& exclude);
+std::vector<int64_t> expire_queued(const std::vector<int64_t>& exclude,
+                                   std::vector<RefusedRow>* refused = nullptr);
+
+// Claims, lease recovery and expiry each run one UPDATE over many rows. When
+// it fails on an error of its rows' own, each candidate row is tried alone
+// (in a transaction rolled back) to find those that refuse; the statement is
+// run again without them and they are reported in `refused`.
+
+// Rows that refused a claim, recovery or expiry, each failed in a
+// transaction of its own with "<what>: <error>" (and NOTIFY). Returns the ids
+// failed; those that refuse even that are left in `still_refused`.
+std::vector<int64_t> fail_refused(const std::vector<RefusedRow>& rows, const std::string& what,
+                                  std::vector<RefusedRow>& still_refused);
 
 // Those of `ids` whose decision is cancelled.
 std::vector<int64_t> cancelled_among(const std::vector<int64_t>& ids);

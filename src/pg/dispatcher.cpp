@@ -125,6 +125,7 @@ class Dispatcher {
   // yet (deferred by a game session's row lock too). The writes decide.
   std::vector<int64_t> held_back_ids() const;
   void refused_writes(std::vector<std::pair<DecisionResult, std::string>>& refused);
+  void fail_refusing_rows(const std::vector<RefusedRow>& rows, const std::string& what);
   void start_probes_and_scrapes();
   void finish_probe_or_scrape(const InFlight& f, const HttpResult& r);
   void get_from_endpoint(Work kind, Endpoint& e, MemberInfo& m, const char* path, long timeout_ms);
@@ -315,7 +316,9 @@ void Dispatcher::start_up() {
   }
   // Decisions a previous dispatcher had claimed go back to the queue.
   int requeued = 0;
-  wake_awaiting(recover_leases(true, guc_max_attempts, &requeued));
+  std::vector<RefusedRow> refused;
+  wake_awaiting(recover_leases(true, guc_max_attempts, &requeued, {}, &refused));
+  fail_refusing_rows(refused, "it was in flight at the last stop and could not be queued again");
   if (requeued > 0) {
     pg_call([&] {
       ereport(LOG, (errmsg("npc_scale dispatcher: %d decisions in flight at the last stop were "
@@ -980,6 +983,8 @@ void Dispatcher::claim_and_send() {
   }
   ClaimResult claimed = claim_decisions(limit, guc_lease_timeout_s, held_back_ids());
   for (const auto& d : claimed.running) claimed_since_take_.insert(d.id);
+  if (!claimed.refused.empty()) maybe_more_work_ = true;  // the claim ran again without them: look again
+  fail_refusing_rows(claimed.refused, "the decision could not be claimed");
   // A full batch means more may be queued behind it: claim again next round.
   set_capacity_blocked(static_cast<int>(claimed.running.size()) >= limit);
   maybe_more_work_ = capacity_blocked_;
@@ -1405,6 +1410,27 @@ void Dispatcher::refused_writes(std::vector<std::pair<DecisionResult, std::strin
   for (const std::string& line : lines) log_warning(line);
 }
 
+// Rows that refused a claim, recovery or expiry (a game's trigger or
+// constraint): failed, saying why; one that refuses that too is left alone
+// (unwritable_) so it cannot stop those statements for every other row.
+void Dispatcher::fail_refusing_rows(const std::vector<RefusedRow>& rows, const std::string& what) {
+  if (rows.empty()) return;
+  pg_atomic_fetch_add_u64(&shared_state().results_refused, rows.size());
+  std::vector<RefusedRow> still_refused;
+  const std::vector<int64_t> failed = fail_refused(rows, what, still_refused);
+  for (const RefusedRow& r : still_refused) unwritable_.insert(r.id);
+  std::vector<std::string> lines;
+  for (const RefusedRow& r : rows) {
+    lines.push_back("decision " + std::to_string(r.id) + ": " + what + " (" + r.error + "); failing it");
+  }
+  for (const RefusedRow& r : still_refused) {
+    lines.push_back("decision " + std::to_string(r.id) + " refuses every write (" + r.error +
+                    "); left as it is until the dispatcher restarts");
+  }
+  wake_awaiting(failed);
+  for (const std::string& line : lines) log_warning(line);
+}
+
 void Dispatcher::handle_finished() {
   // One at a time off a queue of our own: if handling one throws (a
   // pg_cancel_backend() landing in a LOG line, say), the rest are handled
@@ -1549,11 +1575,15 @@ void Dispatcher::housekeeping() {
   }
   int requeued = 0;
   const std::vector<int64_t> held_back = held_back_ids();
-  wake_awaiting(recover_leases(false, guc_max_attempts, &requeued, held_back));
+  std::vector<RefusedRow> refused;
+  wake_awaiting(recover_leases(false, guc_max_attempts, &requeued, held_back, &refused));
+  fail_refusing_rows(refused, "its lapsed lease could not be recovered");
   // A safety net, not the mechanism: commits wake the dispatcher at once;
   // this look per second only bounds the cost of a wake-up ever lost.
   maybe_more_work_ = true;
-  wake_awaiting(expire_queued(held_back));
+  refused.clear();
+  wake_awaiting(expire_queued(held_back_ids(), &refused));
+  fail_refusing_rows(refused, "it could not be expired");
   auto retry = next_retry_in_ms();
   if (retry) {
     int64_t due = now_ms() + std::max<int64_t>(0, *retry);
