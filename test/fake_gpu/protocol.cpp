@@ -65,7 +65,7 @@ std::optional<ApiError> read_message_content(const json& msg, std::string* out) 
   if (!it->is_array()) return bad_request("message content must be a string or a list of parts");
   // OpenAI content parts: only text parts make sense for a text-only model.
   for (const auto& part : *it) {
-    if (!part.is_object() || part.value("type", "") != "text" ||
+    if (!part.is_object() || !part.contains("type") || part["type"] != "text" ||
         !part.contains("text") || !part["text"].is_string()) {
       return bad_request("only text content parts are supported");
     }
@@ -226,6 +226,17 @@ ParseResult parse_inference_request(bool chat, const json& body,
   if (!has_max && chat) {
     req.gen.natural_stop = true;
     req.gen.max_tokens = model.max_model_len - req.prompt_tokens[0];
+  }
+  // The simulation writes every answer at arrival, on its event loop: a
+  // request asking for more words than this would hold that loop (and the
+  // memory) far longer than any real one. vLLM has no such limit; this
+  // stand-in says so plainly instead of stalling every other request.
+  constexpr int64_t kMaxSimulatedTokens = 4'000'000;
+  const int64_t asked = static_cast<int64_t>(req.prompts.size()) * req.n * req.gen.max_tokens;
+  if (asked > kMaxSimulatedTokens) {
+    return bad_request("the simulated GPU writes at most " + std::to_string(kMaxSimulatedTokens) +
+                       " tokens per request (prompts x n x max_tokens); this one asks for " +
+                       std::to_string(asked));
   }
   return req;
 }

@@ -195,8 +195,17 @@ class Worker {
     }
   };
 
+  // Nothing may escape into libevent (the process would abort): a request
+  // that throws is answered 400 (a JSON value of an unexpected type) or 500,
+  // as vLLM's server answers what its handlers raise.
   static void on_request_cb(evhttp_request* req, void* arg) {
-    static_cast<Worker*>(arg)->on_request(req);
+    try {
+      static_cast<Worker*>(arg)->on_request(req);
+    } catch (const json::exception& e) {
+      send_error(req, ApiError{400, "BadRequestError", e.what()});
+    } catch (const std::exception& e) {
+      send_error(req, ApiError{500, "InternalServerError", e.what()});
+    }
   }
   static void on_timer_cb(evutil_socket_t, short, void* arg);
   static void on_gpu_timer_cb(evutil_socket_t, short, void* arg);

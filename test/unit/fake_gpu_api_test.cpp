@@ -231,6 +231,21 @@ TEST(FakeGpuApi, ErrorsInVllmShape) {
   EXPECT_EQ(r.parsed()["error"]["code"], 400);
   EXPECT_EQ(gpu.post("/v1/completions", {{"prompt", {{"role", "user"}}}}).status, 400);
   EXPECT_EQ(gpu.post("/v1/chat/completions", {{"messages", "hi"}}).status, 400);
+  // A content part whose type is not a string (it aborted the server).
+  EXPECT_EQ(gpu.post("/v1/chat/completions",
+                     {{"messages", {{{"role", "user"}, {"content", {{{"type", 5}, {"text", "x"}}}}}}}}).status,
+            400);
+  EXPECT_EQ(gpu.post("/v1/chat/completions",
+                     {{"messages", {{{"role", "user"}, {"content", {{{"type", nullptr}, {"text", "x"}}}}}}}}).status,
+            400);
+  EXPECT_EQ(gpu.get("/health").status, 200);  // still serving
+  // More words than the simulation writes at arrival: a 400, not a stalled loop.
+  json big = completion("x", 32000);
+  big["n"] = 128;
+  big["prompt"] = {"a", "b"};
+  r = gpu.post("/v1/completions", big);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body.find("at most 4000000 tokens"), std::string::npos) << r.body;
   EXPECT_EQ(gpu.get("/v1/completions").status, 405);
   EXPECT_EQ(gpu.get("/no/such/route").status, 404);
   // Rejected requests never reach the GPU.
