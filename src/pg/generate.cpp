@@ -130,7 +130,16 @@ std::string generate_impl(const std::string& prompt, int priority, const std::st
     signature[sizeof(signature) - 1] = '\0';
     key = generation_key(generation_cache_key(signature, prompt, params));
     CacheLayer layer;
-    if (auto hit = cache_lookup(key, true, &layer)) return *hit;
+    if (auto hit = cache_lookup(key, true, &layer)) {
+      // The same limit as for an answer from a GPU (a queued decision with
+      // the same key may have cached a longer one).
+      if (hit->size() > static_cast<size_t>(guc_max_response_bytes)) {
+        throw Error("58000", "generate() failed: answer of " + std::to_string(hit->size()) +
+                                 " bytes exceeds npc_scale.max_response_bytes (" +
+                                 std::to_string(guc_max_response_bytes) + ")");
+      }
+      return *hit;
+    }
   }
 
   int index = acquire_slot();

@@ -59,17 +59,31 @@ void abort() noexcept {
 
 uint64_t SavedPlan::execute(const std::vector<Datum>& args, const char* nulls, bool read_only) {
   return pg_call([&]() -> uint64_t {
-    if (plan_ == nullptr) {
-      SPIPlanPtr p = SPI_prepare_cursor(sql_, static_cast<int>(arg_types_.size()),
-                                        const_cast<Oid*>(arg_types_.data()), CURSOR_OPT_GENERIC_PLAN);
-      if (p == nullptr) elog(ERROR, "npc_scale: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-      SPI_keepplan(p);
-      plan_ = p;
-    }
+    prepare();
     int rc = SPI_execute_plan(plan_, const_cast<Datum*>(args.data()), nulls, read_only, 0);
     if (rc < 0) elog(ERROR, "npc_scale: SPI_execute_plan failed: %s", SPI_result_code_string(rc));
     return SPI_processed;
   });
+}
+
+uint64_t SavedPlan::execute_on_latest(const std::vector<Datum>& args, const char* nulls) {
+  return pg_call([&]() -> uint64_t {
+    prepare();
+    int rc = SPI_execute_snapshot(plan_, const_cast<Datum*>(args.data()), nulls, GetLatestSnapshot(),
+                                  InvalidSnapshot, true, false, 0);
+    if (rc < 0) elog(ERROR, "npc_scale: SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+    return SPI_processed;
+  });
+}
+
+// Inside pg_call only.
+void SavedPlan::prepare() {
+  if (plan_ != nullptr) return;
+  SPIPlanPtr p = SPI_prepare_cursor(sql_, static_cast<int>(arg_types_.size()),
+                                    const_cast<Oid*>(arg_types_.data()), CURSOR_OPT_GENERIC_PLAN);
+  if (p == nullptr) elog(ERROR, "npc_scale: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+  SPI_keepplan(p);
+  plan_ = p;
 }
 
 std::optional<std::string> spi_text(uint64_t row, int col) {

@@ -38,8 +38,12 @@ class SavedPlan {
   // Executes with the given datums (nulls: 'n' per null argument, else ' ').
   // Returns SPI_processed.
   uint64_t execute(const std::vector<Datum>& args, const char* nulls = nullptr, bool read_only = false);
+  // The same, read-only, on a snapshot taken now (GetLatestSnapshot): it sees
+  // what committed after the statement's or the transaction's own snapshot.
+  uint64_t execute_on_latest(const std::vector<Datum>& args, const char* nulls = nullptr);
 
  private:
+  void prepare();
   const char* sql_;
   std::vector<Oid> arg_types_;
   SPIPlanPtr plan_ = nullptr;

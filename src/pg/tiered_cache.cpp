@@ -78,7 +78,10 @@ std::optional<L3Row> l3_get(const std::string& key) {
       {TEXTOID});
   std::optional<L3Row> row;
   with_spi([&] {
-    if (plan.execute({text_datum(key)}, nullptr, true) == 1) {
+    // On a snapshot taken now, not the caller's: an older one (a REPEATABLE
+    // READ transaction's, a long statement's) still sees rows deleted since,
+    // and a hit goes up into L2 and L1, for every session.
+    if (plan.execute_on_latest({text_datum(key)}) == 1) {
       const std::optional<int64_t> left_ms = spi_int(0, 2);  // NULL: no expiry
       // Under a millisecond left is 1 ms, not "no expiry".
       row = L3Row{spi_text(0, 1).value_or(""), left_ms ? std::max<int64_t>(*left_ms, 1) : 0};

@@ -1,6 +1,6 @@
 -- generate(): synchronous, through shared-memory slots; cancellable by
 -- statement_timeout; clear errors when the fleet is down or empty.
-SELECT plan(17);
+SELECT plan(20);
 SELECT npc_test.use_gpus(ARRAY['fast0']);
 SELECT npc_test.gpu_reset('fast0');
 SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would hide requests
@@ -14,6 +14,14 @@ SELECT is(cardinality(regexp_split_to_array(npc_scale.generate('Describe the vil
   'max_tokens reaches the GPU');
 SELECT is(npc_test.gpu_metric('fast0', 'fake_gpu_requests_total'), 3::numeric,
   'four calls, three requests at the GPU: the repeated deterministic one was a cache hit');
+-- An answer over npc_scale.max_response_bytes (32 kB here) is an error, and
+-- stays one when the same request meets it in the cache (filled meanwhile).
+SELECT l1_entries AS e0 FROM npc_scale.cache_stats \gset
+SELECT throws_like($$ SELECT npc_scale.generate('Tell the whole saga', 5, '{"temperature": 0, "max_tokens": 12000}') $$,
+  '%exceeds npc_scale.max_response_bytes%', 'an answer over max_response_bytes is an error');
+SELECT ok(npc_test.wait_for($$ (SELECT l1_entries FROM npc_scale.cache_stats) > $$ || :e0), 'its answer was cached');
+SELECT throws_like($$ SELECT npc_scale.generate('Tell the whole saga', 5, '{"temperature": 0, "max_tokens": 12000}') $$,
+  '%exceeds npc_scale.max_response_bytes%', 'and so is the same answer met in the cache');
 SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue WHERE prompt = 'Describe the village'), 0,
   'and no rows in the decision queue');
 -- A request the server refuses as invalid fails the same on every GPU: the
