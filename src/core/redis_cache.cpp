@@ -178,7 +178,9 @@ void RedisCache::consume(void* raw) {
     asks_pending_--;
   }
   pending_.pop_front();
-  if (lookup_worked) mark_up();  // after the pop: its callback may throw
+  // After the pop: its callback may throw. Any reply (an error reply too)
+  // shows the connection works.
+  if (lookup_worked || !up_) mark_up();
 }
 
 bool RedisCache::read_replies(int64_t now_ms, bool wait) {
@@ -397,10 +399,11 @@ bool RedisCache::finish_connect(int64_t now_ms) {
     const std::string db = std::to_string(config_.db);
     login.push_back({{"SELECT", db}, "SELECT " + db + " failed"});
   }
-  if (login.empty()) {
-    mark_up();
-    return true;
-  }
+  // Without a login, Redis is reported up (and the back-off reset) by its
+  // first reply, not by the TCP connect: a server that accepts and then
+  // drops connections (maxclients, a proxy without its backend) would
+  // otherwise be "up" and "down" again every 100 ms, never backing off.
+  if (login.empty()) return true;
   for (auto& [args, failure] : login) {
     std::vector<const char*> argv;
     std::vector<size_t> lens;

@@ -858,6 +858,32 @@ class SilentListener {
 };
 }  // namespace
 
+// Accepts every connection and closes it at once, as a Redis at maxclients
+// or a proxy whose backend is down.
+class ClosingListener {
+ public:
+  ClosingListener() : listener_(loopback_listener(16, &port_)) {
+    thread_ = std::thread([this] {
+      for (;;) {
+        int fd = accept(listener_, nullptr, nullptr);
+        if (fd < 0) return;  // shut down
+        close(fd);
+      }
+    });
+  }
+  ~ClosingListener() {
+    shutdown(listener_, SHUT_RDWR);
+    thread_.join();
+    close(listener_);
+  }
+  int port() const { return port_; }
+
+ private:
+  int port_ = 0;
+  int listener_;
+  std::thread thread_;
+};
+
 // The dispatcher's client never waits for a connect: while it is under way
 // an ask is answered unavailable at once, and a connect that does not get
 // through within the timeout fails like any other (clock passed in: no sleeps).
@@ -1003,12 +1029,12 @@ TEST_F(RedisCacheLive, ALookupUnderWayIsAMissAndOneOverdueIsReportedDownOnce) {
 
   lookups.last->answer({port});
   ASSERT_TRUE(set_once_connected(5000)) << "never connected";
-  EXPECT_TRUE(cache.up());
-  ASSERT_EQ(changes.size(), 2u);
-  EXPECT_TRUE(changes[1].first) << "back up once connected";
   EXPECT_EQ(lookups.count, 1);
   std::string v;
   EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_TRUE(cache.up());
+  ASSERT_EQ(changes.size(), 2u);
+  EXPECT_TRUE(changes[1].first) << "back up once Redis answered";
 }
 
 // A host with several addresses: one that refuses the connect is passed
@@ -1123,3 +1149,33 @@ TEST_F(RedisCacheLive, UnreadSetRepliesTimeOutInTheEnd) {
   EXPECT_FALSE(cache.up()) << "5 s without a reply to a SET: down";
   EXPECT_EQ(cache.unread_replies(), 0);
 }
+
+// A server that takes the connection and drops it is not "up" for having
+// taken it: Redis is reported down once, and the back-off keeps growing
+// (it was reset by each connect: a reconnect every 100 ms, logged twice).
+TEST(RedisCacheTest, AServerThatDropsEveryConnectionIsDownOnceAndBacksOff) {
+  ClosingListener closing;
+  RedisCache cache;
+  RedisConfig c;
+  c.port = closing.port();
+  c.connect_timeout_ms = 1000;
+  c.command_timeout_ms = 1000;
+  cache.configure(c);
+  std::vector<bool> changes;
+  cache.on_state_change = [&](bool up, const std::string&) { changes.push_back(up); };
+  std::string v;
+  const int64_t t0 = now_ms();
+  EXPECT_EQ(cache.get("k", &v, t0), RedisCache::Result::unavailable);
+  EXPECT_EQ(cache.errors(), 1u);
+  // After the first back-off (100 ms): one more try, which fails too.
+  EXPECT_EQ(cache.get("k", &v, t0 + 100), RedisCache::Result::unavailable);
+  EXPECT_EQ(cache.errors(), 2u);
+  // The back-off has doubled: 150 ms after that try is too soon for another.
+  EXPECT_EQ(cache.get("k", &v, t0 + 250), RedisCache::Result::unavailable);
+  EXPECT_EQ(cache.errors(), 2u) << "no reconnect within the grown back-off";
+  EXPECT_EQ(cache.get("k", &v, t0 + 300), RedisCache::Result::unavailable);
+  EXPECT_EQ(cache.errors(), 3u);
+  EXPECT_FALSE(cache.up());
+  EXPECT_EQ(changes, std::vector<bool>{false}) << "one 'down' report, no 'up' in between";
+}
+
