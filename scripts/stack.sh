@@ -176,6 +176,9 @@ npc_redis_start() {
     --logfile "$NPC_STATE/log/redis.log" >/dev/null || npc_die "redis-server did not start"
   echo redis >>"$NPC_STATE/started"
   npc_wait_port "$NPC_REDIS_PORT" 10 || npc_die "redis did not listen on $NPC_REDIS_PORT"
+  # Redis listens a moment before it writes its pid file.
+  local i
+  for i in $(seq 100); do [ -s "$NPC_STATE/redis/redis.pid" ] && break; sleep 0.02; done
   kill -0 "$(cat "$NPC_STATE/redis/redis.pid" 2>/dev/null)" 2>/dev/null \
     || { tail -5 "$NPC_STATE/log/redis.log"; npc_die "redis-server exited (see $NPC_STATE/log/redis.log)"; }
 }

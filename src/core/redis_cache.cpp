@@ -143,7 +143,8 @@ void RedisCache::consume(void* raw) {
   // someone else wrote under the prefix) concerns its command only: that
   // value is not cached, that key is a miss. The connection, and the replies
   // pipelined behind it, are fine.
-  if (r->type == REDIS_REPLY_ERROR) note_error_reply(r.get());
+  const bool error_reply = r->type == REDIS_REPLY_ERROR;
+  if (error_reply) note_error_reply(r.get());
   Pending& p = pending_.front();
   bool lookup_worked = false;  // the first since the script was refused
   if (p.ticket != 0) {
@@ -178,9 +179,10 @@ void RedisCache::consume(void* raw) {
     asks_pending_--;
   }
   pending_.pop_front();
-  // After the pop: its callback may throw. Any reply (an error reply too)
-  // shows the connection works.
-  if (lookup_worked || !up_) mark_up();
+  // After the pop: its callback may throw. A reply shows the connection
+  // works, but not an error reply: a Redis at maxclients writes one
+  // ("max number of clients reached") and then closes.
+  if (lookup_worked || (!up_ && !error_reply)) mark_up();
 }
 
 bool RedisCache::read_replies(int64_t now_ms, bool wait) {

@@ -81,6 +81,9 @@ bool is_lock_timeout(const PgError& e) { return e.sqlerrcode() == ERRCODE_LOCK_N
 // server (disk, memory, a full NOTIFY queue, a serialization failure): the
 // same write fails again however long one waits, so its row is isolated.
 bool is_row_error(const PgError& e) {
+  // A unique or exclusion violation depends on other rows (a game's "one
+  // running decision per NPC"): it passes alone and may pass later.
+  if (e.sqlerrcode() == ERRCODE_UNIQUE_VIOLATION || e.sqlerrcode() == ERRCODE_EXCLUSION_VIOLATION) return false;
   switch (ERRCODE_TO_CATEGORY(e.sqlerrcode())) {
     case ERRCODE_DATA_EXCEPTION:
     case ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION:
@@ -355,14 +358,14 @@ std::vector<EndpointConfig> load_endpoints() {
 
 namespace {
 // One queued row's claim, for find_refusing (its transaction is rolled back).
-void claim_probe(int64_t id) {
+void claim_probe(int64_t id, int lease_s) {
   static SavedPlan plan(
       "UPDATE npc_scale.decision_queue q SET status = 'running', attempts = q.attempts + 1,"
-      "  leased_until = now() + interval '1 minute', started_at = coalesce(q.started_at, now()),"
+      "  leased_until = now() + make_interval(secs => $2), started_at = coalesce(q.started_at, now()),"
       "  not_before = NULL "
       "WHERE q.id = $1 AND (q.status = 'queued') IS TRUE",
-      {INT8OID});
-  plan.execute({Int64GetDatum(id)});
+      {INT8OID, INT4OID});
+  plan.execute({Int64GetDatum(id), Int32GetDatum(lease_s)});
 }
 
 std::vector<int64_t> without(const std::vector<int64_t>& ids, const std::vector<int64_t>& drop) {
@@ -430,7 +433,8 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
           claim(skip_locked_plan, todo);
         }
       },
-      [&](const std::vector<int64_t>& ex) { return without(ids, ex); }, claim_probe, &refused);
+      [&](const std::vector<int64_t>& ex) { return without(ids, ex); },
+      [&](int64_t id) { claim_probe(id, lease_s); }, &refused);
   return out;
 }
 
@@ -468,7 +472,7 @@ ClaimResult claim_decisions(int limit, int lease_s, const std::vector<int64_t>& 
         });
         return ids;
       },
-      claim_probe, &out.refused);
+      [&](int64_t id) { claim_probe(id, lease_s); }, &out.refused);
   return out;
 }
 
@@ -565,7 +569,7 @@ std::vector<int64_t> recover_leases(bool all_running, int max_attempts, int* req
       "UPDATE npc_scale.decision_queue SET"
       "  status = CASE WHEN attempts >= $2 THEN 'failed' ELSE 'queued' END,"
       "  finished_at = CASE WHEN attempts >= $2 THEN now() END, leased_until = NULL,"
-      "  error = 'lease expired' "
+      "  error = 'lease expired: the dispatcher stopped during attempt ' || attempts "
       "WHERE id = $1 AND (status = 'running') IS TRUE",
       {INT8OID, INT4OID});
   std::vector<int64_t> failed;
@@ -617,7 +621,10 @@ std::vector<int64_t> expire_queued(const std::vector<int64_t>& exclude, std::vec
       {INT8ARRAYOID});
   static SavedPlan probe_plan(
       "UPDATE npc_scale.decision_queue SET status = 'expired', finished_at = now(),"
-      "  error = 'deadline passed' WHERE id = $1 AND (status = 'queued') IS TRUE",
+      "  error = CASE WHEN attempts = 0 THEN 'deadline passed before it was sent'"
+      "          ELSE 'deadline passed after ' || attempts || ' attempt(s); last error: '"
+      "               || coalesce(error, 'none') END "
+      "WHERE id = $1 AND (status = 'queued') IS TRUE",
       {INT8OID});
   std::vector<int64_t> expired;
   isolating_refusals(
@@ -679,6 +686,19 @@ std::vector<int64_t> expire_queued_once(const std::vector<int64_t>& exclude) {
     for (int64_t id : expired) notify_finished(id);
   });
   return expired;
+}
+
+std::vector<int64_t> unfinished_among(const std::vector<int64_t>& ids) {
+  static SavedPlan plan(
+      "SELECT id FROM npc_scale.decision_queue WHERE id = ANY ($1) AND status IN ('queued', 'running')",
+      {INT8ARRAYOID});
+  std::vector<int64_t> out;
+  if (ids.empty()) return out;
+  in_transaction("npc_scale: look for unfinished decisions", [&] {
+    if (!extension_present()) return;
+    out = ids_of(plan.execute({int8_array(ids)}, nullptr, true), 1);
+  });
+  return out;
 }
 
 std::vector<int64_t> cancelled_among(const std::vector<int64_t>& ids) {

@@ -96,6 +96,9 @@ std::vector<int64_t> expire_queued(const std::vector<int64_t>& exclude,
 // Rows that refused a claim, recovery or expiry, each failed in a
 // transaction of its own with "<what>: <error>" (and NOTIFY). Returns the ids
 // failed; those that refuse even that are left in `still_refused`.
+// Those of `ids` still queued or running.
+std::vector<int64_t> unfinished_among(const std::vector<int64_t>& ids);
+
 std::vector<int64_t> fail_refused(const std::vector<RefusedRow>& rows, const std::string& what,
                                   std::vector<RefusedRow>& still_refused);
 

@@ -126,6 +126,8 @@ class Dispatcher {
   std::vector<int64_t> held_back_ids() const;
   void refused_writes(std::vector<std::pair<DecisionResult, std::string>>& refused);
   void fail_refusing_rows(const std::vector<RefusedRow>& rows, const std::string& what);
+  void prune_unwritable();
+  int64_t next_unwritable_prune_ms_ = 0;
   void start_probes_and_scrapes();
   void finish_probe_or_scrape(const InFlight& f, const HttpResult& r);
   void get_from_endpoint(Work kind, Endpoint& e, MemberInfo& m, const char* path, long timeout_ms);
@@ -983,8 +985,6 @@ void Dispatcher::claim_and_send() {
   }
   ClaimResult claimed = claim_decisions(limit, guc_lease_timeout_s, held_back_ids());
   for (const auto& d : claimed.running) claimed_since_take_.insert(d.id);
-  if (!claimed.refused.empty()) maybe_more_work_ = true;  // the claim ran again without them: look again
-  fail_refusing_rows(claimed.refused, "the decision could not be claimed");
   // A full batch means more may be queued behind it: claim again next round.
   set_capacity_blocked(static_cast<int>(claimed.running.size()) >= limit);
   maybe_more_work_ = capacity_blocked_;
@@ -1060,6 +1060,11 @@ void Dispatcher::claim_and_send() {
     // Look again when a slot frees (or the reserve opens), not at once.
     set_capacity_blocked(true);
     maybe_more_work_ = false;
+  }
+  // Last: what is claimed is out first, whatever a log line here raises.
+  if (!claimed.refused.empty()) {
+    if (!handed_back) maybe_more_work_ = true;  // the claim ran without them: there may be more
+    fail_refusing_rows(claimed.refused, "the decision could not be claimed");
   }
 }
 
@@ -1373,15 +1378,22 @@ void Dispatcher::write_batch(std::vector<DecisionResult>& source, bool skip_lock
     if (!retry_due_ms_ || due < *retry_due_ms_) retry_due_ms_ = due;
   }
   wake_awaiting(out.finished);
-  if (!refused_once_.empty()) {
-    for (int64_t id : out.finished) refused_once_.erase(id);  // written as failed
-  }
-  refused_writes(out.refused);
   if (!out.deferred.empty()) {
     if (!skip_locked) pg_atomic_fetch_add_u64(&shared_state().results_deferred, out.deferred.size());
     deferred_results_.insert(deferred_results_.end(), out.deferred.begin(), out.deferred.end());
     deferred_due_ms_ = now_ms() + kDeferredWriteMs;
   }
+  if (!refused_once_.empty()) {
+    // Written as failed, or fenced out (cancelled, deleted): either way done
+    // with, unless refused again just now or put aside for a lock.
+    std::unordered_set<int64_t> keep;
+    for (const auto& [r, error] : out.refused) keep.insert(r.id);
+    for (const DecisionResult& r : out.deferred) keep.insert(r.id);
+    for (const DecisionResult& r : batch) {
+      if (!keep.count(r.id)) refused_once_.erase(r.id);
+    }
+  }
+  refused_writes(out.refused);  // last: its log lines may raise
 }
 
 // State first, log lines last: a cancel landing in a log line (it checks for
@@ -1413,6 +1425,17 @@ void Dispatcher::refused_writes(std::vector<std::pair<DecisionResult, std::strin
 // Rows that refused a claim, recovery or expiry (a game's trigger or
 // constraint): failed, saying why; one that refuses that too is left alone
 // (unwritable_) so it cannot stop those statements for every other row.
+// A row given up on stays excluded only while it is still queued or
+// running: one finished, cancelled or deleted by others is forgotten (the
+// set goes with every claim, recovery and expiry as an array).
+void Dispatcher::prune_unwritable() {
+  if (unwritable_.empty() || now_ms() < next_unwritable_prune_ms_) return;
+  next_unwritable_prune_ms_ = now_ms() + 60000;
+  const std::vector<int64_t> ids(unwritable_.begin(), unwritable_.end());
+  const std::vector<int64_t> open = unfinished_among(ids);
+  unwritable_ = std::unordered_set<int64_t>(open.begin(), open.end());
+}
+
 void Dispatcher::fail_refusing_rows(const std::vector<RefusedRow>& rows, const std::string& what) {
   if (rows.empty()) return;
   pg_atomic_fetch_add_u64(&shared_state().results_refused, rows.size());
@@ -1571,8 +1594,11 @@ void Dispatcher::housekeeping() {
   if (!extension_ready()) {
     pending_results_.clear();
     deferred_results_.clear();
+    refused_once_.clear();  // ids of a dropped table: a re-created one reuses them
+    unwritable_.clear();
     return;
   }
+  prune_unwritable();
   int requeued = 0;
   const std::vector<int64_t> held_back = held_back_ids();
   std::vector<RefusedRow> refused;

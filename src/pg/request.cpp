@@ -2,6 +2,7 @@
 // INSERT through a prepared plan, and a wake-up of the dispatcher registered
 // for COMMIT. (Written in C++ rather than PL/pgSQL: it is called once per NPC
 // decision, and each PL/pgSQL statement costs an executor round trip.)
+#include <cmath>
 #include <optional>
 #include <string>
 
@@ -49,6 +50,17 @@ void check_served_database() {
   }
 }
 
+// A deadline must land in the future, and within a year, as now() + deadline
+// does on the calendar ('1 mon -30 days' is a day on 1 March and none at all
+// under 30-day months). Far out of range (|30-day estimate| over two years),
+// it is refused on the estimate: the calendar sum could overflow.
+void check_deadline(FunctionCallInfo fcinfo, int arg) {
+  using namespace npc_scale;
+  const double estimate = interval_arg_seconds(fcinfo, arg);
+  if (std::abs(estimate) > 2 * kMaxDeadlineSeconds) check_deadline_seconds(estimate);
+  check_deadline_seconds(interval_arg_seconds_from_now(fcinfo, arg));
+}
+
 }  // namespace
 
 NPC_SQL_FUNCTION(npc_scale_request_decision) {
@@ -64,10 +76,7 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   parse_params(params);
   check_params_size(params.size(), guc_max_prompt_bytes);
   bool has_deadline = !PG_ARGISNULL(5);
-  if (has_deadline) {
-    check_deadline_seconds(interval_arg_seconds(fcinfo, 5));          // bounded first
-    check_deadline_seconds(interval_arg_seconds_from_now(fcinfo, 5));  // then as now() + deadline lands
-  }
+  if (has_deadline) check_deadline(fcinfo, 5);
 
   static SavedPlan insert(
       "INSERT INTO npc_scale.decision_queue"
@@ -166,9 +175,6 @@ NPC_SQL_FUNCTION(npc_scale_check_batch) {
   std::string params = PG_ARGISNULL(4) ? "{}" : jsonb_arg(PG_GETARG_DATUM(4));
   parse_params(params);
   check_params_size(params.size(), guc_max_prompt_bytes);
-  if (!PG_ARGISNULL(5)) {
-    check_deadline_seconds(interval_arg_seconds(fcinfo, 5));
-    check_deadline_seconds(interval_arg_seconds_from_now(fcinfo, 5));
-  }
+  if (!PG_ARGISNULL(5)) check_deadline(fcinfo, 5);
   PG_RETURN_VOID();
 }

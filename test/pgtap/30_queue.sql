@@ -1,7 +1,7 @@
 -- The decision queue: wake at COMMIT (not on rollback), answers written back,
 -- cancel, await_decision timeouts, api_key privacy. Commits (the dispatcher
 -- must see the rows) and cleans up after itself.
-SELECT plan(27);
+SELECT plan(28);
 SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would skip the GPU
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 
@@ -118,6 +118,10 @@ SELECT throws_like($$ SELECT npc_scale.request_decision(1009, 'build', 'x', 5, '
   'deadline of -% s must be a positive interval', 'a deadline in the past by the calendar is refused');
 SELECT throws_like($$ SELECT npc_scale.request_decisions(ARRAY[1009], 'build', ARRAY['x'], 5, '{}', '-1 year 362 days') $$,
   'deadline of -% s must be a positive interval', 'by request_decisions() too');
+-- ... and one in the future by the calendar is taken, though 12 x 30 days
+-- would put it 4 days in the past.
+SELECT lives_ok($$ SELECT npc_scale.request_decision(1009, 'build', 'x', 5, '{}', '1 year -364 days') $$,
+  'a deadline in the future by the calendar is taken');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 1001 AND 1009;
 SELECT * FROM finish();

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -862,11 +863,14 @@ class SilentListener {
 // or a proxy whose backend is down.
 class ClosingListener {
  public:
-  ClosingListener() : listener_(loopback_listener(16, &port_)) {
+  // greeting: written before the close (Redis at maxclients writes an error).
+  explicit ClosingListener(std::string greeting = {})
+      : listener_(loopback_listener(16, &port_)), greeting_(std::move(greeting)) {
     thread_ = std::thread([this] {
       for (;;) {
         int fd = accept(listener_, nullptr, nullptr);
         if (fd < 0) return;  // shut down
+        if (!greeting_.empty()) (void)!write(fd, greeting_.data(), greeting_.size());
         close(fd);
       }
     });
@@ -881,6 +885,7 @@ class ClosingListener {
  private:
   int port_ = 0;
   int listener_;
+  std::string greeting_;
   std::thread thread_;
 };
 
@@ -1153,8 +1158,20 @@ TEST_F(RedisCacheLive, UnreadSetRepliesTimeOutInTheEnd) {
 // A server that takes the connection and drops it is not "up" for having
 // taken it: Redis is reported down once, and the back-off keeps growing
 // (it was reset by each connect: a reconnect every 100 ms, logged twice).
+void expect_down_once_with_growing_backoff(int port);
+
 TEST(RedisCacheTest, AServerThatDropsEveryConnectionIsDownOnceAndBacksOff) {
   ClosingListener closing;
+  expect_down_once_with_growing_backoff(closing.port());
+}
+
+// The same when it writes an error before closing, as Redis at maxclients:
+// an error reply does not make it "up".
+TEST(RedisCacheTest, AServerAtMaxclientsIsNeverUpAndBacksOff) {
+  // Writing to the closed connection raises SIGPIPE, ignored in every
+  // PostgreSQL process (this test's process has to say so itself).
+  signal(SIGPIPE, SIG_IGN);
+  ClosingListener closing("-ERR max number of clients reached\r\n");
   RedisCache cache;
   RedisConfig c;
   c.port = closing.port();
@@ -1165,16 +1182,38 @@ TEST(RedisCacheTest, AServerThatDropsEveryConnectionIsDownOnceAndBacksOff) {
   cache.on_state_change = [&](bool up, const std::string&) { changes.push_back(up); };
   std::string v;
   const int64_t t0 = now_ms();
+  // A lookup every 100 ms for 2 s (clock passed in): each meets the error
+  // reply or the closed connection, never a value.
+  for (int i = 0; i < 20; i++) EXPECT_NE(cache.get("k", &v, t0 + 100 * i), RedisCache::Result::hit);
+  // Back-off 100, 200, 400, 800 ms: at most 5 connections fail in 2 s (20
+  // when each error reply reset it).
+  EXPECT_LE(cache.connection_failures(), 5u);
+  EXPECT_GE(cache.connection_failures(), 3u);
+  EXPECT_FALSE(cache.up());
+  EXPECT_EQ(std::count(changes.begin(), changes.end(), true), 0) << "never reported up";
+}
+
+void expect_down_once_with_growing_backoff(int port) {
+  RedisCache cache;
+  RedisConfig c;
+  c.port = port;
+  c.connect_timeout_ms = 1000;
+  c.command_timeout_ms = 1000;
+  cache.configure(c);
+  std::vector<bool> changes;
+  cache.on_state_change = [&](bool up, const std::string&) { changes.push_back(up); };
+  std::string v;
+  const int64_t t0 = now_ms();
   EXPECT_EQ(cache.get("k", &v, t0), RedisCache::Result::unavailable);
-  EXPECT_EQ(cache.errors(), 1u);
+  EXPECT_EQ(cache.connection_failures(), 1u);
   // After the first back-off (100 ms): one more try, which fails too.
   EXPECT_EQ(cache.get("k", &v, t0 + 100), RedisCache::Result::unavailable);
-  EXPECT_EQ(cache.errors(), 2u);
+  EXPECT_EQ(cache.connection_failures(), 2u);
   // The back-off has doubled: 150 ms after that try is too soon for another.
   EXPECT_EQ(cache.get("k", &v, t0 + 250), RedisCache::Result::unavailable);
-  EXPECT_EQ(cache.errors(), 2u) << "no reconnect within the grown back-off";
+  EXPECT_EQ(cache.connection_failures(), 2u) << "no reconnect within the grown back-off";
   EXPECT_EQ(cache.get("k", &v, t0 + 300), RedisCache::Result::unavailable);
-  EXPECT_EQ(cache.errors(), 3u);
+  EXPECT_EQ(cache.connection_failures(), 3u);
   EXPECT_FALSE(cache.up());
   EXPECT_EQ(changes, std::vector<bool>{false}) << "one 'down' report, no 'up' in between";
 }
