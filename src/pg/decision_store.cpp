@@ -688,30 +688,31 @@ std::vector<int64_t> expire_queued_once(const std::vector<int64_t>& exclude) {
   return expired;
 }
 
-std::vector<int64_t> unfinished_among(const std::vector<int64_t>& ids) {
-  static SavedPlan plan(
-      "SELECT id FROM npc_scale.decision_queue WHERE id = ANY ($1) AND status IN ('queued', 'running')",
-      {INT8ARRAYOID});
+namespace {
+// Those of `ids` that `plan` (a read of ids WHERE id = ANY ($1) ...) returns.
+std::vector<int64_t> ids_among(const char* activity, SavedPlan& plan, const std::vector<int64_t>& ids) {
   std::vector<int64_t> out;
   if (ids.empty()) return out;
-  in_transaction("npc_scale: look for unfinished decisions", [&] {
+  in_transaction(activity, [&] {
     if (!extension_present()) return;
     out = ids_of(plan.execute({int8_array(ids)}, nullptr, true), 1);
   });
   return out;
+}
+}  // namespace
+
+std::vector<int64_t> unfinished_among(const std::vector<int64_t>& ids) {
+  static SavedPlan plan(
+      "SELECT id FROM npc_scale.decision_queue WHERE id = ANY ($1) AND status IN ('queued', 'running')",
+      {INT8ARRAYOID});
+  return ids_among("npc_scale: look for unfinished decisions", plan, ids);
 }
 
 std::vector<int64_t> cancelled_among(const std::vector<int64_t>& ids) {
   static SavedPlan plan(
       "SELECT id FROM npc_scale.decision_queue WHERE id = ANY ($1) AND (status = 'cancelled') IS TRUE",
       {INT8ARRAYOID});
-  std::vector<int64_t> out;
-  if (ids.empty()) return out;
-  in_transaction("npc_scale: look for cancelled decisions", [&] {
-    if (!extension_present()) return;
-    out = ids_of(plan.execute({int8_array(ids)}, nullptr, true), 1);
-  });
-  return out;
+  return ids_among("npc_scale: look for cancelled decisions", plan, ids);
 }
 
 std::optional<int64_t> next_retry_in_ms() {

@@ -880,7 +880,14 @@ class ClosingListener {
     thread_.join();
     close(listener_);
   }
-  int port() const { return port_; }
+  // A blocking client's configuration that points at it.
+  RedisConfig config() const {
+    RedisConfig c;
+    c.port = port_;
+    c.connect_timeout_ms = 1000;
+    c.command_timeout_ms = 1000;
+    return c;
+  }
 
  private:
   int port_ = 0;
@@ -1158,48 +1165,10 @@ TEST_F(RedisCacheLive, UnreadSetRepliesTimeOutInTheEnd) {
 // A server that takes the connection and drops it is not "up" for having
 // taken it: Redis is reported down once, and the back-off keeps growing
 // (it was reset by each connect: a reconnect every 100 ms, logged twice).
-void expect_down_once_with_growing_backoff(int port);
-
 TEST(RedisCacheTest, AServerThatDropsEveryConnectionIsDownOnceAndBacksOff) {
   ClosingListener closing;
-  expect_down_once_with_growing_backoff(closing.port());
-}
-
-// The same when it writes an error before closing, as Redis at maxclients:
-// an error reply does not make it "up".
-TEST(RedisCacheTest, AServerAtMaxclientsIsNeverUpAndBacksOff) {
-  // Writing to the closed connection raises SIGPIPE, ignored in every
-  // PostgreSQL process (this test's process has to say so itself).
-  signal(SIGPIPE, SIG_IGN);
-  ClosingListener closing("-ERR max number of clients reached\r\n");
   RedisCache cache;
-  RedisConfig c;
-  c.port = closing.port();
-  c.connect_timeout_ms = 1000;
-  c.command_timeout_ms = 1000;
-  cache.configure(c);
-  std::vector<bool> changes;
-  cache.on_state_change = [&](bool up, const std::string&) { changes.push_back(up); };
-  std::string v;
-  const int64_t t0 = now_ms();
-  // A lookup every 100 ms for 2 s (clock passed in): each meets the error
-  // reply or the closed connection, never a value.
-  for (int i = 0; i < 20; i++) EXPECT_NE(cache.get("k", &v, t0 + 100 * i), RedisCache::Result::hit);
-  // Back-off 100, 200, 400, 800 ms: at most 5 connections fail in 2 s (20
-  // when each error reply reset it).
-  EXPECT_LE(cache.connection_failures(), 5u);
-  EXPECT_GE(cache.connection_failures(), 3u);
-  EXPECT_FALSE(cache.up());
-  EXPECT_EQ(std::count(changes.begin(), changes.end(), true), 0) << "never reported up";
-}
-
-void expect_down_once_with_growing_backoff(int port) {
-  RedisCache cache;
-  RedisConfig c;
-  c.port = port;
-  c.connect_timeout_ms = 1000;
-  c.command_timeout_ms = 1000;
-  cache.configure(c);
+  cache.configure(closing.config());
   std::vector<bool> changes;
   cache.on_state_change = [&](bool up, const std::string&) { changes.push_back(up); };
   std::string v;
@@ -1218,3 +1187,26 @@ void expect_down_once_with_growing_backoff(int port) {
   EXPECT_EQ(changes, std::vector<bool>{false}) << "one 'down' report, no 'up' in between";
 }
 
+// The same when it writes an error before closing, as Redis at maxclients:
+// an error reply does not make it "up".
+TEST(RedisCacheTest, AServerAtMaxclientsIsNeverUpAndBacksOff) {
+  // Writing to the closed connection raises SIGPIPE, ignored in every
+  // PostgreSQL process (this test's process has to say so itself).
+  signal(SIGPIPE, SIG_IGN);
+  ClosingListener closing("-ERR max number of clients reached\r\n");
+  RedisCache cache;
+  cache.configure(closing.config());
+  std::vector<bool> changes;
+  cache.on_state_change = [&](bool up, const std::string&) { changes.push_back(up); };
+  std::string v;
+  const int64_t t0 = now_ms();
+  // A lookup every 100 ms for 2 s (clock passed in): each meets the error
+  // reply or the closed connection, never a value.
+  for (int i = 0; i < 20; i++) EXPECT_NE(cache.get("k", &v, t0 + 100 * i), RedisCache::Result::hit);
+  // Back-off 100, 200, 400, 800 ms: at most 5 connections fail in 2 s (20
+  // when each error reply reset it).
+  EXPECT_LE(cache.connection_failures(), 5u);
+  EXPECT_GE(cache.connection_failures(), 3u);
+  EXPECT_FALSE(cache.up());
+  EXPECT_EQ(std::count(changes.begin(), changes.end(), true), 0) << "never reported up";
+}
