@@ -1165,12 +1165,21 @@ TEST_F(RedisCacheLive, UnreadSetRepliesTimeOutInTheEnd) {
 // A server that takes the connection and drops it is not "up" for having
 // taken it: Redis is reported down once, and the back-off keeps growing
 // (it was reset by each connect: a reconnect every 100 ms, logged twice).
+// A blocking client of a ClosingListener, recording its state changes.
+struct ClosingListenerClient {
+  explicit ClosingListenerClient(const ClosingListener& listener) {
+    cache.configure(listener.config());
+    cache.on_state_change = [this](bool up, const std::string&) { changes.push_back(up); };
+  }
+  RedisCache cache;
+  std::vector<bool> changes;
+};
+
 TEST(RedisCacheTest, AServerThatDropsEveryConnectionIsDownOnceAndBacksOff) {
   ClosingListener closing;
-  RedisCache cache;
-  cache.configure(closing.config());
-  std::vector<bool> changes;
-  cache.on_state_change = [&](bool up, const std::string&) { changes.push_back(up); };
+  ClosingListenerClient client(closing);
+  RedisCache& cache = client.cache;
+  const std::vector<bool>& changes = client.changes;
   std::string v;
   const int64_t t0 = now_ms();
   EXPECT_EQ(cache.get("k", &v, t0), RedisCache::Result::unavailable);
@@ -1194,10 +1203,9 @@ TEST(RedisCacheTest, AServerAtMaxclientsIsNeverUpAndBacksOff) {
   // PostgreSQL process (this test's process has to say so itself).
   signal(SIGPIPE, SIG_IGN);
   ClosingListener closing("-ERR max number of clients reached\r\n");
-  RedisCache cache;
-  cache.configure(closing.config());
-  std::vector<bool> changes;
-  cache.on_state_change = [&](bool up, const std::string&) { changes.push_back(up); };
+  ClosingListenerClient client(closing);
+  RedisCache& cache = client.cache;
+  const std::vector<bool>& changes = client.changes;
   std::string v;
   const int64_t t0 = now_ms();
   // A lookup every 100 ms for 2 s (clock passed in): each meets the error
