@@ -529,7 +529,7 @@ WriteOutcome write_each(const std::vector<DecisionResult>& results, bool skip_lo
       one = write_batch_once({r}, skip_locked);
     } catch (const PgError& e) {
       if (!is_row_error(e)) throw;
-      out.refused.emplace_back(r, e.what());
+      out.refused.push_back({r.id, e.what()});
       continue;
     }
     out.finished.insert(out.finished.end(), one.finished.begin(), one.finished.end());
@@ -547,7 +547,7 @@ WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip
   } catch (const PgError& e) {
     if (!is_row_error(e)) throw;
     if (results.size() == 1) {
-      out.refused.emplace_back(results[0], e.what());
+      out.refused.push_back({results[0].id, e.what()});
       return out;
     }
   }

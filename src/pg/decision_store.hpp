@@ -62,7 +62,7 @@ struct WriteOutcome {
   // Rows whose own write failed (a game's trigger or constraint refused it),
   // with the error: found by writing the batch one row per transaction, so
   // one such row never holds back the others' answers.
-  std::vector<std::pair<DecisionResult, std::string>> refused;
+  std::vector<RefusedRow> refused;
 };
 
 // Writes a batch of results, durably; a row is written only if it is still

@@ -124,7 +124,6 @@ class Dispatcher {
   // handed off and sent but not claimed yet, or answered and not written
   // yet (deferred by a game session's row lock too). The writes decide.
   std::vector<int64_t> held_back_ids() const;
-  void refused_writes(std::vector<std::pair<DecisionResult, std::string>>& refused);
   void fail_refusing_rows(const std::vector<RefusedRow>& rows, const std::string& what);
   void prune_unwritable();
   int64_t next_unwritable_prune_ms_ = 0;
@@ -196,11 +195,9 @@ class Dispatcher {
   // (a DDL lock held on the queue) neither spins the loop nor floods the log.
   int64_t write_retry_at_ms_ = 0;
   int64_t write_backoff_ms_ = 0;
-  // Rows that refused our write (a game's trigger or constraint): each is
-  // tried once more as failed, saying why; refused again, it is given up
-  // (logged, counted) and left alone by claims, recovery and expiry for this
-  // dispatcher's life, so it cannot stop those statements for every row.
-  std::unordered_set<int64_t> refused_once_;
+  // Rows that refused every write of ours, even their failure (a game's
+  // trigger or constraint): left alone by claims, recovery and expiry while
+  // they stay unfinished, so they cannot stop those statements for every row.
   std::unordered_set<int64_t> unwritable_;
   uint64 cancels_seen_ = 0;  // shared cancels_generation at the last look
   struct SentHandoff {
@@ -1383,48 +1380,13 @@ void Dispatcher::write_batch(std::vector<DecisionResult>& source, bool skip_lock
     deferred_results_.insert(deferred_results_.end(), out.deferred.begin(), out.deferred.end());
     deferred_due_ms_ = now_ms() + kDeferredWriteMs;
   }
-  if (!refused_once_.empty()) {
-    // Written as failed, or fenced out (cancelled, deleted): either way done
-    // with, unless refused again just now or put aside for a lock.
-    std::unordered_set<int64_t> keep;
-    for (const auto& [r, error] : out.refused) keep.insert(r.id);
-    for (const DecisionResult& r : out.deferred) keep.insert(r.id);
-    for (const DecisionResult& r : batch) {
-      if (!keep.count(r.id)) refused_once_.erase(r.id);
-    }
-  }
-  refused_writes(out.refused);  // last: its log lines may raise
+  fail_refusing_rows(out.refused, "the answer could not be recorded");  // last: it logs
 }
 
-// State first, log lines last: a cancel landing in a log line (it checks for
-// interrupts) then loses no row's bookkeeping.
-void Dispatcher::refused_writes(std::vector<std::pair<DecisionResult, std::string>>& refused) {
-  std::vector<std::string> lines;
-  for (auto& [result, error] : refused) {
-    pg_atomic_fetch_add_u64(&shared_state().results_refused, 1);
-    const std::string id = std::to_string(result.id);
-    if (refused_once_.insert(result.id).second) {
-      lines.push_back("decision " + id + ": its " + result.status + " result could not be written (" + error +
-                      "); writing it as failed");
-      result.status = "failed";
-      result.response.clear();
-      result.error = "the answer could not be recorded: " + error;
-      result.retry_ms = 0;
-      result.release = false;
-      pending_results_.push_back(std::move(result));
-    } else {
-      refused_once_.erase(result.id);
-      unwritable_.insert(result.id);
-      lines.push_back("decision " + id + " refuses every write (" + error +
-                      "); left as it is until the dispatcher restarts");
-    }
-  }
-  for (const std::string& line : lines) log_warning(line);
-}
-
-// Rows that refused a claim, recovery or expiry (a game's trigger or
-// constraint): failed, saying why; one that refuses that too is left alone
-// (unwritable_) so it cannot stop those statements for every other row.
+// Rows that refused an answer's write, a claim, recovery or expiry (a game's
+// trigger or constraint): failed, saying why; one that refuses that too is
+// left alone (unwritable_) so it cannot stop those statements for every
+// other row. State first, log lines last (a cancel can land in one).
 // A row given up on stays excluded only while it is still queued or
 // running: one finished, cancelled or deleted by others is forgotten (the
 // set goes with every claim, recovery and expiry as an array).
@@ -1438,9 +1400,9 @@ void Dispatcher::prune_unwritable() {
 
 void Dispatcher::fail_refusing_rows(const std::vector<RefusedRow>& rows, const std::string& what) {
   if (rows.empty()) return;
-  pg_atomic_fetch_add_u64(&shared_state().results_refused, rows.size());
   std::vector<RefusedRow> still_refused;
   const std::vector<int64_t> failed = fail_refused(rows, what, still_refused);
+  pg_atomic_fetch_add_u64(&shared_state().results_refused, rows.size() + still_refused.size());
   for (const RefusedRow& r : still_refused) unwritable_.insert(r.id);
   std::vector<std::string> lines;
   for (const RefusedRow& r : rows) {
@@ -1594,8 +1556,7 @@ void Dispatcher::housekeeping() {
   if (!extension_ready()) {
     pending_results_.clear();
     deferred_results_.clear();
-    refused_once_.clear();  // ids of a dropped table: a re-created one reuses them
-    unwritable_.clear();
+    unwritable_.clear();  // ids of a dropped table: a re-created one reuses them
     return;
   }
   prune_unwritable();

@@ -89,16 +89,13 @@ bool publish(const HandoffEntry& e, TransactionId xid) {
   return false;  // no free slot: the dispatcher claims this one from the table
 }
 
-// Subtransaction ids grow within a transaction, and a subtransaction still
-// open when `sub` aborts is one of its children: everything noted at or
-// after `sub` was undone with it.
 void at_subxact_end(SubXactEvent event, SubTransactionId sub, SubTransactionId, void*) noexcept {
   if (event != SUBXACT_EVENT_ABORT_SUB) return;
   g_pending.erase(std::remove_if(g_pending.begin(), g_pending.end(),
-                                 [&](const Pending& p) { return p.subxact >= sub; }),
+                                 [&](const Pending& p) { return undone_by_abort(p.subxact, sub); }),
                   g_pending.end());
   for (Pending& p : g_pending) {
-    if (p.cancelled_in != InvalidSubTransactionId && p.cancelled_in >= sub) p.cancelled_in = InvalidSubTransactionId;
+    if (undone_by_abort(p.cancelled_in, sub)) p.cancelled_in = InvalidSubTransactionId;
   }
 }
 

@@ -29,6 +29,13 @@ extern "C" {
 
 namespace npc_scale {
 
+// Whether what was noted in subtransaction `noted` goes when `aborting`
+// aborts: subtransaction ids grow within a transaction, and one still open
+// when `aborting` aborts is its child, so all noted at or after it go.
+inline bool undone_by_abort(SubTransactionId noted, SubTransactionId aborting) {
+  return noted != InvalidSubTransactionId && noted >= aborting;
+}
+
 struct HandoffEntry {
   TransactionId xid = InvalidTransactionId;  // the inserting (top-level) transaction
   int64_t id = 0;

@@ -18,8 +18,7 @@ namespace {
 
 // Something the transaction asks for at its commit, with the earliest
 // subtransaction that asked: a savepoint rolled back takes back what was asked
-// inside it. Subtransaction ids grow, and one still open when `sub` aborts is
-// its child, so everything asked at or after `sub` goes with it.
+// inside it (undone_by_abort).
 struct Asked {
   SubTransactionId since = InvalidSubTransactionId;  // not asked
   void ask() {
@@ -28,7 +27,7 @@ struct Asked {
   }
   void ask_for_whole_transaction() { since = TopSubTransactionId; }
   void undo_from(SubTransactionId sub) {
-    if (since != InvalidSubTransactionId && since >= sub) since = InvalidSubTransactionId;
+    if (undone_by_abort(since, sub)) since = InvalidSubTransactionId;
   }
   explicit operator bool() const { return since != InvalidSubTransactionId; }
 };
@@ -56,7 +55,7 @@ void at_subxact_end(SubXactEvent event, SubTransactionId sub, SubTransactionId, 
   if (event != SUBXACT_EVENT_ABORT_SUB) return;
   for (Asked* a : {&g_wake_pending, &g_table_pending, &g_endpoints_pending, &g_cancel_pending}) a->undo_from(sub);
   g_cancelled.erase(std::remove_if(g_cancelled.begin(), g_cancelled.end(),
-                                   [&](const Cancelled& c) { return c.sub >= sub; }),
+                                   [&](const Cancelled& c) { return undone_by_abort(c.sub, sub); }),
                     g_cancelled.end());
 }
 
