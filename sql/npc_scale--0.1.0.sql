@@ -59,6 +59,13 @@ BEGIN
   IF NEW.gpu_id IS NULL THEN
     RAISE EXCEPTION 'gpu_id must not be null' USING ERRCODE = 'null_value_not_allowed';
   END IF;
+  -- Checked here, before the NOT NULL constraints: their error's DETAIL
+  -- ("Failing row contains ...") would write the api_key to the server log.
+  IF NEW.model IS NULL OR NEW.enabled IS NULL OR NEW.send_priority IS NULL THEN
+    RAISE EXCEPTION '% of gpu % must not be null',
+      CASE WHEN NEW.model IS NULL THEN 'model' WHEN NEW.enabled IS NULL THEN 'enabled' ELSE 'send_priority' END, NEW.gpu_id
+      USING ERRCODE = 'null_value_not_allowed';
+  END IF;
   -- A base URL: scheme, host (name, Docker-style names with _ too, IPv4 or
   -- [IPv6]), optional port and path
   -- prefix (a reverse proxy's); no credentials (the column is readable by

@@ -73,4 +73,16 @@ AttemptOutcome resolve_attempt(const AttemptReply& reply, int attempts, const Re
   return out;
 }
 
+EndpointVerdict judge_endpoint(const HttpResult& r, bool usable, const RequestTimes& times) {
+  if (usable) return EndpointVerdict::healthy;
+  if (!r.transport_ok) {
+    const bool own_timeout = r.timed_out && times.own_timeout_ms < times.fleet_timeout_ms &&
+                             times.endpoint_silent_ms < times.fleet_timeout_ms;
+    return own_timeout ? EndpointVerdict::neutral : EndpointVerdict::failing;
+  }
+  if (r.status == 429) return EndpointVerdict::rate_limited;
+  if (r.status >= 500 || is_2xx(r) || endpoint_misconfigured(r.status)) return EndpointVerdict::failing;
+  return EndpointVerdict::neutral;
+}
+
 }  // namespace npc_scale

@@ -47,6 +47,29 @@ AttemptOutcome resolve_attempt(const AttemptReply& reply, int attempts, const Re
 AttemptOutcome resolve_attempt(Api api, const HttpResult& result, int attempts,
                                const RetryPolicy& policy, uint64_t jitter_seed);
 
+// What a finished request says about the endpoint that served it, for its
+// circuit breaker.
+enum class EndpointVerdict {
+  healthy,       // answered usefully
+  failing,       // no reply, 5xx, an unusable 2xx, a misconfigured endpoint
+  rate_limited,  // 429: back off for its Retry-After
+  neutral,       // the request's own fault (other 4xx, or its own short timeout)
+};
+struct RequestTimes {
+  long own_timeout_ms = 0;    // the time the request was given
+  long fleet_timeout_ms = 0;  // npc_scale.request_timeout
+  // How long the endpoint has sent no HTTP reply to any request.
+  int64_t endpoint_silent_ms = 0;
+};
+// usable: the reply answered the request (or was cut at its own max_tokens).
+// A timeout tells against the endpoint only when the request had the fleet's
+// whole timeout, or when the endpoint has answered nothing for that long: a
+// request given less (its params.timeout_ms, or cut to its deadline) that a
+// busy GPU could not meet is its own, else any caller could open every
+// breaker with {"timeout_ms": 1}, and deadlines cut short under load would
+// shut a busy fleet down.
+EndpointVerdict judge_endpoint(const HttpResult& r, bool usable, const RequestTimes& times);
+
 // One row for the result write. status: done | failed | queued (retry) | expired.
 struct DecisionResult {
   int64_t id = 0;

@@ -85,6 +85,13 @@ void Fleet::release(size_t i) {
   if (info_[i].removed) count_draining();
 }
 
+void Fleet::configure(const BreakerConfig& breaker, double ema_alpha) {
+  for (Endpoint& e : endpoints_) {
+    e.breaker.configure(breaker);
+    e.latency.set_alpha(ema_alpha);
+  }
+}
+
 void Fleet::prune_drained() {
   for (size_t i = endpoints_.size(); i-- > 0;) {
     if (info_[i].removed && endpoints_[i].in_flight <= 0 && !info_[i].probe_in_flight &&

@@ -40,6 +40,9 @@ struct MemberInfo {
   bool probe_in_flight = false;
   bool scrape_in_flight = false;
   int64_t next_scrape_ms = 0;    // steady clock
+  // Steady clock: since when its requests in flight have had no HTTP reply
+  // (the last reply, or the send that found none in flight).
+  int64_t no_reply_since_ms = 0;
 };
 
 // Whether the fleet can serve a request that must not wait in a queue
@@ -54,6 +57,9 @@ class Fleet {
   // Applies a new configuration; returns true if anything changed.
   bool reload(const std::vector<EndpointConfig>& configs, const BreakerConfig& breaker,
               double ema_alpha);
+  // New breaker settings and latency average for every member (a reload
+  // of the configuration: no row changed).
+  void configure(const BreakerConfig& breaker, double ema_alpha);
   // Drops removed members whose requests have all finished.
   void prune_drained();
   // One request of member i ended (answered, failed or aborted): its slot is

@@ -470,7 +470,8 @@ Completion parse_response(Api api, const std::string& body) {
 }
 
 bool endpoint_misconfigured(long http_status) {
-  return http_status == 401 || http_status == 403 || http_status == 404;
+  return (http_status >= 300 && http_status < 400) || http_status == 401 || http_status == 403 ||
+         http_status == 404;
 }
 
 void check_answer(Completion* c, const std::vector<std::string>& choices) {

@@ -78,12 +78,13 @@ void check_answer(Completion* c, const std::vector<std::string>& choices);
 // How a finished HTTP exchange is classified.
 enum class Outcome {
   success,
-  transient,  // connect failure, timeout, 5xx, 429, 401/403/404, malformed body: try again
+  transient,  // connect failure, timeout, 5xx, 429, 3xx/401/403/404, malformed body: try again
   permanent,  // other 4xx: the request itself is wrong; retrying cannot help
 };
 
-// 401, 403, 404: the endpoint's configuration is wrong (api_key, model, base
-// URL), not the request. One misconfigured endpoint must not fail its share
+// 401, 403, 404, and a redirect (never followed: the api_key must not go
+// where the row does not say): the endpoint's configuration is wrong
+// (api_key, model, base URL, http:// for an https:// server), not the request. One misconfigured endpoint must not fail its share
 // of all traffic: such a reply counts against the endpoint (its breaker) and
 // the request is tried again elsewhere.
 bool endpoint_misconfigured(long http_status);

@@ -275,6 +275,7 @@ void HttpClient::collect_finished() {
       r.error = "reply larger than " + std::to_string(t.request.max_response_bytes) + " bytes: aborted";
     } else {
       r.error = curl_easy_strerror(msg->data.result);
+      r.timed_out = msg->data.result == CURLE_OPERATION_TIMEDOUT;
     }
     curl_multi_remove_handle(multi_, t.easy);
     give_back(t.easy);

@@ -36,6 +36,7 @@ struct HttpResult {
   long status = 0;
   std::string body;
   std::string error;          // libcurl's reason when !transport_ok
+  bool timed_out = false;     // !transport_ok because its timeout passed
   std::optional<int64_t> retry_after_s;
   double elapsed_ms = 0;
 };

@@ -67,6 +67,16 @@ constexpr long kNoExtensionWaitMs = 1000;
 // (the commit itself does not wake the dispatcher).
 constexpr HandoffTiming kHandoffTiming{5, 1};
 
+BreakerConfig breaker_config() {
+  BreakerConfig b;
+  b.consecutive_failures = guc_breaker_failures;
+  b.error_rate = guc_breaker_error_rate;
+  b.window = guc_breaker_window;
+  b.min_requests = guc_breaker_min_requests;
+  b.cooldown_ms = guc_breaker_cooldown_ms;
+  return b;
+}
+
 int64_t now_ms() { return steady_now_ms(); }
 
 void log_warning(const std::string& what) {
@@ -94,6 +104,7 @@ struct InFlight {
   std::string cache_key;         // non-empty: cacheable; identical requests share this one
   int64_t cache_ttl_s = 0;
   int64_t times_out_at_ms = 0;      // when its request times out at the latest (once sent)
+  long timeout_ms = 0;              // the time it was given
   std::vector<InFlight> followers;  // coalesced identical requests, answered with this one
 };
 
@@ -103,7 +114,7 @@ class Dispatcher {
 
  private:
   void start_up();
-  void tick(int wake_events);
+  void tick();
   void reload_endpoints_if_changed(bool force = false);
   void configure_router();
   // own_wait_ms: how long this piece of work has waited for a slot it may
@@ -264,8 +275,8 @@ void Dispatcher::run() {
       log_warning(e.what());  // the ask's timeout still wakes us
     }
     try {
-      int events = worker_wait(wait_timeout_ms(), loop_fds_.fd(), WL_SOCKET_READABLE);
-      tick(events);
+      (void)worker_wait(wait_timeout_ms(), loop_fds_.fd(), WL_SOCKET_READABLE);
+      tick();
     } catch (const std::exception& e) {
       // A failed transaction (e.g. the extension dropped mid-way) or a
       // pg_cancel_backend() is logged and the loop goes on; neither takes
@@ -341,12 +352,16 @@ void Dispatcher::start_up() {
   worker_set_state(WorkerState::idle);
 }
 
-void Dispatcher::tick(int wake_events) {
-  if (wake_events & WL_LATCH_SET) {
-    // Only commits that queued rows the handoff did not carry need a look at
-    // the table; handed-off ones are read from shared memory below.
-    if (pg_atomic_exchange_u32(&shared_state().queue_dirty, 0) != 0) maybe_more_work_ = true;
-    configure_router();  // a SIGHUP also sets the latch
+void Dispatcher::tick() {
+  // Only commits that queued rows the handoff did not carry need a look at
+  // the table; handed-off ones are read from shared memory below. Read on
+  // every round, not only when the wait reported the latch: a commit's
+  // SetLatch landing between the wait's return and its ResetLatch is not
+  // reported, and its flag is the only trace of it.
+  if (pg_atomic_exchange_u32(&shared_state().queue_dirty, 0) != 0) maybe_more_work_ = true;
+  if (worker_config_reloaded()) {
+    configure_router();
+    fleet_.configure(breaker_config(), guc_latency_alpha);
   }
   http_.perform();
   // Redis before the GPUs: an L2 hit withdraws a request whose reply may be
@@ -449,15 +464,6 @@ void Dispatcher::configure_router() {
   prefix_types_.erase(std::remove(prefix_types_.begin(), prefix_types_.end(), ' '), prefix_types_.end());
 }
 
-BreakerConfig breaker_config() {
-  BreakerConfig b;
-  b.consecutive_failures = guc_breaker_failures;
-  b.error_rate = guc_breaker_error_rate;
-  b.window = guc_breaker_window;
-  b.min_requests = guc_breaker_min_requests;
-  b.cooldown_ms = guc_breaker_cooldown_ms;
-  return b;
-}
 
 void Dispatcher::reload_endpoints_if_changed(bool force) {
   uint64 generation = pg_atomic_read_u64(&shared_state().endpoints_generation);
@@ -528,8 +534,10 @@ bool Dispatcher::send(size_t index, InFlight info, const std::string& prompt,
   req.max_response_bytes = std::max(req.max_response_bytes, 4 * static_cast<size_t>(guc_max_response_bytes));
   req.timeout_ms = timeout_ms;
   info.times_out_at_ms = now_ms() + timeout_ms;
+  info.timeout_ms = timeout_ms;
   uint64_t tag = req.tag;
   http_.start(std::move(req));
+  if (state.in_flight == 0) fleet_.info(index).no_reply_since_ms = now_ms();
   state.in_flight++;
   state.requests++;
   if (!info.cache_key.empty()) in_flight_by_key_[info.cache_key] = tag;
@@ -642,7 +650,10 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   MemberInfo& m = fleet_.info(*index);
   const int64_t now = now_ms();
   fleet_.release(*index);
-  if (success) {
+  const EndpointVerdict verdict =
+      judge_endpoint(r, success, {f.timeout_ms, guc_request_timeout_ms, now - m.no_reply_since_ms});
+  if (r.transport_ok) m.no_reply_since_ms = now;
+  if (verdict == EndpointVerdict::healthy) {
     e.latency.add(r.elapsed_ms);
     e.breaker.record_success(now);
     return;
@@ -651,13 +662,12 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   m.last_error = error;
   m.last_error_at_ms = GetCurrentTimestamp();
   BreakerState before = e.breaker.state(now);
-  if (r.transport_ok && r.status == 429) {
+  if (verdict == EndpointVerdict::rate_limited) {
     e.breaker.record_rate_limited(now, CircuitBreaker::retry_after_ms(r.retry_after_s));
-  } else if (!r.transport_ok || r.status >= 500 || (r.status >= 200 && r.status < 300) ||
-             endpoint_misconfigured(r.status)) {
+  } else if (verdict == EndpointVerdict::failing) {
     e.breaker.record_failure(now);
   }
-  // Other 4xx: the request was wrong, not the endpoint.
+  // Neutral (other 4xx, a timeout the request chose): the request, not the endpoint.
   if (before == BreakerState::closed && e.breaker.state(now) != BreakerState::closed && !m.removed) {
     // Logged once the reply is handled (see flush_log_lines).
     log_lines_.push_back("GPU " + std::to_string(f.gpu_id) + " breaker opened: " + error);

@@ -1,6 +1,7 @@
 #include "worker.hpp"
 
 #include <cstring>
+#include <utility>
 
 #include "gucs.hpp"
 #include "guard.hpp"
@@ -60,9 +61,12 @@ void count_wakeup() {
   SpinLockRelease(&s.mutex);
 }
 
+bool g_config_reloaded = false;
+
 void reload_config() {
   ConfigReloadPending = false;
   ProcessConfigFile(PGC_SIGHUP);
+  g_config_reloaded = true;
   {
     SharedState& s = shared_state();
     SpinLockAcquire(&s.mutex);
@@ -154,6 +158,10 @@ int worker_wait(long timeout_ms, pgsocket sock, int socket_events) {
     if (ConfigReloadPending) reload_config();
     return rc;
   });
+}
+
+bool worker_config_reloaded() {
+  return std::exchange(g_config_reloaded, false);
 }
 
 void worker_recover_after_error() noexcept {

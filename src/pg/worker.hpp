@@ -26,6 +26,8 @@ void worker_set_state(WorkerState state, const char* activity = nullptr);
 // then handles interrupts (SIGTERM exits) and a pending config reload.
 // Returns WaitLatch's event bits.
 int worker_wait(long timeout_ms, pgsocket sock = PGINVALID_SOCKET, int socket_events = 0);
+// Whether worker_wait() reloaded the configuration since the last call.
+bool worker_config_reloaded();
 
 // After an error the worker's loop caught and logged: releases what Postgres's
 // own error recovery would. An error inside in_transaction() was cleaned up by

@@ -1,7 +1,7 @@
 -- The decision queue: wake at COMMIT (not on rollback), answers written back,
 -- cancel, await_decision timeouts, api_key privacy. Commits (the dispatcher
 -- must see the rows) and cleans up after itself.
-SELECT plan(28);
+SELECT plan(30);
 SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would skip the GPU
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 
@@ -72,6 +72,22 @@ SELECT throws_ok('SELECT api_key FROM npc_scale.gpu_endpoints', '42501', NULL,
   'a non-admin cannot read api_key');
 RESET ROLE;
 DROP ROLE npc_test_game_role;
+-- Nor does any error about a row show it: a NOT NULL violation's DETAIL
+-- lists the whole row, and the server log keeps it.
+CREATE FUNCTION pg_temp.endpoint_error(cols text, vals text) RETURNS text LANGUAGE plpgsql AS $f$
+DECLARE state text; msg text; detail text;
+BEGIN
+  EXECUTE format('INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, api_key, %s) VALUES (91, %L, %L, %s)',
+                 cols, 'http://gpu.example:8000', 'sk-npc-secret', vals);
+  RETURN 'inserted';
+EXCEPTION WHEN OTHERS THEN
+  GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+  RETURN state || ': ' || msg || coalesce(' / ' || nullif(detail, ''), '');
+END $f$;
+SELECT is(pg_temp.endpoint_error('model', 'NULL'), '22004: model of gpu 91 must not be null',
+  'a NULL model is refused naming the column, not showing the row and its api_key');
+SELECT is(pg_temp.endpoint_error('enabled, send_priority', 'true, NULL'), '22004: send_priority of gpu 91 must not be null',
+  'a NULL send_priority likewise');
 
 -- The SECURITY DEFINER functions run their SQL as the extension's owner:
 -- no name in it may resolve through the caller's search_path.

@@ -1,7 +1,7 @@
 -- Transient errors are retried up to npc_scale.max_attempts, then the decision
 -- fails with the last error; permanent errors fail at once; deadlines expire;
 -- a misconfigured endpoint is the endpoint's failure.
-SELECT plan(27);
+SELECT plan(30);
 
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
@@ -43,6 +43,23 @@ SELECT results_eq(format('SELECT status, attempts, error ~ %L FROM npc_scale.dec
                           '^deadline passed after 1 attempt\(s\); last error: .*Timeout', :id4),
   $$ VALUES ('expired'::text, 1, true) $$,
   'it expired after one attempt, with that attempt''s error');
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}');
+
+-- A timeout the request chose (its params.timeout_ms, or one cut to its
+-- deadline) that a busy GPU cannot meet is the request's, not the endpoint's:
+-- it does not open the breaker, or any role could shut the whole fleet with
+-- {"timeout_ms": 1}. (A GPU that answers nothing for the whole
+-- npc_scale.request_timeout is still failing: unit test EndpointVerdict.)
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1.0, "slow_ms": 2000}');
+SELECT array_agg(npc_scale.request_decision(4100 + i, 'scout', 'Scout the ford?', 5, '{"timeout_ms": 30}'))::text AS ids9
+  FROM generate_series(1, 3) i \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(%L::bigint[])', :'ids9'), '20 s'), 'the short-timeout decisions finish');
+SELECT results_eq(format($$ SELECT count(*) FILTER (WHERE status = 'failed' AND attempts = %s AND error ~ 'Timeout')
+                              FROM npc_scale.decision_queue WHERE id = ANY (%L::bigint[]) $$,
+                         current_setting('npc_scale.max_attempts'), :'ids9'),
+  $$ VALUES (3::bigint) $$, 'each timed out on every attempt');
+SELECT is((SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining), 'closed',
+  'and the endpoint''s breaker stayed closed');
 SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}');
 
 -- A misconfigured endpoint (unknown model: HTTP 404) is the endpoint's fault,
@@ -112,6 +129,6 @@ SELECT results_eq(format('SELECT status, attempts = %s, error ~ ''onnect'' FROM 
                          current_setting('npc_scale.max_attempts'), :id8),
   $$ VALUES ('failed'::text, true, true) $$, 'a connection failure is retried up to max_attempts');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008;
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008 OR npc_id BETWEEN 4101 AND 4103;
 
 SELECT * FROM finish();

@@ -1,7 +1,7 @@
 -- SIGHUP: the workers reload configuration; a changed npc_scale.database makes
 -- them restart connected to the new database. Runs outside a transaction
 -- (ALTER SYSTEM cannot run in one) and restores what it changed.
-SELECT plan(6);
+SELECT plan(11);
 
 CREATE TEMP TABLE before AS SELECT name, pid, config_reloads FROM npc_scale.worker_status();
 SELECT ok(pg_reload_conf(), 'configuration reload signalled');
@@ -10,6 +10,31 @@ SELECT ok(npc_test.wait_for($$
   'both workers reloaded their configuration on SIGHUP');
 SELECT is((SELECT count(*)::int FROM npc_scale.worker_status() w JOIN before b USING (name) WHERE w.pid = b.pid), 2,
   'a reload without a database change does not restart them');
+
+-- The breaker's settings apply on a reload, though no endpoint changed:
+-- with npc_scale.breaker_failures = 1, one failure opens the breaker (its
+-- settings used to wait for the next change to gpu_endpoints).
+SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[7]);
+SELECT ok(npc_test.wait_for($$ (SELECT array_agg(max_concurrent) FROM npc_scale.endpoint_stats WHERE NOT draining) = '{7}' $$),
+  'the dispatcher has loaded the one endpoint');
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
+SELECT npc_test.gpu_reset('faulty');
+TRUNCATE before;
+INSERT INTO before SELECT name, pid, config_reloads FROM npc_scale.worker_status();
+ALTER SYSTEM SET npc_scale.breaker_failures = 1;
+SELECT pg_reload_conf() AS reloaded \gset
+SELECT ok(npc_test.wait_for($$
+  (SELECT w.config_reloads > b.config_reloads FROM npc_scale.worker_status() w JOIN before b USING (name)
+    WHERE name = 'npc_scale dispatcher') $$),
+  'the dispatcher reloaded its configuration');
+SELECT throws_like($$ SELECT npc_scale.generate('Is the gate open?', 5, '{"cache": false}') $$, '%503%',
+  'a call its GPU answers with 503 fails');
+SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE NOT draining) = 'open' $$),
+  'that one failure opened the breaker');
+SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 1::numeric, 'after one request');
+ALTER SYSTEM RESET npc_scale.breaker_failures;
+SELECT pg_reload_conf() AS reloaded \gset
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
 
 ALTER SYSTEM SET npc_scale.database = 'postgres';
 SELECT pg_reload_conf() AS reloaded \gset

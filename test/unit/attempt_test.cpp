@@ -142,8 +142,8 @@ TEST(Attempt, ARejectedRequestFailsAtOnce) {
     EXPECT_TRUE(npc_scale::resolve_attempt(Api::completions, http(status, "{}"), 1, kPolicy, 7).rejected)
         << status;
   }
-  // A wrong model or URL (404) and auth errors are the fleet's configuration.
-  for (long status : {401L, 403L, 404L}) {
+  // A wrong model or URL (404, a redirect) and auth errors are the fleet's configuration.
+  for (long status : {301L, 308L, 401L, 403L, 404L}) {
     AttemptOutcome f = npc_scale::resolve_attempt(Api::completions, http(status, "{}"), 3, kPolicy, 7);
     EXPECT_EQ(f.kind, AttemptOutcome::Kind::failed) << status;
     EXPECT_FALSE(f.rejected) << status;
@@ -169,4 +169,47 @@ TEST(Attempt, AReplyReadOnceIsJudgedLikeAFreshOne) {
       EXPECT_EQ(once.retry_delay_ms, fresh.retry_delay_ms);
     }
   }
+}
+
+// ---- judge_endpoint: what a finished request says about its endpoint -------
+
+namespace {
+HttpResult timed_out() {
+  HttpResult r = transport_error("Timeout was reached");
+  r.timed_out = true;
+  return r;
+}
+}  // namespace
+
+TEST(EndpointVerdict, RepliesAreJudgedByStatus) {
+  using npc_scale::EndpointVerdict;
+  using npc_scale::judge_endpoint;
+  const npc_scale::RequestTimes t{30000, 30000, 0};
+  EXPECT_EQ(judge_endpoint(http(200, "{}"), true, t), EndpointVerdict::healthy);
+  EXPECT_EQ(judge_endpoint(http(200, "{}"), false, t), EndpointVerdict::failing);  // unusable 2xx
+  EXPECT_EQ(judge_endpoint(http(429, "{}"), false, t), EndpointVerdict::rate_limited);
+  for (long status : {500L, 503L, 301L, 307L, 401L, 403L, 404L}) {
+    EXPECT_EQ(judge_endpoint(http(status, "{}"), false, t), EndpointVerdict::failing) << status;
+  }
+  for (long status : {400L, 405L, 413L, 422L}) {
+    EXPECT_EQ(judge_endpoint(http(status, "{}"), false, t), EndpointVerdict::neutral) << status;
+  }
+  EXPECT_EQ(judge_endpoint(transport_error("Connection refused"), false, t), EndpointVerdict::failing);
+}
+
+// A caller's {"timeout_ms": 1}, or a timeout cut to a near deadline, that a
+// busy GPU cannot meet must not open its breaker; a GPU that answers nothing
+// at all is failing whatever the requests' timeouts.
+TEST(EndpointVerdict, ATimeoutCountsOnlyWhenTheEndpointHadTheFleetsWholeTimeout) {
+  using npc_scale::EndpointVerdict;
+  using npc_scale::judge_endpoint;
+  EXPECT_EQ(judge_endpoint(timed_out(), false, {30000, 30000, 30000}), EndpointVerdict::failing);
+  EXPECT_EQ(judge_endpoint(timed_out(), false, {60000, 30000, 1000}), EndpointVerdict::failing);
+  EXPECT_EQ(judge_endpoint(timed_out(), false, {1, 30000, 5}), EndpointVerdict::neutral);
+  EXPECT_EQ(judge_endpoint(timed_out(), false, {29999, 30000, 29999}), EndpointVerdict::neutral);
+  // Silent for the fleet's whole timeout: its short timeouts count too.
+  EXPECT_EQ(judge_endpoint(timed_out(), false, {1, 30000, 30000}), EndpointVerdict::failing);
+  // Only a timeout is excused: a refused connection is the endpoint's.
+  HttpResult refused = transport_error("Connection refused");
+  EXPECT_EQ(judge_endpoint(refused, false, {1, 30000, 5}), EndpointVerdict::failing);
 }

@@ -585,7 +585,8 @@ TEST(GenerationClassify, Table) {
       {true, 403, false, Outcome::transient},  {true, 404, true, Outcome::transient},
       {true, 405, false, Outcome::permanent},  {true, 413, false, Outcome::permanent},
       {true, 422, false, Outcome::permanent},  {true, 499, false, Outcome::permanent},
-      {true, 300, true, Outcome::permanent},   {true, 302, false, Outcome::permanent},
+      {true, 300, true, Outcome::transient},   {true, 302, false, Outcome::transient},
+      {true, 308, false, Outcome::transient},  {true, 399, false, Outcome::transient},
       {true, 100, false, Outcome::permanent},  {true, 600, false, Outcome::permanent},
       {true, 0, false, Outcome::permanent},
   };

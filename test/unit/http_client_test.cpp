@@ -158,6 +158,8 @@ TEST(HttpClient, ASlowEndpointTimesOutAsATransportErrorWithoutHoldingUpOthers) {
   EXPECT_FALSE(slow.transport_ok);
   // A timeout (not the 3 s answer) shows the 1 s limit was applied.
   EXPECT_NE(slow.error.find("imeout"), std::string::npos) << slow.error;
+  EXPECT_TRUE(slow.timed_out);  // its breaker may excuse a timeout the request chose
+  EXPECT_FALSE(first.begin()->second.timed_out);
 }
 
 TEST(HttpClient, ADuplicateTagIsRefused) {
