@@ -1188,6 +1188,22 @@ BEGIN
   END LOOP;
 END $$;
 
+-- Runs a statement on a managed table's rows as that table's owner: the
+-- game's triggers, CHECK constraints, generated columns and the actions of
+-- foreign keys pointing at it run as whoever changes the rows, and the
+-- worker is the bootstrap superuser: code the table's owner wrote must not
+-- run with more rights than the owner has. (Not SECURITY DEFINER: a caller
+-- becomes only a role it could SET ROLE to anyway.)
+CREATE FUNCTION npc_scale._as_owner_of(rel regclass, statement text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  caller_role text := current_setting('role');
+BEGIN
+  PERFORM set_config('role', pg_get_userbyid((SELECT relowner FROM pg_class WHERE oid = rel)), true);
+  EXECUTE statement;
+  PERFORM set_config('role', caller_role, true);
+END $$;
+
 -- Creates the partition [lower, upper) of cfg.parent named for `suffix`,
 -- unless that name is taken or another partition (made by hand, by
 -- pg_partman, or under an older interval) overlaps the range. Made as a
@@ -1224,6 +1240,8 @@ BEGIN
   END IF;
   EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)',
                  nsp, child_name, cfg.parent);
+  -- The parent's owner and grants first: the move below runs as that owner.
+  PERFORM npc_scale._adopt_partition(format('%I.%I', nsp, child_name)::regclass, cfg.parent);
   EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I >= %s AND %I < %s)', def, cfg.control, lo, cfg.control, hi)
     INTO has_rows;
   IF has_rows THEN
@@ -1238,16 +1256,24 @@ BEGIN
       replication_role := current_setting('session_replication_role');
       PERFORM set_config('session_replication_role', 'replica', true);
     END IF;
-    EXECUTE format('WITH moved AS (DELETE FROM %s WHERE %I >= %s AND %I < %s RETURNING %s) INSERT INTO %I.%I (%s) SELECT * FROM moved',
-                   def, cfg.control, lo, cfg.control, hi, cols, nsp, child_name, cols);
+    PERFORM npc_scale._as_owner_of(cfg.parent,
+      format('WITH moved AS (DELETE FROM %s WHERE %I >= %s AND %I < %s RETURNING %s) INSERT INTO %I.%I (%s) SELECT * FROM moved',
+             def, cfg.control, lo, cfg.control, hi, cols, nsp, child_name, cols));
     IF replication_role IS NOT NULL THEN
       PERFORM set_config('session_replication_role', replication_role, true);
     END IF;
   END IF;
   EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)', cfg.parent, nsp, child_name, lo, hi);
-  PERFORM npc_scale._adopt_partition(format('%I.%I', nsp, child_name)::regclass, cfg.parent);
   RETURN 1;
 END $$;
+
+-- Records a run of a parent's maintenance. SECURITY DEFINER: the parent's
+-- owner may run it (run_maintenance()) without rights on the settings table;
+-- it writes nothing but the time.
+CREATE FUNCTION npc_scale._note_partition_run(parent regclass) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+  UPDATE npc_scale.partition_configs c SET last_run_at = now() WHERE c.parent = _note_partition_run.parent
+$$;
 
 -- One parent's maintenance: default partition, retention, the default
 -- partition's rows, then premake. Returns partitions created +
@@ -1275,6 +1301,8 @@ DECLARE
   oldest timestamptz;
   has_rows boolean;
   backfilled integer := 0;
+  failed_state text;
+  failed_message text;
 BEGIN
   IF lock_wait IS NOT NULL THEN
     PERFORM set_config('lock_timeout', lock_wait, true);
@@ -1304,19 +1332,22 @@ BEGIN
   -- while they move (else a row landing between the move and the ATTACH
   -- fails the ATTACH). Those past retention go as their partition would
   -- have; ranges older than the premade ones (rows written while no
-  -- partition covered them) get their partitions too, at most 24 per
-  -- call: a long history is taken out over several short transactions
-  -- (the worker calls again while a call makes partitions).
+  -- partition covered them) get their partitions too, one per call: ATTACH
+  -- scans the default partition under an ACCESS EXCLUSIVE lock (the game's
+  -- reads of the parent wait) held to COMMIT, so a long history is taken
+  -- out over many short transactions (the worker calls again while a call
+  -- makes partitions).
   EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', def) INTO has_rows;
   IF has_rows THEN
     EXECUTE format('LOCK TABLE %s IN EXCLUSIVE MODE', def);
     IF kept_from IS NOT NULL AND NOT cfg.retention_keep_table THEN
-      EXECUTE format('DELETE FROM %s WHERE %I < %s', def, cfg.control, npc_scale._bound_literal(kept_from, coltype));
+      PERFORM npc_scale._as_owner_of(cfg.parent,
+        format('DELETE FROM %s WHERE %I < %s', def, cfg.control, npc_scale._bound_literal(kept_from, coltype)));
     END IF;
     SELECT lower_bound INTO current_lower FROM npc_scale._partition_bounds(cfg.partition_interval, now(),
       CASE WHEN initial THEN cfg.premake ELSE 0 END, 0) ORDER BY lower_bound LIMIT 1;
     floor_at := kept_from;
-    WHILE backfilled < 24 LOOP
+    WHILE backfilled < 1 LOOP
       -- (-infinity has no range: it stays in the default partition.)
       EXECUTE format('SELECT min(%I)::text FROM %s WHERE isfinite(%I) AND %I < %s', cfg.control, def, cfg.control,
                      cfg.control, npc_scale._bound_literal(current_lower, coltype))
@@ -1342,21 +1373,45 @@ BEGIN
   END LOOP;
   -- Retention last: a DROP or DETACH locks the parent ACCESS EXCLUSIVE
   -- until COMMIT, so nothing else of this run happens under that lock.
+  -- One that fails (a view depends on the partition, a lock not granted in
+  -- time) is a WARNING, tried again next run: it must not take back the
+  -- partitions premade above, run after run.
   IF cfg.retention IS NOT NULL THEN
     FOR child IN SELECT * FROM npc_scale._partitions_of(cfg.parent, coltype) LOOP
       IF child.upper_bound <= now() - cfg.retention THEN
-        IF cfg.retention_keep_table THEN
-          EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', cfg.parent, child.part);
-        ELSE
-          EXECUTE format('DROP TABLE %s', child.part);
-        END IF;
-        n := n + 1;
+        BEGIN
+          IF cfg.retention_keep_table THEN
+            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', cfg.parent, child.part);
+          ELSE
+            EXECUTE format('DROP TABLE %s', child.part);
+          END IF;
+          n := n + 1;
+        EXCEPTION WHEN OTHERS THEN
+          GET STACKED DIAGNOSTICS failed_state = RETURNED_SQLSTATE, failed_message = MESSAGE_TEXT;
+          RAISE WARNING 'retention of % left % in place: %: %', cfg.parent, child.part, failed_state, failed_message;
+        END;
       END IF;
     END LOOP;
   END IF;
-  UPDATE npc_scale.partition_configs SET last_run_at = now() WHERE parent = cfg.parent;
+  PERFORM npc_scale._note_partition_run(cfg.parent);
   PERFORM set_config('lock_timeout', caller_lock_timeout, true);
   RETURN n;
+END $$;
+
+-- The per-parent lock two callers take, waited for no longer than any other
+-- lock of maintenance: a person's open transaction that took it must not
+-- hold the worker (and the purges and refreshes after it) for ever.
+CREATE FUNCTION npc_scale._lock_parent(parent regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  lock_wait text := current_setting('npc_scale.maintenance_lock_timeout', true);
+  caller_lock_timeout text := current_setting('lock_timeout');
+BEGIN
+  IF lock_wait IS NOT NULL THEN
+    PERFORM set_config('lock_timeout', lock_wait, true);
+  END IF;
+  PERFORM pg_advisory_xact_lock(hashtext('npc_scale.partitions'), parent::oid::int);
+  PERFORM set_config('lock_timeout', caller_lock_timeout, true);
 END $$;
 
 CREATE FUNCTION npc_scale.run_maintenance(parent regclass DEFAULT NULL) RETURNS integer
@@ -1369,7 +1424,7 @@ BEGIN
               WHERE run_maintenance.parent IS NULL OR c.parent = run_maintenance.parent ORDER BY c.parent::text
   LOOP
     -- Two callers (the worker, a person) never race on one parent.
-    PERFORM pg_advisory_xact_lock(hashtext('npc_scale.partitions'), cfg.parent::oid::int);
+    PERFORM npc_scale._lock_parent(cfg.parent);
     n := n + npc_scale._maintain_parent(cfg, false);
   END LOOP;
   RETURN n;
@@ -1393,13 +1448,15 @@ BEGIN
     PERFORM npc_scale._check_premake_cover(premake, partition_interval, true);
   END IF;
   -- The rest is checked by the trigger on partition_configs (check_partition_config).
+  -- The parent's lock before its row: a run holding the lock updates that
+  -- row, and the other order deadlocks with it.
+  PERFORM npc_scale._lock_parent(parent);
   INSERT INTO npc_scale.partition_configs AS c (parent, control, partition_interval, premake, retention, retention_keep_table)
   VALUES (parent, control, partition_interval, premake, retention, retention_keep_table)
   ON CONFLICT ON CONSTRAINT partition_configs_pkey DO UPDATE
     SET control = excluded.control, partition_interval = excluded.partition_interval, premake = excluded.premake,
         retention = excluded.retention, retention_keep_table = excluded.retention_keep_table
   RETURNING * INTO cfg;
-  PERFORM pg_advisory_xact_lock(hashtext('npc_scale.partitions'), parent::oid::int);
   PERFORM npc_scale._maintain_parent(cfg, true);
   RETURN parent::oid::bigint;
 END $$;

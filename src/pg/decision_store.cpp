@@ -76,28 +76,6 @@ void bound_lock_wait() {
 
 bool is_lock_timeout(const PgError& e) { return e.sqlerrcode() == ERRCODE_LOCK_NOT_AVAILABLE; }
 
-// An error that belongs to the rows being written (a trigger the game put on
-// the table raising, a constraint it added, a value it refuses), not to the
-// server (disk, memory, a full NOTIFY queue, a serialization failure): the
-// same write fails again however long one waits, so its row is isolated.
-bool is_row_error(const PgError& e) {
-  // A unique or exclusion violation depends on other rows (a game's "one
-  // running decision per NPC"): it passes alone and may pass later.
-  if (e.sqlerrcode() == ERRCODE_UNIQUE_VIOLATION || e.sqlerrcode() == ERRCODE_EXCLUSION_VIOLATION) return false;
-  switch (ERRCODE_TO_CATEGORY(e.sqlerrcode())) {
-    case ERRCODE_DATA_EXCEPTION:
-    case ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION:
-    case ERRCODE_TRIGGERED_ACTION_EXCEPTION:
-    case ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION:
-    case ERRCODE_EXTERNAL_ROUTINE_EXCEPTION:
-    case ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION:
-    case ERRCODE_PLPGSQL_ERROR:
-      return true;
-    default:
-      return false;
-  }
-}
-
 struct ProbeDone {};  // thrown to roll a probe's transaction back
 
 // Which of `ids` refuse `probe` (an UPDATE of the row $1), each tried in a

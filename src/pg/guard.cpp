@@ -23,3 +23,23 @@ void raise(const PendingError& pending) {
 }
 
 }  // namespace npc_scale::bridge_detail
+
+namespace npc_scale {
+
+bool is_row_error(const PgError& e) {
+  if (e.sqlerrcode() == ERRCODE_UNIQUE_VIOLATION || e.sqlerrcode() == ERRCODE_EXCLUSION_VIOLATION) return false;
+  switch (ERRCODE_TO_CATEGORY(e.sqlerrcode())) {
+    case ERRCODE_DATA_EXCEPTION:
+    case ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION:
+    case ERRCODE_TRIGGERED_ACTION_EXCEPTION:
+    case ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION:
+    case ERRCODE_EXTERNAL_ROUTINE_EXCEPTION:
+    case ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION:
+    case ERRCODE_PLPGSQL_ERROR:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace npc_scale

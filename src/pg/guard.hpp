@@ -53,6 +53,14 @@ class PgError : public std::exception {
   std::string hint_;
 };
 
+// An error that belongs to the rows being written (a trigger the game put on
+// the table raising, a constraint it added, a foreign key of its own, a value
+// it refuses), not to the server (disk, memory, a full NOTIFY queue, a
+// serialization failure): the same write fails again however long one
+// waits, so its row is set aside. A unique or exclusion violation is not:
+// it depends on other rows (a game's "one running decision per NPC").
+bool is_row_error(const PgError& e);
+
 // Postgres → C++: see the header comment. Returns fn's result.
 template <typename Fn>
 auto pg_call(Fn&& fn) -> decltype(fn()) {

@@ -45,16 +45,96 @@ int64_t delete_in_batches(SavedPlan& plan, std::vector<Datum> args, const char* 
   }
 }
 
-// Finished decisions older than npc_scale.result_ttl.
-int64_t purge_finished() {
-  static SavedPlan plan(
-      "DELETE FROM npc_scale.decision_queue WHERE id IN ("
-      "  SELECT id FROM npc_scale.decision_queue"
-      "   WHERE finished_at < now() - make_interval(secs => $1)"
-      "   ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-      {INT4OID, INT4OID});
-  return delete_in_batches(plan, {Int32GetDatum(guc_result_ttl_s)}, "npc_scale: purge finished decisions");
+// Where the purge of finished decisions goes on from: rows up to here
+// refused their delete (a foreign key of the game's without ON DELETE
+// CASCADE, a trigger forbidding it) and are passed over until the worker
+// restarts, instead of stopping the purge for good (every batch would start
+// with them, and fail).
+struct PurgeSkip {
+  TimestampTz finished_at = DT_NOBEGIN;
+  int64_t id = 0;
+};
+PurgeSkip g_purge_skip;
+
+std::vector<Datum> purge_args() {
+  return {Int32GetDatum(guc_result_ttl_s), TimestampTzGetDatum(g_purge_skip.finished_at),
+          Int64GetDatum(g_purge_skip.id), Int32GetDatum(kPurgeBatch)};
 }
+
+#define NPC_PURGE_CANDIDATES                                                                    \
+  " FROM npc_scale.decision_queue"                                                              \
+  " WHERE finished_at < now() - make_interval(secs => $1) AND (finished_at, id) > ($2, $3)"   \
+  " ORDER BY finished_at, id LIMIT $4"
+
+// A batch refused by one of its rows: each row alone, in its own
+// transaction; the refusing ones are passed over. Returns the rows looked at.
+uint64_t purge_one_at_a_time() {
+  static SavedPlan candidates("SELECT finished_at, id" NPC_PURGE_CANDIDATES, {INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID});
+  static SavedPlan one(
+      "DELETE FROM npc_scale.decision_queue WHERE id IN ("
+      "  SELECT id FROM npc_scale.decision_queue WHERE id = $1 FOR UPDATE SKIP LOCKED)",
+      {INT8OID});
+  std::vector<PurgeSkip> rows;
+  in_transaction("npc_scale: purge finished decisions", [&] {
+    if (!extension_present()) return;
+    uint64_t n = candidates.execute(purge_args(), nullptr, true);
+    for (uint64_t i = 0; i < n; i++) {
+      rows.push_back(pg_call([&] {
+        bool isnull;
+        PurgeSkip r;
+        r.finished_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+        r.id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+        return r;
+      }));
+    }
+  });
+  int skipped = 0;
+  std::string why;
+  for (const PurgeSkip& r : rows) {
+    try {
+      in_transaction("npc_scale: purge a finished decision", [&] {
+        if (extension_present()) one.execute({Int64GetDatum(r.id)});
+      });
+    } catch (const PgError& e) {
+      if (!is_row_error(e)) throw;
+      worker_recover_after_error();
+      g_purge_skip = r;
+      if (skipped++ == 0) why = "decision " + std::to_string(r.id) + ": " + e.what();
+    }
+  }
+  if (skipped > 0) {
+    pg_call([&] {
+      ereport(WARNING, (errmsg("npc_scale maintenance: %d finished decision(s) could not be purged and are passed "
+                               "over until the worker restarts; the first, %s",
+                               skipped, why.c_str())));
+    });
+  }
+  return rows.size();
+}
+
+// Finished decisions older than npc_scale.result_ttl, in batches (see
+// delete_in_batches).
+int64_t purge_finished() {
+  static SavedPlan batch(
+      "DELETE FROM npc_scale.decision_queue WHERE id IN (SELECT id" NPC_PURGE_CANDIDATES " FOR UPDATE SKIP LOCKED)",
+      {INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID});
+  int64_t total = 0;
+  for (;;) {
+    uint64_t n = 0;
+    try {
+      in_transaction("npc_scale: purge finished decisions", [&] {
+        if (extension_present()) n = batch.execute(purge_args());
+      });
+    } catch (const PgError& e) {
+      if (!is_row_error(e)) throw;
+      worker_recover_after_error();
+      n = purge_one_at_a_time();
+    }
+    total += static_cast<int64_t>(n);
+    if (n < static_cast<uint64_t>(kPurgeBatch)) return total;
+  }
+}
+#undef NPC_PURGE_CANDIDATES
 
 // Finished runs older than npc_scale.maintenance_run_ttl: a job every
 // second would add 86,400 rows a day.
@@ -212,8 +292,7 @@ void run_job(const DueJob& d) {
 // recorded (an error, a cancel, while writing it) is recorded as failed
 // with that reason, and the jobs after it still run: no run is left
 // 'running' until the next restart.
-void run_due_jobs() {
-  const TimestampTz round_start = GetCurrentTimestamp();
+void run_due_jobs(TimestampTz round_start) {
   while (std::optional<DueJob> next = start_next_due_job(round_start)) {
     const DueJob& d = *next;
     try {
@@ -230,7 +309,8 @@ void run_due_jobs() {
   }
 }
 
-// nullopt when no job is active. (Not greatest(0, ...) in SQL: greatest
+// Until the next active job is due (negative: overdue); nullopt when no
+// job is active. (Not greatest(0, ...) in SQL: greatest
 // skips NULLs, so "no job" came back as 0 and the worker spun.)
 std::optional<int64_t> ms_until_next_job() {
   static SavedPlan plan(
@@ -242,7 +322,6 @@ std::optional<int64_t> ms_until_next_job() {
     if (!extension_present()) return;
     if (plan.execute({}, nullptr, true) == 1) out = spi_int(0, 1);
   });
-  if (out) out = std::max<int64_t>(*out, 0);
   return out;
 }
 
@@ -265,15 +344,18 @@ bool maintain_partitions() {
   bool all_ok = true;
   for (Oid oid : oids) {
     try {
-      // Again while a call makes partitions (at most 24 of a long history
-      // per call, each call its own transaction), within a bound.
-      for (int round = 0; round < 50; round++) {
+      // Again while a call makes partitions (one of a long history per
+      // call, each call its own transaction), within a bound: the rest
+      // within a minute (as after a failure).
+      bool done = false;
+      for (int round = 0; round < 50 && !done; round++) {
         std::optional<int64_t> made;
         in_transaction("npc_scale: partition maintenance", [&] {
           if (run.execute({ObjectIdGetDatum(oid)}) == 1) made = spi_int(0, 1);
         });
-        if (made.value_or(0) == 0) break;
+        done = made.value_or(0) == 0;
       }
+      if (!done) all_ok = false;
     } catch (const std::exception& e) {
       all_ok = false;
       std::string msg = e.what();
@@ -315,7 +397,8 @@ void run_maintenance_worker() {
         fail_orphaned_runs();
         recovered = true;
       }
-      tick_step("scheduled refreshes", [] { run_due_jobs(); });
+      const TimestampTz round_start = GetCurrentTimestamp();
+      tick_step("scheduled refreshes", [&] { run_due_jobs(round_start); });
       const int64_t now = GetCurrentTimestamp() / 1000;
       if (now >= next_purge_ms) {
         worker_set_state(WorkerState::busy, "purging finished decisions");
@@ -336,7 +419,13 @@ void run_maintenance_worker() {
         int64_t every_ms = static_cast<int64_t>(guc_partition_interval_s) * 1000;
         next_partitions_ms = now + (ok ? every_ms : std::min<int64_t>(every_ms, kPartitionRetryMs));
       }
-      if (auto next = ms_until_next_job()) wait_ms = std::min<long>(wait_ms, static_cast<long>(*next));
+      if (auto next = ms_until_next_job()) {
+        // A job due at this round's start that did not start is locked (a
+        // migration dropping its view, an UPDATE of it left open) or could
+        // not be claimed: looked at again next tick, not at once in a loop.
+        const bool passed_over = GetCurrentTimestamp() / 1000 + *next <= round_start / 1000;
+        wait_ms = std::min<long>(wait_ms, passed_over ? kTickMs : static_cast<long>(std::max<int64_t>(*next, 0)));
+      }
     } catch (const std::exception& e) {
       std::string msg = e.what();
       pg_call([&] { ereport(WARNING, (errmsg("npc_scale maintenance: %s", msg.c_str()))); });

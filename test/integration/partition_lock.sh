@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Partition maintenance behind a long game query on a managed parent gives
 # up after npc_scale.maintenance_lock_timeout (55P03) instead of waiting
-# with its lock queued, where every game statement on the parent would
+# with its lock queued (so does one behind another call's per-parent lock), where every game statement on the parent would
 # queue behind it; once the query ends, it goes through.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
@@ -37,4 +37,16 @@ PGOPTIONS='-c npc_scale.maintenance_lock_timeout=300ms' npc_psql -tAc \
 moved=$(npc_psql -tAc "SELECT tableoid::regclass::text FROM public.pl_mem")
 [ "$moved" = "pl_mem_p$(npc_psql -tAc "SELECT to_char((now() + interval '5 months') AT TIME ZONE 'UTC', 'YYYY_MM')")" ] \
   || { echo "the row is in $moved"; exit 1; }
-echo "ok: partition maintenance gave up on a lock held by a long read, then went through"
+
+# A person's open transaction holding the parent's maintenance lock (its
+# manage_partitions() call not committed yet) is waited for no longer
+# either: the worker's run would wait for ever, and the purges and refreshes
+# after it with it.
+run_in a "BEGIN; SELECT npc_scale.manage_partitions('public.pl_mem', 'ts', '1 month', 6);"
+out=$(PGOPTIONS='-c npc_scale.maintenance_lock_timeout=300ms -c statement_timeout=30s' npc_psql -tAc \
+  "SELECT npc_scale.run_maintenance('public.pl_mem')" 2>&1) && {
+  echo "maintenance went through while another call held the parent's lock: $out"; exit 1; }
+echo "$out" | grep -q "canceling statement due to lock timeout" \
+  || { echo "maintenance did not give up on the parent's lock: $out"; exit 1; }
+run_in a "ROLLBACK;"
+echo "ok: partition maintenance gave up on a lock held by a long read or another call, then went through"

@@ -1,6 +1,6 @@
 -- The maintenance worker purges finished decisions older than
 -- npc_scale.result_ttl (default 1 hour), in batches, and nothing else.
-SELECT plan(4);
+SELECT plan(6);
 SELECT is(current_setting('npc_scale.result_ttl'), '1h', 'result_ttl is one hour by default');
 
 SELECT coalesce((SELECT n_tup_del FROM pg_stat_user_tables WHERE relid = 'npc_scale.decision_queue'::regclass), 0) AS del0 \gset
@@ -20,4 +20,19 @@ SELECT ok(npc_test.wait_for(format($$ (SELECT n_tup_del FROM pg_stat_user_tables
   'the worker reports its 2500 deletes to the statistics system');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 12001 AND 12010;
+
+-- A finished decision the game keeps (a foreign key of its own without ON
+-- DELETE CASCADE) is passed over, with a WARNING, and the purge goes on past
+-- it: it used to stop for good (every batch began with that row, and failed).
+CREATE TABLE public.purge_keep (decision_id bigint REFERENCES npc_scale.decision_queue (id));
+INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt, status, finished_at)
+VALUES (13000, 'kept', 'kept decision', 'done', now() - interval '3 hours') RETURNING id AS kept_id \gset
+INSERT INTO public.purge_keep VALUES (:kept_id);
+INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt, status, finished_at)
+SELECT 13000 + g, 'old', 'old decision', 'done', now() - interval '2 hours' FROM generate_series(1, 20) g;
+SELECT ok(npc_test.wait_for($$ NOT EXISTS (SELECT 1 FROM npc_scale.decision_queue WHERE npc_id BETWEEN 13001 AND 13020) $$, '20 s'),
+  'the purge goes on past a finished decision the game''s foreign key keeps');
+SELECT ok(EXISTS (SELECT 1 FROM npc_scale.decision_queue WHERE id = :kept_id), 'and that one is kept');
+DROP TABLE public.purge_keep;
+DELETE FROM npc_scale.decision_queue WHERE id = :kept_id;
 SELECT * FROM finish();
