@@ -17,8 +17,10 @@ run_in deleter "BEGIN; SELECT npc_scale.cache_delete('$key');"
 # L3 still shows the committed row, which is promoted back up.
 [ "$(q "SELECT npc_scale.cache_get('$key')")" = "old value" ] \
   || { echo "the reader did not see the committed L3 row"; exit 1; }
+# The promotion waits for Redis's reply: without it the COMMIT's second
+# delete would have nothing to do, and this test would prove nothing.
 in_redis=$(redis-cli -p "$NPC_REDIS_PORT" EXISTS "npc_scale:cache:kv:$key")
-echo "promoted back into Redis before the delete committed: $in_redis"
+[ "$in_redis" = 1 ] || { echo "the reader did not promote the row back into Redis: $in_redis"; exit 1; }
 run_in deleter "COMMIT;"
 [ "$(q "SELECT coalesce(npc_scale.cache_get('$key'), 'gone')")" = gone ] \
   || { echo "the deleted key came back after the delete committed"; exit 1; }

@@ -5,12 +5,13 @@ set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 
 old=$(npc_psql -tAc "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'")
-[ -n "$old" ] || { echo "dispatcher not running"; exit 1; }
+old_maint=$(npc_psql -tAc "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance'")
+[ -n "$old" ] && [ -n "$old_maint" ] || { echo "a worker is not running"; exit 1; }
 echo "killing dispatcher pid $old with SIGKILL"
 kill -9 "$old"
 
 # Crash recovery: wait until the server accepts connections and both workers run again.
-npc_wait_sql "SELECT count(*) = 2 FROM npc_scale.worker_status() WHERE pid IS NOT NULL AND pid <> $old AND state = 'idle'" 60
+npc_wait_sql "SELECT count(*) = 2 FROM npc_scale.worker_status() WHERE pid IS NOT NULL AND pid NOT IN ($old, $old_maint) AND state = 'idle'" 60
 new=$(npc_psql -tAc "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'")
 echo "dispatcher restarted: pid $old -> $new"
 [ "$new" != "$old" ]

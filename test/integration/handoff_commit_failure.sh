@@ -24,7 +24,10 @@ read -r sent0 dropped0 < <(npc_psql -tA -F ' ' -c \
 
 # Two interactive sessions (lib/sessions.sh): every step runs to its end
 # before the next starts.
-sessions_open a b
+sessions_open a b listener
+# Listening from before the failed commit: a NOTIFY sent before a LISTEN is
+# never delivered, so a listener opened later could not see one for it.
+run_in listener "LISTEN npc_scale_decisions;"
 
 run_in a "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT v FROM public.handoff_skew WHERE k = 1;"
 run_in b "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT v FROM public.handoff_skew WHERE k = 2;"
@@ -48,15 +51,21 @@ rows=$(npc_psql -tAc "SELECT count(*) FROM npc_scale.decision_queue WHERE id = $
 [ "$rows" = 0 ] || { echo "decision $id has $rows rows after its transaction aborted"; exit 1; }
 
 # The dispatcher goes on as usual, and never wrote an answer for the lost id:
-# the next decision is answered, and its NOTIFY is the only one we see.
+# the next decision is answered, and its NOTIFY is the only one heard.
 out=$(npc_psql -tA <<SQL
-LISTEN npc_scale_decisions;
 SELECT npc_scale.request_decision(9102, 'build', 'handoff: after the failed commit', 5) AS next_id \gset
+SELECT 'next=' || :next_id;
 SELECT 'status=' || status FROM npc_scale.await_decision(:next_id, '10 s');
 SQL
 )
 echo "$out"
 grep -q '^status=done$' <<<"$out" || { echo "the next decision was not answered"; exit 1; }
-if grep -q "payload \"$id\"" <<<"$out"; then echo "decision $id was announced"; exit 1; fi
+next=$(grep -oP '^next=\K[0-9]+' <<<"$out")
+# The listener has been listening all along: it hears the next decision's
+# NOTIFY (psql prints notifications after a command), never the lost one's.
+run_in listener "SELECT 1;"
+grep -q "payload \"$next\"" "$(session_out listener)" \
+  || { echo "the listener did not hear decision $next"; cat "$(session_out listener)"; exit 1; }
+if grep -q "payload \"$id\"" "$(session_out listener)"; then echo "decision $id was announced"; exit 1; fi
 npc_psql -tAc "DELETE FROM npc_scale.decision_queue WHERE npc_id IN (9101, 9102)" >/dev/null
 echo "a decision whose commit failed after PRE_COMMIT is never answered"

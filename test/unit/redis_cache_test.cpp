@@ -117,6 +117,15 @@ class RedisCacheLive : public ::testing::Test {
     c.port = port;
     cache.configure(c);
   }
+  // For tests of what Redis answers, not of its timeouts: the fixture's
+  // 20 ms command timeout would make a busy machine's late reply a miss.
+  void patient() {
+    RedisConfig c;
+    c.port = port;
+    c.command_timeout_ms = 5000;
+    c.connect_timeout_ms = 1000;
+    cache.configure(c);
+  }
   // Connected, with a command timeout (5 s) longer than the pause of Redis
   // (ms) that follows: replies are late, not missing.
   void connected_then_paused(int ms) {
@@ -147,6 +156,7 @@ class RedisCacheLive : public ::testing::Test {
 };
 
 TEST_F(RedisCacheLive, SetGetMissDeleteAndTtl) {
+  patient();
   std::string v;
   EXPECT_EQ(cache.get("k1", &v, now_ms()), RedisCache::Result::miss);
   ASSERT_TRUE(cache.set("k1", "village: build a granary", 60, now_ms()));
@@ -171,6 +181,7 @@ TEST_F(RedisCacheLive, SetGetMissDeleteAndTtl) {
 // A hit tells how long the key has left, so L1 never keeps it longer: a key
 // read right up to its expiry never reports "no expiry" (-1) or 0.
 TEST_F(RedisCacheLive, HitsReportTheTimeLeftUpToExpiry) {
+  patient();
   std::string v;
   int64_t ttl = 0;
   ASSERT_TRUE(cache.set("forever", "x", 0, now_ms()));
@@ -202,6 +213,7 @@ TEST(RedisCacheTest, PrefixIsolationAndClear) {
   ca.port = cb.port = port;
   ca.prefix = "game1:";
   cb.prefix = "game2:";
+  ca.command_timeout_ms = cb.command_timeout_ms = 5000;  // a late reply on a busy machine is no miss here
   a.configure(ca);
   b.configure(cb);
   for (int i = 0; i < 1200; i++) ASSERT_TRUE(a.set("k" + std::to_string(i), "v", 60, now_ms()));
@@ -246,6 +258,7 @@ TEST_F(RedisCacheLive, DownIsAMissThenComesBackWithOneStateChangeEachWay) {
 // set_nowait() writes the command but leaves the reply: the next command
 // reads it first (replies come in order), so nothing is read out of step.
 TEST_F(RedisCacheLive, SetNowaitLeavesItsRepliesForTheNextCommand) {
+  patient();
   for (int i = 1; i <= 20; i++) {
     ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v" + std::to_string(i), 60, now_ms()));
   }
@@ -360,6 +373,7 @@ TEST_F(RedisCacheLive, AWaitingLookupWaitsForTheUnreadRepliesBeforeIt) {
 }
 
 TEST_F(RedisCacheLive, GetManyAnswersEachKeyInOrderInOneRoundTrip) {
+  patient();
   ASSERT_TRUE(cache.set("a", "alpha", 60, now_ms()));
   ASSERT_TRUE(cache.set("c", "gamma", 0, now_ms()));
   ASSERT_TRUE(cache.set_nowait("d", "delta", 30, now_ms()));  // its reply is read first
@@ -408,6 +422,7 @@ std::vector<RedisCache::Answer> answers_when_ready(RedisCache& cache) {
 // ask() writes its one command and returns; the answer is read off the
 // socket only when take_answers() is called once the descriptor is readable.
 TEST_F(RedisCacheLive, AskIsAnsweredWhenItsRepliesArriveWithoutWaitingForThem) {
+  patient();
   ASSERT_TRUE(cache.set("a", "alpha", 60, now_ms()));
   ASSERT_TRUE(cache.set_nowait("c", "gamma", 0, now_ms()));
   const uint64_t ticket = cache.ask({"a", "b", "c"}, now_ms());
@@ -434,6 +449,7 @@ TEST_F(RedisCacheLive, AskIsAnsweredWhenItsRepliesArriveWithoutWaitingForThem) {
 // and a command that waits (here a GET) reads the pending asks' replies
 // first, keeping their answers for take_answers().
 TEST_F(RedisCacheLive, AsksAndSetsAreAnsweredInCommandOrder) {
+  patient();
   const uint64_t before = cache.ask({"x"}, now_ms());
   ASSERT_TRUE(cache.set_nowait("x", "one", 60, now_ms()));
   const uint64_t after = cache.ask({"x", "y"}, now_ms());
