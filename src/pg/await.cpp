@@ -20,6 +20,7 @@ extern "C" {
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "utils/timestamp.h"
@@ -64,8 +65,18 @@ std::optional<Row> read_row(int64 id) {
   return row;
 }
 
+// A backend ended by a FATAL (pg_terminate_backend, postmaster death) in
+// its wait unwinds no C++ frame: its entry is cleared as it exits, or the
+// next backend in its PGPROC would be woken for a decision it never awaited.
+void clear_waiter_at_exit(int, Datum) { pg_atomic_write_u64(&waiters()[MyProc->pgprocno], 0); }
+
 struct WaiterRegistration {
   explicit WaiterRegistration(int64 id) : slot_(&waiters()[MyProc->pgprocno]) {
+    static bool exit_hook = false;
+    if (!exit_hook) {
+      pg_call([] { before_shmem_exit(clear_waiter_at_exit, 0); });
+      exit_hook = true;
+    }
     pg_atomic_write_u64(slot_, static_cast<uint64>(id));
   }
   ~WaiterRegistration() { pg_atomic_write_u64(slot_, 0); }

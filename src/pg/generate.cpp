@@ -113,6 +113,7 @@ std::string generate_impl(const std::string& prompt, int priority, const std::st
     throw Error("54000", "params are " + std::to_string(params_json.size()) +
                              " bytes, more than " + std::to_string(kMaxParamsBytes));
   }
+  check_served_database("a generate() call here would wait for ever");
   if (worker_slot_snapshot(WorkerKind::dispatcher).pid == 0) {
     throw Error("55000", "the npc_scale dispatcher is not running", {},
                 "Check npc_scale.worker_status() and the server log.");

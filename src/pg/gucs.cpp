@@ -1,9 +1,14 @@
 #include "gucs.hpp"
 
 #include <climits>
+#include <optional>
+
+#include "guard.hpp"
 
 extern "C" {
 #include "postgres.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
 #include "utils/guc.h"
 }
 
@@ -205,6 +210,26 @@ void define_gucs() {
                           &guc_await_recheck_ms, 1000, 10, 3600000, PGC_USERSET,
                           GUC_UNIT_MS | GUC_NOT_IN_SAMPLE, nullptr, nullptr, nullptr);
   MarkGUCPrefixReserved("npc_scale");
+}
+
+// The database's name is looked up again only when the setting changes.
+void check_served_database(const std::string& consequence) {
+  static std::optional<std::string> checked_setting;
+  static std::string here;
+  const std::string served = guc_database ? guc_database : "";
+  if (checked_setting != served) {
+    here = pg_call([] {
+      const char* name = get_database_name(MyDatabaseId);
+      return std::string(name ? name : "");
+    });
+    checked_setting = served;
+  }
+  if (here != served) {
+    throw Error("55000",
+                "no npc_scale dispatcher serves database \"" + here + "\" (npc_scale.database is \"" + served +
+                    "\"): " + consequence,
+                {}, "Call it in database \"" + served + "\", or point npc_scale.database here.");
+  }
 }
 
 }  // namespace npc_scale

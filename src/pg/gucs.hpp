@@ -2,7 +2,13 @@
 // define_gucs() from _PG_init.
 #pragma once
 
+#include <string>
+
 namespace npc_scale {
+
+// The workers serve one database (npc_scale.database): a request made in
+// another would wait for ever. Raises 55000 there, saying so (`consequence`).
+void check_served_database(const std::string& consequence);
 
 extern char* guc_database;          // npc_scale.database: where both workers connect
 extern int guc_max_prompt_bytes;    // postmaster: sizes the generate() slots too

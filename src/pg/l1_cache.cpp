@@ -115,6 +115,15 @@ uint64_t l1_epoch(const std::string& key) {
   return pg_atomic_read_u64(epoch_of(key));
 }
 
+void l1_bump_epoch(const std::string* key) {
+  if (g_epochs == nullptr) return;
+  if (key) {
+    pg_atomic_fetch_add_u64(epoch_of(*key), 1);
+  } else {
+    for (size_t e = 0; e < kEpochSlots; e++) pg_atomic_fetch_add_u64(&g_epochs[e], 1);
+  }
+}
+
 bool l1_put(const std::string& key, const std::string& value, int64_t ttl_ms) {
   int64_t now = now_ms();
   int64_t expires = ttl_ms > 0 ? now + ttl_ms : 0;

@@ -25,6 +25,9 @@ bool l1_get(const std::string& key, std::string* value);
 bool l1_put(const std::string& key, const std::string& value, int64_t ttl_ms);
 // The key's partition epoch, to note before a lookup that may promote.
 uint64_t l1_epoch(const std::string& key);
+// Moves the key's epoch on (every epoch, key null) without changing L1: a
+// delete about to reach Redis, so that a promotion racing it is dropped.
+void l1_bump_epoch(const std::string* key);
 // A promotion from a lower layer: stored only if no write reached the key's
 // partition since `epoch` was noted (false otherwise, or if it did not fit).
 bool l1_promote(const std::string& key, const std::string& value, int64_t ttl_ms, uint64_t epoch);

@@ -27,29 +27,6 @@ extern "C" {
 
 namespace {
 
-// Decisions are sent by the dispatcher of one database (npc_scale.database):
-// one queued anywhere else would wait for ever. The database's name is looked
-// up again only when the setting changes.
-void check_served_database() {
-  using namespace npc_scale;
-  static std::optional<std::string> checked_setting;
-  static std::string here;
-  const std::string served = guc_database ? guc_database : "";
-  if (checked_setting != served) {
-    here = pg_call([] {
-      const char* name = get_database_name(MyDatabaseId);
-      return std::string(name ? name : "");
-    });
-    checked_setting = served;
-  }
-  if (here != served) {
-    throw Error("55000",
-                "no npc_scale dispatcher serves database \"" + here + "\" (npc_scale.database is \"" +
-                    served + "\"): a decision queued here would never be sent",
-                {}, "Queue decisions in database \"" + served + "\", or point npc_scale.database here.");
-  }
-}
-
 // A deadline must land in the future, and within a year, as now() + deadline
 // does on the calendar ('1 mon -30 days' is a day on 1 March and none at all
 // under 30-day months). Far out of range (|30-day estimate| over two years),
@@ -65,7 +42,7 @@ void check_deadline(FunctionCallInfo fcinfo, int arg) {
 
 NPC_SQL_FUNCTION(npc_scale_request_decision) {
   using namespace npc_scale;
-  check_served_database();
+  npc_scale::check_served_database("a decision queued here would never be sent");
   RequestArgs args;
   if (!PG_ARGISNULL(0)) args.npc_id = PG_GETARG_INT64(0);
   if (!PG_ARGISNULL(1)) args.decision_type = text_arg(PG_GETARG_DATUM(1));
@@ -126,7 +103,7 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
 // empty batch, so a bad call fails the same way whatever its size).
 NPC_SQL_FUNCTION(npc_scale_check_batch) {
   using namespace npc_scale;
-  check_served_database();
+  npc_scale::check_served_database("a decision queued here would never be sent");
   if (PG_ARGISNULL(0) || PG_ARGISNULL(2)) {
     throw Error(sqlstate::null_value_not_allowed, "npc_ids and prompts must not be null");
   }

@@ -181,6 +181,9 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
       if (l1_epoch(key) == epoch) {
         if (row->ttl_ms <= 0 || row->ttl_ms >= 1000) {
           redis().set(key, row->value, row->ttl_ms > 0 ? row->ttl_ms / 1000 : 0, now_ms());
+          // A delete whose Redis DEL came between the check above and this
+          // SET bumped the epoch first (cache_drop_upper): take it back out.
+          if (l1_epoch(key) != epoch) redis().del(key, now_ms());
         }
         l1_promote(key, row->value, row->ttl_ms, epoch);
       }
@@ -299,6 +302,10 @@ bool cache_store(const std::string& key, const std::string& value, int64_t ttl_s
 // rolls back with it.
 bool cache_remove(const std::string& key) {
   bool removed = cache_forget_l3(key);
+  // The epoch moves before Redis's DEL too: a reader promoting the L3 row
+  // checks it after its SET (cache_lookup). L1 itself changes only once
+  // Redis has confirmed (a refused delete changes nothing).
+  l1_bump_epoch(&key);
   refresh_redis_config();
   if (redis().enabled()) {
     uint64_t errors_before = redis().errors();
@@ -314,6 +321,7 @@ bool cache_remove(const std::string& key) {
 void cache_clear_all() {
   static SavedPlan plan("DELETE FROM npc_scale.cache_store", {});
   with_spi([&] { plan.execute({}); });
+  l1_bump_epoch(nullptr);  // see cache_remove
   refresh_redis_config();
   if (redis().enabled()) {
     uint64_t errors_before = redis().errors();
@@ -326,6 +334,7 @@ void cache_clear_all() {
 
 bool cache_drop_upper(const std::string* key, bool try_redis) {
   bool redis_ok = true;
+  l1_bump_epoch(key);  // see cache_remove
   refresh_redis_config();
   if (redis().enabled()) {
     redis_ok = false;

@@ -26,6 +26,10 @@ grep -q "55000" <<<"$out" && grep -q "no npc_scale dispatcher serves database \"
 out=$(npc_psql -d "$src" -tAc "SELECT npc_scale.request_decisions(ARRAY[1], 'build', ARRAY['lost?'])" 2>&1 || true)
 grep -q "no npc_scale dispatcher serves database" <<<"$out" \
   || { echo "request_decisions in a database no dispatcher serves: expected the same error, got: $out"; exit 1; }
+# generate() likewise: it waited for ever (statement_timeout only guards the test).
+out=$(PGOPTIONS='-c statement_timeout=20s' npc_psql -d "$src" -tAc "SELECT npc_scale.generate('lost?')" 2>&1 || true)
+grep -q "no npc_scale dispatcher serves database \"$src\".*wait for ever" <<<"$out" \
+  || { echo "generate in a database no dispatcher serves: expected 55000 at once, got: $out"; exit 1; }
 npc_psql -d "$src" >/dev/null <<'SQL'
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, model, api, max_concurrent, api_key, labels)
 VALUES (7, 'http://10.1.2.3:8000', 'npc-llm', 'chat', 12, 'sk-secret', '{"zone": "eu"}');

@@ -5,6 +5,7 @@
 # resume, and one log line says so.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
+source "$NPC_ROOT/test/integration/lib/sessions.sh"
 q() { npc_psql -tAc "$1"; }
 tag=$(date +%s%N)  # fresh keys: L1 keeps what an earlier run cached
 
@@ -14,9 +15,14 @@ redis_key=$(redis-cli -p "$NPC_REDIS_PORT" GET npc_scale:cache:kv:outage-$tag)
 
 lines_before=$(grep -c "Redis L2 cache unavailable" "$NPC_STATE/log/postgres.log" || true)
 echo "stopping Redis"
+back_before=$(grep -c "Redis L2 cache is reachable again" "$NPC_STATE/log/postgres.log" || true)
 npc_redis_stop
 # Whatever fails below, the scripts after this one need Redis back.
-trap '[ -n "${redis_back:-}" ] || npc_redis_start' EXIT
+trap 'sessions_close; [ -n "${redis_back:-}" ] || npc_redis_start' EXIT
+# One session that lives through the outage: it says Redis is down, and
+# later that it is back.
+sessions_open watcher
+run_in watcher "SELECT npc_scale.cache_get('never-set-watcher');"
 errors_before=$(q "SELECT redis_errors FROM npc_scale.cache_stats")
 # A new session: its own L2 connection. L1 still answers the key we set …
 [ "$(q "SELECT npc_scale.cache_get('outage-$tag')")" = "still here" ] || { echo "L1 lost the value"; exit 1; }
@@ -36,6 +42,7 @@ echo "during the outage: redis_up|errors_grew = $state"
 down_lines=$(( $(grep -c "Redis L2 cache unavailable" "$NPC_STATE/log/postgres.log" || true) - lines_before ))
 echo "log lines saying Redis is down: $down_lines (one per session that noticed, not per request)"
 [ "$down_lines" -ge 1 ] && [ "$down_lines" -le 4 ] || { echo "expected a few down lines, got $down_lines"; exit 1; }
+run_in watcher "SELECT npc_scale.cache_get('never-set-watcher');"  # the watcher notices too
 
 echo "starting Redis again"
 npc_redis_start
@@ -44,4 +51,12 @@ redis-cli -p "$NPC_REDIS_PORT" SET npc_scale:cache:kv:from-redis-$tag "written t
 hits_before=$(q "SELECT l2_hits FROM npc_scale.cache_stats")
 [ "$(q "SELECT npc_scale.cache_get('from-redis-$tag')")" = "written to Redis directly" ] || { echo "L2 did not come back"; exit 1; }
 [ "$(q "SELECT l2_hits > $hits_before AND redis_up FROM npc_scale.cache_stats")" = t ] || { echo "no L2 hit counted"; exit 1; }
+# The session that saw it go down says it is back, at its first lookup
+# after its back-off.
+deadline=$(( $(date +%s) + 20 ))
+until [ "$(grep -c "Redis L2 cache is reachable again" "$NPC_STATE/log/postgres.log" || true)" -gt "$back_before" ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || { echo "no log line says Redis is back"; exit 1; }
+  run_in watcher "SELECT npc_scale.cache_get('never-set-watcher');"
+  sleep 0.1
+done
 echo "Redis back: L2 hits resume"
