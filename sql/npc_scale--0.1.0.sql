@@ -1238,8 +1238,11 @@ BEGIN
     RAISE NOTICE 'partition % of % not created: % already covers part of its range', child_name, cfg.parent, overlapping;
     RETURN 0;
   END IF;
+  -- In the parent's tablespace, as CREATE TABLE ... PARTITION OF would put it.
   EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)',
-                 nsp, child_name, cfg.parent);
+                 nsp, child_name, cfg.parent)
+          || coalesce((SELECT format(' TABLESPACE %I', t.spcname) FROM pg_class c JOIN pg_tablespace t ON t.oid = c.reltablespace
+                        WHERE c.oid = cfg.parent), '');
   -- The parent's owner and grants first: the move below runs as that owner.
   PERFORM npc_scale._adopt_partition(format('%I.%I', nsp, child_name)::regclass, cfg.parent);
   EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I >= %s AND %I < %s)', def, cfg.control, lo, cfg.control, hi)

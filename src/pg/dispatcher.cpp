@@ -115,7 +115,7 @@ class Dispatcher {
  private:
   void start_up();
   void tick();
-  void reload_endpoints_if_changed(bool force = false);
+  void reload_endpoints_if_changed(bool force = false, bool log_only_changes = false);
   void configure_router();
   // own_wait_ms: how long this piece of work has waited for a slot it may
   // use (the urgent reserve opens to it after npc_scale.reserve_wait).
@@ -261,6 +261,7 @@ class Dispatcher {
   // the GPU that just failed them (another GPU may take them at once).
   std::map<std::pair<int64_t, uint64_t>, int64_t> sync_retry_due_ms_;
   int64_t next_housekeeping_ms_ = 0;
+  int64_t next_fleet_check_ms_ = 0;
   std::optional<int64_t> retry_due_ms_;  // earliest queued retry
 };
 
@@ -465,12 +466,12 @@ void Dispatcher::configure_router() {
 }
 
 
-void Dispatcher::reload_endpoints_if_changed(bool force) {
+void Dispatcher::reload_endpoints_if_changed(bool force, bool log_only_changes) {
   uint64 generation = pg_atomic_read_u64(&shared_state().endpoints_generation);
   if (!force && generation == endpoints_generation_) return;
   // Marked seen only once loaded: a load that fails (a lock wait timing
   // out) is tried again on the next round, not skipped until the next change.
-  fleet_.reload(load_endpoints(), breaker_config(), guc_latency_alpha);
+  const bool changed = fleet_.reload(load_endpoints(), breaker_config(), guc_latency_alpha);
   endpoints_generation_ = generation;
   publish_fleet_signature();
   maybe_more_work_ = true;
@@ -482,6 +483,7 @@ void Dispatcher::reload_endpoints_if_changed(bool force) {
       slots += e.max_concurrent;
     }
   }
+  if (log_only_changes && !changed) return;
   pg_call([&] {
     ereport(LOG, (errmsg("npc_scale dispatcher: fleet loaded: %d endpoints, %d enabled, %d slots",
                          static_cast<int>(fleet_.size()), enabled, slots)));
@@ -1570,6 +1572,13 @@ void Dispatcher::housekeeping() {
     return;
   }
   prune_unwritable();
+  // A change to gpu_endpoints that no wake-up announced (one committed by
+  // COMMIT PREPARED: its session forgot it at PREPARE) is found within a
+  // minute.
+  if (now_ms() >= next_fleet_check_ms_) {
+    next_fleet_check_ms_ = now_ms() + 60000;
+    reload_endpoints_if_changed(/*force=*/true, /*log_only_changes=*/true);
+  }
   int requeued = 0;
   const std::vector<int64_t> held_back = held_back_ids();
   std::vector<RefusedRow> refused;

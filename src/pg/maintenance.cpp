@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/steady_clock.hpp"
 #include "guard.hpp"
 #include "pg_text.hpp"
 #include "gucs.hpp"
@@ -399,7 +400,9 @@ void run_maintenance_worker() {
       }
       const TimestampTz round_start = GetCurrentTimestamp();
       tick_step("scheduled refreshes", [&] { run_due_jobs(round_start); });
-      const int64_t now = GetCurrentTimestamp() / 1000;
+      // The steady clock: a wall clock stepped back hours must not hold the
+      // purges and partition maintenance back as long.
+      const int64_t now = steady_now_ms();
       if (now >= next_purge_ms) {
         worker_set_state(WorkerState::busy, "purging finished decisions");
         tick_step("purge of finished decisions", [] { purge_finished(); });

@@ -1,7 +1,7 @@
 -- Under a backlog, work is sent in priority order then age; an endpoint's
 -- max_concurrent is never exceeded (the simulated GPU's observed peak says so),
 -- not even across an endpoint's renumbering or a change of its URL.
-SELECT plan(25);
+SELECT plan(27);
 
 -- Backlog: enqueue while no endpoint is enabled, then open one slot.
 SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[1]);
@@ -17,6 +17,22 @@ SELECT is(
   (SELECT array_agg(d.id ORDER BY d.started_at, d.id) FROM npc_scale.decision_queue d JOIN backlog b USING (id)),
   (SELECT array_agg(id ORDER BY priority, id) FROM backlog),
   'decisions were started in priority order, then age');
+
+-- Aging (npc_scale.priority_aging, 10 s a step): a priority-10 decision that
+-- has waited 200 s counts as priority 0, and goes before newer priority-0
+-- work; without aging it would go last.
+UPDATE npc_scale.gpu_endpoints SET enabled = false;
+SELECT npc_scale.request_decision(2100, 'build', 'aged', 10) AS aged_id \gset
+UPDATE npc_scale.decision_queue SET created_at = created_at - interval '200 s' WHERE id = :aged_id;
+CREATE TEMP TABLE fresh AS
+SELECT npc_scale.request_decision(2100 + g, 'build', 'fresh ' || g, 0) AS id FROM generate_series(1, 5) g;
+UPDATE npc_scale.gpu_endpoints SET enabled = true;
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY(SELECT id FROM fresh) || %s::bigint)', :aged_id), '30 s'),
+  'the aged decision and the fresh ones are answered');
+SELECT is((SELECT array_agg(id ORDER BY started_at, id) FROM npc_scale.decision_queue
+            WHERE id = :aged_id OR id IN (SELECT id FROM fresh)),
+          (SELECT :aged_id::bigint || array_agg(id ORDER BY id) FROM fresh),
+  'the aged priority-10 decision was started first, then the fresh ones in order');
 
 -- Caps: 4 slots on a GPU that takes 40 ms per request, 60 decisions at once.
 SELECT npc_test.gpu_reset('slow');
