@@ -73,6 +73,18 @@ AttemptOutcome resolve_attempt(const AttemptReply& reply, int attempts, const Re
   return out;
 }
 
+AttemptOutcome ask_elsewhere_once(AttemptOutcome o, int attempts, const RetryPolicy& policy,
+                                  bool another_endpoint) {
+  if (o.kind != AttemptOutcome::Kind::failed || !o.rejected || attempts != 1 ||
+      attempts >= policy.max_attempts || !another_endpoint) {
+    return o;
+  }
+  o.kind = AttemptOutcome::Kind::retry;
+  o.rejected = false;
+  o.retry_delay_ms = 0;
+  return o;
+}
+
 EndpointVerdict judge_endpoint(const HttpResult& r, bool usable, const RequestTimes& times) {
   if (usable) return EndpointVerdict::healthy;
   if (!r.transport_ok) {

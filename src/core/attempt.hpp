@@ -47,6 +47,15 @@ AttemptOutcome resolve_attempt(const AttemptReply& reply, int attempts, const Re
 AttemptOutcome resolve_attempt(Api api, const HttpResult& result, int attempts,
                                const RetryPolicy& policy, uint64_t jitter_seed);
 
+// A request the server refused as invalid (400, 413, 422) may be refused for
+// that server's configuration alone: a smaller max_model_len, no chat
+// template, send_priority on a vLLM without priority scheduling. On its first
+// attempt, when the fleet has another endpoint and the policy another
+// attempt, it is asked there once (retried at once); refused again, it is
+// the request's (failed, rejected).
+AttemptOutcome ask_elsewhere_once(AttemptOutcome o, int attempts, const RetryPolicy& policy,
+                                  bool another_endpoint);
+
 // What a finished request says about the endpoint that served it, for its
 // circuit breaker.
 enum class EndpointVerdict {

@@ -131,6 +131,7 @@ class Dispatcher {
   bool send(size_t index, InFlight info, const std::string& prompt, const GenerationParams& params,
             int priority, long timeout_ms);
   void record_outcome(const InFlight& f, const HttpResult& r, bool success, const std::string& error);
+  bool another_endpoint(uint64_t member);
   // Ids the table must not claim, recover or expire under the dispatcher:
   // handed off and sent but not claimed yet, or answered and not written
   // yet (deferred by a game session's row lock too). The writes decide.
@@ -1483,9 +1484,22 @@ void Dispatcher::finish(const InFlight& f, const AttemptReply& r) {
   }
 }
 
+// Whether an enabled endpoint other than `member` could take a request now
+// or later (its breaker not failing).
+bool Dispatcher::another_endpoint(uint64_t member) {
+  const int64_t now = now_ms();
+  for (size_t i = 0; i < fleet_.size(); i++) {
+    Endpoint& e = fleet_.endpoints()[i];
+    const MemberInfo& m = fleet_.info(i);
+    if (m.serial != member && !m.removed && e.enabled && !e.breaker.failing(now)) return true;
+  }
+  return false;
+}
+
 void Dispatcher::finish_decision(const InFlight& f, const AttemptReply& r) {
-  AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(),
-                                     static_cast<uint64_t>(f.decision_id));
+  AttemptOutcome o = ask_elsewhere_once(
+      resolve_attempt(r, f.attempts, retry_policy(), static_cast<uint64_t>(f.decision_id)), f.attempts,
+      retry_policy(), another_endpoint(f.member));
   DecisionResult res;
   res.id = f.decision_id;
   res.attempts = f.attempts;
@@ -1511,7 +1525,8 @@ void Dispatcher::finish_decision(const InFlight& f, const AttemptReply& r) {
 }
 
 void Dispatcher::finish_sync(const InFlight& f, const AttemptReply& r) {
-  AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), f.ticket);
+  AttemptOutcome o = ask_elsewhere_once(resolve_attempt(r, f.attempts, retry_policy(), f.ticket), f.attempts,
+                                        retry_policy(), another_endpoint(f.member));
   if (o.kind == AttemptOutcome::Kind::done &&
       o.response.size() > static_cast<size_t>(guc_max_response_bytes)) {
     o.kind = AttemptOutcome::Kind::failed;

@@ -2,7 +2,7 @@
 -- long (no request reaches it meanwhile) while the decision's retry goes
 -- elsewhere at once; a /health probe closes it; NPC affinity keeps an NPC on
 -- one endpoint; the stats view.
-SELECT plan(17);
+SELECT plan(21);
 
 -- A rate-limited endpoint: every inference request gets 429, Retry-After: 30.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 30, "hang_rate": 0, "slow_rate": 0}');
@@ -67,5 +67,22 @@ SELECT is((SELECT count(*)::int FROM npc_scale.endpoint_stats WHERE breaker = 'c
   'endpoint_stats shows the three endpoints, breakers closed');
 SELECT hasnt_column('npc_scale', 'endpoint_stats', 'api_key', 'endpoint_stats has no api_key column');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id IN (5001, 42) OR npc_id BETWEEN 5101 AND 5110;
+-- A request one server refuses for its own configuration (here
+-- send_priority on a vLLM without priority scheduling: HTTP 400) is asked
+-- once more on another endpoint, not failed as the caller's error.
+SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
+UPDATE npc_scale.gpu_endpoints SET send_priority = true WHERE gpu_id = 1;
+CREATE TEMP TABLE prio AS
+SELECT npc_scale.request_decision(5200 + g, 'build', 'Priority? ' || g, 5) AS id FROM generate_series(1, 12) g;
+SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM prio))', '30 s'), 'the decisions finish');
+SELECT results_eq($$ SELECT status, count(*)::int FROM npc_scale.decision_queue JOIN prio USING (id) GROUP BY 1 $$,
+  $$ VALUES ('done'::text, 12) $$, 'all are answered');
+SELECT ok((SELECT count(*) FROM npc_scale.decision_queue JOIN prio USING (id) WHERE attempts = 2 AND gpu_id = 2) > 0,
+  'those routed to the refusing server first were answered by the other one, in a second attempt');
+SELECT is((SELECT count(npc_scale.generate('Priority for generate() call ' || g || '?', 5, '{"cache": false}'))
+             FROM generate_series(1, 8) g), 8::bigint,
+  'generate() calls are answered too');
+UPDATE npc_scale.gpu_endpoints SET send_priority = false;
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id IN (5001, 42) OR npc_id BETWEEN 5101 AND 5110 OR npc_id BETWEEN 5201 AND 5212;
 SELECT * FROM finish();

@@ -213,3 +213,26 @@ TEST(EndpointVerdict, ATimeoutCountsOnlyWhenTheEndpointHadTheFleetsWholeTimeout)
   HttpResult refused = transport_error("Connection refused");
   EXPECT_EQ(judge_endpoint(refused, false, {1, 30000, 5}), EndpointVerdict::failing);
 }
+
+// A 400 may be one server's configuration (a smaller context, no priority
+// scheduling): asked once more elsewhere on the first attempt, then final.
+TEST(Attempt, ARejectedRequestIsAskedElsewhereOnceOnItsFirstAttempt) {
+  const AttemptOutcome rejected = npc_scale::resolve_attempt(
+      Api::completions, http(400, R"({"error":{"message":"Got priority 5 but Priority scheduling is not enabled."}})"),
+      1, kPolicy, 7);
+  ASSERT_EQ(rejected.kind, AttemptOutcome::Kind::failed);
+  AttemptOutcome again = npc_scale::ask_elsewhere_once(rejected, 1, kPolicy, true);
+  EXPECT_EQ(again.kind, AttemptOutcome::Kind::retry);
+  EXPECT_FALSE(again.rejected);
+  EXPECT_EQ(again.retry_delay_ms, 0);
+  EXPECT_NE(again.error.find("Priority scheduling"), std::string::npos) << again.error;
+  // No other endpoint, a second attempt, or no attempt left: final.
+  EXPECT_EQ(npc_scale::ask_elsewhere_once(rejected, 1, kPolicy, false).kind, AttemptOutcome::Kind::failed);
+  EXPECT_EQ(npc_scale::ask_elsewhere_once(rejected, 2, kPolicy, true).kind, AttemptOutcome::Kind::failed);
+  EXPECT_EQ(npc_scale::ask_elsewhere_once(rejected, 1, RetryPolicy{1, 200, 10000}, true).kind,
+            AttemptOutcome::Kind::failed);
+  // Only a rejection: a transient failure or an answer pass as they are.
+  const AttemptOutcome down = npc_scale::resolve_attempt(Api::completions, http(503, "{}"), 3, kPolicy, 7);
+  EXPECT_EQ(npc_scale::ask_elsewhere_once(down, 1, kPolicy, true).error, down.error);
+  EXPECT_EQ(npc_scale::ask_elsewhere_once(down, 1, kPolicy, true).kind, down.kind);
+}

@@ -534,7 +534,7 @@ TEST(FakeGpuModel, ATimeBehindTheClockIsNow) {
 // is far above the scheduler's epsilon), every job finishes and the
 // scheduler never loops on a remainder left by rounding.
 TEST(FakeGpuModel, AHugeClockStillFinishesEveryJob) {
-  for (const std::string& name : {"rtx3090ti", "p40"}) {
+  for (const char* name : {"rtx3090ti", "p40"}) {
     Scheduler s(*profile_by_name(name));
     const double base = 1e11;
     size_t finished = 0;
