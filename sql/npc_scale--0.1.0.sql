@@ -1188,21 +1188,13 @@ BEGIN
   END LOOP;
 END $$;
 
--- Runs a statement on a managed table's rows as that table's owner: the
--- game's triggers, CHECK constraints, generated columns and the actions of
--- foreign keys pointing at it run as whoever changes the rows, and the
--- worker is the bootstrap superuser: code the table's owner wrote must not
--- run with more rights than the owner has. (Not SECURITY DEFINER: a caller
--- becomes only a role it could SET ROLE to anyway.)
+-- Runs a statement on a managed table's rows as that table's owner, as a
+-- security-restricted operation (as REFRESH MATERIALIZED VIEW runs a view's
+-- query): the game's triggers and constraints, and the functions they call,
+-- never run with the maintenance worker's superuser rights, and cannot SET
+-- or RESET ROLE their way back to them.
 CREATE FUNCTION npc_scale._as_owner_of(rel regclass, statement text) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-  caller_role text := current_setting('role');
-BEGIN
-  PERFORM set_config('role', pg_get_userbyid((SELECT relowner FROM pg_class WHERE oid = rel)), true);
-  EXECUTE statement;
-  PERFORM set_config('role', caller_role, true);
-END $$;
+AS 'MODULE_PATHNAME', 'npc_scale_as_owner_of' LANGUAGE C;
 
 -- Creates the partition [lower, upper) of cfg.parent named for `suffix`,
 -- unless that name is taken or another partition (made by hand, by
@@ -1275,7 +1267,9 @@ END $$;
 -- it writes nothing but the time.
 CREATE FUNCTION npc_scale._note_partition_run(parent regclass) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-  UPDATE npc_scale.partition_configs c SET last_run_at = now() WHERE c.parent = _note_partition_run.parent
+  UPDATE npc_scale.partition_configs c SET last_run_at = now()
+   WHERE c.parent = _note_partition_run.parent
+     AND pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = _note_partition_run.parent), 'MEMBER')
 $$;
 
 -- One parent's maintenance: default partition, retention, the default
@@ -1392,6 +1386,8 @@ BEGIN
         EXCEPTION WHEN OTHERS THEN
           GET STACKED DIAGNOSTICS failed_state = RETURNED_SQLSTATE, failed_message = MESSAGE_TEXT;
           RAISE WARNING 'retention of % left % in place: %: %', cfg.parent, child.part, failed_state, failed_message;
+          -- A lock not granted: the next would wait as long for the same parent.
+          EXIT WHEN failed_state = '55P03';
         END;
       END IF;
     END LOOP;
@@ -1426,8 +1422,12 @@ BEGIN
   FOR cfg IN SELECT * FROM npc_scale.partition_configs c
               WHERE run_maintenance.parent IS NULL OR c.parent = run_maintenance.parent ORDER BY c.parent::text
   LOOP
-    -- Two callers (the worker, a person) never race on one parent.
+    -- Two callers (the worker, a person) never race on one parent; the
+    -- settings are read again under the lock (a manage_partitions() that
+    -- held it may have changed retention meanwhile).
     PERFORM npc_scale._lock_parent(cfg.parent);
+    SELECT * INTO cfg FROM npc_scale.partition_configs c WHERE c.parent = cfg.parent;
+    CONTINUE WHEN NOT FOUND;
     n := n + npc_scale._maintain_parent(cfg, false);
   END LOOP;
   RETURN n;

@@ -40,8 +40,12 @@ struct MemberInfo {
   bool probe_in_flight = false;
   bool scrape_in_flight = false;
   int64_t next_scrape_ms = 0;    // steady clock
-  // Steady clock: since when its requests in flight have had no HTTP reply
-  // (the last reply, or the send that found none in flight).
+  // Steady clock: since when requests sent to it have had no HTTP reply (0:
+  // none waits). Set by a send when unset, moved on by each reply to an
+  // inference request, unset by one that leaves none in flight; a timeout or
+  // a cancel leaves it, so silence adds up across requests. Replies to the
+  // /health and /metrics probes do not count: an API server can answer
+  // those around a hung engine.
   int64_t no_reply_since_ms = 0;
 };
 

@@ -540,7 +540,7 @@ bool Dispatcher::send(size_t index, InFlight info, const std::string& prompt,
   info.timeout_ms = timeout_ms;
   uint64_t tag = req.tag;
   http_.start(std::move(req));
-  if (state.in_flight == 0) fleet_.info(index).no_reply_since_ms = now_ms();
+  if (fleet_.info(index).no_reply_since_ms == 0) fleet_.info(index).no_reply_since_ms = now_ms();
   state.in_flight++;
   state.requests++;
   if (!info.cache_key.empty()) in_flight_by_key_[info.cache_key] = tag;
@@ -644,6 +644,8 @@ void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) 
   }
 }
 
+long request_timeout_ms(const GenerationParams& params, std::optional<int64_t> deadline_in_ms);
+
 // Feeds one finished request into its endpoint's breaker and statistics.
 void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool success,
                                 const std::string& error) {
@@ -653,9 +655,12 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   MemberInfo& m = fleet_.info(*index);
   const int64_t now = now_ms();
   fleet_.release(*index);
-  const EndpointVerdict verdict =
-      judge_endpoint(r, success, {f.timeout_ms, guc_request_timeout_ms, now - m.no_reply_since_ms});
-  if (r.transport_ok) m.no_reply_since_ms = now;
+  // The whole timeout a request is given when it chooses none (the GUC,
+  // kept inside the lease): less than that is the request's own choice.
+  const long fleet_timeout = request_timeout_ms(GenerationParams{}, std::nullopt);
+  const int64_t silent_ms = m.no_reply_since_ms > 0 ? now - m.no_reply_since_ms : 0;
+  const EndpointVerdict verdict = judge_endpoint(r, success, {f.timeout_ms, fleet_timeout, silent_ms});
+  if (r.transport_ok) m.no_reply_since_ms = e.in_flight > 0 ? now : 0;
   if (verdict == EndpointVerdict::healthy) {
     e.latency.add(r.elapsed_ms);
     e.breaker.record_success(now);

@@ -68,7 +68,9 @@ std::vector<Datum> purge_args() {
   " ORDER BY finished_at, id LIMIT $4"
 
 // A batch refused by one of its rows: each row alone, in its own
-// transaction; the refusing ones are passed over. Returns the rows looked at.
+// transaction; the refusing ones are passed over. Returns the rows deleted
+// or passed over: 0 when every candidate is locked by another session (the
+// purge tries again next tick, instead of looping on them).
 uint64_t purge_one_at_a_time() {
   static SavedPlan candidates("SELECT finished_at, id" NPC_PURGE_CANDIDATES, {INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID});
   static SavedPlan one(
@@ -90,11 +92,12 @@ uint64_t purge_one_at_a_time() {
     }
   });
   int skipped = 0;
+  uint64_t deleted = 0;
   std::string why;
   for (const PurgeSkip& r : rows) {
     try {
       in_transaction("npc_scale: purge a finished decision", [&] {
-        if (extension_present()) one.execute({Int64GetDatum(r.id)});
+        if (extension_present()) deleted += one.execute({Int64GetDatum(r.id)});
       });
     } catch (const PgError& e) {
       if (!is_row_error(e)) throw;
@@ -110,7 +113,7 @@ uint64_t purge_one_at_a_time() {
                                skipped, why.c_str())));
     });
   }
-  return rows.size();
+  return deleted + static_cast<uint64_t>(skipped);
 }
 
 // Finished decisions older than npc_scale.result_ttl, in batches (see

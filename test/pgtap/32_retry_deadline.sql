@@ -1,7 +1,7 @@
 -- Transient errors are retried up to npc_scale.max_attempts, then the decision
 -- fails with the last error; permanent errors fail at once; deadlines expire;
 -- a misconfigured endpoint is the endpoint's failure.
-SELECT plan(30);
+SELECT plan(33);
 
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
@@ -129,6 +129,28 @@ SELECT results_eq(format('SELECT status, attempts = %s, error ~ ''onnect'' FROM 
                          current_setting('npc_scale.max_attempts'), :id8),
   $$ VALUES ('failed'::text, true, true) $$, 'a connection failure is retried up to max_attempts');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008 OR npc_id BETWEEN 4101 AND 4103;
+-- A GPU that answers nothing at all for the whole request_timeout (here
+-- 1 s) is failing, whatever timeouts the requests chose: its breaker opens
+-- under short-timeout traffic too (silence adds up across requests).
+SELECT npc_test.use_gpus(ARRAY['faulty']);
+CREATE TEMP TABLE before_reload AS
+  SELECT config_reloads FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher';
+ALTER SYSTEM SET npc_scale.request_timeout = '1s';
+SELECT pg_reload_conf() AS reloaded \gset
+SELECT ok(npc_test.wait_for($$ (SELECT config_reloads FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher')
+                               > (SELECT config_reloads FROM before_reload) $$), 'request_timeout is 1 s');
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1.0}');
+SELECT array_agg(npc_scale.request_decision(4110 + i, 'scout', 'Anyone there?', 5, '{"timeout_ms": 200}'))::text AS ids10
+  FROM generate_series(1, 6) i \gset
+SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 'open' $$, '20 s'),
+  'a GPU silent for the whole request_timeout opens its breaker, though each request had 200 ms');
+ALTER SYSTEM RESET npc_scale.request_timeout;
+SELECT pg_reload_conf() AS reloaded \gset
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0}');
+SELECT count(npc_scale.cancel_decision(id)) AS cancelled FROM unnest(:'ids10'::bigint[]) id \gset
+SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 'closed' $$, '20 s'),
+  'and it closes once the GPU answers again');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008 OR npc_id BETWEEN 4101 AND 4116;
 
 SELECT * FROM finish();

@@ -25,9 +25,11 @@ DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 12001 AND 12010;
 -- DELETE CASCADE) is passed over, with a WARNING, and the purge goes on past
 -- it: it used to stop for good (every batch began with that row, and failed).
 CREATE TABLE public.purge_keep (decision_id bigint REFERENCES npc_scale.decision_queue (id));
+BEGIN;  -- the row and its reference at once: the purge must not come between
 INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt, status, finished_at)
 VALUES (13000, 'kept', 'kept decision', 'done', now() - interval '3 hours') RETURNING id AS kept_id \gset
 INSERT INTO public.purge_keep VALUES (:kept_id);
+COMMIT;
 INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt, status, finished_at)
 SELECT 13000 + g, 'old', 'old decision', 'done', now() - interval '2 hours' FROM generate_series(1, 20) g;
 SELECT ok(npc_test.wait_for($$ NOT EXISTS (SELECT 1 FROM npc_scale.decision_queue WHERE npc_id BETWEEN 13001 AND 13020) $$, '20 s'),

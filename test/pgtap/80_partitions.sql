@@ -4,7 +4,7 @@
 -- indexes and privileges reaching new partitions, and bound parity with
 -- pg_partman 4.7 itself.
 BEGIN;
-SELECT plan(50);
+SELECT plan(51);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -163,7 +163,7 @@ SELECT is((SELECT count(*)::int FROM pg_inherits WHERE inhparent = 'public.pm_mi
 -- their partition would have.
 CREATE TABLE public.pm_ret (ts timestamptz NOT NULL, v int) PARTITION BY RANGE (ts);
 SELECT npc_scale.manage_partitions('public.pm_ret', 'ts', '1 month', 2, '3 months') AS ret \gset
-INSERT INTO public.pm_ret VALUES (now() - interval '12 months', 1), (now() - interval '3 months' + interval '2 days', 2);
+INSERT INTO public.pm_ret VALUES (now() - interval '12 months', 1), ((date_trunc('month', now() AT TIME ZONE 'UTC') - interval '3 months' + interval '10 days') AT TIME ZONE 'UTC', 2);
 SELECT npc_scale.run_maintenance('public.pm_ret') AS ret_run \gset
 SELECT results_eq($$ SELECT v, tableoid::regclass::text LIKE '%default' FROM public.pm_ret $$, $$ VALUES (2, false) $$,
   'the default partition''s row past retention is gone, the other is in a partition of its own');
@@ -175,18 +175,34 @@ SELECT results_eq($$ SELECT v, tableoid::regclass::text LIKE '%default' FROM pub
 CREATE TABLE public.pm_sec_log (who text, what text);
 GRANT INSERT ON public.pm_sec_log TO pm_owner;
 CREATE FUNCTION public.pm_sec_who() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN INSERT INTO public.pm_sec_log VALUES (current_user, TG_ARGV[0]); RETURN OLD; END $$;
+BEGIN
+  BEGIN
+    RESET ROLE;  -- back to the session's superuser, if it could
+  EXCEPTION WHEN OTHERS THEN
+    INSERT INTO public.pm_sec_log VALUES ('refused ' || SQLSTATE, 'reset role');
+  END;
+  INSERT INTO public.pm_sec_log VALUES (current_user, TG_ARGV[0]);
+  RETURN OLD;
+END $$;
 CREATE TABLE public.pm_sec (ts timestamptz NOT NULL, v int) PARTITION BY RANGE (ts);
 ALTER TABLE public.pm_sec OWNER TO pm_owner;
 SELECT npc_scale.manage_partitions('public.pm_sec', 'ts', '1 month', 2, '3 months') AS sec \gset
 CREATE TRIGGER pm_sec_delete BEFORE DELETE ON public.pm_sec FOR EACH ROW EXECUTE FUNCTION public.pm_sec_who('delete');
 CREATE TRIGGER pm_sec_always BEFORE DELETE ON public.pm_sec FOR EACH ROW EXECUTE FUNCTION public.pm_sec_who('always');
 ALTER TABLE public.pm_sec ENABLE ALWAYS TRIGGER pm_sec_always;
-INSERT INTO public.pm_sec VALUES (now() - interval '12 months', 1), (now() - interval '3 months' + interval '2 days', 2);
+INSERT INTO public.pm_sec VALUES (now() - interval '12 months', 1), ((date_trunc('month', now() AT TIME ZONE 'UTC') - interval '3 months' + interval '10 days') AT TIME ZONE 'UTC', 2);
 SELECT npc_scale.run_maintenance('public.pm_sec') AS sec_run \gset
 SELECT results_eq($$ SELECT who, what, count(*)::int FROM public.pm_sec_log GROUP BY 1, 2 ORDER BY 2, 1 $$,
-  $$ VALUES ('pm_owner'::text, 'always'::text, 2), ('pm_owner', 'delete', 1) $$,
-  'the retention delete and the move fire the game''s triggers as the table''s owner, not as the superuser');
+  $$ VALUES ('pm_owner'::text, 'always'::text, 2), ('pm_owner', 'delete', 1),
+            ('refused 42501', 'reset role', 3) $$,
+  'the retention delete and the move fire the game''s triggers as the table''s owner, who cannot RESET ROLE to the superuser');
+-- Acting as a table's owner is for whoever has its rights already: no role
+-- becomes another through it.
+SET ROLE pm_reader;
+SELECT throws_ok($$ SELECT npc_scale._as_owner_of('public.pm_sec', 'SELECT 1') $$, '42501',
+  'must be a member of the owner of relation "pm_sec" to change its rows as the owner',
+  'another role cannot act as a table''s owner');
+RESET ROLE;
 -- The table's owner may run its maintenance itself (it failed at the end,
 -- on recording the run, for want of rights on partition_configs).
 SET ROLE pm_owner;
