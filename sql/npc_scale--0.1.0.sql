@@ -1343,7 +1343,10 @@ BEGIN
     END IF;
     SELECT lower_bound INTO current_lower FROM npc_scale._partition_bounds(cfg.partition_interval, now(),
       CASE WHEN initial THEN cfg.premake ELSE 0 END, 0) ORDER BY lower_bound LIMIT 1;
-    floor_at := kept_from;
+    -- Rows before year 1 (UTC) have no partition name or bound either: like
+    -- -infinity they stay in the default partition, instead of failing
+    -- every run of this table's maintenance.
+    floor_at := coalesce(kept_from, '0001-01-01 00:00:00+00'::timestamptz);
     WHILE backfilled < 1 LOOP
       -- (-infinity has no range: it stays in the default partition.)
       EXECUTE format('SELECT min(%I)::text FROM %s WHERE isfinite(%I) AND %I < %s', cfg.control, def, cfg.control,

@@ -44,7 +44,7 @@ char* guc_redis_prefix = nullptr;
 int guc_redis_connect_timeout_ms = 100;
 int guc_redis_command_timeout_ms = 20;
 int guc_partition_interval_s = 3600;
-int guc_maintenance_lock_timeout_ms = 5000;
+int guc_maintenance_lock_timeout_ms = 1000;
 int guc_maintenance_run_ttl_s = 7 * 86400;
 int guc_breaker_failures = 3;
 double guc_breaker_error_rate = 0.5;
@@ -193,10 +193,12 @@ void define_gucs() {
                           nullptr, nullptr, nullptr);
   // A refresh or a partition change waiting behind a long game query would
   // queue the game's own statements behind its lock: it gives up instead,
-  // and is tried again soon.
+  // and is tried again soon. Short, as the game's statements wait behind it
+  // for as long, each retry (a nightly pg_dump holding the parent for an
+  // hour meant a 5 s freeze of the game's queries every minute).
   DefineCustomIntVariable("npc_scale.maintenance_lock_timeout",
                           "Longest wait for a lock in a refresh or in partition maintenance (0: no limit).",
-                          nullptr, &guc_maintenance_lock_timeout_ms, 5000, 0, 3600000, PGC_USERSET,
+                          nullptr, &guc_maintenance_lock_timeout_ms, 1000, 0, 3600000, PGC_USERSET,
                           GUC_UNIT_MS, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("npc_scale.maintenance_run_ttl",
                           "Rows of npc_scale.maintenance_runs are purged after this.", nullptr,

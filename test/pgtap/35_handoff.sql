@@ -65,10 +65,10 @@ SELECT results_eq(
   format('SELECT attempts, started_at IS NOT NULL AND started_at <= finished_at FROM npc_scale.decision_queue WHERE id = %s', :id_a),
   $$ VALUES (1, true) $$,
   'answered before its claim: attempt 1, started_at set by the answer''s write');
--- In flight for longer (here a second, so the wait cannot miss it), it is
+-- In flight for longer (here 3 s, so even a slow machine's wait sees it), it is
 -- claimed: running, with a lease, as a decision from the table path would be.
 SELECT npc_test.use_gpus(ARRAY['faulty']);
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1, "slow_ms": 1000}') IS NOT NULL AS slowed \gset
+SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1, "slow_ms": 3000}') IS NOT NULL AS slowed \gset
 SELECT npc_scale.request_decision(2007, 'build', 'handoff: slow enough to be claimed', 5) AS id_slow \gset
 SELECT ok(npc_test.wait_for(format(
   'SELECT status = ''running'' AND leased_until IS NOT NULL FROM npc_scale.decision_queue WHERE id = %s', :id_slow)),
