@@ -1345,8 +1345,10 @@ BEGIN
       CASE WHEN initial THEN cfg.premake ELSE 0 END, 0) ORDER BY lower_bound LIMIT 1;
     -- Rows before year 1 (UTC) have no partition name or bound either: like
     -- -infinity they stay in the default partition, instead of failing
-    -- every run of this table's maintenance.
-    floor_at := coalesce(kept_from, '0001-01-01 00:00:00+00'::timestamptz);
+    -- every run of this table's maintenance. (From a whole interval after
+    -- its start: a partition of a grid not aligned to it, '3 days' say,
+    -- that starts in year 1 could start before it.)
+    floor_at := coalesce(kept_from, '0001-01-01 00:00:00+00'::timestamptz + cfg.partition_interval);
     WHILE backfilled < 1 LOOP
       -- (-infinity has no range: it stays in the default partition.)
       EXECUTE format('SELECT min(%I)::text FROM %s WHERE isfinite(%I) AND %I < %s', cfg.control, def, cfg.control,

@@ -81,7 +81,9 @@ AttemptOutcome ask_elsewhere_once(AttemptOutcome o, int attempts, const RetryPol
   }
   o.kind = AttemptOutcome::Kind::retry;
   o.rejected = false;
-  o.retry_delay_ms = 0;
+  // At once, but not 0: a retry with a delay has the dispatcher look for it
+  // when it is due (one without would wait for its next round).
+  o.retry_delay_ms = 1;
   return o;
 }
 

@@ -80,9 +80,24 @@ void Fleet::count_draining() {
   }
 }
 
-void Fleet::release(size_t i) {
-  if (--endpoints_[i].in_flight < 0) endpoints_[i].in_flight = 0;
+void Fleet::release(size_t i, int64_t now_ms) {
+  if (endpoints_[i].in_flight > 0 && --endpoints_[i].in_flight == 0) {
+    info_[i].silent_before_ms += now_ms - info_[i].in_flight_since_ms;
+  }
   if (info_[i].removed) count_draining();
+}
+
+void Fleet::note_send(size_t i, int64_t now_ms) {
+  if (endpoints_[i].in_flight == 0) info_[i].in_flight_since_ms = now_ms;
+}
+
+void Fleet::note_reply(size_t i, int64_t now_ms) {
+  info_[i].silent_before_ms = 0;
+  info_[i].in_flight_since_ms = now_ms;
+}
+
+int64_t Fleet::silent_ms(size_t i, int64_t now_ms) const {
+  return info_[i].silent_before_ms + (endpoints_[i].in_flight > 0 ? now_ms - info_[i].in_flight_since_ms : 0);
 }
 
 void Fleet::configure(const BreakerConfig& breaker, double ema_alpha) {

@@ -40,13 +40,10 @@ struct MemberInfo {
   bool probe_in_flight = false;
   bool scrape_in_flight = false;
   int64_t next_scrape_ms = 0;    // steady clock
-  // Steady clock: since when requests sent to it have had no HTTP reply (0:
-  // none waits). Set by a send when unset, moved on by each reply to an
-  // inference request, unset by one that leaves none in flight; a timeout or
-  // a cancel leaves it, so silence adds up across requests. Replies to the
-  // /health and /metrics probes do not count: an API server can answer
-  // those around a hung engine.
-  int64_t no_reply_since_ms = 0;
+  // Its silence (see Fleet::silent_ms): time with requests in flight and no
+  // reply, added up over the stretches in flight since the last reply.
+  int64_t silent_before_ms = 0;      // the stretches that ended with none in flight
+  int64_t in_flight_since_ms = 0;    // steady clock: the current stretch's start
 };
 
 // Whether the fleet can serve a request that must not wait in a queue
@@ -68,7 +65,17 @@ class Fleet {
   void prune_drained();
   // One request of member i ended (answered, failed or aborted): its slot is
   // free, for its row and for the rows that share its server.
-  void release(size_t i);
+  void release(size_t i, int64_t now_ms);
+  // Member i is sent a request (before its in_flight counts it).
+  void note_send(size_t i, int64_t now_ms);
+  // Member i answered an inference request (any HTTP status): not silent.
+  void note_reply(size_t i, int64_t now_ms);
+  // How long member i has had requests in flight without answering any,
+  // added up across requests (a timeout or cancel does not end it; idle
+  // time between them does not count). Replies to the /health and /metrics
+  // probes do not end it either: an API server answers those around a hung
+  // engine.
+  int64_t silent_ms(size_t i, int64_t now_ms) const;
 
   size_t size() const { return endpoints_.size(); }
   std::vector<Endpoint>& endpoints() { return endpoints_; }

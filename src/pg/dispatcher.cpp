@@ -540,7 +540,7 @@ bool Dispatcher::send(size_t index, InFlight info, const std::string& prompt,
   info.timeout_ms = timeout_ms;
   uint64_t tag = req.tag;
   http_.start(std::move(req));
-  if (fleet_.info(index).no_reply_since_ms == 0) fleet_.info(index).no_reply_since_ms = now_ms();
+  fleet_.note_send(index, now_ms());
   state.in_flight++;
   state.requests++;
   if (!info.cache_key.empty()) in_flight_by_key_[info.cache_key] = tag;
@@ -654,13 +654,13 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   Endpoint& e = fleet_.endpoints()[*index];
   MemberInfo& m = fleet_.info(*index);
   const int64_t now = now_ms();
-  fleet_.release(*index);
   // The whole timeout a request is given when it chooses none (the GUC,
   // kept inside the lease): less than that is the request's own choice.
   const long fleet_timeout = request_timeout_ms(GenerationParams{}, std::nullopt);
-  const int64_t silent_ms = m.no_reply_since_ms > 0 ? now - m.no_reply_since_ms : 0;
-  const EndpointVerdict verdict = judge_endpoint(r, success, {f.timeout_ms, fleet_timeout, silent_ms});
-  if (r.transport_ok) m.no_reply_since_ms = e.in_flight > 0 ? now : 0;
+  const EndpointVerdict verdict =
+      judge_endpoint(r, success, {f.timeout_ms, fleet_timeout, fleet_.silent_ms(*index, now)});
+  fleet_.release(*index, now);
+  if (r.transport_ok) fleet_.note_reply(*index, now);
   if (verdict == EndpointVerdict::healthy) {
     e.latency.add(r.elapsed_ms);
     e.breaker.record_success(now);
@@ -1328,7 +1328,7 @@ void Dispatcher::cancel_request(uint64_t tag) {
   if (it == in_flight_.end()) return;
   http_.cancel(tag);
   if (auto idx = fleet_.index_of_member(it->second.member)) {
-    fleet_.release(*idx);
+    fleet_.release(*idx, now_ms());
   }
   if (capacity_blocked_) maybe_more_work_ = true;  // a slot freed: work may be waiting for it
   if (!it->second.cache_key.empty()) in_flight_by_key_.erase(it->second.cache_key);
@@ -1465,6 +1465,7 @@ void Dispatcher::handle_finished() {
     }
     for (InFlight follower : f.followers) {
       follower.gpu_id = f.gpu_id;
+      follower.member = f.member;
       follower.api = f.api;
       finish(follower, r);
     }
@@ -1489,14 +1490,18 @@ void Dispatcher::finish(const InFlight& f, const AttemptReply& r) {
   }
 }
 
-// Whether an enabled endpoint other than `member` could take a request now
-// or later (its breaker not failing).
+// Whether an endpoint other than `member` has room for a request now (its
+// breaker closed, a slot free): a request one endpoint refused is asked
+// there, not sent back to the same one because the others are busy.
 bool Dispatcher::another_endpoint(uint64_t member) {
   const int64_t now = now_ms();
   for (size_t i = 0; i < fleet_.size(); i++) {
     Endpoint& e = fleet_.endpoints()[i];
     const MemberInfo& m = fleet_.info(i);
-    if (m.serial != member && !m.removed && e.enabled && !e.breaker.failing(now)) return true;
+    if (m.serial != member && !m.removed && e.enabled && e.breaker.allows_requests(now) &&
+        e.in_flight < e.max_concurrent) {
+      return true;
+    }
   }
   return false;
 }

@@ -131,7 +131,8 @@ SELECT results_eq(format('SELECT status, attempts = %s, error ~ ''onnect'' FROM 
 
 -- A GPU that answers nothing at all for the whole request_timeout (here
 -- 1 s) is failing, whatever timeouts the requests chose: its breaker opens
--- under short-timeout traffic too (silence adds up across requests).
+-- under short-timeout traffic too. Silence adds up over the time requests
+-- were in flight: each decision's three 400 ms attempts make 1.2 s of it.
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 CREATE TEMP TABLE before_reload AS
   SELECT config_reloads FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher';
@@ -140,10 +141,10 @@ SELECT pg_reload_conf() AS reloaded \gset
 SELECT ok(npc_test.wait_for($$ (SELECT config_reloads FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher')
                                > (SELECT config_reloads FROM before_reload) $$), 'request_timeout is 1 s');
 SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1.0}');
-SELECT array_agg(npc_scale.request_decision(4110 + i, 'scout', 'Anyone there?', 5, '{"timeout_ms": 200}'))::text AS ids10
+SELECT array_agg(npc_scale.request_decision(4110 + i, 'scout', 'Anyone there?', 5, '{"timeout_ms": 400}'))::text AS ids10
   FROM generate_series(1, 6) i \gset
 SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 'open' $$, '20 s'),
-  'a GPU silent for the whole request_timeout opens its breaker, though each request had 200 ms');
+  'a GPU silent for the whole request_timeout opens its breaker, though each request had 400 ms');
 ALTER SYSTEM RESET npc_scale.request_timeout;
 SELECT pg_reload_conf() AS reloaded \gset
 SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0}');

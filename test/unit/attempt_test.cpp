@@ -224,7 +224,7 @@ TEST(Attempt, ARejectedRequestIsAskedElsewhereOnceOnItsFirstAttempt) {
   AttemptOutcome again = npc_scale::ask_elsewhere_once(rejected, 1, kPolicy, true);
   EXPECT_EQ(again.kind, AttemptOutcome::Kind::retry);
   EXPECT_FALSE(again.rejected);
-  EXPECT_EQ(again.retry_delay_ms, 0);
+  EXPECT_EQ(again.retry_delay_ms, 1);  // at once, and looked for when due
   EXPECT_NE(again.error.find("Priority scheduling"), std::string::npos) << again.error;
   // No other endpoint, a second attempt, or no attempt left: final.
   EXPECT_EQ(npc_scale::ask_elsewhere_once(rejected, 1, kPolicy, false).kind, AttemptOutcome::Kind::failed);

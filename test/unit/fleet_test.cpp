@@ -133,10 +133,10 @@ TEST(FleetTest, ARenumberedEndpointCountsTheOldRowsRequestsAgainstItsCap) {
   EXPECT_EQ(f.endpoints()[other].busy(), 0) << "another server is not affected";
   EXPECT_EQ(Router::free_capacity(f.endpoints(), 0), 2);
 
-  f.release(old);
+  f.release(old, 0);
   EXPECT_EQ(f.endpoints()[renumbered].busy(), 1);
   EXPECT_TRUE(f.endpoints()[renumbered].has_slot());
-  f.release(old);
+  f.release(old, 0);
   f.prune_drained();
   EXPECT_FALSE(f.index_of(1));
   EXPECT_EQ(f.endpoints()[*f.index_of(7)].busy(), 0);
@@ -146,7 +146,7 @@ TEST(FleetTest, ARenumberedEndpointCountsTheOldRowsRequestsAgainstItsCap) {
 TEST(FleetTest, ReleaseNeverGoesBelowZero) {
   Fleet f;
   f.reload({ep(1, "http://a")}, {}, 0.2);
-  f.release(0);
+  f.release(0, 0);
   EXPECT_EQ(f.endpoints()[0].in_flight, 0);
 }
 
@@ -178,7 +178,7 @@ TEST(FleetTest, ARowsNewUrlLeavesItsRequestsInFlightWithTheOldServer) {
 
   // Row 1 takes a request on b; one of a's ends: each frees its own slot.
   f.endpoints()[row1].in_flight = 1;
-  f.release(*f.index_of_member(old_serial));
+  f.release(*f.index_of_member(old_serial), 0);
   EXPECT_EQ(f.endpoints()[row1].in_flight, 1) << "an answer from a does not free b's slot";
   EXPECT_EQ(f.endpoints()[row2].busy(), 1);
   // A reload while it drains keeps both as they are.
@@ -186,7 +186,7 @@ TEST(FleetTest, ARowsNewUrlLeavesItsRequestsInFlightWithTheOldServer) {
   ASSERT_TRUE(f.index_of_member(old_serial));
   EXPECT_EQ(f.info(*f.index_of(1)).config.base_url, "http://b");
   EXPECT_EQ(f.endpoints()[*f.index_of(1)].in_flight, 1);
-  f.release(*f.index_of_member(old_serial));
+  f.release(*f.index_of_member(old_serial), 0);
   f.prune_drained();
   EXPECT_FALSE(f.index_of_member(old_serial));
   EXPECT_EQ(f.size(), 2u);
@@ -210,4 +210,33 @@ TEST(FleetTest, AMemberKeepsItsSerialUntilItsServerChanges) {
   f.prune_drained();
   EXPECT_FALSE(f.index_of_member(serial));
   EXPECT_EQ(f.size(), 1u);
+}
+
+// Silence (what lets a short-timeout request's timeout count against its
+// endpoint) adds up over the stretches with requests in flight since the
+// last reply: timeouts and cancels do not end it, idle time does not add.
+TEST(FleetTest, SilenceAddsUpOverRequestsInFlightUntilAReply) {
+  Fleet f;
+  f.reload({ep(1, "http://a")}, {}, 0.2);
+  auto send = [&](int64_t t) {
+    f.note_send(0, t);
+    f.endpoints()[0].in_flight++;
+  };
+  EXPECT_EQ(f.silent_ms(0, 0), 0);
+  send(1000);
+  EXPECT_EQ(f.silent_ms(0, 1150), 150);
+  f.release(0, 1200);  // timed out: no reply
+  EXPECT_EQ(f.silent_ms(0, 9000), 200) << "idle time does not count";
+  send(9000);
+  send(9100);  // a second one while the first is in flight: one stretch
+  f.release(0, 9300);
+  EXPECT_EQ(f.silent_ms(0, 9400), 600);
+  f.release(0, 9500);
+  EXPECT_EQ(f.silent_ms(0, 20000), 700);
+  send(20000);
+  f.note_reply(0, 20050);  // any HTTP answer to an inference request
+  f.release(0, 20050);
+  EXPECT_EQ(f.silent_ms(0, 30000), 0);
+  send(30000);
+  EXPECT_EQ(f.silent_ms(0, 30010), 10) << "a new stretch starts from zero";
 }
