@@ -145,6 +145,19 @@ curl_slist* HttpClient::headers_for(const std::string& bearer_token) {
   return list;
 }
 
+void HttpClient::forget_tokens_except(const std::set<std::string>& keep) {
+  std::set<std::string> in_use;
+  for (const auto& [tag, t] : transfers_) in_use.insert(t->request.bearer_token);
+  for (auto it = header_lists_.begin(); it != header_lists_.end();) {
+    if (keep.count(it->first) || in_use.count(it->first)) {
+      ++it;
+      continue;
+    }
+    curl_slist_free_all(it->second);  // idle handles were reset: none points at it
+    it = header_lists_.erase(it);
+  }
+}
+
 // libcurl keeps a per-socket pointer for us (curl_multi_assign), forgotten
 // at CURL_POLL_REMOVE: set once the socket is in the epoll set, so a new
 // socket is ADDed and a known one MODified, without a failing call first.

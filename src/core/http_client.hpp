@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,11 @@ class HttpClient {
   // transfers, and their sockets will not signal again.
   bool has_finished() const { return !finished_.empty(); }
   size_t in_flight() const { return transfers_.size(); }
+  // Drops the header lists of bearer tokens no longer configured (`keep`)
+  // and used by no request in flight: a rotated api_key is not kept for
+  // the dispatcher's life.
+  void forget_tokens_except(const std::set<std::string>& keep);
+  size_t tokens_held() const { return header_lists_.size(); }
 
   struct Transfer;  // one request in flight (public only for libcurl's write callback)
 

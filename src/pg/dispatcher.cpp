@@ -19,6 +19,7 @@
 #include <sstream>
 #include <deque>
 #include <map>
+#include <set>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -473,6 +474,9 @@ void Dispatcher::reload_endpoints_if_changed(bool force, bool log_only_changes) 
   // Marked seen only once loaded: a load that fails (a lock wait timing
   // out) is tried again on the next round, not skipped until the next change.
   const bool changed = fleet_.reload(load_endpoints(), breaker_config(), guc_latency_alpha);
+  std::set<std::string> keys;
+  for (size_t i = 0; i < fleet_.size(); i++) keys.insert(fleet_.info(i).config.api_key);
+  http_.forget_tokens_except(keys);
   endpoints_generation_ = generation;
   publish_fleet_signature();
   maybe_more_work_ = true;

@@ -162,6 +162,29 @@ TEST(HttpClient, ASlowEndpointTimesOutAsATransportErrorWithoutHoldingUpOthers) {
   EXPECT_FALSE(first.begin()->second.timed_out);
 }
 
+// Header lists are kept per bearer token; a token no longer configured is
+// dropped once no request in flight uses it.
+TEST(HttpClient, ATokenNoLongerConfiguredIsForgottenOnceUnused) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--base-ms", "300");
+  HttpClient http;
+  HttpRequest old_key = completion(gpu, 1);
+  old_key.bearer_token = "sk-old";
+  http.start(old_key);
+  EXPECT_EQ(http.tokens_held(), 1u);
+  http.forget_tokens_except({"sk-new"});
+  EXPECT_EQ(http.tokens_held(), 1u) << "still used by the request in flight";
+  auto results = drive(http, 1);
+  ASSERT_EQ(results.at(1).status, 200);
+  http.forget_tokens_except({"sk-new"});
+  EXPECT_EQ(http.tokens_held(), 0u);
+  HttpRequest new_key = completion(gpu, 2);
+  new_key.bearer_token = "sk-new";
+  http.start(new_key);
+  EXPECT_EQ(drive(http, 1).at(2).status, 200) << "a handle that carried the old list works with the new one";
+  http.forget_tokens_except({"sk-new"});
+  EXPECT_EQ(http.tokens_held(), 1u);
+}
+
 TEST(HttpClient, ADuplicateTagIsRefused) {
   START_FAKE_GPU(gpu, "--profile", "instant");
   HttpClient http;
