@@ -1511,9 +1511,8 @@ bool Dispatcher::another_endpoint(uint64_t member) {
 }
 
 void Dispatcher::finish_decision(const InFlight& f, const AttemptReply& r) {
-  AttemptOutcome o = ask_elsewhere_once(
-      resolve_attempt(r, f.attempts, retry_policy(), static_cast<uint64_t>(f.decision_id)), f.attempts,
-      retry_policy(), another_endpoint(f.member));
+  AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), static_cast<uint64_t>(f.decision_id));
+  if (o.rejected) o = ask_elsewhere_once(std::move(o), f.attempts, retry_policy(), another_endpoint(f.member));
   DecisionResult res;
   res.id = f.decision_id;
   res.attempts = f.attempts;
@@ -1539,8 +1538,8 @@ void Dispatcher::finish_decision(const InFlight& f, const AttemptReply& r) {
 }
 
 void Dispatcher::finish_sync(const InFlight& f, const AttemptReply& r) {
-  AttemptOutcome o = ask_elsewhere_once(resolve_attempt(r, f.attempts, retry_policy(), f.ticket), f.attempts,
-                                        retry_policy(), another_endpoint(f.member));
+  AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), f.ticket);
+  if (o.rejected) o = ask_elsewhere_once(std::move(o), f.attempts, retry_policy(), another_endpoint(f.member));
   if (o.kind == AttemptOutcome::Kind::done &&
       o.response.size() > static_cast<size_t>(guc_max_response_bytes)) {
     o.kind = AttemptOutcome::Kind::failed;
