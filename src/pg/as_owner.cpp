@@ -52,7 +52,9 @@ NPC_SQL_FUNCTION(npc_scale_as_owner_of) {
                 "must be a member of the owner of relation \"" + name + "\" to change its rows as the owner");
   }
   // An error aborts the (sub)transaction, which restores both the user and
-  // the settings; the guard restores them on the way out otherwise.
+  // the settings; the guard restores them on the way out otherwise (neither
+  // call raises: popping a GUC level runs only assign hooks, and setting the
+  // user is two assignments).
   struct Restore {
     Oid user;
     int context;

@@ -133,6 +133,7 @@ class Dispatcher {
             int priority, long timeout_ms);
   void record_outcome(const InFlight& f, const HttpResult& r, bool success, const std::string& error);
   bool another_endpoint(uint64_t member);
+  AttemptOutcome resolve(const InFlight& f, const AttemptReply& r, uint64_t jitter_seed);
   // Ids the table must not claim, recover or expire under the dispatcher:
   // handed off and sent but not claimed yet, or answered and not written
   // yet (deferred by a game session's row lock too). The writes decide.
@@ -648,7 +649,12 @@ void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) 
   }
 }
 
-long request_timeout_ms(const GenerationParams& params, std::optional<int64_t> deadline_in_ms);
+// A request's timeout is kept inside the lease, so a lease only lapses when
+// the dispatcher itself is gone.
+long within_lease(long timeout_ms) { return std::min(timeout_ms, std::max(1000L, (guc_lease_timeout_s - 5) * 1000L)); }
+
+// The timeout a request gets when it chooses none.
+long default_request_timeout_ms() { return within_lease(guc_request_timeout_ms); }
 
 // Feeds one finished request into its endpoint's breaker and statistics.
 void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool success,
@@ -658,11 +664,9 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   Endpoint& e = fleet_.endpoints()[*index];
   MemberInfo& m = fleet_.info(*index);
   const int64_t now = now_ms();
-  // The whole timeout a request is given when it chooses none (the GUC,
-  // kept inside the lease): less than that is the request's own choice.
-  const long fleet_timeout = request_timeout_ms(GenerationParams{}, std::nullopt);
+  // Less time than a request gets by default is the request's own choice.
   const EndpointVerdict verdict =
-      judge_endpoint(r, success, {f.timeout_ms, fleet_timeout, fleet_.silent_ms(*index, now)});
+      judge_endpoint(r, success, {f.timeout_ms, default_request_timeout_ms(), fleet_.silent_ms(*index, now)});
   fleet_.release(*index, now);
   if (r.transport_ok) fleet_.note_reply(*index, now);
   if (verdict == EndpointVerdict::healthy) {
@@ -974,12 +978,11 @@ std::optional<uint64_t> Dispatcher::affinity_key(const ClaimedDecision& d) const
   return XXH3_64bits(&d.npc_id, sizeof(d.npc_id));
 }
 
-// The decision's own timeout (or the GUC), cut to its deadline and kept
-// inside the lease, so a lease only lapses when the dispatcher itself is gone.
+// The decision's own timeout (or the GUC), cut to its deadline, inside the lease.
 long request_timeout_ms(const GenerationParams& params, std::optional<int64_t> deadline_in_ms) {
   long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
   if (deadline_in_ms) timeout = std::min<long>(timeout, std::max<int64_t>(1, *deadline_in_ms));
-  return std::min(timeout, std::max(1000L, (guc_lease_timeout_s - 5) * 1000L));
+  return within_lease(timeout);
 }
 
 std::vector<int64_t> Dispatcher::held_back_ids() const {
@@ -1510,9 +1513,16 @@ bool Dispatcher::another_endpoint(uint64_t member) {
   return false;
 }
 
-void Dispatcher::finish_decision(const InFlight& f, const AttemptReply& r) {
-  AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), static_cast<uint64_t>(f.decision_id));
+// What a reply means for the request it answers; a rejection goes once to
+// another endpoint with room (ask_elsewhere_once).
+AttemptOutcome Dispatcher::resolve(const InFlight& f, const AttemptReply& r, uint64_t jitter_seed) {
+  AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), jitter_seed);
   if (o.rejected) o = ask_elsewhere_once(std::move(o), f.attempts, retry_policy(), another_endpoint(f.member));
+  return o;
+}
+
+void Dispatcher::finish_decision(const InFlight& f, const AttemptReply& r) {
+  AttemptOutcome o = resolve(f, r, static_cast<uint64_t>(f.decision_id));
   DecisionResult res;
   res.id = f.decision_id;
   res.attempts = f.attempts;
@@ -1538,8 +1548,7 @@ void Dispatcher::finish_decision(const InFlight& f, const AttemptReply& r) {
 }
 
 void Dispatcher::finish_sync(const InFlight& f, const AttemptReply& r) {
-  AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), f.ticket);
-  if (o.rejected) o = ask_elsewhere_once(std::move(o), f.attempts, retry_policy(), another_endpoint(f.member));
+  AttemptOutcome o = resolve(f, r, f.ticket);
   if (o.kind == AttemptOutcome::Kind::done &&
       o.response.size() > static_cast<size_t>(guc_max_response_bytes)) {
     o.kind = AttemptOutcome::Kind::failed;

@@ -1,6 +1,7 @@
 // The maintenance background worker: purges finished decisions (and, as the
 // project grows, refreshes materialized views and manages partitions) —
 // separate from the dispatcher so a long REFRESH never delays a decision.
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -30,17 +31,29 @@ constexpr int kPurgeBatch = 1000;  // rows per transaction: short locks, steady 
 constexpr int64_t kPartitionRetryMs = 60000;
 constexpr int64_t kRunsPurgeMs = 10000;
 
-// Runs a batched DELETE (its last argument is the batch size) until a batch
-// comes back short: each batch its own transaction, so no transaction holds
-// many row locks or writes much WAL at once, and vacuum keeps up.
-int64_t delete_in_batches(SavedPlan& plan, std::vector<Datum> args, const char* activity) {
-  args.push_back(Int32GetDatum(kPurgeBatch));
+// Runs a batched DELETE (its last argument is the batch size, the others
+// come from `args` before each batch) until a batch comes back short: each
+// batch its own transaction, so no transaction holds many row locks or
+// writes much WAL at once, and vacuum keeps up. A batch one of its rows
+// refuses (see is_row_error) is handed to `one_at_a_time`, if given, which
+// returns the rows it dealt with; else the error ends the purge.
+int64_t delete_in_batches(SavedPlan& plan, const std::function<std::vector<Datum>()>& args, const char* activity,
+                          const std::function<uint64_t()>& one_at_a_time = nullptr) {
   int64_t total = 0;
   for (;;) {
     uint64_t n = 0;
-    in_transaction(activity, [&] {
-      if (extension_present()) n = plan.execute(args);
-    });
+    try {
+      in_transaction(activity, [&] {
+        if (!extension_present()) return;
+        std::vector<Datum> a = args();
+        a.push_back(Int32GetDatum(kPurgeBatch));
+        n = plan.execute(a);
+      });
+    } catch (const PgError& e) {
+      if (!one_at_a_time || !is_row_error(e)) throw;
+      worker_recover_after_error();
+      n = one_at_a_time();
+    }
     total += static_cast<int64_t>(n);
     if (n < static_cast<uint64_t>(kPurgeBatch)) return total;
   }
@@ -59,7 +72,7 @@ PurgeSkip g_purge_skip;
 
 std::vector<Datum> purge_args() {
   return {Int32GetDatum(guc_result_ttl_s), TimestampTzGetDatum(g_purge_skip.finished_at),
-          Int64GetDatum(g_purge_skip.id), Int32GetDatum(kPurgeBatch)};
+          Int64GetDatum(g_purge_skip.id)};
 }
 
 #define NPC_PURGE_CANDIDATES                                                                    \
@@ -80,7 +93,9 @@ uint64_t purge_one_at_a_time() {
   std::vector<PurgeSkip> rows;
   in_transaction("npc_scale: purge finished decisions", [&] {
     if (!extension_present()) return;
-    uint64_t n = candidates.execute(purge_args(), nullptr, true);
+    std::vector<Datum> args = purge_args();
+    args.push_back(Int32GetDatum(kPurgeBatch));
+    uint64_t n = candidates.execute(args, nullptr, true);
     for (uint64_t i = 0; i < n; i++) {
       rows.push_back(pg_call([&] {
         bool isnull;
@@ -116,27 +131,12 @@ uint64_t purge_one_at_a_time() {
   return deleted + static_cast<uint64_t>(skipped);
 }
 
-// Finished decisions older than npc_scale.result_ttl, in batches (see
-// delete_in_batches).
+// Finished decisions older than npc_scale.result_ttl.
 int64_t purge_finished() {
   static SavedPlan batch(
       "DELETE FROM npc_scale.decision_queue WHERE id IN (SELECT id" NPC_PURGE_CANDIDATES " FOR UPDATE SKIP LOCKED)",
       {INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID});
-  int64_t total = 0;
-  for (;;) {
-    uint64_t n = 0;
-    try {
-      in_transaction("npc_scale: purge finished decisions", [&] {
-        if (extension_present()) n = batch.execute(purge_args());
-      });
-    } catch (const PgError& e) {
-      if (!is_row_error(e)) throw;
-      worker_recover_after_error();
-      n = purge_one_at_a_time();
-    }
-    total += static_cast<int64_t>(n);
-    if (n < static_cast<uint64_t>(kPurgeBatch)) return total;
-  }
+  return delete_in_batches(batch, purge_args, "npc_scale: purge finished decisions", purge_one_at_a_time);
 }
 #undef NPC_PURGE_CANDIDATES
 
@@ -149,7 +149,8 @@ int64_t purge_runs() {
       "   WHERE finished_at < now() - make_interval(secs => $1)"
       "   LIMIT $2 FOR UPDATE SKIP LOCKED)",
       {INT4OID, INT4OID});
-  return delete_in_batches(plan, {Int32GetDatum(guc_maintenance_run_ttl_s)}, "npc_scale: purge old maintenance runs");
+  return delete_in_batches(plan, [] { return std::vector<Datum>{Int32GetDatum(guc_maintenance_run_ttl_s)}; },
+                           "npc_scale: purge old maintenance runs");
 }
 
 // Expired rows of the L3 cache table.
@@ -159,7 +160,7 @@ int64_t purge_cache_store() {
       "  SELECT key FROM npc_scale.cache_store WHERE expires_at < now()"
       "   LIMIT $1 FOR UPDATE SKIP LOCKED)",
       {INT4OID});
-  return delete_in_batches(plan, {}, "npc_scale: purge expired cache rows");
+  return delete_in_batches(plan, [] { return std::vector<Datum>{}; }, "npc_scale: purge expired cache rows");
 }
 
 // ---- scheduled refreshes -------------------------------------------------
