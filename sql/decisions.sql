@@ -5,12 +5,12 @@ SELECT npc_test.use_gpus(ARRAY['fast0']);
 
 SELECT npc_scale.request_decision(501, 'build', 'Village 3 has 900 wood. Build?', 4,
                                   '{"temperature": 0, "max_tokens": 5}') AS id \gset
-SELECT status, attempts, response, error, cache_layer
+SELECT status, attempts, response, error, cache_layer, finish_reason
   FROM npc_scale.await_decision(:id, '10 s');
 
 SELECT npc_scale.request_decision(502, 'attack', 'Attack village 9?', 0,
                                   '{"choices": ["attack", "wait"], "seed": 7}') AS id \gset
-SELECT status, response FROM npc_scale.await_decision(:id, '10 s');
+SELECT status, response, finish_reason FROM npc_scale.await_decision(:id, '10 s');
 
 -- A batch keeps input order.
 SELECT count(*) AS queued, bool_and(id > 0) AS ids

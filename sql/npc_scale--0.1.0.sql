@@ -145,7 +145,9 @@ CREATE TABLE npc_scale.decision_queue (
     finished_at    timestamptz,
     response       text,
     error          text,
-    cache_layer    text
+    cache_layer    text,                         -- l1 | l2 | l3: the cache answered
+    finish_reason  text                          -- the server's: stop, or length (cut at max_tokens);
+                                                 -- NULL when the cache answered (it keeps the text only)
 ) WITH (fillfactor = 80);  -- room on the page for the row's next versions (queued → running →
                            -- done); not HOT updates: status is in the partial indexes' predicates
 COMMENT ON TABLE npc_scale.decision_queue IS

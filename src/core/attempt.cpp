@@ -44,6 +44,7 @@ AttemptOutcome resolve_attempt(const AttemptReply& reply, int attempts, const Re
     case Outcome::success:
       out.kind = AttemptOutcome::Kind::done;
       out.response = completion.text;
+      out.finish_reason = completion.finish_reason;
       return out;
     case Outcome::permanent:
       out.kind = AttemptOutcome::Kind::failed;

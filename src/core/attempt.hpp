@@ -23,6 +23,9 @@ struct AttemptOutcome {
   enum class Kind { done, retry, failed };
   Kind kind = Kind::failed;
   std::string response;  // when done
+  // When done: why the server stopped, e.g. "stop", or "length" (cut at
+  // max_tokens); empty when it did not say.
+  std::string finish_reason;
   std::string error;     // when retry/failed: the last error, for the error column
   // Failed because the server refused the request itself as invalid (HTTP
   // 400, 413, 422: e.g. max_tokens beyond the model's context): the
@@ -96,6 +99,7 @@ struct DecisionResult {
   // Claimed but handed back unsent (no slot it may use): the claim's
   // attempt is not counted.
   bool release = false;
+  std::string finish_reason;  // done by a server: the server's (empty: NULL)
 };
 
 }  // namespace npc_scale

@@ -19,6 +19,7 @@ constexpr size_t kMaxChoices = 64;
 constexpr size_t kValueShown = 80;        // bytes of an offending value quoted in a message
 constexpr size_t kRawBodyShown = 200;     // bytes of a non-JSON error body kept
 constexpr size_t kBodyMessageShown = 1000;
+constexpr size_t kFinishReasonKept = 32;
 
 // Sorted, so the hint reads well and stays stable.
 constexpr const char* kParamKeys[] = {"cache",  "cache_ttl",   "choices",    "max_tokens",
@@ -442,7 +443,11 @@ Completion parse_response(Api api, const std::string& body) {
       if (text->is_string()) c.text = text->get<std::string>();
     }
     auto fr = first.find("finish_reason");
-    if (fr != first.end() && fr->is_string()) c.finish_reason = fr->get<std::string>();
+    // Stored with the decision: a word like "stop" or "length", so anything
+    // longer is cut, and made safe for a text column.
+    if (fr != first.end() && fr->is_string()) {
+      c.finish_reason = utf8_prefix(sanitize(fr->get<std::string>()), kFinishReasonKept);
+    }
     auto usage = doc.find("usage");
     if (usage != doc.end() && usage->is_object()) {
       // Counts are bookkeeping: a missing or odd one is 0, not a failure.

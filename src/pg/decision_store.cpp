@@ -222,6 +222,7 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
 #define NPC_WRITE_SET                                                                          \
   "UPDATE npc_scale.decision_queue q SET"                                                      \
   "  status = r.status, response = r.response, cache_layer = r.cache_layer,"                    \
+  "  finish_reason = r.finish_reason,"                                                         \
   "  error = CASE WHEN r.status = 'queued'"  /* a retry keeps the last real error */          \
   "               THEN coalesce(CASE WHEN r.release THEN q.error END, r.error, q.error)"      \
   "               ELSE r.error END,"                                                           \
@@ -238,20 +239,22 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
   "           ELSE (q.status = 'running') IS TRUE AND q.attempts = r.attempts END "            \
   "RETURNING q.id, q.status <> 'queued'"
 #define NPC_WRITE_COLUMNS                                                                      \
-  "r(id, attempts, status, response, error, gpu_id, retry_ms, cache_layer, from_queued, elapsed_ms, release)"
+  "r(id, attempts, status, response, error, gpu_id, retry_ms, cache_layer, from_queued, elapsed_ms, release," \
+  "  finish_reason)"
   static SavedPlan batch_plan(
       NPC_WRITE_SET
       "FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[],"
-      "            $7::bigint[], $8::text[], $9::bool[], $10::bigint[], $11::bool[]) AS " NPC_WRITE_COLUMNS
+      "            $7::bigint[], $8::text[], $9::bool[], $10::bigint[], $11::bool[], $12::text[]) AS " NPC_WRITE_COLUMNS
       " WHERE q.id = ANY ($1)" NPC_WRITE_FENCE,
       {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-       INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, INT8ARRAYOID, BOOLARRAYOID});
+       INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, INT8ARRAYOID, BOOLARRAYOID, TEXTARRAYOID});
   static SavedPlan one_plan(
       NPC_WRITE_SET
       "FROM (VALUES ($1::bigint, $2::int, $3::text, $4::text, $5::text, $6::int,"
-      "              $7::bigint, $8::text, $9::bool, $10::bigint, $11::bool)) AS " NPC_WRITE_COLUMNS
+      "              $7::bigint, $8::text, $9::bool, $10::bigint, $11::bool, $12::text)) AS " NPC_WRITE_COLUMNS
       " WHERE q.id = $1" NPC_WRITE_FENCE,
-      {INT8OID, INT4OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, BOOLOID, INT8OID, BOOLOID});
+      {INT8OID, INT4OID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, BOOLOID, INT8OID, BOOLOID,
+       TEXTOID});
 #undef NPC_WRITE_SET
 #undef NPC_WRITE_FENCE
 #undef NPC_WRITE_COLUMNS
@@ -259,7 +262,7 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
   const size_t n = results.size();
   std::vector<Datum> ids, attempts, gpu_ids, retry_ms, from_queued, elapsed_ms, release;
   std::vector<bool> no_nulls(n, false), gpu_nulls;
-  TextColumn status, response, error, cache_layer;
+  TextColumn status, response, error, cache_layer, finish_reason;
   for (const DecisionResult& r : results) {
     ids.push_back(Int64GetDatum(r.id));
     attempts.push_back(Int32GetDatum(r.attempts));
@@ -270,21 +273,23 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
     gpu_nulls.push_back(!r.gpu_id.has_value());
     retry_ms.push_back(Int64GetDatum(r.retry_ms));
     cache_layer.add(r.cache_layer.empty() ? nullptr : &r.cache_layer);
+    finish_reason.add(r.status == "done" && !r.finish_reason.empty() ? &r.finish_reason : nullptr);
     from_queued.push_back(BoolGetDatum(r.from_queued));
     elapsed_ms.push_back(Int64GetDatum(r.elapsed_ms));
     release.push_back(BoolGetDatum(r.release));
   }
   uint64_t rows = 0;
   if (n == 1) {
-    // Null flags for SPI: response, error, gpu_id and cache_layer may be null.
-    char nulls[12] = "           ";
+    // Null flags for SPI: response, error, gpu_id, cache_layer and finish_reason may be null.
+    char nulls[13] = "            ";
     if (response.nulls[0]) nulls[3] = 'n';
     if (error.nulls[0]) nulls[4] = 'n';
     if (gpu_nulls[0]) nulls[5] = 'n';
     if (cache_layer.nulls[0]) nulls[7] = 'n';
+    if (finish_reason.nulls[0]) nulls[11] = 'n';
     rows = one_plan.execute({ids[0], attempts[0], status.values[0], response.values[0],
                              error.values[0], gpu_ids[0], retry_ms[0], cache_layer.values[0],
-                             from_queued[0], elapsed_ms[0], release[0]},
+                             from_queued[0], elapsed_ms[0], release[0], finish_reason.values[0]},
                             nulls);
   } else {
     rows = batch_plan.execute({
@@ -299,6 +304,7 @@ void write_in_transaction(const std::vector<DecisionResult>& results, std::vecto
         array_of(BOOLOID, from_queued, no_nulls),
         array_of(INT8OID, elapsed_ms, no_nulls),
         array_of(BOOLOID, release, no_nulls),
+        array_of(TEXTOID, finish_reason.values, finish_reason.nulls),
     });
   }
   for (uint64_t i = 0; i < rows; i++) {

@@ -1533,6 +1533,7 @@ void Dispatcher::finish_decision(const InFlight& f, const AttemptReply& r) {
     case AttemptOutcome::Kind::done:
       res.status = "done";
       res.response = std::move(o.response);
+      res.finish_reason = std::move(o.finish_reason);
       break;
     case AttemptOutcome::Kind::retry:
       res.status = "queued";

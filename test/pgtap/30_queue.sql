@@ -1,7 +1,7 @@
 -- The decision queue: wake at COMMIT (not on rollback), answers written back,
 -- cancel, await_decision timeouts, api_key privacy. Commits (the dispatcher
 -- must see the rows) and cleans up after itself.
-SELECT plan(30);
+SELECT plan(32);
 SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would skip the GPU
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 
@@ -41,6 +41,14 @@ SELECT npc_scale.request_decision(1003, 'build', 'What should village 7 build ne
                                   '{"temperature": 0, "max_tokens": 6}') AS id3 \gset
 SELECT is((SELECT response FROM npc_scale.await_decision(:id3, '10 s')),
           (SELECT response FROM npc_scale.decision_queue WHERE id = :id1), 'a repeated temperature-0 decision gets the same answer');
+-- The row says why the answer ended: the first was cut at its max_tokens
+-- (the server's finish_reason); the cache keeps only the text.
+SELECT results_eq(
+  format('SELECT id, finish_reason, cache_layer IS NOT NULL FROM npc_scale.decision_queue WHERE id IN (%s, %s) ORDER BY id', :id1, :id3),
+  format('VALUES (%s::bigint, %L::text, false), (%s, NULL, true)', :id1, 'length', :id3),
+  'finish_reason: length for the answer cut at max_tokens, NULL for the cache''s');
+SELECT is((SELECT finish_reason FROM npc_scale.decision_queue WHERE id = :id2), 'length',
+  'and length for one cut at the default max_tokens');
 
 -- Cancel: a decision waiting for capacity (no enabled endpoint).
 UPDATE npc_scale.gpu_endpoints SET enabled = false;

@@ -38,6 +38,17 @@ TEST(Attempt, TwoHundredWithAChoiceIsDone) {
   EXPECT_EQ(o.kind, AttemptOutcome::Kind::done);
   EXPECT_EQ(o.response, "build a granary");
   EXPECT_TRUE(o.error.empty());
+  EXPECT_EQ(o.finish_reason, "") << "the server said none";
+}
+
+// A cut answer is still an answer; the row says it was cut.
+TEST(Attempt, DoneCarriesTheFinishReason) {
+  AttemptOutcome o = npc_scale::resolve_attempt(
+      Api::completions, http(200, R"({"choices":[{"text":"build a","finish_reason":"length"}]})"),
+      1, kPolicy, 7);
+  ASSERT_EQ(o.kind, AttemptOutcome::Kind::done);
+  EXPECT_EQ(o.response, "build a");
+  EXPECT_EQ(o.finish_reason, "length");
 }
 
 TEST(Attempt, ChatAnswerIsTheMessageContent) {

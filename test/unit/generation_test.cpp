@@ -485,6 +485,19 @@ TEST(GenerationResponse, NullContentAndMissingUsage) {
   EXPECT_EQ(c.prompt_tokens, 0);
 }
 
+// It is written to the decision's row: kept short and safe for a text column.
+TEST(GenerationResponse, FinishReasonIsCutAndMadeSafe) {
+  Completion c = npc_scale::parse_response(
+      Api::completions, R"({"choices":[{"text":"x","finish_reason":"len\u0000gth\n)" +
+                            std::string(100, 'z') + R"("}]})");
+  ASSERT_TRUE(c.ok) << c.error;
+  EXPECT_EQ(c.finish_reason, "len gth " + std::string(24, 'z'));
+  c = npc_scale::parse_response(Api::completions,
+                                R"({"choices":[{"text":"x","finish_reason":7}]})");
+  ASSERT_TRUE(c.ok);
+  EXPECT_EQ(c.finish_reason, "") << "not a string: not stored";
+}
+
 TEST(GenerationResponse, OddUsageCountsAreZeroOrClamped) {
   Completion c = npc_scale::parse_response(
       Api::completions,
