@@ -2,6 +2,8 @@
 \set SHOW_CONTEXT never
 -- GPU, and every kind of bad input (SQLSTATE shown after each error).
 SELECT npc_test.use_gpus(ARRAY['fast0']);
+-- Answers from an earlier run would come from the cache.
+SELECT npc_scale.cache_clear() \gset
 
 SELECT npc_scale.request_decision(501, 'build', 'Village 3 has 900 wood. Build?', 4,
                                   '{"temperature": 0, "max_tokens": 5}') AS id \gset
@@ -147,6 +149,17 @@ SELECT gpu_id, endpoint FROM npc_scale.gpu_endpoints WHERE gpu_id BETWEEN 91 AND
 DELETE FROM npc_scale.gpu_endpoints WHERE gpu_id BETWEEN 91 AND 94;
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (90, 'http://gpu.example:8000/');
 SELECT gpu_id, endpoint, model, api, max_concurrent, enabled FROM npc_scale.gpu_endpoints WHERE gpu_id = 90;
-DELETE FROM npc_scale.gpu_endpoints WHERE gpu_id = 90;
+-- One row per server: its URL is written one way (host in lower case, no
+-- default port, no trailing /), so another spelling of it is a duplicate.
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, enabled) VALUES (91, 'http://GPU.Example:08000', false);
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, enabled) VALUES
+  (91, 'http://Gateway.example:80/GPUs/7/', false), (92, 'https://[::ABCD]:443', false), (93, 'https://gpu.example:80', false);
+SELECT gpu_id, endpoint FROM npc_scale.gpu_endpoints WHERE gpu_id BETWEEN 91 AND 93 ORDER BY gpu_id;
+-- Two rows can swap servers in one statement.
+UPDATE npc_scale.gpu_endpoints SET endpoint = CASE gpu_id WHEN 90 THEN 'http://gateway.example/GPUs/7' ELSE 'http://gpu.example:8000' END
+ WHERE gpu_id IN (90, 91);
+SELECT gpu_id, endpoint FROM npc_scale.gpu_endpoints WHERE gpu_id IN (90, 91) ORDER BY gpu_id;
+DELETE FROM npc_scale.gpu_endpoints WHERE gpu_id BETWEEN 90 AND 93;
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id IN (501, 502, 601, 602, 603);

@@ -43,7 +43,11 @@ CREATE TABLE npc_scale.gpu_endpoints (
     weight          real NOT NULL DEFAULT 1,
     api_key         text,                          -- never shown to non-admins, never logged
     labels          jsonb NOT NULL DEFAULT '{}',
-    send_priority   boolean NOT NULL DEFAULT false -- server runs vLLM --scheduling-policy priority
+    send_priority   boolean NOT NULL DEFAULT false, -- server runs vLLM --scheduling-policy priority
+    -- One row per server (the trigger writes each URL one way): two rows for
+    -- one server would each get its max_concurrent. Deferrable, so that one
+    -- UPDATE can swap two rows' URLs.
+    CONSTRAINT gpu_endpoints_one_row_per_server UNIQUE (endpoint) DEFERRABLE INITIALLY IMMEDIATE
 );
 COMMENT ON TABLE npc_scale.gpu_endpoints IS
 'GPU inference servers (vLLM OpenAI API). Changes reach the dispatcher at COMMIT.';
@@ -55,6 +59,7 @@ CREATE FUNCTION npc_scale._check_endpoint() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
   port text;
+  url text[];
 BEGIN
   IF NEW.gpu_id IS NULL THEN
     RAISE EXCEPTION 'gpu_id must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -81,7 +86,13 @@ BEGIN
     RAISE EXCEPTION 'endpoint URL % of gpu % has port % out of range', quote_literal(NEW.endpoint), NEW.gpu_id, port
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a port from 1 to 65535.';
   END IF;
-  NEW.endpoint := rtrim(NEW.endpoint, '/');
+  -- One spelling per server for the unique constraint: host names are
+  -- case-insensitive, and :80 / :443 are the schemes' own ports.
+  url := regexp_match(NEW.endpoint, '^(https?)://(\[[^]]*\]|[^:/\[]*)(?::([0-9]+))?(.*)$');
+  port := CASE WHEN url[3] IS NULL OR (url[1] = 'http' AND url[3]::int = 80)
+                    OR (url[1] = 'https' AND url[3]::int = 443) THEN ''
+               ELSE ':' || url[3]::int END;
+  NEW.endpoint := rtrim(url[1] || '://' || lower(url[2]) || port || url[4], '/');
   -- OpenAI clients take ".../v1"; npc_scale appends /v1/completions itself.
   IF NEW.endpoint ~ '/v1$' THEN
     RAISE EXCEPTION 'endpoint URL % of gpu % ends in /v1', quote_literal(NEW.endpoint), NEW.gpu_id
