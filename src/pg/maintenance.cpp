@@ -61,14 +61,17 @@ int64_t delete_in_batches(SavedPlan& plan, const std::function<std::vector<Datum
 
 // Where the purge of finished decisions goes on from: rows up to here
 // refused their delete (a foreign key of the game's without ON DELETE
-// CASCADE, a trigger forbidding it) and are passed over until the worker
-// restarts, instead of stopping the purge for good (every batch would start
-// with them, and fail).
+// CASCADE, a trigger forbidding it) and are passed over, instead of
+// stopping the purge for good (every batch would start with them, and
+// fail). After another result_ttl the purge starts from the beginning
+// again: the game may have let go of them meanwhile, and rows that were
+// locked when the cursor moved past them are due too.
 struct PurgeSkip {
   TimestampTz finished_at = DT_NOBEGIN;
   int64_t id = 0;
 };
 PurgeSkip g_purge_skip;
+int64_t g_purge_skip_since_ms = 0;  // steady clock; 0: the cursor is at the beginning
 
 std::vector<Datum> purge_args() {
   return {Int32GetDatum(guc_result_ttl_s), TimestampTzGetDatum(g_purge_skip.finished_at),
@@ -117,6 +120,7 @@ uint64_t purge_one_at_a_time() {
     } catch (const PgError& e) {
       if (!is_row_error(e)) throw;
       worker_recover_after_error();
+      if (g_purge_skip_since_ms == 0) g_purge_skip_since_ms = steady_now_ms();
       g_purge_skip = r;
       if (skipped++ == 0) why = "decision " + std::to_string(r.id) + ": " + e.what();
     }
@@ -124,7 +128,7 @@ uint64_t purge_one_at_a_time() {
   if (skipped > 0) {
     pg_call([&] {
       ereport(WARNING, (errmsg("npc_scale maintenance: %d finished decision(s) could not be purged and are passed "
-                               "over until the worker restarts; the first, %s",
+                               "over for npc_scale.result_ttl; the first, %s",
                                skipped, why.c_str())));
     });
   }
@@ -133,6 +137,11 @@ uint64_t purge_one_at_a_time() {
 
 // Finished decisions older than npc_scale.result_ttl.
 int64_t purge_finished() {
+  if (g_purge_skip_since_ms != 0 &&
+      steady_now_ms() - g_purge_skip_since_ms >= static_cast<int64_t>(guc_result_ttl_s) * 1000) {
+    g_purge_skip = PurgeSkip{};
+    g_purge_skip_since_ms = 0;
+  }
   static SavedPlan batch(
       "DELETE FROM npc_scale.decision_queue WHERE id IN (SELECT id" NPC_PURGE_CANDIDATES " FOR UPDATE SKIP LOCKED)",
       {INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID});

@@ -1,6 +1,6 @@
 -- The maintenance worker purges finished decisions older than
 -- npc_scale.result_ttl (default 1 hour), in batches, and nothing else.
-SELECT plan(6);
+SELECT plan(7);
 SELECT is(current_setting('npc_scale.result_ttl'), '1h', 'result_ttl is one hour by default');
 
 SELECT coalesce((SELECT n_tup_del FROM pg_stat_user_tables WHERE relid = 'npc_scale.decision_queue'::regclass), 0) AS del0 \gset
@@ -35,6 +35,14 @@ SELECT 13000 + g, 'old', 'old decision', 'done', now() - interval '2 hours' FROM
 SELECT ok(npc_test.wait_for($$ NOT EXISTS (SELECT 1 FROM npc_scale.decision_queue WHERE npc_id BETWEEN 13001 AND 13020) $$, '20 s'),
   'the purge goes on past a finished decision the game''s foreign key keeps');
 SELECT ok(EXISTS (SELECT 1 FROM npc_scale.decision_queue WHERE id = :kept_id), 'and that one is kept');
+-- Once the game lets go of it, it is purged after another result_ttl,
+-- without a restart (it used to wait for one). A short ttl for this.
+ALTER SYSTEM SET npc_scale.result_ttl = '1s';
+SELECT pg_reload_conf() AS reloaded \gset
 DROP TABLE public.purge_keep;
+SELECT ok(npc_test.wait_for(format('NOT EXISTS (SELECT 1 FROM npc_scale.decision_queue WHERE id = %s)', :kept_id), '20 s'),
+  'a passed-over decision is purged again once nothing keeps it');
+ALTER SYSTEM RESET npc_scale.result_ttl;
+SELECT pg_reload_conf() AS reloaded \gset
 DELETE FROM npc_scale.decision_queue WHERE id = :kept_id;
 SELECT * FROM finish();
