@@ -173,7 +173,7 @@ class Dispatcher {
   // Joins `info` to an identical request in flight; true if it did.
   // Joins info to an identical request in flight that ends by `until_ms`
   // (the follower's own timeout: within its lease and deadline).
-  bool coalesce(const InFlight& info, int64_t until_ms);
+  bool coalesce(const InFlight& info, int64_t until_ms, std::optional<int> avoid_gpu);
   std::optional<std::string> known_answer(const std::string& key) const;
   bool answer_sync_slot(const InFlight& f, const std::string& response);
   void requeue_followers(const std::vector<InFlight>& followers);
@@ -830,12 +830,16 @@ bool Dispatcher::answer_sync_slot(const InFlight& f, const std::string& response
   return true;
 }
 
-bool Dispatcher::coalesce(const InFlight& info, int64_t until_ms) {
+// avoid_gpu: a retry's last endpoint. Joining a request in flight there
+// would bring back that endpoint's answer (a refusal of its own
+// configuration, an error) instead of asking another one.
+bool Dispatcher::coalesce(const InFlight& info, int64_t until_ms, std::optional<int> avoid_gpu) {
   if (info.cache_key.empty()) return false;
   auto it = in_flight_by_key_.find(info.cache_key);
   if (it == in_flight_by_key_.end()) return false;
   auto leader = in_flight_.find(it->second);
   if (leader == in_flight_.end() || leader->second.times_out_at_ms > until_ms) return false;
+  if (avoid_gpu && leader->second.gpu_id == *avoid_gpu) return false;
   leader->second.followers.push_back(info);
   return true;
 }
@@ -965,7 +969,7 @@ void Dispatcher::serve_taken_slot(int i, uint64 ticket) {
     }
   }
   long timeout = params.timeout_ms.value_or(guc_request_timeout_ms);
-  if (coalesce(info, now_ms() + timeout)) return;  // an identical request is in flight: share its answer
+  if (coalesce(info, now_ms() + timeout, avoid)) return;  // an identical request is in flight: share its answer
   send(*pick, info, prompt, params, slot->priority, timeout);
 }
 
@@ -1038,7 +1042,7 @@ void Dispatcher::claim_and_send() {
           pending_results_.push_back(std::move(res));
           continue;
         }
-        if (coalesce(info, now_ms() + timeout)) {
+        if (coalesce(info, now_ms() + timeout, d.last_gpu_id)) {
           cache_count(CacheLayer::none);  // answered with the identical request in flight
           continue;
         }

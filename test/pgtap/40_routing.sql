@@ -2,7 +2,7 @@
 -- long (no request reaches it meanwhile) while the decision's retry goes
 -- elsewhere at once; a /health probe closes it; NPC affinity keeps an NPC on
 -- one endpoint; the stats view.
-SELECT plan(21);
+SELECT plan(25);
 
 -- A rate-limited endpoint: every inference request gets 429, Retry-After: 30.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 30, "hang_rate": 0, "slow_rate": 0}');
@@ -84,5 +84,34 @@ SELECT is((SELECT count(npc_scale.generate('Priority for generate() call ' || g 
   'generate() calls are answered too');
 UPDATE npc_scale.gpu_endpoints SET send_priority = false;
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id IN (5001, 42) OR npc_id BETWEEN 5101 AND 5110 OR npc_id BETWEEN 5201 AND 5212;
+-- A retry is not joined to an identical request in flight on the endpoint
+-- its last attempt failed on (it would get that endpoint's answer): it goes
+-- to another one. The retry's back-off is long enough to set the scene in.
+ALTER SYSTEM SET npc_scale.retry_base_delay = '2s';
+SELECT pg_reload_conf() AS reloaded \gset
+SELECT 'Same question after a failure? ' || clock_timestamp() AS same_prompt \gset
+SELECT npc_test.use_gpus(ARRAY['faulty', 'fast0'], ARRAY[1, 16]);
+UPDATE npc_scale.gpu_endpoints SET enabled = false WHERE gpu_id = 2;
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1, "error_status": 500}') AS faults \gset
+SELECT npc_scale.request_decision(5301, 'build', :'same_prompt', 5, '{"temperature": 0}') AS failed_once \gset
+SELECT ok(npc_test.wait_for(format($$ (SELECT status = 'queued' AND attempts = 1 AND error IS NOT NULL
+                                         FROM npc_scale.decision_queue WHERE id = %s) $$, :failed_once)),
+  'a decision fails once on the faulty endpoint and waits for its retry');
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0, "hang_rate": 1, "hang_ms": 60000}') AS faults \gset
+SELECT npc_scale.request_decision(5302, 'build', :'same_prompt', 5, '{"temperature": 0}') AS hanging \gset
+SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 1 $$),
+  'an identical request hangs on that endpoint');
+UPDATE npc_scale.gpu_endpoints SET enabled = true WHERE gpu_id = 2;
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :failed_once)),
+  'the retry is answered while that request still hangs');
+SELECT results_eq(format('SELECT status, gpu_id, attempts FROM npc_scale.decision_queue WHERE id = %s', :failed_once),
+  $$ VALUES ('done'::text, 2, 2) $$, 'by the other endpoint, not joined to the request on the one that failed it');
+SELECT npc_scale.cancel_decision(:hanging) AS cancelled \gset
+SELECT npc_test.gpu_reset('faulty') AS reset \gset
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0, "hang_ms": 3600000}') AS faults \gset
+ALTER SYSTEM RESET npc_scale.retry_base_delay;
+SELECT pg_reload_conf() AS reloaded \gset
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id IN (5001, 42) OR npc_id BETWEEN 5101 AND 5110 OR npc_id BETWEEN 5201 AND 5212
+   OR npc_id IN (5301, 5302);
 SELECT * FROM finish();
