@@ -28,9 +28,10 @@ GpuState::GpuState(const Options& opts)
   stats_.model = opts.model;
 }
 
-Intake GpuState::intake(int worker) {
+Intake GpuState::intake(int worker, bool chat) {
   std::lock_guard<std::mutex> lock(mu_);
   ++stats_.requests_total;
+  if (chat) ++stats_.chat_requests_total;
   Intake in;
   in.id = (next_id_++ << kWorkerBits) | static_cast<uint64_t>(worker);
   in.nonce = nonce_base_ + in.id;

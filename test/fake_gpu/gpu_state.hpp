@@ -40,9 +40,9 @@ class GpuState {
 
   const ServedModel& model() const { return model_; }  // immutable after start
 
-  // Counts an inference request as received and in flight, gives it an id
-  // and rolls its faults.
-  Intake intake(int worker);
+  // Counts an inference request (on /v1/chat/completions when `chat`) as
+  // received and in flight, gives it an id and rolls its faults.
+  Intake intake(int worker, bool chat = false);
   // Counts the faults of a roll once they are applied (a request rejected
   // with 400 never gets its hang/slow/malformed).
   void count_faults(const FaultRoll& f);

@@ -102,6 +102,8 @@ std::string render_metrics(const MetricsSnapshot& s) {
 
   w.family("fake_gpu_requests_total", "counter", "Inference requests received, faulted ones included.");
   w.sample("fake_gpu_requests_total", s.requests_total);
+  w.family("fake_gpu_chat_requests_total", "counter", "Of those, requests on /v1/chat/completions.");
+  w.sample("fake_gpu_chat_requests_total", s.chat_requests_total);
   w.family("fake_gpu_inflight", "gauge", "Inference requests accepted and not answered yet.");
   w.sample("fake_gpu_inflight", s.inflight);
   w.family("fake_gpu_peak_running", "gauge", "Most requests ever running at once (since start or reset).");

@@ -447,7 +447,7 @@ void Worker::watch(Pending* p) {
 
 void Worker::handle_inference(evhttp_request* req, bool chat) {
   const auto arrived = std::chrono::steady_clock::now();
-  Intake in = gpu_.intake(index_);
+  Intake in = gpu_.intake(index_, chat);
   if (in.faults.drop) {
     gpu_.count_faults(in.faults);
     // Closing from inside evhttp's own callback would free the connection

@@ -1,7 +1,7 @@
 -- The decision queue: wake at COMMIT (not on rollback), answers written back,
 -- cancel, await_decision timeouts, api_key privacy. Commits (the dispatcher
 -- must see the rows) and cleans up after itself.
-SELECT plan(32);
+SELECT plan(33);
 SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would skip the GPU
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 
@@ -49,6 +49,11 @@ SELECT results_eq(
   'finish_reason: length for the answer cut at max_tokens, NULL for the cache''s');
 SELECT is((SELECT finish_reason FROM npc_scale.decision_queue WHERE id = :id2), 'length',
   'and length for one cut at the default max_tokens');
+-- queue_stats: one row per status with its count, over the whole table.
+SELECT results_eq(
+  $$ SELECT status, decisions, avg_latency_ms IS NOT NULL FROM npc_scale.queue_stats WHERE status IN ('done', 'queued') ORDER BY 1 $$,
+  $$ SELECT status, count(*), bool_or(finished_at IS NOT NULL) FROM npc_scale.decision_queue WHERE status IN ('done', 'queued') GROUP BY 1 ORDER BY 1 $$,
+  'queue_stats counts decisions by status, with a latency for finished ones');
 
 -- Cancel: a decision waiting for capacity (no enabled endpoint).
 UPDATE npc_scale.gpu_endpoints SET enabled = false;

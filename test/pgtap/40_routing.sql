@@ -2,7 +2,7 @@
 -- long (no request reaches it meanwhile) while the decision's retry goes
 -- elsewhere at once; a /health probe closes it; NPC affinity keeps an NPC on
 -- one endpoint; the stats view.
-SELECT plan(25);
+SELECT plan(27);
 
 -- A rate-limited endpoint: every inference request gets 429, Retry-After: 30.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 30, "hang_rate": 0, "slow_rate": 0}');
@@ -50,6 +50,7 @@ SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :limited2), 'd
 
 -- Affinity: one NPC's decisions stay on one endpoint while loads are even.
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1', 'fast2']);
+SELECT hits AS aff_hits0, misses AS aff_misses0 FROM npc_scale.affinity_stats \gset
 CREATE TEMP TABLE npc42 (id bigint);
 DO $$
 BEGIN
@@ -61,6 +62,10 @@ BEGIN
 END $$;
 SELECT is((SELECT count(DISTINCT gpu_id)::int FROM npc_scale.decision_queue JOIN npc42 USING (id)), 1,
   'twelve sequential decisions of one NPC all went to the same endpoint');
+SELECT results_eq(format('SELECT hits - %s, misses - %s FROM npc_scale.affinity_stats', :aff_hits0, :aff_misses0),
+  $$ VALUES (12::bigint, 0::bigint) $$, 'affinity_stats counts the twelve as routed to their home endpoint');
+SELECT is((SELECT hit_rate FROM npc_scale.affinity_stats), (SELECT round(hits::numeric / (hits + misses), 3) FROM npc_scale.affinity_stats),
+  'and its hit_rate is hits / (hits + misses)');
 
 -- The stats view: one row per endpoint, sane figures, never the api_key.
 SELECT is((SELECT count(*)::int FROM npc_scale.endpoint_stats WHERE breaker = 'closed' AND enabled), 3,

@@ -279,6 +279,13 @@ TEST(FakeGpuApi, MetricsMatchServedTraffic) {
   // Same first 64 bytes: the first is a miss, the other four hit.
   EXPECT_EQ(metric(text, "fake_gpu_prefix_cache_queries_total"), 5);
   EXPECT_EQ(metric(text, "fake_gpu_prefix_cache_hits_total"), 4);
+  // Chat requests are counted apart too (a client's tests can tell the routes apart).
+  EXPECT_EQ(metric(text, "fake_gpu_chat_requests_total"), 0);
+  json chat = {{"messages", json::array({{{"role", "user"}, {"content", "Turn 5"}}})}, {"max_tokens", 2}};
+  ASSERT_EQ(gpu.post("/v1/chat/completions", chat).status, 200);
+  text = gpu.metrics();
+  EXPECT_EQ(metric(text, "fake_gpu_chat_requests_total"), 1);
+  EXPECT_EQ(metric(text, "fake_gpu_requests_total"), 6);
 }
 
 // vLLM's e2e latency histogram counts each answer from its arrival: with a
