@@ -56,10 +56,11 @@ void note_redis_state(uint64_t errors_before) {
   if (redis().enabled() && pg_atomic_read_u32(&s.redis_up) != up) pg_atomic_write_u32(&s.redis_up, up);
 }
 
-[[noreturn]] void redis_unreachable(const char* what) {
+// what: the call; left: what Redis might still serve ("the key", "its values").
+[[noreturn]] void redis_unreachable(const char* what, const char* left) {
   throw Error(sqlstate::connection_failure,
-              std::string(what) + " could not reach Redis at " + redis().endpoint_text() +
-                  ": the key could still be served from L2, so nothing was changed",
+              std::string(what) + " could not reach Redis at " + redis().endpoint_text() + ": " +
+                  left + " could still be served from L2, so nothing was changed",
               {}, "Retry once Redis is back (npc_scale.cache_stats shows redis_up).");
 }
 
@@ -311,7 +312,7 @@ bool cache_remove(const std::string& key) {
     uint64_t errors_before = redis().errors();
     std::optional<bool> in_l2 = redis().del(key, now_ms());
     note_redis_state(errors_before);
-    if (!in_l2) redis_unreachable("cache_delete()");
+    if (!in_l2) redis_unreachable("cache_delete()", "the key");
     removed = *in_l2 || removed;
   }
   removed = l1_erase(key) || removed;
@@ -327,7 +328,7 @@ void cache_clear_all() {
     uint64_t errors_before = redis().errors();
     const int64_t cleared = redis().clear(now_ms());
     note_redis_state(errors_before);
-    if (cleared < 0) redis_unreachable("cache_clear()");
+    if (cleared < 0) redis_unreachable("cache_clear()", "its values");
   }
   l1_clear();
 }

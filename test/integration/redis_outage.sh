@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Redis stops in the middle of the game: cache lookups become misses (never
 # errors), counted; one log line says it is down. A delete, which cannot be
-# promised then, is an error that changes nothing. Redis comes back: L2 hits
+# promised then, is an error that changes nothing, and so is a clear. Redis comes back: L2 hits
 # resume, and one log line says so.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
@@ -43,6 +43,14 @@ down_lines=$(( $(grep -c "Redis L2 cache unavailable" "$NPC_STATE/log/postgres.l
 echo "log lines saying Redis is down: $down_lines (one per session that noticed, not per request)"
 [ "$down_lines" -ge 1 ] && [ "$down_lines" -le 5 ] || { echo "expected a few down lines, got $down_lines"; exit 1; }
 run_in watcher "SELECT npc_scale.cache_get('never-set-watcher');"  # the watcher notices too
+# A clear cannot be promised either: L1 and the L3 table keep what they hold.
+q "SELECT npc_scale.cache_set('kept-$tag', 'in L3 $tag', '1 hour', persist => true)" >/dev/null
+out=$(npc_psql -v VERBOSITY=verbose -tAc "SELECT npc_scale.cache_clear()" 2>&1 || true)
+grep -q "08006" <<<"$out" && grep -q "cache_clear() could not reach Redis .*: its values could still be served" <<<"$out" \
+  || { echo "cache_clear during the outage: expected 08006, got: $out"; exit 1; }
+[ "$(q "SELECT npc_scale.cache_get('outage-$tag')")" = "still here" ] || { echo "a failed clear changed L1"; exit 1; }
+[ "$(q "SELECT count(*) FROM npc_scale.cache_store WHERE value = 'in L3 $tag'")" = 1 ] \
+  || { echo "a failed clear emptied the L3 table"; exit 1; }
 
 echo "starting Redis again"
 npc_redis_start
