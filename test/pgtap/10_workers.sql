@@ -1,6 +1,7 @@
 -- Background workers: registered, connected, waiting on their latch,
 -- restarted after SIGTERM (pg_terminate_backend), and neither ended nor
 -- restarted by a cancel (pg_cancel_backend): their loop logs it and goes on.
+\ir setup/fresh.sql
 BEGIN;
 SELECT plan(22);
 

@@ -1,5 +1,6 @@
 -- The C++/Postgres bridge: exceptions become clean ERRORs with SQLSTATEs,
 -- Postgres ERRORs unwind C++ frames, and the session keeps working.
+\ir setup/fresh.sql
 BEGIN;
 SELECT plan(10);
 

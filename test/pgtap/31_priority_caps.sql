@@ -1,6 +1,7 @@
 -- Under a backlog, work is sent in priority order then age; an endpoint's
 -- max_concurrent is never exceeded (the simulated GPU's observed peak says so),
 -- not even across an endpoint's renumbering or a change of its URL.
+\ir setup/fresh.sql
 SELECT plan(27);
 
 -- Backlog: enqueue while no endpoint is enabled, then open one slot.

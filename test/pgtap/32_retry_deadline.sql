@@ -1,6 +1,7 @@
 -- Transient errors are retried up to npc_scale.max_attempts, then the decision
 -- fails with the last error; permanent errors fail at once; deadlines expire;
 -- a misconfigured endpoint is the endpoint's failure.
+\ir setup/fresh.sql
 SELECT plan(33);
 
 SELECT npc_test.use_gpus(ARRAY['faulty']);

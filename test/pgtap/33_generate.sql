@@ -1,5 +1,6 @@
 -- generate(): synchronous, through shared-memory slots; cancellable by
 -- statement_timeout; clear errors when the fleet is down or empty.
+\ir setup/fresh.sql
 SELECT plan(20);
 SELECT npc_test.use_gpus(ARRAY['fast0']);
 SELECT npc_test.gpu_reset('fast0');

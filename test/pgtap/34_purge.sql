@@ -1,5 +1,6 @@
 -- The maintenance worker purges finished decisions older than
 -- npc_scale.result_ttl (default 1 hour), in batches, and nothing else.
+\ir setup/fresh.sql
 SELECT plan(7);
 SELECT is(current_setting('npc_scale.result_ttl'), '1h', 'result_ttl is one hour by default');
 

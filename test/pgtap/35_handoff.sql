@@ -3,6 +3,7 @@
 -- rolled-back savepoint are never sent, nothing is sent twice, and what the
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
+\ir setup/fresh.sql
 SELECT plan(32);
 SELECT npc_test.use_gpus(ARRAY['fast1']);
 SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset

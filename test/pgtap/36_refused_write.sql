@@ -3,6 +3,7 @@
 -- per transaction, the refused row is written as failed saying why, and a
 -- row that refuses that too is given up (counted), while the rest go on.
 -- The same for a row that refuses its claim.
+\ir setup/fresh.sql
 SELECT plan(12);
 SELECT npc_scale.cache_clear();
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);

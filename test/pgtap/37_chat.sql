@@ -1,6 +1,7 @@
 -- An endpoint with api = 'chat': decisions and generate() go to
 -- /v1/chat/completions as messages (params.system as the first one), and
 -- the answer is the message's content. Commits and cleans up after itself.
+\ir setup/fresh.sql
 SELECT plan(8);
 DELETE FROM npc_scale.gpu_endpoints;
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, api) VALUES (37, npc_test.gpu_url('fast2'), 'chat');

@@ -2,6 +2,7 @@
 -- long (no request reaches it meanwhile) while the decision's retry goes
 -- elsewhere at once; a /health probe closes it; NPC affinity keeps an NPC on
 -- one endpoint; the stats view.
+\ir setup/fresh.sql
 SELECT plan(27);
 
 -- A rate-limited endpoint: every inference request gets 429, Retry-After: 30.

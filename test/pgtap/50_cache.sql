@@ -1,5 +1,6 @@
 -- The three-tier cache: promotion L3 → L2 → L1, TTL expiry, the L1 budget
 -- under an overfill, cached decisions and generate() answers.
+\ir setup/fresh.sql
 SELECT plan(51);
 
 SELECT npc_scale.cache_clear();

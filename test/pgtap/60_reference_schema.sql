@@ -3,6 +3,7 @@
 -- hot-query indexes, the resource matview, idempotency, input errors, and that
 -- each hot query's plan on a 500-NPC world uses its index.
 -- Everything happens in schema game_t and is rolled back.
+\ir setup/fresh.sql
 BEGIN;
 SELECT plan(57);
 

@@ -3,6 +3,7 @@
 -- overlapping itself, clear errors at schedule time, decisions flowing
 -- while a slow refresh runs (asserted by the order of events), and a cancel
 -- during a refresh failing that run only.
+\ir setup/fresh.sql
 SELECT plan(34);
 
 CREATE TABLE public.sched_src (id int PRIMARY KEY, x int NOT NULL);

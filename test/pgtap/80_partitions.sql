@@ -3,6 +3,7 @@
 -- rows moved when their range is created, retention (drop or detach),
 -- indexes and privileges reaching new partitions, and bound parity with
 -- pg_partman 4.7 itself.
+\ir setup/fresh.sql
 BEGIN;
 SELECT plan(51);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts

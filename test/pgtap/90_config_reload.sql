@@ -1,6 +1,7 @@
 -- SIGHUP: the workers reload configuration; a changed npc_scale.database makes
 -- them restart connected to the new database. Runs outside a transaction
 -- (ALTER SYSTEM cannot run in one) and restores what it changed.
+\ir setup/fresh.sql
 SELECT plan(11);
 
 CREATE TEMP TABLE before AS SELECT name, pid, config_reloads FROM npc_scale.worker_status();
