@@ -3,7 +3,7 @@
 -- elsewhere at once; a /health probe closes it; NPC affinity keeps an NPC on
 -- one endpoint; the stats view.
 \ir setup/fresh.sql
-SELECT plan(27);
+SELECT plan(30);
 
 -- A rate-limited endpoint: every inference request gets 429, Retry-After: 30.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 30, "hang_rate": 0, "slow_rate": 0}');
@@ -68,6 +68,36 @@ SELECT results_eq(format('SELECT hits - %s, misses - %s FROM npc_scale.affinity_
 SELECT is((SELECT hit_rate FROM npc_scale.affinity_stats), (SELECT round(hits::numeric / (hits + misses), 3) FROM npc_scale.affinity_stats),
   'and its hit_rate is hits / (hits + misses)');
 
+-- Decision types in npc_scale.prefix_affinity_types are keyed by their
+-- prompt's first 64 bytes, not by NPC: many NPCs asking about one shared
+-- situation land on one endpoint (its prefix cache); other types spread by NPC.
+SELECT config_reloads AS reloads0 FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher' \gset
+ALTER SYSTEM SET npc_scale.prefix_affinity_types = 'world_event, raid';
+SELECT pg_reload_conf() AS reloaded \gset
+SELECT ok(npc_test.wait_for(format($$ (SELECT config_reloads > %s FROM npc_scale.worker_status()
+                                        WHERE name = 'npc_scale dispatcher') $$, :reloads0)),
+  'the dispatcher has read prefix_affinity_types');
+CREATE TEMP TABLE by_prefix (decision_type text, id bigint);
+DO $$
+DECLARE
+  shared text := 'A horde of Natars has been sighted at the oasis north of the capital. ';
+  t text;
+BEGIN
+  FOR i IN 1 .. 12 LOOP
+    FOREACH t IN ARRAY ARRAY['raid', 'build'] LOOP
+      INSERT INTO by_prefix SELECT t, npc_scale.request_decision(5400 + i, t, shared || 'NPC ' || i || ': what now?', 5);
+      COMMIT;
+      PERFORM npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', (SELECT max(id) FROM by_prefix)));
+    END LOOP;
+  END LOOP;
+END $$;
+SELECT is((SELECT count(DISTINCT gpu_id)::int FROM npc_scale.decision_queue JOIN by_prefix USING (id) WHERE by_prefix.decision_type = 'raid'), 1,
+  'twelve NPCs'' decisions of a listed type with one prompt prefix all went to one endpoint');
+SELECT ok((SELECT count(DISTINCT gpu_id) FROM npc_scale.decision_queue JOIN by_prefix USING (id) WHERE by_prefix.decision_type = 'build') > 1,
+  'the same prompts as an unlisted type went to their NPCs'' endpoints, more than one');
+ALTER SYSTEM RESET npc_scale.prefix_affinity_types;
+SELECT pg_reload_conf() AS reloaded \gset
+
 -- The stats view: one row per endpoint, sane figures, never the api_key.
 SELECT is((SELECT count(*)::int FROM npc_scale.endpoint_stats WHERE breaker = 'closed' AND enabled), 3,
   'endpoint_stats shows the three endpoints, breakers closed');
@@ -119,5 +149,5 @@ ALTER SYSTEM RESET npc_scale.retry_base_delay;
 SELECT pg_reload_conf() AS reloaded \gset
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id IN (5001, 42) OR npc_id BETWEEN 5101 AND 5110 OR npc_id BETWEEN 5201 AND 5212
-   OR npc_id IN (5301, 5302);
+   OR npc_id IN (5301, 5302) OR npc_id BETWEEN 5401 AND 5412;
 SELECT * FROM finish();
