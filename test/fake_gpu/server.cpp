@@ -169,6 +169,8 @@ class Worker {
   // Thread-safe: the request `id`, which this worker owns, has finished.
   void post_finished(uint64_t id);
   void post_stop();
+  // Thread-safe: every hanging request of this worker goes into the GPU now.
+  void post_release_hangs();
 
  private:
   enum class Stage { dropping, hanging, in_gpu };
@@ -231,6 +233,7 @@ class Worker {
   // arms the GPU timer. True if `own` was among them (and is answered).
   bool settle(const Progress& progress, uint64_t own = 0);
   void finish_owned(uint64_t id);
+  void release_hangs();
 
   GpuState& gpu_;
   int index_;
@@ -243,6 +246,7 @@ class Worker {
   std::mutex mail_mu_;
   std::vector<uint64_t> mail_;  // finished requests of this worker
   bool mail_stop_ = false;
+  bool mail_release_hangs_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
 };
 
@@ -310,23 +314,43 @@ void Worker::post_stop() {
   [[maybe_unused]] ssize_t n = write(mail_fds_[1], &c, 1);
 }
 
+void Worker::post_release_hangs() {
+  {
+    std::lock_guard<std::mutex> lock(mail_mu_);
+    mail_release_hangs_ = true;
+  }
+  char c = 'r';
+  [[maybe_unused]] ssize_t n = write(mail_fds_[1], &c, 1);
+}
+
 void Worker::on_mail_cb(evutil_socket_t fd, short, void* arg) {
   auto* self = static_cast<Worker*>(arg);
   char buf[256];
   while (read(fd, buf, sizeof(buf)) > 0) {
   }
   std::vector<uint64_t> mail;
-  bool stop;
+  bool stop, release;
   {
     std::lock_guard<std::mutex> lock(self->mail_mu_);
     mail.swap(self->mail_);
     stop = self->mail_stop_;
+    release = self->mail_release_hangs_;
+    self->mail_release_hangs_ = false;
   }
   if (stop) {
     event_base_loopbreak(self->base_);
     return;
   }
   for (uint64_t id : mail) self->finish_owned(id);
+  if (release) self->release_hangs();
+}
+
+// A hang's timer fires now instead of after hang_ms: tests hold requests
+// in flight for as long as they need, then let them go.
+void Worker::release_hangs() {
+  for (auto& [id, p] : pending_) {
+    if (p->stage == Stage::hanging) arm(p.get(), 0);
+  }
 }
 
 void Worker::on_signal_cb(evutil_socket_t, short, void* arg) {
@@ -371,6 +395,14 @@ void Worker::on_request(evhttp_request* req) {
   if (path == "/admin/health") {
     if (!get && !post) return send_detail(req, 405, "Method Not Allowed");
     return handle_admin_health(req, post);
+  }
+  if (path == "/admin/release") {
+    if (!post) return send_detail(req, 405, "Method Not Allowed");
+    for (auto& w : peers_) {
+      if (w.get() != this) w->post_release_hangs();
+    }
+    release_hangs();
+    return send_json(req, 200, json{{"released", true}});
   }
   if (path == "/admin/reset") {
     if (!post) return send_detail(req, 405, "Method Not Allowed");

@@ -3,7 +3,7 @@
 -- elsewhere at once; a /health probe closes it; NPC affinity keeps an NPC on
 -- one endpoint; the stats view.
 \ir setup/fresh.sql
-SELECT plan(30);
+SELECT plan(31);
 
 -- A rate-limited endpoint: every inference request gets 429, Retry-After: 30.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 30, "hang_rate": 0, "slow_rate": 0}');
@@ -122,8 +122,10 @@ UPDATE npc_scale.gpu_endpoints SET send_priority = false;
 
 -- A retry is not joined to an identical request in flight on the endpoint
 -- its last attempt failed on (it would get that endpoint's answer): it goes
--- to another one. The retry's back-off is long enough to set the scene in.
-ALTER SYSTEM SET npc_scale.retry_base_delay = '2s';
+-- to another one. The retry's back-off holds it until the scene is set,
+-- then the test makes it due.
+ALTER SYSTEM SET npc_scale.retry_base_delay = '10min';
+ALTER SYSTEM SET npc_scale.retry_max_delay = '10min';
 SELECT pg_reload_conf() AS reloaded \gset
 SELECT 'Same question after a failure? ' || clock_timestamp() AS same_prompt \gset
 SELECT npc_test.use_gpus(ARRAY['faulty', 'fast0'], ARRAY[1, 16]);
@@ -138,6 +140,10 @@ SELECT npc_scale.request_decision(5302, 'build', :'same_prompt', 5, '{"temperatu
 SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 1 $$),
   'an identical request hangs on that endpoint');
 UPDATE npc_scale.gpu_endpoints SET enabled = true WHERE gpu_id = 2;
+SELECT ok((SELECT status = 'queued' AND attempts = 1 FROM npc_scale.decision_queue WHERE id = :failed_once),
+  'the retry is still held by its back-off');
+WITH due AS (UPDATE npc_scale.decision_queue SET not_before = now() WHERE id = :failed_once RETURNING 1)
+SELECT npc_scale._wake_dispatcher_at_commit() FROM due \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :failed_once)),
   'the retry is answered while that request still hangs');
 SELECT results_eq(format('SELECT status, gpu_id, attempts FROM npc_scale.decision_queue WHERE id = %s', :failed_once),
@@ -146,6 +152,7 @@ SELECT npc_scale.cancel_decision(:hanging) AS cancelled \gset
 SELECT npc_test.gpu_reset('faulty') AS reset \gset
 SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0, "hang_ms": 3600000}') AS faults \gset
 ALTER SYSTEM RESET npc_scale.retry_base_delay;
+ALTER SYSTEM RESET npc_scale.retry_max_delay;
 SELECT pg_reload_conf() AS reloaded \gset
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id IN (5001, 42) OR npc_id BETWEEN 5101 AND 5110 OR npc_id BETWEEN 5201 AND 5212

@@ -427,6 +427,24 @@ TEST(FakeGpuApi, HangTimesOutClientAndIsReleasedOnDisconnect) {
   EXPECT_EQ(gpu.get("/health").status, 200);
 }
 
+// A test holds requests in flight for as long as it needs, then lets them
+// go: /admin/release serves every hanging request at once, on every worker
+// thread (hang_ms is an hour by default).
+TEST(FakeGpuApi, ReleaseServesHangingRequestsAtOnce) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--hang-rate", "1", "--threads", "2");
+  Concurrent load;
+  for (int i = 0; i < 4; ++i) load.post(gpu, completion("held " + std::to_string(i), 3), 20000);
+  ASSERT_TRUE(wait_until([&] { return gpu.metric("fake_gpu_inflight") == 4; })) << gpu.metrics();
+  EXPECT_EQ(gpu.post("/admin/release", json::object()).status, 200);
+  load.join();
+  for (size_t i = 0; i < load.size(); ++i) {
+    ASSERT_EQ(load.reply(i).status, 200) << load.reply(i).body;
+    EXPECT_EQ(load.reply(i).parsed()["usage"]["completion_tokens"], 3);
+  }
+  EXPECT_EQ(gpu.metric("fake_gpu_inflight"), 0);
+  EXPECT_EQ(gpu.metric("fake_gpu_errors_injected_total", "kind=\"hang\""), 4);
+}
+
 TEST(FakeGpuApi, DisconnectFreesBatchSlot) {
   START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "600000", "--max-batch", "1");
   Reply r = gpu.post("/v1/completions", completion("long job"), 250);
