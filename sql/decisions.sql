@@ -156,10 +156,12 @@ INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, enabled) VALUES (91, 'htt
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, enabled) VALUES
   (91, 'http://Gateway.example:80/GPUs/7/', false), (92, 'https://[::ABCD]:443', false), (93, 'https://gpu.example:80', false);
 SELECT gpu_id, endpoint FROM npc_scale.gpu_endpoints WHERE gpu_id BETWEEN 91 AND 93 ORDER BY gpu_id;
--- Two rows can swap servers in one statement.
-UPDATE npc_scale.gpu_endpoints SET endpoint = CASE gpu_id WHEN 90 THEN 'http://gateway.example/GPUs/7' ELSE 'http://gpu.example:8000' END
- WHERE gpu_id IN (90, 91);
-SELECT gpu_id, endpoint FROM npc_scale.gpu_endpoints WHERE gpu_id IN (90, 91) ORDER BY gpu_id;
-DELETE FROM npc_scale.gpu_endpoints WHERE gpu_id BETWEEN 90 AND 93;
+-- A seeding script's ON CONFLICT DO NOTHING passes over a server already there.
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, enabled) VALUES (94, 'http://GPU.example:8000/', false)
+    ON CONFLICT DO NOTHING;
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, enabled) VALUES (94, 'http://gpu.EXAMPLE:8000/', false)
+    ON CONFLICT DO NOTHING;
+SELECT count(*) AS rows_for_gpu_94 FROM npc_scale.gpu_endpoints WHERE gpu_id = 94;
+DELETE FROM npc_scale.gpu_endpoints WHERE gpu_id BETWEEN 90 AND 94;
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id IN (501, 502, 601, 602, 603);

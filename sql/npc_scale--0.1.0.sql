@@ -45,9 +45,9 @@ CREATE TABLE npc_scale.gpu_endpoints (
     labels          jsonb NOT NULL DEFAULT '{}',
     send_priority   boolean NOT NULL DEFAULT false, -- server runs vLLM --scheduling-policy priority
     -- One row per server (the trigger writes each URL one way): two rows for
-    -- one server would each get its max_concurrent. Deferrable, so that one
-    -- UPDATE can swap two rows' URLs.
-    CONSTRAINT gpu_endpoints_one_row_per_server UNIQUE (endpoint) DEFERRABLE INITIALLY IMMEDIATE
+    -- one server would each get its max_concurrent. Not deferrable: a
+    -- seeding script's INSERT ... ON CONFLICT DO NOTHING needs it as an arbiter.
+    CONSTRAINT gpu_endpoints_one_row_per_server UNIQUE (endpoint)
 );
 COMMENT ON TABLE npc_scale.gpu_endpoints IS
 'GPU inference servers (vLLM OpenAI API). Changes reach the dispatcher at COMMIT.';
@@ -92,7 +92,8 @@ BEGIN
   port := CASE WHEN url[3] IS NULL OR (url[1] = 'http' AND url[3]::int = 80)
                     OR (url[1] = 'https' AND url[3]::int = 443) THEN ''
                ELSE ':' || url[3]::int END;
-  NEW.endpoint := rtrim(url[1] || '://' || lower(url[2]) || port || url[4], '/');
+  -- COLLATE "C": the host is ASCII, and a Turkish locale's lower('I') is not 'i'.
+  NEW.endpoint := rtrim(url[1] || '://' || lower(url[2] COLLATE "C") || port || url[4], '/');
   -- OpenAI clients take ".../v1"; npc_scale appends /v1/completions itself.
   IF NEW.endpoint ~ '/v1$' THEN
     RAISE EXCEPTION 'endpoint URL % of gpu % ends in /v1', quote_literal(NEW.endpoint), NEW.gpu_id

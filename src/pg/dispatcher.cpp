@@ -174,6 +174,7 @@ class Dispatcher {
   // Joins info to an identical request in flight that ends by `until_ms`
   // (the follower's own timeout: within its lease and deadline).
   bool coalesce(const InFlight& info, int64_t until_ms, std::optional<int> avoid_gpu);
+  void forget_leader(const std::string& cache_key, uint64_t tag);
   std::optional<std::string> known_answer(const std::string& key) const;
   bool answer_sync_slot(const InFlight& f, const std::string& response);
   void requeue_followers(const std::vector<InFlight>& followers);
@@ -832,16 +833,27 @@ bool Dispatcher::answer_sync_slot(const InFlight& f, const std::string& response
 
 // avoid_gpu: a retry's last endpoint. Joining a request in flight there
 // would bring back that endpoint's answer (a refusal of its own
-// configuration, an error) instead of asking another one.
+// configuration, an error) when another endpoint could be asked now.
 bool Dispatcher::coalesce(const InFlight& info, int64_t until_ms, std::optional<int> avoid_gpu) {
   if (info.cache_key.empty()) return false;
   auto it = in_flight_by_key_.find(info.cache_key);
   if (it == in_flight_by_key_.end()) return false;
   auto leader = in_flight_.find(it->second);
   if (leader == in_flight_.end() || leader->second.times_out_at_ms > until_ms) return false;
-  if (avoid_gpu && leader->second.gpu_id == *avoid_gpu) return false;
+  if (avoid_gpu && leader->second.gpu_id == *avoid_gpu && another_endpoint(leader->second.member)) {
+    return false;
+  }
   leader->second.followers.push_back(info);
   return true;
+}
+
+// A request that ends stops leading its key only if it still does: an
+// identical one sent later (not joined: a shorter deadline, another
+// endpoint) leads from then on and must stay findable.
+void Dispatcher::forget_leader(const std::string& cache_key, uint64_t tag) {
+  if (cache_key.empty()) return;
+  auto it = in_flight_by_key_.find(cache_key);
+  if (it != in_flight_by_key_.end() && it->second == tag) in_flight_by_key_.erase(it);
 }
 
 // Models and APIs of the enabled endpoints, sorted: part of every generation
@@ -1342,7 +1354,7 @@ void Dispatcher::cancel_request(uint64_t tag) {
     fleet_.release(*idx, now_ms());
   }
   if (capacity_blocked_) maybe_more_work_ = true;  // a slot freed: work may be waiting for it
-  if (!it->second.cache_key.empty()) in_flight_by_key_.erase(it->second.cache_key);
+  forget_leader(it->second.cache_key, tag);
   requeue_followers(it->second.followers);
   in_flight_.erase(it);
 }
@@ -1466,7 +1478,7 @@ void Dispatcher::handle_finished() {
     // A freed slot matters only if work was left waiting for one; new work
     // arrives with a latch wake-up.
     if (capacity_blocked_) maybe_more_work_ = true;
-    if (!f.cache_key.empty()) in_flight_by_key_.erase(f.cache_key);
+    forget_leader(f.cache_key, tag);
     AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), tag);
     // An answer cut at the request's own max_tokens was served well.
     record_outcome(f, r.http, o.kind == AttemptOutcome::Kind::done || r.completion.request_at_fault,

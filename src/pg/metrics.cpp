@@ -15,11 +15,15 @@ NPC_SQL_FUNCTION(npc_scale_metrics) {
     const char* name;
     int64 value;
   };
-  int sync_busy = 0;
+  // generate() calls in progress; of those, waiting for the dispatcher to
+  // take them or for a free GPU slot (the rest are sent, or share an
+  // identical request in flight).
+  int sync_busy = 0, sync_waiting = 0;
   for (int i = 0; i < s.sync_slot_count; i++) {
     SyncSlot* slot = sync_slot(i);
     SpinLockAcquire(&slot->mutex);
     if (slot->state != SyncState::free) sync_busy++;
+    if (slot->state == SyncState::pending) sync_waiting++;
     SpinLockRelease(&slot->mutex);
   }
   const Metric metrics[] = {
@@ -33,6 +37,7 @@ NPC_SQL_FUNCTION(npc_scale_metrics) {
       {"endpoints_generation", static_cast<int64>(pg_atomic_read_u64(&s.endpoints_generation))},
       {"sync_slots", s.sync_slot_count},
       {"sync_slots_busy", sync_busy},
+      {"sync_slots_waiting", sync_waiting},
       {"affinity_hits", static_cast<int64>(pg_atomic_read_u64(&s.affinity_hits))},
       {"affinity_misses", static_cast<int64>(pg_atomic_read_u64(&s.affinity_misses))},
   };
