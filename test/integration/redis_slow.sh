@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Redis slow or silent (CLIENT PAUSE) while the dispatcher asks it about a
+# Redis slow or silent (stopped with SIGSTOP until the script lets it go on:
+# it accepts and reads nothing meanwhile) while the dispatcher asks it about a
 # cacheable decision: the ask does not hold up the event loop (a decision
 # asked for after it is answered first), the asked one waits for Redis's
 # reply (a hit would withdraw its request) and is then answered from the
@@ -8,7 +9,11 @@ set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 q() { npc_psql -tAc "$1"; }
 
+redis_pid=$(cat "$NPC_STATE/redis/redis.pid")
+hold_redis() { kill -STOP "$redis_pid"; }
+release_redis() { kill -CONT "$redis_pid"; }
 restore() {
+  release_redis
   q "ALTER SYSTEM RESET npc_scale.redis_command_timeout" >/dev/null
   q "SELECT pg_reload_conf()" >/dev/null
 }
@@ -29,10 +34,10 @@ tag=$(date +%s%N)
 q "SELECT npc_test.use_gpus(ARRAY['fast1'])" >/dev/null
 redis-cli -p "$NPC_REDIS_PORT" PING >/dev/null
 
-echo "== Redis slow, within the timeout (6 s): paused for 3 s"
-set_timeout 6s
+echo "== Redis slow, within the timeout (60 s): held until the script releases it"
+set_timeout 60s
 errors0=$(q "SELECT redis_errors FROM npc_scale.cache_stats")
-redis-cli -p "$NPC_REDIS_PORT" CLIENT PAUSE 3000 ALL >/dev/null
+hold_redis
 a=$(q "SELECT npc_scale.request_decision(3101, 'build', 'slow redis: cacheable $tag', 5, '{\"temperature\": 0}')")
 # D: cacheable, over the 4 kB hand-off slot: claimed and sent on the table path.
 d=$(q "SELECT npc_scale.request_decision(3104, 'build', repeat('slow redis, the long way: $tag ', 150), 5, '{\"temperature\": 0}')")
@@ -44,6 +49,7 @@ echo "decision B (not cacheable) is $(status_of "$b") while A (handed off) is $s
 [ "$(status_of "$b")" = done ] || { echo "B did not finish"; exit 1; }
 [ "$sa" = queued ] || [ "$sa" = running ] || { echo "A should still wait for Redis's reply, is $sa"; exit 1; }
 [ "$sd" = running ] || { echo "D should still wait for Redis's reply, is $sd"; exit 1; }
+release_redis
 q "SELECT npc_test.wait_for('npc_test.all_finished(ARRAY[$a, $d]::bigint[])')" >/dev/null
 for id in "$a" "$d"; do
   row=$(q "SELECT status, cache_layer IS NULL, response <> '' FROM npc_scale.decision_queue WHERE id = $id")
@@ -52,9 +58,9 @@ for id in "$a" "$d"; do
 done
 [ "$(q "SELECT redis_errors FROM npc_scale.cache_stats")" = "$errors0" ] || { echo "a slow reply within the timeout counted as an error"; exit 1; }
 
-echo "== Redis silent past the timeout (200 ms): paused for 3 s"
+echo "== Redis silent past the timeout (200 ms): held until C is answered"
 set_timeout 200ms
-redis-cli -p "$NPC_REDIS_PORT" CLIENT PAUSE 3000 ALL >/dev/null
+hold_redis
 c=$(q "SELECT npc_scale.request_decision(3103, 'build', 'silent redis: cacheable $tag', 5, '{\"temperature\": 0}')")
 q "SELECT npc_test.wait_for('npc_test.all_finished(ARRAY[$c]::bigint[])')" >/dev/null
 row=$(q "SELECT status, cache_layer IS NULL FROM npc_scale.decision_queue WHERE id = $c")
@@ -62,7 +68,8 @@ errors=$(q "SELECT redis_errors > $errors0 FROM npc_scale.cache_stats")
 echo "C: status|from the GPU = $row; Redis errors counted: $errors"
 [ "$row" = "done|t" ] || { echo "C was not answered after its ask timed out"; exit 1; }
 [ "$errors" = t ] || { echo "the timed-out ask was not counted as a Redis error"; exit 1; }
-redis-cli -p "$NPC_REDIS_PORT" PING >/dev/null  # returns once the pause is over
+release_redis
+redis-cli -p "$NPC_REDIS_PORT" PING >/dev/null
 
 echo "== Redis answering again"
 # A backend sees it up. The dispatcher, whose last ask failed, still thinks it
