@@ -2,7 +2,7 @@
 -- max_concurrent is never exceeded (the simulated GPU's observed peak says so),
 -- not even across an endpoint's renumbering or a change of its URL.
 \ir setup/fresh.sql
-SELECT plan(27);
+SELECT plan(32);
 
 -- Backlog: enqueue while no endpoint is enabled, then open one slot.
 SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[1]);
@@ -72,16 +72,25 @@ SELECT pg_reload_conf() AS reloaded \gset
 
 -- Renumbering an endpoint while its requests are in flight: the old row
 -- drains, and its requests count against the new row's cap, which is the
--- same server's. 9 two-second requests on 3 slots (the renumbering lands
--- while the first three are in flight).
+-- same server's. 9 requests on 3 slots; the server holds every request
+-- until the test releases them (the renumbering lands while the first
+-- three are held, and anything sent meanwhile is held too).
+CREATE FUNCTION pg_temp.release_faulty() RETURNS boolean LANGUAGE sql AS $$
+  SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0}') IS NOT NULL
+     AND npc_test.http('POST', npc_test.gpu_url('faulty') || '/admin/release', '{}') IS NOT NULL
+$$;
 SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[3]);
 SELECT npc_test.gpu_reset('faulty') IS NOT NULL AS reset \gset
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1, "slow_ms": 2000}') IS NOT NULL AS slowed \gset
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1}') IS NOT NULL AS held \gset
 CREATE TEMP TABLE renumber AS
   SELECT id FROM npc_test.burst(3400, 9, 'renumber ' || clock_timestamp()) AS id;  -- never cached
 SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 3 $$),
   'three requests in flight on the old row');
 UPDATE npc_scale.gpu_endpoints SET gpu_id = 7;
+SELECT ok(npc_test.wait_for($$ EXISTS (SELECT FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND draining AND in_flight = 3)
+                               AND EXISTS (SELECT FROM npc_scale.endpoint_stats WHERE gpu_id = 7 AND NOT draining) $$),
+  'the dispatcher has the new row, and the old member draining its three');
+SELECT ok(pg_temp.release_faulty(), 'the held requests are released');
 SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM renumber))', '30 s'), 'all nine finish');
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 3::numeric,
   'the server never saw more than its cap of 3 across the renumbering');
@@ -95,6 +104,7 @@ SELECT results_eq('SELECT * FROM npc_test.done_once_by_gpu(ARRAY(SELECT id FROM 
 -- send three more at once.)
 SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[3]);
 SELECT npc_test.gpu_reset('faulty') IS NOT NULL AS reset \gset
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1}') IS NOT NULL AS held \gset
 CREATE TEMP TABLE repoint AS
   SELECT id FROM npc_test.burst(3500, 9, 'repoint ' || clock_timestamp()) AS id;  -- never cached
 SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 3 $$),
@@ -106,12 +116,14 @@ SELECT 2, npc_test.gpu_url('faulty'), 3 FROM repointed;
 SELECT ok(npc_test.wait_for($$ EXISTS (SELECT FROM npc_scale.endpoint_stats
                                         WHERE gpu_id = 1 AND draining AND in_flight = 3 AND endpoint IS NULL) $$),
   'endpoint_stats shows the old member draining its three, without the row''s new URL');
+SELECT ok(npc_test.wait_for($$ EXISTS (SELECT FROM npc_scale.endpoint_stats WHERE gpu_id = 2 AND NOT draining) $$),
+  'the dispatcher has the new row for the old server');
+SELECT ok(pg_temp.release_faulty(), 'the held requests are released');
 SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM repoint))', '30 s'), 'all nine finish');
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 3::numeric,
   'the server never saw more than its cap of 3 when its row changed');
 SELECT results_eq('SELECT * FROM npc_test.done_once_by_gpu(ARRAY(SELECT id FROM repoint))', $$ VALUES (1, 3), (2, 6) $$,
   'three answered through row 1, six through row 2, each in one attempt');
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}') IS NOT NULL AS fast_again \gset
 
 -- generate() counts its own wait for a slot: with the one unreserved slot of
 -- two busy, a priority-5 call takes the reserved one after reserve_wait
@@ -121,19 +133,20 @@ SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[2]);
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0, "slow_rate": 0, "hang_rate": 0}') IS NOT NULL AS calm \gset
 SELECT ok(length(npc_scale.generate('reserve: a first sample ' || clock_timestamp(), 0)) > 0,
   'a first generate() gives the endpoint latency samples (the reserve is on it)');
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1.0, "slow_ms": 5000}') IS NOT NULL AS slow \gset
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1}') IS NOT NULL AS held \gset
 SELECT npc_scale.request_decision(3590, 'build', 'reserve: occupy ' || clock_timestamp(), 0) AS occupy \gset
-SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'vllm:num_requests_running') = 1 $$),
-  'a slow decision holds the unreserved slot');
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}') IS NOT NULL AS fast_again \gset
+SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 1 $$),
+  'a decision held at the server occupies the unreserved slot');
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0}') IS NOT NULL AS answering \gset
 SELECT npc_test.gpu_reset('faulty') IS NOT NULL AS reset \gset
 SET statement_timeout = '20s';
 SELECT ok(length(npc_scale.generate('reserve: priority 5 ' || clock_timestamp(), 5)) > 0,
   'a priority-5 generate() is answered');
 RESET statement_timeout;
-SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_running'), 2::numeric,
-  'on the reserved slot, while the slow decision still ran');
-SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :occupy), '30 s'), 'the slow decision finishes');
+SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 2::numeric,
+  'on the reserved slot, while the held decision still occupied the other');
+SELECT ok(pg_temp.release_faulty(), 'the held decision is released');
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :occupy), '30 s'), 'and finishes');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2000 AND 3600;
 SELECT * FROM finish();
