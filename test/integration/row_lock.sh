@@ -10,7 +10,11 @@ source "$NPC_ROOT/test/integration/lib/sessions.sh"
 
 cleanup() {
   sessions_close
-  npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 0}')" >/dev/null 2>&1 || true
+  npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"hang_rate\": 0}')" >/dev/null 2>&1 || true
+  release_held >/dev/null 2>&1 || true
+}
+release_held() {
+  npc_psql -c "SELECT npc_test.http('POST', npc_test.gpu_url('faulty') || '/admin/release', '{}')" >/dev/null
 }
 trap cleanup EXIT
 npc_psql -tAc "SELECT npc_test.use_gpus(ARRAY['faulty'])" >/dev/null
@@ -20,12 +24,12 @@ sessions_open a
 # (its failures go to stderr and end the script through the empty row).
 held_answer() {
   local outcome=$1 npc=$2 id other deferred0
-  # A decision in flight for 3 s on the GPU, claimed (running).
-  npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 1, \"slow_ms\": 3000}')" >/dev/null
+  # A decision held at the GPU until released, claimed (running).
+  npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"hang_rate\": 1}')" >/dev/null
   id=$(npc_psql -tAc "SELECT npc_scale.request_decision($npc, 'build', 'row lock: $outcome', 5)")
   npc_wait_sql "SELECT status = 'running' FROM npc_scale.decision_queue WHERE id = $id" 10 \
     || { echo "decision $id was not claimed"; exit 1; } >&2
-  npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 0}')" >/dev/null  # new requests are fast again
+  npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"hang_rate\": 0}')" >/dev/null  # new requests are answered
   deferred0=$(npc_psql -tAc "SELECT npc_test.metric('results_deferred')")
 
   # Session a cancels it in a transaction it keeps open: the row stays locked.
@@ -33,6 +37,7 @@ held_answer() {
   grep -q '^cancel=true$' "$(session_out a)" || { echo "cancel_decision($id) did not return true"; cat "$(session_out a)"; exit 1; } >&2
 
   # The GPU's answer arrives; its write meets the lock and is put aside.
+  release_held
   npc_wait_sql "SELECT npc_test.metric('results_deferred') > $deferred0" 10 \
     || { echo "the answer to $id was not deferred"; exit 1; } >&2
 
