@@ -9,7 +9,13 @@ source "$NPC_ROOT/scripts/stack.sh"
 
 q() { npc_psql -tAc "$1"; }
 q "SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[8])" >/dev/null
-q "SELECT npc_test.gpu_faults('faulty', '{\"error_rate\": 0, \"hang_rate\": 0, \"slow_rate\": 1.0, \"slow_ms\": 3000}')" >/dev/null
+# The GPU holds every request until released: the crash lands with 8 in flight.
+q "SELECT npc_test.gpu_faults('faulty', '{\"error_rate\": 0, \"slow_rate\": 0, \"hang_rate\": 1}')" >/dev/null
+release() {
+  q "SELECT npc_test.gpu_faults('faulty', '{\"hang_rate\": 0}')" >/dev/null
+  q "SELECT npc_test.http('POST', npc_test.gpu_url('faulty') || '/admin/release', '{}')" >/dev/null
+}
+trap 'release >/dev/null 2>&1 || true' EXIT
 q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 7001 AND 7020" >/dev/null
 q "SELECT npc_test.gpu_reset('faulty')" >/dev/null
 q "SELECT count(*) FROM npc_scale.request_decisions(ARRAY(SELECT 7000 + g FROM generate_series(1, 20) g)::bigint[],
@@ -21,10 +27,11 @@ pid=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale dispa
 echo "8 decisions in flight; SIGKILL dispatcher $pid"
 kill -9 "$pid"
 
-# Crash restart: wait for the server and a new dispatcher, then let the GPU be fast.
+# Crash restart: wait for the server and a new dispatcher, then let the GPU
+# answer (what the new dispatcher sent before that is released too).
 npc_wait_sql "SELECT count(*) = 2 FROM npc_scale.worker_status() WHERE pid IS NOT NULL AND pid <> $pid" 60
 npc_wait_sql "SELECT true" 30
-q "SELECT npc_test.gpu_faults('faulty', '{\"slow_rate\": 0}')" >/dev/null
+release
 npc_wait_sql "SELECT count(*) = 20 FROM npc_scale.decision_queue WHERE npc_id BETWEEN 7001 AND 7020 AND status NOT IN ('queued', 'running')" 60
 
 summary=$(q "SELECT count(*) FILTER (WHERE status = 'done' AND response <> ''), count(*), max(attempts),
