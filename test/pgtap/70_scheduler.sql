@@ -4,7 +4,7 @@
 -- while a slow refresh runs (asserted by the order of events), and a cancel
 -- during a refresh failing that run only.
 \ir setup/fresh.sql
-SELECT plan(34);
+SELECT plan(35);
 
 CREATE TABLE public.sched_src (id int PRIMARY KEY, x int NOT NULL);
 INSERT INTO public.sched_src SELECT g, 1 FROM generate_series(1, 100) g;
@@ -13,8 +13,17 @@ CREATE UNIQUE INDEX ON public.sched_ok (id);
 CREATE MATERIALIZED VIEW public.sched_nokey AS SELECT id FROM public.sched_src;
 CREATE MATERIALIZED VIEW public.sched_bad AS SELECT id, 10 / x AS v FROM public.sched_src;
 CREATE UNIQUE INDEX ON public.sched_bad (id);
--- Takes a while to refresh: ~2.5 s.
-CREATE MATERIALIZED VIEW public.sched_slow AS SELECT 1 AS id, pg_sleep(2.5)::text AS slept;
+-- Its refresh takes as long as the test keeps public.sched_gate shut.
+CREATE TABLE public.sched_gate (open boolean NOT NULL);
+INSERT INTO public.sched_gate VALUES (true);
+CREATE FUNCTION public.sched_wait_for_gate() RETURNS text LANGUAGE plpgsql VOLATILE AS $f$
+BEGIN
+  WHILE NOT (SELECT open FROM public.sched_gate) LOOP
+    PERFORM pg_sleep(0.01);
+  END LOOP;
+  RETURN 'passed';
+END $f$;
+CREATE MATERIALIZED VIEW public.sched_slow AS SELECT 1 AS id, public.sched_wait_for_gate() AS slept;
 CREATE UNIQUE INDEX ON public.sched_slow (id);
 
 -- Bad input, said at schedule time.
@@ -114,31 +123,32 @@ SELECT pg_reload_conf() AS reloaded \gset
 
 -- A slow job never overlaps itself, and decisions flow while it runs.
 SELECT npc_scale.unschedule(:bad_job) AS unscheduled \gset
+UPDATE public.sched_gate SET open = false;
 SELECT npc_scale.schedule_refresh('public.sched_slow', '1 second') AS slow_job \gset
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running') $$, :slow_job), '15 s'),
   'the slow refresh is running');
 SELECT npc_test.use_gpus(ARRAY['fast2']);
 SELECT npc_scale.request_decision(9901, 'build', 'During a slow refresh?', 5) AS d \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d)), 'a decision finishes');
+SELECT is((SELECT array_agg(status) FROM npc_scale.maintenance_runs WHERE job = :slow_job), ARRAY['running'],
+  'while the first slow refresh still runs, and no second one has started');
+UPDATE public.sched_gate SET open = true;
 SELECT ok(npc_test.wait_for(format($$ (SELECT count(*) FROM npc_scale.maintenance_runs WHERE job = %s AND status <> 'running') >= 2 $$, :slow_job), '20 s'),
-  'two slow refreshes have finished');
--- (A new statement: its snapshot sees what the wait saw.)
-SELECT ok((SELECT finished_at FROM npc_scale.decision_queue WHERE id = :d)
-              < (SELECT min(finished_at) FROM npc_scale.maintenance_runs WHERE job = :slow_job)
-          AND NOT EXISTS (SELECT 1 FROM npc_scale.maintenance_runs a JOIN npc_scale.maintenance_runs b
-                            ON a.job = b.job AND a.run < b.run
-                           WHERE a.job = :slow_job AND b.started_at < a.finished_at),
-  'the decision finished before the first slow refresh did, and no two runs of the job overlapped');
+  'two slow refreshes have finished once the gate opened');
+SELECT ok(NOT EXISTS (SELECT 1 FROM npc_scale.maintenance_runs a JOIN npc_scale.maintenance_runs b
+                        ON a.job = b.job AND a.run < b.run
+                       WHERE a.job = :slow_job AND b.started_at < a.finished_at),
+  'no two runs of the job overlapped');
 
 -- A cancel of the maintenance worker during a refresh fails that run, with
 -- the cancel as its error; the worker goes on (same process), and its loop
--- does not count it: the run failed, not the loop. (The run waited for
--- started under a second ago, so 1.5 s of its refresh remain.)
+-- does not count it: the run failed, not the loop. (The gate holds the
+-- refresh until the cancel has landed.)
 CREATE TEMP TABLE maintenance_before AS
   SELECT pid, errors FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance';
+UPDATE public.sched_gate SET open = false;
 -- Its REFRESH itself, not a run still waiting behind another due job's.
-SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running'
-                                                AND started_at > clock_timestamp() - interval '1 s')
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running')
                                       AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = npc_test.worker_pid('maintenance')
                                                      AND state = 'active' AND query = 'npc_scale: REFRESH MATERIALIZED VIEW sched_slow') $$,
                                    :slow_job), '15 s'),
@@ -147,6 +157,7 @@ SELECT ok(pg_cancel_backend(npc_test.worker_pid('maintenance')), 'cancel sent to
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'failed'
                                                 AND error LIKE '%%canceling statement due to user request%%') $$, :slow_job), '15 s'),
   'the cancelled run is recorded as failed, with the cancel as its error');
+UPDATE public.sched_gate SET open = true;
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs r WHERE job = %1$s AND status = 'succeeded'
                                                 AND started_at > (SELECT max(started_at) FROM npc_scale.maintenance_runs
                                                                    WHERE job = %1$s AND status = 'failed')) $$, :slow_job), '20 s'),
@@ -170,6 +181,8 @@ DROP ROLE pm_nobody;
 
 SELECT npc_scale.unschedule(job) FROM npc_scale.maintenance_jobs;
 DROP MATERIALIZED VIEW public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow, public.sched_empty;
+DROP TABLE public.sched_gate;
+DROP FUNCTION public.sched_wait_for_gate();
 DROP TABLE public.sched_src;
 DELETE FROM npc_scale.decision_queue WHERE npc_id = 9901;
 SELECT * FROM finish();
