@@ -4,7 +4,9 @@
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
 \ir setup/fresh.sql
-SELECT plan(32);
+SELECT plan(35);
+-- An earlier run's answers would be cache hits.
+SELECT npc_scale.cache_clear() \gset
 SELECT npc_test.use_gpus(ARRAY['fast1']);
 SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
 SELECT npc_test.metric('handoff_sent') AS hs0, npc_test.metric('handoff_unclaimed') AS hu0 \gset
@@ -66,34 +68,43 @@ SELECT results_eq(
   format('SELECT attempts, started_at IS NOT NULL AND started_at <= finished_at FROM npc_scale.decision_queue WHERE id = %s', :id_a),
   $$ VALUES (1, true) $$,
   'answered before its claim: attempt 1, started_at set by the answer''s write');
--- In flight for longer (here 3 s, so even a slow machine's wait sees it), it is
--- claimed: running, with a lease, as a decision from the table path would be.
+-- In flight for longer (here held at the GPU until the test releases it), it
+-- is claimed: running, with a lease, as a decision from the table path would be.
+CREATE FUNCTION pg_temp.release_faulty() RETURNS boolean LANGUAGE sql AS $$
+  SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0}') IS NOT NULL
+     AND npc_test.http('POST', npc_test.gpu_url('faulty') || '/admin/release', '{}') IS NOT NULL
+$$;
 SELECT npc_test.use_gpus(ARRAY['faulty']);
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1, "slow_ms": 3000}') IS NOT NULL AS slowed \gset
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1}') IS NOT NULL AS held \gset
 SELECT npc_scale.request_decision(2007, 'build', 'handoff: slow enough to be claimed', 5) AS id_slow \gset
 SELECT ok(npc_test.wait_for(format(
   'SELECT status = ''running'' AND leased_until IS NOT NULL FROM npc_scale.decision_queue WHERE id = %s', :id_slow)),
   'in flight past 5 ms: claimed (running, leased)');
+SELECT ok(pg_temp.release_faulty(), 'its request is released');
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_slow)),
   'and then answered');
 SELECT results_eq(
   format('SELECT status, attempts FROM npc_scale.decision_queue WHERE id = %s', :id_slow),
   $$ VALUES ('done'::text, 1) $$,
   'done after one attempt');
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}') IS NOT NULL AS fast_again \gset
-SELECT npc_test.use_gpus(ARRAY['slow']);
 
 -- Identical cacheable decisions in one transaction: the first is sent from
--- the handoff, the others join its request in flight (the GPU answers in
--- 40 ms) and all three answers are written by one transaction (the
--- several-rows form of the write; a lone answer uses the one-row form).
-SELECT npc_test.gpu_reset('slow') IS NOT NULL AS reset \gset
+-- the handoff, the others join its request in flight (held at the GPU until
+-- all three are claimed) and all three answers are written by one
+-- transaction (the several-rows form of the write; a lone answer uses the
+-- one-row form).
+SELECT npc_test.gpu_reset('faulty') IS NOT NULL AS reset \gset
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1}') IS NOT NULL AS held \gset
 SELECT l1_hits AS l1_s, l2_hits AS l2_s, misses AS miss_s FROM npc_scale.cache_stats \gset
+SELECT 'handoff: the same question ' || clock_timestamp() AS same_q \gset
 BEGIN;
 SELECT array_agg(id) AS same_ids FROM npc_scale.request_decisions(ARRAY[2011, 2012, 2013], 'build',
-  ARRAY['handoff: the same question', 'handoff: the same question', 'handoff: the same question'],
-  5, '{"temperature": 0, "max_tokens": 5}') AS id \gset
+  ARRAY[:'same_q', :'same_q', :'same_q'], 5, '{"temperature": 0, "max_tokens": 5}') AS id \gset
 COMMIT;
+SELECT ok(npc_test.wait_for(format($$ (SELECT count(*) = 3 FROM npc_scale.decision_queue WHERE id = ANY(%L::bigint[]) AND status = 'running')
+                                      AND npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 1 $$, :'same_ids')),
+  'the three are claimed, with one request held at the GPU');
+SELECT ok(pg_temp.release_faulty(), 'which is released');
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(%L::bigint[])', :'same_ids')),
   'three identical decisions are finished');
 SELECT results_eq(
@@ -102,7 +113,7 @@ SELECT results_eq(
             FROM npc_scale.decision_queue WHERE id = ANY(%L::bigint[])', :'same_ids'),
   $$ VALUES (3, 1, 1, true) $$,
   'done after one attempt each, with one answer, written by one transaction');
-SELECT is(npc_test.gpu_metric('slow', 'fake_gpu_requests_total'), 1::numeric,
+SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 1::numeric,
   'the GPU answered one request for the three');
 SELECT results_eq(format('SELECT l1_hits - %s, l2_hits - %s, misses - %s FROM npc_scale.cache_stats', :l1_s, :l2_s, :miss_s),
   $$ VALUES (0::bigint, 0::bigint, 3::bigint) $$,
