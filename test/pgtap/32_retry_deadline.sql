@@ -37,21 +37,20 @@ SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 0::numeric, 
 
 -- Deadline passing in flight: the request's timeout is cut to the deadline,
 -- and the decision expires with what its attempt met, not "before it was sent".
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1.0, "slow_ms": 3000}');
-SELECT npc_scale.request_decision(4004, 'defend', 'Hold the gate?', 0, '{}', '300 ms') AS id4 \gset
+-- (The GPU holds it: only the deadline can end it.)
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1}');
+SELECT npc_scale.request_decision(4004, 'defend', 'Hold the gate?', 0, '{}', '2 s') AS id4 \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id4), '10 s'), 'the decision finishes');
 SELECT results_eq(format('SELECT status, attempts, error ~ %L FROM npc_scale.decision_queue WHERE id = %s',
                           '^deadline passed after 1 attempt\(s\); last error: .*Timeout', :id4),
   $$ VALUES ('expired'::text, 1, true) $$,
   'it expired after one attempt, with that attempt''s error');
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}');
 
 -- A timeout the request chose (its params.timeout_ms, or one cut to its
 -- deadline) that a busy GPU cannot meet is the request's, not the endpoint's:
 -- it does not open the breaker, or any role could shut the whole fleet with
 -- {"timeout_ms": 1}. (A GPU that answers nothing for the whole
 -- npc_scale.request_timeout is still failing: unit test EndpointVerdict.)
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 1.0, "slow_ms": 2000}');
 SELECT array_agg(npc_scale.request_decision(4100 + i, 'scout', 'Scout the ford?', 5, '{"timeout_ms": 30}'))::text AS ids9
   FROM generate_series(1, 3) i \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(%L::bigint[])', :'ids9'), '20 s'), 'the short-timeout decisions finish');
@@ -61,7 +60,7 @@ SELECT results_eq(format($$ SELECT count(*) FILTER (WHERE status = 'failed' AND 
   $$ VALUES (3::bigint) $$, 'each timed out on every attempt');
 SELECT is((SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining), 'closed',
   'and the endpoint''s breaker stayed closed');
-SELECT npc_test.gpu_faults('faulty', '{"slow_rate": 0}');
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0}');
 
 -- A misconfigured endpoint (unknown model: HTTP 404) is the endpoint's fault,
 -- not the decision's: retried (elsewhere, when there is an elsewhere), and it
