@@ -4,7 +4,7 @@
 -- while a slow refresh runs (asserted by the order of events), and a cancel
 -- during a refresh failing that run only.
 \ir setup/fresh.sql
-SELECT plan(35);
+SELECT plan(39);
 
 CREATE TABLE public.sched_src (id int PRIMARY KEY, x int NOT NULL);
 INSERT INTO public.sched_src SELECT g, 1 FROM generate_series(1, 100) g;
@@ -165,6 +165,29 @@ SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenanc
 SELECT results_eq($$ SELECT pid, errors FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance' $$,
                   $$ SELECT pid, errors FROM maintenance_before $$,
   'the same worker process, and no error counted by its loop');
+
+-- A worker that dies during a run (here SIGTERM while the refresh waits at
+-- the gate) cannot record its end: its successor marks the run failed, as
+-- pg_cron does, instead of leaving it 'running' for ever.
+UPDATE public.sched_gate SET open = false;
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = npc_test.worker_pid('maintenance')
+                                                AND state = 'active' AND query = 'npc_scale: REFRESH MATERIALIZED VIEW sched_slow')
+                                      AND EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running') $$,
+                                   :slow_job), '15 s'),
+  'a slow refresh is held at the gate again');
+SELECT run AS orphan_run FROM npc_scale.maintenance_runs WHERE job = :slow_job AND status = 'running' \gset
+SELECT npc_test.worker_pid('maintenance') AS dying_pid \gset
+SELECT ok(pg_terminate_backend(:dying_pid), 'SIGTERM sent to the maintenance worker during the run');
+UPDATE public.sched_gate SET open = true;
+SELECT ok(npc_test.wait_for(format($$ npc_test.worker_pid('maintenance') IS DISTINCT FROM %s
+                                      AND npc_test.worker_pid('maintenance') IS NOT NULL
+                                      AND (SELECT status <> 'running' FROM npc_scale.maintenance_runs WHERE run = %s) $$,
+                                   :dying_pid, :orphan_run), '30 s'),
+  'a new maintenance worker has started, and the run is over');
+SELECT results_eq(format($$ SELECT status, error, finished_at IS NOT NULL AND duration IS NOT NULL
+                              FROM npc_scale.maintenance_runs WHERE run = %s $$, :orphan_run),
+  $$ VALUES ('failed'::text, 'the maintenance worker restarted during this run'::text, true) $$,
+  'the run its predecessor died in is failed, saying so');
 
 -- Dropping a scheduled view takes its job (and run history) with it: a job
 -- left behind would fail every run naming a bare OID.
