@@ -2,7 +2,7 @@
 -- fails with the last error; permanent errors fail at once; deadlines expire;
 -- a misconfigured endpoint is the endpoint's failure.
 \ir setup/fresh.sql
-SELECT plan(33);
+SELECT plan(36);
 
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
@@ -32,6 +32,20 @@ SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])',
 SELECT results_eq(format('SELECT status, attempts, error FROM npc_scale.decision_queue WHERE id = %s', :id3),
   $$ VALUES ('expired'::text, 0, 'deadline passed before it was sent'::text) $$,
   'it expired without an attempt');
+-- request_decisions() gives the whole batch one deadline; an
+-- await_decision() on one of them returns at its expiry, woken by it (the
+-- safety-net recheck is an hour here).
+SET npc_scale.await_recheck = '1h';
+SELECT array_agg(id)::text AS batch_ids FROM npc_scale.request_decisions(ARRAY[4011, 4012, 4013], 'defend',
+  ARRAY['Wall 1?', 'Wall 2?', 'Wall 3?'], 0, '{}', '150 ms') AS id \gset
+SELECT is((SELECT status FROM npc_scale.await_decision((:'batch_ids'::bigint[])[2], '20 s')), 'expired',
+  'await_decision() on a batch member returns when it expires');
+RESET npc_scale.await_recheck;
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(%L::bigint[])', :'batch_ids')), 'the batch is finished');
+SELECT results_eq(format($$ SELECT count(*) FILTER (WHERE status = 'expired' AND attempts = 0
+                                                    AND deadline BETWEEN created_at AND created_at + interval '150 ms')
+                              FROM npc_scale.decision_queue WHERE id = ANY (%L::bigint[]) $$, :'batch_ids'),
+  $$ VALUES (3::bigint) $$, 'all three had the deadline and expired unsent');
 UPDATE npc_scale.gpu_endpoints SET enabled = true;
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 0::numeric, 'the GPU never saw it');
 
@@ -152,6 +166,6 @@ SELECT count(npc_scale.cancel_decision(id)) AS cancelled FROM unnest(:'ids10'::b
 SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 'closed' $$, '20 s'),
   'and it closes once the GPU answers again');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008 OR npc_id BETWEEN 4101 AND 4116;
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008 OR npc_id BETWEEN 4011 AND 4013 OR npc_id BETWEEN 4101 AND 4116;
 
 SELECT * FROM finish();
