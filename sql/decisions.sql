@@ -140,6 +140,10 @@ INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, weight) VALUES (90, 'http
 \echo :LAST_ERROR_SQLSTATE
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, api_key) VALUES (90, 'http://gpu.example:8000', E'sk-secret\n');
 \echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, labels) VALUES (90, 'http://gpu.example:8000', '["rtx"]');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, labels) VALUES (90, 'http://gpu.example:8000', 'null');
+\echo :LAST_ERROR_SQLSTATE
 -- A proxy's path prefix, IPv6 addresses (with or without a port) and
 -- Docker-style host names are fine.
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, enabled) VALUES

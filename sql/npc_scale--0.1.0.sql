@@ -121,7 +121,8 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Store the bare token, without "Bearer " or a trailing newline.';
   END IF;
   IF NEW.labels IS NULL OR jsonb_typeof(NEW.labels) <> 'object' THEN
-    RAISE EXCEPTION 'labels % must be a JSON object', coalesce(NEW.labels::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    RAISE EXCEPTION 'labels % of gpu % must be a JSON object', coalesce(NEW.labels::text, 'NULL'), NEW.gpu_id
+      USING ERRCODE = 'invalid_parameter_value';
   END IF;
   RETURN NEW;
 END $$;
