@@ -2,7 +2,7 @@
 -- max_concurrent is never exceeded (the simulated GPU's observed peak says so),
 -- not even across an endpoint's renumbering or a change of its URL.
 \ir setup/fresh.sql
-SELECT plan(32);
+SELECT plan(36);
 
 -- Backlog: enqueue while no endpoint is enabled, then open one slot.
 SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[1]);
@@ -47,12 +47,12 @@ SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue d JOIN burst USING
 
 -- The urgent reserve: the fastest endpoint keeps 20% of its slots for
 -- priority 0-2 until work has waited npc_scale.reserve_wait for a slot. With
--- the wait raised to 10 s, a burst of priority-5 work (200 ms of it) never
+-- the wait raised to 10 minutes, a burst of priority-5 work (200 ms of it) never
 -- takes the last of 5 slots, and what was claimed and handed back unsent
 -- does not count as an attempt.
 CREATE TEMP TABLE reloads AS
   SELECT config_reloads FROM npc_scale.worker_status() WHERE name LIKE '%dispatcher%';
-ALTER SYSTEM SET npc_scale.reserve_wait = '10s';
+ALTER SYSTEM SET npc_scale.reserve_wait = '10min';
 SELECT pg_reload_conf() AS reloaded \gset
 SELECT ok(npc_test.wait_for($$ SELECT (SELECT config_reloads FROM npc_scale.worker_status() WHERE name LIKE '%dispatcher%')
                                  > (SELECT config_reloads FROM reloads) $$), 'the dispatcher reloaded its configuration');
@@ -67,6 +67,24 @@ SELECT is(npc_test.gpu_metric('slow', 'fake_gpu_peak_running'), 4::numeric,
   'priority 5 never took the reserved fifth slot (peak 4 of 5)');
 SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue d JOIN burst5 USING (id) WHERE status = 'done' AND attempts = 1), 20,
   'all 20 done, each in one attempt (hand-backs are not attempts)');
+-- And priority 0 takes the reserved slot while priority-5 work waits: six
+-- priority-5 decisions, held at the GPU, fill the four open slots; an urgent
+-- one is then the fifth request the GPU sees.
+SELECT npc_test.gpu_reset('slow') IS NOT NULL AS reset \gset
+SELECT npc_test.gpu_faults('slow', '{"hang_rate": 1}') IS NOT NULL AS held \gset
+CREATE TEMP TABLE waiting5 AS SELECT id FROM npc_test.burst(3300, 6, 'reserve wait ' || clock_timestamp()) AS id;
+SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('slow', 'fake_gpu_inflight') = 4 $$),
+  'four priority-5 decisions are in flight');
+SELECT npc_scale.request_decision(3399, 'defend', 'reserve: urgent ' || clock_timestamp(), 0) AS urgent \gset
+SELECT ok(npc_test.wait_for(format($$ (SELECT status = 'running' FROM npc_scale.decision_queue WHERE id = %s)
+                                      AND npc_test.gpu_metric('slow', 'fake_gpu_inflight') = 5 $$, :urgent)),
+  'a priority-0 decision is sent to the fifth slot');
+SELECT is(npc_test.gpu_metric('slow', 'fake_gpu_requests_total'), 5::numeric,
+  'while the other two priority-5 decisions still wait (five requests in all)');
+SELECT npc_test.gpu_faults('slow', '{"hang_rate": 0}') IS NOT NULL AS answering \gset
+SELECT npc_test.http('POST', npc_test.gpu_url('slow') || '/admin/release', '{}') IS NOT NULL AS released \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY(SELECT id FROM waiting5) || %s::bigint)', :urgent), '30 s'),
+  'all seven finish once released');
 ALTER SYSTEM RESET npc_scale.reserve_wait;
 SELECT pg_reload_conf() AS reloaded \gset
 

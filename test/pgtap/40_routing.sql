@@ -3,7 +3,7 @@
 -- elsewhere at once; a /health probe closes it; NPC affinity keeps an NPC on
 -- one endpoint; the stats view.
 \ir setup/fresh.sql
-SELECT plan(30);
+SELECT plan(32);
 
 -- A rate-limited endpoint: every inference request gets 429, Retry-After: 30.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 30, "hang_rate": 0, "slow_rate": 0}');
@@ -101,6 +101,29 @@ SELECT is((SELECT count(*)::int FROM npc_scale.endpoint_stats WHERE breaker = 'c
   'endpoint_stats shows the three endpoints, breakers closed');
 SELECT hasnt_column('npc_scale', 'endpoint_stats', 'api_key', 'endpoint_stats has no api_key column');
 
+-- gpu_endpoints.weight scales an endpoint's share of NPC homes (with its
+-- slots): the same sixty NPCs, one decision each in turn, at weights 1:1
+-- and then 1:4.
+CREATE PROCEDURE pg_temp.homes(round text) LANGUAGE plpgsql AS $f$
+BEGIN
+  FOR i IN 1 .. 60 LOOP
+    INSERT INTO homes SELECT round, npc_scale.request_decision(5500 + i, 'build', 'weight ' || round || ' ' || i, 5);
+    COMMIT;
+    PERFORM npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', (SELECT max(id) FROM homes)));
+  END LOOP;
+END $f$;
+CREATE TEMP TABLE homes (round text, id bigint);
+SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
+CALL pg_temp.homes('even');
+UPDATE npc_scale.gpu_endpoints SET weight = 4 WHERE gpu_id = 2;
+CALL pg_temp.homes('heavy');
+SELECT ok((SELECT count(*) FILTER (WHERE gpu_id = 2) < 2 * count(*) FILTER (WHERE gpu_id = 1)
+             FROM npc_scale.decision_queue JOIN homes USING (id) WHERE round = 'even'),
+  'at equal weights the second endpoint is not home to twice as many NPCs as the first');
+SELECT ok((SELECT count(*) FILTER (WHERE gpu_id = 2) >= 2 * count(*) FILTER (WHERE gpu_id = 1)
+             FROM npc_scale.decision_queue JOIN homes USING (id) WHERE round = 'heavy'),
+  'at weight 4 against 1 the heavier one is home to more than twice as many');
+
 -- A request one server refuses for its own configuration (here
 -- send_priority on a vLLM without priority scheduling: HTTP 400) is asked
 -- once more on another endpoint, not failed as the caller's error.
@@ -157,5 +180,5 @@ ALTER SYSTEM RESET npc_scale.retry_max_delay;
 SELECT pg_reload_conf() AS reloaded \gset
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id IN (5001, 42) OR npc_id BETWEEN 5101 AND 5110 OR npc_id BETWEEN 5201 AND 5212
-   OR npc_id IN (5301, 5302) OR npc_id BETWEEN 5401 AND 5412;
+   OR npc_id IN (5301, 5302) OR npc_id BETWEEN 5401 AND 5412 OR npc_id BETWEEN 5501 AND 5560;
 SELECT * FROM finish();
