@@ -3,7 +3,7 @@
 -- elsewhere at once; a /health probe closes it; NPC affinity keeps an NPC on
 -- one endpoint; the stats view.
 \ir setup/fresh.sql
-SELECT plan(32);
+SELECT plan(34);
 
 -- A rate-limited endpoint: every inference request gets 429, Retry-After: 30.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 30, "hang_rate": 0, "slow_rate": 0}');
@@ -95,6 +95,20 @@ SELECT ok((SELECT count(DISTINCT gpu_id) FROM npc_scale.decision_queue JOIN by_p
   'the same prompts as an unlisted type went to their NPCs'' endpoints, more than one');
 ALTER SYSTEM RESET npc_scale.prefix_affinity_types;
 SELECT pg_reload_conf() AS reloaded \gset
+-- generate() is always keyed by its prompt's prefix: ten calls sharing one
+-- go to one server; ten with prompts of their own do not.
+SELECT bool_and(npc_test.gpu_reset(g) IS NOT NULL) AS reset FROM unnest(ARRAY['fast0', 'fast1', 'fast2']) g \gset
+SELECT count(npc_scale.generate('A horde of Natars has been sighted at the oasis north of the capital. Village '
+                                || g || '?', 5, '{"cache": false, "max_tokens": 2}')) AS shared_calls
+  FROM generate_series(1, 10) g \gset
+SELECT is((SELECT max(npc_test.gpu_metric(g, 'fake_gpu_requests_total')) FROM unnest(ARRAY['fast0', 'fast1', 'fast2']) g),
+  10::numeric, 'ten generate() calls sharing a prompt prefix all went to one server');
+SELECT bool_and(npc_test.gpu_reset(g) IS NOT NULL) AS reset FROM unnest(ARRAY['fast0', 'fast1', 'fast2']) g \gset
+SELECT count(npc_scale.generate('Village ' || g || ': a horde of Natars has been sighted at the oasis?', 5,
+                                '{"cache": false, "max_tokens": 2}')) AS own_calls
+  FROM generate_series(1, 10) g \gset
+SELECT ok((SELECT max(npc_test.gpu_metric(g, 'fake_gpu_requests_total')) FROM unnest(ARRAY['fast0', 'fast1', 'fast2']) g) < 10,
+  'ten with prompts of their own did not');
 
 -- The stats view: one row per endpoint, sane figures, never the api_key.
 SELECT is((SELECT count(*)::int FROM npc_scale.endpoint_stats WHERE breaker = 'closed' AND enabled), 3,
