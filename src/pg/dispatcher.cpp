@@ -481,6 +481,8 @@ void Dispatcher::reload_endpoints_if_changed(bool force, bool log_only_changes) 
   http_.forget_tokens_except(keys);
   endpoints_generation_ = generation;
   publish_fleet_signature();
+  // Who changed the table can wait for this to reach their commit's generation.
+  pg_atomic_write_u64(&shared_state().endpoints_loaded, generation);
   maybe_more_work_ = true;
   next_stats_ms_ = 0;
   int enabled = 0, slots = 0;
@@ -1469,6 +1471,7 @@ void Dispatcher::handle_finished() {
     if (it == in_flight_.end()) continue;
     InFlight f = std::move(it->second);
     in_flight_.erase(it);
+    forget_leader(f.cache_key, http.tag);  // before anything below can throw
     if (f.kind == Work::probe || f.kind == Work::probe_model || f.kind == Work::scrape) {
       finish_probe_or_scrape(f, http);
       continue;
@@ -1478,7 +1481,6 @@ void Dispatcher::handle_finished() {
     // A freed slot matters only if work was left waiting for one; new work
     // arrives with a latch wake-up.
     if (capacity_blocked_) maybe_more_work_ = true;
-    forget_leader(f.cache_key, tag);
     AttemptOutcome o = resolve_attempt(r, f.attempts, retry_policy(), tag);
     // An answer cut at the request's own max_tokens was served well.
     record_outcome(f, r.http, o.kind == AttemptOutcome::Kind::done || r.completion.request_at_fault,

@@ -15,15 +15,15 @@ NPC_SQL_FUNCTION(npc_scale_metrics) {
     const char* name;
     int64 value;
   };
-  // generate() calls in progress; of those, waiting for the dispatcher to
-  // take them or for a free GPU slot (the rest are sent, or share an
-  // identical request in flight).
+  // generate() calls in progress; of those, not served yet: being written,
+  // or waiting for the dispatcher, a free GPU slot or a retry's back-off
+  // (the rest are sent, share an identical request in flight, or are ending).
   int sync_busy = 0, sync_waiting = 0;
   for (int i = 0; i < s.sync_slot_count; i++) {
     SyncSlot* slot = sync_slot(i);
     SpinLockAcquire(&slot->mutex);
     if (slot->state != SyncState::free) sync_busy++;
-    if (slot->state == SyncState::pending) sync_waiting++;
+    if (slot->state == SyncState::filling || slot->state == SyncState::pending) sync_waiting++;
     SpinLockRelease(&slot->mutex);
   }
   const Metric metrics[] = {
@@ -35,6 +35,7 @@ NPC_SQL_FUNCTION(npc_scale_metrics) {
       {"requests_cancelled", static_cast<int64>(pg_atomic_read_u64(&s.requests_cancelled))},
       {"sync_retries_held", static_cast<int64>(pg_atomic_read_u64(&s.sync_retries_held))},
       {"endpoints_generation", static_cast<int64>(pg_atomic_read_u64(&s.endpoints_generation))},
+      {"endpoints_loaded", static_cast<int64>(pg_atomic_read_u64(&s.endpoints_loaded))},
       {"sync_slots", s.sync_slot_count},
       {"sync_slots_busy", sync_busy},
       {"sync_slots_waiting", sync_waiting},

@@ -76,6 +76,7 @@ void shared_state_attach() {
     pg_atomic_init_u64(&g_state->requests_cancelled, 0);
     pg_atomic_init_u64(&g_state->sync_retries_held, 0);
     pg_atomic_init_u64(&g_state->endpoints_generation, 1);
+    pg_atomic_init_u64(&g_state->endpoints_loaded, 0);
     ConditionVariableInit(&g_state->slot_freed_cv);
     SpinLockInit(&g_state->stats_mutex);
     pg_atomic_init_u64(&g_state->affinity_hits, 0);

@@ -101,6 +101,7 @@ struct SharedState {
   pg_atomic_uint64 requests_cancelled;    // GPU requests aborted because their decision was cancelled
   pg_atomic_uint64 sync_retries_held;     // generate() retries held back for their back-off
   pg_atomic_uint64 endpoints_generation;  // bumped at commit of a gpu_endpoints change
+  pg_atomic_uint64 endpoints_loaded;      // the generation the dispatcher has loaded
   ConditionVariable slot_freed_cv;        // broadcast when a generate() slot becomes free
   int waiter_count;                       // entries in waiters[]
   slock_t stats_mutex;                    // guards the endpoint stats below

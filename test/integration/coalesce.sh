@@ -93,6 +93,8 @@ npc_wait_sql "SELECT npc_test.metric('sync_slots_busy') = 1 AND npc_test.metric(
 release
 wait "$third" || { echo "the third call failed: $(cat "$out/third")"; exit 1; }
 [ -s "$out/third" ] || { echo "the third call got no answer"; exit 1; }
+[ "$(q "SELECT npc_test.gpu_metric('faulty', 'fake_gpu_requests_total')::int")" = 2 ] \
+  || { echo "the third call was sent on its own"; exit 1; }
 echo "a third identical call joined the request that leads once the first ended"
 npc_wait_sql "SELECT npc_test.all_finished(ARRAY[$id]::bigint[])" 10 || { echo "decision $id did not finish"; exit 1; }
 q "DELETE FROM npc_scale.decision_queue WHERE npc_id = 9302" >/dev/null

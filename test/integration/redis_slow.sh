@@ -13,7 +13,7 @@ redis_pid=$(cat "$NPC_STATE/redis/redis.pid")
 hold_redis() { kill -STOP "$redis_pid"; }
 release_redis() { kill -CONT "$redis_pid"; }
 restore() {
-  release_redis
+  release_redis || true
   q "ALTER SYSTEM RESET npc_scale.redis_command_timeout" >/dev/null
   q "SELECT pg_reload_conf()" >/dev/null
 }

@@ -27,8 +27,9 @@ held_answer() {
   # A decision held at the GPU until released, claimed (running).
   npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"hang_rate\": 1}')" >/dev/null
   id=$(npc_psql -tAc "SELECT npc_scale.request_decision($npc, 'build', 'row lock: $outcome', 5)")
-  npc_wait_sql "SELECT status = 'running' FROM npc_scale.decision_queue WHERE id = $id" 10 \
-    || { echo "decision $id was not claimed"; exit 1; } >&2
+  npc_wait_sql "SELECT status = 'running' FROM npc_scale.decision_queue WHERE id = $id
+                   AND npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 1" 10 \
+    || { echo "decision $id was not claimed and held at the GPU"; exit 1; } >&2
   npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"hang_rate\": 0}')" >/dev/null  # new requests are answered
   deferred0=$(npc_psql -tAc "SELECT npc_test.metric('results_deferred')")
 

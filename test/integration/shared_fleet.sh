@@ -22,8 +22,10 @@ q "DELETE FROM npc_scale.gpu_endpoints;
    INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, max_concurrent) VALUES
      (1, '$shared_url', 16), (2, '$(q "SELECT npc_test.gpu_url('fast1')")', 16)" >/dev/null
 
-# sequential FIRST_NPC: twenty priority-9 decisions (the least loaded
-# endpoint; ties rotate), one at a time; prints how many each gpu_id answered.
+# sequential FIRST_NPC: twenty priority-9 decisions of twenty NPCs, one at a
+# time (each NPC's home on the affinity ring, unless that endpoint's load,
+# ours or another client's, is over the fleet's average); prints how many
+# each gpu_id answered.
 sequential() {
   local ids=() id
   for i in $(seq 0 19); do

@@ -87,6 +87,8 @@ SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY(SELECT id FROM w
   'all seven finish once released');
 ALTER SYSTEM RESET npc_scale.reserve_wait;
 SELECT pg_reload_conf() AS reloaded \gset
+SELECT npc_test.wait_for($$ SELECT (SELECT config_reloads FROM npc_scale.worker_status() WHERE name LIKE '%dispatcher%')
+                                   > (SELECT config_reloads FROM reloads) + 1 $$) AS reset_applied \gset
 
 -- Renumbering an endpoint while its requests are in flight: the old row
 -- drains, and its requests count against the new row's cap, which is the

@@ -33,13 +33,16 @@ SELECT results_eq(format('SELECT status, attempts, error FROM npc_scale.decision
   $$ VALUES ('expired'::text, 0, 'deadline passed before it was sent'::text) $$,
   'it expired without an attempt');
 -- request_decisions() gives the whole batch one deadline; an
--- await_decision() on one of them returns at its expiry, woken by it (the
--- safety-net recheck is an hour here).
+-- await_decision() on one of them returns at its expiry, woken by it: its
+-- own timeout and the safety-net recheck are an hour here, so without the
+-- wake-up statement_timeout would cancel it.
 SET npc_scale.await_recheck = '1h';
+SET statement_timeout = '20s';
 SELECT array_agg(id)::text AS batch_ids FROM npc_scale.request_decisions(ARRAY[4011, 4012, 4013], 'defend',
   ARRAY['Wall 1?', 'Wall 2?', 'Wall 3?'], 0, '{}', '150 ms') AS id \gset
-SELECT is((SELECT status FROM npc_scale.await_decision((:'batch_ids'::bigint[])[2], '20 s')), 'expired',
+SELECT is((SELECT status FROM npc_scale.await_decision((:'batch_ids'::bigint[])[2], '1 h')), 'expired',
   'await_decision() on a batch member returns when it expires');
+RESET statement_timeout;
 RESET npc_scale.await_recheck;
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(%L::bigint[])', :'batch_ids')), 'the batch is finished');
 SELECT results_eq(format($$ SELECT count(*) FILTER (WHERE status = 'expired' AND attempts = 0

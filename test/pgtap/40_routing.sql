@@ -3,7 +3,7 @@
 -- elsewhere at once; a /health probe closes it; NPC affinity keeps an NPC on
 -- one endpoint; the stats view.
 \ir setup/fresh.sql
-SELECT plan(34);
+SELECT plan(35);
 
 -- A rate-limited endpoint: every inference request gets 429, Retry-After: 30.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 429, "retry_after": 30, "hang_rate": 0, "slow_rate": 0}');
@@ -178,6 +178,8 @@ SELECT npc_scale.request_decision(5302, 'build', :'same_prompt', 5, '{"temperatu
 SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 1 $$),
   'an identical request hangs on that endpoint');
 UPDATE npc_scale.gpu_endpoints SET enabled = true WHERE gpu_id = 2;
+SELECT ok(npc_test.wait_for($$ npc_test.metric('endpoints_loaded') >= npc_test.metric('endpoints_generation') $$),
+  'the dispatcher has loaded the enabled endpoint');
 SELECT ok((SELECT status = 'queued' AND attempts = 1 FROM npc_scale.decision_queue WHERE id = :failed_once),
   'the retry is still held by its back-off');
 WITH due AS (UPDATE npc_scale.decision_queue SET not_before = now() WHERE id = :failed_once RETURNING 1)

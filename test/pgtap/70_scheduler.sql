@@ -5,6 +5,13 @@
 -- during a refresh failing that run only.
 \ir setup/fresh.sql
 SELECT plan(39);
+-- What a run of this file that failed half-way left (a view's job goes with it).
+SET client_min_messages = warning;
+DROP MATERIALIZED VIEW IF EXISTS public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow,
+  public.sched_empty, public.sched_gone;
+DROP FUNCTION IF EXISTS public.sched_wait_for_gate();
+DROP TABLE IF EXISTS public.sched_src;
+RESET client_min_messages;
 
 CREATE TABLE public.sched_src (id int PRIMARY KEY, x int NOT NULL);
 INSERT INTO public.sched_src SELECT g, 1 FROM generate_series(1, 100) g;
@@ -13,14 +20,13 @@ CREATE UNIQUE INDEX ON public.sched_ok (id);
 CREATE MATERIALIZED VIEW public.sched_nokey AS SELECT id FROM public.sched_src;
 CREATE MATERIALIZED VIEW public.sched_bad AS SELECT id, 10 / x AS v FROM public.sched_src;
 CREATE UNIQUE INDEX ON public.sched_bad (id);
--- Its refresh takes as long as the test keeps public.sched_gate shut.
-CREATE TABLE public.sched_gate (open boolean NOT NULL);
-INSERT INTO public.sched_gate VALUES (true);
+-- Its refresh waits at a gate: an advisory lock this session holds while
+-- the test needs the refresh held (a session that ends, failing half-way,
+-- lets go of it: the worker is never left waiting).
 CREATE FUNCTION public.sched_wait_for_gate() RETURNS text LANGUAGE plpgsql VOLATILE AS $f$
 BEGIN
-  WHILE NOT (SELECT open FROM public.sched_gate) LOOP
-    PERFORM pg_sleep(0.01);
-  END LOOP;
+  PERFORM pg_advisory_lock_shared(707070);
+  PERFORM pg_advisory_unlock_shared(707070);
   RETURN 'passed';
 END $f$;
 CREATE MATERIALIZED VIEW public.sched_slow AS SELECT 1 AS id, public.sched_wait_for_gate() AS slept;
@@ -123,7 +129,7 @@ SELECT pg_reload_conf() AS reloaded \gset
 
 -- A slow job never overlaps itself, and decisions flow while it runs.
 SELECT npc_scale.unschedule(:bad_job) AS unscheduled \gset
-UPDATE public.sched_gate SET open = false;
+SELECT pg_advisory_lock(707070) AS gate_shut \gset
 SELECT npc_scale.schedule_refresh('public.sched_slow', '1 second') AS slow_job \gset
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running') $$, :slow_job), '15 s'),
   'the slow refresh is running');
@@ -132,7 +138,7 @@ SELECT npc_scale.request_decision(9901, 'build', 'During a slow refresh?', 5) AS
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d)), 'a decision finishes');
 SELECT is((SELECT array_agg(status) FROM npc_scale.maintenance_runs WHERE job = :slow_job), ARRAY['running'],
   'while the first slow refresh still runs, and no second one has started');
-UPDATE public.sched_gate SET open = true;
+SELECT pg_advisory_unlock(707070) AS gate_open \gset
 SELECT ok(npc_test.wait_for(format($$ (SELECT count(*) FROM npc_scale.maintenance_runs WHERE job = %s AND status <> 'running') >= 2 $$, :slow_job), '20 s'),
   'two slow refreshes have finished once the gate opened');
 SELECT ok(NOT EXISTS (SELECT 1 FROM npc_scale.maintenance_runs a JOIN npc_scale.maintenance_runs b
@@ -146,18 +152,19 @@ SELECT ok(NOT EXISTS (SELECT 1 FROM npc_scale.maintenance_runs a JOIN npc_scale.
 -- refresh until the cancel has landed.)
 CREATE TEMP TABLE maintenance_before AS
   SELECT pid, errors FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance';
-UPDATE public.sched_gate SET open = false;
+SELECT pg_advisory_lock(707070) AS gate_shut \gset
 -- Its REFRESH itself, not a run still waiting behind another due job's.
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running')
                                       AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = npc_test.worker_pid('maintenance')
-                                                     AND state = 'active' AND query = 'npc_scale: REFRESH MATERIALIZED VIEW sched_slow') $$,
+                                                     AND state = 'active' AND query = 'npc_scale: REFRESH MATERIALIZED VIEW sched_slow'
+                                                AND wait_event = 'advisory') $$,
                                    :slow_job), '15 s'),
   'a slow refresh has just started');
 SELECT ok(pg_cancel_backend(npc_test.worker_pid('maintenance')), 'cancel sent to the maintenance worker');
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'failed'
                                                 AND error LIKE '%%canceling statement due to user request%%') $$, :slow_job), '15 s'),
   'the cancelled run is recorded as failed, with the cancel as its error');
-UPDATE public.sched_gate SET open = true;
+SELECT pg_advisory_unlock(707070) AS gate_open \gset
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs r WHERE job = %1$s AND status = 'succeeded'
                                                 AND started_at > (SELECT max(started_at) FROM npc_scale.maintenance_runs
                                                                    WHERE job = %1$s AND status = 'failed')) $$, :slow_job), '20 s'),
@@ -169,16 +176,17 @@ SELECT results_eq($$ SELECT pid, errors FROM npc_scale.worker_status() WHERE nam
 -- A worker that dies during a run (here SIGTERM while the refresh waits at
 -- the gate) cannot record its end: its successor marks the run failed, as
 -- pg_cron does, instead of leaving it 'running' for ever.
-UPDATE public.sched_gate SET open = false;
+SELECT pg_advisory_lock(707070) AS gate_shut \gset
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = npc_test.worker_pid('maintenance')
-                                                AND state = 'active' AND query = 'npc_scale: REFRESH MATERIALIZED VIEW sched_slow')
+                                                AND state = 'active' AND query = 'npc_scale: REFRESH MATERIALIZED VIEW sched_slow'
+                                                AND wait_event = 'advisory')
                                       AND EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running') $$,
                                    :slow_job), '15 s'),
   'a slow refresh is held at the gate again');
 SELECT run AS orphan_run FROM npc_scale.maintenance_runs WHERE job = :slow_job AND status = 'running' \gset
 SELECT npc_test.worker_pid('maintenance') AS dying_pid \gset
 SELECT ok(pg_terminate_backend(:dying_pid), 'SIGTERM sent to the maintenance worker during the run');
-UPDATE public.sched_gate SET open = true;
+SELECT pg_advisory_unlock(707070) AS gate_open \gset
 SELECT ok(npc_test.wait_for(format($$ npc_test.worker_pid('maintenance') IS DISTINCT FROM %s
                                       AND npc_test.worker_pid('maintenance') IS NOT NULL
                                       AND (SELECT status <> 'running' FROM npc_scale.maintenance_runs WHERE run = %s) $$,
@@ -204,7 +212,6 @@ DROP ROLE pm_nobody;
 
 SELECT npc_scale.unschedule(job) FROM npc_scale.maintenance_jobs;
 DROP MATERIALIZED VIEW public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow, public.sched_empty;
-DROP TABLE public.sched_gate;
 DROP FUNCTION public.sched_wait_for_gate();
 DROP TABLE public.sched_src;
 DELETE FROM npc_scale.decision_queue WHERE npc_id = 9901;

@@ -119,13 +119,15 @@ END $$;
 
 -- What every pgTAP file starts from (test/pgtap/setup/fresh.sql), whatever
 -- an earlier file left behind when it failed half-way: no decision waiting
--- or in flight, every simulated GPU healthy and without faults.
+-- or in flight, every simulated GPU healthy, without faults and holding no
+-- request.
 CREATE OR REPLACE FUNCTION npc_test.reset_fixtures() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   PERFORM npc_scale.cancel_decision(id) FROM npc_scale.decision_queue WHERE status IN ('queued', 'running');
   PERFORM npc_test.gpu_faults(name, '{"error_rate": 0, "error_status": 500, "retry_after": 1, "hang_rate": 0,
                                       "hang_ms": 3600000, "slow_rate": 0, "slow_ms": 2000, "malformed_rate": 0,
                                       "drop_rate": 0, "ignore_structured_outputs": false}'),
-          npc_test.http('POST', url || '/admin/health', '{"healthy": true}')
+          npc_test.http('POST', url || '/admin/health', '{"healthy": true}'),
+          npc_test.http('POST', url || '/admin/release', '{}')  -- requests an earlier file left held
      FROM npc_test.gpus WHERE name <> 'down';
 END $$;
