@@ -103,6 +103,11 @@ SELECT npc_scale.cache_set('k', 'v', '1000000 years');
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.cache_set('k', 'v', '-1 s');
 \echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.cache_set('k', repeat('v', 1048577), '1 hour');
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decisions(ARRAY(SELECT g FROM generate_series(1, 10001) g)::bigint[], 'build',
+                                   array_fill('ok'::text, ARRAY[10001]));
+\echo :LAST_ERROR_SQLSTATE
 -- A cache write waits for its COMMIT: it cannot wait in a prepared transaction.
 BEGIN;
 SELECT npc_scale.cache_set('k', 'v', '1 hour');

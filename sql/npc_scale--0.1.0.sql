@@ -1506,6 +1506,13 @@ END $$;
 REVOKE ALL ON FUNCTION npc_scale._forget_dropped() FROM PUBLIC;
 CREATE EVENT TRIGGER npc_scale_forget_dropped ON sql_drop EXECUTE FUNCTION npc_scale._forget_dropped();
 
+-- Trigger functions fire whoever may EXECUTE them; nobody else is to call
+-- them (a game role could hang _endpoints_changed on a table of its own and
+-- reload the fleet at every commit), nor wake the maintenance worker.
+REVOKE ALL ON FUNCTION npc_scale._check_endpoint(), npc_scale._endpoints_changed(),
+  npc_scale._check_maintenance_job(), npc_scale._maintenance_jobs_changed(),
+  npc_scale._check_partition_config(), npc_scale._wake_maintenance_at_commit() FROM PUBLIC;
+
 -- pg_dump: the tables above hold the game's data (its fleet, its queued and
 -- answered decisions, its persisted cache, its schedules and partition
 -- settings), not the extension's. Without this a dump would restore them

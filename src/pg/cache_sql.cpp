@@ -11,6 +11,7 @@
 #include "tiered_cache.hpp"
 
 extern "C" {
+#include "access/detoast.h"
 #include "funcapi.h"
 #include "utils/timestamp.h"
 }
@@ -49,6 +50,14 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
   if (PG_ARGISNULL(0)) throw Error(sqlstate::null_value_not_allowed, "cache key must not be null");
   if (PG_ARGISNULL(1)) throw Error(sqlstate::null_value_not_allowed, "cache value must not be null");
   const std::string key = user_key(checked_key(PG_GETARG_DATUM(0)));
+  // Measured before it is detoasted: a 1 GB value is refused, not copied.
+  constexpr size_t kMaxValueBytes = 1 << 20;
+  const size_t value_bytes =
+      pg_call([&] { return toast_raw_datum_size(PG_GETARG_DATUM(1)) - VARHDRSZ; });
+  if (value_bytes > kMaxValueBytes) {
+    throw Error("54000", "cache value of " + std::to_string(value_bytes) + " bytes is longer than " +
+                             std::to_string(kMaxValueBytes) + " bytes");
+  }
   std::string value = text_arg(PG_GETARG_DATUM(1));
   int64_t ttl_s = 0;
   if (!PG_ARGISNULL(2)) {

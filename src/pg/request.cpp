@@ -133,6 +133,14 @@ NPC_SQL_FUNCTION(npc_scale_check_batch) {
     throw Error("2202E", "npc_ids has " + std::to_string(ids.count) + " elements but prompts has " +
                              std::to_string(prompts.count));
   }
+  // One call is one transaction of inserts: a bound keeps one caller from
+  // holding the queue (and its WAL) with millions of rows at once.
+  constexpr int kMaxBatch = 10000;
+  if (ids.count > kMaxBatch) {
+    throw Error("54000", "request_decisions() takes at most " + std::to_string(kMaxBatch) +
+                             " decisions per call, got " + std::to_string(ids.count),
+                {}, "Split the batch over several calls.");
+  }
   RequestArgs args;
   if (!PG_ARGISNULL(1)) args.decision_type = text_arg(PG_GETARG_DATUM(1));
   if (!PG_ARGISNULL(3)) args.priority = PG_GETARG_INT32(3);

@@ -93,6 +93,13 @@ void worker_startup(WorkerKind kind) {
 
     strlcpy(g_connected_database, guc_database, sizeof(g_connected_database));
     BackgroundWorkerInitializeConnection(g_connected_database, nullptr, 0);
+    // The workers are superusers: no name they resolve may come from a
+    // schema a game role can create objects in ("$user", public, a
+    // database's own search_path), or a function there named like one
+    // they call would run as superuser. As PostgreSQL 17 runs
+    // maintenance. A session-level setting: the game's own functions may
+    // still SET theirs.
+    SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
     pgstat_report_appname(worker_name(kind));
 
     SharedState& s = shared_state();

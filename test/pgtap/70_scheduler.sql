@@ -156,7 +156,7 @@ SELECT pg_advisory_lock(707070) AS gate_shut \gset
 -- Its REFRESH itself, not a run still waiting behind another due job's.
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running')
                                       AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = npc_test.worker_pid('maintenance')
-                                                     AND state = 'active' AND query = 'npc_scale: REFRESH MATERIALIZED VIEW sched_slow'
+                                                     AND state = 'active' AND query = 'npc_scale: REFRESH MATERIALIZED VIEW public.sched_slow'
                                                 AND wait_event = 'advisory') $$,
                                    :slow_job), '15 s'),
   'a slow refresh has just started');
@@ -178,7 +178,7 @@ SELECT results_eq($$ SELECT pid, errors FROM npc_scale.worker_status() WHERE nam
 -- pg_cron does, instead of leaving it 'running' for ever.
 SELECT pg_advisory_lock(707070) AS gate_shut \gset
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = npc_test.worker_pid('maintenance')
-                                                AND state = 'active' AND query = 'npc_scale: REFRESH MATERIALIZED VIEW sched_slow'
+                                                AND state = 'active' AND query = 'npc_scale: REFRESH MATERIALIZED VIEW public.sched_slow'
                                                 AND wait_event = 'advisory')
                                       AND EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running') $$,
                                    :slow_job), '15 s'),
