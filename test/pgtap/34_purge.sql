@@ -1,7 +1,7 @@
 -- The maintenance worker purges finished decisions older than
 -- npc_scale.result_ttl (default 1 hour), in batches, and nothing else.
 \ir setup/fresh.sql
-SELECT plan(7);
+SELECT plan(9);
 SELECT is(current_setting('npc_scale.result_ttl'), '1h', 'result_ttl is one hour by default');
 
 SELECT coalesce((SELECT n_tup_del FROM pg_stat_user_tables WHERE relid = 'npc_scale.decision_queue'::regclass), 0) AS del0 \gset
@@ -46,4 +46,27 @@ SELECT ok(npc_test.wait_for(format('NOT EXISTS (SELECT 1 FROM npc_scale.decision
 ALTER SYSTEM RESET npc_scale.result_ttl;
 SELECT pg_reload_conf() AS reloaded \gset
 DELETE FROM npc_scale.decision_queue WHERE id = :kept_id;
+
+-- The worker is a superuser: a function in public (any role may create one
+-- there on PostgreSQL 14 and older, or in its own "$user" schema) that
+-- matches a call of its SQL better than pg_catalog's must never be what it
+-- runs. The purge's make_interval(secs => int) would pick this one on the
+-- default search_path. (A new worker, so that it plans its SQL afresh.)
+CREATE TABLE public.shadow_calls (who text);
+CREATE FUNCTION public.make_interval(secs integer) RETURNS interval LANGUAGE plpgsql AS $f$
+BEGIN
+  INSERT INTO public.shadow_calls VALUES (current_user);
+  RETURN pg_catalog.make_interval(secs => secs::double precision);
+END $f$;
+SELECT npc_test.worker_pid('maintenance') AS old_maintenance \gset
+SELECT pg_terminate_backend(:old_maintenance) AS terminated \gset
+SELECT npc_test.wait_for(format('npc_test.worker_pid(''maintenance'') IS DISTINCT FROM %s AND npc_test.worker_pid(''maintenance'') IS NOT NULL', :old_maintenance), '30 s') AS restarted \gset
+INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt, status, finished_at)
+VALUES (13100, 'old', 'purged by the new worker', 'done', now() - interval '2 hours');
+SELECT ok(npc_test.wait_for('NOT EXISTS (SELECT 1 FROM npc_scale.decision_queue WHERE npc_id = 13100)', '20 s'),
+  'the new maintenance worker purges');
+SELECT is((SELECT count(*)::int FROM public.shadow_calls), 0,
+  'without calling a function of public''s that shadows one of pg_catalog''s');
+DROP FUNCTION public.make_interval(integer);
+DROP TABLE public.shadow_calls;
 SELECT * FROM finish();
