@@ -45,6 +45,7 @@ int guc_redis_connect_timeout_ms = 100;
 int guc_redis_command_timeout_ms = 20;
 int guc_partition_interval_s = 3600;
 int guc_maintenance_lock_timeout_ms = 1000;
+int guc_refresh_timeout_s = 3600;
 int guc_maintenance_run_ttl_s = 7 * 86400;
 int guc_breaker_failures = 3;
 double guc_breaker_error_rate = 0.5;
@@ -200,6 +201,12 @@ void define_gucs() {
                           "Longest wait for a lock in a refresh or in partition maintenance (0: no limit).",
                           nullptr, &guc_maintenance_lock_timeout_ms, 1000, 0, 3600000, PGC_USERSET,
                           GUC_UNIT_MS, nullptr, nullptr, nullptr);
+  // One worker runs every job in turn: a view whose query never ends would
+  // hold the rest (and the purges and partition maintenance) for ever.
+  DefineCustomIntVariable("npc_scale.refresh_timeout",
+                          "Longest run of a scheduled refresh; it fails after this (0: no limit).",
+                          nullptr, &guc_refresh_timeout_s, 3600, 0, 7 * 86400, PGC_SIGHUP, GUC_UNIT_S,
+                          nullptr, nullptr, nullptr);
   DefineCustomIntVariable("npc_scale.maintenance_run_ttl",
                           "Rows of npc_scale.maintenance_runs are purged after this.", nullptr,
                           &guc_maintenance_run_ttl_s, 7 * 86400, 60, 3650 * 86400, PGC_SIGHUP, GUC_UNIT_S,

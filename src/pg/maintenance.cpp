@@ -18,6 +18,7 @@ extern "C" {
 #include "postgres.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 PGDLLEXPORT void npc_scale_maintenance_main(Datum main_arg);
@@ -257,6 +258,23 @@ void record_run(int64_t run, bool ok, const std::string& error, std::optional<in
   }
 }
 
+// npc_scale.refresh_timeout over one refresh: a view whose query never ends
+// would hold every other job, the purges and partition maintenance (one
+// worker runs them all in turn). statement_timeout is armed by the
+// client-statement loop only, which a background worker's SPI never goes
+// through: the timer is armed here, and always disarmed (an exception
+// unwinds this frame), so that it cannot fire into a later statement.
+struct RefreshTimeout {
+  RefreshTimeout() {
+    if (guc_refresh_timeout_s > 0) {
+      pg_call([] { enable_timeout_after(STATEMENT_TIMEOUT, guc_refresh_timeout_s * 1000); });
+    }
+  }
+  ~RefreshTimeout() { disable_timeout(STATEMENT_TIMEOUT, false); }
+  RefreshTimeout(const RefreshTimeout&) = delete;
+  RefreshTimeout& operator=(const RefreshTimeout&) = delete;
+};
+
 // One refresh in its own transaction. A failure is recorded with its error and
 // the worker goes on; a run never overlaps itself (one worker, one at a time,
 // and the next due time is computed when a run starts).
@@ -270,6 +288,7 @@ void run_job(const DueJob& d) {
       // statements on the view behind its own lock: it fails instead.
       const std::string lock_timeout =
           "SET LOCAL lock_timeout = " + std::to_string(guc_maintenance_lock_timeout_ms);
+
       // CONCURRENTLY needs a populated view: one created WITH NO DATA gets
       // a plain first refresh.
       const std::string populated = "SELECT relispopulated FROM pg_class WHERE oid = " + std::to_string(d.oid);
@@ -284,6 +303,7 @@ void run_job(const DueJob& d) {
         concurrently = SPI_processed == 1 && spi_bool(0, 1);
       }
       std::string sql = std::string("REFRESH MATERIALIZED VIEW ") + (concurrently ? "CONCURRENTLY " : "") + d.target;
+      RefreshTimeout bound;
       pg_call([&] {
         if (SPI_execute(sql.c_str(), false, 0) < 0) elog(ERROR, "REFRESH failed");
       });

@@ -4,7 +4,7 @@
 -- while a slow refresh runs (asserted by the order of events), and a cancel
 -- during a refresh failing that run only.
 \ir setup/fresh.sql
-SELECT plan(39);
+SELECT plan(41);
 -- What a run of this file that failed half-way left (a view's job goes with it).
 SET client_min_messages = warning;
 DROP MATERIALIZED VIEW IF EXISTS public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow,
@@ -22,8 +22,9 @@ CREATE MATERIALIZED VIEW public.sched_bad AS SELECT id, 10 / x AS v FROM public.
 CREATE UNIQUE INDEX ON public.sched_bad (id);
 -- Its refresh waits at a gate: an advisory lock this session holds while
 -- the test needs the refresh held (a session that ends, failing half-way,
--- lets go of it: the worker is never left waiting).
-CREATE FUNCTION public.sched_wait_for_gate() RETURNS text LANGUAGE plpgsql VOLATILE AS $f$
+-- lets go of it: the worker is never left waiting). Without a lock timeout
+-- of its own, it would fail after maintenance_lock_timeout.
+CREATE FUNCTION public.sched_wait_for_gate() RETURNS text LANGUAGE plpgsql VOLATILE SET lock_timeout = 0 AS $f$
 BEGIN
   PERFORM pg_advisory_lock_shared(707070);
   PERFORM pg_advisory_unlock_shared(707070);
@@ -196,6 +197,26 @@ SELECT results_eq(format($$ SELECT status, error, finished_at IS NOT NULL AND du
                               FROM npc_scale.maintenance_runs WHERE run = %s $$, :orphan_run),
   $$ VALUES ('failed'::text, 'the maintenance worker restarted during this run'::text, true) $$,
   'the run its predecessor died in is failed, saying so');
+
+-- A refresh that runs past npc_scale.refresh_timeout fails, and the worker
+-- goes on: one worker runs every job in turn.
+SELECT config_reloads AS maint_reloads FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance' \gset
+ALTER SYSTEM SET npc_scale.refresh_timeout = '1s';
+SELECT pg_reload_conf() AS reloaded \gset
+SELECT npc_test.wait_for(format($$ (SELECT config_reloads > %s FROM npc_scale.worker_status()
+                                     WHERE name = 'npc_scale maintenance') $$, :maint_reloads)) AS applied \gset
+SELECT coalesce(max(run), 0) AS run_before_timeout FROM npc_scale.maintenance_runs WHERE job = :slow_job \gset
+SELECT pg_advisory_lock(707070) AS gate_shut \gset
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND run > %s AND status = 'failed'
+                                                AND error LIKE '%%canceling statement due to statement timeout%%') $$,
+                                   :slow_job, :run_before_timeout), '15 s'),
+  'a refresh held past refresh_timeout fails with a statement timeout');
+SELECT pg_advisory_unlock(707070) AS gate_open \gset
+ALTER SYSTEM RESET npc_scale.refresh_timeout;
+SELECT pg_reload_conf() AS reloaded \gset
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND run > %s
+                                                AND status = 'succeeded') $$, :slow_job, :run_before_timeout), '20 s'),
+  'and the next run, through the open gate, succeeds');
 
 -- Dropping a scheduled view takes its job (and run history) with it: a job
 -- left behind would fail every run naming a bare OID.
