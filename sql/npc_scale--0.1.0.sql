@@ -1506,12 +1506,12 @@ END $$;
 REVOKE ALL ON FUNCTION npc_scale._forget_dropped() FROM PUBLIC;
 CREATE EVENT TRIGGER npc_scale_forget_dropped ON sql_drop EXECUTE FUNCTION npc_scale._forget_dropped();
 
--- Trigger functions fire whoever may EXECUTE them; nobody else is to call
--- them (a game role could hang _endpoints_changed on a table of its own and
--- reload the fleet at every commit), nor wake the maintenance worker.
+-- EXECUTE on a trigger function is checked when a trigger is created, not
+-- when it fires: without it nobody else hangs these on a table of their
+-- own (_endpoints_changed there would reload the fleet at every commit).
 REVOKE ALL ON FUNCTION npc_scale._check_endpoint(), npc_scale._endpoints_changed(),
   npc_scale._check_maintenance_job(), npc_scale._maintenance_jobs_changed(),
-  npc_scale._check_partition_config(), npc_scale._wake_maintenance_at_commit() FROM PUBLIC;
+  npc_scale._check_partition_config() FROM PUBLIC;
 
 -- pg_dump: the tables above hold the game's data (its fleet, its queued and
 -- answered decisions, its persisted cache, its schedules and partition

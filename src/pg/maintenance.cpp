@@ -18,6 +18,7 @@ extern "C" {
 #include "postgres.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
@@ -270,6 +271,16 @@ struct RefreshTimeout {
       pg_call([] { enable_timeout_after(STATEMENT_TIMEOUT, guc_refresh_timeout_s * 1000); });
     }
   }
+  // On success, still in the transaction: a timeout that fired after the
+  // refresh's last interrupt check fails the run here, as a timeout (the
+  // destructor would clear its indicator, and a later check report it as a
+  // cancel).
+  void end() {
+    pg_call([] {
+      disable_timeout(STATEMENT_TIMEOUT, true);
+      CHECK_FOR_INTERRUPTS();
+    });
+  }
   ~RefreshTimeout() { disable_timeout(STATEMENT_TIMEOUT, false); }
   RefreshTimeout(const RefreshTimeout&) = delete;
   RefreshTimeout& operator=(const RefreshTimeout&) = delete;
@@ -314,6 +325,7 @@ void run_job(const DueJob& d) {
         if (SPI_execute(count.c_str(), false, 0) < 0) elog(ERROR, "count failed");
       });
       rows = spi_int(0, 1);
+      bound.end();
     });
   } catch (const std::exception& e) {
     record_run(d.run, false, e.what(), std::nullopt);

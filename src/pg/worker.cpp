@@ -96,10 +96,11 @@ void worker_startup(WorkerKind kind) {
     // The workers are superusers: no name they resolve may come from a
     // schema a game role can create objects in ("$user", public, a
     // database's own search_path), or a function there named like one
-    // they call would run as superuser. As PostgreSQL 17 runs
-    // maintenance. A session-level setting: the game's own functions may
-    // still SET theirs.
-    SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
+    // they call would run as superuser. As autovacuum does: the override
+    // is also what RESET goes back to (a superuser's trigger cannot undo
+    // it), and a configuration reload does not replace it; a function's
+    // own SET search_path still applies.
+    SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
     pgstat_report_appname(worker_name(kind));
 
     SharedState& s = shared_state();

@@ -52,6 +52,8 @@ DELETE FROM npc_scale.decision_queue WHERE id = :kept_id;
 -- matches a call of its SQL better than pg_catalog's must never be what it
 -- runs. The purge's make_interval(secs => int) would pick this one on the
 -- default search_path. (A new worker, so that it plans its SQL afresh.)
+DROP FUNCTION IF EXISTS public.make_interval(integer);  -- left by a run that failed half-way
+DROP TABLE IF EXISTS public.shadow_calls;
 CREATE TABLE public.shadow_calls (who text);
 CREATE FUNCTION public.make_interval(secs integer) RETURNS interval LANGUAGE plpgsql AS $f$
 BEGIN
