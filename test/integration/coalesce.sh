@@ -14,10 +14,7 @@ q "SELECT npc_test.use_gpus(ARRAY['faulty'])" >/dev/null
 q "SELECT npc_scale.cache_clear()" >/dev/null
 q "SELECT npc_test.gpu_reset('faulty')" >/dev/null
 hold() { q "SELECT npc_test.gpu_faults('faulty', '{\"hang_rate\": 1}')" >/dev/null; }
-release() {
-  q "SELECT npc_test.gpu_faults('faulty', '{\"hang_rate\": 0}')" >/dev/null
-  q "SELECT npc_test.http('POST', npc_test.gpu_url('faulty') || '/admin/release', '{}')" >/dev/null
-}
+release() { q "SELECT npc_test.gpu_release('faulty')" >/dev/null; }
 trap 'release >/dev/null 2>&1 || true' EXIT
 hold
 out=$NPC_STATE/coalesce; rm -rf "$out"; mkdir -p "$out"

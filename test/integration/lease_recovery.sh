@@ -11,10 +11,7 @@ q() { npc_psql -tAc "$1"; }
 q "SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[8])" >/dev/null
 # The GPU holds every request until released: the crash lands with 8 in flight.
 q "SELECT npc_test.gpu_faults('faulty', '{\"error_rate\": 0, \"slow_rate\": 0, \"hang_rate\": 1}')" >/dev/null
-release() {
-  q "SELECT npc_test.gpu_faults('faulty', '{\"hang_rate\": 0}')" >/dev/null
-  q "SELECT npc_test.http('POST', npc_test.gpu_url('faulty') || '/admin/release', '{}')" >/dev/null
-}
+release() { q "SELECT npc_test.gpu_release('faulty')" >/dev/null; }
 trap 'release >/dev/null 2>&1 || true' EXIT
 q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 7001 AND 7020" >/dev/null
 q "SELECT npc_test.gpu_reset('faulty')" >/dev/null

@@ -10,12 +10,9 @@ source "$NPC_ROOT/test/integration/lib/sessions.sh"
 
 cleanup() {
   sessions_close
-  npc_psql -c "SELECT npc_test.gpu_faults('faulty', '{\"hang_rate\": 0}')" >/dev/null 2>&1 || true
   release_held >/dev/null 2>&1 || true
 }
-release_held() {
-  npc_psql -c "SELECT npc_test.http('POST', npc_test.gpu_url('faulty') || '/admin/release', '{}')" >/dev/null
-}
+release_held() { npc_psql -c "SELECT npc_test.gpu_release('faulty')" >/dev/null; }
 trap cleanup EXIT
 npc_psql -tAc "SELECT npc_test.use_gpus(ARRAY['faulty'])" >/dev/null
 sessions_open a

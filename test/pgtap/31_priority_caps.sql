@@ -81,8 +81,7 @@ SELECT ok(npc_test.wait_for(format($$ (SELECT status = 'running' FROM npc_scale.
   'a priority-0 decision is sent to the fifth slot');
 SELECT is(npc_test.gpu_metric('slow', 'fake_gpu_requests_total'), 5::numeric,
   'while the other two priority-5 decisions still wait (five requests in all)');
-SELECT npc_test.gpu_faults('slow', '{"hang_rate": 0}') IS NOT NULL AS answering \gset
-SELECT npc_test.http('POST', npc_test.gpu_url('slow') || '/admin/release', '{}') IS NOT NULL AS released \gset
+SELECT npc_test.gpu_release('slow') AS released \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY(SELECT id FROM waiting5) || %s::bigint)', :urgent), '30 s'),
   'all seven finish once released');
 ALTER SYSTEM RESET npc_scale.reserve_wait;
@@ -95,10 +94,6 @@ SELECT npc_test.wait_for($$ SELECT (SELECT config_reloads FROM npc_scale.worker_
 -- same server's. 9 requests on 3 slots; the server holds every request
 -- until the test releases them (the renumbering lands while the first
 -- three are held, and anything sent meanwhile is held too).
-CREATE FUNCTION pg_temp.release_faulty() RETURNS boolean LANGUAGE sql AS $$
-  SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0}') IS NOT NULL
-     AND npc_test.http('POST', npc_test.gpu_url('faulty') || '/admin/release', '{}') IS NOT NULL
-$$;
 SELECT npc_test.use_gpus(ARRAY['faulty'], ARRAY[3]);
 SELECT npc_test.gpu_reset('faulty') IS NOT NULL AS reset \gset
 SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1}') IS NOT NULL AS held \gset
@@ -110,7 +105,7 @@ UPDATE npc_scale.gpu_endpoints SET gpu_id = 7;
 SELECT ok(npc_test.wait_for($$ EXISTS (SELECT FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND draining AND in_flight = 3)
                                AND EXISTS (SELECT FROM npc_scale.endpoint_stats WHERE gpu_id = 7 AND NOT draining) $$),
   'the dispatcher has the new row, and the old member draining its three');
-SELECT ok(pg_temp.release_faulty(), 'the held requests are released');
+SELECT ok(npc_test.gpu_release('faulty'), 'the held requests are released');
 SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM renumber))', '30 s'), 'all nine finish');
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 3::numeric,
   'the server never saw more than its cap of 3 across the renumbering');
@@ -138,7 +133,7 @@ SELECT ok(npc_test.wait_for($$ EXISTS (SELECT FROM npc_scale.endpoint_stats
   'endpoint_stats shows the old member draining its three, without the row''s new URL');
 SELECT ok(npc_test.wait_for($$ EXISTS (SELECT FROM npc_scale.endpoint_stats WHERE gpu_id = 2 AND NOT draining) $$),
   'the dispatcher has the new row for the old server');
-SELECT ok(pg_temp.release_faulty(), 'the held requests are released');
+SELECT ok(npc_test.gpu_release('faulty'), 'the held requests are released');
 SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM repoint))', '30 s'), 'all nine finish');
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 3::numeric,
   'the server never saw more than its cap of 3 when its row changed');
@@ -165,7 +160,7 @@ SELECT ok(length(npc_scale.generate('reserve: priority 5 ' || clock_timestamp(),
 RESET statement_timeout;
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_peak_inflight'), 2::numeric,
   'on the reserved slot, while the held decision still occupied the other');
-SELECT ok(pg_temp.release_faulty(), 'the held decision is released');
+SELECT ok(npc_test.gpu_release('faulty'), 'the held decision is released');
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :occupy), '30 s'), 'and finishes');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2000 AND 3600;

@@ -70,17 +70,13 @@ SELECT results_eq(
   'answered before its claim: attempt 1, started_at set by the answer''s write');
 -- In flight for longer (here held at the GPU until the test releases it), it
 -- is claimed: running, with a lease, as a decision from the table path would be.
-CREATE FUNCTION pg_temp.release_faulty() RETURNS boolean LANGUAGE sql AS $$
-  SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0}') IS NOT NULL
-     AND npc_test.http('POST', npc_test.gpu_url('faulty') || '/admin/release', '{}') IS NOT NULL
-$$;
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1}') IS NOT NULL AS held \gset
 SELECT npc_scale.request_decision(2007, 'build', 'handoff: slow enough to be claimed', 5) AS id_slow \gset
 SELECT ok(npc_test.wait_for(format(
   'SELECT status = ''running'' AND leased_until IS NOT NULL FROM npc_scale.decision_queue WHERE id = %s', :id_slow)),
   'in flight past 5 ms: claimed (running, leased)');
-SELECT ok(pg_temp.release_faulty(), 'its request is released');
+SELECT ok(npc_test.gpu_release('faulty'), 'its request is released');
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_slow)),
   'and then answered');
 SELECT results_eq(
@@ -104,7 +100,7 @@ COMMIT;
 SELECT ok(npc_test.wait_for(format($$ (SELECT count(*) = 3 FROM npc_scale.decision_queue WHERE id = ANY(%L::bigint[]) AND status = 'running')
                                       AND npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 1 $$, :'same_ids')),
   'the three are claimed, with one request held at the GPU');
-SELECT ok(pg_temp.release_faulty(), 'which is released');
+SELECT ok(npc_test.gpu_release('faulty'), 'which is released');
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(%L::bigint[])', :'same_ids')),
   'three identical decisions are finished');
 SELECT results_eq(

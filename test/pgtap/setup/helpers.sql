@@ -69,6 +69,14 @@ $$;
 CREATE OR REPLACE FUNCTION npc_test.gpu_faults(gpu text, faults jsonb) RETURNS text
 LANGUAGE sql AS $$ SELECT npc_test.http('POST', npc_test.gpu_url(gpu) || '/admin/faults', faults::text) $$;
 
+-- Lets go of what a simulated GPU holds: no new request hangs, and every one
+-- hanging now is served at once (hang_ms is an hour: tests hold requests in
+-- flight this way for exactly as long as they need).
+CREATE OR REPLACE FUNCTION npc_test.gpu_release(gpu text) RETURNS boolean LANGUAGE sql AS $$
+  SELECT npc_test.gpu_faults(gpu, '{"hang_rate": 0}') IS NOT NULL
+     AND npc_test.http('POST', npc_test.gpu_url(gpu) || '/admin/release', '{}') IS NOT NULL
+$$;
+
 CREATE OR REPLACE FUNCTION npc_test.gpu_reset(gpu text) RETURNS text
 LANGUAGE sql AS $$ SELECT npc_test.http('POST', npc_test.gpu_url(gpu) || '/admin/reset', '{}') $$;
 
@@ -128,6 +136,6 @@ BEGIN
                                       "hang_ms": 3600000, "slow_rate": 0, "slow_ms": 2000, "malformed_rate": 0,
                                       "drop_rate": 0, "ignore_structured_outputs": false}'),
           npc_test.http('POST', url || '/admin/health', '{"healthy": true}'),
-          npc_test.http('POST', url || '/admin/release', '{}')  -- requests an earlier file left held
+          npc_test.gpu_release(name)  -- requests an earlier file left held
      FROM npc_test.gpus WHERE name <> 'down';
 END $$;
