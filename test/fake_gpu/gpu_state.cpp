@@ -65,21 +65,50 @@ bool GpuState::prefix_lookup(const std::vector<std::string>& prompts) {
   return all;
 }
 
+double GpuState::clock(double now_ms) const {
+  return (stalled_ ? stalled_since_ms_ : now_ms) - stalled_total_ms_;
+}
+
+Progress GpuState::to_wall(Progress p) const {
+  if (stalled_) {
+    p.next_finish_ms.reset();
+  } else if (p.next_finish_ms) {
+    *p.next_finish_ms += stalled_total_ms_;
+  }
+  return p;
+}
+
 Progress GpuState::submit(const Job& job, double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  return scheduler_.submit(job, now_ms);
+  return to_wall(scheduler_.submit(job, clock(now_ms)));
 }
 
 Progress GpuState::advance(double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  return scheduler_.advance(now_ms);
+  return to_wall(scheduler_.advance(clock(now_ms)));
+}
+
+Progress GpuState::set_stalled(bool stalled, double now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // What was due by now (nothing more while stalled: its clock stands still);
+  // the clock then stops here, or runs on from where it stopped.
+  Progress p = scheduler_.advance(clock(now_ms));
+  if (stalled && !stalled_) stalled_since_ms_ = now_ms;
+  if (!stalled && stalled_) stalled_total_ms_ += now_ms - stalled_since_ms_;
+  stalled_ = stalled;
+  return to_wall(std::move(p));
+}
+
+bool GpuState::stalled() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stalled_;
 }
 
 Progress GpuState::cancel(uint64_t id, double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
   ++stats_.client_disconnects;
   if (stats_.inflight > 0) --stats_.inflight;
-  return scheduler_.cancel(id, now_ms);
+  return to_wall(scheduler_.cancel(id, clock(now_ms)));
 }
 
 void GpuState::succeeded(const InferenceResult& result, double e2e_seconds) {
@@ -136,6 +165,7 @@ MetricsSnapshot GpuState::snapshot() {
   s.running = scheduler_.running();
   s.waiting = scheduler_.waiting();
   s.peak_running = scheduler_.peak_running();
+  s.stalled = stalled_;
   s.prefix_hits = prefix_cache_.hits();
   s.prefix_queries = prefix_cache_.queries();
   return s;

@@ -65,6 +65,12 @@ class GpuState {
   std::optional<std::string> update_faults(const nlohmann::json& patch);
   bool healthy();
   void set_healthy(bool healthy);
+  // A stalled GPU makes no progress: the scheduler's clock stops, so running
+  // requests keep their slots and waiting ones wait, and on resuming it runs
+  // on from where it stopped. Tests hold a batch in a known state with it.
+  // Returns what finished up to the stall, or since it at resuming.
+  Progress set_stalled(bool stalled, double now_ms);
+  bool stalled();
   // Zeroes counters; peaks restart from what is in flight right now.
   void reset();
   MetricsSnapshot snapshot();
@@ -77,9 +83,17 @@ class GpuState {
   FaultConfig faults_;
   FaultRoller roller_;
   bool healthy_;
+  bool stalled_ = false;
+  double stalled_since_ms_ = 0;
+  double stalled_total_ms_ = 0;  // wall time the clock stood still, all stalls
   uint64_t next_id_ = 1;
   uint64_t nonce_base_;
   MetricsSnapshot stats_;  // counters only; gauges are filled in snapshot()
+
+  // Wall time to the scheduler's clock, and its next finish back to wall
+  // time (none while stalled: nothing will finish, so no timer is armed).
+  double clock(double now_ms) const;
+  Progress to_wall(Progress p) const;
 };
 
 }  // namespace npc_scale::fake_gpu

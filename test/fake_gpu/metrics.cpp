@@ -106,6 +106,8 @@ std::string render_metrics(const MetricsSnapshot& s) {
   w.sample("fake_gpu_chat_requests_total", s.chat_requests_total);
   w.family("fake_gpu_inflight", "gauge", "Inference requests accepted and not answered yet.");
   w.sample("fake_gpu_inflight", s.inflight);
+  w.family("fake_gpu_stalled", "gauge", "1 while the GPU is stalled (POST /admin/stall): nothing runs on.");
+  w.sample("fake_gpu_stalled", s.stalled ? 1 : 0);
   w.family("fake_gpu_peak_running", "gauge", "Most requests ever running at once (since start or reset).");
   w.sample("fake_gpu_peak_running", s.peak_running);
   w.family("fake_gpu_peak_inflight", "gauge", "Most requests ever in flight at once (since start or reset).");

@@ -21,6 +21,7 @@ struct MetricsSnapshot {
   uint64_t running = 0;   // in the GPU batch
   uint64_t waiting = 0;   // queued behind a full batch
   uint64_t inflight = 0;  // accepted, not answered yet (incl. hangs)
+  bool stalled = false;   // POST /admin/stall
   uint64_t requests_total = 0;
   uint64_t chat_requests_total = 0;  // of those, on /v1/chat/completions
   uint64_t success_stop = 0;    // by finish_reason of the first choice

@@ -219,6 +219,7 @@ class Worker {
   void handle_inference(evhttp_request* req, bool chat);
   void handle_admin_faults(evhttp_request* req, bool post);
   void handle_admin_health(evhttp_request* req, bool post);
+  void handle_admin_stall(evhttp_request* req, bool post);
 
   std::unique_ptr<Pending> new_pending(evhttp_request* req, uint64_t id);
   Pending* hold(std::unique_ptr<Pending> p);
@@ -396,6 +397,10 @@ void Worker::on_request(evhttp_request* req) {
     if (!get && !post) return send_detail(req, 405, "Method Not Allowed");
     return handle_admin_health(req, post);
   }
+  if (path == "/admin/stall") {
+    if (!get && !post) return send_detail(req, 405, "Method Not Allowed");
+    return handle_admin_stall(req, post);
+  }
   if (path == "/admin/release") {
     if (!post) return send_detail(req, 405, "Method Not Allowed");
     for (auto& w : peers_) {
@@ -433,6 +438,21 @@ void Worker::handle_admin_health(evhttp_request* req, bool post) {
     gpu_.set_healthy(j["healthy"].get<bool>());
   }
   send_json(req, 200, json{{"healthy", gpu_.healthy()}});
+}
+
+void Worker::handle_admin_stall(evhttp_request* req, bool post) {
+  if (post) {
+    std::string_view body = body_of(req);
+    json j = json::parse(body.begin(), body.end(), nullptr, false);
+    if (j.is_discarded() || !j.is_object() || j.size() != 1 || !j.contains("stalled") ||
+        !j["stalled"].is_boolean()) {
+      return send_error(req, bad_request("expected {\"stalled\": true|false}"));
+    }
+    // Finishes are passed to their owners and this worker's timer is armed
+    // for the next one: the other workers' timers found none while stalled.
+    settle(gpu_.set_stalled(j["stalled"].get<bool>(), steady_now_ms()));
+  }
+  send_json(req, 200, json{{"stalled", gpu_.stalled()}});
 }
 
 std::unique_ptr<Worker::Pending> Worker::new_pending(evhttp_request* req, uint64_t id) {

@@ -307,8 +307,9 @@ TEST(FakeGpuApi, E2eLatencyHistogramCountsEachAnswer) {
 }
 
 TEST(FakeGpuApi, RunningAndWaitingVisibleWhileInFlight) {
-  START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "1500", "--per-token-ms", "0",
+  START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "40", "--per-token-ms", "0",
                  "--max-batch", "2");
+  ASSERT_EQ(gpu.post("/admin/stall", {{"stalled", true}}).status, 200);
   Concurrent load;
   for (int i = 0; i < 4; ++i) load.post(gpu, completion("request " + std::to_string(i), 2));
   EXPECT_TRUE(wait_until([&] {
@@ -316,6 +317,10 @@ TEST(FakeGpuApi, RunningAndWaitingVisibleWhileInFlight) {
     return metric(m, "vllm:num_requests_running") == 2 &&
            metric(m, "vllm:num_requests_waiting") == 2;
   })) << gpu.metrics();
+  EXPECT_EQ(gpu.metric("fake_gpu_stalled"), 1);
+  Reply resumed = gpu.post("/admin/stall", {{"stalled", false}});
+  ASSERT_EQ(resumed.status, 200);
+  EXPECT_EQ(resumed.parsed()["stalled"], false);
   load.join();
   for (size_t i = 0; i < load.size(); ++i) EXPECT_EQ(load.reply(i).status, 200);
   std::string m = gpu.metrics();
@@ -323,12 +328,14 @@ TEST(FakeGpuApi, RunningAndWaitingVisibleWhileInFlight) {
   EXPECT_EQ(metric(m, "vllm:num_requests_waiting"), 0);
   EXPECT_EQ(metric(m, "fake_gpu_peak_running"), 2);  // never above max batch
   EXPECT_EQ(metric(m, "fake_gpu_peak_inflight"), 4);
+  EXPECT_EQ(metric(m, "fake_gpu_stalled"), 0);
 }
 
 TEST(FakeGpuApi, WaitingQueueServesLowerPriorityValueFirst) {
-  // The blocker runs long enough for both others to queue behind it.
-  START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "1500", "--per-token-ms", "0",
+  // Stalled, the blocker holds the one slot while both others queue behind it.
+  START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "40", "--per-token-ms", "0",
                  "--max-batch", "1", "--scheduling-policy", "priority");
+  ASSERT_EQ(gpu.post("/admin/stall", {{"stalled", true}}).status, 200);
   Concurrent load;
   load.post(gpu, completion("blocker", 1));
   ASSERT_TRUE(wait_until([&] { return gpu.metric("vllm:num_requests_running") == 1; }));
@@ -340,6 +347,7 @@ TEST(FakeGpuApi, WaitingQueueServesLowerPriorityValueFirst) {
   high["priority"] = -5;
   load.post(gpu, high);
   ASSERT_TRUE(wait_until([&] { return gpu.metric("vllm:num_requests_waiting") == 2; }));
+  ASSERT_EQ(gpu.post("/admin/stall", {{"stalled", false}}).status, 200);
   load.join();
   for (size_t i = 0; i < 3; ++i) ASSERT_EQ(load.reply(i).status, 200);
   EXPECT_EQ(load.done_order(0), 0);
@@ -347,10 +355,12 @@ TEST(FakeGpuApi, WaitingQueueServesLowerPriorityValueFirst) {
 }
 
 TEST(FakeGpuApi, PeakRunningReflectsConcurrencyAndReset) {
-  START_FAKE_GPU(gpu, "--profile", "rtx3090ti", "--base-ms", "1000", "--per-token-ms", "0");
+  START_FAKE_GPU(gpu, "--profile", "rtx3090ti", "--base-ms", "40", "--per-token-ms", "0");
+  ASSERT_EQ(gpu.post("/admin/stall", {{"stalled", true}}).status, 200);
   Concurrent load;
   for (int i = 0; i < 5; ++i) load.post(gpu, completion("peak " + std::to_string(i), 1));
   EXPECT_TRUE(wait_until([&] { return gpu.metric("vllm:num_requests_running") == 5; }));
+  ASSERT_EQ(gpu.post("/admin/stall", {{"stalled", false}}).status, 200);
   load.join();
   std::string m = gpu.metrics();
   EXPECT_EQ(metric(m, "fake_gpu_peak_running"), 5);
@@ -364,6 +374,32 @@ TEST(FakeGpuApi, PeakRunningReflectsConcurrencyAndReset) {
   EXPECT_EQ(metric(m, "vllm:request_success_total"), 0);
   EXPECT_EQ(metric(m, "vllm:generation_tokens_total"), 0);
   EXPECT_EQ(metric(m, "fake_gpu_prefix_cache_queries_total"), 0);
+}
+
+// A stall holds requests that are running on another worker thread too, and
+// its end reaches them: the worker that resumes passes their finishes on.
+TEST(FakeGpuApi, StallHoldsEveryThreadsRequestsAndRefusesBadInput) {
+  START_FAKE_GPU(gpu, "--profile", "rtx3090ti", "--base-ms", "40", "--per-token-ms", "0",
+                 "--threads", "2");
+  EXPECT_EQ(gpu.get("/admin/stall").parsed()["stalled"], false);
+  Reply bad = gpu.post("/admin/stall", {{"stalled", 1}});
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_EQ(gpu.post("/admin/stall", {{"stalled", true}, {"extra", 1}}).status, 400);
+  ASSERT_EQ(gpu.post("/admin/stall", {{"stalled", true}}).status, 200);
+  EXPECT_EQ(gpu.get("/admin/stall").parsed()["stalled"], true);
+  Concurrent load;
+  for (int i = 0; i < 6; ++i) load.post(gpu, completion("held " + std::to_string(i), 1));
+  ASSERT_TRUE(wait_until([&] { return gpu.metric("vllm:num_requests_running") == 6; }));
+  // Five service times later, still nothing answered (a negative check can
+  // only wait; on a slow machine it proves less, never fails wrongly).
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(gpu.metric("vllm:request_success_total"), 0);
+  EXPECT_EQ(gpu.metric("vllm:num_requests_running"), 6);
+  ASSERT_EQ(gpu.post("/admin/stall", {{"stalled", false}}).status, 200);
+  load.join();
+  for (size_t i = 0; i < load.size(); ++i) EXPECT_EQ(load.reply(i).status, 200);
+  EXPECT_EQ(gpu.metric("vllm:request_success_total"), 6);
+  EXPECT_EQ(gpu.metric("fake_gpu_inflight"), 0);
 }
 
 TEST(FakeGpuApi, InjectedInternalError) {

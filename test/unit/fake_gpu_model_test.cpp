@@ -754,5 +754,48 @@ TEST(FakeGpuState, CountsAndResets) {
   EXPECT_EQ(s.client_disconnects, 1u);
 }
 
+// A stall stops the scheduler's clock: nothing finishes and no timer is
+// wanted while it lasts, and afterwards each job takes the time it had left.
+TEST(FakeGpuState, StallStopsTheClockUntilResumed) {
+  Options o;
+  o.profile = tiny_gpu(1);
+  GpuState gpu(o);
+  Intake a = gpu.intake(0);
+  Intake b = gpu.intake(0);
+  EXPECT_DOUBLE_EQ(*gpu.submit(job(a.id), 0).next_finish_ms, 20);
+  gpu.submit(job(b.id), 0);  // waits for a's slot
+
+  Progress p = gpu.set_stalled(true, 5);
+  EXPECT_TRUE(p.finished.empty());
+  EXPECT_FALSE(p.next_finish_ms);
+  EXPECT_TRUE(gpu.stalled());
+  p = gpu.advance(1000);
+  EXPECT_TRUE(p.finished.empty());
+  EXPECT_FALSE(p.next_finish_ms);
+  MetricsSnapshot s = gpu.snapshot();
+  EXPECT_EQ(s.running, 1u);
+  EXPECT_EQ(s.waiting, 1u);
+  EXPECT_TRUE(s.stalled);
+
+  p = gpu.set_stalled(false, 1000);  // a had 15 of its 20 ms left
+  EXPECT_FALSE(gpu.stalled());
+  EXPECT_TRUE(p.finished.empty());
+  ASSERT_TRUE(p.next_finish_ms);
+  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 1015);
+  EXPECT_TRUE(gpu.advance(1014.9).finished.empty());
+  p = gpu.advance(1015);
+  EXPECT_EQ(p.finished, Ids{a.id});
+  ASSERT_TRUE(p.next_finish_ms);
+  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 1035);  // b's 20 ms from a's finish
+
+  // A second stall adds to the first; stalling twice is one stall.
+  gpu.set_stalled(true, 1020);
+  gpu.set_stalled(true, 1050);
+  EXPECT_FALSE(gpu.set_stalled(false, 1120).next_finish_ms == std::nullopt);
+  EXPECT_TRUE(gpu.advance(1134.9).finished.empty());
+  EXPECT_EQ(gpu.advance(1135).finished, Ids{b.id});
+  EXPECT_FALSE(gpu.snapshot().stalled);
+}
+
 }  // namespace
 }  // namespace npc_scale::fake_gpu
