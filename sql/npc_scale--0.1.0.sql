@@ -331,7 +331,8 @@ COMMENT ON FUNCTION npc_scale.cache_set(text, text, interval, boolean) IS
 CREATE FUNCTION npc_scale._cache_stats(
     OUT l1_hits bigint, OUT l2_hits bigint, OUT l3_hits bigint, OUT misses bigint,
     OUT hit_rate double precision, OUT l1_entries bigint, OUT l1_bytes bigint,
-    OUT l1_budget_bytes bigint, OUT evictions bigint, OUT redis_up boolean, OUT redis_errors bigint)
+    OUT l1_budget_bytes bigint, OUT evictions bigint, OUT redis_up boolean, OUT redis_errors bigint,
+    OUT l2_doubted_keys bigint, OUT l2_doubts_all boolean)
 RETURNS record AS 'MODULE_PATHNAME', 'npc_scale_cache_stats' LANGUAGE C STRICT VOLATILE;
 CREATE VIEW npc_scale.cache_stats AS SELECT * FROM npc_scale._cache_stats();
 GRANT SELECT ON npc_scale.cache_stats TO PUBLIC;

@@ -73,7 +73,10 @@ Reply command(redisContext* ctx, std::initializer_list<std::string> args) {
 
 }  // namespace
 
-RedisCache::~RedisCache() { disconnect(); }
+RedisCache::~RedisCache() {
+  on_set_lost = nullptr;
+  disconnect();
+}
 
 void RedisCache::disconnect() {
   if (ctx_) redisFree(ctx_);
@@ -86,7 +89,11 @@ void RedisCache::disconnect() {
 
 void RedisCache::answer_pending_unavailable() {
   for (Pending& p : pending_) {
-    if (p.ticket == 0) continue;
+    if (p.ticket == 0) {
+      // A SET's reply went with the connection: it may not have landed.
+      if (!p.loss_key.empty()) report_lost(p.loss_key);
+      continue;
+    }
     for (Lookup& l : p.lookups) l = Lookup{Result::unavailable, {}, -1};
     answers_.push_back(Answer{p.ticket, std::move(p.keys), std::move(p.lookups)});
   }
@@ -146,6 +153,7 @@ void RedisCache::consume(void* raw) {
   const bool error_reply = r->type == REDIS_REPLY_ERROR;
   if (error_reply) note_error_reply(r.get());
   Pending& p = pending_.front();
+  if (error_reply && !p.loss_key.empty()) report_lost(p.loss_key);
   bool lookup_worked = false;  // the first since the script was refused
   if (p.ticket != 0) {
     // A Redis that refuses the script itself (an ACL without @scripting, EVAL
@@ -515,31 +523,36 @@ bool RedisCache::set(const std::string& key, const std::string& value, int64_t t
 }
 
 bool RedisCache::set_nowait(const std::string& key, const std::string& value, int64_t ttl_s,
-                            int64_t now_ms, WhenBehind behind) {
+                            int64_t now_ms, WhenBehind behind, bool report_loss) {
+  auto lost = [&] {
+    if (report_loss) report_lost(key);
+    return false;
+  };
   // Left unread up to a bound: past it the value is not cached in L2 rather
   // than the caller waiting for Redis. Not before the login is through: a
   // SET behind a refused AUTH or SELECT could still land in the wrong
   // database. (An ask may wait behind it: its answer is only read.)
-  if (!ensure_connected(now_ms, false)) return false;
+  if (!ensure_connected(now_ms, false)) return lost();
   if (behind == WhenBehind::wait && (logging_in() || pending_.size() >= kMaxUnreadReplies) &&
       !read_replies(now_ms, true)) {
-    return false;  // no reply within the command timeout: the connection is failed
+    return lost();  // no reply within the command timeout: the connection is failed
   }
   if (logging_in()) read_arrived(now_ms);
-  if (logging_in() || !room_for_another(now_ms)) return false;
+  if (logging_in() || !room_for_another(now_ms)) return lost();
   const std::string full = config_.prefix + key;
   const std::string ttl = std::to_string(ttl_s);
   const char* argv[] = {"SET", full.c_str(), value.data(), "EX", ttl.c_str()};
   const size_t lens[] = {3, full.size(), value.size(), 2, ttl.size()};
   if (redisAppendCommandArgv(ctx_, ttl_s > 0 ? 5 : 3, argv, lens) != REDIS_OK) {
     fail(ctx_->errstr, now_ms);
-    return false;
+    return lost();
   }
-  if (!flush_output(now_ms)) return false;
+  // Queued first: if the write fails, the connection's failure reports it.
   Pending p;
   p.sent_ms = now_ms;
+  if (report_loss) p.loss_key = key;
   pending_.push_back(std::move(p));
-  return true;
+  return flush_output(now_ms);
 }
 
 std::optional<bool> RedisCache::del(const std::string& key, int64_t now_ms) {

@@ -75,9 +75,13 @@ class RedisCache {
   // read so far are waited for instead (the command timeout at most), for a
   // caller that must not lose the write to a burst of its own, such as a
   // transaction's sets applied at COMMIT.
+  // report_loss: the value replaces an older one that must not outlive it
+  // (a cache_set()): when it did not reach Redis, or may not have (an error
+  // reply, or no reply read before the connection was lost), on_set_lost is
+  // called with its key.
   enum class WhenBehind { skip, wait };
   bool set_nowait(const std::string& key, const std::string& value, int64_t ttl_s, int64_t now_ms,
-                  WhenBehind behind = WhenBehind::skip);
+                  WhenBehind behind = WhenBehind::skip, bool report_loss = false);
   // Replies of set_nowait() and ask() not read yet.
   int unread_replies() const { return static_cast<int>(pending_.size()); }
 
@@ -122,6 +126,9 @@ class RedisCache {
   // host:port, for messages.
   std::string endpoint_text() const { return config_.host + ":" + std::to_string(config_.port); }
   std::function<void(bool up, const std::string& why)> on_state_change;
+  // See set_nowait(). Not called from the destructor: SETs written before a
+  // process exits are in the socket, and Redis reads them.
+  std::function<void(const std::string& key)> on_set_lost;
   // Starts a host name's lookup (connect_in_background); tests put a
   // stand-in here. Unset: HostLookup.
   std::function<std::unique_ptr<HostLookup>(const std::string& host, int port)> start_lookup;
@@ -191,7 +198,11 @@ class RedisCache {
     std::vector<std::string> keys;
     std::vector<Lookup> lookups;
     std::string login_failure;  // a login command's: the message if refused
+    std::string loss_key;       // a SET's, when its loss is reported (set_nowait)
   };
+  void report_lost(const std::string& key) const {
+    if (on_set_lost && enabled()) on_set_lost(key);
+  }
   // Set by consume() (a refused login, a refused lookup script): read_replies fails the connection.
   std::string fail_connection_;
   bool script_refused_ = false;  // the last lookup's script was refused (ACL, renamed EVAL)

@@ -6,6 +6,7 @@
 #include "core/cache_policy.hpp"
 #include "guard.hpp"
 #include "l1_cache.hpp"
+#include "l2_doubt_table.hpp"
 #include "pg_text.hpp"
 #include "shared_state.hpp"
 #include "tiered_cache.hpp"
@@ -99,14 +100,15 @@ NPC_SQL_FUNCTION(npc_scale_cache_stats) {
   int64 h3 = static_cast<int64>(pg_atomic_read_u64(&s.cache_l3_hits));
   int64 miss = static_cast<int64>(pg_atomic_read_u64(&s.cache_misses));
   int64 total = h1 + h2 + h3 + miss;
+  L2DoubtStats doubts = l2_doubt_stats();
   return pg_call([&] {
     TupleDesc desc;
     if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE) {
       elog(ERROR, "npc_scale: cache_stats must return a record");
     }
     desc = BlessTupleDesc(desc);
-    Datum v[11];
-    bool nulls[11] = {false};
+    Datum v[13];
+    bool nulls[13] = {false};
     v[0] = Int64GetDatum(h1);
     v[1] = Int64GetDatum(h2);
     v[2] = Int64GetDatum(h3);
@@ -119,6 +121,8 @@ NPC_SQL_FUNCTION(npc_scale_cache_stats) {
     v[8] = Int64GetDatum(static_cast<int64>(l1.evictions));
     v[9] = BoolGetDatum(pg_atomic_read_u32(&s.redis_up) != 0);
     v[10] = Int64GetDatum(static_cast<int64>(pg_atomic_read_u64(&s.redis_errors)));
+    v[11] = Int64GetDatum(doubts.keys);
+    v[12] = BoolGetDatum(doubts.everything);
     return HeapTupleGetDatum(heap_form_tuple(desc, v, nulls));
   });
 }

@@ -84,7 +84,8 @@ void apply_at_commit() noexcept {
         // Waiting when 64 replies are unread: else a transaction of many
         // sets would leave most of them out of Redis.
         redis_ok = cache_store(op.key, op.value, ttl_s,
-                               redis_ok ? RedisCache::WhenBehind::wait : RedisCache::WhenBehind::skip) &&
+                               redis_ok ? RedisCache::WhenBehind::wait : RedisCache::WhenBehind::skip,
+                               /*replaces=*/true) &&
                    redis_ok;
       }
     } catch (...) {

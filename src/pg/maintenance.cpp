@@ -12,6 +12,7 @@
 #include "pg_text.hpp"
 #include "gucs.hpp"
 #include "spi.hpp"
+#include "tiered_cache.hpp"
 #include "worker.hpp"
 
 extern "C" {
@@ -452,6 +453,14 @@ void run_maintenance_worker() {
         worker_set_state(WorkerState::busy, "purging finished decisions");
         tick_step("purge of finished decisions", [] { purge_finished(); });
         tick_step("purge of expired cache rows", [] { purge_cache_store(); });
+        tick_step("clear of a doubted Redis", [] {
+          if (cache_settle_l2_doubts()) {
+            pg_call([] {
+              ereport(LOG, (errmsg("npc_scale: emptied the Redis L2 cache: too many writes, or a clear, "
+                                   "had not reached it, so none of its values could be trusted")));
+            });
+          }
+        });
         next_purge_ms = now + kTickMs;
       }
       if (now >= next_runs_purge_ms) {

@@ -5,6 +5,7 @@
 #include "gucs.hpp"
 #include "handoff.hpp"
 #include "l1_cache.hpp"
+#include "l2_doubt_table.hpp"
 #include "shared_state.hpp"
 #include "worker.hpp"
 
@@ -31,6 +32,7 @@ void npc_shmem_request() {
   RequestAddinShmemSpace(npc_scale::shared_state_size());
   RequestAddinShmemSpace(npc_scale::l1_cache_size());
   RequestAddinShmemSpace(npc_scale::handoff_size());
+  RequestAddinShmemSpace(npc_scale::l2_doubt_table_size());
   npc_scale::l1_cache_request();
 }
 
@@ -39,6 +41,7 @@ void npc_shmem_startup() {
   npc_scale::shared_state_attach();
   npc_scale::l1_cache_attach();
   npc_scale::handoff_attach();
+  npc_scale::l2_doubt_table_attach();
 }
 
 void register_worker(npc_scale::WorkerKind kind, const char* entry) {

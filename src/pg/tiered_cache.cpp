@@ -7,6 +7,7 @@
 #include "guard.hpp"
 #include "gucs.hpp"
 #include "l1_cache.hpp"
+#include "l2_doubt_table.hpp"
 #include "pg_text.hpp"
 #include "shared_state.hpp"
 #include "spi.hpp"
@@ -25,6 +26,9 @@ RedisCache& redis() {
   static bool hooked = false;
   if (!hooked) {
     hooked = true;
+    // A cache_set() whose SET may not have landed: Redis may still hold the
+    // value it replaced, which readers must not serve (l2_doubt_table).
+    instance.on_set_lost = [](const std::string& key) { l2_doubt(key); };
     // One log line when Redis goes down and one when it is back, per process.
     instance.on_state_change = [](bool up, const std::string& why) {
       pg_atomic_write_u32(&shared_state().redis_up, up ? 1 : 0);
@@ -155,6 +159,15 @@ bool promote_to_l1(const std::string& key, const RedisCache::Lookup& hit, uint64
   return l1_promote(key, hit.value, hit.ttl_ms > 0 ? hit.ttl_ms : 0, epoch);
 }
 
+// Deletes a doubted key's L2 copy; trusted again once Redis confirms.
+void l2_forget(const std::string& key) {
+  refresh_redis_config();
+  uint64_t errors_before = redis().errors();
+  std::optional<bool> gone = redis().del(key, now_ms());
+  note_redis_state(errors_before);
+  if (gone) l2_trust(key);
+}
+
 }  // namespace
 
 std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, CacheLayer* layer) {
@@ -167,7 +180,21 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
     *layer = CacheLayer::l1;
     return value;
   }
-  RedisCache::Lookup l2 = std::move(l2_lookup({key})[0]);
+  RedisCache::Lookup l2;
+  switch (l2_doubt_of(key)) {
+    case L2Doubts::Doubt::none:
+      l2 = std::move(l2_lookup({key})[0]);
+      break;
+    case L2Doubts::Doubt::key:
+      // Redis may hold an older value than L1 and L3 were given: not read,
+      // deleted there (once Redis confirms, the key is trusted again), and
+      // the lookup goes on below it. Checked before the read, so a reader
+      // that trusts the key again cannot race another into serving it.
+      l2_forget(key);
+      break;
+    case L2Doubts::Doubt::all:
+      break;  // until a clear empties Redis (the maintenance worker's)
+  }
   if (l2.result == RedisCache::Result::hit) {
     count(s.cache_l2_hits);
     promote_to_l1(key, l2, epoch);
@@ -184,7 +211,7 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
           redis().set(key, row->value, row->ttl_ms > 0 ? row->ttl_ms / 1000 : 0, now_ms());
           // A delete whose Redis DEL came between the check above and this
           // SET bumped the epoch first (cache_drop_upper): take it back out.
-          if (l1_epoch(key) != epoch) redis().del(key, now_ms());
+          if (l1_epoch(key) != epoch && redis().enabled() && !redis().del(key, now_ms())) l2_doubt(key);
         }
         l1_promote(key, row->value, row->ttl_ms, epoch);
       }
@@ -253,6 +280,11 @@ std::vector<L2Reply> cache_take_l2_answers() {
       // table path: the request goes on, as for a miss. So is one whose
       // promotion failed: every answer taken must reach the caller.
       RedisCache::Lookup& l = a.lookups[i];
+      // A doubted key (l2_doubt_table) is a miss here; the event loop does
+      // not wait for its DEL, a backend's lookup of it does that.
+      if (l.result == RedisCache::Result::hit && l2_doubt_of(a.keys[i]) != L2Doubts::Doubt::none) {
+        l.result = RedisCache::Result::miss;
+      }
       bool promoted = false;
       try {
         promoted = l.result == RedisCache::Result::hit && i < epochs.size() &&
@@ -284,12 +316,12 @@ int64_t cache_l2_next_event_ms() {
 }
 
 bool cache_store(const std::string& key, const std::string& value, int64_t ttl_s,
-                 RedisCache::WhenBehind behind) {
+                 RedisCache::WhenBehind behind, bool replaces) {
   l1_put(key, value, ttl_s > 0 ? ttl_s * 1000 : 0);
   refresh_redis_config();
   uint64_t errors_before = redis().errors();
   const uint64_t failures_before = redis().connection_failures();
-  redis().set_nowait(key, value, ttl_s, now_ms(), behind);
+  redis().set_nowait(key, value, ttl_s, now_ms(), behind, /*report_loss=*/replaces);
   note_redis_state(errors_before);
   // An error reply read meanwhile (a SET refused by a full Redis) leaves the
   // connection working: only a lost connection says Redis failed.
@@ -313,6 +345,7 @@ bool cache_remove(const std::string& key) {
     std::optional<bool> in_l2 = redis().del(key, now_ms());
     note_redis_state(errors_before);
     if (!in_l2) redis_unreachable("cache_delete()", "the key");
+    l2_trust(key);
     removed = *in_l2 || removed;
   }
   removed = l1_erase(key) || removed;
@@ -326,9 +359,11 @@ void cache_clear_all() {
   refresh_redis_config();
   if (redis().enabled()) {
     uint64_t errors_before = redis().errors();
+    const uint64_t stamp = l2_doubt_stamp();
     const int64_t cleared = redis().clear(now_ms());
     note_redis_state(errors_before);
     if (cleared < 0) redis_unreachable("cache_clear()", "its values");
+    l2_trust_everything(stamp);
   }
   l1_clear();
 }
@@ -339,10 +374,21 @@ bool cache_drop_upper(const std::string* key, bool try_redis) {
   refresh_redis_config();
   if (redis().enabled()) {
     redis_ok = false;
+    const uint64_t stamp = l2_doubt_stamp();
     if (try_redis) {
       uint64_t errors_before = redis().errors();
       redis_ok = key ? redis().del(*key, now_ms()).has_value() : redis().clear(now_ms()) >= 0;
       note_redis_state(errors_before);
+    }
+    // What Redis did not confirm may still be served from it: doubted.
+    if (key && redis_ok) {
+      l2_trust(*key);
+    } else if (key) {
+      l2_doubt(*key);
+    } else if (redis_ok) {
+      l2_trust_everything(stamp);
+    } else {
+      l2_doubt_everything();
     }
   }
   if (key) {
@@ -353,5 +399,15 @@ bool cache_drop_upper(const std::string* key, bool try_redis) {
   return redis_ok;
 }
 
+bool cache_settle_l2_doubts() {
+  if (!l2_doubt_stats().everything) return false;
+  refresh_redis_config();
+  if (!redis().enabled()) return false;
+  const uint64_t stamp = l2_doubt_stamp();
+  uint64_t errors_before = redis().errors();
+  const int64_t cleared = redis().clear(now_ms());
+  note_redis_state(errors_before);
+  return cleared >= 0 && l2_trust_everything(stamp);
+}
 
 }  // namespace npc_scale

@@ -46,8 +46,12 @@ int64_t cache_l2_next_event_ms();
 // replies are waited for when 64 are unread rather than the L2 write
 // skipped. ttl_s <= 0: no expiry. False if the connection to Redis failed
 // meanwhile (not for an error reply).
+// replaces: the value must replace what Redis holds (a cache_set()): if
+// the SET may not have landed, the key's L2 copy is doubted (l2_doubt_table)
+// and not served until deleted.
 bool cache_store(const std::string& key, const std::string& value, int64_t ttl_s,
-                 RedisCache::WhenBehind behind = RedisCache::WhenBehind::skip);
+                 RedisCache::WhenBehind behind = RedisCache::WhenBehind::skip,
+                 bool replaces = false);
 // Writes the key's L3 row (SPI).
 void cache_put_l3(const std::string& key, const std::string& value, int64_t ttl_s);
 // Deletes a key's L3 row (cache_set without persist: an older persisted
@@ -61,6 +65,11 @@ void cache_clear_all();
 // The key (nullptr: every key) out of L2 and L1, Redis best effort (and
 // not tried unless try_redis): after a COMMIT. False if Redis failed.
 bool cache_drop_upper(const std::string* key, bool try_redis);
+
+// The maintenance worker's: when every L2 key is doubted (too many writes
+// or a clear that did not reach Redis), empties Redis so it serves again.
+// True if it did.
+bool cache_settle_l2_doubts();
 
 // Reads GUCs into this process's Redis client (cheap; call before use).
 void refresh_redis_config();

@@ -1178,6 +1178,70 @@ TEST_F(RedisCacheLive, UnreadSetRepliesTimeOutInTheEnd) {
   EXPECT_EQ(cache.unread_replies(), 0);
 }
 
+// A SET whose loss is reported (a cache_set()'s) names its key whenever it
+// may not have landed: refused by Redis (out of memory), unread when the
+// connection was lost, or not sent at all (backing off). A SET answered OK,
+// or one whose loss is not reported, never does; nor does the destructor.
+TEST_F(RedisCacheLive, ALostSetIsReportedByItsKey) {
+  signal(SIGPIPE, SIG_IGN);
+  RedisConfig c;  // replies are waited for here: no timeout on a busy machine
+  c.port = port;
+  c.command_timeout_ms = 5000;
+  cache.configure(c);
+  std::vector<std::string> lost;
+  cache.on_set_lost = [&](const std::string& key) { lost.push_back(key); };
+  const auto report = RedisCache::WhenBehind::skip;
+  std::string v;
+  ASSERT_TRUE(cache.set_nowait("landed", "v", 60, now_ms(), report, true));
+  ASSERT_TRUE(cache.set_nowait("quiet", "v", 60, now_ms()));
+  ASSERT_EQ(cache.get("landed", &v, now_ms()), RedisCache::Result::hit);  // every reply read
+  EXPECT_TRUE(lost.empty());
+
+  redisContext* admin = redisConnect("127.0.0.1", port);
+  ASSERT_TRUE(admin != nullptr && admin->err == 0);
+  freeReplyObject(redisCommand(admin, "CONFIG SET maxmemory 1"));
+  ASSERT_TRUE(cache.set_nowait("refused", "v", 60, now_ms(), report, true));
+  ASSERT_TRUE(cache.set_nowait("refused-quiet", "v", 60, now_ms()));
+  ASSERT_EQ(cache.get("landed", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(lost, std::vector<std::string>{"refused"});
+  freeReplyObject(redisCommand(admin, "CONFIG SET maxmemory 0"));
+  redisFree(admin);
+
+  pause_redis(port, 60000);
+  ASSERT_TRUE(cache.set_nowait("unread", "v", 60, now_ms(), report, true));
+  ASSERT_TRUE(cache.set_nowait("unread-quiet", "v", 60, now_ms()));
+  server->stop();
+  EXPECT_EQ(cache.get("landed", &v, now_ms()), RedisCache::Result::unavailable);
+  EXPECT_EQ(lost, (std::vector<std::string>{"refused", "unread"}));
+
+  EXPECT_FALSE(cache.set_nowait("not-sent", "v", 60, now_ms(), report, true));
+  EXPECT_FALSE(cache.set_nowait("not-sent-quiet", "v", 60, now_ms()));
+  EXPECT_EQ(lost, (std::vector<std::string>{"refused", "unread", "not-sent"}));
+}
+
+// Unread reported SETs when the client goes away are not lost: they are in
+// the socket, and Redis reads them before the close.
+TEST_F(RedisCacheLive, TheDestructorReportsNothing) {
+  std::vector<std::string> lost;
+  {
+    RedisCache client;
+    RedisConfig c;
+    c.port = port;
+    c.command_timeout_ms = 5000;
+    client.configure(c);
+    client.on_set_lost = [&](const std::string& key) { lost.push_back(key); };
+    ASSERT_TRUE(client.set_nowait("at-exit", "v", 60, now_ms(), RedisCache::WhenBehind::skip, true));
+  }
+  EXPECT_TRUE(lost.empty());
+  patient();
+  std::string v;
+  // The close after it does not undo it.
+  for (int i = 0; i < 100 && cache.get("at-exit", &v, now_ms()) != RedisCache::Result::hit; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(v, "v");
+}
+
 // A server that takes the connection and drops it is not "up" for having
 // taken it: Redis is reported down once, and the back-off keeps growing
 // (it was reset by each connect: a reconnect every 100 ms, logged twice).

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Writes that do not reach Redis must not leave older values there to be
+# served once L1 lets a key go.
+# 1. A transaction's cache_set()s at COMMIT with Redis stopped (SIGSTOP: it
+#    reads nothing): 64 SETs go unread, the next waits for them, times out,
+#    and the rest are never sent. Redis keeps the older values of the last
+#    keys; they are doubted, and a lookup after L1 has evicted them deletes
+#    them from Redis and reads on from L3 (the new value, or a miss).
+# 2. A cache_clear() whose COMMIT cannot reach Redis: every key is doubted
+#    (a value left there is a miss), until the maintenance worker, Redis
+#    back, has emptied it.
+set -euo pipefail
+source "$NPC_ROOT/scripts/stack.sh"
+source "$NPC_ROOT/test/integration/lib/sessions.sh"
+q() { npc_psql -tAc "$1"; }
+r() { redis-cli -p "$NPC_REDIS_PORT" "$@"; }
+redis_pid=$(cat "$NPC_STATE/redis/redis.pid")
+hold_redis() { kill -STOP "$redis_pid"; }
+release_redis() { kill -CONT "$redis_pid"; }
+trap 'release_redis || true; sessions_close' EXIT
+tag=$(date +%s%N)
+plain="lost-$tag" kept="lost-kept-$tag"
+stat() { q "SELECT $1 FROM npc_scale.cache_stats"; }
+
+echo "== 1. SETs that never reach Redis"
+q "SELECT npc_scale.cache_set('$plain', 'old', '1 hour'), npc_scale.cache_set('$kept', 'old', '1 hour', persist => true)" >/dev/null
+[ "$(r GET "npc_scale:cache:kv:$plain")" = old ] || { echo "the first value did not reach Redis"; exit 1; }
+doubts0=$(stat l2_doubted_keys)
+sessions_open writer
+run_in writer "SELECT npc_scale.cache_get('connect-$tag');"  # connected before Redis stops
+hold_redis
+run_in writer "BEGIN;
+SELECT count(npc_scale.cache_set('lost-fill-$tag-' || g, 'x', '1 hour')) FROM generate_series(1, 70) g;
+SELECT npc_scale.cache_set('$plain', 'new', '1 hour');
+SELECT npc_scale.cache_set('$kept', 'new', '1 hour', persist => true);
+COMMIT;"
+release_redis
+r PING >/dev/null
+echo "Redis after the COMMIT: $plain = $(r GET "npc_scale:cache:kv:$plain"), $kept = $(r GET "npc_scale:cache:kv:$kept")"
+[ "$(r GET "npc_scale:cache:kv:$plain")" = old ] && [ "$(r GET "npc_scale:cache:kv:$kept")" = old ] \
+  || { echo "expected the older values still in Redis (the new ones never sent)"; exit 1; }
+doubts=$(stat l2_doubted_keys)
+echo "doubted keys: $doubts0 before, $doubts after"
+[ "$doubts" -ge $((doubts0 + 2)) ] || { echo "the keys whose SETs were lost are not doubted"; exit 1; }
+
+# Overfill L1 (4 MB in the test stack) until a lookup of the key is not an
+# L1 hit: then it went on below L1, where Redis holds the older value.
+lookup_below_l1() {  # key -> prints the value ("" for NULL), or exits 1
+  local key=$1 round l1 value
+  for round in 1 2 3 4 5 6; do
+    q "SELECT count(npc_scale.cache_set('lost-evict-$tag-$round-' || g, repeat(md5(g::text), 64), '1 hour'))
+         FROM generate_series(1, 3000) g" >/dev/null
+    l1=$(stat l1_hits)
+    value=$(q "SELECT npc_scale.cache_get('$key')")
+    if [ "$(stat l1_hits)" = "$l1" ]; then
+      printf '%s' "$value"
+      return 0
+    fi
+    [ "$value" = new ] || { echo "L1 answered $key with '$value'" >&2; exit 1; }
+  done
+  echo "L1 kept $key through 36 MB of writes" >&2
+  exit 1
+}
+got=$(lookup_below_l1 "$plain")
+echo "$plain below L1: '${got}' (not persisted: a miss is right, the older value is not)"
+[ -z "$got" ] || { echo "expected a miss, got '$got'"; exit 1; }
+[ -z "$(r GET "npc_scale:cache:kv:$plain")" ] || { echo "the doubted key was not deleted from Redis"; exit 1; }
+got=$(lookup_below_l1 "$kept")
+echo "$kept below L1: '$got' (persisted: from L3)"
+[ "$got" = new ] || { echo "expected the new value from L3, got '$got'"; exit 1; }
+[ "$(r GET "npc_scale:cache:kv:$kept")" = new ] || { echo "L3's value was not promoted into Redis"; exit 1; }
+[ "$(stat l2_doubted_keys)" -le $((doubts - 2)) ] || { echo "the deleted keys are still doubted"; exit 1; }
+# Trusted again: the next write and read of the key go through Redis.
+q "SELECT npc_scale.cache_set('$plain', 'newer', '1 hour')" >/dev/null
+[ "$(r GET "npc_scale:cache:kv:$plain")" = newer ] || { echo "Redis did not get the next write"; exit 1; }
+
+echo "== 2. A clear whose COMMIT cannot reach Redis"
+[ "$(stat l2_doubts_all)" = f ] || { echo "every key doubted before the test"; exit 1; }
+logged=$(grep -c "emptied the Redis L2 cache" "$NPC_STATE/log/postgres.log" || true)
+run_in writer "BEGIN; SELECT npc_scale.cache_clear();"
+# Written behind the clear's back: the clear at COMMIT would have removed it.
+r SET "npc_scale:cache:kv:behind-$tag" stale >/dev/null
+hold_redis
+run_in writer "COMMIT;"
+[ "$(stat l2_doubts_all)" = t ] || { echo "a clear Redis did not confirm did not doubt every key"; exit 1; }
+release_redis
+# Doubted (L2 skipped) or, once the maintenance worker has been, emptied:
+# a miss either way, never the value left behind.
+got=$(q "SELECT npc_scale.cache_get('behind-$tag')")
+echo "the key left in Redis reads as '${got}'"
+[ -z "$got" ] || { echo "a value the failed clear left in Redis was served"; exit 1; }
+q "SELECT npc_test.wait_for('(SELECT NOT l2_doubts_all FROM npc_scale.cache_stats)')" >/dev/null
+[ "$(stat l2_doubts_all)" = f ] || { echo "the maintenance worker did not settle the doubts"; exit 1; }
+[ -z "$(r GET "npc_scale:cache:kv:behind-$tag")" ] || { echo "Redis was not emptied"; exit 1; }
+[ "$(grep -c "emptied the Redis L2 cache" "$NPC_STATE/log/postgres.log" || true)" -gt "$logged" ] \
+  || { echo "no log line says Redis was emptied"; exit 1; }
+r SET "npc_scale:cache:kv:after-$tag" served >/dev/null
+hits=$(stat l2_hits)
+[ "$(q "SELECT npc_scale.cache_get('after-$tag')")" = served ] && [ "$(stat l2_hits)" -gt "$hits" ] \
+  || { echo "L2 does not serve again after the doubts were settled"; exit 1; }
+echo "Redis emptied by the maintenance worker; L2 serves again"
