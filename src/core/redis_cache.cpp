@@ -153,7 +153,8 @@ void RedisCache::consume(void* raw) {
   const bool error_reply = r->type == REDIS_REPLY_ERROR;
   if (error_reply) note_error_reply(r.get());
   Pending& p = pending_.front();
-  if (error_reply && !p.loss_key.empty()) report_lost(p.loss_key);
+  // Reported after the pop below (a callback may throw).
+  std::string lost_key = error_reply ? std::move(p.loss_key) : std::string();
   bool lookup_worked = false;  // the first since the script was refused
   if (p.ticket != 0) {
     // A Redis that refuses the script itself (an ACL without @scripting, EVAL
@@ -187,6 +188,7 @@ void RedisCache::consume(void* raw) {
     asks_pending_--;
   }
   pending_.pop_front();
+  if (!lost_key.empty()) report_lost(lost_key);
   // After the pop: its callback may throw. A reply shows the connection
   // works, but not an error reply: a Redis at maxclients writes one
   // ("max number of clients reached") and then closes.
@@ -555,16 +557,21 @@ bool RedisCache::set_nowait(const std::string& key, const std::string& value, in
   return flush_output(now_ms);
 }
 
-std::optional<bool> RedisCache::del(const std::string& key, int64_t now_ms) {
+std::optional<bool> RedisCache::del(const std::string& key, int64_t now_ms, bool even_backing_off) {
   // An invalidation is worth a connect even while backing off: a value left
   // in Redis would come back on the next L1 miss.
-  if (!ensure_connected(now_ms, true, /*even_backing_off=*/true)) return std::nullopt;
+  if (!ensure_connected(now_ms, true, even_backing_off)) return std::nullopt;
   Reply r = command(ctx_, {"DEL", config_.prefix + key});
   if (!r || r->type == REDIS_REPLY_ERROR) {
     fail(r ? r->str : ctx_->errstr, now_ms);
     return std::nullopt;
   }
   return r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+}
+
+bool RedisCache::read_outstanding(int64_t now_ms) {
+  if (ctx_ == nullptr || pending_.empty()) return true;
+  return read_replies(now_ms, true);
 }
 
 int64_t RedisCache::clear(int64_t now_ms) {

@@ -109,8 +109,12 @@ class RedisCache {
   // Milliseconds until the oldest pending ask times out (0: now), -1 if none.
   int64_t ask_timeout_in_ms(int64_t now_ms) const;
   // Whether the key existed; nullopt if Redis could not be reached (tried
-  // even while backing off).
-  std::optional<bool> del(const std::string& key, int64_t now_ms);
+  // even while backing off, unless not even_backing_off).
+  std::optional<bool> del(const std::string& key, int64_t now_ms, bool even_backing_off = true);
+  // Reads every reply still outstanding (each waited for up to the command
+  // timeout), so that what set_nowait() left is known landed or lost. False
+  // if the connection failed meanwhile.
+  bool read_outstanding(int64_t now_ms);
   // Deletes every key under the prefix (SCAN, one UNLINK per page). Returns keys deleted, -1 if unavailable.
   int64_t clear(int64_t now_ms);
 

@@ -6,6 +6,7 @@
 
 #include "core/steady_clock.hpp"
 #include "guard.hpp"
+#include "l2_doubt_table.hpp"
 #include "tiered_cache.hpp"
 
 extern "C" {
@@ -60,14 +61,16 @@ std::optional<size_t> last_write(const std::string& key) {
 }
 
 // After the commit: nothing may raise here, and little may wait (the session
-// cannot be cancelled now, and still holds its locks). Sets wait for
-// Redis's replies only when 64 are unread; deletes and a clear do, each
-// bounded by the command timeout, and once Redis fails the rest skip it
-// (L1 still changes). Only
-// each key's last write and the last clear are applied: what they
-// supersede would be undone at once.
+// cannot be cancelled now, and still holds its locks). Sets are pipelined
+// (waiting only when 64 replies are unread) and their replies read at the
+// end; deletes and a clear wait for theirs: each bounded by the command
+// timeout, and once Redis fails the rest skip it (L1 still changes). What
+// Redis may not have got is doubted (l2_doubt_table), so its older copy is
+// never served. Only each key's last write and the last clear are applied:
+// what they supersede would be undone at once.
 void apply_at_commit() noexcept {
   bool redis_ok = true;
+  bool sets_sent = false;
   const int64_t now = steady_now_ms();
   for (size_t i = 0; i < g_ops.size(); i++) {
     const Op& op = g_ops[i];
@@ -83,11 +86,26 @@ void apply_at_commit() noexcept {
         const int64_t ttl_s = op.expires_ms > 0 ? (op.expires_ms - now + 999) / 1000 : 0;
         // Waiting when 64 replies are unread: else a transaction of many
         // sets would leave most of them out of Redis.
+        sets_sent = true;
         redis_ok = cache_store(op.key, op.value, ttl_s,
                                redis_ok ? RedisCache::WhenBehind::wait : RedisCache::WhenBehind::skip,
                                /*replaces=*/true) &&
                    redis_ok;
       }
+    } catch (...) {
+      // Whatever failed, Redis may not have this change.
+      if (op.kind == Op::Kind::clear) {
+        l2_doubt_everything();
+      } else {
+        l2_doubt(op.key);
+      }
+    }
+  }
+  // A refused SET, or one whose reply the connection's loss takes along, is
+  // doubted by the Redis client as the reply (or its absence) is read.
+  if (sets_sent && redis_ok) {
+    try {
+      cache_confirm_l2_writes();
     } catch (...) {
     }
   }

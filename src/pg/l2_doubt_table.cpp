@@ -1,35 +1,41 @@
 #include "l2_doubt_table.hpp"
 
 extern "C" {
+#include "port/atomics.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
-#include "storage/spin.h"
 }
 
 namespace npc_scale {
 
 namespace {
 
-// 12,288 doubted keys before it overflows (3/4 of the slots), in 128 kB:
+constexpr const char* kTranche = "npc_scale_l2_doubts";
+// 12,288 doubted keys before it overflows (3/4 of the slots), in 256 kB:
 // enough for a long outage of a game that overwrites a few keys a second.
 constexpr uint32_t kSlots = 16384;
 
 struct Header {
-  slock_t mutex;
+  pg_atomic_uint32 active;  // 1 while anything is doubted: readers skip the lock at 0
 };
 
 Header* g_header = nullptr;
 L2Doubts* g_doubts = nullptr;
+LWLock* g_lock = nullptr;
 
 Size doubts_offset() { return MAXALIGN(sizeof(Header)); }
 
-// Runs fn on the set under its spinlock. fn is plain C++ that neither
-// throws nor allocates; before attach (no shared memory), nothing is doubted.
+// Runs fn on the set under its lock. fn is plain C++ that neither throws
+// nor allocates, and LWLockAcquire only fails on a corrupt lock table (a
+// PANIC anyway). A writer sets `active` before releasing the lock.
 template <typename Fn>
-auto locked(Fn&& fn) {
-  SpinLockAcquire(&g_header->mutex);
+auto locked(LWLockMode mode, Fn&& fn) {
+  LWLockAcquire(g_lock, mode);
   auto result = fn(*g_doubts);
-  SpinLockRelease(&g_header->mutex);
+  if (mode == LW_EXCLUSIVE) {
+    pg_atomic_write_u32(&g_header->active, g_doubts->size() > 0 || g_doubts->all() ? 1 : 0);
+  }
+  LWLockRelease(g_lock);
   return result;
 }
 
@@ -37,13 +43,16 @@ auto locked(Fn&& fn) {
 
 Size l2_doubt_table_size() { return doubts_offset() + L2Doubts::bytes_for(kSlots); }
 
+void l2_doubt_table_request() { RequestNamedLWLockTranche(kTranche, 1); }
+
 void l2_doubt_table_attach() {
   bool found = false;
   LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
   char* raw = static_cast<char*>(ShmemInitStruct("npc_scale L2 doubts", l2_doubt_table_size(), &found));
   g_header = reinterpret_cast<Header*>(raw);
+  g_lock = &GetNamedLWLockTranche(kTranche)[0].lock;
   if (!found) {
-    SpinLockInit(&g_header->mutex);
+    pg_atomic_init_u32(&g_header->active, 0);
     g_doubts = L2Doubts::init(raw + doubts_offset(), kSlots);
   } else {
     g_doubts = L2Doubts::attach(raw + doubts_offset());
@@ -51,42 +60,45 @@ void l2_doubt_table_attach() {
   LWLockRelease(AddinShmemInitLock);
 }
 
-void l2_doubt(const std::string& key) {
+void l2_doubt(const std::string& key) noexcept {
   if (!g_doubts) return;
   const uint64_t h = L2Doubts::hash(key);
-  locked([&](L2Doubts& d) { d.add(h); return 0; });
+  locked(LW_EXCLUSIVE, [&](L2Doubts& d) { d.add(h); return 0; });
 }
 
-void l2_doubt_everything() {
+void l2_doubt_everything() noexcept {
   if (!g_doubts) return;
-  locked([](L2Doubts& d) { d.add_all(); return 0; });
+  locked(LW_EXCLUSIVE, [](L2Doubts& d) { d.add_all(); return 0; });
 }
 
-L2Doubts::Doubt l2_doubt_of(const std::string& key) {
+L2Doubts::Doubt l2_doubt_of(const std::string& key) noexcept {
   if (!g_doubts) return L2Doubts::Doubt::none;
+  // Ordered after the caller's earlier reads (its L1 miss, its Redis GET).
+  pg_memory_barrier();
+  if (pg_atomic_read_u32(&g_header->active) == 0) return L2Doubts::Doubt::none;
   const uint64_t h = L2Doubts::hash(key);
-  return locked([&](L2Doubts& d) { return d.check(h); });
+  return locked(LW_SHARED, [&](L2Doubts& d) { return d.check(h); });
 }
 
-void l2_trust(const std::string& key) {
-  if (!g_doubts) return;
-  const uint64_t h = L2Doubts::hash(key);
-  locked([&](L2Doubts& d) { d.remove(h); return 0; });
-}
-
-uint64_t l2_doubt_stamp() {
+uint64_t l2_doubt_stamp() noexcept {
   if (!g_doubts) return 0;
-  return locked([](L2Doubts& d) { return d.stamp(); });
+  return locked(LW_SHARED, [](L2Doubts& d) { return d.stamp(); });
 }
 
-bool l2_trust_everything(uint64_t stamp) {
-  if (!g_doubts) return true;
-  return locked([&](L2Doubts& d) { return d.clear(stamp); });
+void l2_trust(const std::string& key, uint64_t stamp) noexcept {
+  if (!g_doubts || pg_atomic_read_u32(&g_header->active) == 0) return;
+  const uint64_t h = L2Doubts::hash(key);
+  locked(LW_EXCLUSIVE, [&](L2Doubts& d) { return d.remove(h, stamp); });
 }
 
-L2DoubtStats l2_doubt_stats() {
+void l2_trust_everything(uint64_t stamp) noexcept {
+  if (!g_doubts || pg_atomic_read_u32(&g_header->active) == 0) return;
+  locked(LW_EXCLUSIVE, [&](L2Doubts& d) { d.clear(stamp); return 0; });
+}
+
+L2DoubtStats l2_doubt_stats() noexcept {
   if (!g_doubts) return {};
-  return locked([](L2Doubts& d) { return L2DoubtStats{static_cast<int64_t>(d.size()), d.all()}; });
+  return locked(LW_SHARED, [](L2Doubts& d) { return L2DoubtStats{static_cast<int64_t>(d.size()), d.all()}; });
 }
 
 }  // namespace npc_scale

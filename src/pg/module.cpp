@@ -34,6 +34,7 @@ void npc_shmem_request() {
   RequestAddinShmemSpace(npc_scale::handoff_size());
   RequestAddinShmemSpace(npc_scale::l2_doubt_table_size());
   npc_scale::l1_cache_request();
+  npc_scale::l2_doubt_table_request();
 }
 
 void npc_shmem_startup() {

@@ -28,7 +28,12 @@ RedisCache& redis() {
     hooked = true;
     // A cache_set() whose SET may not have landed: Redis may still hold the
     // value it replaced, which readers must not serve (l2_doubt_table).
-    instance.on_set_lost = [](const std::string& key) { l2_doubt(key); };
+    // Doubted first, then the key's L1 epoch moves: a reader that read
+    // Redis before seeing the doubt has its promotion of that value dropped.
+    instance.on_set_lost = [](const std::string& key) {
+      l2_doubt(key);
+      l1_bump_epoch(&key);
+    };
     // One log line when Redis goes down and one when it is back, per process.
     instance.on_state_change = [](bool up, const std::string& why) {
       pg_atomic_write_u32(&shared_state().redis_up, up ? 1 : 0);
@@ -159,13 +164,18 @@ bool promote_to_l1(const std::string& key, const RedisCache::Lookup& hit, uint64
   return l1_promote(key, hit.value, hit.ttl_ms > 0 ? hit.ttl_ms : 0, epoch);
 }
 
-// Deletes a doubted key's L2 copy; trusted again once Redis confirms.
+// Deletes a doubted key's L2 copy; trusted again once Redis confirms,
+// unless doubted anew meanwhile. Not while backing off from Redis (the key
+// stays doubted: a miss, without a connect timeout). Other backends check
+// before they read Redis, so none reads the copy after this trust; the
+// dispatcher reads generation keys, which are never doubted one by one.
 void l2_forget(const std::string& key) {
   refresh_redis_config();
+  const uint64_t stamp = l2_doubt_stamp();
   uint64_t errors_before = redis().errors();
-  std::optional<bool> gone = redis().del(key, now_ms());
+  std::optional<bool> gone = redis().del(key, now_ms(), /*even_backing_off=*/false);
   note_redis_state(errors_before);
-  if (gone) l2_trust(key);
+  if (gone) l2_trust(key, stamp);
 }
 
 }  // namespace
@@ -194,6 +204,10 @@ std::optional<std::string> cache_lookup(const std::string& key, bool use_l3, Cac
       break;
     case L2Doubts::Doubt::all:
       break;  // until a clear empties Redis (the maintenance worker's)
+  }
+  // Doubted while Redis was read (a SET lost meanwhile): not served.
+  if (l2.result == RedisCache::Result::hit && l2_doubt_of(key) != L2Doubts::Doubt::none) {
+    l2.result = RedisCache::Result::miss;
   }
   if (l2.result == RedisCache::Result::hit) {
     count(s.cache_l2_hits);
@@ -342,10 +356,11 @@ bool cache_remove(const std::string& key) {
   refresh_redis_config();
   if (redis().enabled()) {
     uint64_t errors_before = redis().errors();
+    const uint64_t stamp = l2_doubt_stamp();
     std::optional<bool> in_l2 = redis().del(key, now_ms());
     note_redis_state(errors_before);
     if (!in_l2) redis_unreachable("cache_delete()", "the key");
-    l2_trust(key);
+    l2_trust(key, stamp);
     removed = *in_l2 || removed;
   }
   removed = l1_erase(key) || removed;
@@ -382,7 +397,7 @@ bool cache_drop_upper(const std::string* key, bool try_redis) {
     }
     // What Redis did not confirm may still be served from it: doubted.
     if (key && redis_ok) {
-      l2_trust(*key);
+      l2_trust(*key, stamp);
     } else if (key) {
       l2_doubt(*key);
     } else if (redis_ok) {
@@ -404,10 +419,22 @@ bool cache_settle_l2_doubts() {
   refresh_redis_config();
   if (!redis().enabled()) return false;
   const uint64_t stamp = l2_doubt_stamp();
+  // As l2_forget: an ask answered before the clear reaches its key is not
+  // promoted (and so not served) once the doubts are lifted.
+  l1_bump_epoch(nullptr);
   uint64_t errors_before = redis().errors();
   const int64_t cleared = redis().clear(now_ms());
   note_redis_state(errors_before);
-  return cleared >= 0 && l2_trust_everything(stamp);
+  if (cleared < 0) return false;
+  l2_trust_everything(stamp);
+  return !l2_doubt_stats().everything;
+}
+
+bool cache_confirm_l2_writes() {
+  uint64_t errors_before = redis().errors();
+  const bool ok = redis().read_outstanding(now_ms());
+  note_redis_state(errors_before);
+  return ok;
 }
 
 }  // namespace npc_scale

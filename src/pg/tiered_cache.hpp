@@ -66,6 +66,10 @@ void cache_clear_all();
 // not tried unless try_redis): after a COMMIT. False if Redis failed.
 bool cache_drop_upper(const std::string* key, bool try_redis);
 
+// At COMMIT, after its cache_set()s: reads Redis's replies to them (each
+// waited for up to the command timeout), so that a SET refused or lost is
+// doubted before the COMMIT returns. False if the connection failed.
+bool cache_confirm_l2_writes();
 // The maintenance worker's: when every L2 key is doubted (too many writes
 // or a clear that did not reach Redis), empties Redis so it serves again.
 // True if it did.

@@ -6,6 +6,8 @@
 #    and the rest are never sent. Redis keeps the older values of the last
 #    keys; they are doubted, and a lookup after L1 has evicted them deletes
 #    them from Redis and reads on from L3 (the new value, or a miss).
+#    A SET Redis refuses (out of memory) is read as refused at COMMIT: the
+#    same.
 # 2. A cache_clear() whose COMMIT cannot reach Redis: every key is doubted
 #    (a value left there is a miss), until the maintenance worker, Redis
 #    back, has emptied it.
@@ -17,7 +19,7 @@ r() { redis-cli -p "$NPC_REDIS_PORT" "$@"; }
 redis_pid=$(cat "$NPC_STATE/redis/redis.pid")
 hold_redis() { kill -STOP "$redis_pid"; }
 release_redis() { kill -CONT "$redis_pid"; }
-trap 'release_redis || true; sessions_close' EXIT
+trap 'release_redis || true; r CONFIG SET maxmemory 0 >/dev/null || true; sessions_close' EXIT
 tag=$(date +%s%N)
 plain="lost-$tag" kept="lost-kept-$tag"
 stat() { q "SELECT $1 FROM npc_scale.cache_stats"; }
@@ -73,6 +75,19 @@ echo "$kept below L1: '$got' (persisted: from L3)"
 # Trusted again: the next write and read of the key go through Redis.
 q "SELECT npc_scale.cache_set('$plain', 'newer', '1 hour')" >/dev/null
 [ "$(r GET "npc_scale:cache:kv:$plain")" = newer ] || { echo "Redis did not get the next write"; exit 1; }
+
+echo "== 1b. A SET Redis refuses (full, under noeviction)"
+refused="lost-refused-$tag"
+q "SELECT npc_scale.cache_set('$refused', 'old', '1 hour')" >/dev/null
+r CONFIG SET maxmemory 1 >/dev/null
+# A session of its own, gone right after its COMMIT: the refusal must be
+# read (and the key doubted) before the COMMIT returns.
+q "SELECT npc_scale.cache_set('$refused', 'new', '1 hour')" >/dev/null
+r CONFIG SET maxmemory 0 >/dev/null
+[ "$(r GET "npc_scale:cache:kv:$refused")" = old ] || { echo "expected Redis to have refused the new value"; exit 1; }
+got=$(lookup_below_l1 "$refused")
+echo "$refused below L1: '${got}'"
+[ -z "$got" ] || { echo "expected a miss, got '$got'"; exit 1; }
 
 echo "== 2. A clear whose COMMIT cannot reach Redis"
 [ "$(stat l2_doubts_all)" = f ] || { echo "every key doubted before the test"; exit 1; }

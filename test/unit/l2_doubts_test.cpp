@@ -3,8 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <map>
 #include <random>
-#include <set>
 #include <vector>
 
 namespace npc_scale {
@@ -29,11 +29,28 @@ TEST(L2Doubts, AddDoubtsRemoveTrusts) {
   EXPECT_TRUE(d.doubted(a));
   EXPECT_FALSE(d.doubted(b));
   EXPECT_EQ(d.size(), 1u);
-  d.remove(b);  // absent: nothing happens
+  EXPECT_TRUE(d.remove(b, d.stamp())) << "absent: nothing to trust";
   EXPECT_EQ(d.size(), 1u);
-  d.remove(a);
+  EXPECT_TRUE(d.remove(a, d.stamp()));
   EXPECT_FALSE(d.doubted(a));
   EXPECT_EQ(d.size(), 0u);
+}
+
+// A DEL confirmed for a key doubted again after it was sent does not vouch
+// for the newer doubt (that SET may have been lost after the DEL landed).
+TEST(L2Doubts, ADelVouchesOnlyForDoubtsBeforeIt) {
+  Region r(64);
+  L2Doubts& d = *r.set;
+  d.add(5);
+  d.add(6);
+  const uint64_t del_sent = d.stamp();
+  d.add(5);  // doubted anew meanwhile
+  EXPECT_FALSE(d.remove(5, del_sent));
+  EXPECT_TRUE(d.doubted(5));
+  EXPECT_TRUE(d.remove(6, del_sent)) << "another key's new doubt does not hold this one";
+  EXPECT_FALSE(d.doubted(6));
+  EXPECT_TRUE(d.remove(5, d.stamp()));
+  EXPECT_FALSE(d.doubted(5));
 }
 
 TEST(L2Doubts, AttachSeesWhatInitStarted) {
@@ -52,28 +69,37 @@ TEST(L2Doubts, RemovalKeepsCollidingRunsFindable) {
   for (size_t gone = 0; gone < hs.size(); ++gone) {
     Region fresh(16);
     for (uint64_t h : hs) fresh.set->add(h);
-    fresh.set->remove(hs[gone]);
+    fresh.set->remove(hs[gone], fresh.set->stamp());
     for (size_t i = 0; i < hs.size(); ++i) {
       EXPECT_EQ(fresh.set->doubted(hs[i]), i != gone) << "removed #" << gone << ", looked for #" << i;
     }
   }
 }
 
-TEST(L2Doubts, MatchesAReferenceSetUnderRandomChurn) {
+// Random adds, removals and partial clears against a reference map, with
+// hashes clustered on a few homes: long probe runs that wrap past the end.
+TEST(L2Doubts, MatchesAReferenceUnderRandomChurn) {
   Region r(256);
   L2Doubts& d = *r.set;
-  std::set<uint64_t> ref;
+  std::map<uint64_t, uint64_t> ref;  // hash -> stamp of its last doubt
   std::mt19937_64 rng(7);
-  // Few distinct values with clustered low bits: long, wrapping probe runs.
   auto pick = [&] { return (rng() % 150 + 1) * 256 + rng() % 8 + 248; };
   for (int step = 0; step < 20000; ++step) {
-    uint64_t h = pick();
-    if (rng() % 2 && ref.size() < 150) {
+    const uint64_t h = pick();
+    const int op = static_cast<int>(rng() % 20);
+    if (op < 10 && ref.size() < 150) {
       d.add(h);
-      ref.insert(h);
+      ref[h] = d.stamp();
+    } else if (op < 19) {
+      const uint64_t since = d.stamp() - rng() % 4;
+      auto it = ref.find(h);
+      const bool expect_gone = it == ref.end() || it->second <= since;
+      ASSERT_EQ(d.remove(h, since), expect_gone) << "step " << step;
+      if (it != ref.end() && expect_gone) ref.erase(it);
     } else {
-      d.remove(h);
-      ref.erase(h);
+      const uint64_t since = d.stamp() - rng() % 40;
+      d.clear(since);
+      for (auto it = ref.begin(); it != ref.end();) it = it->second <= since ? ref.erase(it) : std::next(it);
     }
     ASSERT_FALSE(d.all());
     ASSERT_EQ(d.size(), ref.size()) << "step " << step;
@@ -97,9 +123,9 @@ TEST(L2Doubts, OverflowDoubtsEverythingUntilCleared) {
   EXPECT_TRUE(d.all());
   EXPECT_EQ(d.check(99), L2Doubts::Doubt::all) << "a key never added is doubted too";
   EXPECT_EQ(d.check(3), L2Doubts::Doubt::key) << "one added before is still its own doubt";
-  d.remove(3);
+  d.remove(3, d.stamp());
   EXPECT_EQ(d.check(3), L2Doubts::Doubt::all) << "one trusted key does not vouch for the rest";
-  EXPECT_TRUE(d.clear(d.stamp()));
+  d.clear(d.stamp());
   EXPECT_FALSE(d.all());
   EXPECT_EQ(d.size(), 0u);
   EXPECT_FALSE(d.doubted(2));
@@ -109,22 +135,31 @@ TEST(L2Doubts, OverflowDoubtsEverythingUntilCleared) {
 }
 
 // A doubt that came in while Redis was being cleared may concern a value
-// written after the clear passed its key: that clear vouches for nothing.
-TEST(L2Doubts, AClearVouchesOnlyIfNoDoubtCameInMeanwhile) {
+// written after the clear passed its key: it outlives that clear, and so
+// does an "everything" doubt raised meanwhile.
+TEST(L2Doubts, AClearLiftsOnlyTheDoubtsBeforeIt) {
   Region r(64);
   L2Doubts& d = *r.set;
   d.add(11);
-  const uint64_t before = d.stamp();
+  d.add(12);
+  d.add_all();
+  const uint64_t clear_sent = d.stamp();
   d.add(12);  // during the clear
-  EXPECT_FALSE(d.clear(before));
-  EXPECT_TRUE(d.doubted(11));
-  EXPECT_TRUE(d.doubted(12));
-  const uint64_t again = d.stamp();
-  d.add(12);  // already doubted: still a doubt that came in
-  EXPECT_FALSE(d.clear(again));
-  EXPECT_TRUE(d.clear(d.stamp()));
+  d.add(13);
+  d.clear(clear_sent);
+  EXPECT_FALSE(d.all());
   EXPECT_FALSE(d.doubted(11));
-  EXPECT_FALSE(d.doubted(12));
+  EXPECT_TRUE(d.doubted(12));
+  EXPECT_TRUE(d.doubted(13));
+  EXPECT_EQ(d.size(), 2u);
+
+  const uint64_t second = d.stamp();
+  d.add_all();  // during the second clear
+  d.clear(second);
+  EXPECT_TRUE(d.all()) << "raised after the clear was sent";
+  EXPECT_EQ(d.size(), 0u);
+  d.clear(d.stamp());
+  EXPECT_FALSE(d.all());
 }
 
 }  // namespace

@@ -1190,33 +1190,44 @@ TEST_F(RedisCacheLive, ALostSetIsReportedByItsKey) {
   cache.configure(c);
   std::vector<std::string> lost;
   cache.on_set_lost = [&](const std::string& key) { lost.push_back(key); };
-  const auto report = RedisCache::WhenBehind::skip;
+  const auto skip = RedisCache::WhenBehind::skip;
+  constexpr bool kReported = true;
   std::string v;
-  ASSERT_TRUE(cache.set_nowait("landed", "v", 60, now_ms(), report, true));
+  ASSERT_TRUE(cache.set_nowait("landed", "v", 60, now_ms(), skip, kReported));
   ASSERT_TRUE(cache.set_nowait("quiet", "v", 60, now_ms()));
-  ASSERT_EQ(cache.get("landed", &v, now_ms()), RedisCache::Result::hit);  // every reply read
+  ASSERT_TRUE(cache.read_outstanding(now_ms()));
+  EXPECT_EQ(cache.unread_replies(), 0);
   EXPECT_TRUE(lost.empty());
+  ASSERT_EQ(cache.get("landed", &v, now_ms()), RedisCache::Result::hit);
 
   redisContext* admin = redisConnect("127.0.0.1", port);
   ASSERT_TRUE(admin != nullptr && admin->err == 0);
   freeReplyObject(redisCommand(admin, "CONFIG SET maxmemory 1"));
-  ASSERT_TRUE(cache.set_nowait("refused", "v", 60, now_ms(), report, true));
+  ASSERT_TRUE(cache.set_nowait("refused", "v", 60, now_ms(), skip, kReported));
   ASSERT_TRUE(cache.set_nowait("refused-quiet", "v", 60, now_ms()));
-  ASSERT_EQ(cache.get("landed", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_TRUE(cache.read_outstanding(now_ms())) << "an error reply keeps the connection";
   EXPECT_EQ(lost, std::vector<std::string>{"refused"});
   freeReplyObject(redisCommand(admin, "CONFIG SET maxmemory 0"));
   redisFree(admin);
 
   pause_redis(port, 60000);
-  ASSERT_TRUE(cache.set_nowait("unread", "v", 60, now_ms(), report, true));
+  ASSERT_TRUE(cache.set_nowait("unread", "v", 60, now_ms(), skip, kReported));
   ASSERT_TRUE(cache.set_nowait("unread-quiet", "v", 60, now_ms()));
   server->stop();
-  EXPECT_EQ(cache.get("landed", &v, now_ms()), RedisCache::Result::unavailable);
+  EXPECT_FALSE(cache.read_outstanding(now_ms()));
   EXPECT_EQ(lost, (std::vector<std::string>{"refused", "unread"}));
 
-  EXPECT_FALSE(cache.set_nowait("not-sent", "v", 60, now_ms(), report, true));
+  EXPECT_FALSE(cache.set_nowait("not-sent", "v", 60, now_ms(), skip, kReported));
   EXPECT_FALSE(cache.set_nowait("not-sent-quiet", "v", 60, now_ms()));
   EXPECT_EQ(lost, (std::vector<std::string>{"refused", "unread", "not-sent"}));
+
+  // Backing off: a DEL that may wait for the back-off does not even try; an
+  // invalidation (the default) does.
+  const uint64_t failures = cache.connection_failures();
+  EXPECT_FALSE(cache.del("k", now_ms(), /*even_backing_off=*/false).has_value());
+  EXPECT_EQ(cache.connection_failures(), failures);
+  EXPECT_FALSE(cache.del("k", now_ms()).has_value());
+  EXPECT_EQ(cache.connection_failures(), failures + 1);
 }
 
 // Unread reported SETs when the client goes away are not lost: they are in
