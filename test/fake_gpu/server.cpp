@@ -427,30 +427,38 @@ void Worker::handle_admin_faults(evhttp_request* req, bool post) {
   send_json(req, 200, faults_to_json(gpu_.faults()));
 }
 
+namespace {
+
+// The body of an admin switch, {"<name>": true|false}: its value, or none
+// (then the caller answers 400).
+std::optional<bool> switch_value(std::string_view body, const char* name) {
+  json j = json::parse(body.begin(), body.end(), nullptr, false);
+  if (j.is_discarded() || !j.is_object() || j.size() != 1 || !j.contains(name) || !j[name].is_boolean()) {
+    return std::nullopt;
+  }
+  return j[name].get<bool>();
+}
+
+std::string switch_usage(const char* name) { return std::string("expected {\"") + name + "\": true|false}"; }
+
+}  // namespace
+
 void Worker::handle_admin_health(evhttp_request* req, bool post) {
   if (post) {
-    std::string_view body = body_of(req);
-    json j = json::parse(body.begin(), body.end(), nullptr, false);
-    if (j.is_discarded() || !j.is_object() || j.size() != 1 || !j.contains("healthy") ||
-        !j["healthy"].is_boolean()) {
-      return send_error(req, bad_request("expected {\"healthy\": true|false}"));
-    }
-    gpu_.set_healthy(j["healthy"].get<bool>());
+    std::optional<bool> healthy = switch_value(body_of(req), "healthy");
+    if (!healthy) return send_error(req, bad_request(switch_usage("healthy")));
+    gpu_.set_healthy(*healthy);
   }
   send_json(req, 200, json{{"healthy", gpu_.healthy()}});
 }
 
 void Worker::handle_admin_stall(evhttp_request* req, bool post) {
   if (post) {
-    std::string_view body = body_of(req);
-    json j = json::parse(body.begin(), body.end(), nullptr, false);
-    if (j.is_discarded() || !j.is_object() || j.size() != 1 || !j.contains("stalled") ||
-        !j["stalled"].is_boolean()) {
-      return send_error(req, bad_request("expected {\"stalled\": true|false}"));
-    }
+    std::optional<bool> stalled = switch_value(body_of(req), "stalled");
+    if (!stalled) return send_error(req, bad_request(switch_usage("stalled")));
     // Finishes are passed to their owners and this worker's timer is armed
     // for the next one: the other workers' timers found none while stalled.
-    settle(gpu_.set_stalled(j["stalled"].get<bool>(), steady_now_ms()));
+    settle(gpu_.set_stalled(*stalled, steady_now_ms()));
   }
   send_json(req, 200, json{{"stalled", gpu_.stalled()}});
 }
