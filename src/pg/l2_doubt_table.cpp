@@ -26,8 +26,9 @@ LWLock* g_lock = nullptr;
 Size doubts_offset() { return MAXALIGN(sizeof(Header)); }
 
 // Runs fn on the set under its lock. fn is plain C++ that neither throws
-// nor allocates, and LWLockAcquire only fails on a corrupt lock table (a
-// PANIC anyway). A writer sets `active` before releasing the lock.
+// nor allocates. Not through pg_call (these run where nothing may throw):
+// LWLockAcquire raises only for a process that already holds 200 LWLocks,
+// and no caller holds one. A writer sets `active` before the release.
 template <typename Fn>
 auto locked(LWLockMode mode, Fn&& fn) {
   LWLockAcquire(g_lock, mode);
