@@ -1,5 +1,7 @@
 #include "redis_cache.hpp"
 
+#include "steady_clock.hpp"
+
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <netdb.h>
@@ -201,7 +203,10 @@ bool RedisCache::read_replies(int64_t now_ms, bool wait) {
     // Waiting: from the socket (command timeout). Not: only what is buffered.
     int rc = wait ? redisGetReply(ctx_, &raw) : redisGetReplyFromReader(ctx_, &raw);
     if (rc != REDIS_OK) {
-      fail(ctx_->errstr, now_ms);
+      // The back-off runs from now, after the wait: from the call's start,
+      // a command timeout longer than the first back-off would let the very
+      // next command reconnect to the Redis that just failed to answer.
+      fail(ctx_->errstr, wait ? std::max(now_ms, steady_now_ms()) : now_ms);
       return false;
     }
     if (raw == nullptr) return true;  // not waiting, and the rest has not arrived yet
@@ -574,8 +579,11 @@ bool RedisCache::read_outstanding(int64_t now_ms) {
   return read_replies(now_ms, true);
 }
 
-int64_t RedisCache::clear(int64_t now_ms) {
-  if (!ensure_connected(now_ms, true, /*even_backing_off=*/true)) return -1;
+int64_t RedisCache::clear(int64_t now_ms) { return sweep(now_ms, {}, /*even_backing_off=*/true); }
+
+int64_t RedisCache::sweep(int64_t now_ms, const std::function<bool(std::string_view key)>& doomed,
+                          bool even_backing_off) {
+  if (!ensure_connected(now_ms, true, even_backing_off)) return -1;
   int64_t deleted = 0;
   std::string cursor = "0";
   do {
@@ -587,13 +595,18 @@ int64_t RedisCache::clear(int64_t now_ms) {
     cursor.assign(r->element[0]->str, r->element[0]->len);
     // One UNLINK per batch: a round trip per SCAN page, not per key.
     redisReply* keys = r->element[1];
-    if (keys->elements == 0) continue;
     std::vector<const char*> argv = {"UNLINK"};
     std::vector<size_t> lens = {6};
     for (size_t i = 0; i < keys->elements; i++) {
-      argv.push_back(keys->element[i]->str);
-      lens.push_back(keys->element[i]->len);
+      const redisReply* k = keys->element[i];
+      const std::string_view full(k->str, k->len);
+      if (doomed && (full.size() < config_.prefix.size() || !doomed(full.substr(config_.prefix.size())))) {
+        continue;
+      }
+      argv.push_back(k->str);
+      lens.push_back(k->len);
     }
+    if (argv.size() == 1) continue;
     Reply d(static_cast<redisReply*>(
         redisCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data())));
     if (!d) {

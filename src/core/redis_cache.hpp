@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "host_lookup.hpp"
@@ -117,6 +118,9 @@ class RedisCache {
   bool read_outstanding(int64_t now_ms);
   // Deletes every key under the prefix (SCAN, one UNLINK per page). Returns keys deleted, -1 if unavailable.
   int64_t clear(int64_t now_ms);
+  // As clear(), for the keys (without the prefix) `doomed` picks: every key
+  // present from its start to its end is offered once.
+  int64_t sweep(int64_t now_ms, const std::function<bool(std::string_view key)>& doomed, bool even_backing_off);
 
   bool up() const { return up_; }
   // A lookup or TCP connect started and not yet through (connect_in_background).

@@ -72,6 +72,10 @@ void apply_at_commit() noexcept {
   bool redis_ok = true;
   bool sets_sent = false;
   const int64_t now = steady_now_ms();
+  try {
+    cache_take_lost_writes();  // earlier ones are not this COMMIT's
+  } catch (...) {
+  }
   for (size_t i = 0; i < g_ops.size(); i++) {
     const Op& op = g_ops[i];
     const bool last = op.kind == Op::Kind::clear ? i == *g_last_clear : last_write(op.key) == i;
@@ -101,13 +105,22 @@ void apply_at_commit() noexcept {
       }
     }
   }
+  if (!sets_sent) return;
   // A refused SET, or one whose reply the connection's loss takes along, is
-  // doubted by the Redis client as the reply (or its absence) is read.
-  if (sets_sent && redis_ok) {
-    try {
-      cache_confirm_l2_writes();
-    } catch (...) {
+  // doubted by the Redis client as the reply (or its absence) is read. Its
+  // value then goes into L1 again: a reader that missed L1 before the doubt
+  // landed may have promoted Redis's older copy meanwhile.
+  try {
+    cache_confirm_l2_writes();
+    const std::vector<std::string> lost = cache_take_lost_writes();
+    for (const std::string& key : lost) {
+      std::optional<size_t> i = last_write(key);
+      if (!i || g_ops[*i].kind != Op::Kind::set) continue;
+      const Op& op = g_ops[*i];
+      if (op.expires_ms > 0 && op.expires_ms <= now) continue;  // applied as a delete
+      cache_put_l1(key, op.value, op.expires_ms > 0 ? op.expires_ms - now : 0);
     }
+  } catch (...) {
   }
 }
 

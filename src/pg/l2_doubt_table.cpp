@@ -1,5 +1,7 @@
 #include "l2_doubt_table.hpp"
 
+#include "core/steady_clock.hpp"
+
 extern "C" {
 #include "port/atomics.h"
 #include "storage/lwlock.h"
@@ -17,6 +19,7 @@ constexpr uint32_t kSlots = 16384;
 
 struct Header {
   pg_atomic_uint32 active;  // 1 while anything is doubted: readers skip the lock at 0
+  int64_t since_ms;         // under the lock: when it last became active (steady clock)
 };
 
 Header* g_header = nullptr;
@@ -34,7 +37,9 @@ auto locked(LWLockMode mode, Fn&& fn) {
   LWLockAcquire(g_lock, mode);
   auto result = fn(*g_doubts);
   if (mode == LW_EXCLUSIVE) {
-    pg_atomic_write_u32(&g_header->active, g_doubts->size() > 0 || g_doubts->all() ? 1 : 0);
+    const uint32 active = g_doubts->size() > 0 || g_doubts->all() ? 1 : 0;
+    if (active && !pg_atomic_read_u32(&g_header->active)) g_header->since_ms = steady_now_ms();
+    pg_atomic_write_u32(&g_header->active, active);
   }
   LWLockRelease(g_lock);
   return result;
@@ -54,6 +59,7 @@ void l2_doubt_table_attach() {
   g_lock = &GetNamedLWLockTranche(kTranche)[0].lock;
   if (!found) {
     pg_atomic_init_u32(&g_header->active, 0);
+    g_header->since_ms = 0;
     g_doubts = L2Doubts::init(raw + doubts_offset(), kSlots);
   } else {
     g_doubts = L2Doubts::attach(raw + doubts_offset());
@@ -92,14 +98,22 @@ void l2_trust(const std::string& key, uint64_t stamp) noexcept {
   locked(LW_EXCLUSIVE, [&](L2Doubts& d) { return d.remove(h, stamp); });
 }
 
-void l2_trust_everything(uint64_t stamp) noexcept {
+void l2_trust_everything(uint64_t stamp, int64_t sent_ms) noexcept {
   if (!g_doubts || pg_atomic_read_u32(&g_header->active) == 0) return;
-  locked(LW_EXCLUSIVE, [&](L2Doubts& d) { d.clear(stamp); return 0; });
+  locked(LW_EXCLUSIVE, [&](L2Doubts& d) {
+    d.clear(stamp);
+    // What is left came in after the clear was sent.
+    g_header->since_ms = sent_ms;
+    return 0;
+  });
 }
 
 L2DoubtStats l2_doubt_stats() noexcept {
   if (!g_doubts) return {};
-  return locked(LW_SHARED, [](L2Doubts& d) { return L2DoubtStats{static_cast<int64_t>(d.size()), d.all()}; });
+  return locked(LW_SHARED, [](L2Doubts& d) {
+    const bool any = d.size() > 0 || d.all();
+    return L2DoubtStats{static_cast<int64_t>(d.size()), d.all(), any ? g_header->since_ms : 0};
+  });
 }
 
 }  // namespace npc_scale

@@ -32,12 +32,14 @@ uint64_t l2_doubt_stamp() noexcept;
 // Redis confirmed the key's DEL sent at `stamp`: trusted, unless doubted
 // anew since.
 void l2_trust(const std::string& key, uint64_t stamp) noexcept;
-// Redis confirmed a clear sent at `stamp`: the doubts up to then are lifted.
-void l2_trust_everything(uint64_t stamp) noexcept;
+// Redis confirmed a clear (or a sweep of the doubted keys) sent at `stamp`,
+// at steady-clock `sent_ms`: the doubts up to then are lifted.
+void l2_trust_everything(uint64_t stamp, int64_t sent_ms) noexcept;
 
 struct L2DoubtStats {
   int64_t keys = 0;
   bool everything = false;
+  int64_t since_ms = 0;  // steady clock: the oldest doubt is at most this old
 };
 L2DoubtStats l2_doubt_stats() noexcept;
 

@@ -1,6 +1,8 @@
 #include "tiered_cache.hpp"
 
 #include <algorithm>
+#include <functional>
+#include <string_view>
 #include <unordered_map>
 
 #include "core/steady_clock.hpp"
@@ -21,6 +23,9 @@ namespace npc_scale {
 
 namespace {
 
+// The keys whose SETs this process lost since the last take (COMMIT's).
+std::vector<std::string> g_lost_writes;
+
 RedisCache& redis() {
   static RedisCache instance;
   static bool hooked = false;
@@ -33,6 +38,10 @@ RedisCache& redis() {
     instance.on_set_lost = [](const std::string& key) {
       l2_doubt(key);
       l1_bump_epoch(&key);
+      try {
+        g_lost_writes.push_back(key);  // for cache_take_lost_writes()
+      } catch (...) {
+      }
     };
     // One log line when Redis goes down and one when it is back, per process.
     instance.on_state_change = [](bool up, const std::string& why) {
@@ -52,6 +61,10 @@ RedisCache& redis() {
 }
 
 int64_t now_ms() { return steady_now_ms(); }
+
+// Readers repair the doubted keys they look up; the maintenance worker
+// sweeps Redis for the rest once the oldest doubt is this old.
+constexpr int64_t kDoubtSweepAfterMs = 30000;
 
 void count(pg_atomic_uint64& counter) { pg_atomic_fetch_add_u64(&counter, 1); }
 
@@ -375,10 +388,11 @@ void cache_clear_all() {
   if (redis().enabled()) {
     uint64_t errors_before = redis().errors();
     const uint64_t stamp = l2_doubt_stamp();
-    const int64_t cleared = redis().clear(now_ms());
+    const int64_t sent_ms = now_ms();
+    const int64_t cleared = redis().clear(sent_ms);
     note_redis_state(errors_before);
     if (cleared < 0) redis_unreachable("cache_clear()", "its values");
-    l2_trust_everything(stamp);
+    l2_trust_everything(stamp, sent_ms);
   }
   l1_clear();
 }
@@ -390,6 +404,7 @@ bool cache_drop_upper(const std::string* key, bool try_redis) {
   if (redis().enabled()) {
     redis_ok = false;
     const uint64_t stamp = l2_doubt_stamp();
+    const int64_t sent_ms = now_ms();
     if (try_redis) {
       uint64_t errors_before = redis().errors();
       redis_ok = key ? redis().del(*key, now_ms()).has_value() : redis().clear(now_ms()) >= 0;
@@ -401,7 +416,7 @@ bool cache_drop_upper(const std::string* key, bool try_redis) {
     } else if (key) {
       l2_doubt(*key);
     } else if (redis_ok) {
-      l2_trust_everything(stamp);
+      l2_trust_everything(stamp, sent_ms);
     } else {
       l2_doubt_everything();
     }
@@ -414,20 +429,40 @@ bool cache_drop_upper(const std::string* key, bool try_redis) {
   return redis_ok;
 }
 
-bool cache_settle_l2_doubts() {
-  if (!l2_doubt_stats().everything) return false;
+int64_t cache_settle_l2_doubts() {
+  const L2DoubtStats doubts = l2_doubt_stats();
+  const int64_t started = now_ms();
+  const bool due = doubts.everything || (doubts.keys > 0 && started - doubts.since_ms >= kDoubtSweepAfterMs);
+  if (!due) return -1;
   refresh_redis_config();
-  if (!redis().enabled()) return false;
+  if (!redis().enabled()) return -1;
   const uint64_t stamp = l2_doubt_stamp();
-  // As l2_forget: an ask answered before the clear reaches its key is not
-  // promoted (and so not served) once the doubts are lifted.
+  std::function<bool(std::string_view)> doomed;  // none: every key
+  if (!doubts.everything) {
+    doomed = [](std::string_view key) { return l2_doubt_of(std::string(key)) != L2Doubts::Doubt::none; };
+  }
+  // The epochs move before and after: the dispatcher's ask answered from a
+  // key before the sweep deleted it is not promoted (so not served) once
+  // the doubts are lifted. Backends check doubts before they read Redis.
   l1_bump_epoch(nullptr);
   uint64_t errors_before = redis().errors();
-  const int64_t cleared = redis().clear(now_ms());
+  // Not while backing off: an unreachable Redis is tried again later.
+  const int64_t deleted = redis().sweep(started, doomed, /*even_backing_off=*/false);
   note_redis_state(errors_before);
-  if (cleared < 0) return false;
-  l2_trust_everything(stamp);
-  return !l2_doubt_stats().everything;
+  if (deleted < 0) return -1;
+  l1_bump_epoch(nullptr);
+  l2_trust_everything(stamp, started);
+  return deleted;
+}
+
+std::vector<std::string> cache_take_lost_writes() {
+  std::vector<std::string> taken;
+  taken.swap(g_lost_writes);
+  return taken;
+}
+
+void cache_put_l1(const std::string& key, const std::string& value, int64_t ttl_ms) {
+  l1_put(key, value, ttl_ms);
 }
 
 bool cache_confirm_l2_writes() {

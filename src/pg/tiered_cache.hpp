@@ -70,10 +70,17 @@ bool cache_drop_upper(const std::string* key, bool try_redis);
 // waited for up to the command timeout), so that a SET refused or lost is
 // doubted before the COMMIT returns. False if the connection failed.
 bool cache_confirm_l2_writes();
-// The maintenance worker's: when every L2 key is doubted (too many writes
-// or a clear that did not reach Redis), empties Redis so it serves again.
-// True if it did.
-bool cache_settle_l2_doubts();
+// The maintenance worker's, each tick: when every key is doubted (too many
+// doubts, or a clear that did not reach Redis), or the oldest doubt is 30 s
+// old, deletes the doubted keys from Redis (every key, in the first
+// case) and lifts the doubts older than the sweep. Keys deleted; -1 if it
+// did not run or Redis failed.
+int64_t cache_settle_l2_doubts();
+// The keys whose SETs this process reported lost since the last call.
+std::vector<std::string> cache_take_lost_writes();
+// Writes L1 only (COMMIT puts back what a lost SET's reader may have
+// replaced with Redis's older copy meanwhile).
+void cache_put_l1(const std::string& key, const std::string& value, int64_t ttl_ms);
 
 // Reads GUCs into this process's Redis client (cheap; call before use).
 void refresh_redis_config();

@@ -1230,6 +1230,25 @@ TEST_F(RedisCacheLive, ALostSetIsReportedByItsKey) {
   EXPECT_EQ(cache.connection_failures(), failures + 1);
 }
 
+// A sweep deletes the keys its predicate picks (offered without the
+// prefix), and no others.
+TEST_F(RedisCacheLive, ASweepDeletesOnlyThePickedKeys) {
+  patient();
+  for (const char* k : {"a", "b", "c"}) ASSERT_TRUE(cache.set(k, "v", 60, now_ms()));
+  std::vector<std::string> offered;
+  const int64_t deleted = cache.sweep(now_ms(), [&](std::string_view key) {
+    offered.emplace_back(key);
+    return key == "b";
+  }, /*even_backing_off=*/false);
+  EXPECT_EQ(deleted, 1);
+  std::sort(offered.begin(), offered.end());
+  EXPECT_EQ(offered, (std::vector<std::string>{"a", "b", "c"}));
+  std::string v;
+  EXPECT_EQ(cache.get("a", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(cache.get("b", &v, now_ms()), RedisCache::Result::miss);
+  EXPECT_EQ(cache.get("c", &v, now_ms()), RedisCache::Result::hit);
+}
+
 // Unread reported SETs when the client goes away are not lost: they are in
 // the socket, and Redis reads them before the close.
 TEST_F(RedisCacheLive, TheDestructorReportsNothing) {
