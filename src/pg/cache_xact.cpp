@@ -6,6 +6,7 @@
 
 #include "core/steady_clock.hpp"
 #include "guard.hpp"
+#include "l1_cache.hpp"
 #include "l2_doubt_table.hpp"
 #include "tiered_cache.hpp"
 
@@ -118,7 +119,7 @@ void apply_at_commit() noexcept {
       if (!i || g_ops[*i].kind != Op::Kind::set) continue;
       const Op& op = g_ops[*i];
       if (op.expires_ms > 0 && op.expires_ms <= now) continue;  // applied as a delete
-      cache_put_l1(key, op.value, op.expires_ms > 0 ? op.expires_ms - now : 0);
+      l1_put(key, op.value, op.expires_ms > 0 ? op.expires_ms - now : 0);
     }
   } catch (...) {
   }

@@ -11,7 +11,6 @@
 #include "guard.hpp"
 #include "pg_text.hpp"
 #include "gucs.hpp"
-#include "l2_doubt_table.hpp"
 #include "spi.hpp"
 #include "tiered_cache.hpp"
 #include "worker.hpp"
@@ -455,18 +454,18 @@ void run_maintenance_worker() {
         tick_step("purge of finished decisions", [] { purge_finished(); });
         tick_step("purge of expired cache rows", [] { purge_cache_store(); });
         tick_step("sweep of doubted Redis keys", [] {
-          const bool everything = l2_doubt_stats().everything;
-          const int64_t deleted = cache_settle_l2_doubts();
-          if (deleted < 0) return;
+          const std::optional<L2Sweep> swept = cache_settle_l2_doubts();
+          if (!swept) return;
+          const long long deleted = swept->deleted;
           pg_call([&] {
-            if (everything) {
+            if (swept->everything) {
               ereport(LOG, (errmsg("npc_scale: emptied the Redis L2 cache (%lld keys): every key was doubted "
                                    "(too many writes, or a clear, had not reached it)",
-                                   static_cast<long long>(deleted))));
+                                   deleted)));
             } else {
               ereport(LOG, (errmsg("npc_scale: deleted %lld doubted keys from the Redis L2 cache (values it "
                                    "may have held older than L1 and L3)",
-                                   static_cast<long long>(deleted))));
+                                   deleted)));
             }
           });
         });

@@ -429,13 +429,13 @@ bool cache_drop_upper(const std::string* key, bool try_redis) {
   return redis_ok;
 }
 
-int64_t cache_settle_l2_doubts() {
+std::optional<L2Sweep> cache_settle_l2_doubts() {
   const L2DoubtStats doubts = l2_doubt_stats();
   const int64_t started = now_ms();
   const bool due = doubts.everything || (doubts.keys > 0 && started - doubts.since_ms >= kDoubtSweepAfterMs);
-  if (!due) return -1;
+  if (!due) return std::nullopt;
   refresh_redis_config();
-  if (!redis().enabled()) return -1;
+  if (!redis().enabled()) return std::nullopt;
   const uint64_t stamp = l2_doubt_stamp();
   std::function<bool(std::string_view)> doomed;  // none: every key
   if (!doubts.everything) {
@@ -449,20 +449,16 @@ int64_t cache_settle_l2_doubts() {
   // Not while backing off: an unreachable Redis is tried again later.
   const int64_t deleted = redis().sweep(started, doomed, /*even_backing_off=*/false);
   note_redis_state(errors_before);
-  if (deleted < 0) return -1;
+  if (deleted < 0) return std::nullopt;
   l1_bump_epoch(nullptr);
   l2_trust_everything(stamp, started);
-  return deleted;
+  return L2Sweep{deleted, doubts.everything};
 }
 
 std::vector<std::string> cache_take_lost_writes() {
   std::vector<std::string> taken;
   taken.swap(g_lost_writes);
   return taken;
-}
-
-void cache_put_l1(const std::string& key, const std::string& value, int64_t ttl_ms) {
-  l1_put(key, value, ttl_ms);
 }
 
 bool cache_confirm_l2_writes() {

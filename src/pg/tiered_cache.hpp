@@ -72,15 +72,16 @@ bool cache_drop_upper(const std::string* key, bool try_redis);
 bool cache_confirm_l2_writes();
 // The maintenance worker's, each tick: when every key is doubted (too many
 // doubts, or a clear that did not reach Redis), or the oldest doubt is 30 s
-// old, deletes the doubted keys from Redis (every key, in the first
-// case) and lifts the doubts older than the sweep. Keys deleted; -1 if it
-// did not run or Redis failed.
-int64_t cache_settle_l2_doubts();
+// old, deletes the doubted keys from Redis (every key, in the first case)
+// and lifts the doubts older than the sweep. None if it did not run or
+// Redis failed.
+struct L2Sweep {
+  int64_t deleted;
+  bool everything;  // every key was doubted, and deleted
+};
+std::optional<L2Sweep> cache_settle_l2_doubts();
 // The keys whose SETs this process reported lost since the last call.
 std::vector<std::string> cache_take_lost_writes();
-// Writes L1 only (COMMIT puts back what a lost SET's reader may have
-// replaced with Redis's older copy meanwhile).
-void cache_put_l1(const std::string& key, const std::string& value, int64_t ttl_ms);
 
 // Reads GUCs into this process's Redis client (cheap; call before use).
 void refresh_redis_config();
