@@ -198,15 +198,21 @@ void RedisCache::consume(void* raw) {
 }
 
 bool RedisCache::read_replies(int64_t now_ms, bool wait) {
+  const int64_t entered = wait ? steady_now_ms() : 0;
   while (!pending_.empty()) {
     void* raw = nullptr;
     // Waiting: from the socket (command timeout). Not: only what is buffered.
     int rc = wait ? redisGetReply(ctx_, &raw) : redisGetReplyFromReader(ctx_, &raw);
     if (rc != REDIS_OK) {
-      // The back-off runs from now, after the wait: from the call's start,
-      // a command timeout longer than the first back-off would let the very
-      // next command reconnect to the Redis that just failed to answer.
-      fail(ctx_->errstr, wait ? std::max(now_ms, steady_now_ms()) : now_ms);
+      const int err = errno;
+      // A wait that ran out the command timeout (the blocking socket's
+      // EAGAIN): the back-off runs from its end, on the caller's clock moved
+      // on by the wait. From the call's start, a timeout longer than the
+      // first back-off would let the very next command reconnect to the
+      // Redis that just failed to answer. Other failures (a closed
+      // connection) did not wait: the caller's clock as given.
+      const bool timed_out = wait && ctx_->err == REDIS_ERR_IO && (err == EAGAIN || err == EWOULDBLOCK);
+      fail(ctx_->errstr, timed_out ? now_ms + (steady_now_ms() - entered) : now_ms);
       return false;
     }
     if (raw == nullptr) return true;  // not waiting, and the rest has not arrived yet

@@ -490,6 +490,23 @@ TEST_F(RedisCacheLive, AnAskRedisDoesNotAnswerInTimeIsUnavailable) {
   EXPECT_EQ(cache.fd(), -1) << "the connection was dropped";
 }
 
+// A command that runs out its timeout (20 ms) starts the back-off (100 ms)
+// from the end of that wait: given the call's clock again 105 ms on, the
+// client does not reconnect to the Redis that has just failed to answer
+// (from the call's start, it would: and wait out another timeout).
+TEST_F(RedisCacheLive, TheBackOffAfterATimeoutRunsFromTheEndOfTheWait) {
+  std::string v;
+  ASSERT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::miss);  // connected
+  server->freeze();
+  const int64_t t0 = now_ms();
+  EXPECT_EQ(cache.get("k", &v, t0), RedisCache::Result::unavailable);
+  EXPECT_FALSE(cache.up());
+  const uint64_t failures = cache.connection_failures();
+  EXPECT_EQ(cache.get("k", &v, t0 + 105), RedisCache::Result::unavailable);
+  EXPECT_EQ(cache.connection_failures(), failures) << "tried again within the back-off";
+  server->thaw();
+}
+
 TEST(RedisCacheTest, DisabledWhenPortIsZero) {
   RedisCache cache;
   RedisConfig c;
