@@ -46,6 +46,7 @@ int guc_redis_command_timeout_ms = 20;
 int guc_partition_interval_s = 3600;
 int guc_maintenance_lock_timeout_ms = 1000;
 int guc_refresh_timeout_s = 3600;
+int guc_partition_timeout_s = 3600;
 int guc_maintenance_run_ttl_s = 7 * 86400;
 int guc_breaker_failures = 3;
 double guc_breaker_error_rate = 0.5;
@@ -206,6 +207,14 @@ void define_gucs() {
   DefineCustomIntVariable("npc_scale.refresh_timeout",
                           "Longest run of a scheduled refresh; it fails after this (0: no limit).",
                           nullptr, &guc_refresh_timeout_s, 3600, 0, 7 * 86400, PGC_SIGHUP, GUC_UNIT_S,
+                          nullptr, nullptr, nullptr);
+  // The same for partition maintenance: rows moving out of the default
+  // partition fire the game's ENABLE ALWAYS triggers and check its
+  // constraints, which may never return.
+  DefineCustomIntVariable("npc_scale.partition_timeout",
+                          "Longest run of one partition maintenance call by the maintenance worker (one parent, "
+                          "one transaction); it fails after this and is tried again (0: no limit).",
+                          nullptr, &guc_partition_timeout_s, 3600, 0, 7 * 86400, PGC_SIGHUP, GUC_UNIT_S,
                           nullptr, nullptr, nullptr);
   DefineCustomIntVariable("npc_scale.maintenance_run_ttl",
                           "Rows of npc_scale.maintenance_runs are purged after this.", nullptr,

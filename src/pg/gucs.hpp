@@ -44,6 +44,7 @@ extern int guc_redis_command_timeout_ms;
 extern int guc_partition_interval_s;  // how often the worker runs partition maintenance
 extern int guc_maintenance_lock_timeout_ms;  // longest wait for a lock in maintenance (0: no limit)
 extern int guc_refresh_timeout_s;            // longest scheduled refresh (0: no limit)
+extern int guc_partition_timeout_s;          // longest partition maintenance call of the worker (0: no limit)
 extern int guc_maintenance_run_ttl_s;        // maintenance_runs rows are purged after this
 // circuit breaker
 extern int guc_breaker_failures;

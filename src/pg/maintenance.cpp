@@ -260,20 +260,22 @@ void record_run(int64_t run, bool ok, const std::string& error, std::optional<in
   }
 }
 
-// npc_scale.refresh_timeout over one refresh: a view whose query never ends
-// would hold every other job, the purges and partition maintenance (one
-// worker runs them all in turn). statement_timeout is armed by the
-// client-statement loop only, which a background worker's SPI never goes
-// through: the timer is armed here, and always disarmed (an exception
-// unwinds this frame), so that it cannot fire into a later statement.
-struct RefreshTimeout {
-  RefreshTimeout() {
-    if (guc_refresh_timeout_s > 0) {
-      pg_call([] { enable_timeout_after(STATEMENT_TIMEOUT, guc_refresh_timeout_s * 1000); });
-    }
+// A time bound over one job of the maintenance worker (npc_scale.refresh_timeout
+// over a refresh, npc_scale.partition_timeout over a partition maintenance
+// call): a view whose query never ends, or a game trigger that never returns
+// while rows move, would hold every other job, the purges and partition
+// maintenance (one worker runs them all in turn). statement_timeout is
+// armed by the client-statement loop only, which a background worker's SPI
+// never goes through: the timer is armed here, and always disarmed (an
+// exception unwinds this frame), so that it cannot fire into a later
+// statement. 0 seconds: no bound.
+class StatementBound {
+ public:
+  explicit StatementBound(int seconds) {
+    if (seconds > 0) pg_call([&] { enable_timeout_after(STATEMENT_TIMEOUT, seconds * 1000); });
   }
   // On success, still in the transaction: a timeout that fired after the
-  // refresh's last interrupt check fails the run here, as a timeout (the
+  // job's last interrupt check fails the job here, as a timeout (the
   // destructor would clear its indicator, and a later check report it as a
   // cancel).
   void end() {
@@ -282,9 +284,9 @@ struct RefreshTimeout {
       CHECK_FOR_INTERRUPTS();
     });
   }
-  ~RefreshTimeout() { disable_timeout(STATEMENT_TIMEOUT, false); }
-  RefreshTimeout(const RefreshTimeout&) = delete;
-  RefreshTimeout& operator=(const RefreshTimeout&) = delete;
+  ~StatementBound() { disable_timeout(STATEMENT_TIMEOUT, false); }
+  StatementBound(const StatementBound&) = delete;
+  StatementBound& operator=(const StatementBound&) = delete;
 };
 
 // One refresh in its own transaction. A failure is recorded with its error and
@@ -315,7 +317,7 @@ void run_job(const DueJob& d) {
         concurrently = SPI_processed == 1 && spi_bool(0, 1);
       }
       std::string sql = std::string("REFRESH MATERIALIZED VIEW ") + (concurrently ? "CONCURRENTLY " : "") + d.target;
-      RefreshTimeout bound;
+      StatementBound bound(guc_refresh_timeout_s);
       pg_call([&] {
         if (SPI_execute(sql.c_str(), false, 0) < 0) elog(ERROR, "REFRESH failed");
       });
@@ -398,7 +400,9 @@ bool maintain_partitions() {
       for (int round = 0; round < 50 && !done; round++) {
         std::optional<int64_t> made;
         in_transaction("npc_scale: partition maintenance", [&] {
+          StatementBound bound(guc_partition_timeout_s);
           if (run.execute({ObjectIdGetDatum(oid)}) == 1) made = spi_int(0, 1);
+          bound.end();
         });
         done = made.value_or(0) == 0;
       }
@@ -432,7 +436,8 @@ void run_maintenance_worker() {
   worker_startup(WorkerKind::maintenance);
   bool recovered = false;
   int64_t next_purge_ms = 0;
-  int64_t next_partitions_ms = 0;
+  int64_t partitions_run_ms = -1;  // last partition maintenance (steady clock); -1: none yet
+  bool partitions_ok = false;
   int64_t next_runs_purge_ms = 0;
   long wait_ms = 0;
   for (;;) {
@@ -475,14 +480,17 @@ void run_maintenance_worker() {
         tick_step("purge of old maintenance runs", [] { purge_runs(); });
         next_runs_purge_ms = now + kRunsPurgeMs;
       }
-      if (now >= next_partitions_ms) {
+      // From the interval as it is now: one lowered by a reload applies at
+      // once, not after the run the old one scheduled. A parent that failed
+      // (a lock not granted in time, say) is tried again within a minute,
+      // not a whole interval later.
+      const int64_t every_ms = static_cast<int64_t>(guc_partition_interval_s) * 1000;
+      if (partitions_run_ms < 0 ||
+          now >= partitions_run_ms + (partitions_ok ? every_ms : std::min<int64_t>(every_ms, kPartitionRetryMs))) {
         worker_set_state(WorkerState::busy, "partition maintenance");
-        bool ok = false;
-        tick_step("partition maintenance", [&] { ok = maintain_partitions(); });
-        // A parent that failed (a lock not granted in time, say) is tried
-        // again within a minute, not a whole interval later.
-        int64_t every_ms = static_cast<int64_t>(guc_partition_interval_s) * 1000;
-        next_partitions_ms = now + (ok ? every_ms : std::min<int64_t>(every_ms, kPartitionRetryMs));
+        partitions_ok = false;
+        tick_step("partition maintenance", [&] { partitions_ok = maintain_partitions(); });
+        partitions_run_ms = now;
       }
       if (auto next = ms_until_next_job()) {
         // A job due at this round's start that did not start is locked (a
