@@ -1,8 +1,14 @@
 #include "l2_doubt_table.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+
 #include "core/steady_clock.hpp"
 
 extern "C" {
+#include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -26,6 +32,25 @@ Header* g_header = nullptr;
 L2Doubts* g_doubts = nullptr;
 LWLock* g_lock = nullptr;
 
+// The set lives in shared memory, which a restart (or a crash) of the
+// server starts afresh, while Redis keeps the values it was doubted for. A
+// file in the data directory says that something is doubted: made when the
+// set stops being empty, removed when it is empty again. A server that
+// starts and finds it doubts every key, until the maintenance worker has
+// emptied Redis. (Not synced to disk: it outlives a server crash, not every
+// crash of the machine.)
+char g_marker[MAXPGPATH];
+
+void mark_doubted(bool doubted) {
+  if (g_marker[0] == '\0') return;
+  if (doubted) {
+    const int fd = open(g_marker, O_WRONLY | O_CREAT, 0600);
+    if (fd >= 0) close(fd);
+  } else {
+    unlink(g_marker);
+  }
+}
+
 Size doubts_offset() { return MAXALIGN(sizeof(Header)); }
 
 // Runs fn on the set under its lock. fn is plain C++ that neither throws
@@ -38,7 +63,9 @@ auto locked(LWLockMode mode, Fn&& fn) {
   auto result = fn(*g_doubts);
   if (mode == LW_EXCLUSIVE) {
     const uint32 active = g_doubts->size() > 0 || g_doubts->all() ? 1 : 0;
-    if (active && !pg_atomic_read_u32(&g_header->active)) g_header->since_ms = steady_now_ms();
+    const uint32 was = pg_atomic_read_u32(&g_header->active);
+    if (active && !was) g_header->since_ms = steady_now_ms();
+    if (active != was) mark_doubted(active != 0);  // under the lock: in the order of the changes
     pg_atomic_write_u32(&g_header->active, active);
   }
   LWLockRelease(g_lock);
@@ -57,10 +84,17 @@ void l2_doubt_table_attach() {
   char* raw = static_cast<char*>(ShmemInitStruct("npc_scale L2 doubts", l2_doubt_table_size(), &found));
   g_header = reinterpret_cast<Header*>(raw);
   g_lock = &GetNamedLWLockTranche(kTranche)[0].lock;
+  snprintf(g_marker, sizeof(g_marker), "%s/npc_scale_l2_doubted", DataDir);
   if (!found) {
     pg_atomic_init_u32(&g_header->active, 0);
     g_header->since_ms = 0;
     g_doubts = L2Doubts::init(raw + doubts_offset(), kSlots);
+    // The server before this one (or before a crash) had doubts it did not settle.
+    if (access(g_marker, F_OK) == 0) {
+      g_doubts->add_all();
+      pg_atomic_init_u32(&g_header->active, 1);
+      g_header->since_ms = steady_now_ms();
+    }
   } else {
     g_doubts = L2Doubts::attach(raw + doubts_offset());
   }

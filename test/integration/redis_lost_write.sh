@@ -13,6 +13,9 @@
 # 4. A cache_clear() whose COMMIT cannot reach Redis: every key is doubted
 #    (a value left there is a miss), until the maintenance worker, Redis
 #    back, has emptied it.
+# 5. Doubts outlive a crash of the server (shared memory starts afresh): a
+#    file in the data directory says there were some, and the new server
+#    doubts every key until the maintenance worker has emptied Redis.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 source "$NPC_ROOT/test/integration/lib/sessions.sh"
@@ -150,3 +153,38 @@ hits=$(stat l2_hits)
 [ "$(q "SELECT npc_scale.cache_get('after-$tag')")" = served ] && [ "$(stat l2_hits)" -gt "$hits" ] \
   || { echo "L2 does not serve again after the doubts were settled"; exit 1; }
 echo "Redis emptied by the maintenance worker; L2 serves again"
+
+echo "== 5. Doubts outlive a crash of the server"
+marker=$NPC_PGDATA/npc_scale_l2_doubted
+npc_wait_sql "SELECT l2_doubted_keys = 0 AND NOT l2_doubts_all FROM npc_scale.cache_stats" 10 \
+  || { echo "doubts left over from the parts before"; exit 1; }
+[ ! -e "$marker" ] || { echo "nothing is doubted, yet $marker is there"; exit 1; }
+crashed="lost-crash-$tag"
+q "SELECT npc_scale.cache_set('$crashed', 'old', '1 hour', persist => true)" >/dev/null
+run_in writer "SELECT npc_scale.cache_get('connect-again-$tag');"
+hold_redis
+run_in writer "BEGIN;
+SELECT count(npc_scale.cache_set('lost-crash-fill-$tag-' || g, 'x', '1 hour')) FROM generate_series(1, 70) g;
+SELECT npc_scale.cache_set('$crashed', 'new', '1 hour', persist => true);
+COMMIT;"
+release_redis
+[ "$(r GET "npc_scale:cache:kv:$crashed")" = old ] || { echo "expected the older value still in Redis"; exit 1; }
+[ "$(stat l2_doubted_keys)" -ge 1 ] && [ -e "$marker" ] || { echo "the lost SET is not doubted, or $marker not made"; exit 1; }
+dispatcher=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'")
+maintenance=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance'")
+kill -9 "$dispatcher"
+npc_wait_sql "SELECT count(*) = 2 FROM npc_scale.worker_status()
+               WHERE pid IS NOT NULL AND pid NOT IN ($dispatcher, $maintenance)" 60 \
+  || { echo "the server did not come back from the crash"; exit 1; }
+# L1 starts empty: the lookup goes below it, where Redis holds the older
+# value. Doubted (L2 skipped) or, once the maintenance worker has been,
+# emptied: L3's value either way.
+got=$(q "SELECT npc_scale.cache_get('$crashed')")
+echo "$crashed after the crash: '$got'"
+[ "$got" = new ] || { echo "expected the new value from L3, got '$got'"; exit 1; }
+npc_wait_sql "SELECT NOT l2_doubts_all AND l2_doubted_keys = 0 FROM npc_scale.cache_stats" 30 \
+  || { echo "the maintenance worker did not settle the doubts after the crash"; exit 1; }
+[ ! -e "$marker" ] || { echo "$marker is left after the doubts were settled"; exit 1; }
+left=$(r --scan --pattern "npc_scale:cache:kv:lost-crash-fill-$tag-*" | wc -l)
+[ "$left" = 0 ] || { echo "Redis was not emptied after the crash: $left keys left"; exit 1; }
+echo "after a crash: every key doubted, Redis emptied, the marker removed"
