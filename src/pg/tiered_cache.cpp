@@ -430,12 +430,18 @@ bool cache_drop_upper(const std::string* key, bool try_redis) {
 }
 
 std::optional<L2Sweep> cache_settle_l2_doubts() {
+  refresh_redis_config();
+  if (!redis().enabled()) {
+    // L2 off (redis_port 0): writes skip Redis from now on, so what it holds
+    // goes stale. Every key is doubted until Redis, back on (by a reload or
+    // a restart: the doubt outlives both), has been emptied.
+    if (!l2_doubt_stats().everything) l2_doubt_everything();
+    return std::nullopt;
+  }
   const L2DoubtStats doubts = l2_doubt_stats();
   const int64_t started = now_ms();
   const bool due = doubts.everything || (doubts.keys > 0 && started - doubts.since_ms >= kDoubtSweepAfterMs);
   if (!due) return std::nullopt;
-  refresh_redis_config();
-  if (!redis().enabled()) return std::nullopt;
   const uint64_t stamp = l2_doubt_stamp();
   std::function<bool(std::string_view)> doomed;  // none: every key
   if (!doubts.everything) {

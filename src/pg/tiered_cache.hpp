@@ -74,7 +74,7 @@ bool cache_confirm_l2_writes();
 // doubts, or a clear that did not reach Redis), or the oldest doubt is 30 s
 // old, deletes the doubted keys from Redis (every key, in the first case)
 // and lifts the doubts older than the sweep. None if it did not run or
-// Redis failed.
+// Redis failed. With L2 off (redis_port 0) it doubts every key instead.
 struct L2Sweep {
   int64_t deleted;
   bool everything;  // every key was doubted, and deleted

@@ -16,6 +16,8 @@
 # 5. Doubts outlive a crash of the server (shared memory starts afresh): a
 #    file in the data directory says there were some, and the new server
 #    doubts every key until the maintenance worker has emptied Redis.
+# 6. L2 turned off (redis_port 0) and on again: Redis kept the values of
+#    the time before; every key is doubted until it has been emptied.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 source "$NPC_ROOT/test/integration/lib/sessions.sh"
@@ -29,6 +31,7 @@ restore() {
   r CONFIG SET maxmemory 0 >/dev/null || true
   sessions_close
   q "ALTER SYSTEM RESET npc_scale.redis_command_timeout" >/dev/null
+  q "ALTER SYSTEM RESET npc_scale.redis_port" >/dev/null
   q "SELECT pg_reload_conf()" >/dev/null
 }
 trap restore EXIT
@@ -188,3 +191,27 @@ npc_wait_sql "SELECT NOT l2_doubts_all AND l2_doubted_keys = 0 FROM npc_scale.ca
 left=$(r --scan --pattern "npc_scale:cache:kv:lost-crash-fill-$tag-*" | wc -l)
 [ "$left" = 0 ] || { echo "Redis was not emptied after the crash: $left keys left"; exit 1; }
 echo "after a crash: every key doubted, Redis emptied, the marker removed"
+
+echo "== 6. L2 off and on again"
+paused="lost-paused-$tag"
+q "SELECT npc_scale.cache_set('$paused', 'old', '1 hour', persist => true)" >/dev/null
+[ "$(r GET "npc_scale:cache:kv:$paused")" = old ] || { echo "the first value did not reach Redis"; exit 1; }
+q "ALTER SYSTEM SET npc_scale.redis_port = 0" >/dev/null
+q "SELECT pg_reload_conf()" >/dev/null
+npc_wait_sql "SELECT l2_doubts_all FROM npc_scale.cache_stats" 10 \
+  || { echo "with L2 off, the maintenance worker did not doubt every key"; exit 1; }
+[ -e "$marker" ] || { echo "with L2 off, $marker was not made"; exit 1; }
+npc_wait_sql "SELECT current_setting('npc_scale.redis_port') = '0'" 10 || { echo "L2 is still on"; exit 1; }
+q "SELECT npc_scale.cache_set('$paused', 'new', '1 hour', persist => true)" >/dev/null
+[ "$(r GET "npc_scale:cache:kv:$paused")" = old ] || { echo "a write reached Redis with L2 off"; exit 1; }
+q "ALTER SYSTEM RESET npc_scale.redis_port" >/dev/null
+q "SELECT pg_reload_conf()" >/dev/null
+npc_wait_sql "SELECT current_setting('npc_scale.redis_port') <> '0'" 10 || { echo "L2 is not back on"; exit 1; }
+got=$(lookup_below_l1 "$paused")
+echo "$paused below L1, L2 on again: '$got'"
+[ "$got" = new ] || { echo "expected the new value from L3, got '$got'"; exit 1; }
+npc_wait_sql "SELECT NOT l2_doubts_all FROM npc_scale.cache_stats" 30 \
+  || { echo "the maintenance worker did not settle the doubts once L2 was back"; exit 1; }
+[ ! -e "$marker" ] || { echo "$marker is left after the doubts were settled"; exit 1; }
+[ "$(r GET "npc_scale:cache:kv:$paused")" != old ] || { echo "Redis still holds the value from before"; exit 1; }
+echo "L2 off and on: every key doubted meanwhile, Redis emptied once back"
