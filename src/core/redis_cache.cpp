@@ -137,8 +137,35 @@ void RedisCache::note_error_reply(const void* raw) {
   last_reply_error_ = r->str ? r->str : "error reply";
 }
 
+std::string RedisCache::run_id_of(std::string_view info) {
+  constexpr std::string_view kField = "run_id:";
+  for (size_t at = 0; at < info.size();) {
+    size_t end = info.find('\n', at);
+    if (end == std::string_view::npos) end = info.size();
+    std::string_view line = info.substr(at, end - at);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.substr(0, kField.size()) == kField) return std::string(line.substr(kField.size()));
+    at = end + 1;
+  }
+  return {};
+}
+
 void RedisCache::consume(void* raw) {
   Reply r(static_cast<redisReply*>(raw));
+  if (pending_.front().server_info) {
+    // An error (INFO renamed away, an ACL without it) leaves the server
+    // unknown: the connection is fine.
+    std::string run_id;
+    if (r->type == REDIS_REPLY_ERROR) {
+      note_error_reply(r.get());
+    } else if (r->type == REDIS_REPLY_STRING && r->str) {
+      run_id = run_id_of(std::string_view(r->str, r->len));
+    }
+    pending_.pop_front();
+    if (!up_ && r->type != REDIS_REPLY_ERROR) mark_up();
+    if (!run_id.empty() && on_server) on_server(run_id);
+    return;
+  }
   if (!pending_.front().login_failure.empty()) {
     // AUTH or SELECT: refused, the connection is failed (read_replies);
     // the last one through, Redis is up.
@@ -426,7 +453,10 @@ bool RedisCache::finish_connect(int64_t now_ms) {
   // first reply, not by the TCP connect: a server that accepts and then
   // drops connections (maxclients, a proxy without its backend) would
   // otherwise be "up" and "down" again every 100 ms, never backing off.
-  if (login.empty()) return true;
+  // Which server this is, asked behind the login and ahead of every command.
+  const bool ask_server = static_cast<bool>(on_server);
+  if (login.empty() && !ask_server) return true;
+  if (ask_server) login.push_back({{"INFO", "server"}, ""});
   for (auto& [args, failure] : login) {
     std::vector<const char*> argv;
     std::vector<size_t> lens;
@@ -440,6 +470,7 @@ bool RedisCache::finish_connect(int64_t now_ms) {
     }
     Pending p;
     p.sent_ms = now_ms;
+    p.server_info = failure.empty();
     p.login_failure = std::move(failure);
     pending_.push_back(std::move(p));
   }

@@ -137,6 +137,14 @@ class RedisCache {
   // See set_nowait(). Not called from the destructor: SETs written before a
   // process exits are in the socket, and Redis reads them.
   std::function<void(const std::string& key)> on_set_lost;
+  // Set: each new connection asks Redis which server it is (INFO server,
+  // pipelined behind the login) and reports its run_id here before any
+  // reply behind it is read. A Redis that restarted (and reloaded an older
+  // snapshot, or lost its last writes), or another server after a failover,
+  // has a new one. Not called when Redis refuses INFO (renamed, ACL).
+  std::function<void(const std::string& run_id)> on_server;
+  // The run_id line of an INFO reply; empty if it has none.
+  static std::string run_id_of(std::string_view info);
   // Starts a host name's lookup (connect_in_background); tests put a
   // stand-in here. Unset: HostLookup.
   std::function<std::unique_ptr<HostLookup>(const std::string& host, int port)> start_lookup;
@@ -206,6 +214,7 @@ class RedisCache {
     std::vector<std::string> keys;
     std::vector<Lookup> lookups;
     std::string login_failure;  // a login command's: the message if refused
+    bool server_info = false;   // INFO server, asked for on_server
     std::string loss_key;       // a SET's, when its loss is reported (set_nowait)
   };
   void report_lost(const std::string& key) const {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 
 #include "core/steady_clock.hpp"
 
@@ -23,9 +24,12 @@ constexpr const char* kTranche = "npc_scale_l2_doubts";
 // enough for a long outage of a game that overwrites a few keys a second.
 constexpr uint32_t kSlots = 16384;
 
+constexpr size_t kServerIdBytes = 64;  // a Redis run_id is 40 hex digits
+
 struct Header {
   pg_atomic_uint32 active;  // 1 while anything is doubted: readers skip the lock at 0
   int64_t since_ms;         // under the lock: when it last became active (steady clock)
+  char server[kServerIdBytes];  // under the lock: the run_id of the Redis last seen ("" unknown)
 };
 
 Header* g_header = nullptr;
@@ -40,6 +44,30 @@ LWLock* g_lock = nullptr;
 // emptied Redis. (Not synced to disk: it outlives a server crash, not every
 // crash of the machine.)
 char g_marker[MAXPGPATH];
+// The Redis server last seen (its run_id), kept in a file for the same
+// reason: a Redis that restarted while this server was down is a new one.
+char g_server_file[MAXPGPATH];
+
+void read_server_file(char* out) {
+  out[0] = '\0';
+  const int fd = open(g_server_file, O_RDONLY);
+  if (fd < 0) return;
+  const ssize_t n = read(fd, out, kServerIdBytes - 1);
+  close(fd);
+  out[n > 0 ? n : 0] = '\0';
+}
+
+void write_server_file(const char* id) {
+  // Written aside and renamed: a crash leaves the old one or the new one.
+  char tmp[MAXPGPATH + 8];
+  snprintf(tmp, sizeof(tmp), "%s.tmp", g_server_file);
+  const int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (fd < 0) return;
+  const size_t len = strlen(id);
+  const bool written = write(fd, id, len) == static_cast<ssize_t>(len);
+  close(fd);
+  if (!written || rename(tmp, g_server_file) != 0) unlink(tmp);
+}
 
 void mark_doubted(bool doubted) {
   if (g_marker[0] == '\0') return;
@@ -85,9 +113,11 @@ void l2_doubt_table_attach() {
   g_header = reinterpret_cast<Header*>(raw);
   g_lock = &GetNamedLWLockTranche(kTranche)[0].lock;
   snprintf(g_marker, sizeof(g_marker), "%s/npc_scale_l2_doubted", DataDir);
+  snprintf(g_server_file, sizeof(g_server_file), "%s/npc_scale_l2_server", DataDir);
   if (!found) {
     pg_atomic_init_u32(&g_header->active, 0);
     g_header->since_ms = 0;
+    read_server_file(g_header->server);
     g_doubts = L2Doubts::init(raw + doubts_offset(), kSlots);
     // The server before this one (or before a crash) had doubts it did not settle.
     if (access(g_marker, F_OK) == 0) {
@@ -139,6 +169,21 @@ void l2_trust_everything(uint64_t stamp, int64_t sent_ms) noexcept {
     // What is left came in after the clear was sent.
     g_header->since_ms = sent_ms;
     return 0;
+  });
+}
+
+bool l2_note_server(const std::string& run_id) noexcept {
+  if (!g_doubts || run_id.empty() || run_id.size() >= kServerIdBytes) return false;
+  return locked(LW_EXCLUSIVE, [&](L2Doubts& d) {
+    if (strcmp(g_header->server, run_id.c_str()) == 0) return false;
+    // Another server, or the same one restarted: what it holds may be older
+    // than what it acknowledged (a snapshot reloaded, a lagging replica).
+    // The first one ever seen is trusted.
+    const bool another = g_header->server[0] != '\0';
+    if (another) d.add_all();
+    memcpy(g_header->server, run_id.c_str(), run_id.size() + 1);
+    write_server_file(g_header->server);
+    return another;
   });
 }
 

@@ -36,6 +36,11 @@ void l2_trust(const std::string& key, uint64_t stamp) noexcept;
 // at steady-clock `sent_ms`: the doubts up to then are lifted.
 void l2_trust_everything(uint64_t stamp, int64_t sent_ms) noexcept;
 
+// A connection reached the Redis server with this run_id: one other than
+// the last seen (a restart, a failover) doubts every key, until the
+// maintenance worker has emptied it. True if it was another than a known one.
+bool l2_note_server(const std::string& run_id) noexcept;
+
 struct L2DoubtStats {
   int64_t keys = 0;
   bool everything = false;

@@ -43,6 +43,19 @@ RedisCache& redis() {
       } catch (...) {
       }
     };
+    // A Redis that restarted (a snapshot reloaded, writes it had
+    // acknowledged lost) or another server (a failover): every key doubted
+    // before any reply from it is read, until the maintenance worker has
+    // emptied it. One log line, by the process that noticed first.
+    instance.on_server = [](const std::string& run_id) {
+      if (!l2_note_server(run_id)) return;
+      l1_bump_epoch(nullptr);
+      pg_call([&] {
+        ereport(LOG, (errmsg("npc_scale: the Redis L2 cache is another server now (run_id %s), or restarted: "
+                             "every key is doubted until the maintenance worker has emptied it",
+                             run_id.c_str())));
+      });
+    };
     // One log line when Redis goes down and one when it is back, per process.
     instance.on_state_change = [](bool up, const std::string& why) {
       pg_atomic_write_u32(&shared_state().redis_up, up ? 1 : 0);

@@ -18,6 +18,8 @@
 #    doubts every key until the maintenance worker has emptied Redis.
 # 6. L2 turned off (redis_port 0) and on again: Redis kept the values of
 #    the time before; every key is doubted until it has been emptied.
+# 7. Redis restarts and reloads an older snapshot (it loses writes it had
+#    acknowledged): another run_id, every key doubted until it is emptied.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 source "$NPC_ROOT/test/integration/lib/sessions.sh"
@@ -25,10 +27,11 @@ q() { npc_psql -tAc "$1"; }
 r() { redis-cli -p "$NPC_REDIS_PORT" "$@"; }
 redis_pid=$(cat "$NPC_STATE/redis/redis.pid")
 hold_redis() { kill -STOP "$redis_pid"; }
-release_redis() { kill -CONT "$redis_pid"; }
+release_redis() { kill -CONT "$redis_pid" 2>/dev/null; }
 restore() {
   release_redis || true
   r CONFIG SET maxmemory 0 >/dev/null || true
+  rm -f "$NPC_STATE/redis/dump.rdb"
   sessions_close
   q "ALTER SYSTEM RESET npc_scale.redis_command_timeout" >/dev/null
   q "ALTER SYSTEM RESET npc_scale.redis_port" >/dev/null
@@ -215,3 +218,24 @@ npc_wait_sql "SELECT NOT l2_doubts_all FROM npc_scale.cache_stats" 30 \
 [ ! -e "$marker" ] || { echo "$marker is left after the doubts were settled"; exit 1; }
 [ "$(r GET "npc_scale:cache:kv:$paused")" != old ] || { echo "Redis still holds the value from before"; exit 1; }
 echo "L2 off and on: every key doubted meanwhile, Redis emptied once back"
+
+echo "== 7. Redis restarts from an older snapshot"
+reloaded="lost-reloaded-$tag"
+q "SELECT npc_scale.cache_set('$reloaded', 'old', '1 hour', persist => true)" >/dev/null
+r SAVE >/dev/null
+q "SELECT npc_scale.cache_set('$reloaded', 'new', '1 hour', persist => true)" >/dev/null
+[ "$(r GET "npc_scale:cache:kv:$reloaded")" = new ] || { echo "the new value did not reach Redis"; exit 1; }
+[ "$(stat l2_doubts_all)" = f ] || { echo "every key doubted before the restart"; exit 1; }
+logged=$(log_lines "the Redis L2 cache is another server now")
+npc_redis_stop
+npc_redis_start  # loads dump.rdb: the older value is back
+rm -f "$NPC_STATE/redis/dump.rdb"
+[ "$(r GET "npc_scale:cache:kv:$reloaded")" = old ] || { echo "expected Redis to have reloaded the older value"; exit 1; }
+got=$(lookup_below_l1 "$reloaded")
+echo "$reloaded below L1, Redis restarted: '$got'"
+[ "$got" = new ] || { echo "expected the new value from L3, got '$got'"; exit 1; }
+wait_log "the Redis L2 cache is another server now" "$logged" || { echo "no log line says Redis is another server"; exit 1; }
+npc_wait_sql "SELECT NOT l2_doubts_all FROM npc_scale.cache_stats" 30 \
+  || { echo "the maintenance worker did not settle the doubts after the restart"; exit 1; }
+[ "$(r GET "npc_scale:cache:kv:$reloaded")" != old ] || { echo "Redis still holds the reloaded older value"; exit 1; }
+echo "Redis restarted: every key doubted until the maintenance worker emptied it"

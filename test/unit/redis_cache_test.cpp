@@ -255,6 +255,62 @@ TEST_F(RedisCacheLive, DownIsAMissThenComesBackWithOneStateChangeEachWay) {
   EXPECT_EQ(changes, (std::vector<bool>{false, true}));
 }
 
+// Each new connection reports which server it reached (from the reply
+// ahead of every other on it): a restarted Redis is another run_id.
+TEST_F(RedisCacheLive, EachConnectionReportsTheServersRunId) {
+  std::vector<std::string> seen;
+  std::string v;
+  cache.on_server = [&](const std::string& id) { seen.push_back(id); };
+  ASSERT_TRUE(cache.set("k", "v", 60, now_ms()));
+  ASSERT_EQ(seen.size(), 1u) << "reported on connecting";
+  EXPECT_EQ(seen[0].size(), 40u) << seen[0];
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(seen.size(), 1u) << "once per connection, not per command";
+  server->stop();
+  server->start();
+  // A lookup that meets the closed connection, then one after the back-off.
+  const int64_t t = now_ms();
+  (void)cache.get("k", &v, t);
+  EXPECT_EQ(cache.get("k", &v, t + 60000), RedisCache::Result::miss) << "fresh server, empty";
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_NE(seen[1], seen[0]) << "a restarted server is another run_id";
+}
+
+// So does the background client (the dispatcher's), from its reply stream:
+// with no answer taken before the report.
+TEST_F(RedisCacheLive, ABackgroundClientReportsTheServerToo) {
+  RedisConfig c;
+  c.port = port;
+  c.connect_in_background = true;
+  c.command_timeout_ms = 5000;
+  cache.configure(c);
+  std::vector<std::string> events;
+  cache.on_server = [&](const std::string& id) {
+    events.push_back("server " + std::to_string(id.size()) + (cache.has_answers() ? " after an answer" : ""));
+  };
+  ASSERT_TRUE(set_once_connected(5000)) << "never connected";
+  const uint64_t ticket = cache.ask({"k"}, now_ms());
+  const int64_t deadline = now_ms() + 5000;
+  std::vector<RedisCache::Answer> got;
+  while (got.empty() && now_ms() < deadline) {
+    got = cache.take_answers(now_ms());
+    if (got.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].ticket, ticket);
+  EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::hit);
+  EXPECT_EQ(events, std::vector<std::string>{"server 40"});
+}
+
+TEST(RedisCacheTest, TheRunIdIsReadFromItsOwnLine) {
+  EXPECT_EQ(RedisCache::run_id_of("# Server\r\nredis_version:7.0.15\r\nrun_id:0123abcd\r\ntcp_port:6379\r\n"),
+            "0123abcd");
+  EXPECT_EQ(RedisCache::run_id_of("run_id:first\r\n"), "first");
+  EXPECT_EQ(RedisCache::run_id_of("x:1\nrun_id:no-cr"), "no-cr");
+  EXPECT_EQ(RedisCache::run_id_of("master_run_id:not-this\r\nredis_version:7\r\n"), "");
+  EXPECT_EQ(RedisCache::run_id_of(""), "");
+}
+
 // set_nowait() writes the command but leaves the reply: the next command
 // reads it first (replies come in order), so nothing is read out of step.
 TEST_F(RedisCacheLive, SetNowaitLeavesItsRepliesForTheNextCommand) {
