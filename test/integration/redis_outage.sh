@@ -55,6 +55,11 @@ grep -q "08006" <<<"$out" && grep -q "cache_clear() could not reach Redis .*: it
 echo "starting Redis again"
 npc_redis_start
 redis_back=1
+# A restarted Redis is another server (its run_id): every key is doubted
+# until the maintenance worker has emptied it (redis_lost_write.sh, part 7).
+q "SELECT npc_scale.cache_get('first-after-restart-$tag')" >/dev/null
+npc_wait_sql "SELECT NOT l2_doubts_all FROM npc_scale.cache_stats" 30 \
+  || { echo "the restarted Redis is still doubted"; exit 1; }
 redis-cli -p "$NPC_REDIS_PORT" SET npc_scale:cache:kv:from-redis-$tag "written to Redis directly" >/dev/null
 hits_before=$(q "SELECT l2_hits FROM npc_scale.cache_stats")
 [ "$(q "SELECT npc_scale.cache_get('from-redis-$tag')")" = "written to Redis directly" ] || { echo "L2 did not come back"; exit 1; }
