@@ -57,6 +57,18 @@ wait_log() {  # pattern count: until more than count lines match (10 s)
   done
 }
 
+marker=$NPC_PGDATA/npc_scale_l2_doubted  # there while anything is doubted
+# A key's value read below L1 ($2) after $3 must be L3's 'new', not the older
+# one Redis holds; then the maintenance worker settles every doubt (it
+# empties Redis), and the marker goes with them.
+expect_new_then_settled() {  # key value when
+  echo "$1 $3: '$2'"
+  [ "$2" = new ] || { echo "expected the new value from L3, got '$2'"; exit 1; }
+  npc_wait_sql "SELECT NOT l2_doubts_all AND l2_doubted_keys = 0 FROM npc_scale.cache_stats" 30 \
+    || { echo "the maintenance worker did not settle the doubts $3"; exit 1; }
+  [ ! -e "$marker" ] || { echo "$marker is left after the doubts were settled"; exit 1; }
+}
+
 echo "== 1. SETs that never reach Redis"
 q "SELECT npc_scale.cache_set('$plain', 'old', '1 hour'), npc_scale.cache_set('$kept', 'old', '1 hour', persist => true)" >/dev/null
 [ "$(r GET "npc_scale:cache:kv:$plain")" = old ] || { echo "the first value did not reach Redis"; exit 1; }
@@ -161,7 +173,6 @@ hits=$(stat l2_hits)
 echo "Redis emptied by the maintenance worker; L2 serves again"
 
 echo "== 5. Doubts outlive a crash of the server"
-marker=$NPC_PGDATA/npc_scale_l2_doubted
 npc_wait_sql "SELECT l2_doubted_keys = 0 AND NOT l2_doubts_all FROM npc_scale.cache_stats" 10 \
   || { echo "doubts left over from the parts before"; exit 1; }
 [ ! -e "$marker" ] || { echo "nothing is doubted, yet $marker is there"; exit 1; }
@@ -185,12 +196,7 @@ npc_wait_sql "SELECT count(*) = 2 FROM npc_scale.worker_status()
 # L1 starts empty: the lookup goes below it, where Redis holds the older
 # value. Doubted (L2 skipped) or, once the maintenance worker has been,
 # emptied: L3's value either way.
-got=$(q "SELECT npc_scale.cache_get('$crashed')")
-echo "$crashed after the crash: '$got'"
-[ "$got" = new ] || { echo "expected the new value from L3, got '$got'"; exit 1; }
-npc_wait_sql "SELECT NOT l2_doubts_all AND l2_doubted_keys = 0 FROM npc_scale.cache_stats" 30 \
-  || { echo "the maintenance worker did not settle the doubts after the crash"; exit 1; }
-[ ! -e "$marker" ] || { echo "$marker is left after the doubts were settled"; exit 1; }
+expect_new_then_settled "$crashed" "$(q "SELECT npc_scale.cache_get('$crashed')")" "after the crash"
 left=$(r --scan --pattern "npc_scale:cache:kv:lost-crash-fill-$tag-*" | wc -l)
 [ "$left" = 0 ] || { echo "Redis was not emptied after the crash: $left keys left"; exit 1; }
 echo "after a crash: every key doubted, Redis emptied, the marker removed"
@@ -210,12 +216,7 @@ q "SELECT npc_scale.cache_set('$paused', 'new', '1 hour', persist => true)" >/de
 q "ALTER SYSTEM RESET npc_scale.redis_port" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
 npc_wait_sql "SELECT current_setting('npc_scale.redis_port') <> '0'" 10 || { echo "L2 is not back on"; exit 1; }
-got=$(lookup_below_l1 "$paused")
-echo "$paused below L1, L2 on again: '$got'"
-[ "$got" = new ] || { echo "expected the new value from L3, got '$got'"; exit 1; }
-npc_wait_sql "SELECT NOT l2_doubts_all FROM npc_scale.cache_stats" 30 \
-  || { echo "the maintenance worker did not settle the doubts once L2 was back"; exit 1; }
-[ ! -e "$marker" ] || { echo "$marker is left after the doubts were settled"; exit 1; }
+expect_new_then_settled "$paused" "$(lookup_below_l1 "$paused")" "below L1, L2 on again"
 [ "$(r GET "npc_scale:cache:kv:$paused")" != old ] || { echo "Redis still holds the value from before"; exit 1; }
 echo "L2 off and on: every key doubted meanwhile, Redis emptied once back"
 
@@ -231,11 +232,7 @@ npc_redis_stop
 npc_redis_start  # loads dump.rdb: the older value is back
 rm -f "$NPC_STATE/redis/dump.rdb"
 [ "$(r GET "npc_scale:cache:kv:$reloaded")" = old ] || { echo "expected Redis to have reloaded the older value"; exit 1; }
-got=$(lookup_below_l1 "$reloaded")
-echo "$reloaded below L1, Redis restarted: '$got'"
-[ "$got" = new ] || { echo "expected the new value from L3, got '$got'"; exit 1; }
+expect_new_then_settled "$reloaded" "$(lookup_below_l1 "$reloaded")" "below L1, Redis restarted"
 wait_log "the Redis L2 cache is another server now" "$logged" || { echo "no log line says Redis is another server"; exit 1; }
-npc_wait_sql "SELECT NOT l2_doubts_all FROM npc_scale.cache_stats" 30 \
-  || { echo "the maintenance worker did not settle the doubts after the restart"; exit 1; }
 [ "$(r GET "npc_scale:cache:kv:$reloaded")" != old ] || { echo "Redis still holds the reloaded older value"; exit 1; }
 echo "Redis restarted: every key doubted until the maintenance worker emptied it"
