@@ -154,11 +154,9 @@ void RedisCache::consume(void* raw) {
   Reply r(static_cast<redisReply*>(raw));
   if (pending_.front().server_info) {
     // An error (INFO renamed away, an ACL without it) leaves the server
-    // unknown: the connection is fine.
+    // unknown: the connection is fine, and no command of the caller's failed.
     std::string run_id;
-    if (r->type == REDIS_REPLY_ERROR) {
-      note_error_reply(r.get());
-    } else if (r->type == REDIS_REPLY_STRING && r->str) {
+    if (r->type == REDIS_REPLY_STRING && r->str) {
       run_id = run_id_of(std::string_view(r->str, r->len));
     }
     pending_.pop_front();

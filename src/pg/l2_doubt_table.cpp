@@ -7,8 +7,11 @@
 #include <cstring>
 
 #include "core/steady_clock.hpp"
+#include "guard.hpp"
 
 extern "C" {
+#include "catalog/pg_control.h"
+#include "common/controldata_utils.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
@@ -29,6 +32,7 @@ constexpr size_t kServerIdBytes = 64;  // a Redis run_id is 40 hex digits
 struct Header {
   pg_atomic_uint32 active;  // 1 while anything is doubted: readers skip the lock at 0
   int64_t since_ms;         // under the lock: when it last became active (steady clock)
+  bool marker_made;         // under the lock: the marker file is there (made while active)
   char server[kServerIdBytes];  // under the lock: the run_id of the Redis last seen ("" unknown)
 };
 
@@ -69,13 +73,34 @@ void write_server_file(const char* id) {
   if (!written || rename(tmp, g_server_file) != 0) unlink(tmp);
 }
 
-void mark_doubted(bool doubted) {
-  if (g_marker[0] == '\0') return;
+// Whether the marker is there now.
+bool mark_doubted(bool doubted) {
+  if (g_marker[0] == '\0') return false;
   if (doubted) {
     const int fd = open(g_marker, O_WRONLY | O_CREAT, 0600);
-    if (fd >= 0) close(fd);
-  } else {
-    unlink(g_marker);
+    if (fd < 0) return false;
+    close(fd);
+    return true;
+  }
+  unlink(g_marker);
+  return false;
+}
+
+// Whether the server before this one shut down cleanly. A crash (or an
+// immediate shutdown) may have cut a COMMIT short between L3 and Redis,
+// before its keys were doubted; after one the control file still says the
+// server was in production. Unknown (unreadable) counts as unclean.
+bool last_shutdown_clean() noexcept {
+  try {
+    return pg_call([] {
+      bool crc_ok = false;
+      ControlFileData* control = get_controlfile(DataDir, &crc_ok);
+      const bool clean = crc_ok && (control->state == DB_SHUTDOWNED || control->state == DB_SHUTDOWNED_IN_RECOVERY);
+      pfree(control);
+      return clean;
+    });
+  } catch (...) {
+    return false;
   }
 }
 
@@ -93,7 +118,10 @@ auto locked(LWLockMode mode, Fn&& fn) {
     const uint32 active = g_doubts->size() > 0 || g_doubts->all() ? 1 : 0;
     const uint32 was = pg_atomic_read_u32(&g_header->active);
     if (active && !was) g_header->since_ms = steady_now_ms();
-    if (active != was) mark_doubted(active != 0);  // under the lock: in the order of the changes
+    // Under the lock, in the order of the changes; a marker that could not
+    // be made (a full disk) is tried again at each change after.
+    if (active && !g_header->marker_made) g_header->marker_made = mark_doubted(true);
+    if (!active && was) g_header->marker_made = mark_doubted(false);
     pg_atomic_write_u32(&g_header->active, active);
   }
   LWLockRelease(g_lock);
@@ -117,13 +145,16 @@ void l2_doubt_table_attach() {
   if (!found) {
     pg_atomic_init_u32(&g_header->active, 0);
     g_header->since_ms = 0;
+    g_header->marker_made = access(g_marker, F_OK) == 0;
     read_server_file(g_header->server);
     g_doubts = L2Doubts::init(raw + doubts_offset(), kSlots);
-    // The server before this one (or before a crash) had doubts it did not settle.
-    if (access(g_marker, F_OK) == 0) {
+    // The server before this one (or before a crash) had doubts it did not
+    // settle, or ended without knowing.
+    if (g_header->marker_made || !last_shutdown_clean()) {
       g_doubts->add_all();
       pg_atomic_init_u32(&g_header->active, 1);
       g_header->since_ms = steady_now_ms();
+      if (!g_header->marker_made) g_header->marker_made = mark_doubted(true);
     }
   } else {
     g_doubts = L2Doubts::attach(raw + doubts_offset());
@@ -140,6 +171,12 @@ void l2_doubt(const std::string& key) noexcept {
 void l2_doubt_everything() noexcept {
   if (!g_doubts) return;
   locked(LW_EXCLUSIVE, [](L2Doubts& d) { d.add_all(); return 0; });
+}
+
+void l2_doubt_everything_once() noexcept {
+  if (!g_doubts) return;
+  if (pg_atomic_read_u32(&g_header->active) != 0 && locked(LW_SHARED, [](L2Doubts& d) { return d.all(); })) return;
+  l2_doubt_everything();
 }
 
 L2Doubts::Doubt l2_doubt_of(const std::string& key) noexcept {
@@ -174,6 +211,8 @@ void l2_trust_everything(uint64_t stamp, int64_t sent_ms) noexcept {
 
 bool l2_note_server(const std::string& run_id) noexcept {
   if (!g_doubts || run_id.empty() || run_id.size() >= kServerIdBytes) return false;
+  // Nearly always the one known: each new connection asks.
+  if (locked(LW_SHARED, [&](L2Doubts&) { return strcmp(g_header->server, run_id.c_str()) == 0; })) return false;
   return locked(LW_EXCLUSIVE, [&](L2Doubts& d) {
     if (strcmp(g_header->server, run_id.c_str()) == 0) return false;
     // Another server, or the same one restarted: what it holds may be older

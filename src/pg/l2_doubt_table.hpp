@@ -24,6 +24,9 @@ void l2_doubt_table_attach();   // shmem_startup_hook
 void l2_doubt(const std::string& key) noexcept;
 // A clear did not reach Redis: every L2 hit is doubted until one does.
 void l2_doubt_everything() noexcept;
+// As l2_doubt_everything(), but nothing when every key is doubted already
+// (no new stamp): for L2 off, when no sweep can be under way.
+void l2_doubt_everything_once() noexcept;
 // none: serve an L2 hit; key: delete the key's L2 copy instead (then
 // l2_trust()); all: skip L2 until a clear has emptied it.
 L2Doubts::Doubt l2_doubt_of(const std::string& key) noexcept;

@@ -401,6 +401,9 @@ bool maintain_partitions() {
         std::optional<int64_t> made;
         in_transaction("npc_scale: partition maintenance", [&] {
           StatementBound bound(guc_partition_timeout_s);
+          // Nothing of the game's is left to run at COMMIT, after the bound:
+          // rows move in a security-restricted operation, where Postgres
+          // refuses to queue a deferred trigger.
           if (run.execute({ObjectIdGetDatum(oid)}) == 1) made = spi_int(0, 1);
           bound.end();
         });

@@ -355,10 +355,26 @@ int64_t cache_l2_next_event_ms() {
   return redis().ask_timeout_in_ms(now_ms());
 }
 
+namespace {
+
+// Redis as configured now, for a write. With L2 off (redis_port 0) the write
+// skips Redis, whose copy goes stale: every key is doubted, until Redis,
+// back on (by a reload or a restart: the doubt outlives both), has been
+// emptied. Each writer says so itself, as well as the maintenance worker's
+// tick: the worker may be inside a long refresh while L2 goes off and on.
+bool l2_on_for_write() {
+  refresh_redis_config();
+  if (redis().enabled()) return true;
+  l2_doubt_everything_once();
+  return false;
+}
+
+}  // namespace
+
 bool cache_store(const std::string& key, const std::string& value, int64_t ttl_s,
                  RedisCache::WhenBehind behind, bool replaces) {
   l1_put(key, value, ttl_s > 0 ? ttl_s * 1000 : 0);
-  refresh_redis_config();
+  if (!l2_on_for_write()) return true;  // no connection to fail
   uint64_t errors_before = redis().errors();
   const uint64_t failures_before = redis().connection_failures();
   redis().set_nowait(key, value, ttl_s, now_ms(), behind, /*report_loss=*/replaces);
@@ -379,8 +395,7 @@ bool cache_remove(const std::string& key) {
   // checks it after its SET (cache_lookup). L1 itself changes only once
   // Redis has confirmed (a refused delete changes nothing).
   l1_bump_epoch(&key);
-  refresh_redis_config();
-  if (redis().enabled()) {
+  if (l2_on_for_write()) {
     uint64_t errors_before = redis().errors();
     const uint64_t stamp = l2_doubt_stamp();
     std::optional<bool> in_l2 = redis().del(key, now_ms());
@@ -397,8 +412,7 @@ void cache_clear_all() {
   static SavedPlan plan("DELETE FROM npc_scale.cache_store", {});
   with_spi([&] { plan.execute({}); });
   l1_bump_epoch(nullptr);  // see cache_remove
-  refresh_redis_config();
-  if (redis().enabled()) {
+  if (l2_on_for_write()) {
     uint64_t errors_before = redis().errors();
     const uint64_t stamp = l2_doubt_stamp();
     const int64_t sent_ms = now_ms();
@@ -413,8 +427,7 @@ void cache_clear_all() {
 bool cache_drop_upper(const std::string* key, bool try_redis) {
   bool redis_ok = true;
   l1_bump_epoch(key);  // see cache_remove
-  refresh_redis_config();
-  if (redis().enabled()) {
+  if (l2_on_for_write()) {
     redis_ok = false;
     const uint64_t stamp = l2_doubt_stamp();
     const int64_t sent_ms = now_ms();
@@ -443,14 +456,7 @@ bool cache_drop_upper(const std::string* key, bool try_redis) {
 }
 
 std::optional<L2Sweep> cache_settle_l2_doubts() {
-  refresh_redis_config();
-  if (!redis().enabled()) {
-    // L2 off (redis_port 0): writes skip Redis from now on, so what it holds
-    // goes stale. Every key is doubted until Redis, back on (by a reload or
-    // a restart: the doubt outlives both), has been emptied.
-    if (!l2_doubt_stats().everything) l2_doubt_everything();
-    return std::nullopt;
-  }
+  if (!l2_on_for_write()) return std::nullopt;  // L2 off: every key doubted
   const L2DoubtStats doubts = l2_doubt_stats();
   const int64_t started = now_ms();
   const bool due = doubts.everything || (doubts.keys > 0 && started - doubts.since_ms >= kDoubtSweepAfterMs);

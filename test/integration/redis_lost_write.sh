@@ -20,6 +20,8 @@
 #    the time before; every key is doubted until it has been emptied.
 # 7. Redis restarts and reloads an older snapshot (it loses writes it had
 #    acknowledged): another run_id, every key doubted until it is emptied.
+# 8. A crash with nothing doubted (it may have cut a COMMIT short between
+#    L3 and Redis): the new server doubts every key until Redis is emptied.
 set -euo pipefail
 source "$NPC_ROOT/scripts/stack.sh"
 source "$NPC_ROOT/test/integration/lib/sessions.sh"
@@ -28,7 +30,9 @@ r() { redis-cli -p "$NPC_REDIS_PORT" "$@"; }
 redis_pid=$(cat "$NPC_STATE/redis/redis.pid")
 hold_redis() { kill -STOP "$redis_pid"; }
 release_redis() { kill -CONT "$redis_pid" 2>/dev/null; }
+maintenance_pid=
 restore() {
+  [ -n "$maintenance_pid" ] && kill -CONT "$maintenance_pid" 2>/dev/null
   release_redis || true
   r CONFIG SET maxmemory 0 >/dev/null || true
   rm -f "$NPC_STATE/redis/dump.rdb"
@@ -205,14 +209,19 @@ echo "== 6. L2 off and on again"
 paused="lost-paused-$tag"
 q "SELECT npc_scale.cache_set('$paused', 'old', '1 hour', persist => true)" >/dev/null
 [ "$(r GET "npc_scale:cache:kv:$paused")" = old ] || { echo "the first value did not reach Redis"; exit 1; }
+# The maintenance worker held (SIGSTOP), as if inside a long refresh: the
+# write itself, with L2 off, must doubt every key.
+maintenance_pid=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance'")
+kill -STOP "$maintenance_pid"
 q "ALTER SYSTEM SET npc_scale.redis_port = 0" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
-npc_wait_sql "SELECT l2_doubts_all FROM npc_scale.cache_stats" 10 \
-  || { echo "with L2 off, the maintenance worker did not doubt every key"; exit 1; }
-[ -e "$marker" ] || { echo "with L2 off, $marker was not made"; exit 1; }
 npc_wait_sql "SELECT current_setting('npc_scale.redis_port') = '0'" 10 || { echo "L2 is still on"; exit 1; }
 q "SELECT npc_scale.cache_set('$paused', 'new', '1 hour', persist => true)" >/dev/null
 [ "$(r GET "npc_scale:cache:kv:$paused")" = old ] || { echo "a write reached Redis with L2 off"; exit 1; }
+[ "$(stat l2_doubts_all)" = t ] || { echo "a write with L2 off did not doubt every key"; exit 1; }
+[ -e "$marker" ] || { echo "with L2 off, $marker was not made"; exit 1; }
+kill -CONT "$maintenance_pid"
+maintenance_pid=
 q "ALTER SYSTEM RESET npc_scale.redis_port" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
 npc_wait_sql "SELECT current_setting('npc_scale.redis_port') <> '0'" 10 || { echo "L2 is not back on"; exit 1; }
@@ -236,3 +245,20 @@ expect_new_then_settled "$reloaded" "$(lookup_below_l1 "$reloaded")" "below L1, 
 wait_log "the Redis L2 cache is another server now" "$logged" || { echo "no log line says Redis is another server"; exit 1; }
 [ "$(r GET "npc_scale:cache:kv:$reloaded")" != old ] || { echo "Redis still holds the reloaded older value"; exit 1; }
 echo "Redis restarted: every key doubted until the maintenance worker emptied it"
+
+echo "== 8. A crash with nothing doubted"
+npc_wait_sql "SELECT l2_doubted_keys = 0 AND NOT l2_doubts_all FROM npc_scale.cache_stats" 10 \
+  || { echo "doubts left over from the parts before"; exit 1; }
+r SET "npc_scale:cache:kv:before-crash-$tag" written >/dev/null
+logged=$(log_lines "emptied the Redis L2 cache")
+dispatcher=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'")
+maintenance=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance'")
+kill -9 "$dispatcher"
+npc_wait_sql "SELECT count(*) = 2 FROM npc_scale.worker_status()
+               WHERE pid IS NOT NULL AND pid NOT IN ($dispatcher, $maintenance)" 60 \
+  || { echo "the server did not come back from the crash"; exit 1; }
+wait_log "emptied the Redis L2 cache" "$logged" || { echo "Redis was not emptied after the crash"; exit 1; }
+[ -z "$(r GET "npc_scale:cache:kv:before-crash-$tag")" ] || { echo "a key from before the crash is still in Redis"; exit 1; }
+npc_wait_sql "SELECT NOT l2_doubts_all FROM npc_scale.cache_stats" 10 || { echo "still every key doubted"; exit 1; }
+[ ! -e "$marker" ] || { echo "$marker is left after the doubts were settled"; exit 1; }
+echo "a crash with nothing doubted: Redis emptied all the same"

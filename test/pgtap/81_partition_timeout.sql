@@ -10,7 +10,7 @@ SELECT plan(7);
 -- What a run of this file that failed half-way left (a dropped parent's settings go with it).
 SET client_min_messages = warning;
 DROP TABLE IF EXISTS public.pt_slow, public.pt_zother;
-DROP FUNCTION IF EXISTS public.pt_wait_for_gate();
+DROP FUNCTION IF EXISTS public.pt_wait_for_gate() CASCADE;
 RESET client_min_messages;
 
 -- Waits for the gate (advisory lock 818181) before each row leaves.

@@ -55,7 +55,8 @@ int free_port() {
 
 class RedisServer {
  public:
-  explicit RedisServer(int port, std::string password = "") : port_(port), password_(std::move(password)) {
+  explicit RedisServer(int port, std::string password = "", std::vector<std::string> extra = {})
+      : port_(port), password_(std::move(password)), extra_(std::move(extra)) {
     start();
   }
   ~RedisServer() { stop(); }
@@ -71,6 +72,7 @@ class RedisServer {
         argv.push_back("--requirepass");
         argv.push_back(password_.c_str());
       }
+      for (const std::string& a : extra_) argv.push_back(a.c_str());
       argv.push_back(nullptr);
       execvp("redis-server", const_cast<char* const*>(argv.data()));
       _exit(127);
@@ -102,6 +104,7 @@ class RedisServer {
  private:
   int port_;
   std::string password_;
+  std::vector<std::string> extra_;  // more redis-server arguments
   pid_t pid_ = -1;
 };
 
@@ -300,6 +303,28 @@ TEST_F(RedisCacheLive, ABackgroundClientReportsTheServerToo) {
   EXPECT_EQ(got[0].ticket, ticket);
   EXPECT_EQ(got[0].lookups[0].result, RedisCache::Result::hit);
   EXPECT_EQ(events, std::vector<std::string>{"server 40"});
+}
+
+// A Redis that refuses INFO (renamed away here; an ACL without it alike)
+// leaves the server unknown, and nothing else: no error counted, the
+// caller's commands go through.
+TEST(RedisCacheTest, ARedisWithoutInfoIsServedWithTheServerUnknown) {
+  const int port = free_port();
+  RedisServer server(port, "", {"--rename-command", "INFO", ""});
+  RedisCache cache;
+  RedisConfig c;
+  c.port = port;
+  c.command_timeout_ms = 5000;
+  cache.configure(c);
+  int reported = 0;
+  cache.on_server = [&](const std::string&) { reported++; };
+  std::string v;
+  EXPECT_TRUE(cache.set("k", "v", 60, now_ms()));
+  EXPECT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::hit);
+  EXPECT_EQ(v, "v");
+  EXPECT_TRUE(cache.up());
+  EXPECT_EQ(cache.errors(), 0u);
+  EXPECT_EQ(reported, 0);
 }
 
 TEST(RedisCacheTest, TheRunIdIsReadFromItsOwnLine) {
