@@ -45,8 +45,9 @@ LWLock* g_lock = nullptr;
 // file in the data directory says that something is doubted: made when the
 // set stops being empty, removed when it is empty again. A server that
 // starts and finds it doubts every key, until the maintenance worker has
-// emptied Redis. (Not synced to disk: it outlives a server crash, not every
-// crash of the machine.)
+// emptied Redis. (Not synced to disk: a crash of the machine that loses it
+// leaves the control file saying the server did not shut down cleanly,
+// which doubts every key as well.)
 char g_marker[MAXPGPATH];
 // The Redis server last seen (its run_id), kept in a file for the same
 // reason: a Redis that restarted while this server was down is a new one.
