@@ -73,6 +73,18 @@ expect_new_then_settled() {  # key value when
   [ ! -e "$marker" ] || { echo "$marker is left after the doubts were settled"; exit 1; }
 }
 
+# A crash: SIGKILL of the dispatcher; the postmaster starts shared memory
+# afresh and the workers again (new pids).
+crash_server() {
+  local dispatcher maintenance
+  dispatcher=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'")
+  maintenance=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance'")
+  kill -9 "$dispatcher"
+  npc_wait_sql "SELECT count(*) = 2 FROM npc_scale.worker_status()
+                 WHERE pid IS NOT NULL AND pid NOT IN ($dispatcher, $maintenance)" 60 \
+    || { echo "the server did not come back from the crash"; exit 1; }
+}
+
 echo "== 1. SETs that never reach Redis"
 q "SELECT npc_scale.cache_set('$plain', 'old', '1 hour'), npc_scale.cache_set('$kept', 'old', '1 hour', persist => true)" >/dev/null
 [ "$(r GET "npc_scale:cache:kv:$plain")" = old ] || { echo "the first value did not reach Redis"; exit 1; }
@@ -191,12 +203,7 @@ COMMIT;"
 release_redis
 [ "$(r GET "npc_scale:cache:kv:$crashed")" = old ] || { echo "expected the older value still in Redis"; exit 1; }
 [ "$(stat l2_doubted_keys)" -ge 1 ] && [ -e "$marker" ] || { echo "the lost SET is not doubted, or $marker not made"; exit 1; }
-dispatcher=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'")
-maintenance=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance'")
-kill -9 "$dispatcher"
-npc_wait_sql "SELECT count(*) = 2 FROM npc_scale.worker_status()
-               WHERE pid IS NOT NULL AND pid NOT IN ($dispatcher, $maintenance)" 60 \
-  || { echo "the server did not come back from the crash"; exit 1; }
+crash_server
 # L1 starts empty: the lookup goes below it, where Redis holds the older
 # value. Doubted (L2 skipped) or, once the maintenance worker has been,
 # emptied: L3's value either way.
@@ -251,12 +258,7 @@ npc_wait_sql "SELECT l2_doubted_keys = 0 AND NOT l2_doubts_all FROM npc_scale.ca
   || { echo "doubts left over from the parts before"; exit 1; }
 r SET "npc_scale:cache:kv:before-crash-$tag" written >/dev/null
 logged=$(log_lines "emptied the Redis L2 cache")
-dispatcher=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'")
-maintenance=$(q "SELECT pid FROM npc_scale.worker_status() WHERE name = 'npc_scale maintenance'")
-kill -9 "$dispatcher"
-npc_wait_sql "SELECT count(*) = 2 FROM npc_scale.worker_status()
-               WHERE pid IS NOT NULL AND pid NOT IN ($dispatcher, $maintenance)" 60 \
-  || { echo "the server did not come back from the crash"; exit 1; }
+crash_server
 wait_log "emptied the Redis L2 cache" "$logged" || { echo "Redis was not emptied after the crash"; exit 1; }
 [ -z "$(r GET "npc_scale:cache:kv:before-crash-$tag")" ] || { echo "a key from before the crash is still in Redis"; exit 1; }
 npc_wait_sql "SELECT NOT l2_doubts_all FROM npc_scale.cache_stats" 10 || { echo "still every key doubted"; exit 1; }
