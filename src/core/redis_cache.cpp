@@ -468,7 +468,7 @@ bool RedisCache::finish_connect(int64_t now_ms) {
     }
     Pending p;
     p.sent_ms = now_ms;
-    p.server_info = failure.empty();
+    p.server_info = failure.empty();  // the INFO: nothing to fail the connection for
     p.login_failure = std::move(failure);
     pending_.push_back(std::move(p));
   }
