@@ -68,7 +68,13 @@ std::optional<Row> read_row(int64 id) {
 // A backend ended by a FATAL (pg_terminate_backend, postmaster death) in
 // its wait unwinds no C++ frame: its entry is cleared as it exits, or the
 // next backend in its PGPROC would be woken for a decision it never awaited.
-void clear_waiter_at_exit(int, Datum) { pg_atomic_write_u64(&waiters()[MyProc->pgprocno], 0); }
+void clear_waiter_at_exit(int, Datum) {
+  try {
+    pg_atomic_write_u64(&waiters()[MyProc->pgprocno], 0);
+  } catch (...) {
+    // No waiter array, so no entry to clear; nothing may throw into Postgres.
+  }
+}
 
 struct WaiterRegistration {
   explicit WaiterRegistration(int64 id) : slot_(&waiters()[MyProc->pgprocno]) {

@@ -41,6 +41,8 @@ NPC_SQL_FUNCTION(npc_scale_bridge_selftest) {
     try {
       divide_by_zero_in_postgres();
     } catch (const npc_scale::PgError& e) {
+      // Going on after a caught ERROR is sound here only because int4div
+      // changed nothing; anything else must rethrow it or roll back.
       std::string seen = std::string("caught ") + unpack_sql_state(e.sqlerrcode()) + ": " + e.what();
       return npc_scale::pg_call([&] { return CStringGetTextDatum(seen.c_str()); });
     }

@@ -624,26 +624,28 @@ std::vector<int64_t> expire_queued(const std::vector<int64_t>& exclude, std::vec
   return expired;
 }
 
-std::vector<int64_t> fail_refused(const std::vector<RefusedRow>& rows, const std::string& what,
-                                  std::vector<RefusedRow>& still_refused) {
+std::vector<int64_t> fail_refused(const std::vector<RefusedRow>& rows, std::vector<RefusedRow>& still_refused,
+                                  std::vector<RefusedRow>& locked) {
   static SavedPlan plan(
       "UPDATE npc_scale.decision_queue SET status = 'failed', finished_at = now(), leased_until = NULL,"
       "  error = $2 WHERE id = $1 AND status IN ('queued', 'running') RETURNING id",
       {INT8OID, TEXTOID});
   std::vector<int64_t> failed;
   for (const RefusedRow& r : rows) {
-    const std::string error = what + ": " + r.error;
     try {
       in_transaction("npc_scale: fail a refusing decision", [&] {
         if (!extension_present()) return;
         bound_lock_wait();
-        if (plan.execute({Int64GetDatum(r.id), text_datum(error)}) == 1) {
+        if (plan.execute({Int64GetDatum(r.id), text_datum(r.error)}) == 1) {
           notify_finished(r.id);
           failed.push_back(r.id);
         }
       });
     } catch (const PgError& e) {
-      if (is_lock_timeout(e)) continue;  // its locker goes first; found again on a later look
+      if (is_lock_timeout(e)) {
+        locked.push_back(r);  // its locker goes first
+        continue;
+      }
       if (!is_row_error(e)) throw;
       still_refused.push_back({r.id, e.what()});
     }

@@ -93,14 +93,16 @@ std::vector<int64_t> expire_queued(const std::vector<int64_t>& exclude,
 // (in a transaction rolled back) to find those that refuse; the statement is
 // run again without them and they are reported in `refused`.
 
-// Rows that refused a claim, recovery or expiry, each failed in a
-// transaction of its own with "<what>: <error>" (and NOTIFY). Returns the ids
-// failed; those that refuse even that are left in `still_refused`.
 // Those of `ids` still queued or running.
 std::vector<int64_t> unfinished_among(const std::vector<int64_t>& ids);
 
-std::vector<int64_t> fail_refused(const std::vector<RefusedRow>& rows, const std::string& what,
-                                  std::vector<RefusedRow>& still_refused);
+// Rows that refused a claim, recovery, expiry or their answer, each failed in
+// a transaction of its own with its error as the reason (and NOTIFY).
+// Returns the ids failed; those that refuse even that are left in
+// `still_refused` (with that refusal), those whose lock wait ran out in
+// `locked` (as given, to try again). A row finished meanwhile is neither.
+std::vector<int64_t> fail_refused(const std::vector<RefusedRow>& rows, std::vector<RefusedRow>& still_refused,
+                                  std::vector<RefusedRow>& locked);
 
 // Those of `ids` whose decision is cancelled.
 std::vector<int64_t> cancelled_among(const std::vector<int64_t>& ids);

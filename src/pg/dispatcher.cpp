@@ -84,6 +84,13 @@ void log_warning(const std::string& what) {
   pg_call([&] { ereport(WARNING, (errmsg("npc_scale dispatcher: %s", what.c_str()))); });
 }
 
+// For the loop's catch blocks: nothing may leave them (see worker_recover_and_warn).
+void warn_and_recover(const std::exception& e) noexcept {
+  char message[2048];
+  snprintf(message, sizeof message, "npc_scale dispatcher: %s", e.what());
+  worker_recover_and_warn(message);
+}
+
 // A probe is two requests: /health, then /v1/models (probe_model) to see
 // that the endpoint serves the configured model with our api_key: /health
 // alone passes for a wrong model or key, and the breaker would close only
@@ -139,6 +146,7 @@ class Dispatcher {
   // yet (deferred by a game session's row lock too). The writes decide.
   std::vector<int64_t> held_back_ids() const;
   void fail_refusing_rows(const std::vector<RefusedRow>& rows, const std::string& what);
+  void fail_rows_to_fail(std::vector<std::string>& lines);
   void prune_unwritable();
   int64_t next_unwritable_prune_ms_ = 0;
   void start_probes_and_scrapes();
@@ -214,6 +222,12 @@ class Dispatcher {
   // trigger or constraint): left alone by claims, recovery and expiry while
   // they stay unfinished, so they cannot stop those statements for every row.
   std::unordered_set<int64_t> unwritable_;
+  // Refusing rows to fail (error: the reason recorded) whose failure waited
+  // out its lock (a game session holding the row): tried again at
+  // to_fail_due_ms_, and held back from claims, recovery and expiry
+  // meanwhile. Forgetting one would leave it running until its lease lapsed.
+  std::vector<RefusedRow> to_fail_;
+  int64_t to_fail_due_ms_ = 0;
   uint64 cancels_seen_ = 0;  // shared cancels_generation at the last look
   struct SentHandoff {
     int64_t id;
@@ -277,7 +291,7 @@ void Dispatcher::run() {
     try {
       watch_redis();
     } catch (const std::exception& e) {
-      log_warning(e.what());  // the ask's timeout still wakes us
+      warn_and_recover(e);  // the ask's timeout still wakes us
     }
     try {
       (void)worker_wait(wait_timeout_ms(), loop_fds_.fd(), WL_SOCKET_READABLE);
@@ -286,8 +300,7 @@ void Dispatcher::run() {
       // A failed transaction (e.g. the extension dropped mid-way) or a
       // pg_cancel_backend() is logged and the loop goes on; neither takes
       // the worker, and the requests it has in flight, down.
-      log_warning(e.what());
-      worker_recover_after_error();
+      warn_and_recover(e);
       maybe_more_work_ = true;
     }
   }
@@ -315,8 +328,7 @@ void Dispatcher::start_up() {
       worker_set_state(WorkerState::idle, "waiting for CREATE EXTENSION npc_scale");
       worker_wait(kNoExtensionWaitMs);
     } catch (const std::exception& e) {
-      log_warning(e.what());
-      worker_recover_after_error();
+      warn_and_recover(e);
     }
   }
   // generate() calls that a previous dispatcher was serving are lost with it.
@@ -422,6 +434,7 @@ long Dispatcher::wait_timeout_ms() const {
   if (!deferred_results_.empty()) {
     t = std::min<int64_t>(t, std::max<int64_t>(0, std::max(deferred_due_ms_, write_retry_at_ms_) - now_ms()));
   }
+  if (!to_fail_.empty()) t = std::min<int64_t>(t, std::max<int64_t>(0, to_fail_due_ms_ - now_ms()));
   if (capacity_blocked_ && !reserve_opened_ && guc_urgent_reserve > 0 && blocked_since_ms_) {
     t = std::min<int64_t>(t, std::max<int64_t>(0, *blocked_since_ms_ + guc_reserve_wait_ms - now_ms()));
   }
@@ -1010,6 +1023,7 @@ std::vector<int64_t> Dispatcher::held_back_ids() const {
     for (const DecisionResult& r : *results) ids.push_back(r.id);
   }
   ids.insert(ids.end(), unwritable_.begin(), unwritable_.end());
+  for (const RefusedRow& r : to_fail_) ids.push_back(r.id);
   return ids;
 }
 
@@ -1390,6 +1404,11 @@ void Dispatcher::flush_results() {
   if (now < write_retry_at_ms_) return;
   if (!deferred_results_.empty() && now >= deferred_due_ms_) write_batch(deferred_results_, /*skip_locked=*/true);
   write_batch(pending_results_, /*skip_locked=*/false);
+  if (!to_fail_.empty() && now_ms() >= to_fail_due_ms_) {
+    std::vector<std::string> lines;
+    fail_rows_to_fail(lines);
+    for (const std::string& line : lines) log_warning(line);
+  }
 }
 
 void Dispatcher::write_batch(std::vector<DecisionResult>& source, bool skip_locked) {
@@ -1443,20 +1462,40 @@ void Dispatcher::prune_unwritable() {
 
 void Dispatcher::fail_refusing_rows(const std::vector<RefusedRow>& rows, const std::string& what) {
   if (rows.empty()) return;
-  std::vector<RefusedRow> still_refused;
-  const std::vector<int64_t> failed = fail_refused(rows, what, still_refused);
-  pg_atomic_fetch_add_u64(&shared_state().results_refused, rows.size() + still_refused.size());
-  for (const RefusedRow& r : still_refused) unwritable_.insert(r.id);
   std::vector<std::string> lines;
   for (const RefusedRow& r : rows) {
+    to_fail_.push_back({r.id, what + ": " + r.error});
     lines.push_back("decision " + std::to_string(r.id) + ": " + what + " (" + r.error + "); failing it");
   }
+  pg_atomic_fetch_add_u64(&shared_state().results_refused, rows.size());
+  fail_rows_to_fail(lines);
+  for (const std::string& line : lines) log_warning(line);
+}
+
+// Each failure is a transaction of its own; if one throws, all are tried
+// again (a row failed already is not failed twice: its status is final).
+void Dispatcher::fail_rows_to_fail(std::vector<std::string>& lines) {
+  std::vector<RefusedRow> batch;
+  batch.swap(to_fail_);
+  std::vector<RefusedRow> still_refused;
+  std::vector<RefusedRow> locked;
+  std::vector<int64_t> failed;
+  try {
+    failed = fail_refused(batch, still_refused, locked);
+  } catch (...) {
+    to_fail_.insert(to_fail_.end(), batch.begin(), batch.end());
+    to_fail_due_ms_ = now_ms() + kDeferredWriteMs;
+    throw;
+  }
+  to_fail_ = std::move(locked);
+  to_fail_due_ms_ = now_ms() + kDeferredWriteMs;
+  pg_atomic_fetch_add_u64(&shared_state().results_refused, still_refused.size());
   for (const RefusedRow& r : still_refused) {
+    unwritable_.insert(r.id);
     lines.push_back("decision " + std::to_string(r.id) + " refuses every write (" + r.error +
                     "); left as it is until the dispatcher restarts");
   }
   wake_awaiting(failed);
-  for (const std::string& line : lines) log_warning(line);
 }
 
 void Dispatcher::handle_finished() {
@@ -1625,6 +1664,7 @@ void Dispatcher::housekeeping() {
     pending_results_.clear();
     deferred_results_.clear();
     unwritable_.clear();  // ids of a dropped table: a re-created one reuses them
+    to_fail_.clear();
     return;
   }
   prune_unwritable();

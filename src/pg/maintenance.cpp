@@ -412,11 +412,9 @@ bool maintain_partitions() {
       if (!done) all_ok = false;
     } catch (const std::exception& e) {
       all_ok = false;
-      std::string msg = e.what();
-      pg_call([&] {
-        ereport(WARNING, (errmsg("npc_scale maintenance: partitions of relation %u: %s", oid, msg.c_str())));
-      });
-      worker_recover_after_error();
+      char message[2048];
+      snprintf(message, sizeof message, "npc_scale maintenance: partitions of relation %u: %s", oid, e.what());
+      worker_recover_and_warn(message);
     }
   }
   return all_ok;
@@ -429,9 +427,9 @@ void tick_step(const char* what, Fn&& fn) {
   try {
     fn();
   } catch (const std::exception& e) {
-    std::string msg = e.what();
-    pg_call([&] { ereport(WARNING, (errmsg("npc_scale maintenance: %s: %s", what, msg.c_str()))); });
-    worker_recover_after_error();
+    char message[2048];
+    snprintf(message, sizeof message, "npc_scale maintenance: %s: %s", what, e.what());
+    worker_recover_and_warn(message);
   }
 }
 
@@ -503,9 +501,9 @@ void run_maintenance_worker() {
         wait_ms = std::min<long>(wait_ms, passed_over ? kTickMs : static_cast<long>(std::max<int64_t>(*next, 0)));
       }
     } catch (const std::exception& e) {
-      std::string msg = e.what();
-      pg_call([&] { ereport(WARNING, (errmsg("npc_scale maintenance: %s", msg.c_str()))); });
-      worker_recover_after_error();
+      char message[2048];
+      snprintf(message, sizeof message, "npc_scale maintenance: %s", e.what());
+      worker_recover_and_warn(message);
       wait_ms = kTickMs;
     }
   }

@@ -16,13 +16,20 @@ namespace npc_scale {
 namespace spi_detail {
 
 void begin(const char* activity) {
-  pg_call([&] {
-    SetCurrentStatementStartTimestamp();
-    StartTransactionCommand();
-    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "npc_scale: SPI_connect failed");
-    PushActiveSnapshot(GetTransactionSnapshot());
-    pgstat_report_activity(STATE_RUNNING, activity);
-  });
+  try {
+    pg_call([&] {
+      SetCurrentStatementStartTimestamp();
+      StartTransactionCommand();
+      if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "npc_scale: SPI_connect failed");
+      PushActiveSnapshot(GetTransactionSnapshot());
+      pgstat_report_activity(STATE_RUNNING, activity);
+    });
+  } catch (...) {
+    // Failed after the transaction started (the snapshot, memory): not left
+    // open for the caller's next in_transaction() to trip over.
+    abort();
+    throw;
+  }
 }
 
 void commit() {

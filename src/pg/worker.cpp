@@ -139,7 +139,10 @@ int worker_wait(long timeout_ms, pgsocket sock, int socket_events) {
       static pgsocket set_sock = PGINVALID_SOCKET;
       static int set_events = 0;
       if (set == nullptr || set_sock != sock || set_events != socket_events) {
-        if (set != nullptr) FreeWaitEventSet(set);
+        if (set != nullptr) {
+          FreeWaitEventSet(set);
+          set = nullptr;  // not freed twice if the next line fails (no file descriptors)
+        }
         set = CreateWaitEventSet(TopMemoryContext, 3);
         AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, nullptr);
         AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, nullptr, nullptr);
@@ -188,6 +191,15 @@ void worker_recover_after_error() noexcept {
     });
   } catch (...) {
     // Nothing sensible is left to do; the loop goes on.
+  }
+}
+
+void worker_recover_and_warn(const char* message) noexcept {
+  worker_recover_after_error();
+  try {
+    pg_call([&] { ereport(WARNING, (errmsg("%s", message))); });
+  } catch (...) {
+    worker_recover_after_error();
   }
 }
 

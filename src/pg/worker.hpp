@@ -35,6 +35,12 @@ bool worker_config_reloaded();
 // during the wait) may have left an LWLock or a wait event behind.
 void worker_recover_after_error() noexcept;
 
+// The same, for an error the loop goes on after, with a WARNING saying what
+// it was. Recovers first, then logs; the WARNING's own interrupt check may
+// raise a cancel that came meanwhile, which is recovered from here too: out
+// of the loop it would end the worker and drop its requests in flight.
+void worker_recover_and_warn(const char* message) noexcept;
+
 // From any backend: set the latch of a running worker (no-op if not running).
 void wake_worker(WorkerKind kind);
 

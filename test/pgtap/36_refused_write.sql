@@ -4,7 +4,7 @@
 -- row that refuses that too is given up (counted), while the rest go on.
 -- The same for a row that refuses its claim.
 \ir setup/fresh.sql
-SELECT plan(12);
+SELECT plan(18);
 SELECT npc_scale.cache_clear();
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 DROP TRIGGER IF EXISTS refuse_some ON npc_scale.decision_queue;  -- left by an interrupted run
@@ -18,6 +18,12 @@ BEGIN
   END IF;
   IF NEW.npc_id = 3621 AND NEW.status = 'running' THEN
     RAISE EXCEPTION 'the game refuses to run npc 3621';
+  END IF;
+  IF NEW.npc_id = 3641 AND NEW.status = 'done' THEN
+    RAISE EXCEPTION 'the game refuses an answer for npc 3641';
+  END IF;
+  IF NEW.npc_id = 3641 AND NEW.status = 'failed' THEN
+    PERFORM pg_advisory_xact_lock_shared(3641);  -- waits while the test holds it
   END IF;
   IF NEW.npc_id = 3631 THEN
     RAISE EXCEPTION 'the game refuses any change for npc 3631' USING ERRCODE = 'check_violation';
@@ -65,6 +71,26 @@ SELECT ok(npc_test.wait_for($$ npc_test.metric('results_refused') >= $$ || :refu
 SELECT is((SELECT status FROM npc_scale.decision_queue WHERE npc_id = 3631), 'queued',
   'the row that refuses every change is left as it is');
 
+-- A refused answer whose failure waits out its lock_timeout (a game session
+-- holding what the game's trigger needs) is failed once the lock is free:
+-- not forgotten, and left running until its lease lapsed.
+SELECT pg_advisory_lock(3641);
+-- Over 4 kB: the table path, so the row is claimed (running) when its answer comes.
+SELECT npc_scale.request_decision(3641, 'build', repeat('behind a lock ', 400), 5, '{"max_tokens": 3}') AS held_id \gset
+SELECT ok(npc_test.wait_for($$ EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 3641
+                                        AND NOT granted AND pid = npc_test.worker_pid('dispatcher')) $$),
+  'its refused answer is being failed, behind a lock the game holds');
+SELECT ok(npc_test.wait_for($$ NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 3641
+                                            AND NOT granted) $$),
+  'the failure gives up waiting (lock_timeout) while the lock is still held');
+SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :held_id), 'running', 'the row is not failed yet');
+SELECT pg_advisory_unlock(3641);
+SELECT ok(npc_test.wait_for($$ (SELECT status FROM npc_scale.decision_queue WHERE id = $$ || :held_id || $$) = 'failed' $$),
+  'once the lock is free it is failed, well before its lease lapses');
+SELECT is((SELECT error FROM npc_scale.decision_queue WHERE id = :held_id),
+  'the answer could not be recorded: the game refuses an answer for npc 3641', 'saying why');
+SELECT is((SELECT attempts FROM npc_scale.decision_queue WHERE id = :held_id), 1, 'after one attempt: not sent again');
+
 -- The dispatcher goes on answering.
 SELECT npc_scale.request_decision(3610, 'build', 'after the refusals', 5, '{"max_tokens": 3}') AS after_id \gset
 SELECT is((SELECT status FROM npc_scale.await_decision(:after_id, '10 s')), 'done',
@@ -74,5 +100,5 @@ SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue WHERE npc_id BETWE
 
 DROP TRIGGER refuse_some ON npc_scale.decision_queue;
 DROP FUNCTION npc_test.refuse_some();
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3601 AND 3631;
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3601 AND 3641;
 SELECT * FROM finish();
