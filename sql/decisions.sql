@@ -38,6 +38,8 @@ SELECT npc_scale.request_decision(1, 'build', '');
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.request_decision(1, 'build', NULL);
 \echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.request_decision(1, 'build', E' \t\n ');
+\echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.request_decision(1, 'build', 'x', 11);
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.request_decision(1, 'build', 'x', -1);
@@ -69,6 +71,8 @@ SELECT npc_scale.generate('x', 12);
 SELECT npc_scale.generate('x', 5, '{"stop": 3}');
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.generate(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.generate('   ');
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.request_decision(1, 'build', 'x', NULL);
 \echo :LAST_ERROR_SQLSTATE

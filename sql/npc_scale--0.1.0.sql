@@ -1,6 +1,17 @@
 -- npc_scale 0.1.0
 \echo Use "CREATE EXTENSION npc_scale" to load this file. \quit
 
+-- Prompts, params and answers travel to the GPU servers as UTF-8 JSON: in
+-- another encoding a prompt would be accepted and fail later in the worker.
+DO $$
+BEGIN
+  IF current_setting('server_encoding') <> 'UTF8' THEN
+    RAISE EXCEPTION 'npc_scale needs a UTF8 database; database "%" is %', current_database(),
+      current_setting('server_encoding') USING ERRCODE = 'feature_not_supported',
+      HINT = 'Create the database with ENCODING ''UTF8''.';
+  END IF;
+END $$;
+
 -- The schema npc_scale is created by CREATE EXTENSION (control file).
 GRANT USAGE ON SCHEMA npc_scale TO PUBLIC;
 
@@ -1099,6 +1110,20 @@ BEGIN
     RAISE EXCEPTION 'retention % is shorter than partition_interval %', NEW.retention, NEW.partition_interval
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
+  -- Partition bounds are computed for years 0001-9999: far beyond these,
+  -- every maintenance run would fail on a bound instead of this naming the value.
+  IF NEW.partition_interval > interval '100 years' THEN
+    RAISE EXCEPTION 'partition_interval % is more than 100 years', NEW.partition_interval
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF NEW.premake * NEW.partition_interval > interval '1000 years' THEN
+    RAISE EXCEPTION 'premake % x partition_interval % reaches more than 1000 years ahead', NEW.premake, NEW.partition_interval
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF NEW.retention > interval '1000 years' THEN
+    RAISE EXCEPTION 'retention % is more than 1000 years', NEW.retention USING ERRCODE = 'invalid_parameter_value',
+      HINT = 'Leave retention null to keep every partition.';
+  END IF;
   PERFORM * FROM npc_scale._partition_bounds(NEW.partition_interval, now(), 0, 0);  -- raises on an unsupported interval
   -- An INSERT as it stands (pg_restore's, onto a server whose maintenance
   -- runs less often) is kept with a warning; an UPDATE, and
@@ -1128,6 +1153,9 @@ LANGUAGE plpgsql IMMUTABLE STRICT AS $$
 DECLARE
   base text := rel;
 BEGIN
+  IF octet_length(suffix) > 61 THEN  -- no room for a name: cutting the base would never end
+    RAISE EXCEPTION 'partition suffix "%" is longer than 61 bytes', suffix USING ERRCODE = 'name_too_long';
+  END IF;
   WHILE octet_length(base) + 1 + octet_length(suffix) > 63 LOOP
     base := left(base, -1);  -- by characters: never half a multibyte one
   END LOOP;

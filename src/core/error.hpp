@@ -23,6 +23,7 @@ inline constexpr const char* connection_failure = "08006";
 inline constexpr const char* internal_error = "XX000";
 inline constexpr const char* out_of_memory = "53200";
 inline constexpr const char* insufficient_privilege = "42501";
+inline constexpr const char* undefined_table = "42P01";
 }  // namespace sqlstate
 
 // True when `code` is five characters of [0-9A-Z], the SQLSTATE alphabet.

@@ -24,10 +24,14 @@ void check_request(const RequestArgs& a, int max_prompt_bytes) {
                            : std::string("npc_id must not be null"));
   }
   const std::string npc = std::to_string(*a.npc_id);
-  if (!a.decision_type || blank(*a.decision_type)) {
+  // In a batch the element's place too: the same NPC may come twice.
+  const std::string prompt_label = a.position
+                                       ? "prompts[" + std::to_string(*a.position) + "] (npc " + npc + ")"
+                                       : "prompt for npc " + npc;
+  if (!a.decision_type) throw Error(sqlstate::null_value_not_allowed, "decision_type must not be null");
+  if (blank(*a.decision_type)) {
     throw Error(sqlstate::invalid_parameter_value,
-                "decision_type must not be null or empty (got " +
-                    (a.decision_type ? "'" + *a.decision_type + "'" : std::string("NULL")) + ")");
+                "decision_type must not be empty or blank (got '" + *a.decision_type + "')");
   }
   if (a.decision_type->size() > kMaxDecisionTypeBytes) {
     throw Error(sqlstate::string_data_right_truncation,
@@ -36,12 +40,12 @@ void check_request(const RequestArgs& a, int max_prompt_bytes) {
                     std::to_string(kMaxDecisionTypeBytes),
                 {}, "Use a short tag such as 'build' or 'attack'; the prompt carries the text.");
   }
-  if (!a.prompt || a.prompt->empty()) {
-    throw Error(sqlstate::invalid_parameter_value,
-                "prompt for npc " + npc + " must not be null or empty");
+  if (!a.prompt) throw Error(sqlstate::null_value_not_allowed, prompt_label + " must not be null");
+  if (blank(*a.prompt)) {
+    throw Error(sqlstate::invalid_parameter_value, prompt_label + " must not be empty or blank");
   }
   if (a.prompt->size() > static_cast<size_t>(max_prompt_bytes)) {
-    throw Error("54000", "prompt for npc " + npc + " is " + std::to_string(a.prompt->size()) +
+    throw Error("54000", prompt_label + " is " + std::to_string(a.prompt->size()) +
                              " bytes, more than npc_scale.max_prompt_bytes (" +
                              std::to_string(max_prompt_bytes) + ")");
   }
@@ -53,6 +57,15 @@ void check_request(const RequestArgs& a, int max_prompt_bytes) {
     throw Error(sqlstate::numeric_value_out_of_range,
                 "priority " + std::to_string(*a.priority) + " is out of range", {},
                 "Use 0 (most urgent) to 10.");
+  }
+}
+
+void check_generate_prompt(const std::string& prompt, int max_prompt_bytes) {
+  if (blank(prompt)) throw Error(sqlstate::invalid_parameter_value, "prompt must not be empty or blank");
+  if (prompt.size() > static_cast<size_t>(max_prompt_bytes)) {
+    throw Error("54000", "prompt is " + std::to_string(prompt.size()) +
+                             " bytes, more than npc_scale.max_prompt_bytes (" +
+                             std::to_string(max_prompt_bytes) + ")");
   }
 }
 

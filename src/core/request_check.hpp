@@ -25,6 +25,8 @@ inline constexpr double kMaxDeadlineSeconds = 366.0 * 86400;
 inline constexpr double kMaxAwaitSeconds = 86400;
 
 void check_request(const RequestArgs& args, int max_prompt_bytes);
+// generate()'s prompt (not null: the caller checked): not blank, within the limit.
+void check_generate_prompt(const std::string& prompt, int max_prompt_bytes);
 // The params' JSON text: stored with the row and sent with every attempt,
 // so it is held to the prompt's limit (a long "system" is part of the prompt).
 void check_params_size(size_t bytes, int max_prompt_bytes);

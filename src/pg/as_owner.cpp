@@ -33,11 +33,14 @@ NPC_SQL_FUNCTION(npc_scale_as_owner_of) {
   const std::string statement = text_arg(PG_GETARG_DATUM(1));
   const Oid owner = pg_call([&] {
     HeapTuple tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(rel));
-    if (!HeapTupleIsValid(tuple)) elog(ERROR, "relation %u does not exist", rel);
+    if (!HeapTupleIsValid(tuple)) return InvalidOid;
     Oid o = reinterpret_cast<Form_pg_class>(GETSTRUCT(tuple))->relowner;
     ReleaseSysCache(tuple);
     return o;
   });
+  if (owner == InvalidOid) {
+    throw Error(sqlstate::undefined_table, "relation with OID " + std::to_string(rel) + " does not exist");
+  }
   Oid saved_user;
   int saved_context;
   GetUserIdAndSecContext(&saved_user, &saved_context);
@@ -68,7 +71,14 @@ NPC_SQL_FUNCTION(npc_scale_as_owner_of) {
     SetUserIdAndSecContext(owner, saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
     Restore restore{saved_user, saved_context, NewGUCNestLevel()};
     pg_call([&] {
-      if (SPI_execute(statement.c_str(), false, 0) < 0) elog(ERROR, "npc_scale: statement as the owner failed");
+      const int rc = SPI_execute(statement.c_str(), false, 0);
+      if (rc < 0) {
+        // SPI refuses transaction control (COMMIT, ROLLBACK) and the like.
+        ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                        errmsg("npc_scale: statement as the owner of relation %u refused by SPI (%s)", rel,
+                               SPI_result_code_string(rc)),
+                        errdetail("Statement: %.200s", statement.c_str())));
+      }
     });
   });
   PG_RETURN_VOID();

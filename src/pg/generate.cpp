@@ -8,6 +8,7 @@
 
 #include "core/cache_policy.hpp"
 #include "core/generation.hpp"
+#include "core/request_check.hpp"
 #include "guard.hpp"
 #include "gucs.hpp"
 #include "pg_text.hpp"
@@ -94,15 +95,7 @@ int acquire_slot() {
 }
 
 std::string generate_impl(const std::string& prompt, int priority, const std::string& params_json) {
-  if (prompt.empty()) {
-    throw Error(sqlstate::invalid_parameter_value, "prompt must not be empty");
-  }
-  if (prompt.size() > static_cast<size_t>(guc_max_prompt_bytes)) {
-    throw Error("54000",
-                "prompt is " + std::to_string(prompt.size()) +
-                    " bytes, more than npc_scale.max_prompt_bytes (" +
-                    std::to_string(guc_max_prompt_bytes) + ")");
-  }
+  check_generate_prompt(prompt, guc_max_prompt_bytes);
   if (priority < 0 || priority > 10) {
     throw Error(sqlstate::numeric_value_out_of_range,
                 "priority " + std::to_string(priority) + " is out of range", {},

@@ -55,12 +55,41 @@ int guc_breaker_min_requests = 10;
 int guc_breaker_cooldown_ms = 5000;
 int guc_await_recheck_ms = 1000;
 
+namespace {
+
+// Check hooks: called by Postgres, so plain C with nothing that throws. An
+// empty text is refused with Postgres's own message, which names the
+// parameter and the value.
+bool refuse_empty(const char* value, const char* detail) {
+  if (value != nullptr && value[0] != '\0') return true;
+  GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+  GUC_check_errdetail("%s", detail);
+  return false;
+}
+
+bool check_database(char** newval, void**, GucSource) {
+  return refuse_empty(*newval, "The npc_scale background workers connect to this database.");
+}
+
+bool check_redis_host(char** newval, void**, GucSource) {
+  return refuse_empty(*newval, "npc_scale.redis_port = 0 turns the Redis L2 cache off.");
+}
+
+// cache_clear() and the sweeps after a Redis restart delete the keys that
+// match the prefix: an empty one would be every key of the Redis database,
+// other applications' too.
+bool check_redis_prefix(char** newval, void**, GucSource) {
+  return refuse_empty(*newval, "The L2 cache deletes every key under its prefix when it is cleared.");
+}
+
+}  // namespace
+
 void define_gucs() {
   // SIGHUP, not postmaster: a worker that sees the value change exits and is
   // restarted by the postmaster already connected to the new database.
   DefineCustomStringVariable("npc_scale.database",
                              "Database the npc_scale background workers connect to.", nullptr,
-                             &guc_database, "postgres", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+                             &guc_database, "postgres", PGC_SIGHUP, 0, check_database, nullptr, nullptr);
   DefineCustomIntVariable("npc_scale.max_prompt_bytes", "Largest prompt accepted, in bytes.",
                           "Also sizes the shared-memory slots of generate().",
                           &guc_max_prompt_bytes, 32768, 256, 1024 * 1024, PGC_POSTMASTER,
@@ -171,7 +200,8 @@ void define_gucs() {
                           nullptr, &guc_cache_default_ttl_s, 3600, 1, 30 * 86400, PGC_SIGHUP,
                           GUC_UNIT_S, nullptr, nullptr, nullptr);
   DefineCustomStringVariable("npc_scale.redis_host", "Redis host of the L2 cache.", nullptr,
-                             &guc_redis_host, "127.0.0.1", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+                             &guc_redis_host, "127.0.0.1", PGC_SIGHUP, 0, check_redis_host, nullptr,
+                             nullptr);
   DefineCustomIntVariable("npc_scale.redis_port", "Redis port of the L2 cache (0 = no L2).", nullptr,
                           &guc_redis_port, 6379, 0, 65535, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
   DefineCustomIntVariable("npc_scale.redis_db", "Redis database number.", nullptr, &guc_redis_db, 0,
@@ -180,8 +210,8 @@ void define_gucs() {
                              &guc_redis_password, "", PGC_SIGHUP,
                              GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL, nullptr, nullptr, nullptr);
   DefineCustomStringVariable("npc_scale.redis_prefix", "Prefix of npc_scale's Redis keys.", nullptr,
-                             &guc_redis_prefix, "npc_scale:cache:", PGC_SIGHUP, 0, nullptr, nullptr,
-                             nullptr);
+                             &guc_redis_prefix, "npc_scale:cache:", PGC_SIGHUP, 0, check_redis_prefix,
+                             nullptr, nullptr);
   DefineCustomIntVariable("npc_scale.redis_connect_timeout", "Redis connect timeout.", nullptr,
                           &guc_redis_connect_timeout_ms, 100, 1, 60000, PGC_SIGHUP, GUC_UNIT_MS,
                           nullptr, nullptr, nullptr);

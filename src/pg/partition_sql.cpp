@@ -33,7 +33,7 @@ NPC_SQL_FUNCTION(npc_scale_partition_bounds) {
   TimestampTz around = PG_GETARG_TIMESTAMPTZ(1);
   int before = PG_GETARG_INT32(2);
   int after = PG_GETARG_INT32(3);
-  if (before < 0 || after < 0 || before + after > 10000) {
+  if (before < 0 || after < 0 || static_cast<int64_t>(before) + after > 10000) {
     throw Error(sqlstate::invalid_parameter_value,
                 "partition counts before=" + std::to_string(before) + ", after=" +
                     std::to_string(after) + " are out of range");

@@ -5,7 +5,7 @@
 -- pg_partman 4.7 itself.
 \ir setup/fresh.sql
 BEGIN;
-SELECT plan(51);
+SELECT plan(58);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -32,6 +32,18 @@ SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurre
   'premake 1001 is out of range', 'premake > 1000 is refused');
 SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '1 month', 4, '1 day') $$, '22023',
   'retention 1 day is shorter than partition_interval 1 mon', 'retention shorter than the interval is refused');
+-- Bounds are computed for years 0001-9999: values reaching beyond are named
+-- here, not failed on in every maintenance run.
+SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '1 month', 4, '3000 years') $$, '22023',
+  'retention 3000 years is more than 1000 years', 'a retention of millennia is refused');
+SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '3650 days', 1000) $$, '22023',
+  'premake 1000 x partition_interval 3650 days reaches more than 1000 years ahead', 'premake reaching past the millennium is refused');
+SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '200 years') $$, '22023',
+  'partition_interval 200 years is more than 100 years', 'a partition of centuries is refused');
+SELECT throws_ok($$ SELECT npc_scale._child_name('pm_mem', repeat('s', 62)) $$, '42622',
+  'partition suffix "' || repeat('s', 62) || '" is longer than 61 bytes', 'a name with no room for its suffix is an error, not an endless loop');
+SELECT throws_ok($$ SELECT * FROM npc_scale._partition_bounds('1 day', now(), 1, 2147483647) $$, '22023',
+  'partition counts before=1, after=2147483647 are out of range', 'partition counts whose sum overflows are refused');
 
 -- A row far in the future lands in the default partition first.
 SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '1 month', 2) $$, 'monthly, premake 2');
@@ -206,6 +218,11 @@ SELECT throws_ok($$ SELECT npc_scale._as_owner_of('public.pm_sec', 'SELECT 1') $
   'must be a member of the owner of relation "pm_sec" to change its rows as the owner',
   'another role cannot act as a table''s owner');
 RESET ROLE;
+SELECT throws_ok($$ SELECT npc_scale._as_owner_of(0, 'SELECT 1') $$, '42P01',
+  'relation with OID 0 does not exist', 'acting as the owner of no relation is named');
+SELECT throws_ok($$ SELECT npc_scale._as_owner_of('public.pm_sec', 'COMMIT') $$, '0A000',
+  format('npc_scale: statement as the owner of relation %s refused by SPI (SPI_ERROR_TRANSACTION)', 'public.pm_sec'::regclass::oid),
+  'a statement SPI refuses is named, not an internal error');
 -- The table's owner may run its maintenance itself (it failed at the end,
 -- on recording the run, for want of rights on partition_configs).
 SET ROLE pm_owner;

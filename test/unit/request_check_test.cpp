@@ -4,6 +4,7 @@
 #include "error.hpp"
 #include "request_check.hpp"
 
+using npc_scale::check_generate_prompt;
 using npc_scale::check_request;
 using npc_scale::Error;
 using npc_scale::RequestArgs;
@@ -31,20 +32,52 @@ TEST(RequestCheckTest, NullNpcId) {
   expect_error(a, "22004", "npc_id must not be null");
 }
 
-TEST(RequestCheckTest, EmptyOrNullDecisionType) {
+TEST(RequestCheckTest, BlankOrNullDecisionType) {
   auto a = good();
   a.decision_type = "  ";
-  expect_error(a, "22023", "decision_type must not be null or empty (got '  ')");
+  expect_error(a, "22023", "decision_type must not be empty or blank (got '  ')");
   a.decision_type.reset();
-  expect_error(a, "22023", "(got NULL)");
+  expect_error(a, "22004", "decision_type must not be null");
 }
 
-TEST(RequestCheckTest, EmptyOrNullPrompt) {
+TEST(RequestCheckTest, BlankOrNullPrompt) {
   auto a = good();
   a.prompt = "";
-  expect_error(a, "22023", "prompt for npc 42 must not be null or empty");
+  expect_error(a, "22023", "prompt for npc 42 must not be empty or blank");
+  a.prompt = " \t\r\n ";
+  expect_error(a, "22023", "prompt for npc 42 must not be empty or blank");
   a.prompt.reset();
-  expect_error(a, "22023", "prompt for npc 42");
+  expect_error(a, "22004", "prompt for npc 42 must not be null");
+}
+
+TEST(RequestCheckTest, ABatchsPromptIsNamedByItsPlace) {
+  auto a = good();
+  a.position = 2;
+  a.prompt = " ";
+  expect_error(a, "22023", "prompts[2] (npc 42) must not be empty or blank");
+  a.prompt = std::string(101, 'x');
+  expect_error(a, "54000", "prompts[2] (npc 42) is 101 bytes");
+}
+
+TEST(RequestCheckTest, GeneratePromptNotBlankAndWithinTheLimit) {
+  EXPECT_NO_THROW(check_generate_prompt(" x ", 100));
+  EXPECT_NO_THROW(check_generate_prompt(std::string(100, 'x'), 100));
+  for (const char* p : {"", "  ", "\n\t"}) {
+    try {
+      check_generate_prompt(p, 100);
+      ADD_FAILURE() << "accepted '" << p << "'";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.sqlstate(), "22023");
+      EXPECT_STREQ(e.what(), "prompt must not be empty or blank");
+    }
+  }
+  try {
+    check_generate_prompt(std::string(101, 'x'), 100);
+    ADD_FAILURE() << "accepted 101 bytes";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.sqlstate(), "54000");
+    EXPECT_STREQ(e.what(), "prompt is 101 bytes, more than npc_scale.max_prompt_bytes (100)");
+  }
 }
 
 TEST(RequestCheckTest, PromptOverTheLimitNamesItsSize) {
