@@ -1024,6 +1024,12 @@ std::vector<int64_t> Dispatcher::held_back_ids() const {
   }
   ids.insert(ids.end(), unwritable_.begin(), unwritable_.end());
   for (const RefusedRow& r : to_fail_) ids.push_back(r.id);
+  // Claimed, answered, and waiting for Redis's word on the same key: the ask
+  // may outlast the lease (redis_command_timeout is not bound by it), and
+  // recovering the row would throw the answer away and send it again.
+  for (const auto& [tag, p] : parked_) {
+    if (p.info.kind == Work::decision && p.info.attempts > 0) ids.push_back(p.info.decision_id);
+  }
   return ids;
 }
 

@@ -15,6 +15,7 @@ release_redis() { kill -CONT "$redis_pid"; }
 restore() {
   release_redis || true
   q "ALTER SYSTEM RESET npc_scale.redis_command_timeout" >/dev/null
+  q "ALTER SYSTEM RESET npc_scale.lease_timeout" >/dev/null
   q "SELECT pg_reload_conf()" >/dev/null
 }
 trap restore EXIT
@@ -58,6 +59,26 @@ for id in "$a" "$d"; do
 done
 [ "$(q "SELECT redis_errors FROM npc_scale.cache_stats")" = "$errors0" ] || { echo "a slow reply within the timeout counted as an error"; exit 1; }
 
+echo "== Redis slower than the lease: the answered row waits for it, not recovered and sent again"
+# lease_timeout 5 s (its least), Redis's word on the key awaited up to 60 s.
+q "ALTER SYSTEM SET npc_scale.lease_timeout = '5s'" >/dev/null
+set_timeout 60s
+hold_redis
+f=$(q "SELECT npc_scale.request_decision(3106, 'build', repeat('slower than the lease: $tag ', 150), 5, '{\"temperature\": 0}')")
+q "SELECT npc_test.wait_for('(SELECT status = ''running'' FROM npc_scale.decision_queue WHERE id = $f)')" >/dev/null
+# Lease recovery runs each second: 3 s after the lease lapsed it has looked.
+q "SELECT npc_test.wait_for('(SELECT leased_until < clock_timestamp() - interval ''3 s'' OR attempts > 1 OR status <> ''running''
+                             FROM npc_scale.decision_queue WHERE id = $f)', '20 s')" >/dev/null
+row=$(q "SELECT status, attempts FROM npc_scale.decision_queue WHERE id = $f")
+echo "F, 3 s past its lease with Redis silent: status|attempts = $row"
+[ "$row" = "running|1" ] || { echo "F's lease was recovered while its answer waited for Redis"; exit 1; }
+release_redis
+q "SELECT npc_test.wait_for('npc_test.all_finished(ARRAY[$f]::bigint[])')" >/dev/null
+row=$(q "SELECT status, attempts, cache_layer IS NULL FROM npc_scale.decision_queue WHERE id = $f")
+echo "F after Redis's miss: status|attempts|from the GPU = $row"
+[ "$row" = "done|1|t" ] || { echo "F was not answered once, by its first attempt"; exit 1; }
+q "ALTER SYSTEM RESET npc_scale.lease_timeout" >/dev/null
+
 echo "== Redis silent past the timeout (200 ms): held until C is answered"
 set_timeout 200ms
 hold_redis
@@ -83,5 +104,5 @@ q "SELECT npc_test.wait_for('npc_test.all_finished(ARRAY[$e]::bigint[])')" >/dev
 up=$(q "SELECT redis_up FROM npc_scale.cache_stats")
 echo "redis_up after the dispatcher's next decision: $up"
 [ "$up" = t ] || { echo "a stale 'down' overwrote redis_up"; exit 1; }
-q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3101 AND 3105" >/dev/null
+q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3101 AND 3106" >/dev/null
 echo "ok"
