@@ -467,10 +467,14 @@ END $$;
 COMMENT ON FUNCTION npc_scale.schedule_refresh(regclass, text, boolean) IS
 'Refreshes a materialized view on a pg_cron-style schedule, in the maintenance worker. Returns the job id.';
 
-CREATE FUNCTION npc_scale.unschedule(job bigint) RETURNS boolean LANGUAGE sql AS $$
-  WITH d AS (DELETE FROM npc_scale.maintenance_jobs j WHERE j.job = unschedule.job RETURNING 1)
-  SELECT count(*) > 0 FROM d
-$$;
+CREATE FUNCTION npc_scale.unschedule(job bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  IF unschedule.job IS NULL THEN
+    RAISE EXCEPTION 'job must not be null' USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  DELETE FROM npc_scale.maintenance_jobs j WHERE j.job = unschedule.job;
+  RETURN FOUND;
+END $$;
 
 ------------------------------------------------------------------------------
 -- Reference game schema: the seed's tables, hot-query indexes, resource

@@ -64,7 +64,11 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
   if (!PG_ARGISNULL(2)) {
     ttl_s = cache_ttl_seconds(interval_arg_seconds(fcinfo, 2));
   }
-  bool persist = !PG_ARGISNULL(3) && PG_GETARG_BOOL(3);
+  if (PG_ARGISNULL(3)) {
+    throw Error(sqlstate::null_value_not_allowed, "persist must not be null", {},
+                "Use true to keep the value in the cache_store table too, false (the default) not to.");
+  }
+  const bool persist = PG_GETARG_BOOL(3);
   if (persist) {
     cache_put_l3(key, value, ttl_s);
   } else {
