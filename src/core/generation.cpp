@@ -323,6 +323,12 @@ GenerationParams parse_params(const std::string& json_text) {
     // Not expected after the type checks above; never let it escape.
     bad(std::string("params could not be read: ") + short_parse_error(e));
   }
+  // vLLM applies stop strings to a constrained answer too: one inside a
+  // choice cuts it into text that is none of the choices.
+  if (!p.stop.empty() && !p.choices.empty()) {
+    bad("params.stop and params.choices cannot be combined",
+        "a stop string would cut the chosen answer; choices end the answer by themselves");
+  }
   return p;
 }
 
@@ -503,6 +509,11 @@ void check_answer(Completion* c, const std::vector<std::string>& choices) {
   } else if (c->text.empty() && cut) {
     useless("the answer was empty, cut at max_tokens (a reasoning model may spend them "
             "thinking): raise params.max_tokens", true);
+  }
+  // vLLM ends a request it aborted (e.g. paused generation) or failed inside
+  // the engine with a 200 and what it had so far: not an answer to keep.
+  if (c->ok && (c->finish_reason == "abort" || c->finish_reason == "error")) {
+    useless("the endpoint gave up on the answer (finish_reason \"" + c->finish_reason + "\")", false);
   }
 }
 

@@ -9,7 +9,8 @@ nlohmann::ordered_json faults_to_json(const FaultConfig& c) {
               {"retry_after", c.retry_after},     {"hang_rate", c.hang_rate},
               {"hang_ms", c.hang_ms},             {"slow_rate", c.slow_rate},
               {"slow_ms", c.slow_ms},             {"malformed_rate", c.malformed_rate},
-              {"drop_rate", c.drop_rate},         {"fault_seed", c.fault_seed},
+              {"drop_rate", c.drop_rate},         {"abort_rate", c.abort_rate},
+              {"fault_seed", c.fault_seed},
               {"ignore_structured_outputs", c.ignore_structured_outputs}};
 }
 
@@ -54,6 +55,8 @@ std::optional<std::string> merge_faults(FaultConfig& cfg, const json& patch) {
       err = read_rate(v, k, &next.malformed_rate);
     } else if (k == "drop_rate") {
       err = read_rate(v, k, &next.drop_rate);
+    } else if (k == "abort_rate") {
+      err = read_rate(v, k, &next.abort_rate);
     } else if (k == "error_status") {
       if (!v.is_number_integer() ||
           (v != 500 && v != 503 && v != 429)) {
@@ -102,6 +105,8 @@ FaultRoll FaultRoller::roll(const FaultConfig& cfg) {
   r.hang = served && u_hang < cfg.hang_rate;
   r.slow = served && u_slow < cfg.slow_rate;
   r.malformed = served && u_malformed < cfg.malformed_rate;
+  const double u_abort = abort_rng_.uniform();
+  r.abort = served && u_abort < cfg.abort_rate;
   return r;
 }
 

@@ -22,6 +22,9 @@ struct FaultConfig {
   int64_t slow_ms = 2000;
   double malformed_rate = 0;
   double drop_rate = 0;
+  // vLLM ends an aborted request (paused engine, engine error) with a 200,
+  // finish_reason "abort" and the text it had so far.
+  double abort_rate = 0;
   uint64_t fault_seed = 1;
   // As vLLM before 0.10.2: structured_outputs is an unknown field there,
   // ignored with a warning, so a choice constraint yields free text.
@@ -44,18 +47,26 @@ struct FaultRoll {
   bool hang = false;
   bool slow = false;
   bool malformed = false;
+  bool abort = false;
 };
 
 class FaultRoller {
  public:
-  explicit FaultRoller(uint64_t seed) : rng_(seed) {}
-  void reseed(uint64_t seed) { rng_ = SplitMix64(seed); }
+  explicit FaultRoller(uint64_t seed) : rng_(seed), abort_rng_(seed ^ kAbortStream) {}
+  void reseed(uint64_t seed) {
+    rng_ = SplitMix64(seed);
+    abort_rng_ = SplitMix64(seed ^ kAbortStream);
+  }
   // Always draws the same number of values, so a given seed yields the same
   // sequence of decisions whatever the rates are.
   FaultRoll roll(const FaultConfig& cfg);
 
  private:
+  // abort_rate came later: its own stream leaves the other faults' sequence
+  // for a seed as it was.
+  static constexpr uint64_t kAbortStream = 0xAB0127AB0127ULL;
   SplitMix64 rng_;
+  SplitMix64 abort_rng_;
 };
 
 }  // namespace npc_scale::fake_gpu

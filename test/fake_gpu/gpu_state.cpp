@@ -18,7 +18,7 @@ uint64_t startup_entropy() {
 }  // namespace
 
 GpuState::GpuState(const Options& opts)
-    : model_{opts.model, opts.profile.max_model_len, opts.priority_scheduling},
+    : model_{opts.model, opts.profile.max_model_len, opts.priority_scheduling, opts.api_key},
       scheduler_(opts.profile),
       prefix_cache_(opts.prefix_cache_entries),
       faults_(opts.faults),
@@ -56,6 +56,7 @@ void GpuState::count_faults(const FaultRoll& f) {
   count(f.hang, FaultKind::hang);
   count(f.slow, FaultKind::slow);
   count(f.malformed, FaultKind::malformed);
+  count(f.abort, FaultKind::abort);
 }
 
 bool GpuState::prefix_lookup(const std::vector<std::string>& prompts) {
@@ -114,8 +115,8 @@ Progress GpuState::cancel(uint64_t id, double now_ms) {
 void GpuState::succeeded(const InferenceResult& result, double e2e_seconds) {
   std::lock_guard<std::mutex> lock(mu_);
   observe_e2e_latency(stats_, e2e_seconds);
-  bool stopped = !result.choices.empty() && result.choices[0].finish_reason == "stop";
-  ++(stopped ? stats_.success_stop : stats_.success_length);
+  const std::string reason = result.choices.empty() ? "length" : result.choices[0].finish_reason;
+  ++(reason == "stop" ? stats_.success_stop : reason == "abort" ? stats_.success_abort : stats_.success_length);
   stats_.prompt_tokens += static_cast<uint64_t>(result.prompt_tokens);
   stats_.generation_tokens += static_cast<uint64_t>(result.completion_tokens);
   if (stats_.inflight > 0) --stats_.inflight;

@@ -11,6 +11,7 @@ const char* fault_kind_name(FaultKind k) {
     case FaultKind::slow: return "slow";
     case FaultKind::malformed: return "malformed";
     case FaultKind::drop: return "drop";
+    case FaultKind::abort: return "abort";
   }
   return "unknown";
 }
@@ -84,6 +85,7 @@ std::string render_metrics(const MetricsSnapshot& s) {
   w.family("vllm:request_success_total", "counter", "Count of successfully processed requests.");
   w.sample("vllm:request_success_total", s.success_stop, "finished_reason=\"stop\"");
   w.sample("vllm:request_success_total", s.success_length, "finished_reason=\"length\"");
+  w.sample("vllm:request_success_total", s.success_abort, "finished_reason=\"abort\"");
   w.family("vllm:e2e_request_latency_seconds", "histogram",
            "Histogram of end to end request latency in seconds.");
   uint64_t cumulative = 0;

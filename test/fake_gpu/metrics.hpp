@@ -8,12 +8,12 @@
 
 namespace npc_scale::fake_gpu {
 
-enum class FaultKind { error, hang, slow, malformed, drop };
+enum class FaultKind { error, hang, slow, malformed, drop, abort };
 
 // vLLM's buckets for vllm:e2e_request_latency_seconds (upper bounds, s).
 constexpr std::array<double, 15> kE2eLatencyBuckets = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0,
                                                        10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0};
-constexpr size_t kFaultKinds = 5;
+constexpr size_t kFaultKinds = 6;
 const char* fault_kind_name(FaultKind k);
 
 struct MetricsSnapshot {
@@ -26,6 +26,7 @@ struct MetricsSnapshot {
   uint64_t chat_requests_total = 0;  // of those, on /v1/chat/completions
   uint64_t success_stop = 0;    // by finish_reason of the first choice
   uint64_t success_length = 0;
+  uint64_t success_abort = 0;
   uint64_t prompt_tokens = 0;
   uint64_t generation_tokens = 0;
   uint64_t peak_running = 0;

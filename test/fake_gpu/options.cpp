@@ -43,12 +43,13 @@ std::string usage_text() {
          "  --host ADDR            listen address (127.0.0.1)\n"
          "  --port N               listen port, 0 = any free one (8000)\n"
          "  --model NAME           served model name (npc-llm)\n"
+         "  --api-key KEY          /v1/ routes want \"Authorization: Bearer KEY\" (401 otherwise)\n"
          "  --profile NAME         rtx3090ti | p40 | instant (rtx3090ti)\n"
          "  --base-ms MS --per-token-ms MS --max-batch N --batch-slowdown F\n"
          "  --max-model-len N      override the profile\n"
          "  --error-rate R --error-status 500|503|429 --retry-after S\n"
          "  --hang-rate R --hang-ms MS --slow-rate R --slow-ms MS\n"
-         "  --malformed-rate R --drop-rate R --fault-seed N\n"
+         "  --malformed-rate R --drop-rate R --abort-rate R --fault-seed N\n"
          "  --unhealthy            start with /health answering 503\n"
          "  --threads N            event loops sharing the port (1)\n"
          "  --prefix-cache-entries N  simulated prefix-cache size (1024)\n"
@@ -89,6 +90,11 @@ std::optional<std::string> parse_options(int argc, const char* const* argv, Opti
     o.model = v;
     return std::string();
   };
+  flags["--api-key"] = [&](const std::string& v) {
+    if (v.empty()) return std::string("--api-key needs a key");
+    o.api_key = v;
+    return std::string();
+  };
   flags["--profile"] = [&](const std::string& v) {
     if (!profile_by_name(v)) return "unknown profile " + v + " (rtx3090ti, p40, instant)";
     profile_name = v;
@@ -116,7 +122,7 @@ std::optional<std::string> parse_options(int argc, const char* const* argv, Opti
   });
   // Fault flags become one JSON patch so the CLI and POST /admin/faults
   // share validation.
-  for (const char* key : {"error_rate", "hang_rate", "slow_rate", "malformed_rate", "drop_rate"}) {
+  for (const char* key : {"error_rate", "hang_rate", "slow_rate", "malformed_rate", "drop_rate", "abort_rate"}) {
     std::string flag = "--" + std::string(key);
     for (auto& c : flag) c = c == '_' ? '-' : c;
     flags[flag] = [&fault_patch, key, flag](const std::string& v) -> std::string {

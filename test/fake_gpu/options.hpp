@@ -19,6 +19,7 @@ struct Options {
   int threads = 1;  // event loops sharing the port via SO_REUSEPORT
   size_t prefix_cache_entries = 1024;
   bool priority_scheduling = false;  // --scheduling-policy priority (vLLM's default: fcfs)
+  std::string api_key;               // --api-key, as vLLM's
   bool help = false;
 };
 

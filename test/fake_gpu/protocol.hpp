@@ -20,6 +20,9 @@ struct ServedModel {
   // vLLM's --scheduling-policy priority; under its default (fcfs) a request
   // with a nonzero priority is refused.
   bool priority_scheduling = false;
+  // vLLM's --api-key: every /v1/ route wants "Authorization: Bearer <key>"
+  // (401 otherwise); /health and /metrics stay open. Empty: no key.
+  std::string api_key;
 };
 
 struct ApiError {

@@ -186,6 +186,7 @@ class Worker {
     Stage stage = Stage::in_gpu;
     bool chat = false;
     bool malformed = false;
+    bool abort = false;
     uint64_t nonce = 0;
     std::chrono::steady_clock::time_point arrived;  // for vLLM's e2e latency
     Job job;
@@ -370,6 +371,13 @@ void Worker::on_request(evhttp_request* req) {
   bool get = method == EVHTTP_REQ_GET;
   bool post = method == EVHTTP_REQ_POST;
 
+  if (!gpu_.model().api_key.empty() && path.rfind("/v1/", 0) == 0) {
+    // vLLM's check, and its answer: a bare string, not an error object.
+    const char* auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (auth == nullptr || auth != "Bearer " + gpu_.model().api_key) {
+      return send_json(req, 401, json{{"error", "Unauthorized"}});
+    }
+  }
   if (path == "/v1/completions" || path == "/v1/chat/completions") {
     if (!post) return send_detail(req, 405, "Method Not Allowed");
     return handle_inference(req, path == "/v1/chat/completions");
@@ -538,6 +546,7 @@ void Worker::handle_inference(evhttp_request* req, bool chat) {
   p->chat = chat;
   p->nonce = in.nonce;
   p->malformed = in.faults.malformed;
+  p->abort = in.faults.abort;
   p->request = std::move(std::get<InferenceRequest>(parsed));
   if (in.ignore_structured_outputs) p->request.gen.choices.clear();
   p->result = run_inference(p->request, in.nonce);
@@ -568,6 +577,14 @@ void Worker::enter_gpu(std::unique_ptr<Pending> p) {
 void Worker::complete(std::unique_ptr<Pending> p) {
   const double e2e_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - p->arrived).count();
+  if (p->abort) {
+    // What an aborted request had so far: half of each answer.
+    for (Generation& g : p->result.choices) {
+      g.text.resize(g.text.size() / 2);
+      g.finish_reason = "abort";
+      g.stop_reason.reset();
+    }
+  }
   gpu_.succeeded(p->result, e2e_s);
   const char* prefix = p->chat ? "chatcmpl-" : "cmpl-";
   std::string body =

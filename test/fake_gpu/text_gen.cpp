@@ -98,6 +98,17 @@ Generation generate(uint64_t key, const GenParams& params) {
     // max_tokens still applies, as in vLLM: a longer choice is cut, "length".
     const std::string& choice = params.choices[rng.next() % params.choices.size()];
     const int budget = std::max(1, params.max_tokens);
+    // Stop strings apply to a constrained answer too, as in vLLM: one
+    // inside the choice cuts it there.
+    size_t which = 0;
+    const size_t stop_at = params.stop.empty() ? std::string::npos : find_stop(choice, 0, params.stop, &which);
+    if (stop_at != std::string::npos && count_tokens(choice.substr(0, stop_at)) <= budget) {
+      out.text = choice.substr(0, stop_at);
+      out.completion_tokens = std::max(1, count_tokens(out.text));
+      out.finish_reason = "stop";
+      out.stop_reason = params.stop[which];
+      return out;
+    }
     if (count_tokens(choice) <= budget) {
       out.text = choice;
       out.completion_tokens = std::max(1, count_tokens(choice));

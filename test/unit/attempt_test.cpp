@@ -142,6 +142,27 @@ TEST(Attempt, AnAnswerOfNoUseIsNotDone) {
             AttemptOutcome::Kind::done);
 }
 
+// vLLM's finish_reason "abort" (a paused or aborted engine) and "error"
+// come with a 200 and partial text: retried, never kept as the answer.
+TEST(Attempt, AnAnswerTheServerGaveUpOnIsRetried) {
+  for (const char* reason : {"abort", "error"}) {
+    const std::string body = std::string(R"({"choices":[{"text":"build a gra","finish_reason":")") + reason + R"("}]})";
+    AttemptOutcome o = npc_scale::resolve_attempt(npc_scale::read_attempt(Api::completions, http(200, body), {}), 1,
+                                                  kPolicy, 7);
+    EXPECT_EQ(o.kind, AttemptOutcome::Kind::retry) << reason;
+    EXPECT_FALSE(o.rejected) << reason;
+    EXPECT_EQ(o.error, std::string("the endpoint gave up on the answer (finish_reason \"") + reason + "\")");
+  }
+  AttemptOutcome last = npc_scale::resolve_attempt(
+      npc_scale::read_attempt(Api::chat, http(200, R"({"choices":[{"message":{"content":"ra"},"finish_reason":"abort"}]})"), {}),
+      3, kPolicy, 7);
+  EXPECT_EQ(last.kind, AttemptOutcome::Kind::failed) << "at the last attempt";
+  EXPECT_EQ(npc_scale::resolve_attempt(
+                npc_scale::read_attempt(Api::completions, http(200, R"({"choices":[{"text":"x","finish_reason":"stop"}]})"), {}),
+                1, kPolicy, 7).kind,
+            AttemptOutcome::Kind::done);
+}
+
 TEST(Attempt, ARejectedRequestFailsAtOnce) {
   AttemptOutcome o = npc_scale::resolve_attempt(
       Api::completions, http(400, R"({"error":{"message":"max_tokens is too large"}})"), 1,

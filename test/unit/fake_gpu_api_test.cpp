@@ -206,6 +206,22 @@ TEST(FakeGpuApi, ModelsAndHealth) {
   EXPECT_EQ(gpu.post("/v1/completions", ok).status, 200);
 }
 
+// vLLM's --api-key guards the /v1/ routes only, answering 401 with a bare
+// string as "error"; /health and /metrics stay open.
+TEST(FakeGpuApi, AnApiKeyGuardsTheV1Routes) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--api-key", "s3cret");
+  for (const Reply& r : {gpu.post("/v1/completions", completion("x")),
+                         gpu.post_with("Authorization: Bearer wrong", "/v1/completions", completion("x")),
+                         gpu.get("/v1/models")}) {
+    EXPECT_EQ(r.status, 401);
+    EXPECT_EQ(r.parsed(), json({{"error", "Unauthorized"}}));
+  }
+  EXPECT_EQ(gpu.post_with("Authorization: Bearer s3cret", "/v1/completions", completion("x")).status, 200);
+  EXPECT_EQ(gpu.get_with("Authorization: Bearer s3cret", "/v1/models").status, 200);
+  EXPECT_EQ(gpu.get("/health").status, 200);
+  EXPECT_EQ(gpu.get("/metrics").status, 200);
+}
+
 TEST(FakeGpuApi, StartsUnhealthy) {
   START_FAKE_GPU(gpu, "--profile", "instant", "--unhealthy");
   EXPECT_EQ(gpu.get("/health").status, 503);
@@ -435,6 +451,21 @@ TEST(FakeGpuApi, MalformedBodyIsUnparseable) {
   EXPECT_FALSE(r.body.empty());
   EXPECT_FALSE(json::accept(r.body)) << r.body;
   EXPECT_EQ(gpu.metric("fake_gpu_errors_injected_total", "kind=\"malformed\""), 1);
+}
+
+// An aborted request: a 200 with what it had so far and finish_reason
+// "abort", counted as vLLM counts it.
+TEST(FakeGpuApi, AbortAnswersWithPartOfTheText) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  const std::string full = gpu.post("/v1/completions", completion("abort me", 8)).parsed()["choices"][0]["text"];
+  ASSERT_EQ(gpu.post("/admin/faults", {{"abort_rate", 1}}).status, 200);
+  Reply r = gpu.post("/v1/completions", completion("abort me", 8));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json c = r.parsed()["choices"][0];
+  EXPECT_EQ(c["finish_reason"], "abort");
+  EXPECT_EQ(c["text"], full.substr(0, full.size() / 2));
+  EXPECT_EQ(gpu.metric("fake_gpu_errors_injected_total", "kind=\"abort\""), 1);
+  EXPECT_EQ(gpu.metric("vllm:request_success_total", "finished_reason=\"abort\""), 1);
 }
 
 TEST(FakeGpuApi, DropClosesWithoutReply) {

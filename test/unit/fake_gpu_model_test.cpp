@@ -140,6 +140,19 @@ TEST(FakeGpuTextGen, AChoiceLongerThanMaxTokensIsCut) {
   EXPECT_EQ(g.finish_reason, "stop");
 }
 
+// vLLM applies stop strings to a constrained answer too.
+TEST(FakeGpuTextGen, AStopStringCutsAChoice) {
+  GenParams p = sampled(0.0, std::nullopt, 8);
+  p.choices = {"attack north gate"};
+  p.stop = {"gate", "north"};
+  Generation g = generate(sampling_key("prompt", p, 0, 0), p);
+  EXPECT_EQ(g.text, "attack ");
+  EXPECT_EQ(g.finish_reason, "stop");
+  EXPECT_EQ(g.stop_reason, "north");
+  p.stop = {"south"};
+  EXPECT_EQ(generate(sampling_key("prompt", p, 0, 0), p).text, "attack north gate");
+}
+
 TEST(FakeGpuTextGen, StopTruncatesAtEarliestMatch) {
   GenParams p = sampled(0.0, std::nullopt, 40);
   const std::string prompt = "stop test prompt";
@@ -284,7 +297,7 @@ TEST(FakeGpuProtocol, MalformedJsonTextIs400) {
 }
 
 TEST(FakeGpuProtocol, ContextWindowEnforced) {
-  ServedModel m{"npc-llm", 10};
+  ServedModel m{"npc-llm", 10, false, ""};
   parse_ok(false, {{"prompt", "one two three four"}, {"max_tokens", 6}}, m);
   ApiError e = parse_err(false, {{"prompt", "one two three four"}, {"max_tokens", 7}}, m);
   EXPECT_EQ(e.status, 400);
@@ -362,7 +375,7 @@ TEST(FakeGpuProtocol, ChatResponseShape) {
 }
 
 TEST(FakeGpuProtocol, ModelsListing) {
-  json out = json::parse(models_response({"my-model", 2048}, 42).dump());
+  json out = json::parse(models_response({"my-model", 2048, false, ""}, 42).dump());
   EXPECT_EQ(out["object"], "list");
   ASSERT_EQ(out["data"].size(), 1u);
   EXPECT_EQ(out["data"][0]["id"], "my-model");
@@ -568,12 +581,12 @@ TEST(FakeGpuFaults, RateZeroNeverRateOneAlways) {
   FaultRoller roller(123);
   FaultConfig none;
   FaultConfig all;
-  all.hang_rate = all.slow_rate = all.malformed_rate = 1;
+  all.hang_rate = all.slow_rate = all.malformed_rate = all.abort_rate = 1;
   for (int i = 0; i < 1000; ++i) {
     FaultRoll r = roller.roll(none);
-    EXPECT_FALSE(r.drop || r.error || r.hang || r.slow || r.malformed);
+    EXPECT_FALSE(r.drop || r.error || r.hang || r.slow || r.malformed || r.abort);
     FaultRoll a = roller.roll(all);
-    EXPECT_TRUE(a.hang && a.slow && a.malformed);
+    EXPECT_TRUE(a.hang && a.slow && a.malformed && a.abort);
     EXPECT_FALSE(a.drop || a.error);
   }
   FaultConfig terminal;

@@ -47,19 +47,20 @@ inline size_t append_body(char* data, size_t size, size_t n, void* out) {
 }
 
 inline Reply http(const std::string& url, const std::optional<std::string>& post_body = std::nullopt,
-           long timeout_ms = 5000) {
+           long timeout_ms = 5000, const std::string& extra_header = "") {
   static std::once_flag init;
   std::call_once(init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   Reply r;
   CURL* c = curl_easy_init();
   curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
+  if (!extra_header.empty()) headers = curl_slist_append(headers, extra_header.c_str());
   curl_easy_setopt(c, CURLOPT_URL, url.c_str());
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &append_body);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &r.body);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
   if (post_body) {
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, post_body->c_str());
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, static_cast<long>(post_body->size()));
   }
@@ -164,6 +165,13 @@ class FakeGpu {
   }
   Reply post(const std::string& path, const json& body, long timeout_ms = 5000) const {
     return http(url(path), body.dump(), timeout_ms);
+  }
+  // With one more request header ("Authorization: Bearer ...").
+  Reply get_with(const std::string& header, const std::string& path) const {
+    return http(url(path), std::nullopt, 5000, header);
+  }
+  Reply post_with(const std::string& header, const std::string& path, const json& body) const {
+    return http(url(path), body.dump(), 5000, header);
   }
   std::string metrics() const { return get("/metrics").body; }
   double metric(const std::string& name, const std::string& label = "") const {

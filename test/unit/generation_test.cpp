@@ -113,7 +113,7 @@ TEST(GenerationParams, EmptyInputMeansDefaults) {
 TEST(GenerationParams, EveryKeyRoundTrips) {
   GenerationParams p = npc_scale::parse_params(R"({
     "max_tokens": 128, "temperature": 0.7, "top_p": 0.95, "top_k": 40,
-    "seed": -9223372036854775808, "stop": ["\n", "END"], "choices": ["flee", "fight"],
+    "seed": -9223372036854775808, "stop": ["\n", "END"],
     "system": "You are a guard.", "timeout_ms": 2500, "cache": false, "cache_ttl": 600})");
   EXPECT_EQ(p.max_tokens, 128);
   EXPECT_DOUBLE_EQ(*p.temperature, 0.7);
@@ -121,11 +121,21 @@ TEST(GenerationParams, EveryKeyRoundTrips) {
   EXPECT_EQ(p.top_k, 40);
   EXPECT_EQ(p.seed, std::numeric_limits<int64_t>::min());
   EXPECT_EQ(p.stop, (std::vector<std::string>{"\n", "END"}));
-  EXPECT_EQ(p.choices, (std::vector<std::string>{"flee", "fight"}));
+  EXPECT_EQ(npc_scale::parse_params(R"({"choices": ["flee", "fight"]})").choices,
+            (std::vector<std::string>{"flee", "fight"}));
   EXPECT_EQ(p.system, "You are a guard.");
   EXPECT_EQ(p.timeout_ms, 2500);
   EXPECT_EQ(p.cache, false);
   EXPECT_EQ(p.cache_ttl_s, 600);
+}
+
+// vLLM cuts a constrained answer at a stop string too, into text that is
+// none of the choices: the combination is refused where it is asked for.
+TEST(GenerationParams, StopAndChoicesAreNotCombined) {
+  expect_invalid(R"({"choices": ["attack north", "wait"], "stop": ["north"]})",
+                 {"params.stop and params.choices cannot be combined"});
+  expect_invalid(R"({"stop": "x", "choices": ["a"]})", {"cannot be combined"});
+  EXPECT_NO_THROW(npc_scale::parse_params(R"({"choices": ["a"], "stop": null})"));
 }
 
 TEST(GenerationParams, RangeBoundsAreInclusive) {
