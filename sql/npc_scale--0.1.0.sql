@@ -1102,9 +1102,12 @@ BEGIN
   IF NEW.partition_interval <= interval '0' THEN
     RAISE EXCEPTION 'partition_interval % must be positive', NEW.partition_interval USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  IF coltype = 'date'::regtype AND NEW.partition_interval < interval '1 day' THEN
-    RAISE EXCEPTION 'partition_interval % is shorter than a day for date column "%"', NEW.partition_interval, NEW.control
-      USING ERRCODE = 'invalid_parameter_value';
+  -- A date holds no time of day: bounds between midnights could not be
+  -- written, and rows would never find their partition.
+  IF coltype = 'date'::regtype AND (NEW.partition_interval < interval '1 day' OR
+      EXTRACT(epoch FROM NEW.partition_interval - date_trunc('day', NEW.partition_interval)) % 86400 <> 0) THEN
+    RAISE EXCEPTION 'partition_interval % is not a whole number of days, as date column "%" needs', NEW.partition_interval,
+      NEW.control USING ERRCODE = 'invalid_parameter_value';
   END IF;
   IF NEW.premake < 1 OR NEW.premake > 1000 THEN
     RAISE EXCEPTION 'premake % is out of range', NEW.premake USING ERRCODE = 'invalid_parameter_value',
@@ -1383,7 +1386,13 @@ BEGIN
   -- out over many short transactions (the worker calls again while a call
   -- makes partitions).
   EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', def) INTO has_rows;
+  -- A row the game will not let go (a trigger refusing the retention
+  -- delete or the move, a constraint the new table enforces) must not stop
+  -- the premade partitions below, run after run: every new row would end
+  -- in the default partition. A WARNING, tried again next run. A lock not
+  -- granted in time fails the run as before (premake would wait for it too).
   IF has_rows THEN
+  BEGIN
     EXECUTE format('LOCK TABLE %s IN EXCLUSIVE MODE', def);
     IF kept_from IS NOT NULL AND NOT cfg.retention_keep_table THEN
       PERFORM npc_scale._as_owner_of(cfg.parent,
@@ -1411,6 +1420,13 @@ BEGIN
       floor_at := b.upper_bound;  -- a range left alone (name taken) is not looked at again
     END LOOP;
     n := n + backfilled;
+  EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS failed_state = RETURNED_SQLSTATE, failed_message = MESSAGE_TEXT;
+    IF failed_state = '55P03' THEN
+      RAISE;
+    END IF;
+    RAISE WARNING 'rows of the default partition of % left in place: %: %', cfg.parent, failed_state, failed_message;
+  END;
   END IF;
   -- Premake: the current interval and `premake` ahead (at set-up also
   -- `premake` back, as pg_partman does), each created only if missing.

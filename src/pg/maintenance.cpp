@@ -321,18 +321,31 @@ void run_job(const DueJob& d) {
       pg_call([&] {
         if (SPI_execute(sql.c_str(), false, 0) < 0) elog(ERROR, "REFRESH failed");
       });
-      // Not read-only: that would reuse the snapshot from before the
-      // refresh, and count the view as it was.
-      std::string count = "SELECT count(*) FROM " + d.target;
-      pg_call([&] {
-        if (SPI_execute(count.c_str(), false, 0) < 0) elog(ERROR, "count failed");
-      });
-      rows = spi_int(0, 1);
       bound.end();
     });
   } catch (const std::exception& e) {
     record_run(d.run, false, e.what(), std::nullopt);
     return;
+  }
+  // Counted after the refresh's COMMIT: a plain refresh holds ACCESS
+  // EXCLUSIVE on the view until then, and the game's reads would wait out
+  // the scan too. A count that fails (the view dropped meanwhile) leaves
+  // the run's row count unknown; the refresh itself succeeded.
+  try {
+    in_transaction("npc_scale: count the refreshed view's rows", [&] {
+      const std::string lock_timeout =
+          "SET LOCAL lock_timeout = " + std::to_string(guc_maintenance_lock_timeout_ms);
+      const std::string count = "SELECT count(*) FROM " + d.target;
+      StatementBound bound(guc_refresh_timeout_s);
+      pg_call([&] {
+        if (SPI_execute(lock_timeout.c_str(), false, 0) < 0) elog(ERROR, "SET lock_timeout failed");
+        if (SPI_execute(count.c_str(), true, 0) < 0) elog(ERROR, "count failed");
+      });
+      rows = spi_int(0, 1);
+      bound.end();
+    });
+  } catch (const std::exception&) {
+    rows.reset();
   }
   record_run(d.run, true, "", rows);
 }

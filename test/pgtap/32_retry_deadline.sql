@@ -2,7 +2,7 @@
 -- fails with the last error; permanent errors fail at once; deadlines expire;
 -- a misconfigured endpoint is the endpoint's failure.
 \ir setup/fresh.sql
-SELECT plan(36);
+SELECT plan(40);
 
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
@@ -16,6 +16,24 @@ SELECT matches((SELECT error FROM npc_scale.decision_queue WHERE id = :id1),
   '^gave up after \d+ attempts: HTTP 503', 'its error says why: the last HTTP 503');
 SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), current_setting('npc_scale.max_attempts')::numeric,
   'the GPU saw exactly max_attempts requests');
+
+-- An answer the server aborted (a 200, finish_reason "abort", half the
+-- text) is retried like a transient error, and never kept or cached.
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0, "abort_rate": 1.0}');
+SELECT npc_test.gpu_reset('faulty');
+SELECT 'Abort now? ' || gen_random_uuid() AS abort_prompt \gset
+SELECT npc_scale.request_decision(4021, 'attack', :'abort_prompt', 2, '{"temperature": 0}') AS id_abort \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_abort), '30 s'), 'the aborted decision finishes');
+SELECT results_eq(format('SELECT status, attempts, response FROM npc_scale.decision_queue WHERE id = %s', :id_abort),
+  format('VALUES (''failed''::text, %s, NULL::text)', current_setting('npc_scale.max_attempts')),
+  'it failed after max_attempts attempts, no partial text kept');
+SELECT matches((SELECT error FROM npc_scale.decision_queue WHERE id = :id_abort),
+  'gave up on the answer \(finish_reason "abort"\)$', 'its error says the server gave up on the answer');
+SELECT npc_test.gpu_faults('faulty', '{"abort_rate": 0}');
+SELECT npc_scale.request_decision(4022, 'attack', :'abort_prompt', 2, '{"temperature": 0}') AS id_again \gset
+SELECT is((SELECT status || ' ' || (cache_layer IS NULL) || ' ' || (response <> '')
+             FROM npc_scale.await_decision(:id_again, '10 s')),
+  'done true true', 'the same question afterwards is answered by the GPU: the partial answer was not cached');
 
 -- A permanent error (the request exceeds the model's context: HTTP 400) is not retried.
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
@@ -169,6 +187,6 @@ SELECT count(npc_scale.cancel_decision(id)) AS cancelled FROM unnest(:'ids10'::b
 SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 'closed' $$, '20 s'),
   'and it closes once the GPU answers again');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008 OR npc_id BETWEEN 4011 AND 4013 OR npc_id BETWEEN 4101 AND 4116;
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008 OR npc_id BETWEEN 4011 AND 4013 OR npc_id IN (4021, 4022) OR npc_id BETWEEN 4101 AND 4116;
 
 SELECT * FROM finish();

@@ -5,7 +5,7 @@
 -- pg_partman 4.7 itself.
 \ir setup/fresh.sql
 BEGIN;
-SELECT plan(58);
+SELECT plan(63);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -305,6 +305,30 @@ SELECT set_eq(
        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
       WHERE i.inhparent = 'public.pm_theirxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'::regclass $$,
   'long parent names: the same hourly partitions, names cut the same way, as pg_partman');
+
+-- A date column needs whole days: bounds between midnights cannot be
+-- written in a date, and a row would never find its partition.
+CREATE TABLE public.pm_date (d date NOT NULL) PARTITION BY RANGE (d);
+SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_date', 'd', '36 hours') $$, '22023',
+  'partition_interval 36:00:00 is not a whole number of days, as date column "d" needs',
+  'a date column refuses an interval that is not whole days');
+SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_date', 'd', '2 days', 4) $$,
+  'and takes whole days');
+
+-- A row the game will not let go (here: past retention, with a trigger
+-- refusing its delete) does not stop the premade partitions: the run warns
+-- and still makes the partition that was missing.
+CREATE TABLE public.pm_stuck (ts timestamptz NOT NULL, v int) PARTITION BY RANGE (ts);
+SELECT npc_scale.manage_partitions('public.pm_stuck', 'ts', '1 month', 2, '3 months') AS stuck_made \gset
+CREATE TRIGGER pm_stuck_no_deletes BEFORE DELETE ON public.pm_stuck FOR EACH ROW EXECUTE FUNCTION pg_temp.no_deletes();
+INSERT INTO public.pm_stuck VALUES (now() - interval '2 years', 1);
+SELECT 'public.pm_stuck_p' || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') + interval '2 months', 'YYYY_MM')
+  AS stuck_last \gset
+DROP TABLE :stuck_last;
+SELECT lives_ok($$ SELECT npc_scale.run_maintenance('public.pm_stuck') $$,
+  'maintenance of a parent whose old row refuses its retention delete does not fail');
+SELECT ok(to_regclass(:'stuck_last') IS NOT NULL, 'the missing premade partition is made all the same');
+SELECT is((SELECT count(*)::int FROM public.pm_stuck_default), 1, 'the refused row stays in the default partition');
 
 -- The sql_drop event trigger does not stand in the way of dropping the
 -- extension itself (its tables go in the same command; rolled back below).
