@@ -11,13 +11,39 @@
 #include "shared_state.hpp"
 #include "tiered_cache.hpp"
 
+#include <xxhash.h>
+
 extern "C" {
 #include "access/detoast.h"
 #include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
 #include "utils/timestamp.h"
 }
 
 namespace {
+
+// Advisory locks of this kind (pg_locks.objsubid) are npc_scale's per-key
+// cache write locks; Postgres's own use 1 and 2, so a game's advisory locks
+// never collide with them.
+constexpr uint16 kCacheKeyLockSpace = 0x4E53;
+
+// Writers of one key apply their L1 and L2 writes at COMMIT, after the
+// commit is visible, in whatever order their sessions get there: a second
+// writer could apply first and the older value land last (and live on in
+// L1 until its TTL), e.g. while a stalled Redis holds the first. So a
+// writer holds the key until its transaction ends, which Postgres makes
+// after the commit callbacks have applied its writes: the next one waits,
+// as for a row lock (lock_timeout and deadlock detection apply).
+void lock_key_for_write(const std::string& key) {
+  const uint64_t h = XXH3_64bits(key.data(), key.size());
+  npc_scale::pg_call([&] {
+    LOCKTAG tag;
+    SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, static_cast<uint32>(h >> 32), static_cast<uint32>(h),
+                         kCacheKeyLockSpace);
+    (void)LockAcquire(&tag, ExclusiveLock, false, false);
+  });
+}
 
 std::string checked_key(Datum d) {
   std::string key = npc_scale::text_arg(d);
@@ -36,7 +62,7 @@ std::string checked_key(Datum d) {
 NPC_SQL_FUNCTION(npc_scale_cache_get) {
   using namespace npc_scale;
   const std::string key = user_key(checked_key(PG_GETARG_DATUM(0)));
-  if (std::optional<std::string> own; xact_cache_own(key, &own)) {  // set, not committed yet
+  if (std::optional<std::string> own; xact_cache_own(key, &own)) {  // written here, not committed yet
     if (!own) PG_RETURN_NULL();
     return text_datum(*own);
   }
@@ -69,6 +95,7 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
                 "Use true to keep the value in the cache_store table too, false (the default) not to.");
   }
   const bool persist = PG_GETARG_BOOL(3);
+  lock_key_for_write(key);
   if (persist) {
     cache_put_l3(key, value, ttl_s);
   } else {
@@ -81,9 +108,11 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
 NPC_SQL_FUNCTION(npc_scale_cache_delete) {
   using namespace npc_scale;
   const std::string key = user_key(checked_key(PG_GETARG_DATUM(0)));
+  lock_key_for_write(key);
   std::optional<std::string> own_value;
-  const bool own = xact_cache_own(key, &own_value) && own_value;  // set, not committed yet
-  const bool removed = cache_remove(key) || own;
+  const bool decided = xact_cache_own(key, &own_value);  // by this transaction's own last write
+  const bool removed_now = cache_remove(key);
+  const bool removed = decided ? own_value.has_value() : removed_now;
   xact_cache_note_removal(&key);  // L2 and L1 again at COMMIT
   PG_RETURN_BOOL(removed);
 }

@@ -215,9 +215,19 @@ void xact_cache_note_removal(const std::string* key) {
 }
 
 bool xact_cache_own(const std::string& key, std::optional<std::string>* value) {
-  std::optional<size_t> i = last_write(key);
-  if (!i || g_ops[*i].kind != Op::Kind::set) return false;
-  const Op& op = g_ops[*i];
+  auto it = g_last_write.find(key);
+  // Deleted or cleared here: gone for this transaction, whatever another
+  // session may have put back into L1 or L2 meanwhile.
+  if (g_last_clear && (it == g_last_write.end() || *g_last_clear > it->second)) {
+    value->reset();
+    return true;
+  }
+  if (it == g_last_write.end()) return false;
+  const Op& op = g_ops[it->second];
+  if (op.kind == Op::Kind::remove) {
+    value->reset();
+    return true;
+  }
   if (op.expires_ms > 0 && op.expires_ms <= steady_now_ms()) {
     value->reset();
   } else {

@@ -16,8 +16,9 @@ namespace npc_scale {
 void xact_cache_note_set(const std::string& key, const std::string& value, int64_t ttl_s);
 // A removal done now, to repeat at COMMIT. key nullptr: the whole cache (cache_clear).
 void xact_cache_note_removal(const std::string* key);
-// Whether this transaction's own write decides the key: its last write to
-// it was a set. *value is what it set, or nullopt if that has expired.
+// Whether this transaction's own writes decide the key: a set (*value is
+// what it set, or nullopt if that has expired), a delete or a clear after it
+// (*value nullopt).
 bool xact_cache_own(const std::string& key, std::optional<std::string>* value);
 
 }  // namespace npc_scale

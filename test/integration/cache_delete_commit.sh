@@ -21,6 +21,11 @@ run_in deleter "BEGIN; SELECT npc_scale.cache_delete('$key');"
 # delete would have nothing to do, and this test would prove nothing.
 in_redis=$(redis-cli -p "$NPC_REDIS_PORT" EXISTS "npc_scale:cache:kv:$key")
 [ "$in_redis" = 1 ] || { echo "the reader did not promote the row back into Redis: $in_redis"; exit 1; }
+# The deleting transaction itself reads its own delete, not the row
+# promoted back meanwhile.
+run_in deleter "SELECT coalesce(npc_scale.cache_get('$key'), 'own delete: gone');"
+grep -q '^own delete: gone$' "$(session_out deleter)" \
+  || { echo "the deleting transaction read the key it deleted:"; cat "$(session_out deleter)"; exit 1; }
 run_in deleter "COMMIT;"
 [ "$(q "SELECT coalesce(npc_scale.cache_get('$key'), 'gone')")" = gone ] \
   || { echo "the deleted key came back after the delete committed"; exit 1; }
