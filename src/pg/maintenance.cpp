@@ -204,6 +204,22 @@ void fail_orphaned_runs() {
 // run's started_at is when it really started. Only jobs due by
 // `round_start`: one due again at once (its run took longer than its
 // period) waits for the next round instead of starving the rest.
+// After the wall clock was stepped back (NTP, a restored VM), a job's next
+// run lies further ahead than its schedule puts it from now: an hour back
+// meant an hour without refreshes. Such a job is due at its next time from
+// now again, as cron's are. (Only next_run_at changes: no trigger wakes us.)
+void reschedule_after_clock_step() {
+  static SavedPlan plan(
+      "UPDATE npc_scale.maintenance_jobs j SET next_run_at = npc_scale._cron_next(j.schedule, now()) "
+      "WHERE j.job = ANY (ARRAY(SELECT job FROM npc_scale.maintenance_jobs"
+      "                         WHERE active AND next_run_at > npc_scale._cron_next(schedule, now())"
+      "                         FOR UPDATE SKIP LOCKED))",
+      {});
+  in_transaction("npc_scale: reschedule jobs after a clock step", [&] {
+    if (extension_present()) plan.execute({});
+  });
+}
+
 std::optional<DueJob> start_next_due_job(TimestampTz round_start) {
   static SavedPlan advance(
       "UPDATE npc_scale.maintenance_jobs j SET next_run_at = npc_scale._cron_next(j.schedule, now()) "
@@ -355,6 +371,7 @@ void run_job(const DueJob& d) {
 // with that reason, and the jobs after it still run: no run is left
 // 'running' until the next restart.
 void run_due_jobs(TimestampTz round_start) {
+  reschedule_after_clock_step();
   while (std::optional<DueJob> next = start_next_due_job(round_start)) {
     const DueJob& d = *next;
     try {

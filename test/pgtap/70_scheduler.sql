@@ -4,11 +4,11 @@
 -- while a slow refresh runs (asserted by the order of events), and a cancel
 -- during a refresh failing that run only.
 \ir setup/fresh.sql
-SELECT plan(42);
+SELECT plan(43);
 -- What a run of this file that failed half-way left (a view's job goes with it).
 SET client_min_messages = warning;
 DROP MATERIALIZED VIEW IF EXISTS public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow,
-  public.sched_empty, public.sched_gone;
+  public.sched_empty, public.sched_gone, public.sched_clock;
 DROP FUNCTION IF EXISTS public.sched_wait_for_gate();
 DROP TABLE IF EXISTS public.sched_src;
 RESET client_min_messages;
@@ -225,6 +225,20 @@ SELECT results_eq(format($$ SELECT (SELECT count(*) FROM npc_scale.maintenance_r
   $$ VALUES (0::bigint, 0::bigint) $$, 'with no run failed and no error in the worker''s loop since');
 ALTER SYSTEM RESET npc_scale.refresh_timeout;
 SELECT pg_reload_conf() AS reloaded \gset
+
+-- A wall clock stepped back (NTP, a restored VM) leaves a job's next run
+-- further ahead than its schedule puts it from now (modelled here by moving
+-- it an hour ahead): it is due at its next time from now again, not an
+-- hour later.
+CREATE MATERIALIZED VIEW public.sched_clock AS SELECT 1 AS id;
+SELECT npc_scale.schedule_refresh('public.sched_clock', '1 second', false) AS clock_job \gset
+UPDATE npc_scale.maintenance_jobs SET next_run_at = now() + interval '1 hour' WHERE job = :clock_job;
+SELECT count(*) AS clock_runs0 FROM npc_scale.maintenance_runs WHERE job = :clock_job \gset
+SELECT ok(npc_test.wait_for($$ (SELECT count(*) FROM npc_scale.maintenance_runs WHERE job = $$ || :clock_job || $$) > $$
+                            || :clock_runs0),
+  'a job whose next run lies beyond its schedule from now (the clock went back) runs at its next time from now');
+SELECT npc_scale.unschedule(:clock_job) AS clock_gone \gset
+DROP MATERIALIZED VIEW public.sched_clock;
 
 -- Dropping a scheduled view takes its job (and run history) with it: a job
 -- left behind would fail every run naming a bare OID.
