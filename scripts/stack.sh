@@ -5,6 +5,9 @@
 # npc_stack_stop (installed as an EXIT trap) stops it again, also on failure.
 
 NPC_ROOT=${NPC_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+# runuser, ldconfig (run by dpkg) live in the sbin directories, which a root
+# shell reached by `su` without `-` leaves out of PATH.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
 NPC_PROFILE=${NPC_PROFILE:-test}           # test | demo: separate ports and dirs
 NPC_BUILD=${NPC_BUILD:-$NPC_ROOT/build}
 NPC_STATE=$NPC_BUILD/$NPC_PROFILE
@@ -52,7 +55,9 @@ npc_install_deps() {
   # Installing postgresql-15 creates and may start a default cluster on 5432;
   # we never use it (own port, own data directory), and leave it alone.
   # A fresh VM's first boot often runs unattended-upgrades: wait for its lock.
-  local wait_lock=(-o DPkg::Lock::Timeout=600)
+  # A changed configuration file of an upgraded package keeps its local
+  # version instead of a prompt that would wait forever without a terminal.
+  local wait_lock=(-o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
   if ! apt-get "${wait_lock[@]}" install -y --no-install-recommends "${missing[@]}" >"$NPC_BUILD/apt.log" 2>&1; then
     apt-get "${wait_lock[@]}" update >>"$NPC_BUILD/apt.log" 2>&1
     apt-get "${wait_lock[@]}" install -y --no-install-recommends "${missing[@]}" >>"$NPC_BUILD/apt.log" 2>&1 \
@@ -119,7 +124,10 @@ npc_pg_start() {
   chmod o+x "$NPC_BUILD"
   chmod -R o+rX "$NPC_ROOT/sql" "$NPC_ROOT/expected"
   "$NPC_ROOT/scripts/stop_stale.sh" "$NPC_STATE" 2>/dev/null || true
-  rm -rf "$NPC_PGDATA" "$NPC_PGSOCK" "$NPC_STATE/log"
+  # A fresh stack (the cluster first, then Redis): also no Redis snapshot
+  # a killed run left behind (redis_lost_write.sh saves one), which the
+  # stack's Redis would load.
+  rm -rf "$NPC_PGDATA" "$NPC_PGSOCK" "$NPC_STATE/log" "$NPC_STATE/redis/dump.rdb"
   mkdir -p "$NPC_PGDATA" "$NPC_PGSOCK" "$NPC_STATE/log"
   chown -R postgres:postgres "$NPC_STATE"
   npc_log "initdb $NPC_PGDATA (as postgres), port $NPC_PGPORT"
@@ -183,8 +191,15 @@ npc_redis_start() {
     || { tail -5 "$NPC_STATE/log/redis.log"; npc_die "redis-server exited (see $NPC_STATE/log/redis.log)"; }
 }
 
+# Only the Redis this stack started (another clone's on the same port is
+# not ours to stop), and never waiting on one a test left paused (SIGSTOP).
 npc_redis_stop() {
-  redis-cli -p "$NPC_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  grep -qx redis "$NPC_STATE/started" 2>/dev/null || return 0
+  local pid
+  pid=$(cat "$NPC_STATE/redis/redis.pid" 2>/dev/null) || pid=
+  [ -n "$pid" ] && kill -CONT "$pid" 2>/dev/null
+  timeout 5 redis-cli -p "$NPC_REDIS_PORT" shutdown nosave >/dev/null 2>&1 \
+    || { [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; } || true
 }
 
 # npc_gpu_start NAME PORT ARGS... — one simulated vLLM server on loopback.
