@@ -434,7 +434,10 @@ long Dispatcher::wait_timeout_ms() const {
   if (!deferred_results_.empty()) {
     t = std::min<int64_t>(t, std::max<int64_t>(0, std::max(deferred_due_ms_, write_retry_at_ms_) - now_ms()));
   }
-  if (!to_fail_.empty()) t = std::min<int64_t>(t, std::max<int64_t>(0, to_fail_due_ms_ - now_ms()));
+  if (!to_fail_.empty()) {
+    // Tried by flush_results(), which waits out a write back-off first.
+    t = std::min<int64_t>(t, std::max<int64_t>(0, std::max(to_fail_due_ms_, write_retry_at_ms_) - now_ms()));
+  }
   if (capacity_blocked_ && !reserve_opened_ && guc_urgent_reserve > 0 && blocked_since_ms_) {
     t = std::min<int64_t>(t, std::max<int64_t>(0, *blocked_since_ms_ + guc_reserve_wait_ms - now_ms()));
   }

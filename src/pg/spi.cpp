@@ -27,7 +27,7 @@ void begin(const char* activity) {
   } catch (...) {
     // Failed after the transaction started (the snapshot, memory): not left
     // open for the caller's next in_transaction() to trip over.
-    abort();
+    spi_detail::abort();
     throw;
   }
 }
