@@ -233,6 +233,7 @@ npc_gpus_stop() {
 }
 
 npc_stack_stop() {
+  trap '' INT TERM HUP  # a second Ctrl-C must not leave the cluster running
   npc_gpus_stop
   npc_redis_stop
   npc_pg_stop
