@@ -86,9 +86,7 @@ void log_warning(const std::string& what) {
 
 // For the loop's catch blocks: nothing may leave them (see worker_recover_and_warn).
 void warn_and_recover(const std::exception& e) noexcept {
-  char message[2048];
-  snprintf(message, sizeof message, "npc_scale dispatcher: %s", e.what());
-  worker_recover_and_warn(message);
+  worker_recover_and_warn("npc_scale dispatcher: %s", e.what());
 }
 
 // A probe is two requests: /health, then /v1/models (probe_model) to see

@@ -208,6 +208,7 @@ void fail_orphaned_runs() {
 // run lies further ahead than its schedule puts it from now: an hour back
 // meant an hour without refreshes. Such a job is due at its next time from
 // now again, as cron's are. (Only next_run_at changes: no trigger wakes us.)
+// Runs inside start_next_due_job()'s transaction: no extra one per tick.
 void reschedule_after_clock_step() {
   static SavedPlan plan(
       "UPDATE npc_scale.maintenance_jobs j SET next_run_at = npc_scale._cron_next(j.schedule, now()) "
@@ -215,9 +216,7 @@ void reschedule_after_clock_step() {
       "                         WHERE active AND next_run_at > npc_scale._cron_next(schedule, now())"
       "                         FOR UPDATE SKIP LOCKED))",
       {});
-  in_transaction("npc_scale: reschedule jobs after a clock step", [&] {
-    if (extension_present()) plan.execute({});
-  });
+  plan.execute({});
 }
 
 std::optional<DueJob> start_next_due_job(TimestampTz round_start) {
@@ -235,6 +234,7 @@ std::optional<DueJob> start_next_due_job(TimestampTz round_start) {
   std::optional<DueJob> due;
   in_transaction("npc_scale: start a due maintenance job", [&] {
     if (!extension_present()) return;
+    reschedule_after_clock_step();
     if (advance.execute({TimestampTzGetDatum(round_start)}) != 1) return;
     DueJob d;
     d.job = spi_int(0, 1).value_or(0);
@@ -371,7 +371,6 @@ void run_job(const DueJob& d) {
 // with that reason, and the jobs after it still run: no run is left
 // 'running' until the next restart.
 void run_due_jobs(TimestampTz round_start) {
-  reschedule_after_clock_step();
   while (std::optional<DueJob> next = start_next_due_job(round_start)) {
     const DueJob& d = *next;
     try {
@@ -442,9 +441,7 @@ bool maintain_partitions() {
       if (!done) all_ok = false;
     } catch (const std::exception& e) {
       all_ok = false;
-      char message[2048];
-      snprintf(message, sizeof message, "npc_scale maintenance: partitions of relation %u: %s", oid, e.what());
-      worker_recover_and_warn(message);
+      worker_recover_and_warn("npc_scale maintenance: partitions of relation %u: %s", oid, e.what());
     }
   }
   return all_ok;
@@ -457,9 +454,7 @@ void tick_step(const char* what, Fn&& fn) {
   try {
     fn();
   } catch (const std::exception& e) {
-    char message[2048];
-    snprintf(message, sizeof message, "npc_scale maintenance: %s: %s", what, e.what());
-    worker_recover_and_warn(message);
+    worker_recover_and_warn("npc_scale maintenance: %s: %s", what, e.what());
   }
 }
 
@@ -531,9 +526,7 @@ void run_maintenance_worker() {
         wait_ms = std::min<long>(wait_ms, passed_over ? kTickMs : static_cast<long>(std::max<int64_t>(*next, 0)));
       }
     } catch (const std::exception& e) {
-      char message[2048];
-      snprintf(message, sizeof message, "npc_scale maintenance: %s", e.what());
-      worker_recover_and_warn(message);
+      worker_recover_and_warn("npc_scale maintenance: %s", e.what());
       wait_ms = kTickMs;
     }
   }

@@ -1,5 +1,6 @@
 #include "worker.hpp"
 
+#include <cstdarg>
 #include <cstring>
 #include <utility>
 
@@ -194,7 +195,12 @@ void worker_recover_after_error() noexcept {
   }
 }
 
-void worker_recover_and_warn(const char* message) noexcept {
+void worker_recover_and_warn(const char* format, ...) noexcept {
+  char message[2048];
+  va_list args;
+  va_start(args, format);
+  vsnprintf(message, sizeof message, format, args);
+  va_end(args);
   worker_recover_after_error();
   try {
     pg_call([&] { ereport(WARNING, (errmsg("%s", message))); });

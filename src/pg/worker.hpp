@@ -39,7 +39,8 @@ void worker_recover_after_error() noexcept;
 // it was. Recovers first, then logs; the WARNING's own interrupt check may
 // raise a cancel that came meanwhile, which is recovered from here too: out
 // of the loop it would end the worker and drop its requests in flight.
-void worker_recover_and_warn(const char* message) noexcept;
+// printf-style; the message is cut at 2 kB.
+void worker_recover_and_warn(const char* format, ...) noexcept pg_attribute_printf(1, 2);
 
 // From any backend: set the latch of a running worker (no-op if not running).
 void wake_worker(WorkerKind kind);
