@@ -10,13 +10,17 @@ namespace {
 
 // Rough figures for a ~7-8B model in fp16/int8 under vLLM. The 3090 Ti
 // (Ampere, 1 TB/s) decodes ~2.5x faster than the P40 (Pascal, 350 GB/s, no
-// tensor cores) and fits a larger batch in its KV cache.
+// tensor cores), prefills ~5x faster (tensor cores) and fits a larger batch
+// in its KV cache. KV cache: 24 GB each, less the weights and activations,
+// at ~128 KiB per token (an 8B model with grouped-query attention, fp16):
+// room for 14 full-length requests on the 3090 Ti and 12 on the P40, and
+// for far more of the short prompts NPCs send.
 const GpuProfile kProfiles[] = {
-    {"rtx3090ti", 15.0, 1.5, 64, 0.5, 8192, 0.5},
-    {"p40", 30.0, 4.0, 32, 0.8, 4096, 0.5},
+    {"rtx3090ti", 15.0, 1.5, 64, 0.5, 8192, 0.5, 0.02, 114688},
+    {"p40", 30.0, 4.0, 32, 0.8, 4096, 0.5, 0.1, 49152},
     // No simulated time at all: the server answers inside the request
     // callback, which makes it a throughput stress target for clients.
-    {"instant", 0.0, 0.0, 1000000, 0.0, 32768, 0.5},
+    {"instant", 0.0, 0.0, 1000000, 0.0, 32768, 0.5, 0.0, 0},
 };
 
 }  // namespace
@@ -34,8 +38,9 @@ std::vector<std::string> profile_names() {
   return names;
 }
 
-double prefill_ms(const GpuProfile& p, bool prefix_hit) {
-  return prefix_hit ? p.base_ms * p.prefix_hit_factor : p.base_ms;
+double prefill_ms(const GpuProfile& p, bool prefix_hit, int64_t tokens) {
+  const double ms = p.base_ms + p.prefill_per_token_ms * static_cast<double>(std::max<int64_t>(0, tokens));
+  return prefix_hit ? ms * p.prefix_hit_factor : ms;
 }
 
 double step_ms(const GpuProfile& p, int running) {
@@ -46,18 +51,55 @@ double step_ms(const GpuProfile& p, int running) {
 namespace {
 // Finishing times are sums of doubles: "done" allows for their rounding.
 constexpr double kDoneEpsilonMs = 1e-6;
+
+double generated(const Job& job, double tokens_left) {
+  return std::max(0.0, static_cast<double>(job.completion_tokens) - tokens_left);
+}
+
+// KV-cache tokens a job holds (or needs, to be admitted) with `tokens_left`.
+double kv_tokens(const Job& job, double tokens_left) {
+  return std::max(0, job.prompt_tokens) + std::max(1, job.sequences) * generated(job, tokens_left);
+}
 }  // namespace
 
 double Scheduler::left_ms(const Running& r, double step) const {
   return r.prefill_left_ms + r.tokens_left * step;
 }
 
-std::optional<double> Scheduler::next_finish() const {
+double Scheduler::kv_of(const Running& r) const { return kv_tokens(r.job, r.tokens_left); }
+
+double Scheduler::kv_used() const {
+  double used = 0;
+  for (const Running& r : running_) used += kv_of(r);
+  return used;
+}
+
+double Scheduler::kv_usage() const {
+  if (!kv_limited()) return 0;
+  return std::min(1.0, kv_used() / static_cast<double>(profile_.kv_cache_tokens));
+}
+
+std::optional<Scheduler::NextEvent> Scheduler::next_event() const {
   if (running_.empty()) return std::nullopt;
   const double step = step_ms(profile_, static_cast<int>(running_.size()));
-  double soonest = left_ms(running_.front(), step);
-  for (const Running& r : running_) soonest = std::min(soonest, left_ms(r, step));
-  return clock_ms_ + soonest;
+  NextEvent ev{left_ms(running_.front(), step), false};
+  for (const Running& r : running_) ev.in_ms = std::min(ev.in_ms, left_ms(r, step));
+  // One job alone is never preempted (a request longer than the cache runs
+  // by itself), so the cache only matters with two or more.
+  if (!kv_limited() || running_.size() < 2) return ev;
+  double growth = 0;  // KV tokens per ms, while no job's phase changes
+  for (const Running& r : running_) {
+    if (r.prefill_left_ms > 0) {
+      ev.in_ms = std::min(ev.in_ms, r.prefill_left_ms);  // it starts growing then
+    } else if (r.tokens_left > 0 && step > 0) {
+      growth += std::max(1, r.job.sequences) / step;
+    }
+  }
+  if (growth > 0) {
+    const double full_in = std::max(0.0, (profile_.kv_cache_tokens - kv_used()) / growth);
+    if (full_in <= ev.in_ms) ev = NextEvent{full_in, true};
+  }
+  return ev;
 }
 
 void Scheduler::progress_to(double t) {
@@ -80,65 +122,111 @@ void Scheduler::run_until(double now_ms, std::vector<uint64_t>* finished) {
     clock_ms_ = now_ms;
     clock_started_ = true;
   }
-  while (!running_.empty()) {
+  while (auto ev = next_event()) {
+    if (clock_ms_ + ev->in_ms > now_ms + kDoneEpsilonMs) break;
     const double step = step_ms(profile_, static_cast<int>(running_.size()));
-    double soonest = left_ms(running_.front(), step);
-    for (const Running& r : running_) soonest = std::min(soonest, left_ms(r, step));
-    if (clock_ms_ + soonest > now_ms + kDoneEpsilonMs) break;
-    // The jobs with the least left finish at this instant, whatever
-    // rounding leaves of their work once the clock has moved there (at a
-    // large clock the step between doubles exceeds any fixed epsilon, and
-    // "done" judged afterwards could loop for ever): chosen before.
-    auto done = [&](const Running& r) { return left_ms(r, step) <= soonest + kDoneEpsilonMs; };
-    std::vector<bool> finishing;
-    for (const Running& r : running_) finishing.push_back(done(r));
+    // What this event is, decided before the clock moves there, whatever
+    // rounding leaves of the work afterwards (at a large clock the step
+    // between doubles exceeds any fixed epsilon, and "done" judged
+    // afterwards could loop for ever): the jobs with the least left finish,
+    // the prefills due end, a full cache preempts.
+    const double soonest = ev->in_ms;
+    std::vector<bool> finishing, prefilled;
+    for (const Running& r : running_) {
+      finishing.push_back(left_ms(r, step) <= soonest + kDoneEpsilonMs);
+      prefilled.push_back(r.prefill_left_ms <= soonest + kDoneEpsilonMs);
+    }
     progress_to(clock_ms_ + soonest);
     size_t kept = 0;
     for (size_t i = 0; i < running_.size(); i++) {
       if (finishing[i]) {
         finished->push_back(running_[i].job.id);
       } else {
+        if (prefilled[i]) running_[i].prefill_left_ms = 0;
         running_[kept++] = std::move(running_[i]);
       }
     }
+    const bool any_finished = kept < running_.size();
     running_.resize(kept);
+    if (ev->kv_full) {
+      // The next decode step finds no free block: the newest goes back to
+      // waiting, as many as it takes (at least one, unless a finish made room).
+      const double full = static_cast<double>(profile_.kv_cache_tokens) * (1 - 1e-9);
+      bool must = !any_finished;
+      while (running_.size() > 1 && (must || kv_used() >= full)) {
+        preempt_newest();
+        must = false;
+      }
+    }
     fill_slots();
   }
   progress_to(now_ms);
 }
 
-void Scheduler::admit(const Job& job) {
-  running_.push_back(Running{job, prefill_ms(profile_, job.prefix_hit) + job.extra_ms,
-                             static_cast<double>(std::max(0, job.completion_tokens))});
+void Scheduler::admit(const Job& job, uint64_t arrival, double tokens_left) {
+  // A preempted job prefills its prompt and its tokens so far again.
+  const double prefill_tokens = kv_tokens(job, tokens_left);
+  running_.push_back(Running{job, arrival,
+                             prefill_ms(profile_, job.prefix_hit, static_cast<int64_t>(prefill_tokens)) + job.extra_ms,
+                             tokens_left});
   peak_running_ = std::max(peak_running_, running_.size());
+}
+
+void Scheduler::enqueue(const Job& job, uint64_t arrival, double tokens_left) {
+  auto key = std::make_pair(job.priority, arrival);
+  waiting_.emplace(key, Waiting{job, tokens_left});
+  waiting_keys_.emplace(job.id, key);
 }
 
 void Scheduler::fill_slots() {
   while (!waiting_.empty() &&
          running_.size() < static_cast<size_t>(std::max(1, profile_.max_batch))) {
     auto it = waiting_.begin();
-    Job job = it->second;
+    const Waiting& w = it->second;
+    // Room for what it holds and its next token; an empty GPU takes any job.
+    if (kv_limited() && !running_.empty() &&
+        kv_used() + kv_tokens(w.job, w.tokens_left) + std::max(1, w.job.sequences) >
+            static_cast<double>(profile_.kv_cache_tokens)) {
+      break;
+    }
+    const Job job = w.job;
+    const double tokens_left = w.tokens_left;
+    const uint64_t arrival = it->first.second;
     waiting_keys_.erase(job.id);
     waiting_.erase(it);
-    admit(job);
+    admit(job, arrival, tokens_left);
   }
 }
 
+void Scheduler::preempt_newest() {
+  // vLLM evicts the last request it scheduled (fcfs), or the lowest-priority
+  // latest one (priority): with one priority the same.
+  auto victim = std::max_element(running_.begin(), running_.end(), [](const Running& a, const Running& b) {
+    return std::make_pair(a.job.priority, a.arrival) < std::make_pair(b.job.priority, b.arrival);
+  });
+  Job job = victim->job;
+  job.extra_ms = 0;  // the slow fault delayed it once
+  const uint64_t arrival = victim->arrival;
+  const double tokens_left = victim->tokens_left;
+  running_.erase(victim);
+  ++preemptions_;
+  enqueue(job, arrival, tokens_left);
+}
+
 Progress Scheduler::report(std::vector<uint64_t> finished) const {
-  return Progress{std::move(finished), next_finish()};
+  auto ev = next_event();
+  return Progress{std::move(finished), ev ? std::optional<double>(clock_ms_ + ev->in_ms) : std::nullopt};
 }
 
 Progress Scheduler::submit(const Job& job, double now_ms) {
   std::vector<uint64_t> finished;
   run_until(now_ms, &finished);
-  if (running_.size() < static_cast<size_t>(std::max(1, profile_.max_batch))) {
-    admit(job);
-    run_until(now_ms, &finished);  // no work at all: done now
-  } else {
-    auto key = std::make_pair(job.priority, arrivals_++);
-    waiting_.emplace(key, job);
-    waiting_keys_.emplace(job.id, key);
-  }
+  // Into the waiting queue, admitted at once if it is its turn and there is
+  // room (vLLM's scheduler stops at the first waiting request that does not
+  // fit, so a newcomer never overtakes it).
+  enqueue(job, arrivals_++, static_cast<double>(std::max(0, job.completion_tokens)));
+  fill_slots();
+  run_until(now_ms, &finished);  // no work at all: done now
   return report(std::move(finished));
 }
 
@@ -158,12 +246,11 @@ Progress Scheduler::cancel(uint64_t id, double now_ms) {
   } else {
     auto it = std::find_if(running_.begin(), running_.end(),
                            [&](const Running& r) { return r.job.id == id; });
-    if (it != running_.end()) {
-      running_.erase(it);
-      fill_slots();
-      run_until(now_ms, &finished);
-    }
+    if (it != running_.end()) running_.erase(it);
   }
+  // A freed slot or KV, or a head of the queue that held the rest back.
+  fill_slots();
+  run_until(now_ms, &finished);
   return report(std::move(finished));
 }
 

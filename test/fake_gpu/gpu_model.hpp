@@ -26,17 +26,27 @@ struct GpuProfile {
   // linearly with the running count (bigger batches decode slower per step).
   double batch_slowdown = 0;
   int max_model_len = 8192;
-  // Base-cost multiplier on a prefix-cache hit (the prefill is mostly reused).
+  // Prefill multiplier on a prefix-cache hit (the prefill is mostly reused).
   double prefix_hit_factor = 0.5;
+  // Prefill time per prompt token, on top of base_ms: a long prompt takes
+  // longer before its first token.
+  double prefill_per_token_ms = 0;
+  // KV-cache size in tokens (0 = unlimited). A running request holds its
+  // prompt's tokens plus those generated so far, per sequence; as vLLM's
+  // scheduler, a waiting request is admitted only while there is room, and
+  // when a decode step finds the cache full the newest running request is
+  // preempted (its KV freed, recomputed once it is admitted again).
+  int64_t kv_cache_tokens = 0;
 };
 
 // "rtx3090ti", "p40" or "instant"; nullopt for anything else.
 std::optional<GpuProfile> profile_by_name(std::string_view name);
 std::vector<std::string> profile_names();
 
-// A request's fixed cost (prefill, scheduling): base_ms, scaled by
-// prefix_hit_factor on a prefix-cache hit. Not slowed by the batch.
-double prefill_ms(const GpuProfile& p, bool prefix_hit);
+// A request's time before its first token (scheduling, prefill of
+// `tokens` prompt tokens): base_ms + prefill_per_token_ms * tokens, scaled
+// by prefix_hit_factor on a prefix-cache hit. Not slowed by the batch.
+double prefill_ms(const GpuProfile& p, bool prefix_hit, int64_t tokens = 0);
 // Time of one decode step, i.e. per generated token of each running
 // request, while `running` requests share the GPU:
 //   per_token_ms * (1 + batch_slowdown * (running - 1) / max_batch)
@@ -47,12 +57,16 @@ struct Job {
   int priority = 0;  // lower runs first, like vLLM's priority scheduling
   int completion_tokens = 1;
   bool prefix_hit = false;
-  double extra_ms = 0;  // the slow fault: added to the fixed cost
+  double extra_ms = 0;    // the slow fault: added to the fixed cost
+  int prompt_tokens = 0;  // all of the request's prompts: its prefill and KV
+  int sequences = 1;      // prompts x n: each grows its own KV while decoding
 };
 
 // What a call to the scheduler changed: the jobs that finished by then, in
-// the order they finished, and when the next running job will finish if
-// nothing else changes (none: nothing runs).
+// the order they finished, and when the GPU's state changes next if no
+// request arrives or leaves: a finish, or with a KV-cache limit also a
+// prefill ending or the cache filling up (none: nothing runs). A caller
+// calls advance() then.
 struct Progress {
   std::vector<uint64_t> finished;
   std::optional<double> next_finish_ms;
@@ -80,6 +94,12 @@ class Scheduler {
   size_t running() const { return running_.size(); }
   size_t waiting() const { return waiting_.size(); }
   size_t peak_running() const { return peak_running_; }
+  // KV-cache tokens the running requests hold, and that as a fraction of
+  // the cache (0 when it is unlimited).
+  double kv_used() const;
+  double kv_usage() const;
+  uint64_t preemptions() const { return preemptions_; }
+  void reset_preemptions() { preemptions_ = 0; }
   // Peak restarts from what is running now: in-flight work is still real.
   void reset_peak() { peak_running_ = running_.size(); }
   const GpuProfile& profile() const { return profile_; }
@@ -87,30 +107,53 @@ class Scheduler {
  private:
   struct Running {
     Job job;
+    uint64_t arrival;        // first submission: keeps its place if preempted
     double prefill_left_ms;  // fixed cost still to go, spent first
     double tokens_left;      // then decode steps
   };
+  // The next change with the batch as it is: what happens first, and in how
+  // many ms from clock_ (a finish, a prefill ending, the KV cache full).
+  struct NextEvent {
+    double in_ms;
+    bool kv_full;  // the cache fills up first (or at the same time)
+  };
   double left_ms(const Running& r, double step) const;
-  std::optional<double> next_finish() const;
+  double kv_of(const Running& r) const;
+  bool kv_limited() const { return profile_.kv_cache_tokens > 0; }
+  std::optional<NextEvent> next_event() const;
   // Runs the clock to now_ms event by event: each finish changes the batch
-  // (and so the step time) and may admit waiting jobs.
+  // (and so the step time) and may admit waiting jobs; a full KV cache
+  // preempts the newest running job.
   void run_until(double now_ms, std::vector<uint64_t>* finished);
   // Progresses every running job by the time from clock_ to t, at the
   // current step time (the batch does not change in between).
   void progress_to(double t);
-  void admit(const Job& job);
+  // A preempted job comes back with its tokens so far (tokens_left), which
+  // are prefilled again along with its prompt.
+  void admit(const Job& job, uint64_t arrival, double tokens_left);
+  void enqueue(const Job& job, uint64_t arrival, double tokens_left);
+  // Admits waiting jobs in order while a slot and (with a limit) the KV
+  // cache have room; the first that does not fit holds the rest back.
   void fill_slots();
+  // Frees the newest (then lowest-priority) running job's KV and puts it
+  // back in the waiting queue.
+  void preempt_newest();
   Progress report(std::vector<uint64_t> finished) const;
 
   GpuProfile profile_;
   double clock_ms_ = 0;
   bool clock_started_ = false;
   std::vector<Running> running_;  // admission order: ties finish in it
+  struct Waiting {
+    Job job;
+    double tokens_left;  // fewer than job.completion_tokens once preempted
+  };
   // (priority, arrival) keeps FIFO order within one priority.
-  std::map<std::pair<int, uint64_t>, Job> waiting_;
+  std::map<std::pair<int, uint64_t>, Waiting> waiting_;
   std::unordered_map<uint64_t, std::pair<int, uint64_t>> waiting_keys_;
   uint64_t arrivals_ = 0;
   size_t peak_running_ = 0;
+  uint64_t preemptions_ = 0;
 };
 
 // Bounded LRU of hashes of prompt prefixes: a cheap model of vLLM's automatic

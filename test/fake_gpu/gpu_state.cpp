@@ -157,6 +157,7 @@ void GpuState::reset() {
   fresh.peak_inflight = stats_.inflight;
   stats_ = fresh;
   scheduler_.reset_peak();
+  scheduler_.reset_preemptions();
   prefix_cache_.reset_counters();
 }
 
@@ -166,6 +167,8 @@ MetricsSnapshot GpuState::snapshot() {
   s.running = scheduler_.running();
   s.waiting = scheduler_.waiting();
   s.peak_running = scheduler_.peak_running();
+  s.kv_cache_usage = scheduler_.kv_usage();
+  s.preemptions = scheduler_.preemptions();
   s.stalled = stalled_;
   s.prefix_hits = prefix_cache_.hits();
   s.prefix_queries = prefix_cache_.queries();

@@ -82,6 +82,10 @@ std::string render_metrics(const MetricsSnapshot& s) {
   w.sample("vllm:num_requests_running", s.running);
   w.family("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.");
   w.sample("vllm:num_requests_waiting", s.waiting);
+  w.family("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.");
+  w.sample("vllm:kv_cache_usage_perc", number(s.kv_cache_usage));
+  w.family("vllm:num_preemptions_total", "counter", "Cumulative number of preemption from the engine.");
+  w.sample("vllm:num_preemptions_total", s.preemptions);
   w.family("vllm:request_success_total", "counter", "Count of successfully processed requests.");
   w.sample("vllm:request_success_total", s.success_stop, "finished_reason=\"stop\"");
   w.sample("vllm:request_success_total", s.success_length, "finished_reason=\"length\"");

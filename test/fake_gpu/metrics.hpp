@@ -19,7 +19,9 @@ const char* fault_kind_name(FaultKind k);
 struct MetricsSnapshot {
   std::string model;
   uint64_t running = 0;   // in the GPU batch
-  uint64_t waiting = 0;   // queued behind a full batch
+  uint64_t waiting = 0;   // queued behind a full batch or KV cache
+  double kv_cache_usage = 0;  // fraction of the KV cache held (0 = unlimited)
+  uint64_t preemptions = 0;   // running requests evicted by a full KV cache
   uint64_t inflight = 0;  // accepted, not answered yet (incl. hangs)
   bool stalled = false;   // POST /admin/stall
   uint64_t requests_total = 0;

@@ -120,6 +120,10 @@ std::optional<std::string> parse_options(int argc, const char* const* argv, Opti
   integer("--max-model-len", 1, 100000000, [&](int64_t n) {
     overrides.push_back([n](GpuProfile& p) { p.max_model_len = static_cast<int>(n); });
   });
+  num("--prefill-per-token-ms", 0,
+      [&](double d) { overrides.push_back([d](GpuProfile& p) { p.prefill_per_token_ms = d; }); });
+  integer("--kv-cache-tokens", 0, 1000000000,
+          [&](int64_t n) { overrides.push_back([n](GpuProfile& p) { p.kv_cache_tokens = n; }); });
   // Fault flags become one JSON patch so the CLI and POST /admin/faults
   // share validation.
   for (const char* key : {"error_rate", "hang_rate", "slow_rate", "malformed_rate", "drop_rate", "abort_rate"}) {
@@ -178,6 +182,12 @@ std::optional<std::string> parse_options(int argc, const char* const* argv, Opti
 
   o.profile = *profile_by_name(profile_name);
   for (auto& apply : overrides) apply(o.profile);
+  // As vLLM, which refuses to start when one full-length request would not
+  // fit in its KV cache.
+  if (o.profile.kv_cache_tokens > 0 && o.profile.kv_cache_tokens < o.profile.max_model_len) {
+    return "--kv-cache-tokens " + std::to_string(o.profile.kv_cache_tokens) + " is below --max-model-len " +
+           std::to_string(o.profile.max_model_len) + ": a full-length request would never fit (0 = unlimited)";
+  }
   if (auto err = merge_faults(o.faults, fault_patch)) return *err;
   *out = o;
   return std::nullopt;

@@ -553,6 +553,8 @@ void Worker::handle_inference(evhttp_request* req, bool chat) {
   p->job.priority = p->request.priority;
   p->job.completion_tokens = std::max(1, p->result.max_choice_tokens);
   p->job.prefix_hit = gpu_.prefix_lookup(p->request.prompts);
+  for (int t : p->request.prompt_tokens) p->job.prompt_tokens += t;
+  p->job.sequences = static_cast<int>(p->request.prompts.size()) * p->request.n;
   p->job.extra_ms = in.faults.slow ? static_cast<double>(in.slow_ms) : 0.0;
 
   if (in.faults.hang) {

@@ -347,6 +347,37 @@ TEST(FakeGpuApi, RunningAndWaitingVisibleWhileInFlight) {
   EXPECT_EQ(metric(m, "fake_gpu_stalled"), 0);
 }
 
+// A KV cache of 256 tokens: two 100-word prompts fit, a third waits with a
+// batch slot free; decoding then fills the cache and preempts the newest.
+// The simulated clock decides both, so the outcome does not depend on timing.
+TEST(FakeGpuApi, AKvCacheLimitQueuesThenPreempts) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--per-token-ms", "0.2", "--max-batch", "8",
+                 "--max-model-len", "256", "--kv-cache-tokens", "256");
+  ASSERT_EQ(gpu.post("/admin/stall", {{"stalled", true}}).status, 200);
+  std::string words;
+  for (int i = 0; i < 100; ++i) words += "w" + std::to_string(i) + " ";
+  Concurrent load;
+  for (int i = 0; i < 3; ++i) {
+    load.post(gpu, completion(std::to_string(i) + words.substr(1), 100));
+    ASSERT_TRUE(wait_until([&] { return gpu.metric("fake_gpu_inflight") == i + 1; }));
+  }
+  EXPECT_TRUE(wait_until([&] {
+    std::string m = gpu.metrics();
+    return metric(m, "vllm:num_requests_running") == 2 && metric(m, "vllm:num_requests_waiting") == 1;
+  })) << gpu.metrics();
+  EXPECT_DOUBLE_EQ(gpu.metric("vllm:kv_cache_usage_perc"), 200.0 / 256);
+  ASSERT_EQ(gpu.post("/admin/stall", {{"stalled", false}}).status, 200);
+  load.join();
+  for (size_t i = 0; i < load.size(); ++i) {
+    ASSERT_EQ(load.reply(i).status, 200);
+    EXPECT_EQ(load.reply(i).parsed()["usage"]["completion_tokens"], 100) << "a preempted one too";
+  }
+  std::string m = gpu.metrics();
+  EXPECT_GE(metric(m, "vllm:num_preemptions_total"), 1);
+  EXPECT_EQ(metric(m, "vllm:kv_cache_usage_perc"), 0);
+  EXPECT_EQ(metric(m, "fake_gpu_peak_running"), 2) << "the cache, not the batch, was the bound";
+}
+
 TEST(FakeGpuApi, WaitingQueueServesLowerPriorityValueFirst) {
   // Stalled, the blocker holds the one slot while both others queue behind it.
   START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "40", "--per-token-ms", "0",

@@ -562,6 +562,134 @@ TEST(FakeGpuModel, AHugeClockStillFinishesEveryJob) {
   }
 }
 
+// A longer prompt takes longer to prefill; a prefix-cache hit scales the
+// whole prefill.
+TEST(FakeGpuModel, PrefillGrowsWithThePrompt) {
+  GpuProfile g = tiny_gpu(4);
+  g.prefill_per_token_ms = 0.5;
+  EXPECT_DOUBLE_EQ(prefill_ms(g, false, 100), 10 + 50);
+  EXPECT_DOUBLE_EQ(prefill_ms(g, true, 100), (10 + 50) * 0.5);
+  Scheduler s(g);
+  Job long_prompt = job(1, 0, 20);
+  long_prompt.prompt_tokens = 100;
+  EXPECT_DOUBLE_EQ(*s.submit(long_prompt, 0).next_finish_ms, 10 + 50 + 20);
+  for (const char* name : {"rtx3090ti", "p40"}) {
+    GpuProfile p = *profile_by_name(name);
+    EXPECT_GT(prefill_ms(p, false, 1000), prefill_ms(p, false, 10)) << name;
+    EXPECT_GE(p.kv_cache_tokens, p.max_model_len) << name;
+  }
+  EXPECT_EQ(profile_by_name("instant")->kv_cache_tokens, 0) << "unlimited";
+}
+
+GpuProfile kv_gpu(int64_t kv_tokens) {
+  GpuProfile g = tiny_gpu(4);
+  g.base_ms = 0;
+  g.batch_slowdown = 0;  // 1 ms per step whatever the batch
+  g.kv_cache_tokens = kv_tokens;
+  return g;
+}
+
+Job prompted(uint64_t id, int prompt_tokens, int tokens, int priority = 0) {
+  Job j = job(id, priority, tokens);
+  j.prompt_tokens = prompt_tokens;
+  return j;
+}
+
+// A waiting request is admitted only with room in the KV cache for its
+// prompt and its next token, even with batch slots free, and the first that
+// does not fit holds back the ones behind it, as vLLM's scheduler.
+TEST(FakeGpuModel, AFullKvCacheHoldsRequestsBackDespiteFreeSlots) {
+  Scheduler s(kv_gpu(100));
+  s.submit(prompted(1, 60, 10), 0);
+  s.submit(prompted(2, 50, 10), 0);  // 60 + 50 + 1 > 100
+  s.submit(prompted(3, 5, 10), 0);   // would fit, but 2 is first
+  EXPECT_EQ(s.running(), 1u);
+  EXPECT_EQ(s.waiting(), 2u);
+  EXPECT_DOUBLE_EQ(s.kv_usage(), 0.6);
+  // 1 holds 60 + 10 when it finishes at 10; then 2 and 3 fit together.
+  Progress p = s.advance(10);
+  EXPECT_EQ(p.finished, Ids{1});
+  EXPECT_EQ(s.running(), 2u);
+  EXPECT_EQ(s.waiting(), 0u);
+  EXPECT_EQ(s.preemptions(), 0u);
+  // Cancelling the head of the queue lets the rest in.
+  Scheduler c(kv_gpu(100));
+  c.submit(prompted(1, 60, 10), 0);
+  c.submit(prompted(2, 50, 10), 0);
+  c.submit(prompted(3, 5, 10), 0);
+  c.cancel(2, 1);
+  EXPECT_EQ(c.running(), 2u);
+  EXPECT_EQ(c.waiting(), 0u);
+}
+
+// Decoding grows the KV cache; when a step finds it full the newest running
+// request is preempted: its KV freed, it waits, and once admitted again it
+// goes on from the tokens it had (recomputed in its prefill).
+TEST(FakeGpuModel, AFullKvCachePreemptsTheNewestRequest) {
+  GpuProfile g = kv_gpu(100);
+  g.prefill_per_token_ms = 0.1;
+  Scheduler s(g);
+  s.submit(prompted(1, 40, 50), 0);  // prefill 4 ms
+  Progress p = s.submit(prompted(2, 40, 50), 0);
+  // Both decode from t = 4 at 1 token/ms each: 80 + 2 (t - 4) = 100 at t = 14,
+  // before either finishes (54). The caller is told of each change: the
+  // prefills' end (the cache starts growing), then the cache full.
+  ASSERT_TRUE(p.next_finish_ms);
+  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 4);
+  EXPECT_DOUBLE_EQ(*s.advance(4).next_finish_ms, 14);
+  p = s.advance(14);
+  EXPECT_TRUE(p.finished.empty());
+  EXPECT_EQ(s.preemptions(), 1u);
+  EXPECT_EQ(s.running(), 1u);
+  EXPECT_EQ(s.waiting(), 1u) << "2 waits, 10 tokens done";
+  // 1 finishes alone at 54 (40 tokens left at 1 ms); 2 comes back needing
+  // 40 + 10 tokens: prefill 5 ms, then its 40 tokens.
+  p = s.advance(54);
+  EXPECT_EQ(p.finished, Ids{1});
+  ASSERT_TRUE(p.next_finish_ms);
+  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 54 + 5 + 40);
+  EXPECT_EQ(s.advance(99).finished, Ids{2});
+  EXPECT_EQ(s.preemptions(), 1u);
+  s.reset_preemptions();
+  EXPECT_EQ(s.preemptions(), 0u);
+}
+
+// With priorities the victim is the lowest-priority request, not the newest;
+// and a request alone is never preempted, however long (it runs by itself).
+TEST(FakeGpuModel, PreemptionSparesHigherPriorityAndALoneRequest) {
+  Scheduler s(kv_gpu(100));
+  s.submit(prompted(1, 40, 50, 5), 0);
+  s.submit(prompted(2, 40, 50, 0), 0);  // newer, but more urgent
+  EXPECT_TRUE(s.advance(10).finished.empty());
+  EXPECT_EQ(s.preemptions(), 1u);
+  EXPECT_EQ(s.advance(50).finished, Ids{2}) << "1 was the one preempted";
+  Scheduler alone(kv_gpu(100));
+  alone.submit(prompted(1, 90, 50), 0);  // 90 + 50 > 100
+  EXPECT_EQ(alone.advance(50).finished, Ids{1});
+  EXPECT_EQ(alone.preemptions(), 0u);
+}
+
+// Many requests through a small cache at a clock where one double step is
+// far above the epsilon: all finish, no event loops for ever.
+TEST(FakeGpuModel, AHugeClockWithASmallKvCacheStillFinishesEveryJob) {
+  GpuProfile g = *profile_by_name("rtx3090ti");
+  g.kv_cache_tokens = 8192;
+  Scheduler s(g);
+  const double base = 1e11;
+  size_t finished = 0;
+  for (uint64_t i = 1; i <= 200; i++) {
+    Job j = prompted(i, static_cast<int>(50 + i * 37 % 700), static_cast<int>(1 + i * 7 % 300), static_cast<int>(i % 3));
+    j.sequences = 1 + static_cast<int>(i % 2);
+    finished += s.submit(j, base + i * 0.37).finished.size();
+    if (i % 5 == 0) finished += s.advance(base + i * 0.37 + 3.1).finished.size();
+  }
+  Progress p = s.advance(base + 1e8);
+  finished += p.finished.size();
+  EXPECT_EQ(finished, 200u);
+  EXPECT_FALSE(p.next_finish_ms);
+  EXPECT_GT(s.preemptions(), 0u) << "the cache was meant to fill";
+}
+
 TEST(FakeGpuModel, PrefixCacheHitsOnSharedPrefixAndEvictsLru) {
   PrefixCache c(2, 16);
   EXPECT_FALSE(c.lookup_and_insert("0123456789abcdef-tail one"));
@@ -648,6 +776,11 @@ TEST(FakeGpuOptions, ProfileThenOverridesInAnyOrder) {
   EXPECT_EQ(a.profile.max_batch, 3);
   EXPECT_DOUBLE_EQ(a.profile.per_token_ms, p40.per_token_ms);
 
+  Options kv = parse({"--kv-cache-tokens", "20000", "--prefill-per-token-ms", "0.25", "--profile", "p40"});
+  EXPECT_EQ(kv.profile.kv_cache_tokens, 20000);
+  EXPECT_DOUBLE_EQ(kv.profile.prefill_per_token_ms, 0.25);
+  EXPECT_EQ(parse({"--profile", "instant", "--kv-cache-tokens", "0"}).profile.kv_cache_tokens, 0);
+
   Options d = parse({});
   EXPECT_EQ(d.profile.name, "rtx3090ti");
   EXPECT_EQ(d.model, "npc-llm");
@@ -671,7 +804,8 @@ TEST(FakeGpuOptions, FaultFlagsAndErrors) {
       {"fake_gpu", "--profile", "a100"},      {"fake_gpu", "--bogus"},
       {"fake_gpu", "--port"},                 {"fake_gpu", "--port", "70000"},
       {"fake_gpu", "--error-rate", "1.5"},    {"fake_gpu", "--error-status", "404"},
-      {"fake_gpu", "--max-batch", "0"}};
+      {"fake_gpu", "--max-batch", "0"},       {"fake_gpu", "--kv-cache-tokens", "-1"},
+      {"fake_gpu", "--kv-cache-tokens", "4095", "--profile", "p40"}};  // below max_model_len
   for (const auto& bad : bad_args) {
     Options x;
     EXPECT_TRUE(parse_options(static_cast<int>(bad.size()), bad.data(), &x).has_value()) << bad[1];
@@ -693,7 +827,11 @@ TEST(FakeGpuMetrics, RendersVllmNamesWithModelLabel) {
   s.waiting = 4;
   s.success_length = 5;
   s.faults[static_cast<size_t>(FaultKind::drop)] = 6;
+  s.kv_cache_usage = 0.25;
+  s.preemptions = 7;
   std::string text = render_metrics(s);
+  EXPECT_DOUBLE_EQ(sample(text, "vllm:kv_cache_usage_perc{model_name=\"npc-llm\"}"), 0.25);
+  EXPECT_EQ(sample(text, "vllm:num_preemptions_total{model_name=\"npc-llm\"}"), 7);
   EXPECT_EQ(sample(text, "vllm:num_requests_running{model_name=\"npc-llm\"}"), 3);
   EXPECT_EQ(sample(text, "vllm:num_requests_waiting{model_name=\"npc-llm\"}"), 4);
   EXPECT_EQ(sample(text, "vllm:request_success_total{finished_reason=\"length\",model_name=\"npc-llm\"}"), 5);
