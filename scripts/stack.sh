@@ -65,12 +65,41 @@ npc_install_deps() {
   fi
 }
 
+# npc_install_files: `make install` into a staging directory, then each file
+# into place by rename. PGXS's install rewrites npc_scale.so in place, and a
+# cluster running it (the demo beside the tests, another clone's stack) would
+# die of SIGBUS touching code pages it truncated; a rename leaves such a
+# cluster its own copy until it restarts.
+npc_install_files() {
+  local stage=$NPC_BUILD/stage f
+  rm -rf "$stage"
+  make -C "$NPC_ROOT" -s install DESTDIR="$stage" || return 1
+  while IFS= read -r -d '' f; do
+    f=${f#"$stage"}
+    mkdir -p "$(dirname "$f")"
+    cp -p "$stage$f" "$f.npc_new" && mv -f "$f.npc_new" "$f" || return 1
+  done < <(find "$stage" -type f -print0)
+  rm -rf "$stage"
+}
+
 npc_build() {
+  # One build at a time in this clone (the demo, the tests and the benchmarks
+  # share build/), one install at a time on the machine.
+  local build_lock install_lock
+  exec {build_lock}>"$NPC_BUILD/.build.lock"
+  flock -n "$build_lock" || { npc_log "waiting for another build of this clone"; flock "$build_lock"; }
   npc_log "building the extension, unit tests and fake GPU"
   make -C "$NPC_ROOT" -s -j2 >"$NPC_BUILD/build.log" 2>&1 \
-    && make -C "$NPC_ROOT" -s install >>"$NPC_BUILD/build.log" 2>&1 \
-    && make -C "$NPC_ROOT" -s -j2 unit fake_gpu npc_load >>"$NPC_BUILD/build.log" 2>&1 \
     || { tail -40 "$NPC_BUILD/build.log"; npc_die "build failed (see $NPC_BUILD/build.log)"; }
+  mkdir -p /run/lock
+  exec {install_lock}>/run/lock/npc_scale.install.lock
+  flock "$install_lock"
+  npc_install_files >>"$NPC_BUILD/build.log" 2>&1 \
+    || { tail -40 "$NPC_BUILD/build.log"; npc_die "install failed (see $NPC_BUILD/build.log)"; }
+  exec {install_lock}>&-
+  make -C "$NPC_ROOT" -s -j2 unit fake_gpu npc_load >>"$NPC_BUILD/build.log" 2>&1 \
+    || { tail -40 "$NPC_BUILD/build.log"; npc_die "build failed (see $NPC_BUILD/build.log)"; }
+  exec {build_lock}>&-
 }
 
 # The postgres user must be able to reach the repository (e.g. under /root,
