@@ -70,33 +70,35 @@ npc_install_deps() {
 # cluster running it (the demo beside the tests, another clone's stack) would
 # die of SIGBUS touching code pages it truncated; a rename leaves such a
 # cluster its own copy until it restarts.
+# One install at a time on the machine (other clones install the same files).
 npc_install_files() {
-  local stage=$NPC_BUILD/stage f
+  local stage=$NPC_STATE/stage f lock rc=0
+  mkdir -p /run/lock "$NPC_STATE"
+  exec {lock}>/run/lock/npc_scale.install.lock
+  flock "$lock"
   rm -rf "$stage"
-  make -C "$NPC_ROOT" -s install DESTDIR="$stage" || return 1
-  while IFS= read -r -d '' f; do
+  make -C "$NPC_ROOT" -s install DESTDIR="$stage" || rc=1
+  while [ $rc = 0 ] && IFS= read -r -d '' f; do
     f=${f#"$stage"}
     mkdir -p "$(dirname "$f")"
-    cp -p "$stage$f" "$f.npc_new" && mv -f "$f.npc_new" "$f" || return 1
+    cp -p "$stage$f" "$f.npc_new" && mv -f "$f.npc_new" "$f" || rc=1
   done < <(find "$stage" -type f -print0)
   rm -rf "$stage"
+  exec {lock}>&-
+  return $rc
 }
 
 npc_build() {
   # One build at a time in this clone (the demo, the tests and the benchmarks
-  # share build/), one install at a time on the machine.
-  local build_lock install_lock
+  # share build/).
+  local build_lock
   exec {build_lock}>"$NPC_BUILD/.build.lock"
   flock -n "$build_lock" || { npc_log "waiting for another build of this clone"; flock "$build_lock"; }
   npc_log "building the extension, unit tests and fake GPU"
   make -C "$NPC_ROOT" -s -j2 >"$NPC_BUILD/build.log" 2>&1 \
     || { tail -40 "$NPC_BUILD/build.log"; npc_die "build failed (see $NPC_BUILD/build.log)"; }
-  mkdir -p /run/lock
-  exec {install_lock}>/run/lock/npc_scale.install.lock
-  flock "$install_lock"
   npc_install_files >>"$NPC_BUILD/build.log" 2>&1 \
     || { tail -40 "$NPC_BUILD/build.log"; npc_die "install failed (see $NPC_BUILD/build.log)"; }
-  exec {install_lock}>&-
   make -C "$NPC_ROOT" -s -j2 unit fake_gpu npc_load >>"$NPC_BUILD/build.log" 2>&1 \
     || { tail -40 "$NPC_BUILD/build.log"; npc_die "build failed (see $NPC_BUILD/build.log)"; }
   exec {build_lock}>&-
@@ -153,6 +155,8 @@ npc_pg_start() {
   chmod o+x "$NPC_BUILD"
   chmod -R o+rX "$NPC_ROOT/sql" "$NPC_ROOT/expected"
   "$NPC_ROOT/scripts/stop_stale.sh" "$NPC_STATE" 2>/dev/null || true
+  # What an earlier run recorded is stopped or gone: this run records its own.
+  : >"$NPC_STATE/started"
   # A fresh stack (the cluster first, then Redis): also no Redis snapshot
   # a killed run left behind (redis_lost_write.sh saves one), which the
   # stack's Redis would load.
@@ -231,16 +235,22 @@ npc_redis_stop() {
     || { [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; } || true
 }
 
-# npc_gpu_start NAME PORT ARGS... — one simulated vLLM server on loopback.
+# npc_gpu_start NAME PORT ARGS... — one simulated vLLM server on loopback,
+# in a session of its own, as PostgreSQL and Redis are: the terminal's Ctrl-C
+# or a signal to the script's process group (timeout(1)) reaches the script
+# alone, which stops the GPUs once its NPCs' decisions have drained.
 npc_gpu_start() {
-  local name=$1 port=$2 pid; shift 2
+  local name=$1 port=$2 pidfile i; shift 2
   npc_need_free_port "$port"
   mkdir -p "$NPC_STATE/gpu"
-  "$NPC_BUILD/fake_gpu" --host 127.0.0.1 --port "$port" "$@" >"$NPC_STATE/log/gpu_$name.log" 2>&1 &
-  pid=$!
-  echo "$pid" >"$NPC_STATE/gpu/$name.pid"
+  pidfile=$NPC_STATE/gpu/$name.pid
+  rm -f "$pidfile"
   echo "gpu:$name" >>"$NPC_STATE/started"
-  npc_wait_port "$port" 10 && kill -0 "$pid" 2>/dev/null \
+  setsid -f "$NPC_BUILD/fake_gpu" --pid-file "$pidfile" --host 127.0.0.1 --port "$port" "$@" \
+    </dev/null >"$NPC_STATE/log/gpu_$name.log" 2>&1
+  # It writes its pid file once it listens.
+  for i in $(seq 500); do [ -s "$pidfile" ] && break; sleep 0.02; done
+  [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && npc_wait_port "$port" 10 \
     || { tail -5 "$NPC_STATE/log/gpu_$name.log"; npc_die "fake GPU $name did not listen on $port"; }
 }
 
@@ -252,13 +262,20 @@ npc_fleet_start() {
   npc_gpu_start gpu2 $((NPC_GPU_BASE_PORT + 2)) --profile p40 --model npc-llm "${extra[@]}"
 }
 
+# Stops the recorded GPUs and waits (up to 5 s) until they are gone: they
+# are not our children, and "stopped" should mean it.
 npc_gpus_stop() {
-  local f
+  local f pid pids=() i
   for f in "$NPC_STATE"/gpu/*.pid; do
     [ -f "$f" ] || continue
-    kill "$(cat "$f")" 2>/dev/null || true
+    pid=$(cat "$f" 2>/dev/null)
     rm -f "$f"
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill "$pid" 2>/dev/null && pids+=("$pid")
   done
+  for pid in "${pids[@]}"; do
+    for i in $(seq 250); do kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
+  done
+  return 0
 }
 
 npc_stack_stop() {
@@ -267,10 +284,37 @@ npc_stack_stop() {
   npc_redis_stop
   npc_pg_stop
   rm -f "$NPC_STATE/started"
+  [ "$(cat "$NPC_STATE/owner" 2>/dev/null)" = "$(npc_process_id $$)" ] && rm -f "$NPC_STATE/owner"
+  return 0
+}
+
+# npc_process_id PID: "PID START" (start time in clock ticks since boot), so
+# a pid the kernel gave to another process since is not taken for the same.
+npc_process_id() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }  # past "pid (comm) ", whatever comm holds
+  echo "$1 $(cut -d' ' -f20 <<<"$stat")"
+}
+
+# One run of a profile at a time per clone: a second would take the first's
+# cluster, Redis and GPUs for an interrupted run's and stop them (refused,
+# before anything is built or stopped). An owner that is gone (killed, the
+# machine rebooted) leaves its stack to stop_stale.sh.
+npc_claim_profile() {
+  mkdir -p "$NPC_STATE"
+  local owner pid
+  owner=$(cat "$NPC_STATE/owner" 2>/dev/null) || owner=
+  pid=${owner%% *}
+  if [ -n "$owner" ] && [ "$(npc_process_id "$pid")" = "$owner" ] && [ "$pid" != $$ ]; then
+    npc_die "another run of the $NPC_PROFILE stack of this clone is going on (pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)); wait for it to end or stop it"
+  fi
+  npc_process_id $$ >"$NPC_STATE/owner"
 }
 
 npc_stack_prepare() {
   mkdir -p "$NPC_BUILD"
+  npc_claim_profile
   npc_install_deps
   npc_build
 }

@@ -48,7 +48,7 @@ stats=$(npc_psql -tA -c "SELECT l1_hits, l2_hits, l3_hits, misses FROM npc_scale
 # Hit rate on a 500-NPC game where each NPC cycles through 5 questions.
 npc_psql -c "SELECT npc_scale.cache_clear()" >/dev/null
 before=$(npc_psql -tA -c "SELECT l1_hits + l2_hits + l3_hits, misses FROM npc_scale.cache_stats")
-"$NPC_BUILD/npc_load" --conninfo "host=$NPC_PGSOCK port=$NPC_PGPORT user=postgres dbname=$NPC_DB" \
+"$NPC_BUILD/npc_load" --conninfo "dbname=$NPC_DB" \
   --npcs 500 --think-ms 200 --duration "$secs" --warmup 0 --repeat 5 >"$w/npc_load.txt" 2>&1
 layers=$(npc_psql -tA -F ' ' -c "SELECT count(*) FILTER (WHERE cache_layer IS NOT NULL), count(*)
                                    FROM npc_scale.decision_queue WHERE status = 'done'")

@@ -443,6 +443,12 @@ class Load {
   // final figures
   std::vector<std::pair<std::string, long>> status_done_, status_lost_;
   long not_done_ = 0;  // notified, but the row is failed / expired / cancelled
+  // Decisions of the measured window answered and done (the notified ones
+  // whose row is not failed / expired / cancelled).
+  uint64_t done_ok() const {
+    return done_measured_ - std::min<uint64_t>(done_measured_, static_cast<uint64_t>(not_done_));
+  }
+  long queue_failed_ = -1;  // dashboard: failed / expired / cancelled rows (queue_stats)
   int dispatcher_pid_ = 0;
   double vmrss_mb_ = NAN, rssanon_mb_ = NAN, rssshmem_mb_ = NAN, pss_mb_ = NAN, private_mb_ = NAN;
   std::string rss_note_;
@@ -736,7 +742,8 @@ void Load::on_monitor_event() {
     if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
       queue_queued_ = std::strtol(PQgetvalue(r, 0, 0), nullptr, 10);
       queue_running_ = std::strtol(PQgetvalue(r, 0, 1), nullptr, 10);
-      fleet_line_ = PQnfields(r) > 2 ? PQgetvalue(r, 0, 2) : "";
+      queue_failed_ = std::strtol(PQgetvalue(r, 0, 2), nullptr, 10);
+      fleet_line_ = PQgetvalue(r, 0, 3);
     }
     PQclear(r);
   }
@@ -763,26 +770,28 @@ void Load::tick(TimePoint now) {
     const char* phase = measured_done_ ? "draining" : measuring_ ? "measuring" : "warm-up";
     std::string q = queue_queued_ < 0 ? "-" : std::to_string(queue_queued_);
     std::string rn = queue_running_ < 0 ? "-" : std::to_string(queue_running_);
+    std::string fl = queue_failed_ < 0 ? "-" : std::to_string(queue_failed_);
     int infl = outstanding();
     if (isatty(STDOUT_FILENO)) {
       std::printf("\x1b[H\x1b[2J");
       std::printf("npc_load  %d NPCs  pool %d  think %.0f ms  [%s]\n\n", o_.npcs, o_.pool, o_.think_ms,
                   phase);
       std::printf("  elapsed        %8.1f s\n", elapsed);
-      std::printf("  decisions done %8" PRIu64 "   errors %" PRIu64 "\n", done_total_, errors_total_);
+      std::printf("  answered       %8" PRIu64 "   enqueue errors %" PRIu64 "\n", done_total_, errors_total_);
       std::printf("  rate           %8.1f /s\n", rate);
       std::printf("  latency ms     last 1 s: p50 %7s  p99 %7s\n", fmt_ms(p50_1s).c_str(),
                   fmt_ms(p99_1s).c_str());
       std::printf("                 overall:  p50 %7s  p99 %7s\n", fmt_ms(p50).c_str(), fmt_ms(p99).c_str());
-      std::printf("  queue          %8s queued, %s running (npc_scale.queue_stats)\n", q.c_str(), rn.c_str());
+      std::printf("  queue          %8s queued, %s running, %s failed/expired/cancelled (npc_scale.queue_stats)\n",
+                  q.c_str(), rn.c_str(), fl.c_str());
       std::printf("  in flight      %8d   waiting for a pool connection %zu\n", infl, waiting_.size());
       if (!fleet_line_.empty()) std::printf("  fleet          %s\n", fleet_line_.c_str());
     } else {
-      std::printf("t=%.1fs %s done=%" PRIu64 " rate=%.1f/s p50_1s=%s p99_1s=%s p50=%s p99=%s "
-                  "queued=%s running=%s inflight=%d errors=%" PRIu64 " %s\n",
+      std::printf("t=%.1fs %s answered=%" PRIu64 " rate=%.1f/s p50_1s=%s p99_1s=%s p50=%s p99=%s "
+                  "queued=%s running=%s failed=%s inflight=%d enqueue_errors=%" PRIu64 " %s\n",
                   elapsed, phase, done_total_, rate, fmt_ms(p50_1s).c_str(), fmt_ms(p99_1s).c_str(),
-                  fmt_ms(p50).c_str(), fmt_ms(p99).c_str(), q.c_str(), rn.c_str(), infl, errors_total_,
-                  fleet_line_.c_str());
+                  fmt_ms(p50).c_str(), fmt_ms(p99).c_str(), q.c_str(), rn.c_str(), fl.c_str(), infl,
+                  errors_total_, fleet_line_.c_str());
     }
     std::fflush(stdout);
     // Next refresh's queue depth, asynchronously on its own connection.
@@ -790,6 +799,7 @@ void Load::tick(TimePoint now) {
       if (PQsendQuery(monitor_,
                       "SELECT coalesce(sum(decisions) FILTER (WHERE status = 'queued'), 0), "
                       "coalesce(sum(decisions) FILTER (WHERE status = 'running'), 0), "
+                      "coalesce(sum(decisions) FILTER (WHERE status IN ('failed', 'expired', 'cancelled')), 0), "
                       "(SELECT coalesce(string_agg(format('gpu%s %s/%s %s %sms', gpu_id, in_flight,"
                       "   max_concurrent, breaker, round(avg_latency_ms)), ' | ' ORDER BY gpu_id), '')"
                       "   FROM npc_scale.endpoint_stats)"
@@ -1076,11 +1086,12 @@ void Load::print_summary() {
   std::sort(lat_measured_.begin(), lat_measured_.end());
   const auto& L = lat_measured_;
   uint64_t lost = ids_lost_.size() + lost_unsent_;
-  double rate = measured_s_ > 0 ? static_cast<double>(done_measured_) / measured_s_ : 0;
+  const uint64_t done = done_ok();
+  double rate = measured_s_ > 0 ? static_cast<double>(done) / measured_s_ : 0;
   std::printf("npc_load: %d NPCs, pool %d, think %.0f ms, %.1f s measured (%s %.1f s warm-up)%s, via %s\n",
               o_.npcs, o_.pool, o_.think_ms, measured_s_, stopped_in_warmup_ ? "stopped during the" : "after",
               o_.warmup_s, o_.priority_mix ? ", priority mix" : "", o_.enqueue_function.c_str());
-  std::printf("  decisions: %" PRIu64 " done (%.1f/s), %" PRIu64 " errors, %" PRIu64 " lost\n", done_measured_,
+  std::printf("  decisions: %" PRIu64 " done (%.1f/s), %" PRIu64 " errors, %" PRIu64 " lost\n", done,
               rate, errors_measured_ + static_cast<uint64_t>(not_done_), lost);
   if (errors_measured_ || not_done_) {
     std::printf("    errors: %" PRIu64 " enqueue failures, %ld answered but not done", errors_measured_,
@@ -1148,14 +1159,15 @@ void Load::print_summary() {
 void Load::write_report() {
   const auto& L = lat_measured_;  // sorted by print_summary
   uint64_t lost = ids_lost_.size() + lost_unsent_;
-  double rate = measured_s_ > 0 ? static_cast<double>(done_measured_) / measured_s_ : 0;
+  const uint64_t done = done_ok();
+  double rate = measured_s_ > 0 ? static_cast<double>(done) / measured_s_ : 0;
   double svc = o_.service_given ? o_.service_ms : NAN;
   std::ostringstream j;
   j << "{\"tool\":\"npc_load\",\"unix_time\":" << std::time(nullptr)
     << ",\"enqueue_function\":" << json_str(o_.enqueue_function) << ",\"npcs\":" << o_.npcs
     << ",\"pool\":" << o_.pool << ",\"think_ms\":" << json_num(o_.think_ms, 1) << ",\"seed\":" << o_.seed
     << ",\"warmup_s\":" << json_num(o_.warmup_s, 1) << ",\"measured_s\":" << json_num(measured_s_, 3)
-    << ",\"priority_mix\":" << (o_.priority_mix ? "true" : "false") << ",\"done\":" << done_measured_
+    << ",\"priority_mix\":" << (o_.priority_mix ? "true" : "false") << ",\"done\":" << done
     << ",\"rate_per_s\":" << json_num(rate, 2) << ",\"errors\":" << (errors_measured_ + static_cast<uint64_t>(not_done_))
     << ",\"enqueue_errors\":" << errors_measured_ << ",\"not_done\":" << not_done_ << ",\"lost\":" << lost
     << ",\"p50_ms\":" << json_num(pct_sorted(L, 50)) << ",\"p90_ms\":" << json_num(pct_sorted(L, 90))

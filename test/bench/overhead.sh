@@ -70,7 +70,8 @@ CREATE FUNCTION npc_baseline.answer(id bigint, service_ms float8) RETURNS void L
          service_ms = answer.service_ms WHERE queue.id = answer.id;
   SELECT pg_notify('npc_scale_decisions', answer.id::text) $$;
 SQL
-conninfo="host=$NPC_PGSOCK port=$NPC_PGPORT user=postgres dbname=$NPC_DB"
+# Host, port and user from PGHOST, PGPORT, PGUSER (stack.sh): a clone path with spaces needs no quoting.
+conninfo="dbname=$NPC_DB"
 "$NPC_BUILD/echo_worker" --conninfo "$conninfo" --service-ms 40 --pool 4 &
 echo_pid=$!
 

@@ -46,14 +46,16 @@ std::string usage_text() {
          "  --api-key KEY          /v1/ routes want \"Authorization: Bearer KEY\" (401 otherwise)\n"
          "  --profile NAME         rtx3090ti | p40 | instant (rtx3090ti)\n"
          "  --base-ms MS --per-token-ms MS --max-batch N --batch-slowdown F\n"
-         "  --max-model-len N      override the profile\n"
+         "  --max-model-len N --prefill-per-token-ms MS --kv-cache-tokens N (0 = unlimited)\n"
+         "                         override the profile\n"
          "  --error-rate R --error-status 500|503|429 --retry-after S\n"
          "  --hang-rate R --hang-ms MS --slow-rate R --slow-ms MS\n"
          "  --malformed-rate R --drop-rate R --abort-rate R --fault-seed N\n"
          "  --unhealthy            start with /health answering 503\n"
          "  --threads N            event loops sharing the port (1)\n"
          "  --prefix-cache-entries N  simulated prefix-cache size (1024)\n"
-         "  --scheduling-policy fcfs|priority  as vLLM's: fcfs refuses a nonzero priority (fcfs)\n";
+         "  --scheduling-policy fcfs|priority  as vLLM's: fcfs refuses a nonzero priority (fcfs)\n"
+         "  --pid-file PATH        write our pid there once listening; removed at exit\n";
 }
 
 std::optional<std::string> parse_options(int argc, const char* const* argv, Options* out) {
@@ -98,6 +100,11 @@ std::optional<std::string> parse_options(int argc, const char* const* argv, Opti
   flags["--profile"] = [&](const std::string& v) {
     if (!profile_by_name(v)) return "unknown profile " + v + " (rtx3090ti, p40, instant)";
     profile_name = v;
+    return std::string();
+  };
+  flags["--pid-file"] = [&](const std::string& v) {
+    if (v.empty()) return std::string("--pid-file needs a path");
+    o.pid_file = v;
     return std::string();
   };
   flags["--scheduling-policy"] = [&](const std::string& v) {

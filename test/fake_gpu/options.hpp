@@ -20,6 +20,7 @@ struct Options {
   size_t prefix_cache_entries = 1024;
   bool priority_scheduling = false;  // --scheduling-policy priority (vLLM's default: fcfs)
   std::string api_key;               // --api-key, as vLLM's
+  std::string pid_file;              // --pid-file: our pid, once listening; removed at exit
   bool help = false;
 };
 

@@ -9,17 +9,19 @@ source "$NPC_ROOT/scripts/stack.sh"
 
 dir=$NPC_STATE/second
 port=$((NPC_PGPORT + 100))
-rm -rf "$dir"; mkdir -p "$dir/run"; chown -R postgres:postgres "$dir"
+rm -rf "$dir"; mkdir -p "$dir"; chown -R postgres:postgres "$dir"
 cleanup() { runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
 cat >>"$dir/data/postgresql.conf" <<CONF
 port = $port
 listen_addresses = ''
-unix_socket_directories = '$dir/run'
+# Beside the main cluster's socket (another port, another file): a socket
+# path no longer than the one the stack already checked.
+unix_socket_directories = '$NPC_PGSOCK'
 CONF
 runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
-q() { "$PG_BIN/psql" -X -h "$dir/run" -p "$port" -U postgres -d postgres "$@"; }
+q() { "$PG_BIN/psql" -X -h "$NPC_PGSOCK" -p "$port" -U postgres -d postgres "$@"; }
 
 # 1. not preloaded
 out=$(q -c "CREATE EXTENSION npc_scale" 2>&1 || true)

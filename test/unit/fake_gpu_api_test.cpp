@@ -5,6 +5,7 @@
 #include <cmath>
 #include <ctime>
 #include <deque>
+#include <fstream>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -605,6 +606,24 @@ TEST(FakeGpuApi, TwoThreadsShareOneBatch) {
   EXPECT_EQ(metric(m, "vllm:request_success_total"), 6);
   EXPECT_EQ(metric(m, "fake_gpu_peak_running"), 1);
   EXPECT_EQ(metric(m, "vllm:num_requests_waiting"), 0);
+}
+
+// A script that starts it detached learns its pid from --pid-file, written
+// once it listens and removed when it exits.
+TEST(FakeGpuApi, PidFileWhileRunning) {
+  char dir[] = "/tmp/fake_gpu_pid_XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/gpu.pid";
+  {
+    START_FAKE_GPU(gpu, "--profile", "instant", "--pid-file", path);
+    std::ifstream in(path);
+    long pid = 0;
+    ASSERT_TRUE(in >> pid) << "no pid in " << path;
+    EXPECT_EQ(pid, static_cast<long>(gpu.pid()));
+    EXPECT_EQ(gpu.stop(), 0);
+    EXPECT_NE(access(path.c_str(), F_OK), 0) << "the pid file outlived the server";
+  }
+  rmdir(dir);
 }
 
 TEST(FakeGpuApi, SigtermExitsCleanlyWithRequestsPending) {

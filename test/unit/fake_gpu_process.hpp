@@ -159,6 +159,7 @@ class FakeGpu {
   }
 
   const std::string& error() const { return error_; }
+  pid_t pid() const { return pid_; }
   std::string url(const std::string& path) const { return base_ + path; }
   Reply get(const std::string& path, long timeout_ms = 5000) const {
     return http(url(path), std::nullopt, timeout_ms);
