@@ -58,6 +58,7 @@ void CircuitBreaker::probe_finished(bool healthy, int64_t now_ms) {
     return;
   }
   state_ = BreakerState::closed;
+  closed_at_ = now_ms;
   rate_limited_ = false;
   outcomes_.clear();
   failures_in_window_ = 0;
@@ -73,8 +74,8 @@ void CircuitBreaker::record(bool failed) {
   }
 }
 
-void CircuitBreaker::record_success(int64_t now_ms) {
-  if (state(now_ms) != BreakerState::closed) return;
+void CircuitBreaker::record_success(int64_t now_ms, std::optional<int64_t> sent_ms) {
+  if (state(now_ms) != BreakerState::closed || (sent_ms && *sent_ms < closed_at_)) return;
   consecutive_ = 0;
   record(false);
   // The success that completes min_requests can reveal a rate already over the bar.
@@ -82,8 +83,8 @@ void CircuitBreaker::record_success(int64_t now_ms) {
     open(now_ms + cfg_.cooldown_ms);
 }
 
-void CircuitBreaker::record_failure(int64_t now_ms) {
-  if (state(now_ms) != BreakerState::closed) return;
+void CircuitBreaker::record_failure(int64_t now_ms, std::optional<int64_t> sent_ms) {
+  if (state(now_ms) != BreakerState::closed || (sent_ms && *sent_ms < closed_at_)) return;
   consecutive_++;
   record(true);
   const bool enough = static_cast<int>(outcomes_.size()) >= cfg_.min_requests;
@@ -93,8 +94,16 @@ void CircuitBreaker::record_failure(int64_t now_ms) {
 }
 
 void CircuitBreaker::record_rate_limited(int64_t now_ms, int64_t retry_after_ms) {
-  // The server told us when to come back: honour exactly that, whatever the state.
-  open(now_ms + (retry_after_ms > 0 ? std::min(retry_after_ms, kMaxRetryAfterMs) : cfg_.cooldown_ms));
+  const int64_t until =
+      now_ms + (retry_after_ms > 0 ? std::min(retry_after_ms, kMaxRetryAfterMs) : cfg_.cooldown_ms);
+  if (peek_state(now_ms) != BreakerState::closed && !rate_limited_) {
+    // Failing already (perhaps this 429 answers a request sent before the
+    // trip): still failing, until the later of the two.
+    open(std::max(open_until_, until));
+    return;
+  }
+  // The server told us when to come back: honour exactly that.
+  open(until);
   rate_limited_ = true;
 }
 

@@ -42,12 +42,17 @@ class CircuitBreaker {
   void probe_finished(bool healthy, int64_t now_ms);
 
   // Outcomes only move a closed breaker: results arriving while open or
-  // half-open belong to requests sent before it tripped, and the probe decides.
-  void record_success(int64_t now_ms);
-  void record_failure(int64_t now_ms);  // transport error, timeout, 5xx
+  // half-open belong to requests sent before it tripped, and the probe
+  // decides. So do those of requests sent (`sent_ms`) before the probe
+  // closed it: a timeout of the old trouble arriving after the probe must
+  // not open a recovered endpoint again.
+  void record_success(int64_t now_ms, std::optional<int64_t> sent_ms = std::nullopt);
+  // Transport error, timeout, 5xx.
+  void record_failure(int64_t now_ms, std::optional<int64_t> sent_ms = std::nullopt);
   // 429: open at once until now + retry_after_ms (cooldown_ms when <= 0),
   // at most kMaxRetryAfterMs: a hostile or broken header cannot close an
-  // endpoint for days.
+  // endpoint for days. Open for failures, it stays so (failing(), until at
+  // least its cooldown's end): a 429 neither shortens nor hides the trouble.
   static constexpr int64_t kMaxRetryAfterMs = 3600 * 1000;
   void record_rate_limited(int64_t now_ms, int64_t retry_after_ms);
   // A Retry-After header's seconds as record_rate_limited() takes them.
@@ -69,6 +74,7 @@ class CircuitBreaker {
   int64_t open_until_ = 0;
   bool probe_in_flight_ = false;
   bool rate_limited_ = false;  // opened by a 429, not by failures
+  int64_t closed_at_ = INT64_MIN;  // when a probe last closed it
 };
 
 }  // namespace npc_scale

@@ -19,6 +19,13 @@ class LatencyStats {
   double percentile(double p) const;
   size_t count() const { return count_; }
   void set_alpha(double a);
+  // Forgets every sample: an endpoint whose breaker tripped is judged
+  // afresh, not by how fast it was before.
+  void reset() {
+    ema_ = 0.0;
+    next_ = 0;
+    count_ = 0;
+  }
 
  private:
   double alpha_;

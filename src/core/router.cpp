@@ -9,6 +9,9 @@ namespace {
 
 // Scores within this are ties: float noise must not defeat rotation.
 constexpr double kTie = 1e-9;
+// Urgent score of an endpoint with no sample yet and a request already on
+// it: after every sampled one.
+constexpr double kUntriedBusy = 1e12;
 
 }  // namespace
 
@@ -46,23 +49,16 @@ size_t Router::rotating_min(const std::vector<size_t>& cands, Score score) {
 
 std::optional<RouteDecision> Router::pick(std::vector<Endpoint>& endpoints, const RouteRequest& req,
                                           int64_t now_ms) {
-  std::vector<size_t> cands, avoided;
-  for (size_t i = 0; i < endpoints.size(); i++) {
-    Endpoint& e = endpoints[i];
-    if (!e.has_slot() || !e.breaker.allows_requests(now_ms)) continue;
-    (req.avoid_gpu && e.gpu_id == *req.avoid_gpu ? avoided : cands).push_back(i);
-  }
-  if (cands.empty()) cands.swap(avoided);  // better than waiting
-  if (cands.empty()) return std::nullopt;
-
   const int priority = std::clamp(req.priority, 0, 10);
 
+  // The fastest sampled endpoint that takes requests keeps its last slots
+  // for urgent work (not one that is down: the reserve would be nowhere).
+  std::optional<size_t> reserved_full;
   if (priority >= 3 && cfg_.urgent_reserve > 0 && req.waited_ms < cfg_.reserve_wait_ms) {
-    // The fastest sampled endpoint keeps its last slots for urgent work.
     std::optional<size_t> fastest;
     for (size_t i = 0; i < endpoints.size(); i++) {
       const Endpoint& e = endpoints[i];
-      if (!e.enabled || !e.latency.has_samples()) continue;
+      if (!e.enabled || !e.latency.has_samples() || e.breaker.peek_state(now_ms) != BreakerState::closed) continue;
       if (!fastest || e.latency.ema_ms() < endpoints[*fastest].latency.ema_ms()) fastest = i;
     }
     if (fastest) {
@@ -71,12 +67,20 @@ std::optional<RouteDecision> Router::pick(std::vector<Endpoint>& endpoints, cons
       // would make all other work wait reserve_wait_ms on an idle GPU.
       int reserved = std::min(static_cast<int>(f.max_concurrent * cfg_.urgent_reserve + 0.999),
                               f.max_concurrent - 1);
-      if (f.busy() >= f.max_concurrent - reserved) {
-        cands.erase(std::remove(cands.begin(), cands.end(), *fastest), cands.end());
-        if (cands.empty()) return std::nullopt;
-      }
+      if (f.busy() >= f.max_concurrent - reserved) reserved_full = fastest;
     }
   }
+
+  // The reserve first, then the retry's avoidance: an avoided endpoint is
+  // taken only when nothing else could be.
+  std::vector<size_t> cands, avoided;
+  for (size_t i = 0; i < endpoints.size(); i++) {
+    Endpoint& e = endpoints[i];
+    if (!e.has_slot() || !e.breaker.allows_requests(now_ms) || reserved_full == i) continue;
+    (req.avoid_gpu && e.gpu_id == *req.avoid_gpu ? avoided : cands).push_back(i);
+  }
+  if (cands.empty()) cands.swap(avoided);  // better than waiting
+  if (cands.empty()) return std::nullopt;
 
   if (priority >= 3 && cfg_.affinity && req.affinity_key) {
     // Ring over the whole fleet (rebuilt only when it changes); candidacy is
@@ -108,10 +112,15 @@ std::optional<RouteDecision> Router::pick(std::vector<Endpoint>& endpoints, cons
 
   size_t best;
   if (priority <= 2) {
-    // Unsampled endpoints score below any EMA (>= 0) so they get tried.
+    // The expected time: the EMA stretched by the recent failures' share
+    // (each a retry elsewhere; failures leave no latency sample). An
+    // endpoint with no sample yet is tried first, one request at a time: a
+    // GPU whose /health is fine but whose completions fail costs one urgent
+    // request per trial, not a whole batch.
     best = rotating_min(cands, [&](size_t i) {
-      const LatencyStats& l = endpoints[i].latency;
-      return l.has_samples() ? l.ema_ms() : -1.0;
+      const Endpoint& e = endpoints[i];
+      if (!e.latency.has_samples()) return e.busy() == 0 ? -1.0 : kUntriedBusy;
+      return e.latency.ema_ms() / std::max(0.05, 1.0 - e.breaker.error_rate());
     });
   } else if (priority >= 8) {
     best = rotating_min(cands, [&](size_t i) { return endpoints[i].load(); });

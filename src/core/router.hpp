@@ -32,7 +32,7 @@ struct Endpoint {
   int gpu_id = 0;
   int max_concurrent = 1;
   bool enabled = true;
-  double weight = 1.0;  // carried for the dispatcher; not used in the ranking
+  double weight = 1.0;  // the endpoint's share of the affinity ring; not in the tier scores
   int in_flight = 0;    // ours
   // Ours too, sent to the same server (base URL) by a row since removed
   // (renumbered, or deleted and inserted again) and still draining: they
@@ -82,13 +82,14 @@ class Router {
 
   // Index of the chosen endpoint, or nullopt when no endpoint has a slot and
   // a closed breaker (the caller keeps the work waiting). avoid_gpu is
-  // skipped unless it is the only candidate.
-  //  0..2:  lowest latency EMA; unsampled endpoints first (a new GPU is not starved).
+  // skipped unless it is the only candidate (the urgent reserve is left out first).
+  //  0..2:  lowest latency EMA / (1 - breaker.error_rate); an unsampled endpoint
+  //         first while it has nothing in flight (one trial at a time).
   //  8..10: lowest load().
   //  3..7:  lowest w_load*load + w_latency*ema_ms/100 + w_error*breaker.error_rate;
   //         unsampled latency counts as the fleet's mean EMA.
   //  Ties rotate. With an affinity key and config.affinity, 3..10 first try
-  //  the bounded-load ring over the candidates (bound on in_flight).
+  //  the bounded-load ring over the candidates (bound on seen_requests()).
   std::optional<RouteDecision> pick(std::vector<Endpoint>& endpoints, const RouteRequest& req, int64_t now_ms);
   uint64_t affinity_hits() const { return affinity_hits_; }
   uint64_t affinity_misses() const { return affinity_misses_; }

@@ -584,6 +584,8 @@ void Dispatcher::start_probes_and_scrapes() {
       m.probe_in_flight = true;
       get_from_endpoint(Work::probe, e, m, "/health", 2000);
     }
+    // Scraping switched off: the last reading would stand for ever.
+    if (guc_metrics_interval_ms <= 0 && !m.scrape_in_flight) e.remote_running = e.remote_waiting = -1;
     if (guc_metrics_interval_ms > 0 && e.enabled && !m.scrape_in_flight && now >= m.next_scrape_ms) {
       m.scrape_in_flight = true;
       m.next_scrape_ms = now + guc_metrics_interval_ms;
@@ -657,10 +659,14 @@ void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) 
     return;
   }
   m.scrape_in_flight = false;
-  if (r.transport_ok && r.status == 200) {
+  if (guc_metrics_interval_ms > 0 && r.transport_ok && r.status == 200) {
+    // Clamped: a broken or hostile server's 5e9 must not wrap into an idle GPU.
+    auto count = [](const std::optional<double>& v) {
+      return v ? static_cast<int>(std::clamp(*v, 0.0, 1e6)) : -1;
+    };
     VllmLoad load = parse_vllm_load(r.body);
-    e.remote_running = load.running ? static_cast<int>(*load.running) : -1;
-    e.remote_waiting = load.waiting ? static_cast<int>(*load.waiting) : -1;
+    e.remote_running = count(load.running);
+    e.remote_waiting = count(load.waiting);
   } else {
     e.remote_running = e.remote_waiting = -1;  // unknown: route on our own counts
   }
@@ -686,9 +692,10 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
       judge_endpoint(r, success, {f.timeout_ms, default_request_timeout_ms(), fleet_.silent_ms(*index, now)});
   fleet_.release(*index, now);
   if (r.transport_ok) fleet_.note_reply(*index, now);
+  const int64_t sent = now - static_cast<int64_t>(r.elapsed_ms);
   if (verdict == EndpointVerdict::healthy) {
     e.latency.add(r.elapsed_ms);
-    e.breaker.record_success(now);
+    e.breaker.record_success(now, sent);
     return;
   }
   e.errors++;
@@ -698,12 +705,15 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   if (verdict == EndpointVerdict::rate_limited) {
     e.breaker.record_rate_limited(now, CircuitBreaker::retry_after_ms(r.retry_after_s));
   } else if (verdict == EndpointVerdict::failing) {
-    e.breaker.record_failure(now);
+    e.breaker.record_failure(now, sent);
   }
   // Neutral (other 4xx, a timeout the request chose): the request, not the endpoint.
-  if (before == BreakerState::closed && e.breaker.state(now) != BreakerState::closed && !m.removed) {
+  if (before == BreakerState::closed && e.breaker.state(now) != BreakerState::closed) {
+    // Judged afresh once it is back: urgent work tries it one request at a
+    // time, not by the speed it had before it broke.
+    if (verdict == EndpointVerdict::failing) e.latency.reset();
     // Logged once the reply is handled (see flush_log_lines).
-    log_lines_.push_back("GPU " + std::to_string(f.gpu_id) + " breaker opened: " + error);
+    if (!m.removed) log_lines_.push_back("GPU " + std::to_string(f.gpu_id) + " breaker opened: " + error);
   }
 }
 

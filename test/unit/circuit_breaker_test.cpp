@@ -150,6 +150,45 @@ TEST(CircuitBreakerTest, RateLimitedOpensExactlyUntilRetryAfter) {
   EXPECT_TRUE(b.allows_requests(2510));
 }
 
+// Requests sent before the probe closed it belong to the old trouble: their
+// failures (a 30 s timeout arriving late) do not open it again; those sent
+// since do.
+TEST(CircuitBreakerTest, OutcomesOfRequestsSentBeforeItClosedAreIgnored) {
+  BreakerConfig c;
+  c.cooldown_ms = 5000;
+  CircuitBreaker b(c);
+  for (int i = 0; i < 3; i++) b.record_failure(1000 + i, 900);
+  ASSERT_EQ(b.state(1010), BreakerState::open);
+  b.probe_started(6100);
+  b.probe_finished(true, 6200);
+  for (int i = 0; i < 5; i++) b.record_failure(6300 + i, 950);  // sent at 950
+  EXPECT_TRUE(b.allows_requests(6400));
+  EXPECT_EQ(b.consecutive_failures(), 0);
+  for (int i = 0; i < 3; i++) b.record_failure(6500 + i, 6250);  // sent after it closed
+  EXPECT_EQ(b.state(6510), BreakerState::open);
+}
+
+// A 429 arriving while the breaker is open for failures (a request sent
+// before the trip) neither shortens the cooldown nor makes it look merely
+// rate-limited: the fleet is still failing there.
+TEST(CircuitBreakerTest, A429DoesNotHideFailures) {
+  BreakerConfig c;
+  c.cooldown_ms = 5000;
+  CircuitBreaker b(c);
+  for (int i = 0; i < 3; i++) b.record_failure(0);
+  ASSERT_TRUE(b.failing(10));
+  b.record_rate_limited(100, 1000);
+  EXPECT_EQ(b.open_until_ms(), 5000);
+  EXPECT_TRUE(b.failing(200));
+  b.record_rate_limited(200, 9000);  // asks for longer: the later of the two
+  EXPECT_EQ(b.open_until_ms(), 9200);
+  EXPECT_TRUE(b.failing(300));
+  CircuitBreaker limited(c);  // a plain 429 still means "come back later"
+  limited.record_rate_limited(0, 1000);
+  EXPECT_FALSE(limited.failing(10));
+  EXPECT_EQ(limited.open_until_ms(), 1000);
+}
+
 TEST(CircuitBreakerTest, RateLimitedWithoutRetryAfterUsesCooldown) {
   BreakerConfig c;
   c.cooldown_ms = 700;

@@ -54,3 +54,15 @@ TEST(LatencyStatsTest, NearestRankOnASmallWindow) {
   EXPECT_DOUBLE_EQ(s.percentile(75), 30);
   EXPECT_DOUBLE_EQ(s.percentile(100), 40);
 }
+
+TEST(LatencyStatsTest, ResetForgetsEverySample) {
+  LatencyStats l(0.5, 4);
+  for (double ms : {10.0, 20.0, 30.0}) l.add(ms);
+  ASSERT_TRUE(l.has_samples());
+  l.reset();
+  EXPECT_FALSE(l.has_samples());
+  EXPECT_EQ(l.count(), 0u);
+  EXPECT_DOUBLE_EQ(l.percentile(50), 0.0);
+  l.add(100);
+  EXPECT_DOUBLE_EQ(l.ema_ms(), 100.0) << "the first sample after a reset starts the EMA again";
+}

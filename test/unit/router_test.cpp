@@ -45,12 +45,67 @@ TEST(RouterTest, UrgentPicksTheFastestWithASlot) {
   for (int p : {0, 1, 2}) EXPECT_EQ(pick_index(r, eps, prio(p)), 2u) << p;
 }
 
-TEST(RouterTest, UrgentTriesAnUnsampledEndpoint) {
+// An endpoint with no sample yet is tried, one urgent request at a time:
+// one whose completions only fail (its /health fine, so its breaker closes
+// again) must not take a whole batch of urgent work before it trips.
+TEST(RouterTest, UrgentTriesAnUnsampledEndpointOneRequestAtATime) {
   Router r;
-  std::vector<Endpoint> eps{ep(1, 10, 0, 5), ep(2, 10, 5)};  // gpu 2 has no samples yet
+  std::vector<Endpoint> eps{ep(1, 10, 0, 5), ep(2, 10)};  // gpu 2 has no samples yet
   EXPECT_EQ(pick_index(r, eps, prio(0)), 1u);
+  eps[1].in_flight = 1;  // the trial is on its way
+  for (int i = 0; i < 5; i++) EXPECT_EQ(pick_index(r, eps, prio(0)), 0u) << i;
+  eps[0].in_flight = 10;  // the sampled one is full: the untried one still serves
+  EXPECT_EQ(pick_index(r, eps, prio(0)), 1u);
+  eps[0].in_flight = 0;
   eps[1].latency.add(80);
   EXPECT_EQ(pick_index(r, eps, prio(0)), 0u);
+}
+
+// Failures leave no latency sample: an endpoint failing half its requests
+// is as slow as twice its EMA for urgent work (each failure a retry).
+TEST(RouterTest, UrgentCountsRecentFailuresAgainstAFastEndpoint) {
+  Router r;
+  std::vector<Endpoint> eps{ep(1, 10, 0, 30), ep(2, 10, 0, 40)};
+  EXPECT_EQ(pick_index(r, eps, prio(0)), 0u);
+  npc_scale::BreakerConfig cfg;
+  cfg.min_requests = 100;  // keep it closed: the rate alone must tell
+  cfg.window = 100;
+  cfg.consecutive_failures = 100;
+  eps[0].breaker.configure(cfg);
+  for (int i = 0; i < 10; i++) {
+    eps[0].breaker.record_success(0);
+    eps[0].breaker.record_failure(0);
+  }
+  ASSERT_TRUE(eps[0].breaker.allows_requests(0));
+  EXPECT_EQ(pick_index(r, eps, prio(0)), 1u) << "30 ms at 50% errors is worse than 40 ms";
+}
+
+// The urgent reserve is left out before a retry's avoidance falls back:
+// the avoided endpoint with free slots serves, not nothing.
+TEST(RouterTest, ReserveBeforeAvoidance) {
+  RouterConfig cfg;
+  cfg.urgent_reserve = 0.2;
+  cfg.affinity = false;
+  Router r(cfg);
+  // gpu 1 fastest, 4 of 5 busy: its last slot is urgent work's; gpu 2 slower, idle.
+  std::vector<Endpoint> eps{ep(1, 5, 4, 20), ep(2, 5, 0, 90)};
+  RouteRequest retry = prio(5);
+  retry.avoid_gpu = 2;
+  EXPECT_EQ(pick_index(r, eps, retry), 1u) << "the avoided one, rather than waiting";
+}
+
+// The reserve sits on the fastest endpoint that takes requests: not on one
+// whose breaker is open, which would leave urgent work no reserve at all.
+TEST(RouterTest, ReserveIsNotOnAnEndpointThatIsDown) {
+  RouterConfig cfg;
+  cfg.urgent_reserve = 0.2;
+  cfg.affinity = false;
+  Router r(cfg);
+  std::vector<Endpoint> eps{ep(1, 10, 0, 30), ep(2, 10, 9, 50), ep(3, 10, 0, 500)};
+  eps[0].breaker.record_rate_limited(0, 60000);  // gpu 1 is out for a minute
+  // gpu 2 is now the fastest up: its last slot stays free for urgent work.
+  for (int i = 0; i < 4; i++) EXPECT_EQ(pick_index(r, eps, prio(5)), 2u) << i;
+  EXPECT_EQ(pick_index(r, eps, prio(0)), 1u);
 }
 
 TEST(RouterTest, BackgroundPicksTheLeastLoaded) {
