@@ -102,14 +102,22 @@ std::string generate_impl(const std::string& prompt, int priority, const std::st
                 "Use 0 (most urgent) to 10.");
   }
   GenerationParams params = parse_params(params_json);  // bad input is the caller's error, now
-  if (params_json.size() > static_cast<size_t>(kMaxParamsBytes)) {
-    throw Error("54000", "params are " + std::to_string(params_json.size()) +
-                             " bytes, more than " + std::to_string(kMaxParamsBytes));
-  }
+  check_params_size(params_json.size(), guc_max_prompt_bytes);  // as request_decision()
   check_served_database("a generate() call here would wait for ever");
-  if (worker_slot_snapshot(WorkerKind::dispatcher).pid == 0) {
+  const int dispatcher_pid = worker_slot_snapshot(WorkerKind::dispatcher).pid;
+  if (dispatcher_pid == 0) {
     throw Error("55000", "the npc_scale dispatcher is not running", {},
                 "Check npc_scale.worker_status() and the server log.");
+  }
+  if (dispatcher_pid == MyProcPid) {
+    // A game trigger on decision_queue runs inside the dispatcher's own
+    // write: waiting there for the dispatcher would stop it for good.
+    // 09000 (triggered action exception): the game's trigger refuses the
+    // answer's write, so the decision is failed saying why (a row refusal).
+    throw Error("09000",
+                "generate() cannot be called by the npc_scale dispatcher itself (from a trigger on "
+                "npc_scale.decision_queue?): it would wait for itself",
+                {}, "Queue the follow-up with npc_scale.request_decision() instead.");
   }
 
   // The cache first: a hit never involves the dispatcher.
@@ -153,6 +161,9 @@ std::string generate_impl(const std::string& prompt, int priority, const std::st
   try {
     pg_call([&] { ConditionVariablePrepareToSleep(&slot->done_cv); });
     for (;;) {
+      // Whether the dispatcher is gone, before the state is read: an answer
+      // it left on its way out is still taken.
+      const bool dispatcher_gone = worker_slot_snapshot(WorkerKind::dispatcher).pid == 0;
       SpinLockAcquire(&slot->mutex);
       SyncState state = slot->state;
       SpinLockRelease(&slot->mutex);
@@ -175,11 +186,9 @@ std::string generate_impl(const std::string& prompt, int priority, const std::st
         }
         throw Error("58000", "generate() failed: " + error);
       }
+      if (dispatcher_gone) throw Error("55000", "the npc_scale dispatcher stopped while serving generate()");
       // Cancel and statement_timeout raise here, as a PgError.
       pg_call([&] { ConditionVariableTimedSleep(&slot->done_cv, 1000, PG_WAIT_EXTENSION); });
-      if (worker_slot_snapshot(WorkerKind::dispatcher).pid == 0) {
-        throw Error("55000", "the npc_scale dispatcher stopped while serving generate()");
-      }
     }
   } catch (...) {
     pg_call([] { ConditionVariableCancelSleep(); });

@@ -28,7 +28,7 @@ char* g_sync_slots = nullptr;
 int total_procs() { return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts; }
 
 Size sync_slot_stride() {
-  return MAXALIGN(sizeof(SyncSlot) + guc_max_prompt_bytes + kMaxParamsBytes +
+  return MAXALIGN(sizeof(SyncSlot) + 2 * static_cast<Size>(guc_max_prompt_bytes) +
                   guc_max_response_bytes);
 }
 }  // namespace
@@ -143,6 +143,6 @@ SyncSlot* sync_slot(int index) {
 
 char* sync_slot_prompt(SyncSlot* slot) { return reinterpret_cast<char*>(slot) + sizeof(SyncSlot); }
 char* sync_slot_params(SyncSlot* slot) { return sync_slot_prompt(slot) + guc_max_prompt_bytes; }
-char* sync_slot_response(SyncSlot* slot) { return sync_slot_params(slot) + kMaxParamsBytes; }
+char* sync_slot_response(SyncSlot* slot) { return sync_slot_params(slot) + guc_max_prompt_bytes; }
 
 }  // namespace npc_scale

@@ -45,8 +45,6 @@ enum class SyncState : uint32 {
   abandoned,  // the caller gave up (cancel, timeout); the dispatcher frees it
 };
 
-inline constexpr int kMaxParamsBytes = 4096;
-
 struct SyncSlot {
   slock_t mutex;              // guards every field but the buffers' contents
   ConditionVariable done_cv;  // broadcast when state becomes done/failed
@@ -63,7 +61,8 @@ struct SyncSlot {
   int64 cache_ttl_s;
   char error[512];
   bool rejected;              // failed: the server refused the request as invalid (caller's input)
-  // Followed in shared memory by: prompt[max_prompt_bytes], params[kMaxParamsBytes],
+  // Followed in shared memory by: prompt[max_prompt_bytes], params[max_prompt_bytes]
+  // (the limit request_decision() has too),
   // response[max_response_bytes]; see sync_slot_prompt() & co.
 };
 

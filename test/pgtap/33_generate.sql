@@ -1,7 +1,7 @@
 -- generate(): synchronous, through shared-memory slots; cancellable by
 -- statement_timeout; clear errors when the fleet is down or empty.
 \ir setup/fresh.sql
-SELECT plan(20);
+SELECT plan(22);
 SELECT npc_test.use_gpus(ARRAY['fast0']);
 SELECT npc_test.gpu_reset('fast0');
 SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would hide requests
@@ -85,6 +85,15 @@ SELECT throws_like($$ SELECT npc_scale.generate('Anyone there now?', 5) $$,
   'generate() failed: no GPU endpoint is accepting requests: every enabled one is failing (circuit breaker open); last error: GPU 1: %onnect%',
   'a fleet whose breakers are all open is a clear error, not a wait');
 RESET statement_timeout;
+-- params as long as request_decision() takes them (npc_scale.max_prompt_bytes),
+-- not a smaller limit of generate()'s own; longer ones refused the same way.
+SELECT npc_test.use_gpus(ARRAY['fast0']);
+SELECT ok(length(npc_scale.generate('long params', 5, jsonb_build_object('max_tokens', 3,
+            'stop', to_jsonb(array_fill('zqx'::text, ARRAY[1500]))))) > 0,
+  'params of 10 kB are served');
+SELECT throws_ok($$ SELECT npc_scale.generate('too long params', 5, jsonb_build_object('max_tokens', 3,
+            'stop', to_jsonb(array_fill('zqx'::text, ARRAY[6000])))) $$,
+  '54000', NULL, 'params over npc_scale.max_prompt_bytes are refused, as by request_decision()');
 DELETE FROM npc_scale.gpu_endpoints;
 SELECT throws_like($$ SELECT npc_scale.generate('Anyone?', 5) $$,
   '%no enabled GPU endpoint%', 'no endpoints is a clear error');

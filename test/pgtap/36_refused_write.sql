@@ -4,7 +4,7 @@
 -- row that refuses that too is given up (counted), while the rest go on.
 -- The same for a row that refuses its claim.
 \ir setup/fresh.sql
-SELECT plan(18);
+SELECT plan(21);
 SELECT npc_scale.cache_clear();
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 DROP TRIGGER IF EXISTS refuse_some ON npc_scale.decision_queue;  -- left by an interrupted run
@@ -24,6 +24,14 @@ BEGIN
   END IF;
   IF NEW.npc_id = 3641 AND NEW.status = 'failed' THEN
     PERFORM pg_advisory_xact_lock_shared(3641);  -- waits while the test holds it
+  END IF;
+  -- Inside the dispatcher's own write: waiting for the dispatcher there
+  -- would stop it for good (generate) or for the whole timeout (await).
+  IF NEW.npc_id = 3651 AND NEW.status = 'done' THEN
+    PERFORM npc_scale.generate('asked from a trigger');
+  END IF;
+  IF NEW.npc_id = 3652 AND NEW.status = 'done' THEN
+    PERFORM npc_scale.await_decision(NEW.id, '1 hour');
   END IF;
   IF NEW.npc_id = 3631 THEN
     RAISE EXCEPTION 'the game refuses any change for npc 3631' USING ERRCODE = 'check_violation';
@@ -91,6 +99,20 @@ SELECT is((SELECT error FROM npc_scale.decision_queue WHERE id = :held_id),
   'the answer could not be recorded: the game refuses an answer for npc 3641', 'saying why');
 SELECT is((SELECT attempts FROM npc_scale.decision_queue WHERE id = :held_id), 1, 'after one attempt: not sent again');
 
+-- A trigger that waits for the dispatcher from inside its write: refused at
+-- once, so the answer is refused and the decision failed saying why.
+SELECT npc_scale.request_decision(3651, 'build', 'trigger calls generate', 5, '{"max_tokens": 3}') AS gen_id \gset
+SELECT npc_scale.request_decision(3652, 'build', 'trigger calls await', 5, '{"max_tokens": 3}') AS await_id \gset
+SELECT ok(npc_test.wait_for($$ (SELECT count(*) FROM npc_scale.decision_queue
+                                 WHERE id IN ($$ || :gen_id || $$, $$ || :await_id || $$) AND status = 'failed') = 2 $$),
+  'a trigger calling generate() or await_decision() in the dispatcher fails its decision');
+SELECT matches((SELECT error FROM npc_scale.decision_queue WHERE id = :gen_id),
+  '^the answer could not be recorded: generate\(\) cannot be called by the npc_scale dispatcher itself',
+  'generate() says it would wait for itself');
+SELECT matches((SELECT error FROM npc_scale.decision_queue WHERE id = :await_id),
+  '^the answer could not be recorded: await_decision\(\) cannot be called by the npc_scale dispatcher itself',
+  'await_decision() too');
+
 -- The dispatcher goes on answering.
 SELECT npc_scale.request_decision(3610, 'build', 'after the refusals', 5, '{"max_tokens": 3}') AS after_id \gset
 SELECT is((SELECT status FROM npc_scale.await_decision(:after_id, '10 s')), 'done',
@@ -100,5 +122,5 @@ SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue WHERE npc_id BETWE
 
 DROP TRIGGER refuse_some ON npc_scale.decision_queue;
 DROP FUNCTION npc_test.refuse_some();
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3601 AND 3641;
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3601 AND 3652;
 SELECT * FROM finish();
