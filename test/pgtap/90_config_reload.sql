@@ -2,7 +2,7 @@
 -- them restart connected to the new database. Runs outside a transaction
 -- (ALTER SYSTEM cannot run in one) and restores what it changed.
 \ir setup/fresh.sql
-SELECT plan(11);
+SELECT plan(13);
 
 CREATE TEMP TABLE before AS SELECT name, pid, config_reloads FROM npc_scale.worker_status();
 SELECT ok(pg_reload_conf(), 'configuration reload signalled');
@@ -36,6 +36,19 @@ SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 1::numeric, 
 ALTER SYSTEM RESET npc_scale.breaker_failures;
 SELECT pg_reload_conf() AS reloaded \gset
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
+
+-- /metrics scraping switched off on a reload: the last reading is dropped
+-- (it stood for ever, a busy moment counted against the GPU from then on).
+SELECT npc_test.use_gpus(ARRAY['fast0']);
+SELECT ok(npc_test.wait_for($$ (SELECT remote_running FROM npc_scale.endpoint_stats WHERE NOT draining) IS NOT NULL $$),
+  'the endpoint''s /metrics has been read');
+ALTER SYSTEM SET npc_scale.metrics_interval = 0;
+SELECT pg_reload_conf() AS reloaded \gset
+SELECT ok(npc_test.wait_for($$ (SELECT remote_running IS NULL AND remote_waiting IS NULL
+                                  FROM npc_scale.endpoint_stats WHERE NOT draining) $$),
+  'with scraping off, the last reading is dropped');
+ALTER SYSTEM RESET npc_scale.metrics_interval;
+SELECT pg_reload_conf() AS reloaded \gset
 
 ALTER SYSTEM SET npc_scale.database = 'postgres';
 SELECT pg_reload_conf() AS reloaded \gset
