@@ -1579,8 +1579,7 @@ bool Dispatcher::another_endpoint(uint64_t member) {
   for (size_t i = 0; i < fleet_.size(); i++) {
     Endpoint& e = fleet_.endpoints()[i];
     const MemberInfo& m = fleet_.info(i);
-    if (m.serial != member && !m.removed && e.enabled && e.breaker.allows_requests(now) &&
-        e.in_flight < e.max_concurrent) {
+    if (m.serial != member && !m.removed && e.breaker.allows_requests(now) && e.has_slot()) {
       return true;
     }
   }

@@ -89,7 +89,14 @@ int acquire_slot() {
       }
       SpinLockRelease(&slot->mutex);
     }
-    // All slots busy: sleep until one is freed (interruptible).
+    // All slots busy: sleep until one is freed (interruptible). Slots a
+    // dispatcher that is gone was serving are freed only by the next one:
+    // say so rather than wait for it.
+    if (worker_slot_snapshot(WorkerKind::dispatcher).pid == 0) {
+      pg_call([] { ConditionVariableCancelSleep(); });
+      throw Error("55000", "the npc_scale dispatcher is not running", {},
+                  "Check npc_scale.worker_status() and the server log.");
+    }
     pg_call([&] { ConditionVariableTimedSleep(&s.slot_freed_cv, 1000, PG_WAIT_EXTENSION); });
   }
 }
