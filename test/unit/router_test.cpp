@@ -24,6 +24,14 @@ Endpoint ep(int gpu, int cap, int in_flight = 0, double ema = -1) {
   return e;
 }
 
+// The urgent reserve alone: affinity off, so the tier rules decide.
+RouterConfig reserve_config(double reserve) {
+  RouterConfig c;
+  c.urgent_reserve = reserve;
+  c.affinity = false;
+  return c;
+}
+
 RouteRequest prio(int p) {
   RouteRequest r;
   r.priority = p;
@@ -83,10 +91,7 @@ TEST(RouterTest, UrgentCountsRecentFailuresAgainstAFastEndpoint) {
 // The urgent reserve is left out before a retry's avoidance falls back:
 // the avoided endpoint with free slots serves, not nothing.
 TEST(RouterTest, ReserveBeforeAvoidance) {
-  RouterConfig cfg;
-  cfg.urgent_reserve = 0.2;
-  cfg.affinity = false;
-  Router r(cfg);
+  Router r(reserve_config(0.2));
   // gpu 1 fastest, 4 of 5 busy: its last slot is urgent work's; gpu 2 slower, idle.
   std::vector<Endpoint> eps{ep(1, 5, 4, 20), ep(2, 5, 0, 90)};
   RouteRequest retry = prio(5);
@@ -97,10 +102,7 @@ TEST(RouterTest, ReserveBeforeAvoidance) {
 // The reserve sits on the fastest endpoint that takes requests: not on one
 // whose breaker is open, which would leave urgent work no reserve at all.
 TEST(RouterTest, ReserveIsNotOnAnEndpointThatIsDown) {
-  RouterConfig cfg;
-  cfg.urgent_reserve = 0.2;
-  cfg.affinity = false;
-  Router r(cfg);
+  Router r(reserve_config(0.2));
   std::vector<Endpoint> eps{ep(1, 10, 0, 30), ep(2, 10, 9, 50), ep(3, 10, 0, 500)};
   eps[0].breaker.record_rate_limited(0, 60000);  // gpu 1 is out for a minute
   // gpu 2 is now the fastest up: its last slot stays free for urgent work.
@@ -219,9 +221,7 @@ TEST(RouterTest, UrgentReserveKeepsTheFastestEndpointsLastSlotsWhileTheFleetKeep
 // GPU (reserve 0.2 rounds up to 1 slot), other work would otherwise wait
 // reserve_wait_ms for an idle GPU on every request.
 TEST(RouterTest, UrgentReserveLeavesAtLeastOneSlotToEveryone) {
-  RouterConfig c;
-  c.urgent_reserve = 0.9;
-  c.affinity = false;
+  RouterConfig c = reserve_config(0.9);
   Router r(c);
   std::vector<Endpoint> eps{ep(1, 1, 0, 40)};
   EXPECT_EQ(pick_index(r, eps, prio(5)), 0u) << "idle, one slot: not reserved";
