@@ -233,6 +233,10 @@ npc_redis_stop() {
   [ -n "$pid" ] && kill -CONT "$pid" 2>/dev/null
   timeout 5 redis-cli -p "$NPC_REDIS_PORT" shutdown nosave >/dev/null 2>&1 \
     || { [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; } || true
+  # Gone, not going: its reply comes before it has exited.
+  local i
+  for i in $(seq 250); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
+  return 0
 }
 
 # npc_gpu_start NAME PORT ARGS... — one simulated vLLM server on loopback,
