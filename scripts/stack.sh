@@ -196,6 +196,19 @@ npc_pg_stop() {
     || npc_as_postgres "$PG_BIN/pg_ctl" -D "$NPC_PGDATA" -m immediate stop >/dev/null 2>&1 || true
 }
 
+# npc_wait_file FILE [TICKS]: until FILE is non-empty, every 20 ms, at most
+# TICKS times (250: 5 s). npc_wait_gone PID [TICKS]: until PID has exited.
+npc_wait_file() {
+  local i
+  for ((i = 0; i < ${2:-250}; i++)); do [ -s "$1" ] && return 0; sleep 0.02; done
+  return 1
+}
+npc_wait_gone() {
+  local i
+  for ((i = 0; i < ${2:-250}; i++)); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.02; done
+  return 1
+}
+
 # npc_need_free_port PORT: waits up to 5 s for nothing to listen on PORT (a
 # server just stopped may still hold it), else dies naming it: a Redis or
 # simulated GPU left there by another clone or a killed run would answer in
@@ -218,8 +231,7 @@ npc_redis_start() {
   echo redis >>"$NPC_STATE/started"
   npc_wait_port "$NPC_REDIS_PORT" 10 || npc_die "redis did not listen on $NPC_REDIS_PORT"
   # Redis listens a moment before it writes its pid file.
-  local i
-  for i in $(seq 100); do [ -s "$NPC_STATE/redis/redis.pid" ] && break; sleep 0.02; done
+  npc_wait_file "$NPC_STATE/redis/redis.pid" 100
   kill -0 "$(cat "$NPC_STATE/redis/redis.pid" 2>/dev/null)" 2>/dev/null \
     || { tail -5 "$NPC_STATE/log/redis.log"; npc_die "redis-server exited (see $NPC_STATE/log/redis.log)"; }
 }
@@ -234,8 +246,7 @@ npc_redis_stop() {
   timeout 5 redis-cli -p "$NPC_REDIS_PORT" shutdown nosave >/dev/null 2>&1 \
     || { [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; } || true
   # Gone, not going: its reply comes before it has exited.
-  local i
-  for i in $(seq 250); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
+  [ -n "$pid" ] && npc_wait_gone "$pid"
   return 0
 }
 
@@ -244,7 +255,7 @@ npc_redis_stop() {
 # or a signal to the script's process group (timeout(1)) reaches the script
 # alone, which stops the GPUs once its NPCs' decisions have drained.
 npc_gpu_start() {
-  local name=$1 port=$2 pidfile i; shift 2
+  local name=$1 port=$2 pidfile; shift 2
   npc_need_free_port "$port"
   mkdir -p "$NPC_STATE/gpu"
   pidfile=$NPC_STATE/gpu/$name.pid
@@ -253,8 +264,7 @@ npc_gpu_start() {
   setsid -f "$NPC_BUILD/fake_gpu" --pid-file "$pidfile" --host 127.0.0.1 --port "$port" "$@" \
     </dev/null >"$NPC_STATE/log/gpu_$name.log" 2>&1
   # It writes its pid file once it listens.
-  for i in $(seq 500); do [ -s "$pidfile" ] && break; sleep 0.02; done
-  [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && npc_wait_port "$port" 10 \
+  npc_wait_file "$pidfile" 500 && kill -0 "$(cat "$pidfile")" 2>/dev/null && npc_wait_port "$port" 10 \
     || { tail -5 "$NPC_STATE/log/gpu_$name.log"; npc_die "fake GPU $name did not listen on $port"; }
 }
 
@@ -269,16 +279,14 @@ npc_fleet_start() {
 # Stops the recorded GPUs and waits (up to 5 s) until they are gone: they
 # are not our children, and "stopped" should mean it.
 npc_gpus_stop() {
-  local f pid pids=() i
+  local f pid pids=()
   for f in "$NPC_STATE"/gpu/*.pid; do
     [ -f "$f" ] || continue
     pid=$(cat "$f" 2>/dev/null)
     rm -f "$f"
     [[ "$pid" =~ ^[0-9]+$ ]] && kill "$pid" 2>/dev/null && pids+=("$pid")
   done
-  for pid in "${pids[@]}"; do
-    for i in $(seq 250); do kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
-  done
+  for pid in "${pids[@]}"; do npc_wait_gone "$pid"; done
   return 0
 }
 

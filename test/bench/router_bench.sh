@@ -56,16 +56,9 @@ make -C "$NPC_ROOT" -s fake_gpu router_bench || npc_die "build failed"
 # few thousand at overload, on both sides.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# Stops this profile's GPUs (recorded pids only) and waits for them to exit,
-# so a restart on the same ports never talks to the old ones.
-gpus_stop() {
-  local f pids=() pid i
-  for f in "$NPC_STATE"/gpu/*.pid; do [ -f "$f" ] && pids+=("$(cat "$f")"); done
-  npc_gpus_stop
-  for pid in "${pids[@]}"; do
-    for ((i = 0; i < 500; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
-  done
-}
+# Stops this profile's GPUs (recorded pids only); npc_gpus_stop waits for
+# them to exit, so a restart on the same ports never talks to the old ones.
+gpus_stop() { npc_gpus_stop; }
 gpus_start() {  # SIZE
   npc_log "fake GPUs on 127.0.0.1:$P-$((P + 2)) (rtx3090ti, p40, p40), prefix cache $1 entries each"
   npc_gpu_start rtx3090ti "$P" --profile rtx3090ti --model npc-llm --prefix-cache-entries "$1"
