@@ -108,16 +108,8 @@ NPC_SQL_FUNCTION(npc_scale_await_decision) {
                 "await_decision() needs READ COMMITTED isolation", {},
                 "Under REPEATABLE READ or SERIALIZABLE the transaction could never see the answer.");
   }
-  if (worker_slot_snapshot(WorkerKind::dispatcher).pid == MyProcPid) {
-    // A game trigger on decision_queue runs inside the dispatcher's own
-    // write: it would stall every decision for the whole timeout.
-    // 09000 (triggered action exception): the game's trigger refuses the
-    // answer's write, so the decision is failed saying why (a row refusal).
-    throw Error("09000",
-                "await_decision() cannot be called by the npc_scale dispatcher itself (from a trigger on "
-                "npc_scale.decision_queue?): it would wait for itself",
-                {}, "Read the row's status instead, or wait from the game's own session.");
-  }
+  // In the dispatcher it would stall every decision for the whole timeout.
+  refuse_wait_in_dispatcher("await_decision()", "Read the row's status instead, or wait from the game's own session.");
 
   WaiterRegistration registration(id);  // before the first read: no missed wake-up
   const TimestampTz deadline = GetCurrentTimestamp() + timeout_ms * 1000;

@@ -111,21 +111,12 @@ std::string generate_impl(const std::string& prompt, int priority, const std::st
   GenerationParams params = parse_params(params_json);  // bad input is the caller's error, now
   check_params_size(params_json.size(), guc_max_prompt_bytes);  // as request_decision()
   check_served_database("a generate() call here would wait for ever");
-  const int dispatcher_pid = worker_slot_snapshot(WorkerKind::dispatcher).pid;
-  if (dispatcher_pid == 0) {
+  if (worker_slot_snapshot(WorkerKind::dispatcher).pid == 0) {
     throw Error("55000", "the npc_scale dispatcher is not running", {},
                 "Check npc_scale.worker_status() and the server log.");
   }
-  if (dispatcher_pid == MyProcPid) {
-    // A game trigger on decision_queue runs inside the dispatcher's own
-    // write: waiting there for the dispatcher would stop it for good.
-    // 09000 (triggered action exception): the game's trigger refuses the
-    // answer's write, so the decision is failed saying why (a row refusal).
-    throw Error("09000",
-                "generate() cannot be called by the npc_scale dispatcher itself (from a trigger on "
-                "npc_scale.decision_queue?): it would wait for itself",
-                {}, "Queue the follow-up with npc_scale.request_decision() instead.");
-  }
+  // In the dispatcher it would stop it for good.
+  refuse_wait_in_dispatcher("generate()", "Queue the follow-up with npc_scale.request_decision() instead.");
 
   // The cache first: a hit never involves the dispatcher.
   CachePolicy policy = cache_policy(params, guc_cache_default_ttl_s);

@@ -1,5 +1,6 @@
 #include "shared_state.hpp"
 
+#include <string>
 #include <unordered_set>
 
 #include "core/error.hpp"
@@ -117,6 +118,14 @@ WorkerSlot worker_slot_snapshot(WorkerKind kind) {
   WorkerSlot copy = s.workers[static_cast<int>(kind)];
   SpinLockRelease(&s.mutex);
   return copy;
+}
+
+void refuse_wait_in_dispatcher(const char* function, const char* hint) {
+  if (worker_slot_snapshot(WorkerKind::dispatcher).pid != MyProcPid) return;
+  throw Error("09000",
+              std::string(function) + " cannot be called by the npc_scale dispatcher itself (from a trigger on "
+                                      "npc_scale.decision_queue?): it would wait for itself",
+              {}, hint);
 }
 
 pg_atomic_uint64* waiters() {

@@ -127,6 +127,12 @@ SharedState& shared_state();
 // Copy of one slot taken under the spinlock.
 WorkerSlot worker_slot_snapshot(WorkerKind kind);
 
+// Throws 09000 when the caller is the dispatcher itself: a game trigger on
+// decision_queue runs inside its writes, and `function` (which waits for the
+// dispatcher) would wait there for itself. As a triggered action's error the
+// write is refused, so the decision is failed saying why.
+void refuse_wait_in_dispatcher(const char* function, const char* hint);
+
 // await_decision(): waiters[pgprocno] is the decision id a backend waits for
 // (0 = none). Whoever finishes decisions calls wake_awaiting() after its commit.
 pg_atomic_uint64* waiters();
