@@ -53,6 +53,7 @@ std::string usage_text() {
          "  --malformed-rate R --drop-rate R --abort-rate R --fault-seed N\n"
          "  --unhealthy            start with /health answering 503\n"
          "  --threads N            event loops sharing the port (1)\n"
+         "  --keep-alive-ms MS     close a connection idle this long, as uvicorn does (5000)\n"
          "  --prefix-cache-entries N  simulated prefix-cache size (1024)\n"
          "  --scheduling-policy fcfs|priority  as vLLM's: fcfs refuses a nonzero priority (fcfs)\n"
          "  --pid-file PATH        write our pid there once listening; removed at exit\n";
@@ -114,6 +115,7 @@ std::optional<std::string> parse_options(int argc, const char* const* argv, Opti
   };
   integer("--port", 0, 65535, [&](int64_t n) { o.port = static_cast<int>(n); });
   integer("--threads", 1, 64, [&](int64_t n) { o.threads = static_cast<int>(n); });
+  integer("--keep-alive-ms", 1, 86400000, [&](int64_t n) { o.keep_alive_ms = static_cast<int>(n); });
   integer("--prefix-cache-entries", 0, 10000000,
           [&](int64_t n) { o.prefix_cache_entries = static_cast<size_t>(n); });
   num("--base-ms", 0, [&](double d) { overrides.push_back([d](GpuProfile& p) { p.base_ms = d; }); });

@@ -21,6 +21,7 @@ struct Options {
   bool priority_scheduling = false;  // --scheduling-policy priority (vLLM's default: fcfs)
   std::string api_key;               // --api-key, as vLLM's
   std::string pid_file;              // --pid-file: our pid, once listening; removed at exit
+  int keep_alive_ms = 5000;          // an idle connection is closed after this (uvicorn's 5 s)
   bool help = false;
 };
 

@@ -164,7 +164,7 @@ class Worker {
       : gpu_(gpu), index_(index), peers_(peers) {}
   ~Worker();
 
-  std::optional<std::string> init(int listen_fd, bool handle_signals);
+  std::optional<std::string> init(int listen_fd, bool handle_signals, int keep_alive_ms);
   void run() { event_base_dispatch(base_); }
   // Thread-safe: the request `id`, which this worker owns, has finished.
   void post_finished(uint64_t id);
@@ -265,7 +265,7 @@ Worker::~Worker() {
   }
 }
 
-std::optional<std::string> Worker::init(int listen_fd, bool handle_signals) {
+std::optional<std::string> Worker::init(int listen_fd, bool handle_signals, int keep_alive_ms) {
   // Precise timers (timerfd) so a 40 ms service time is 40 ms, not 40 ms
   // rounded to epoll's millisecond granularity: benchmarks subtract it.
   // The epoll changelist folds evhttp's per-request interest changes (stop
@@ -281,6 +281,12 @@ std::optional<std::string> Worker::init(int listen_fd, bool handle_signals) {
   if (!http_) return std::string("cannot create the event loop");
   evhttp_set_gencb(http_, &Worker::on_request_cb, this);
   evhttp_set_max_body_size(http_, 32 << 20);
+  // vLLM's uvicorn closes a keep-alive connection idle for 5 s, so a client
+  // reusing connections meets servers that hang up on it. evhttp's read
+  // timeout does the same: reading is off while a request waits for its
+  // answer (held requests are not cut), on again once it is answered.
+  const timeval keep_alive{keep_alive_ms / 1000, (keep_alive_ms % 1000) * 1000};
+  evhttp_set_timeout_tv(http_, &keep_alive);
   if (!evhttp_accept_socket_with_handle(http_, listen_fd)) {
     close(listen_fd);
     return std::string("cannot accept on the listening socket");
@@ -688,7 +694,7 @@ std::optional<std::string> Server::start() {
     if (fd < 0) return err;
     if (i == 0) port = port_ = bound_port(fd);
     workers_.push_back(std::make_unique<Worker>(gpu_, i, workers_));
-    if (auto e = workers_.back()->init(fd, i == 0)) return e;
+    if (auto e = workers_.back()->init(fd, i == 0, opts_.keep_alive_ms)) return e;
   }
   return std::nullopt;
 }

@@ -638,4 +638,61 @@ TEST(FakeGpuApi, SigtermExitsCleanlyWithRequestsPending) {
   EXPECT_NE(load.reply(1).code, CURLE_OK);
 }
 
+// As vLLM's uvicorn, a connection idle for keep_alive_ms is closed by the
+// server (a client's pooled connection goes stale), but a request waiting for
+// its answer longer than that is not cut.
+int record_socket(void* out, curl_socket_t fd, curlsocktype) {
+  *static_cast<curl_socket_t*>(out) = fd;
+  return CURL_SOCKOPT_OK;
+}
+
+TEST(FakeGpuApi, IdleConnectionIsClosedAfterKeepAlive) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--keep-alive-ms", "300");
+  CURL* c = curl_easy_init();
+  curl_socket_t fd = CURL_SOCKET_BAD;
+  const std::string body = completion("keep me", 2).dump();
+  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
+  curl_easy_setopt(c, CURLOPT_URL, gpu.url("/v1/completions").c_str());
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.c_str());
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, +[](char*, size_t s, size_t n, void*) { return s * n; });
+  curl_easy_setopt(c, CURLOPT_SOCKOPTFUNCTION, &record_socket);
+  curl_easy_setopt(c, CURLOPT_SOCKOPTDATA, &fd);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
+  long status = 0, connects = 0;
+  ASSERT_EQ(curl_easy_perform(c), CURLE_OK);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  EXPECT_EQ(status, 200);
+  ASSERT_NE(fd, CURL_SOCKET_BAD);
+  // The connection stays in curl's pool; the server hangs up on it.
+  bool closed = wait_until([&] {
+    char byte;
+    pollfd p{fd, POLLIN, 0};
+    return poll(&p, 1, 0) == 1 && recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+  });
+  EXPECT_TRUE(closed) << "the idle connection was not closed by the server";
+  // The next request notices and connects again.
+  ASSERT_EQ(curl_easy_perform(c), CURLE_OK);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &connects);
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(connects, 1);
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(c);
+}
+
+TEST(FakeGpuApi, RequestHeldLongerThanKeepAliveIsAnswered) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--keep-alive-ms", "100", "--hang-rate", "1");
+  Concurrent load;
+  load.post(gpu, completion("held past the keep-alive", 3), 20000);
+  ASSERT_TRUE(wait_until([&] { return gpu.metric("fake_gpu_inflight") == 1; })) << gpu.metrics();
+  // The premise, not a synchronisation: held for 5x the keep-alive.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(gpu.metric("fake_gpu_client_disconnects_total"), 0);
+  EXPECT_EQ(gpu.post("/admin/release", json::object()).status, 200);
+  load.join();
+  ASSERT_EQ(load.reply(0).status, 200) << load.reply(0).body;
+  EXPECT_EQ(load.reply(0).parsed()["usage"]["completion_tokens"], 3);
+}
+
 }  // namespace
