@@ -202,6 +202,13 @@ void HttpClient::start(HttpRequest request) {
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &append_body);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, t.get());
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  // A transfer that times out or is cancelled while its host name is still
+  // being resolved would wait for the resolver thread (glibc's timeout, many
+  // seconds) and stall every other endpoint: leave the thread to finish alone.
+  curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L);
+  // The fleet is reached directly: a proxy named in the server's environment
+  // (http_proxy, ALL_PROXY) would see every prompt and api_key.
+  curl_easy_setopt(e, CURLOPT_PROXY, "");
   curl_easy_setopt(e, CURLOPT_PRIVATE, reinterpret_cast<void*>(t->request.tag));
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
   if (!t->request.body.empty()) {

@@ -211,3 +211,18 @@ TEST(HttpClient, AReplyOverItsSizeLimitIsAbortedAsATransportError) {
   ASSERT_TRUE(out.at(2).transport_ok) << out.at(2).error;
   EXPECT_GT(out.at(2).body.size(), 512u);
 }
+
+// The GPU fleet is reached directly: a proxy named in the server's
+// environment (http_proxy and the like) would see every prompt and api_key.
+TEST(HttpClient, ProxyEnvironmentVariablesAreIgnored) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  const char* names[] = {"http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"};
+  for (const char* n : names) setenv(n, "http://127.0.0.1:9", 1);  // discard port: nothing listens
+  HttpClient http;
+  http.start(completion(gpu, 1));
+  auto results = drive(http, 1);
+  for (const char* n : names) unsetenv(n);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_TRUE(results.at(1).transport_ok) << results.at(1).error;
+  EXPECT_EQ(results.at(1).status, 200);
+}
