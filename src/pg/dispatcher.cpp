@@ -143,6 +143,8 @@ class Dispatcher {
   // handed off and sent but not claimed yet, or answered and not written
   // yet (deferred by a game session's row lock too). The writes decide.
   std::vector<int64_t> held_back_ids() const;
+  // Those, and the decisions in flight: lease recovery's exclusions.
+  std::vector<int64_t> not_recoverable_ids() const;
   void fail_refusing_rows(const std::vector<RefusedRow>& rows, const std::string& what);
   void fail_rows_to_fail(std::vector<std::string>& lines);
   void prune_unwritable();
@@ -1044,6 +1046,22 @@ std::vector<int64_t> Dispatcher::held_back_ids() const {
   return ids;
 }
 
+// Rows lease recovery must pass over: those held back, and those in flight,
+// whose timeout ends inside the lease on the steady clock while the lease is
+// judged by the wall clock, which can step forward (NTP, a VM resumed):
+// recovering one would send it again, or fail it as "lease expired" while its
+// answer is on the way.
+std::vector<int64_t> Dispatcher::not_recoverable_ids() const {
+  std::vector<int64_t> ids = held_back_ids();
+  for (const auto& [tag, f] : in_flight_) {
+    if (f.kind == Work::decision && f.attempts > 0) ids.push_back(f.decision_id);
+    for (const InFlight& follower : f.followers) {
+      if (follower.kind == Work::decision && follower.attempts > 0) ids.push_back(follower.decision_id);
+    }
+  }
+  return ids;
+}
+
 // Claims as many queued decisions as there are free slots and sends them
 // the moment the claim commits.
 void Dispatcher::claim_and_send() {
@@ -1692,9 +1710,8 @@ void Dispatcher::housekeeping() {
     reload_endpoints_if_changed(/*force=*/true, /*log_only_changes=*/true);
   }
   int requeued = 0;
-  const std::vector<int64_t> held_back = held_back_ids();
   std::vector<RefusedRow> refused;
-  wake_awaiting(recover_leases(false, guc_max_attempts, &requeued, held_back, &refused));
+  wake_awaiting(recover_leases(false, guc_max_attempts, &requeued, not_recoverable_ids(), &refused));
   fail_refusing_rows(refused, "its lapsed lease could not be recovered");
   // A safety net, not the mechanism: commits wake the dispatcher at once;
   // this look per second only bounds the cost of a wake-up ever lost.

@@ -2,7 +2,7 @@
 -- fails with the last error; permanent errors fail at once; deadlines expire;
 -- a misconfigured endpoint is the endpoint's failure.
 \ir setup/fresh.sql
-SELECT plan(40);
+SELECT plan(44);
 
 SELECT npc_test.use_gpus(ARRAY['faulty']);
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 0}');
@@ -187,6 +187,35 @@ SELECT count(npc_scale.cancel_decision(id)) AS cancelled FROM unnest(:'ids10'::b
 SELECT ok(npc_test.wait_for($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 'closed' $$, '20 s'),
   'and it closes once the GPU answers again');
 
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008 OR npc_id BETWEEN 4011 AND 4013 OR npc_id IN (4021, 4022) OR npc_id BETWEEN 4101 AND 4116;
+-- A wall clock stepped forward mid-request (NTP, a VM resumed) lapses the
+-- lease of a request the live dispatcher still has in flight: lease
+-- recovery leaves it alone (it would be sent again, or failed as "lease
+-- expired" while its answer is on the way). A lapsed lease with no request
+-- behind it, made in the same transaction, shows a recovery pass has run.
+SELECT npc_test.use_gpus(ARRAY['faulty']);
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1.0}');
+SELECT npc_scale.request_decision(4031, 'scout', 'Still there?', 5) AS id31 \gset
+SELECT ok(npc_test.wait_for(format($$ (SELECT status FROM npc_scale.decision_queue WHERE id = %s) = 'running'
+                                      AND npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 1 $$, :id31)),
+  'the request is held at the GPU');
+BEGIN;
+UPDATE npc_scale.decision_queue SET leased_until = now() - interval '1 s' WHERE id = :id31;
+SELECT npc_scale.request_decision(4032, 'scout', 'Orphaned?', 5) AS id32 \gset
+UPDATE npc_scale.decision_queue
+   SET status = 'running', attempts = current_setting('npc_scale.max_attempts')::int,
+       started_at = now(), leased_until = now() - interval '1 s'
+ WHERE id = :id32;
+COMMIT;
+SELECT ok(npc_test.wait_for(format($$ (SELECT status FROM npc_scale.decision_queue WHERE id = %s) = 'failed' $$, :id32)),
+  'a lapsed lease with no request behind it is recovered');
+SELECT is((SELECT status || ', attempt ' || attempts FROM npc_scale.decision_queue WHERE id = :id31), 'running, attempt 1',
+  'in the same pass, the lapsed lease of a request in flight is left alone');
+SELECT npc_test.gpu_release('faulty');
+SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 0}');
+SELECT results_eq(format('SELECT (SELECT status FROM npc_scale.await_decision(%s, ''20 s'')), attempts
+                            FROM npc_scale.decision_queue WHERE id = %s', :id31, :id31),
+  $$ VALUES ('done'::text, 1) $$, 'and its answer is written, at its first attempt');
+
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008 OR npc_id BETWEEN 4011 AND 4013 OR npc_id IN (4021, 4022, 4031, 4032) OR npc_id BETWEEN 4101 AND 4116;
 
 SELECT * FROM finish();
