@@ -96,6 +96,7 @@ EndpointVerdict judge_endpoint(const HttpResult& r, bool usable, const RequestTi
     return own_timeout ? EndpointVerdict::neutral : EndpointVerdict::failing;
   }
   if (r.status == 429) return EndpointVerdict::rate_limited;
+  if (r.status == 503 && r.retry_after_s && *r.retry_after_s > 0) return EndpointVerdict::unavailable;
   if (r.status >= 500 || is_2xx(r) || endpoint_misconfigured(r.status)) return EndpointVerdict::failing;
   return EndpointVerdict::neutral;
 }

@@ -65,6 +65,7 @@ enum class EndpointVerdict {
   healthy,       // answered usefully
   failing,       // no reply, 5xx, an unusable 2xx, a misconfigured endpoint
   rate_limited,  // 429: back off for its Retry-After
+  unavailable,   // 503 with a Retry-After (a maintenance window, a proxy): failing, for that long
   neutral,       // the request's own fault (other 4xx, or its own short timeout)
 };
 struct RequestTimes {

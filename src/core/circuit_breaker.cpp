@@ -107,6 +107,13 @@ void CircuitBreaker::record_rate_limited(int64_t now_ms, int64_t retry_after_ms)
   rate_limited_ = true;
 }
 
+void CircuitBreaker::record_unavailable(int64_t now_ms, int64_t retry_after_ms, std::optional<int64_t> sent_ms) {
+  const BreakerState s = peek_state(now_ms);
+  if (s == BreakerState::closed && sent_ms && *sent_ms < closed_at_) return;
+  const int64_t until = now_ms + std::min(std::max<int64_t>(retry_after_ms, 0), kMaxRetryAfterMs);
+  open(s == BreakerState::open ? std::max(open_until_, until) : until);
+}
+
 int64_t CircuitBreaker::retry_after_ms(std::optional<int64_t> seconds) {
   if (!seconds || *seconds <= 0) return 0;
   return std::min(*seconds, kMaxRetryAfterMs / 1000) * 1000;  // no overflow for any header

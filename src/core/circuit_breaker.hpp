@@ -55,6 +55,11 @@ class CircuitBreaker {
   // least its cooldown's end): a 429 neither shortens nor hides the trouble.
   static constexpr int64_t kMaxRetryAfterMs = 3600 * 1000;
   void record_rate_limited(int64_t now_ms, int64_t retry_after_ms);
+  // 503 with a Retry-After: failing (not merely rate-limited: a sync caller
+  // is told at once), open until now + retry_after_ms, or later if it was
+  // open for longer already. As record_failure, a reply to a request sent
+  // before the probe closed it is the old trouble's.
+  void record_unavailable(int64_t now_ms, int64_t retry_after_ms, std::optional<int64_t> sent_ms = std::nullopt);
   // A Retry-After header's seconds as record_rate_limited() takes them.
   static int64_t retry_after_ms(std::optional<int64_t> seconds);
 

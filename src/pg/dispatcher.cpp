@@ -706,6 +706,8 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   BreakerState before = e.breaker.state(now);
   if (verdict == EndpointVerdict::rate_limited) {
     e.breaker.record_rate_limited(now, CircuitBreaker::retry_after_ms(r.retry_after_s));
+  } else if (verdict == EndpointVerdict::unavailable) {
+    e.breaker.record_unavailable(now, CircuitBreaker::retry_after_ms(r.retry_after_s), sent);
   } else if (verdict == EndpointVerdict::failing) {
     e.breaker.record_failure(now, sent);
   }
@@ -713,7 +715,7 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   if (before == BreakerState::closed && e.breaker.state(now) != BreakerState::closed) {
     // Judged afresh once it is back: urgent work tries it one request at a
     // time, not by the speed it had before it broke.
-    if (verdict == EndpointVerdict::failing) e.latency.reset();
+    if (verdict == EndpointVerdict::failing || verdict == EndpointVerdict::unavailable) e.latency.reset();
     // Logged once the reply is handled (see flush_log_lines).
     if (!m.removed) log_lines_.push_back("GPU " + std::to_string(f.gpu_id) + " breaker opened: " + error);
   }

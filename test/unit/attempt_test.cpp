@@ -227,6 +227,15 @@ TEST(EndpointVerdict, RepliesAreJudgedByStatus) {
     EXPECT_EQ(judge_endpoint(http(status, "{}"), false, t), EndpointVerdict::neutral) << status;
   }
   EXPECT_EQ(judge_endpoint(transport_error("Connection refused"), false, t), EndpointVerdict::failing);
+  // A 503 that says when to come back (a maintenance window behind a proxy).
+  HttpResult later = http(503, "{}");
+  later.retry_after_s = 30;
+  EXPECT_EQ(judge_endpoint(later, false, t), EndpointVerdict::unavailable);
+  later.retry_after_s = 0;  // a date already past
+  EXPECT_EQ(judge_endpoint(later, false, t), EndpointVerdict::failing);
+  HttpResult other = http(500, "{}");
+  other.retry_after_s = 30;  // only 503 and 429 carry it by the standard
+  EXPECT_EQ(judge_endpoint(other, false, t), EndpointVerdict::failing);
 }
 
 // A caller's {"timeout_ms": 1}, or a timeout cut to a near deadline, that a

@@ -209,6 +209,40 @@ TEST(CircuitBreakerTest, RateLimitedWithoutRetryAfterUsesCooldown) {
   EXPECT_EQ(CircuitBreaker::retry_after_ms(2), 2000);
 }
 
+// 503 with a Retry-After: the server says it is down for that long. Open at
+// once for exactly that, and failing (a sync caller is told at once), never
+// shortening a longer opening; a reply to a request sent before the probe
+// closed it is the old trouble's.
+TEST(CircuitBreakerTest, UnavailableOpensForItsRetryAfterAsAFailure) {
+  BreakerConfig c;
+  c.cooldown_ms = 5000;
+  CircuitBreaker b(c);
+  b.record_unavailable(1000, 30000);
+  EXPECT_EQ(b.open_until_ms(), 31000);
+  EXPECT_TRUE(b.failing(1001));
+  EXPECT_EQ(b.state(30999), BreakerState::open);
+  b.record_unavailable(2000, 1000);  // shorter: the longer opening stands
+  EXPECT_EQ(b.open_until_ms(), 31000);
+  b.record_unavailable(3000, CircuitBreaker::retry_after_ms(86400));  // at most an hour
+  EXPECT_EQ(b.open_until_ms(), 3000 + 3600 * 1000);
+
+  CircuitBreaker limited(c);  // rate-limited, then told it is down: failing
+  limited.record_rate_limited(0, 1000);
+  ASSERT_FALSE(limited.failing(10));
+  limited.record_unavailable(10, 2000);
+  EXPECT_TRUE(limited.failing(20));
+  EXPECT_EQ(limited.open_until_ms(), 2010);
+
+  CircuitBreaker recovered(c);
+  for (int i = 0; i < 3; i++) recovered.record_failure(0);
+  recovered.probe_started(5000);
+  recovered.probe_finished(true, 5100);
+  recovered.record_unavailable(5200, 30000, 4000);  // sent before it closed
+  EXPECT_TRUE(recovered.allows_requests(5200));
+  recovered.record_unavailable(5300, 30000, 5150);  // sent since
+  EXPECT_EQ(recovered.open_until_ms(), 35300);
+}
+
 TEST(CircuitBreakerTest, LateOutcomesWhileOpenDoNotMoveIt) {
   CircuitBreaker b;
   for (int i = 0; i < 3; i++) b.record_failure(0);
