@@ -47,10 +47,26 @@ NPC_SQL_FUNCTION(npc_scale_bridge_selftest) {
       return npc_scale::pg_call([&] { return CStringGetTextDatum(seen.c_str()); });
     }
   }
+  if (mode == "pg_error_held") {
+    // Caught inside HOLD_INTERRUPTS() (as in a commit callback): the ERROR
+    // zeroed the holdoff count before it jumped; the bridge puts it back.
+    const uint32 before = InterruptHoldoffCount;
+    HOLD_INTERRUPTS();
+    std::string seen;
+    try {
+      divide_by_zero_in_postgres();
+    } catch (const npc_scale::PgError& e) {
+      seen = std::string("caught ") + unpack_sql_state(e.sqlerrcode());
+    }
+    const bool held = InterruptHoldoffCount == before + 1;
+    if (InterruptHoldoffCount > 0) RESUME_INTERRUPTS();  // never wrap it around
+    seen += held ? ", interrupts still held" : ", interrupts no longer held";
+    return npc_scale::pg_call([&] { return CStringGetTextDatum(seen.c_str()); });
+  }
   if (mode == "ok") return npc_scale::pg_call([] { return CStringGetTextDatum("ok"); });
   throw npc_scale::Error(npc_scale::sqlstate::invalid_parameter_value,
                          "unknown bridge self-test mode \"" + mode + "\"", {},
-                         "Use one of: ok, npc_error, std_error, pg_error, pg_error_caught.");
+                         "Use one of: ok, npc_error, std_error, pg_error, pg_error_caught, pg_error_held.");
 }
 
 NPC_SQL_FUNCTION(npc_scale_bridge_destructor_count) {

@@ -27,6 +27,7 @@ extern "C" {
 #include "postgres.h"
 #include "fmgr.h"
 #include "utils/elog.h"
+#include "miscadmin.h"
 #include "utils/memutils.h"
 }
 
@@ -69,6 +70,12 @@ auto pg_call(Fn&& fn) -> decltype(fn()) {
     pg_call([&]() -> int { fn(); return 0; });
   } else {
     MemoryContext caller_context = CurrentMemoryContext;
+    // An ERROR zeroes the holdoff counters before it jumps (errfinish): a
+    // call made inside HOLD_INTERRUPTS() (a commit callback) that catches one
+    // must put them back, or the RESUME_INTERRUPTS() after it wraps around
+    // and the backend ignores cancel and terminate for good.
+    const uint32 interrupt_holdoff = InterruptHoldoffCount;
+    const uint32 cancel_holdoff = QueryCancelHoldoffCount;
     ErrorData* volatile edata = nullptr;
     std::optional<Result> result;
     std::exception_ptr cxx_error;  // a C++ throw must not leave PG_TRY by unwinding
@@ -86,6 +93,8 @@ auto pg_call(Fn&& fn) -> decltype(fn()) {
       MemoryContextSwitchTo(caller_context);
       edata = CopyErrorData();
       FlushErrorState();
+      InterruptHoldoffCount = interrupt_holdoff;
+      QueryCancelHoldoffCount = cancel_holdoff;
     }
     PG_END_TRY();
     if (cxx_error) std::rethrow_exception(cxx_error);

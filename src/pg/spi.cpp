@@ -33,8 +33,11 @@ void begin(const char* activity) {
 }
 
 void commit() {
+  // SPI_finish() deletes the context it was called in; a failing COMMIT
+  // (a game's deferred constraint, a full NOTIFY queue) must copy its error
+  // into one that still exists: the transaction's, current once SPI is done.
+  pg_call([] { SPI_finish(); });
   pg_call([] {
-    SPI_finish();
     PopActiveSnapshot();
     // The workers' statements wait only briefly for locks (lock_timeout),
     // but the COMMIT of one that notified takes the database's NOTIFY lock,

@@ -2,7 +2,7 @@
 -- Postgres ERRORs unwind C++ frames, and the session keeps working.
 \ir setup/fresh.sql
 BEGIN;
-SELECT plan(10);
+SELECT plan(11);
 
 SELECT throws_ok($$ SELECT npc_scale._bridge_selftest('npc_error') $$, '22023',
   'bridge self-test: npc_scale::Error thrown in C++',
@@ -13,6 +13,11 @@ SELECT throws_ok($$ SELECT npc_scale._bridge_selftest('pg_error') $$, '22012',
   'division by zero', 'a Postgres ERROR inside C++ keeps its SQLSTATE and message');
 SELECT is(npc_scale._bridge_selftest('pg_error_caught'), 'caught 22012: division by zero',
   'C++ catches a Postgres ERROR as PgError');
+-- An ERROR caught inside HOLD_INTERRUPTS() (a commit callback) leaves the
+-- holdoff count as it was (zeroed, the RESUME after it would wrap it around
+-- and the backend would ignore cancel and terminate for good).
+SELECT is(npc_scale._bridge_selftest('pg_error_held'), 'caught 22012, interrupts still held',
+  'a Postgres ERROR caught with interrupts held leaves them held');
 SELECT throws_ok($$ SELECT npc_scale._bridge_selftest('bogus') $$, '22023',
   'unknown bridge self-test mode "bogus"', 'bad input is named in the error');
 
