@@ -357,6 +357,8 @@ CREATE FUNCTION npc_scale._cron_next(schedule text, after timestamptz) RETURNS t
 AS 'MODULE_PATHNAME', 'npc_scale_cron_next' LANGUAGE C STRICT IMMUTABLE;
 CREATE FUNCTION npc_scale._wake_maintenance_at_commit() RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_wake_maintenance_at_commit' LANGUAGE C;
+CREATE FUNCTION npc_scale._warn_unless_served(what text) RETURNS void
+AS 'MODULE_PATHNAME', 'npc_scale_warn_unless_served' LANGUAGE C STRICT;
 
 CREATE TABLE npc_scale.maintenance_jobs (
     job           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -462,6 +464,7 @@ BEGIN
   VALUES ('refresh', matview, canonical, "concurrently", npc_scale._cron_next(canonical, now()))
   RETURNING job INTO new_job;
   PERFORM npc_scale._wake_maintenance_at_commit();
+  PERFORM npc_scale._warn_unless_served(format('the refresh of %s is scheduled, but runs nowhere', matview));
   RETURN new_job;
 END $$;
 COMMENT ON FUNCTION npc_scale.schedule_refresh(regclass, text, boolean) IS
@@ -1530,6 +1533,7 @@ BEGIN
         retention = excluded.retention, retention_keep_table = excluded.retention_keep_table
   RETURNING * INTO cfg;
   PERFORM npc_scale._maintain_parent(cfg, true);
+  PERFORM npc_scale._warn_unless_served(format('the partitions of %s were made now, but nothing premakes more or applies retention', parent));
   RETURN parent::oid::bigint;
 END $$;
 COMMENT ON FUNCTION npc_scale.manage_partitions(regclass, text, interval, integer, interval, boolean) IS

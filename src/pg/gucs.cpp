@@ -261,7 +261,7 @@ void define_gucs() {
 }
 
 // The database's name is looked up again only when the setting changes.
-void check_served_database(const std::string& consequence) {
+std::string unserved_database_name() {
   static std::optional<std::string> checked_setting;
   static std::string here;
   const std::string served = guc_database ? guc_database : "";
@@ -272,7 +272,13 @@ void check_served_database(const std::string& consequence) {
     });
     checked_setting = served;
   }
-  if (here != served) {
+  return here == served ? std::string() : here;
+}
+
+void check_served_database(const std::string& consequence) {
+  const std::string here = unserved_database_name();
+  const std::string served = guc_database ? guc_database : "";
+  if (!here.empty()) {
     throw Error("55000",
                 "no npc_scale dispatcher serves database \"" + here + "\" (npc_scale.database is \"" + served +
                     "\"): " + consequence,

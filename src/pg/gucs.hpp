@@ -9,6 +9,8 @@ namespace npc_scale {
 // The workers serve one database (npc_scale.database): a request made in
 // another would wait for ever. Raises 55000 there, saying so (`consequence`).
 void check_served_database(const std::string& consequence);
+// The name of this database if the workers do not serve it, else empty.
+std::string unserved_database_name();
 
 extern char* guc_database;          // npc_scale.database: where both workers connect
 extern int guc_max_prompt_bytes;    // postmaster: sizes the generate() slots too

@@ -4,6 +4,7 @@
 
 #include "core/cron.hpp"
 #include "guard.hpp"
+#include "gucs.hpp"
 #include "pg_text.hpp"
 #include "shared_state.hpp"
 #include "worker.hpp"
@@ -32,6 +33,24 @@ void at_end(XactEvent event, void*) noexcept {
 }
 
 }  // namespace
+
+// _warn_unless_served(what): a job or partition set-up stored in a database
+// the maintenance worker does not serve would never run, silently. Not an
+// error: a studio may prepare a database before pointing npc_scale.database
+// at it (or restore a dump into it).
+NPC_SQL_FUNCTION(npc_scale_warn_unless_served) {
+  const std::string what = npc_scale::text_arg(PG_GETARG_DATUM(0));
+  const std::string here = npc_scale::unserved_database_name();
+  if (here.empty()) PG_RETURN_VOID();
+  const std::string served = npc_scale::guc_database ? npc_scale::guc_database : "";
+  npc_scale::pg_call([&] {
+    ereport(WARNING, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                      errmsg("no npc_scale maintenance worker serves database \"%s\" (npc_scale.database is \"%s\"): %s",
+                             here.c_str(), served.c_str(), what.c_str()),
+                      errhint("It runs once npc_scale.database names this database.")));
+  });
+  PG_RETURN_VOID();
+}
 
 // _cron_canonical(schedule) → canonical text; ERROR naming the schedule if invalid.
 NPC_SQL_FUNCTION(npc_scale_cron_canonical) {

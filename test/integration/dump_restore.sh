@@ -30,7 +30,9 @@ grep -q "no npc_scale dispatcher serves database" <<<"$out" \
 out=$(PGOPTIONS='-c statement_timeout=20s' npc_psql -d "$src" -tAc "SELECT npc_scale.generate('lost?')" 2>&1 || true)
 grep -q "no npc_scale dispatcher serves database \"$src\".*wait for ever" <<<"$out" \
   || { echo "generate in a database no dispatcher serves: expected 55000 at once, got: $out"; exit 1; }
-npc_psql -d "$src" >/dev/null <<'SQL'
+# Jobs and partition settings are kept (a database prepared before
+# npc_scale.database points at it), with a warning that nothing runs them here.
+warnings=$(npc_psql -d "$src" 2>&1 >/dev/null <<'SQL'
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, model, api, max_concurrent, api_key, labels)
 VALUES (7, 'http://10.1.2.3:8000', 'npc-llm', 'chat', 12, 'sk-secret', '{"zone": "eu"}');
 INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt)
@@ -47,6 +49,12 @@ INSERT INTO npc_scale.maintenance_runs (job, started_at, finished_at, status, du
 CREATE TABLE npc_events (npc_id bigint, occurred_at timestamptz NOT NULL) PARTITION BY RANGE (occurred_at);
 SELECT npc_scale.manage_partitions('npc_events', 'occurred_at', '1 day', premake => 2);
 SQL
+)
+for what in "the refresh of village_summary is scheduled, but runs nowhere" \
+            "the partitions of npc_events were made now, but nothing premakes more"; do
+  grep -q "WARNING:  no npc_scale maintenance worker serves database \"$src\".*: $what" <<<"$warnings" \
+    || { echo "expected a warning that $what; got: $warnings"; exit 1; }
+done
 snapshot() {
   q "$1" "SELECT concat_ws(' | ',
     (SELECT string_agg(concat_ws(',', gpu_id, endpoint, model, api, max_concurrent, api_key, labels), ';') FROM npc_scale.gpu_endpoints),
