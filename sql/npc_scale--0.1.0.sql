@@ -1326,6 +1326,16 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
      AND pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = _note_partition_run.parent), 'MEMBER')
 $$;
 
+-- The partition key column renamed since (ALTER TABLE ... RENAME COLUMN,
+-- which Postgres allows): the settings follow it. For the parent's owner
+-- (run_maintenance) or the worker, as _note_partition_run.
+CREATE FUNCTION npc_scale._note_partition_key(parent regclass, key_name name) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+  UPDATE npc_scale.partition_configs c SET control = _note_partition_key.key_name
+   WHERE c.parent = _note_partition_key.parent AND c.control <> _note_partition_key.key_name
+     AND pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = _note_partition_key.parent), 'MEMBER')
+$$;
+
 -- One parent's maintenance: default partition, retention, the default
 -- partition's rows, then premake. Returns partitions created +
 -- dropped/detached. Locks are waited for at most
@@ -1354,12 +1364,22 @@ DECLARE
   backfilled integer := 0;
   failed_state text;
   failed_message text;
+  key_name name;
 BEGIN
   IF lock_wait IS NOT NULL THEN
     PERFORM set_config('lock_timeout', lock_wait, true);
   END IF;
   SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
    WHERE c.oid = cfg.parent;
+  -- The key by its number, not the name stored: a renamed column would
+  -- otherwise stop retention (no bounds read) and fail every premake.
+  SELECT a.attname INTO key_name FROM pg_partitioned_table p
+    JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
+   WHERE p.partrelid = cfg.parent;
+  IF key_name IS NOT NULL AND key_name <> cfg.control THEN
+    cfg.control := key_name;
+    PERFORM npc_scale._note_partition_key(cfg.parent, key_name);
+  END IF;
   SELECT atttypid::regtype INTO coltype FROM pg_attribute WHERE attrelid = cfg.parent AND attname = cfg.control;
   -- The default partition catches rows no partition covers yet.
   SELECT inhrelid::regclass INTO def FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid

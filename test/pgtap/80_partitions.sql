@@ -5,7 +5,7 @@
 -- pg_partman 4.7 itself.
 \ir setup/fresh.sql
 BEGIN;
-SELECT plan(63);
+SELECT plan(67);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -329,6 +329,24 @@ SELECT lives_ok($$ SELECT npc_scale.run_maintenance('public.pm_stuck') $$,
   'maintenance of a parent whose old row refuses its retention delete does not fail');
 SELECT ok(to_regclass(:'stuck_last') IS NOT NULL, 'the missing premade partition is made all the same');
 SELECT is((SELECT count(*)::int FROM public.pm_stuck_default), 1, 'the refused row stays in the default partition');
+
+-- The key column renamed (Postgres allows it): maintenance follows the key
+-- by its number, so premake and retention go on, and the settings follow.
+CREATE TABLE public.pm_renamed (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+SELECT npc_scale.manage_partitions('public.pm_renamed', 'ts', '1 day', 2, '10 days') AS renamed_made \gset
+CREATE TABLE public.pm_renamed_old PARTITION OF public.pm_renamed
+  FOR VALUES FROM ('2001-01-01 00:00+00') TO ('2001-01-02 00:00+00');
+ALTER TABLE public.pm_renamed RENAME COLUMN ts TO happened_at;
+SELECT 'public.pm_renamed_p' || to_char(date_trunc('day', now() AT TIME ZONE 'UTC') + interval '2 days', 'YYYY_MM_DD')
+  AS renamed_last \gset
+SELECT ok(to_regclass(:'renamed_last') IS NOT NULL, 'the last premade partition was made (before the rename)');
+DROP TABLE :renamed_last;
+SELECT is(npc_scale.run_maintenance('public.pm_renamed'), 2,
+  'with its key column renamed, run_maintenance makes the missing partition and drops the old one');
+SELECT ok(to_regclass(:'renamed_last') IS NOT NULL AND to_regclass('public.pm_renamed_old') IS NULL,
+  'the missing partition is back and the one past retention is gone');
+SELECT is((SELECT control::text FROM npc_scale.partition_configs WHERE parent = 'public.pm_renamed'::regclass), 'happened_at',
+  'the settings name the renamed column');
 
 -- The sql_drop event trigger does not stand in the way of dropping the
 -- extension itself (its tables go in the same command; rolled back below).
