@@ -370,7 +370,10 @@ void run_job(const DueJob& d) {
 // recorded (an error, a cancel, while writing it) is recorded as failed
 // with that reason, and the jobs after it still run: no run is left
 // 'running' until the next restart.
-void run_due_jobs(TimestampTz round_start) {
+// `between` runs after each job: a round of many long refreshes must not
+// hold the purges and partition maintenance back for all of them.
+template <typename Between>
+void run_due_jobs(TimestampTz round_start, Between&& between) {
   while (std::optional<DueJob> next = start_next_due_job(round_start)) {
     const DueJob& d = *next;
     try {
@@ -384,6 +387,7 @@ void run_due_jobs(TimestampTz round_start) {
         worker_recover_after_error();
       }
     }
+    between();
   }
 }
 
@@ -458,13 +462,66 @@ void tick_step(const char* what, Fn&& fn) {
   }
 }
 
+// The tick's parts other than the refreshes, each when it is due: run once a
+// tick and between refreshes. Timed on the steady clock: a wall clock stepped
+// back hours must not hold them back as long.
+class Housekeeping {
+ public:
+  void run_due() {
+    const int64_t now = steady_now_ms();
+    if (now >= next_purge_ms_) {
+      worker_set_state(WorkerState::busy, "purging finished decisions");
+      tick_step("purge of finished decisions", [] { purge_finished(); });
+      tick_step("purge of expired cache rows", [] { purge_cache_store(); });
+      tick_step("sweep of doubted Redis keys", [] { sweep_l2_doubts(); });
+      next_purge_ms_ = now + kTickMs;
+    }
+    if (now >= next_runs_purge_ms_) {
+      tick_step("purge of old maintenance runs", [] { purge_runs(); });
+      next_runs_purge_ms_ = now + kRunsPurgeMs;
+    }
+    // From the interval as it is now: one lowered by a reload applies at
+    // once, not after the run the old one scheduled. A parent that failed
+    // (a lock not granted in time, say) is tried again within a minute,
+    // not a whole interval later.
+    const int64_t every_ms = static_cast<int64_t>(guc_partition_interval_s) * 1000;
+    if (partitions_run_ms_ < 0 ||
+        now >= partitions_run_ms_ + (partitions_ok_ ? every_ms : std::min<int64_t>(every_ms, kPartitionRetryMs))) {
+      worker_set_state(WorkerState::busy, "partition maintenance");
+      partitions_ok_ = false;
+      tick_step("partition maintenance", [&] { partitions_ok_ = maintain_partitions(); });
+      partitions_run_ms_ = now;
+    }
+  }
+
+ private:
+  static void sweep_l2_doubts() {
+    const std::optional<L2Sweep> swept = cache_settle_l2_doubts();
+    if (!swept) return;
+    const long long deleted = swept->deleted;
+    pg_call([&] {
+      if (swept->everything) {
+        ereport(LOG, (errmsg("npc_scale: emptied the Redis L2 cache (%lld keys): every key was doubted "
+                             "(too many writes, or a clear, had not reached it)",
+                             deleted)));
+      } else {
+        ereport(LOG, (errmsg("npc_scale: deleted %lld doubted keys from the Redis L2 cache (values it "
+                             "may have held older than L1 and L3)",
+                             deleted)));
+      }
+    });
+  }
+
+  int64_t next_purge_ms_ = 0;
+  int64_t partitions_run_ms_ = -1;  // last partition maintenance (steady clock); -1: none yet
+  bool partitions_ok_ = false;
+  int64_t next_runs_purge_ms_ = 0;
+};
+
 void run_maintenance_worker() {
   worker_startup(WorkerKind::maintenance);
   bool recovered = false;
-  int64_t next_purge_ms = 0;
-  int64_t partitions_run_ms = -1;  // last partition maintenance (steady clock); -1: none yet
-  bool partitions_ok = false;
-  int64_t next_runs_purge_ms = 0;
+  Housekeeping housekeeping;
   long wait_ms = 0;
   for (;;) {
     try {
@@ -476,48 +533,8 @@ void run_maintenance_worker() {
         recovered = true;
       }
       const TimestampTz round_start = GetCurrentTimestamp();
-      tick_step("scheduled refreshes", [&] { run_due_jobs(round_start); });
-      // The steady clock: a wall clock stepped back hours must not hold the
-      // purges and partition maintenance back as long.
-      const int64_t now = steady_now_ms();
-      if (now >= next_purge_ms) {
-        worker_set_state(WorkerState::busy, "purging finished decisions");
-        tick_step("purge of finished decisions", [] { purge_finished(); });
-        tick_step("purge of expired cache rows", [] { purge_cache_store(); });
-        tick_step("sweep of doubted Redis keys", [] {
-          const std::optional<L2Sweep> swept = cache_settle_l2_doubts();
-          if (!swept) return;
-          const long long deleted = swept->deleted;
-          pg_call([&] {
-            if (swept->everything) {
-              ereport(LOG, (errmsg("npc_scale: emptied the Redis L2 cache (%lld keys): every key was doubted "
-                                   "(too many writes, or a clear, had not reached it)",
-                                   deleted)));
-            } else {
-              ereport(LOG, (errmsg("npc_scale: deleted %lld doubted keys from the Redis L2 cache (values it "
-                                   "may have held older than L1 and L3)",
-                                   deleted)));
-            }
-          });
-        });
-        next_purge_ms = now + kTickMs;
-      }
-      if (now >= next_runs_purge_ms) {
-        tick_step("purge of old maintenance runs", [] { purge_runs(); });
-        next_runs_purge_ms = now + kRunsPurgeMs;
-      }
-      // From the interval as it is now: one lowered by a reload applies at
-      // once, not after the run the old one scheduled. A parent that failed
-      // (a lock not granted in time, say) is tried again within a minute,
-      // not a whole interval later.
-      const int64_t every_ms = static_cast<int64_t>(guc_partition_interval_s) * 1000;
-      if (partitions_run_ms < 0 ||
-          now >= partitions_run_ms + (partitions_ok ? every_ms : std::min<int64_t>(every_ms, kPartitionRetryMs))) {
-        worker_set_state(WorkerState::busy, "partition maintenance");
-        partitions_ok = false;
-        tick_step("partition maintenance", [&] { partitions_ok = maintain_partitions(); });
-        partitions_run_ms = now;
-      }
+      tick_step("scheduled refreshes", [&] { run_due_jobs(round_start, [&] { housekeeping.run_due(); }); });
+      housekeeping.run_due();
       if (auto next = ms_until_next_job()) {
         // A job due at this round's start that did not start is locked (a
         // migration dropping its view, an UPDATE of it left open) or could

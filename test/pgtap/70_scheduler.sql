@@ -4,12 +4,13 @@
 -- while a slow refresh runs (asserted by the order of events), and a cancel
 -- during a refresh failing that run only.
 \ir setup/fresh.sql
-SELECT plan(43);
+SELECT plan(46);
 -- What a run of this file that failed half-way left (a view's job goes with it).
 SET client_min_messages = warning;
 DROP MATERIALIZED VIEW IF EXISTS public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow,
-  public.sched_empty, public.sched_gone, public.sched_clock;
+  public.sched_empty, public.sched_gone, public.sched_clock, public.sched_gate1, public.sched_gate2;
 DROP FUNCTION IF EXISTS public.sched_wait_for_gate();
+DROP FUNCTION IF EXISTS public.sched_gate(int);
 DROP TABLE IF EXISTS public.sched_src;
 RESET client_min_messages;
 
@@ -239,6 +240,40 @@ SELECT ok(npc_test.wait_for($$ (SELECT count(*) FROM npc_scale.maintenance_runs 
   'a job whose next run lies beyond its schedule from now (the clock went back) runs at its next time from now');
 SELECT npc_scale.unschedule(:clock_job) AS clock_gone \gset
 DROP MATERIALIZED VIEW public.sched_clock;
+
+-- The purges run between one refresh of a round and the next: a round of
+-- long refreshes holds them back for one refresh at most, not for all of
+-- them. Two jobs due at the same time (scheduled in one statement), each
+-- held at a gate of its own.
+CREATE FUNCTION public.sched_gate(k int) RETURNS int LANGUAGE plpgsql VOLATILE SET lock_timeout = 0 AS $f$
+BEGIN
+  PERFORM pg_advisory_lock_shared(k);
+  PERFORM pg_advisory_unlock_shared(k);
+  RETURN k;
+END $f$;
+CREATE MATERIALIZED VIEW public.sched_gate1 AS SELECT 1 AS id, public.sched_gate(707071) AS k;
+CREATE MATERIALIZED VIEW public.sched_gate2 AS SELECT 1 AS id, public.sched_gate(707072) AS k;
+SELECT pg_advisory_lock(707071) AS gate1_shut, pg_advisory_lock(707072) AS gate2_shut \gset
+SELECT npc_scale.schedule_refresh('public.sched_gate1', '1 second', false) AS gate1_job,
+       npc_scale.schedule_refresh('public.sched_gate2', '1 second', false) AS gate2_job \gset
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs
+                                               WHERE job IN (%s, %s) AND status = 'running') $$, :gate1_job, :gate2_job), '15 s'),
+  'the first of two refreshes due together is held at its gate');
+SELECT CASE WHEN job = :gate1_job THEN 707071 ELSE 707072 END AS first_gate,
+       CASE WHEN job = :gate1_job THEN :gate2_job ELSE :gate1_job END AS second_job
+  FROM npc_scale.maintenance_runs WHERE job IN (:gate1_job, :gate2_job) AND status = 'running' \gset
+INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt, status, finished_at)
+VALUES (9902, 'old', 'purged between two refreshes', 'done', now() - interval '2 hours');
+SELECT pg_advisory_unlock(:first_gate) AS first_open \gset
+SELECT ok(npc_test.wait_for($$ NOT EXISTS (SELECT 1 FROM npc_scale.decision_queue WHERE npc_id = 9902) $$, '15 s'),
+  'once it ends, a finished decision past result_ttl is purged');
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running') $$,
+                                   :second_job), '15 s'),
+  'and the second refresh of the round runs, held at its own gate');
+SELECT pg_advisory_unlock_all() AS gates_open \gset
+SELECT npc_scale.unschedule(:gate1_job) AS gate1_gone, npc_scale.unschedule(:gate2_job) AS gate2_gone \gset
+DROP MATERIALIZED VIEW public.sched_gate1, public.sched_gate2;
+DROP FUNCTION public.sched_gate(int);
 
 -- Dropping a scheduled view takes its job (and run history) with it: a job
 -- left behind would fail every run naming a bare OID.
