@@ -1271,6 +1271,9 @@ DECLARE
   cols text;
   has_rows boolean;
   replication_role text;
+  covered record;
+  gap_from timestamptz := lower_bound;
+  made integer := 0;
 BEGIN
   SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
    WHERE c.oid = cfg.parent;
@@ -1281,8 +1284,24 @@ BEGIN
   SELECT p.part INTO overlapping FROM npc_scale._partitions_of(cfg.parent, coltype) p
    WHERE p.lower_bound < _create_partition.upper_bound AND p.upper_bound > _create_partition.lower_bound LIMIT 1;
   IF overlapping IS NOT NULL THEN
+    -- Kept, and what it leaves of the range is made as partitions of its
+    -- own (an interval changed from months to weeks, bounds pg_partman made
+    -- at local midnight): rows there would stay in the default partition.
     RAISE NOTICE 'partition % of % not created: % already covers part of its range', child_name, cfg.parent, overlapping;
-    RETURN 0;
+    FOR covered IN SELECT p.lower_bound, p.upper_bound FROM npc_scale._partitions_of(cfg.parent, coltype) p
+                    WHERE p.lower_bound < _create_partition.upper_bound AND p.upper_bound > _create_partition.lower_bound
+                    ORDER BY p.lower_bound LOOP
+      IF covered.lower_bound > gap_from THEN
+        made := made + npc_scale._create_partition(cfg, def, gap_from, covered.lower_bound,
+                                                   suffix || to_char(gap_from AT TIME ZONE 'UTC', '"_from_"YYYYMMDD"_"HH24MI'));
+      END IF;
+      gap_from := greatest(gap_from, covered.upper_bound);
+    END LOOP;
+    IF gap_from < upper_bound THEN
+      made := made + npc_scale._create_partition(cfg, def, gap_from, upper_bound,
+                                                 suffix || to_char(gap_from AT TIME ZONE 'UTC', '"_from_"YYYYMMDD"_"HH24MI'));
+    END IF;
+    RETURN made;
   END IF;
   -- In the parent's tablespace, as CREATE TABLE ... PARTITION OF would put it.
   EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)',

@@ -5,7 +5,7 @@
 -- pg_partman 4.7 itself.
 \ir setup/fresh.sql
 BEGIN;
-SELECT plan(67);
+SELECT plan(68);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -171,8 +171,8 @@ DO $$ BEGIN
 END $$;
 SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_min', 'ts', '1 month', 2) $$,
   'a MINVALUE partition overlapping the first premade months is no error');
-SELECT is((SELECT count(*)::int FROM pg_inherits WHERE inhparent = 'public.pm_min'::regclass), 1 + 3 + 1,
-  'the two months it overlaps are not made; this one, two ahead and the default are');
+SELECT is((SELECT count(*)::int FROM pg_inherits WHERE inhparent = 'public.pm_min'::regclass), 1 + 1 + 3 + 1,
+  'the two months it overlaps are not made, but what it leaves of the second is; this one, two ahead and the default are');
 
 -- With retention, rows of the default partition older than it go, as
 -- their partition would have.
@@ -245,7 +245,9 @@ SELECT ok(to_regclass(:'keep_ahead') IS NOT NULL AND to_regclass('public.pm_keep
   'it is there, and the partition the view depends on is left in place');
 
 -- A partition made by hand (or by pg_partman, or under another interval)
--- whose range overlaps one to be made is left alone, not an error.
+-- whose range overlaps one to be made is left alone, not an error; what it
+-- leaves of that range is made as partitions of its own, so no row there
+-- stays in the default partition.
 CREATE TABLE public.pm_hand (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
 DO $$ BEGIN
   EXECUTE format('CREATE TABLE public.pm_hand_mine PARTITION OF public.pm_hand FOR VALUES FROM (%L) TO (%L)',
@@ -254,8 +256,16 @@ DO $$ BEGIN
 END $$;
 SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_hand', 'ts', '1 month', 2) $$,
   'a partition made by hand across this month''s start is no error');
-SELECT is((SELECT count(*)::int FROM pg_inherits WHERE inhparent = 'public.pm_hand'::regclass), 5,
-  'it is kept; the two months it overlaps are not made, the other three and the default are');
+SELECT is((SELECT count(*)::int FROM pg_inherits WHERE inhparent = 'public.pm_hand'::regclass), 7,
+  'it is kept; the two months it overlaps are not made but what it leaves of them is, the other three and the default are');
+INSERT INTO public.pm_hand VALUES ((date_trunc('month', now() AT TIME ZONE 'UTC') + interval '15 days') AT TIME ZONE 'UTC'),
+                                  ((date_trunc('month', now() AT TIME ZONE 'UTC') - interval '5 days') AT TIME ZONE 'UTC');
+SELECT is((SELECT string_agg(tableoid::regclass::text, ',' ORDER BY ts) FROM public.pm_hand),
+  'pm_hand_p' || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month', 'YYYY_MM') || '_from_'
+    || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month', 'YYYYMMDD') || '_0000,'
+    || 'pm_hand_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM') || '_from_'
+    || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') + interval '10 days', 'YYYYMMDD') || '_0000',
+  'rows on either side of it land in the partitions made for the rest of their months, not the default');
 
 -- Dropping a managed parent takes its settings with it (else maintenance
 -- would fail on it every run, naming a bare OID).
