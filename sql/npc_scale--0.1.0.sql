@@ -368,7 +368,10 @@ CREATE TABLE npc_scale.maintenance_jobs (
     concurrent_refresh boolean NOT NULL DEFAULT true,   -- REFRESH … CONCURRENTLY
     active        boolean NOT NULL DEFAULT true,
     next_run_at   timestamptz NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now()
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    -- One job per view: schedule_refresh() again (a deploy script at every
+    -- release) changes that job instead of adding another.
+    CONSTRAINT maintenance_jobs_one_per_target UNIQUE (kind, target)
 );
 CREATE TABLE npc_scale.maintenance_runs (
     run          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -460,15 +463,19 @@ BEGIN
   END IF;
   PERFORM npc_scale._check_refresh_target(matview, "concurrently");
   canonical := npc_scale._cron_canonical(schedule);   -- raises, naming the schedule, if invalid
-  INSERT INTO npc_scale.maintenance_jobs (kind, target, schedule, concurrent_refresh, next_run_at)
+  -- Again for a view that has its job: that job takes the new schedule and
+  -- is active again (a new schedule or a resumed job is next due from now).
+  INSERT INTO npc_scale.maintenance_jobs AS j (kind, target, schedule, concurrent_refresh, next_run_at)
   VALUES ('refresh', matview, canonical, "concurrently", npc_scale._cron_next(canonical, now()))
+  ON CONFLICT ON CONSTRAINT maintenance_jobs_one_per_target DO UPDATE
+    SET schedule = excluded.schedule, concurrent_refresh = excluded.concurrent_refresh, active = true
   RETURNING job INTO new_job;
   PERFORM npc_scale._wake_maintenance_at_commit();
   PERFORM npc_scale._warn_unless_served(format('the refresh of %s is scheduled, but runs nowhere', matview));
   RETURN new_job;
 END $$;
 COMMENT ON FUNCTION npc_scale.schedule_refresh(regclass, text, boolean) IS
-'Refreshes a materialized view on a pg_cron-style schedule, in the maintenance worker. Returns the job id.';
+'Refreshes a materialized view on a pg_cron-style schedule, in the maintenance worker (one job per view: called again, it changes that job). Returns the job id.';
 
 CREATE FUNCTION npc_scale.unschedule(job bigint) RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
@@ -1447,7 +1454,11 @@ BEGIN
     -- every run of this table's maintenance. (From a whole interval after
     -- its start: a partition of a grid not aligned to it, '3 days' say,
     -- that starts in year 1 could start before it.)
-    floor_at := coalesce(kept_from, '0001-01-01 00:00:00+00'::timestamptz + cfg.partition_interval);
+    -- Rows past retention were deleted above, unless their tables are to be
+    -- kept: then they get their partitions too, which retention detaches
+    -- as it would have (else they stayed visible through the parent).
+    floor_at := CASE WHEN cfg.retention_keep_table THEN NULL ELSE kept_from END;
+    floor_at := coalesce(floor_at, '0001-01-01 00:00:00+00'::timestamptz + cfg.partition_interval);
     WHILE backfilled < 1 LOOP
       -- (-infinity has no range: it stays in the default partition.)
       EXECUTE format('SELECT min(%I)::text FROM %s WHERE isfinite(%I) AND %I < %s', cfg.control, def, cfg.control,

@@ -80,7 +80,8 @@ done
 max_id=$(q "$dst" "SELECT max(id) FROM npc_scale.decision_queue")
 new_id=$(q "$dst" "INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt) VALUES (4, 'build', 'after the restore') RETURNING id")
 [ "$new_id" -gt "$max_id" ] || { echo "new decision id $new_id does not follow the restored $max_id"; exit 1; }
-new_job=$(q "$dst" "SELECT npc_scale.schedule_refresh('village_summary', '@hourly')")
+q "$dst" "CREATE MATERIALIZED VIEW village_totals AS SELECT sum(wood) AS wood FROM village_stats" >/dev/null
+new_job=$(q "$dst" "SELECT npc_scale.schedule_refresh('village_totals', '@hourly', false)" 2>/dev/null)
 [ "$new_job" -gt "$(q "$dst" "SELECT min(job) FROM npc_scale.maintenance_jobs")" ] \
   || { echo "new job id $new_job collides with a restored one"; exit 1; }
 echo "ok: every npc_scale table's rows survive pg_dump and pg_restore; new ids follow them"

@@ -4,11 +4,11 @@
 -- while a slow refresh runs (asserted by the order of events), and a cancel
 -- during a refresh failing that run only.
 \ir setup/fresh.sql
-SELECT plan(46);
+SELECT plan(49);
 -- What a run of this file that failed half-way left (a view's job goes with it).
 SET client_min_messages = warning;
 DROP MATERIALIZED VIEW IF EXISTS public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow,
-  public.sched_empty, public.sched_gone, public.sched_clock, public.sched_gate1, public.sched_gate2;
+  public.sched_empty, public.sched_gone, public.sched_clock, public.sched_gate1, public.sched_gate2, public.sched_hand;
 DROP FUNCTION IF EXISTS public.sched_wait_for_gate();
 DROP FUNCTION IF EXISTS public.sched_gate(int);
 DROP TABLE IF EXISTS public.sched_src;
@@ -18,6 +18,8 @@ CREATE TABLE public.sched_src (id int PRIMARY KEY, x int NOT NULL);
 INSERT INTO public.sched_src SELECT g, 1 FROM generate_series(1, 100) g;
 CREATE MATERIALIZED VIEW public.sched_ok AS SELECT id, x FROM public.sched_src;
 CREATE UNIQUE INDEX ON public.sched_ok (id);
+CREATE MATERIALIZED VIEW public.sched_hand AS SELECT id, x FROM public.sched_src;
+CREATE UNIQUE INDEX ON public.sched_hand (id);
 CREATE MATERIALIZED VIEW public.sched_nokey AS SELECT id FROM public.sched_src;
 CREATE MATERIALIZED VIEW public.sched_bad AS SELECT id, 10 / x AS v FROM public.sched_src;
 CREATE UNIQUE INDEX ON public.sched_bad (id);
@@ -51,7 +53,18 @@ SELECT is((SELECT schedule FROM npc_scale.maintenance_jobs WHERE job = :ok_job),
 -- Jobs are also changed by hand (pause, a new schedule): checked the same way.
 SELECT throws_like(format($$ UPDATE npc_scale.maintenance_jobs SET schedule = 'every 5 min' WHERE job = %s $$, :ok_job),
   '%"every 5 min"%', 'a bad schedule written by hand is refused, naming it');
-SELECT npc_scale.schedule_refresh('public.sched_ok', '0 4 * * *') AS hand_job \gset
+-- One job per view: scheduled again (a deploy script at every release),
+-- the view's job takes the new schedule, and is active again.
+SELECT npc_scale.schedule_refresh('public.sched_hand', '0 4 * * *') AS hand_job \gset
+UPDATE npc_scale.maintenance_jobs SET active = false WHERE job = :hand_job;
+SELECT is(npc_scale.schedule_refresh('public.sched_hand', '0 5 * * *', false), :hand_job::bigint,
+  'scheduling a view again returns its job');
+SELECT results_eq(format($$ SELECT schedule, concurrent_refresh, active, next_run_at = npc_scale._cron_next('0 5 * * *', now())
+                              FROM npc_scale.maintenance_jobs WHERE job = %s $$, :hand_job),
+  $$ VALUES ('0 5 * * *'::text, false, true, true) $$, 'with the new schedule and settings, active, next due by the new schedule');
+SELECT is((SELECT count(*)::int FROM npc_scale.maintenance_jobs WHERE target = 'public.sched_hand'::regclass), 1,
+  'and no second job');
+SELECT npc_scale.schedule_refresh('public.sched_hand', '0 4 * * *') AS hand_again \gset
 UPDATE npc_scale.maintenance_jobs SET schedule = '*/5  * * * *' WHERE job = :hand_job;
 SELECT is((SELECT schedule || ' ' || (next_run_at = npc_scale._cron_next('*/5 * * * *', now()))::text
              FROM npc_scale.maintenance_jobs WHERE job = :hand_job), '*/5 * * * * true',
@@ -244,7 +257,8 @@ DROP MATERIALIZED VIEW public.sched_clock;
 -- The purges run between one refresh of a round and the next: a round of
 -- long refreshes holds them back for one refresh at most, not for all of
 -- them. Two jobs due at the same time (scheduled in one statement), each
--- held at a gate of its own.
+-- held at a gate of its own; the first is let go once it has run longer
+-- than the purges' 1 s period (the premise: a long refresh).
 CREATE FUNCTION public.sched_gate(k int) RETURNS int LANGUAGE plpgsql VOLATILE SET lock_timeout = 0 AS $f$
 BEGIN
   PERFORM pg_advisory_lock_shared(k);
@@ -257,8 +271,10 @@ SELECT pg_advisory_lock(707071) AS gate1_shut, pg_advisory_lock(707072) AS gate2
 SELECT npc_scale.schedule_refresh('public.sched_gate1', '1 second', false) AS gate1_job,
        npc_scale.schedule_refresh('public.sched_gate2', '1 second', false) AS gate2_job \gset
 SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs
-                                               WHERE job IN (%s, %s) AND status = 'running') $$, :gate1_job, :gate2_job), '15 s'),
-  'the first of two refreshes due together is held at its gate');
+                                               WHERE job IN (%s, %s) AND status = 'running'
+                                                 AND started_at < clock_timestamp() - interval '1.5 s') $$,
+                                   :gate1_job, :gate2_job), '15 s'),
+  'the first of two refreshes due together is held at its gate, for longer than the purges'' period');
 SELECT CASE WHEN job = :gate1_job THEN 707071 ELSE 707072 END AS first_gate,
        CASE WHEN job = :gate1_job THEN :gate2_job ELSE :gate1_job END AS second_job
   FROM npc_scale.maintenance_runs WHERE job IN (:gate1_job, :gate2_job) AND status = 'running' \gset
@@ -289,7 +305,7 @@ RESET ROLE;
 DROP ROLE pm_nobody;
 
 SELECT npc_scale.unschedule(job) FROM npc_scale.maintenance_jobs;
-DROP MATERIALIZED VIEW public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow, public.sched_empty;
+DROP MATERIALIZED VIEW public.sched_ok, public.sched_nokey, public.sched_bad, public.sched_slow, public.sched_empty, public.sched_hand;
 DROP FUNCTION public.sched_wait_for_gate();
 DROP TABLE public.sched_src;
 DELETE FROM npc_scale.decision_queue WHERE npc_id = 9901;

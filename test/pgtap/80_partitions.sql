@@ -5,7 +5,7 @@
 -- pg_partman 4.7 itself.
 \ir setup/fresh.sql
 BEGIN;
-SELECT plan(68);
+SELECT plan(70);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -339,6 +339,19 @@ SELECT lives_ok($$ SELECT npc_scale.run_maintenance('public.pm_stuck') $$,
   'maintenance of a parent whose old row refuses its retention delete does not fail');
 SELECT ok(to_regclass(:'stuck_last') IS NOT NULL, 'the missing premade partition is made all the same');
 SELECT is((SELECT count(*)::int FROM public.pm_stuck_default), 1, 'the refused row stays in the default partition');
+
+-- With retention_keep_table, a row past retention that sits in the default
+-- partition (written while nothing covered its range) gets its partition,
+-- which retention then detaches: gone from the parent like its peers, kept.
+CREATE TABLE public.pm_keep2 (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+SELECT npc_scale.manage_partitions('public.pm_keep2', 'ts', '1 month', 2, '3 months', true) AS keep2 \gset
+INSERT INTO public.pm_keep2 VALUES (now() - interval '1 year');
+SELECT 'public.pm_keep2_p' || to_char((now() - interval '1 year') AT TIME ZONE 'UTC', 'YYYY_MM') AS keep2_old \gset
+SELECT is((SELECT made FROM pg_temp.calls_until_done('public.pm_keep2')), 2,
+  'with retention_keep_table, an old row of the default partition gets its partition, then detached');
+SELECT results_eq($$ SELECT (SELECT count(*)::int FROM public.pm_keep2), (SELECT count(*)::int FROM $$ || :'keep2_old' || $$),
+                            (SELECT count(*)::int FROM pg_inherits WHERE inhrelid = $$ || quote_literal(:'keep2_old') || $$::regclass) $$,
+  $$ VALUES (0, 1, 0) $$, 'the row is gone from the parent and kept in the detached table');
 
 -- The key column renamed (Postgres allows it): maintenance follows the key
 -- by its number, so premake and retention go on, and the settings follow.
