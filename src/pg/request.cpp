@@ -61,8 +61,11 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
       // Every function and operator qualified: this runs as the extension's
       // owner (SECURITY DEFINER) under the caller's search_path.
       " VALUES ($1, $2, $3, $4, coalesce($5, '{}'), $6, pg_catalog.now() OPERATOR(pg_catalog.+) $7)"
+      // The row as stored, not the call's arguments: a game's BEFORE INSERT
+      // trigger may have rewritten it, and the hand-off sends what it reads.
       " RETURNING id, (pg_catalog.extract('epoch', deadline OPERATOR(pg_catalog.-) pg_catalog.now())"
-      "               OPERATOR(pg_catalog.*) 1000000)::bigint",
+      "               OPERATOR(pg_catalog.*) 1000000)::bigint,"
+      "           npc_id, priority, decision_type, prompt, params::pg_catalog.text",
       {INT8OID, INT8OID, TEXTOID, TEXTOID, JSONBOID, INT2OID, INTERVALOID});
   Datum values[7] = {
       Int64GetDatum(*args.npc_id),
@@ -79,19 +82,23 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   if (!has_deadline) nulls[6] = 'n';
 
   HandoffEntry entry;
+  bool inserted = false;
   with_spi([&] {
-    insert.execute(std::vector<Datum>(values, values + 7), nulls);
+    // No row: a game's BEFORE INSERT trigger skipped it (a dedupe, a throttle).
+    if (insert.execute(std::vector<Datum>(values, values + 7), nulls) != 1) return;
+    inserted = true;
     entry.id = spi_int(0, 1).value_or(0);
     if (auto left_us = spi_int(0, 2)) {
       entry.deadline_us = pg_call([] { return GetCurrentTransactionStartTimestamp(); }) + *left_us;
     }
+    entry.npc_id = spi_int(0, 3).value_or(0);
+    entry.priority = static_cast<int>(spi_int(0, 4).value_or(5));
+    entry.decision_type = spi_text(0, 5).value_or("");
+    entry.prompt = spi_text(0, 6).value_or("");
+    entry.params = spi_text(0, 7).value_or("{}");
   });
+  if (!inserted) PG_RETURN_NULL();
   const int64 id = entry.id;
-  entry.npc_id = *args.npc_id;
-  entry.priority = *args.priority;
-  entry.decision_type = std::move(*args.decision_type);
-  entry.prompt = std::move(*args.prompt);
-  entry.params = std::move(params);
   handoff_at_commit(std::move(entry));
   wake_dispatcher_at_commit(/*handed_off=*/true);
   PG_RETURN_INT64(id);

@@ -96,7 +96,19 @@ void SavedPlan::prepare() {
   plan_ = p;
 }
 
+namespace {
+// A row the last statement did not return (a game's trigger skipped it, a
+// rule did instead) is an error, not a read of memory never filled.
+void check_row(uint64_t row) {
+  if (SPI_tuptable == nullptr || row >= SPI_processed) {
+    throw std::logic_error("npc_scale: row " + std::to_string(row) + " of a result of " +
+                           std::to_string(SPI_tuptable ? SPI_processed : 0) + " rows read");
+  }
+}
+}  // namespace
+
 std::optional<std::string> spi_text(uint64_t row, int col) {
+  check_row(row);
   char* v = pg_call([&] { return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col); });
   if (v == nullptr) return std::nullopt;
   std::string s(v);  // outside pg_call: no C++ object lives across a Postgres call there
@@ -105,6 +117,7 @@ std::optional<std::string> spi_text(uint64_t row, int col) {
 }
 
 std::optional<int64_t> spi_int(uint64_t row, int col) {
+  check_row(row);
   return pg_call([&]() -> std::optional<int64_t> {
     bool isnull = false;
     Datum d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
@@ -126,6 +139,7 @@ std::optional<double> spi_float(uint64_t row, int col) {
 }
 
 bool spi_bool(uint64_t row, int col) {
+  check_row(row);
   return pg_call([&] {
     bool isnull = false;
     Datum d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);

@@ -4,7 +4,7 @@
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
 \ir setup/fresh.sql
-SELECT plan(35);
+SELECT plan(39);
 -- An earlier run's answers would be cache hits.
 SELECT npc_scale.cache_clear() \gset
 SELECT npc_test.use_gpus(ARRAY['fast1']);
@@ -175,6 +175,30 @@ SELECT is((SELECT status FROM npc_scale.decision_queue WHERE id = :id_cx), 'canc
 SELECT is(npc_test.metric('handoff_sent') - :hs1, 1::bigint, 'one hand-off sent, not two');
 SELECT is(npc_test.gpu_metric('fast1', 'fake_gpu_requests_total'), 1::numeric,
   'and one GPU request: the decision cancelled before its commit never went out');
+
+-- A game's BEFORE INSERT trigger on the queue: the hand-off sends the row
+-- as stored (a rewritten prompt), and a row the trigger skips makes
+-- request_decision() return NULL (it read a row never returned, and could
+-- crash the server).
+CREATE FUNCTION public.handoff_game_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  IF NEW.npc_id = 2021 THEN RETURN NULL; END IF;
+  IF NEW.npc_id = 2022 THEN NEW.prompt := NEW.prompt || ' (rewritten by the game)'; END IF;
+  RETURN NEW;
+END $f$;
+CREATE TRIGGER handoff_game_trigger BEFORE INSERT ON npc_scale.decision_queue
+  FOR EACH ROW EXECUTE FUNCTION public.handoff_game_trigger();
+SELECT npc_test.metric('handoff_sent') AS hs2 \gset
+SELECT is(npc_scale.request_decision(2021, 'build', 'handoff: skipped by the game', 5), NULL::bigint,
+  'a row the game''s trigger skips: request_decision() returns NULL');
+SELECT npc_scale.request_decision(2022, 'build', 'handoff: ' || gen_random_uuid(), 5, '{"temperature": 0, "cache": false}') AS id_rw \gset
+DROP TRIGGER handoff_game_trigger ON npc_scale.decision_queue;
+DROP FUNCTION public.handoff_game_trigger();
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_rw)), 'the rewritten one is answered');
+SELECT is(npc_test.metric('handoff_sent') - :hs2, 1::bigint, 'from the hand-off');
+SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_rw),
+          npc_scale.generate((SELECT prompt FROM npc_scale.decision_queue WHERE id = :id_rw), 5, '{"temperature": 0, "cache": false}'),
+  'with the answer to the prompt as stored, not as passed');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2220;
 SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset

@@ -8,6 +8,14 @@ using npc_scale::BreakerConfig;
 using npc_scale::BreakerState;
 using npc_scale::CircuitBreaker;
 
+namespace {
+BreakerConfig with_cooldown(int64_t ms) {
+  BreakerConfig c;
+  c.cooldown_ms = ms;
+  return c;
+}
+}  // namespace
+
 TEST(CircuitBreakerTest, StartsClosed) {
   CircuitBreaker b;
   EXPECT_EQ(b.state(0), BreakerState::closed);
@@ -154,8 +162,7 @@ TEST(CircuitBreakerTest, RateLimitedOpensExactlyUntilRetryAfter) {
 // failures (a 30 s timeout arriving late) do not open it again; those sent
 // since do.
 TEST(CircuitBreakerTest, OutcomesOfRequestsSentBeforeItClosedAreIgnored) {
-  BreakerConfig c;
-  c.cooldown_ms = 5000;
+  const BreakerConfig c = with_cooldown(5000);
   CircuitBreaker b(c);
   for (int i = 0; i < 3; i++) b.record_failure(1000 + i, 900);
   ASSERT_EQ(b.state(1010), BreakerState::open);
@@ -172,8 +179,7 @@ TEST(CircuitBreakerTest, OutcomesOfRequestsSentBeforeItClosedAreIgnored) {
 // before the trip) neither shortens the cooldown nor makes it look merely
 // rate-limited: the fleet is still failing there.
 TEST(CircuitBreakerTest, A429DoesNotHideFailures) {
-  BreakerConfig c;
-  c.cooldown_ms = 5000;
+  const BreakerConfig c = with_cooldown(5000);
   CircuitBreaker b(c);
   for (int i = 0; i < 3; i++) b.record_failure(0);
   ASSERT_TRUE(b.failing(10));
@@ -190,8 +196,7 @@ TEST(CircuitBreakerTest, A429DoesNotHideFailures) {
 }
 
 TEST(CircuitBreakerTest, RateLimitedWithoutRetryAfterUsesCooldown) {
-  BreakerConfig c;
-  c.cooldown_ms = 700;
+  const BreakerConfig c = with_cooldown(700);
   CircuitBreaker b(c);
   b.record_rate_limited(100, 0);
   EXPECT_EQ(b.open_until_ms(), 800);
@@ -214,8 +219,7 @@ TEST(CircuitBreakerTest, RateLimitedWithoutRetryAfterUsesCooldown) {
 // shortening a longer opening; a reply to a request sent before the probe
 // closed it is the old trouble's.
 TEST(CircuitBreakerTest, UnavailableOpensForItsRetryAfterAsAFailure) {
-  BreakerConfig c;
-  c.cooldown_ms = 5000;
+  const BreakerConfig c = with_cooldown(5000);
   CircuitBreaker b(c);
   b.record_unavailable(1000, 30000);
   EXPECT_EQ(b.open_until_ms(), 31000);

@@ -102,14 +102,22 @@ HttpRequest to_stuck_host(uint64_t tag, long timeout_ms) {
   return r;
 }
 
+// A client with one request out whose host's lookup is held.
+class HttpClientDns : public ::testing::Test {
+ protected:
+  void start_stuck(uint64_t tag, long timeout_ms) {
+    http.start(to_stuck_host(tag, timeout_ms));
+    http.perform();
+    ASSERT_TRUE(dns.wait_for_lookup());
+  }
+  StuckDns dns;  // destroyed after the client: it lets the lookups go
+  HttpClient http;
+};
+
 }  // namespace
 
-TEST(HttpClientDns, ATimeoutDuringAStuckLookupIsReportedWhileTheLookupIsStillStuck) {
-  StuckDns dns;
-  HttpClient http;
-  http.start(to_stuck_host(1, 100));
-  http.perform();
-  ASSERT_TRUE(dns.wait_for_lookup());
+TEST_F(HttpClientDns, ATimeoutDuringAStuckLookupIsReportedWhileTheLookupIsStillStuck) {
+  ASSERT_NO_FATAL_FAILURE(start_stuck(1, 100));
   std::vector<HttpResult> results;
   const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (results.empty() && std::chrono::steady_clock::now() < end) {
@@ -127,12 +135,8 @@ TEST(HttpClientDns, ATimeoutDuringAStuckLookupIsReportedWhileTheLookupIsStillStu
   EXPECT_TRUE(results[0].timed_out) << results[0].error;
 }
 
-TEST(HttpClientDns, ACancelDuringAStuckLookupReturnsWhileTheLookupIsStillStuck) {
-  StuckDns dns;
-  HttpClient http;
-  http.start(to_stuck_host(2, 60000));
-  http.perform();
-  ASSERT_TRUE(dns.wait_for_lookup());
+TEST_F(HttpClientDns, ACancelDuringAStuckLookupReturnsWhileTheLookupIsStillStuck) {
+  ASSERT_NO_FATAL_FAILURE(start_stuck(2, 60000));
   EXPECT_TRUE(http.cancel(2));
   EXPECT_TRUE(dns.still_stuck()) << "cancel() waited for the stuck lookup";
   EXPECT_EQ(http.in_flight(), 0u);
