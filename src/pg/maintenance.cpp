@@ -84,6 +84,7 @@ std::vector<Datum> purge_args() {
 #define NPC_PURGE_CANDIDATES                                                                    \
   " FROM npc_scale.decision_queue"                                                              \
   " WHERE finished_at < now() - make_interval(secs => $1) AND (finished_at, id) > ($2, $3)"   \
+  "   AND status NOT IN ('queued', 'running')"                                                  \
   " ORDER BY finished_at, id LIMIT $4"
 
 // A batch refused by one of its rows: each row alone, in its own
@@ -94,7 +95,8 @@ uint64_t purge_one_at_a_time() {
   static SavedPlan candidates("SELECT finished_at, id" NPC_PURGE_CANDIDATES, {INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID});
   static SavedPlan one(
       "DELETE FROM npc_scale.decision_queue WHERE id IN ("
-      "  SELECT id FROM npc_scale.decision_queue WHERE id = $1 FOR UPDATE SKIP LOCKED)",
+      "  SELECT id FROM npc_scale.decision_queue WHERE id = $1 AND status NOT IN ('queued', 'running')"
+      "  FOR UPDATE SKIP LOCKED)",
       {INT8OID});
   std::vector<PurgeSkip> rows;
   in_transaction("npc_scale: purge finished decisions", [&] {

@@ -1,7 +1,7 @@
 -- The maintenance worker purges finished decisions older than
 -- npc_scale.result_ttl (default 1 hour), in batches, and nothing else.
 \ir setup/fresh.sql
-SELECT plan(9);
+SELECT plan(11);
 SELECT is(current_setting('npc_scale.result_ttl'), '1h', 'result_ttl is one hour by default');
 
 SELECT coalesce((SELECT n_tup_del FROM pg_stat_user_tables WHERE relid = 'npc_scale.decision_queue'::regclass), 0) AS del0 \gset
@@ -21,6 +21,18 @@ SELECT ok(npc_test.wait_for(format($$ (SELECT n_tup_del FROM pg_stat_user_tables
   'the worker reports its 2500 deletes to the statistics system');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 12001 AND 12010;
+
+-- A row put back in the queue by hand (an admin's requeue after an outage)
+-- keeps the finished_at of its earlier end: it is not purged while it waits
+-- (not_before keeps the dispatcher off it here).
+INSERT INTO npc_scale.decision_queue (npc_id, decision_type, prompt, status, finished_at, not_before) VALUES
+  (12011, 'requeued', 'requeued by hand', 'queued', now() - interval '2 hours', now() + interval '1 hour'),
+  (12012, 'old', 'old decision', 'done', now() - interval '2 hours', NULL);
+SELECT ok(npc_test.wait_for($$ NOT EXISTS (SELECT 1 FROM npc_scale.decision_queue WHERE npc_id = 12012) $$, '20 s'),
+  'a finished decision past result_ttl is purged');
+SELECT is((SELECT status FROM npc_scale.decision_queue WHERE npc_id = 12011), 'queued',
+  'one queued again by hand, with the finished_at of its earlier end, is not');
+DELETE FROM npc_scale.decision_queue WHERE npc_id = 12011;
 
 -- A finished decision the game keeps (a foreign key of its own without ON
 -- DELETE CASCADE) is passed over, with a WARNING, and the purge goes on past
