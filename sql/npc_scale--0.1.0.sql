@@ -1097,6 +1097,13 @@ BEGIN
     RAISE EXCEPTION 'relation % is not partitioned', NEW.parent USING ERRCODE = 'wrong_object_type',
       HINT = 'Create it with PARTITION BY RANGE (<timestamp column>).';
   END IF;
+  -- The maintenance worker's session cannot see another session's
+  -- temporary tables (and one dropped at that session's end fires no
+  -- sql_drop: its settings would stay, for an OID that may be reused).
+  IF (SELECT relpersistence FROM pg_class WHERE oid = NEW.parent) = 't' THEN
+    RAISE EXCEPTION 'relation % is a temporary table: the maintenance worker cannot maintain it', NEW.parent
+      USING ERRCODE = 'wrong_object_type';
+  END IF;
   SELECT attnum, atttypid::regtype INTO att, coltype FROM pg_attribute
    WHERE attrelid = NEW.parent AND attname = NEW.control AND NOT attisdropped;
   IF att IS NULL THEN
@@ -1569,7 +1576,9 @@ BEGIN
   IF retention_keep_table IS NULL THEN
     RAISE EXCEPTION 'retention_keep_table must not be null' USING ERRCODE = 'null_value_not_allowed';
   END IF;
-  IF premake BETWEEN 1 AND 1000 AND partition_interval > interval '0' THEN  -- else the trigger says what is wrong
+  -- Else the trigger says what is wrong (a product of out-of-range ones
+  -- could overflow the interval type before it names them).
+  IF premake BETWEEN 1 AND 1000 AND partition_interval > interval '0' AND partition_interval <= interval '100 years' THEN
     PERFORM npc_scale._check_premake_cover(premake, partition_interval, true);
   END IF;
   -- The rest is checked by the trigger on partition_configs (check_partition_config).

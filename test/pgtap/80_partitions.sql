@@ -5,7 +5,7 @@
 -- pg_partman 4.7 itself.
 \ir setup/fresh.sql
 BEGIN;
-SELECT plan(70);
+SELECT plan(72);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -40,6 +40,11 @@ SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurre
   'premake 1000 x partition_interval 3650 days reaches more than 1000 years ahead', 'premake reaching past the millennium is refused');
 SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '200 years') $$, '22023',
   'partition_interval 200 years is more than 100 years', 'a partition of centuries is refused');
+SELECT throws_ok($$ SELECT npc_scale.manage_partitions('public.pm_mem', 'occurred_at', '3000000 days', 1000) $$, '22023',
+  'partition_interval 3000000 days is more than 100 years', 'an interval whose premake product would overflow is named, not an overflow');
+CREATE TEMP TABLE pm_tmp (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+SELECT throws_ok($$ SELECT npc_scale.manage_partitions('pm_tmp', 'ts', '1 day') $$, '42809',
+  'relation pm_tmp is a temporary table: the maintenance worker cannot maintain it', 'a temporary parent is refused');
 SELECT throws_ok($$ SELECT npc_scale._child_name('pm_mem', repeat('s', 62)) $$, '42622',
   'partition suffix "' || repeat('s', 62) || '" is longer than 61 bytes', 'a name with no room for its suffix is an error, not an endless loop');
 SELECT throws_ok($$ SELECT * FROM npc_scale._partition_bounds('1 day', now(), 1, 2147483647) $$, '22023',
