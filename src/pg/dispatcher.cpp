@@ -676,7 +676,7 @@ void Dispatcher::finish_probe_or_scrape(const InFlight& f, const HttpResult& r) 
 
 // A request's timeout is kept inside the lease, so a lease only lapses when
 // the dispatcher itself is gone.
-long within_lease(long timeout_ms) { return std::min(timeout_ms, std::max(1000L, (guc_lease_timeout_s - 5) * 1000L)); }
+long within_lease(long timeout_ms) { return std::min(timeout_ms, attempt_limit_ms()); }
 
 // The timeout a request gets when it chooses none.
 long default_request_timeout_ms() { return within_lease(guc_request_timeout_ms); }

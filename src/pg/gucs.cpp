@@ -260,6 +260,8 @@ void define_gucs() {
   MarkGUCPrefixReserved("npc_scale");
 }
 
+long attempt_limit_ms() { return std::max(1000L, (guc_lease_timeout_s - 5) * 1000L); }
+
 // The database's name is looked up again only when the setting changes.
 std::string unserved_database_name() {
   static std::optional<std::string> checked_setting;

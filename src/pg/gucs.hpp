@@ -11,6 +11,9 @@ namespace npc_scale {
 void check_served_database(const std::string& consequence);
 // The name of this database if the workers do not serve it, else empty.
 std::string unserved_database_name();
+// The longest a queued decision's attempt may take: its request ends inside
+// its lease (npc_scale.lease_timeout less 5 s, at least 1 s).
+long attempt_limit_ms();
 
 extern char* guc_database;          // npc_scale.database: where both workers connect
 extern int guc_max_prompt_bytes;    // postmaster: sizes the generate() slots too

@@ -38,6 +38,18 @@ void check_deadline(FunctionCallInfo fcinfo, int arg) {
   check_deadline_seconds(interval_arg_seconds_from_now(fcinfo, arg));
 }
 
+// A queued decision's attempt ends inside its lease: a longer timeout_ms
+// would be cut short there, every attempt, and the decision fail as a
+// timeout it never asked for. (generate() has no lease: it honours it.)
+void check_timeout_within_lease(const npc_scale::GenerationParams& p) {
+  using namespace npc_scale;
+  if (!p.timeout_ms || *p.timeout_ms <= attempt_limit_ms()) return;
+  throw Error(sqlstate::invalid_parameter_value,
+              "params.timeout_ms " + std::to_string(*p.timeout_ms) + " is longer than a queued decision's attempt may take (" +
+                  std::to_string(attempt_limit_ms()) + " ms: npc_scale.lease_timeout less 5 s)",
+              {}, "Raise npc_scale.lease_timeout, or call generate(), which honours it.");
+}
+
 }  // namespace
 
 NPC_SQL_FUNCTION(npc_scale_request_decision) {
@@ -50,7 +62,7 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   if (!PG_ARGISNULL(3)) args.priority = PG_GETARG_INT32(3);
   check_request(args, guc_max_prompt_bytes);
   std::string params = PG_ARGISNULL(4) ? "{}" : jsonb_arg(PG_GETARG_DATUM(4));
-  parse_params(params);
+  check_timeout_within_lease(parse_params(params));
   check_params_size(params.size(), guc_max_prompt_bytes);
   bool has_deadline = !PG_ARGISNULL(5);
   if (has_deadline) check_deadline(fcinfo, 5);
@@ -165,7 +177,7 @@ NPC_SQL_FUNCTION(npc_scale_check_batch) {
     check_request(args, guc_max_prompt_bytes);
   }
   std::string params = PG_ARGISNULL(4) ? "{}" : jsonb_arg(PG_GETARG_DATUM(4));
-  parse_params(params);
+  check_timeout_within_lease(parse_params(params));
   check_params_size(params.size(), guc_max_prompt_bytes);
   if (!PG_ARGISNULL(5)) check_deadline(fcinfo, 5);
   PG_RETURN_VOID();

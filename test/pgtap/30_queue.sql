@@ -2,7 +2,7 @@
 -- cancel, await_decision timeouts, api_key privacy. Commits (the dispatcher
 -- must see the rows) and cleans up after itself.
 \ir setup/fresh.sql
-SELECT plan(33);
+SELECT plan(36);
 SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would skip the GPU
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 
@@ -65,6 +65,19 @@ SELECT is((SELECT status FROM npc_scale.await_decision(:id4, '1 s')), 'cancelled
   'await_decision returns the cancelled row');
 SELECT throws_ok(format('SELECT npc_scale.await_decision(%s, ''1 s'')', :id4 + 100000), 'P0002',
   format('decision %s does not exist', :id4 + 100000), 'await_decision on an unknown id names it');
+
+-- A queued decision's attempt ends inside its lease (lease_timeout less
+-- 5 s): a longer timeout_ms would be cut short at every attempt, so it is
+-- refused, naming both; generate() has no lease and takes it.
+SELECT throws_ok($$ SELECT npc_scale.request_decision(1006, 'plan', 'A long plan?', 5, '{"timeout_ms": 300000}') $$, '22023',
+  format('params.timeout_ms 300000 is longer than a queued decision''s attempt may take (%s ms: npc_scale.lease_timeout less 5 s)',
+         (extract(epoch FROM current_setting('npc_scale.lease_timeout')::interval)::int - 5) * 1000),
+  'a timeout_ms longer than a lease allows is refused, naming it');
+SELECT throws_like($$ SELECT npc_scale.request_decisions(ARRAY[1006], 'plan', ARRAY['A long plan?'], 5, '{"timeout_ms": 300000}') $$,
+  'params.timeout_ms 300000 is longer than%', 'by request_decisions() too');
+SELECT lives_ok(format($$ SELECT npc_scale.cancel_decision(npc_scale.request_decision(1006, 'plan', 'A long plan?', 5, '{"timeout_ms": %s}')) $$,
+                       (extract(epoch FROM current_setting('npc_scale.lease_timeout')::interval)::int - 5) * 1000),
+  'one that fits the lease is taken');
 
 -- A decision that cannot finish: await_decision times out with a clear error.
 SELECT npc_scale.request_decision(1005, 'trade', 'Buy iron?', 5) AS id5 \gset
