@@ -173,9 +173,15 @@ int64_t read_int(const std::string& key, const json& v, int64_t lo, int64_t hi,
     x = v.get<int64_t>();
   } else if (v.is_number_float()) {
     double d = v.get<double>();
-    if (d != std::floor(d)) bad(name + " must be an integer, got " + shown(v));
     // [-2^63, 2^63) is exactly the doubles that convert to int64 safely.
-    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0)) return out_of_range();
+    if (!(d > -9223372036854775808.0 && d < 9223372036854775808.0)) return out_of_range();
+    // Beyond 2^53 a double is not the number written (12345678901234567.5
+    // reads as ...568): only integers written as such, which are read
+    // exactly, may be that large.
+    if (std::fabs(d) > 9007199254740992.0) {
+      bad(name + " must be an integer written without a fraction or exponent when beyond 2^53, got " + shown(v));
+    }
+    if (d != std::floor(d)) bad(name + " must be an integer, got " + shown(v));
     x = static_cast<int64_t>(d);
   } else {
     bad(name + " must be an integer, got " + shown(v));

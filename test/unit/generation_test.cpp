@@ -182,6 +182,23 @@ TEST(GenerationParams, IntegralFloatsAreIntegers) {
   EXPECT_EQ(p.top_k, -1);
 }
 
+// A double beyond 2^53 is not the number written: an integer read through
+// one would silently be another (a seed off by one, -2^63-1 as -2^63).
+TEST(GenerationParams, InexactFloatsAreNotIntegers) {
+  for (const char* text : {R"({"seed":12345678901234567.5})", R"({"seed":-9223372036854775809})",
+                           R"({"seed":9.2e18})"}) {
+    try {
+      npc_scale::parse_params(text);
+      ADD_FAILURE() << text << " accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.sqlstate(), sqlstate::invalid_parameter_value) << text;
+      EXPECT_NE(std::string(e.what()).find("params.seed must be"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(npc_scale::parse_params(R"({"seed":9007199254740992.0})").seed, 9007199254740992LL);
+  EXPECT_EQ(npc_scale::parse_params(R"({"seed":9223372036854775807})").seed, std::numeric_limits<int64_t>::max());
+}
+
 TEST(GenerationParams, StopMayBeOneString) {
   EXPECT_EQ(npc_scale::parse_params(R"({"stop":"###"})").stop, std::vector<std::string>{"###"});
   EXPECT_TRUE(npc_scale::parse_params(R"({"stop":[]})").stop.empty());
