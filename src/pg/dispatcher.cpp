@@ -320,6 +320,18 @@ void Dispatcher::start_up() {
     SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION);
     SetConfigOption("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION);
   });
+  // generate() calls that a previous dispatcher was serving are lost with
+  // it: told at once, not after this one finds its extension (after a
+  // change of npc_scale.database, perhaps never).
+  SharedState& s = shared_state();
+  for (int i = 0; i < s.sync_slot_count; i++) {
+    SyncSlot* slot = sync_slot(i);
+    SpinLockAcquire(&slot->mutex);
+    bool orphan = slot->state == SyncState::running;
+    uint64 ticket = slot->ticket;
+    SpinLockRelease(&slot->mutex);
+    if (orphan) fail_sync_slot(i, ticket, "the npc_scale dispatcher restarted while serving it");
+  }
   // Idle until CREATE EXTENSION npc_scale has run in this database (a
   // cancel meanwhile is logged, as in the main loop).
   for (;;) {
@@ -330,16 +342,6 @@ void Dispatcher::start_up() {
     } catch (const std::exception& e) {
       warn_and_recover(e);
     }
-  }
-  // generate() calls that a previous dispatcher was serving are lost with it.
-  SharedState& s = shared_state();
-  for (int i = 0; i < s.sync_slot_count; i++) {
-    SyncSlot* slot = sync_slot(i);
-    SpinLockAcquire(&slot->mutex);
-    bool orphan = slot->state == SyncState::running;
-    uint64 ticket = slot->ticket;
-    SpinLockRelease(&slot->mutex);
-    if (orphan) fail_sync_slot(i, ticket, "the npc_scale dispatcher restarted while serving it");
   }
   // Decisions a previous dispatcher had claimed go back to the queue.
   int requeued = 0;
