@@ -189,6 +189,10 @@ ParseResult parse_inference_request(bool chat, const json& body,
   v = 1;
   if (auto err = read_int(body, "n", 1, kMaxN, &v)) return *err;
   req.n = static_cast<int>(v);
+  // vLLM's SamplingParams: greedy sampling has one answer per prompt.
+  if (req.n > 1 && req.gen.temperature < 1e-5) {
+    return bad_request("n must be 1 when using greedy sampling, got " + std::to_string(req.n) + ".");
+  }
   v = 0;
   if (auto err = read_int(body, "priority", std::numeric_limits<int32_t>::min(),
                           std::numeric_limits<int32_t>::max(), &v)) {
@@ -200,6 +204,9 @@ ParseResult parse_inference_request(bool chat, const json& body,
   req.priority = static_cast<int>(v);
   if (present(body, "stop")) {
     if (auto err = read_string_list(body["stop"], "stop", true, &req.gen.stop)) return *err;
+    for (const std::string& s : req.gen.stop) {
+      if (s.empty()) return bad_request("stop cannot contain an empty string.");
+    }
   }
   if (auto err = read_choices(body, &req.gen.choices)) return *err;
 

@@ -522,6 +522,14 @@ void Worker::watch(Pending* p) {
 void Worker::handle_inference(evhttp_request* req, bool chat) {
   const auto arrived = std::chrono::steady_clock::now();
   Intake in = gpu_.intake(index_, chat);
+  if (!gpu_.healthy()) {
+    // vLLM's /health fails only once its engine is dead, and then every
+    // request fails too (EngineDeadError, 500) until the server exits.
+    gpu_.answered();
+    send_error(req, ApiError{500, "InternalServerError",
+                             "EngineCore encountered an issue. See stack trace (above) for the root cause."});
+    return;
+  }
   if (in.faults.drop) {
     gpu_.count_faults(in.faults);
     // Closing from inside evhttp's own callback would free the connection

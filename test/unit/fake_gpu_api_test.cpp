@@ -95,8 +95,13 @@ TEST(FakeGpuApi, CompletionSinglePrompt) {
 TEST(FakeGpuApi, ListPromptWithN) {
   START_FAKE_GPU(gpu, "--profile", "instant");
   std::vector<std::string> prompts = {"raid the east camp", "trade clay", "who guards the wall?"};
+  // Greedy sampling has one answer per prompt: vLLM refuses n > 1 with it.
+  Reply greedy = gpu.post("/v1/completions",
+                          {{"prompt", prompts}, {"n", 2}, {"max_tokens", 5}, {"temperature", 0}});
+  EXPECT_EQ(greedy.status, 400);
+  EXPECT_EQ(greedy.parsed()["error"]["message"], "n must be 1 when using greedy sampling, got 2.");
   Reply r = gpu.post("/v1/completions",
-                     {{"prompt", prompts}, {"n", 2}, {"max_tokens", 5}, {"temperature", 0}});
+                     {{"prompt", prompts}, {"n", 2}, {"max_tokens", 5}, {"temperature", 0.8}, {"seed", 3}});
   ASSERT_EQ(r.status, 200) << r.body;
   json j = r.parsed();
   ASSERT_EQ(j["choices"].size(), 6u);
@@ -109,9 +114,7 @@ TEST(FakeGpuApi, ListPromptWithN) {
   EXPECT_EQ(j["usage"]["prompt_tokens"], prompt_words);
   EXPECT_EQ(j["usage"]["completion_tokens"], completion_words);
   EXPECT_EQ(completion_words, 6 * 5);
-  // Greedy: both samples of a prompt agree; different prompts differ.
-  EXPECT_EQ(j["choices"][0]["text"], j["choices"][1]["text"]);
-  EXPECT_NE(j["choices"][0]["text"], j["choices"][2]["text"]);
+  EXPECT_NE(j["choices"][0]["text"], j["choices"][2]["text"]);  // different prompts differ
   EXPECT_NE(j["choices"][2]["text"], j["choices"][4]["text"]);
 }
 
@@ -154,6 +157,10 @@ TEST(FakeGpuApi, ChoicesAndStop) {
   EXPECT_EQ(j["choices"][0]["text"], full.substr(0, full.find(w)));
   EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
   EXPECT_EQ(j["choices"][0]["stop_reason"], w);
+  plain["stop"] = json::array({w, ""});
+  Reply empty = gpu.post("/v1/completions", plain);
+  EXPECT_EQ(empty.status, 400);
+  EXPECT_EQ(empty.parsed()["error"]["message"], "stop cannot contain an empty string.");
 }
 
 TEST(FakeGpuApi, ChatCompletionShape) {
@@ -196,7 +203,13 @@ TEST(FakeGpuApi, ModelsAndHealth) {
   EXPECT_EQ(h.body, "");
   EXPECT_EQ(gpu.post("/admin/health", {{"healthy", false}}).status, 200);
   EXPECT_EQ(gpu.get("/health").status, 503);
+  json served = completion("x");
+  served["model"] = "village-7b";
+  Reply dead = gpu.post("/v1/completions", served);  // a dead engine serves nothing
+  EXPECT_EQ(dead.status, 500);
+  EXPECT_EQ(dead.parsed()["error"]["type"], "InternalServerError");
   EXPECT_EQ(gpu.post("/admin/health", {{"healthy", true}}).status, 200);
+  EXPECT_EQ(gpu.post("/v1/completions", served).status, 200);
   EXPECT_EQ(gpu.get("/health").status, 200);
   EXPECT_EQ(gpu.post("/admin/health", {{"healthy", "no"}}).status, 400);
 
@@ -226,6 +239,7 @@ TEST(FakeGpuApi, AnApiKeyGuardsTheV1Routes) {
 TEST(FakeGpuApi, StartsUnhealthy) {
   START_FAKE_GPU(gpu, "--profile", "instant", "--unhealthy");
   EXPECT_EQ(gpu.get("/health").status, 503);
+  EXPECT_EQ(gpu.post("/v1/completions", completion("x")).status, 500);
 }
 
 TEST(FakeGpuApi, ErrorsInVllmShape) {
@@ -257,7 +271,7 @@ TEST(FakeGpuApi, ErrorsInVllmShape) {
             400);
   EXPECT_EQ(gpu.get("/health").status, 200);  // still serving
   // More words than the simulation writes at arrival: a 400, not a stalled loop.
-  json big = completion("x", 32000);
+  json big = completion("x", 32000, 1.0);
   big["n"] = 128;
   big["prompt"] = {"a", "b"};
   r = gpu.post("/v1/completions", big);
