@@ -62,8 +62,23 @@ double kv_tokens(const Job& job, double tokens_left) {
 }
 }  // namespace
 
-double Scheduler::left_ms(const Running& r, double step) const {
-  return r.prefill_left_ms + r.tokens_left * step;
+int Scheduler::prompt_sharers() const {
+  int n = 0;
+  for (const Running& r : running_) n += prefilling_prompt(r) ? 1 : 0;
+  return n;
+}
+
+double Scheduler::left_ms(const Running& r, double step, int sharers) const {
+  // One more sharer for a job still in its fixed cost: an estimate, used
+  // only to tell whether it finishes at the coming event (it cannot).
+  const int share = std::max(1, prefilling_prompt(r) ? sharers : sharers + 1);
+  return r.fixed_left_ms + r.prompt_left_ms * share + r.tokens_left * step;
+}
+
+double Scheduler::stage_left_ms(const Running& r, double step, int sharers) const {
+  if (r.fixed_left_ms > 0) return r.fixed_left_ms;
+  if (r.prompt_left_ms > 0) return r.prompt_left_ms * std::max(1, sharers);
+  return r.tokens_left * step;
 }
 
 double Scheduler::kv_of(const Running& r) const { return kv_tokens(r.job, r.tokens_left); }
@@ -82,15 +97,27 @@ double Scheduler::kv_usage() const {
 std::optional<Scheduler::NextEvent> Scheduler::next_event() const {
   if (running_.empty()) return std::nullopt;
   const double step = step_ms(profile_, static_cast<int>(running_.size()));
-  NextEvent ev{left_ms(running_.front(), step), false};
-  for (const Running& r : running_) ev.in_ms = std::min(ev.in_ms, left_ms(r, step));
+  const int sharers = prompt_sharers();
+  int with_prompt = 0;  // jobs with prompt prefill still to do, at either stage
+  for (const Running& r : running_) with_prompt += r.prompt_left_ms > 0 ? 1 : 0;
+  NextEvent ev{left_ms(running_.front(), step, sharers), false};
+  for (const Running& r : running_) {
+    ev.in_ms = std::min(ev.in_ms, left_ms(r, step, sharers));
+    // A stage's end that may change how the prompt prefill is shared: a job
+    // joining others at it (or others joining it later), or leaving others.
+    const bool joins = r.fixed_left_ms > 0 && r.prompt_left_ms > 0 && with_prompt > 1;
+    const bool leaves = prefilling_prompt(r) && sharers > 1;
+    if (joins || leaves) ev.in_ms = std::min(ev.in_ms, stage_left_ms(r, step, sharers));
+  }
   // One job alone is never preempted (a request longer than the cache runs
   // by itself), so the cache only matters with two or more.
   if (!kv_limited() || running_.size() < 2) return ev;
   double growth = 0;  // KV tokens per ms, while no job's phase changes
   for (const Running& r : running_) {
-    if (r.prefill_left_ms > 0) {
-      ev.in_ms = std::min(ev.in_ms, r.prefill_left_ms);  // it starts growing then
+    if (r.fixed_left_ms > 0 || r.prompt_left_ms > 0) {
+      // It starts growing at its prefill's end.
+      const int share = std::max(1, prefilling_prompt(r) ? sharers : sharers + 1);
+      ev.in_ms = std::min(ev.in_ms, r.fixed_left_ms + r.prompt_left_ms * share);
     } else if (r.tokens_left > 0 && step > 0) {
       growth += std::max(1, r.job.sequences) / step;
     }
@@ -106,11 +133,19 @@ void Scheduler::progress_to(double t) {
   const double dt = t - clock_ms_;
   if (dt <= 0) return;
   const double step = step_ms(profile_, static_cast<int>(running_.size()));
+  // The sharing as it is at the start: events come at every stage's end, so
+  // it holds over dt (but for rounding at its end).
+  const int share = std::max(1, prompt_sharers());
   for (Running& r : running_) {
-    const double prefill = std::min(dt, r.prefill_left_ms);
-    r.prefill_left_ms -= prefill;
-    const double decoding = dt - prefill;
-    if (decoding > 0) r.tokens_left = step > 0 ? std::max(0.0, r.tokens_left - decoding / step) : 0;
+    double rest = dt;
+    const double fixed = std::min(rest, r.fixed_left_ms);
+    r.fixed_left_ms -= fixed;
+    rest -= fixed;
+    if (rest <= 0) continue;
+    const double prompt = std::min(rest, r.prompt_left_ms * share);
+    r.prompt_left_ms = std::max(0.0, r.prompt_left_ms - prompt / share);
+    rest -= prompt;
+    if (rest > 0) r.tokens_left = step > 0 ? std::max(0.0, r.tokens_left - rest / step) : 0;
   }
   clock_ms_ = t;
 }
@@ -125,16 +160,20 @@ void Scheduler::run_until(double now_ms, std::vector<uint64_t>* finished) {
   while (auto ev = next_event()) {
     if (clock_ms_ + ev->in_ms > now_ms + kDoneEpsilonMs) break;
     const double step = step_ms(profile_, static_cast<int>(running_.size()));
+    const int sharers = prompt_sharers();
     // What this event is, decided before the clock moves there, whatever
     // rounding leaves of the work afterwards (at a large clock the step
     // between doubles exceeds any fixed epsilon, and "done" judged
     // afterwards could loop for ever): the jobs with the least left finish,
-    // the prefills due end, a full cache preempts.
+    // the stages due end, a full cache preempts.
     const double soonest = ev->in_ms;
-    std::vector<bool> finishing, prefilled;
+    std::vector<bool> finishing, fixed_done, prompt_done;
     for (const Running& r : running_) {
-      finishing.push_back(left_ms(r, step) <= soonest + kDoneEpsilonMs);
-      prefilled.push_back(r.prefill_left_ms <= soonest + kDoneEpsilonMs);
+      finishing.push_back(left_ms(r, step, sharers) <= soonest + kDoneEpsilonMs);
+      fixed_done.push_back(r.fixed_left_ms <= soonest + kDoneEpsilonMs);
+      prompt_done.push_back(fixed_done.back() &&
+                            (r.fixed_left_ms > 0 ? r.prompt_left_ms <= 0
+                                                 : r.prompt_left_ms * std::max(1, sharers) <= soonest + kDoneEpsilonMs));
     }
     progress_to(clock_ms_ + soonest);
     size_t kept = 0;
@@ -142,7 +181,8 @@ void Scheduler::run_until(double now_ms, std::vector<uint64_t>* finished) {
       if (finishing[i]) {
         finished->push_back(running_[i].job.id);
       } else {
-        if (prefilled[i]) running_[i].prefill_left_ms = 0;
+        if (fixed_done[i]) running_[i].fixed_left_ms = 0;
+        if (prompt_done[i]) running_[i].prompt_left_ms = 0;
         running_[kept++] = std::move(running_[i]);
       }
     }
@@ -166,9 +206,9 @@ void Scheduler::run_until(double now_ms, std::vector<uint64_t>* finished) {
 void Scheduler::admit(const Job& job, uint64_t arrival, double tokens_left) {
   // A preempted job prefills its prompt and its tokens so far again.
   const double prefill_tokens = kv_tokens(job, tokens_left);
-  running_.push_back(Running{job, arrival,
-                             prefill_ms(profile_, job.prefix_hit, static_cast<int64_t>(prefill_tokens)) + job.extra_ms,
-                             tokens_left});
+  const double whole = prefill_ms(profile_, job.prefix_hit, static_cast<int64_t>(prefill_tokens));
+  const double fixed = prefill_ms(profile_, job.prefix_hit, 0);
+  running_.push_back(Running{job, arrival, fixed + job.extra_ms, whole - fixed, tokens_left});
   peak_running_ = std::max(peak_running_, running_.size());
 }
 

@@ -108,16 +108,23 @@ class Scheduler {
   struct Running {
     Job job;
     uint64_t arrival;        // first submission: keeps its place if preempted
-    double prefill_left_ms;  // fixed cost still to go, spent first
-    double tokens_left;      // then decode steps
+    double fixed_left_ms;   // per-request cost still to go (base_ms, a slow fault), spent first
+    double prompt_left_ms;  // then the prompt's prefill, in ms of the GPU to itself:
+                            // the GPU's prefill throughput is shared by every job at this stage
+    double tokens_left;     // then decode steps
   };
+  bool prefilling_prompt(const Running& r) const { return r.fixed_left_ms <= 0 && r.prompt_left_ms > 0; }
+  int prompt_sharers() const;  // jobs prefilling their prompts now
   // The next change with the batch as it is: what happens first, and in how
   // many ms from clock_ (a finish, a prefill ending, the KV cache full).
   struct NextEvent {
     double in_ms;
     bool kv_full;  // the cache fills up first (or at the same time)
   };
-  double left_ms(const Running& r, double step) const;
+  // Until it finishes, with the batch and the prefill sharing as they are.
+  double left_ms(const Running& r, double step, int sharers) const;
+  // Until its current stage (fixed cost, prompt prefill, decode) ends.
+  double stage_left_ms(const Running& r, double step, int sharers) const;
   double kv_of(const Running& r) const;
   bool kv_limited() const { return profile_.kv_cache_tokens > 0; }
   std::optional<NextEvent> next_event() const;

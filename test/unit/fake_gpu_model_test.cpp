@@ -622,6 +622,44 @@ TEST(FakeGpuModel, AFullKvCacheHoldsRequestsBackDespiteFreeSlots) {
   EXPECT_EQ(c.waiting(), 0u);
 }
 
+// The GPU's prefill throughput is shared: prompts prefilled at the same
+// time take as long together as one after the other (vLLM's per-step token
+// budget), while each request's fixed cost (base_ms) runs alongside. A
+// prompt arriving mid-way slows those still prefilling.
+TEST(FakeGpuModel, PromptPrefillsShareTheGpu) {
+  GpuProfile g = tiny_gpu(8);
+  g.base_ms = 2;
+  g.prefill_per_token_ms = 0.1;
+  g.per_token_ms = 1;
+  g.batch_slowdown = 0;
+  Scheduler s(g);
+  // Three 100-token prompts (10 ms alone each) and one token each: fixed
+  // costs together (2 ms), then 30 ms of prompt prefill for all three.
+  s.submit(prompted(1, 100, 1), 0);
+  s.submit(prompted(2, 100, 1), 0);
+  Progress p = s.submit(prompted(3, 100, 1), 0);
+  ASSERT_TRUE(p.next_finish_ms);
+  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 2);  // the next change: the prompts start sharing
+  EXPECT_DOUBLE_EQ(*s.advance(2).next_finish_ms, 2 + 30);  // they end together
+  EXPECT_DOUBLE_EQ(*s.advance(32).next_finish_ms, 2 + 30 + 1);
+  EXPECT_EQ(s.advance(32.5).finished, Ids{});
+  EXPECT_EQ(s.advance(33).finished, (Ids{1, 2, 3}));
+
+  // One alone, joined half-way through its prompt: it had 5 ms left alone,
+  // now shares: both prompts' remaining 5 + 10 ms take 15 ms together, the
+  // first done once 10 ms of shared time covers its 5 (at 2 + 5 + 10).
+  Scheduler t(g);
+  t.submit(prompted(1, 100, 1), 0);
+  t.advance(7);  // fixed 2 ms, then half its prompt
+  t.submit(prompted(2, 100, 1), 7);  // its fixed 2 ms first, alone with 1 meanwhile
+  // 1 prefills alone until 9 (3 ms left), then both share: 1 ends at 9 + 6,
+  // its token at 16; 2 has 7 ms left alone then, done at 15 + 7, token at 23.
+  EXPECT_EQ(t.advance(15.5).finished, Ids{});
+  EXPECT_EQ(t.advance(16).finished, Ids{1});
+  EXPECT_EQ(t.advance(22.5).finished, Ids{});
+  EXPECT_EQ(t.advance(23).finished, Ids{2});
+}
+
 // Decoding grows the KV cache; when a step finds it full the newest running
 // request is preempted: its KV freed, it waits, and once admitted again it
 // goes on from the tokens it had (recomputed in its prefill).
@@ -629,26 +667,27 @@ TEST(FakeGpuModel, AFullKvCachePreemptsTheNewestRequest) {
   GpuProfile g = kv_gpu(100);
   g.prefill_per_token_ms = 0.1;
   Scheduler s(g);
-  s.submit(prompted(1, 40, 50), 0);  // prefill 4 ms
+  s.submit(prompted(1, 40, 50), 0);  // prefill 4 ms alone
   Progress p = s.submit(prompted(2, 40, 50), 0);
-  // Both decode from t = 4 at 1 token/ms each: 80 + 2 (t - 4) = 100 at t = 14,
-  // before either finishes (54). The caller is told of each change: the
-  // prefills' end (the cache starts growing), then the cache full.
+  // The two prefills share the GPU: both end at t = 8. Both decode from
+  // there at 1 token/ms each: 80 + 2 (t - 8) = 100 at t = 18, before either
+  // finishes (58). The caller is told of each change: the prefills' end
+  // (the cache starts growing), then the cache full.
   ASSERT_TRUE(p.next_finish_ms);
-  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 4);
-  EXPECT_DOUBLE_EQ(*s.advance(4).next_finish_ms, 14);
-  p = s.advance(14);
+  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 8);
+  EXPECT_DOUBLE_EQ(*s.advance(8).next_finish_ms, 18);
+  p = s.advance(18);
   EXPECT_TRUE(p.finished.empty());
   EXPECT_EQ(s.preemptions(), 1u);
   EXPECT_EQ(s.running(), 1u);
   EXPECT_EQ(s.waiting(), 1u) << "2 waits, 10 tokens done";
-  // 1 finishes alone at 54 (40 tokens left at 1 ms); 2 comes back needing
+  // 1 finishes alone at 58 (40 tokens left at 1 ms); 2 comes back needing
   // 40 + 10 tokens: prefill 5 ms, then its 40 tokens.
-  p = s.advance(54);
+  p = s.advance(58);
   EXPECT_EQ(p.finished, Ids{1});
   ASSERT_TRUE(p.next_finish_ms);
-  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 54 + 5 + 40);
-  EXPECT_EQ(s.advance(99).finished, Ids{2});
+  EXPECT_DOUBLE_EQ(*p.next_finish_ms, 58 + 5 + 40);
+  EXPECT_EQ(s.advance(103).finished, Ids{2});
   EXPECT_EQ(s.preemptions(), 1u);
   s.reset_preemptions();
   EXPECT_EQ(s.preemptions(), 0u);
