@@ -1302,19 +1302,18 @@ BEGIN
     -- own (an interval changed from months to weeks, bounds pg_partman made
     -- at local midnight): rows there would stay in the default partition.
     RAISE NOTICE 'partition % of % not created: % already covers part of its range', child_name, cfg.parent, overlapping;
-    FOR covered IN SELECT p.lower_bound, p.upper_bound FROM npc_scale._partitions_of(cfg.parent, coltype) p
-                    WHERE p.lower_bound < _create_partition.upper_bound AND p.upper_bound > _create_partition.lower_bound
-                    ORDER BY p.lower_bound LOOP
-      IF covered.lower_bound > gap_from THEN
-        made := made + npc_scale._create_partition(cfg, def, gap_from, covered.lower_bound,
+    -- The covered ranges in order, then the range's end: each gap before one is made.
+    FOR covered IN SELECT * FROM (
+                     SELECT p.lower_bound AS from_at, p.upper_bound AS to_at FROM npc_scale._partitions_of(cfg.parent, coltype) p
+                      WHERE p.lower_bound < _create_partition.upper_bound AND p.upper_bound > _create_partition.lower_bound
+                     UNION ALL SELECT _create_partition.upper_bound, _create_partition.upper_bound) c
+                    ORDER BY from_at LOOP
+      IF covered.from_at > gap_from THEN
+        made := made + npc_scale._create_partition(cfg, def, gap_from, covered.from_at,
                                                    suffix || to_char(gap_from AT TIME ZONE 'UTC', '"_from_"YYYYMMDD"_"HH24MI'));
       END IF;
-      gap_from := greatest(gap_from, covered.upper_bound);
+      gap_from := greatest(gap_from, covered.to_at);
     END LOOP;
-    IF gap_from < upper_bound THEN
-      made := made + npc_scale._create_partition(cfg, def, gap_from, upper_bound,
-                                                 suffix || to_char(gap_from AT TIME ZONE 'UTC', '"_from_"YYYYMMDD"_"HH24MI'));
-    END IF;
     RETURN made;
   END IF;
   -- In the parent's tablespace, as CREATE TABLE ... PARTITION OF would put it.
@@ -1464,8 +1463,8 @@ BEGIN
     -- Rows past retention were deleted above, unless their tables are to be
     -- kept: then they get their partitions too, which retention detaches
     -- as it would have (else they stayed visible through the parent).
-    floor_at := CASE WHEN cfg.retention_keep_table THEN NULL ELSE kept_from END;
-    floor_at := coalesce(floor_at, '0001-01-01 00:00:00+00'::timestamptz + cfg.partition_interval);
+    floor_at := coalesce(CASE WHEN NOT cfg.retention_keep_table THEN kept_from END,
+                         '0001-01-01 00:00:00+00'::timestamptz + cfg.partition_interval);
     WHILE backfilled < 1 LOOP
       -- (-infinity has no range: it stays in the default partition.)
       EXECUTE format('SELECT min(%I)::text FROM %s WHERE isfinite(%I) AND %I < %s', cfg.control, def, cfg.control,
