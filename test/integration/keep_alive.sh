@@ -45,6 +45,9 @@ SELECT count(*) FROM npc_scale.decision_queue WHERE npc_id BETWEEN 9101 AND 9200
 SQL
 )
 answered=$(tail -1 <<<"$answered")
+# The dispatcher publishes its endpoint counters every 100 ms, so the last
+# requests may reach endpoint_stats a moment after their answers.
+npc_wait_sql "SELECT total_requests - $total0 >= 200 FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining" 5 || true
 stats=$(q "SELECT total_requests - $total0, errors - $errors0, breaker, coalesce(last_error, '-')
              FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining")
 echo "queued decisions done at the first attempt: $answered of 100; endpoint: requests|errors|breaker|last error = $stats"
