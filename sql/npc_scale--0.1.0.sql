@@ -77,18 +77,23 @@ BEGIN
   END IF;
   -- Checked here, before the NOT NULL constraints: their error's DETAIL
   -- ("Failing row contains ...") would write the api_key to the server log.
-  IF NEW.model IS NULL OR NEW.enabled IS NULL OR NEW.send_priority IS NULL THEN
+  -- Every NULL is the same error (22004) naming its column.
+  IF NEW.endpoint IS NULL OR NEW.model IS NULL OR NEW.api IS NULL OR NEW.max_concurrent IS NULL
+     OR NEW.enabled IS NULL OR NEW.weight IS NULL OR NEW.labels IS NULL OR NEW.send_priority IS NULL THEN
     RAISE EXCEPTION '% of gpu % must not be null',
-      CASE WHEN NEW.model IS NULL THEN 'model' WHEN NEW.enabled IS NULL THEN 'enabled' ELSE 'send_priority' END, NEW.gpu_id
+      CASE WHEN NEW.endpoint IS NULL THEN 'endpoint' WHEN NEW.model IS NULL THEN 'model'
+           WHEN NEW.api IS NULL THEN 'api' WHEN NEW.max_concurrent IS NULL THEN 'max_concurrent'
+           WHEN NEW.enabled IS NULL THEN 'enabled' WHEN NEW.weight IS NULL THEN 'weight'
+           WHEN NEW.labels IS NULL THEN 'labels' ELSE 'send_priority' END, NEW.gpu_id
       USING ERRCODE = 'null_value_not_allowed';
   END IF;
   -- A base URL: scheme, host (name, Docker-style names with _ too, IPv4 or
   -- [IPv6]), optional port and path
   -- prefix (a reverse proxy's); no credentials (the column is readable by
   -- everyone: keys go in api_key), query, fragment or spaces.
-  IF NEW.endpoint IS NULL OR NEW.endpoint !~
+  IF NEW.endpoint !~
        '^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&''()*+,;=:@/-]*)?$' THEN
-    RAISE EXCEPTION 'endpoint URL % of gpu % is not an http(s) base URL', coalesce(quote_literal(NEW.endpoint), 'NULL'), NEW.gpu_id
+    RAISE EXCEPTION 'endpoint URL % of gpu % is not an http(s) base URL', quote_literal(NEW.endpoint), NEW.gpu_id
       USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Use the server''s base URL, e.g. http://10.0.0.5:8000 (no user:password@, query or fragment).';
   END IF;
@@ -112,17 +117,17 @@ BEGIN
             HINT = format('Use %s: npc_scale appends /v1/completions or /v1/chat/completions.',
                           quote_literal(left(NEW.endpoint, -3)));
   END IF;
-  IF NEW.api IS NULL OR NEW.api NOT IN ('completions', 'chat') THEN
+  IF NEW.api NOT IN ('completions', 'chat') THEN
     RAISE EXCEPTION 'endpoint api "%" is not known', NEW.api
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Use completions or chat.';
   END IF;
-  IF NEW.max_concurrent IS NULL OR NEW.max_concurrent < 1 OR NEW.max_concurrent > 4096 THEN
+  IF NEW.max_concurrent < 1 OR NEW.max_concurrent > 4096 THEN
     RAISE EXCEPTION 'max_concurrent % is out of range', NEW.max_concurrent
       USING ERRCODE = 'numeric_value_out_of_range', HINT = 'Use 1 to 4096.';
   END IF;
   -- NaN compares above every number in Postgres: > 0 alone would let it in.
-  IF NEW.weight IS NULL OR NOT (NEW.weight > 0 AND NEW.weight < 'Infinity'::real) THEN
-    RAISE EXCEPTION 'weight % of gpu % must be a positive finite number', coalesce(NEW.weight::text, 'NULL'), NEW.gpu_id
+  IF NOT (NEW.weight > 0 AND NEW.weight < 'Infinity'::real) THEN
+    RAISE EXCEPTION 'weight % of gpu % must be a positive finite number', NEW.weight, NEW.gpu_id
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   -- Sent as "Authorization: Bearer <key>": a line break would split the
@@ -131,8 +136,8 @@ BEGIN
     RAISE EXCEPTION 'api_key of gpu % contains a space or control character', NEW.gpu_id
       USING ERRCODE = 'invalid_parameter_value', HINT = 'Store the bare token, without "Bearer " or a trailing newline.';
   END IF;
-  IF NEW.labels IS NULL OR jsonb_typeof(NEW.labels) <> 'object' THEN
-    RAISE EXCEPTION 'labels % of gpu % must be a JSON object', coalesce(NEW.labels::text, 'NULL'), NEW.gpu_id
+  IF jsonb_typeof(NEW.labels) <> 'object' THEN
+    RAISE EXCEPTION 'labels % of gpu % must be a JSON object', NEW.labels, NEW.gpu_id
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   RETURN NEW;

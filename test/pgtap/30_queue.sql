@@ -2,7 +2,7 @@
 -- cancel, await_decision timeouts, api_key privacy. Commits (the dispatcher
 -- must see the rows) and cleans up after itself.
 \ir setup/fresh.sql
-SELECT plan(36);
+SELECT plan(38);
 SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would skip the GPU
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 
@@ -115,6 +115,12 @@ SELECT is(pg_temp.endpoint_error('model', 'NULL'), '22004: model of gpu 91 must 
   'a NULL model is refused naming the column, not showing the row and its api_key');
 SELECT is(pg_temp.endpoint_error('enabled, send_priority', 'true, NULL'), '22004: send_priority of gpu 91 must not be null',
   'a NULL send_priority likewise');
+SELECT results_eq($$ SELECT pg_temp.endpoint_error(c, 'NULL') FROM unnest('{api,max_concurrent,weight,labels}'::text[]) c $$,
+  $$ VALUES ('22004: api of gpu 91 must not be null'), ('22004: max_concurrent of gpu 91 must not be null'),
+            ('22004: weight of gpu 91 must not be null'), ('22004: labels of gpu 91 must not be null') $$,
+  'every NULL column is the same error (22004) naming the column');
+SELECT throws_ok($$ INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint) VALUES (91, NULL) $$,
+  '22004', 'endpoint of gpu 91 must not be null', 'a NULL endpoint likewise');
 
 -- The SECURITY DEFINER functions run their SQL as the extension's owner:
 -- no name in it may resolve through the caller's search_path.
