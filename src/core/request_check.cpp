@@ -1,11 +1,33 @@
 #include "request_check.hpp"
 
+#include <cstring>
+
 #include "error.hpp"
 
 namespace npc_scale {
 
 namespace {
-bool blank(const std::string& s) { return s.find_first_not_of(" \t\r\n") == std::string::npos; }
+// Blank = only Unicode White_Space (UTF-8), so a prompt of no-break or
+// ideographic spaces, which a model sees as nothing, is refused too.
+bool blank(const std::string& s) {
+  static const char* const kWide[] = {
+      "\u0085", "\u00A0", "\u1680", "\u2000", "\u2001", "\u2002", "\u2003", "\u2004", "\u2005", "\u2006",
+      "\u2007", "\u2008", "\u2009", "\u200A", "\u2028", "\u2029", "\u202F", "\u205F", "\u3000"};
+  size_t i = 0;
+  while (i < s.size()) {
+    if (std::strchr(" \t\r\n\v\f", s[i]) != nullptr && s[i] != '\0') {
+      i++;
+      continue;
+    }
+    size_t n = 0;
+    for (const char* w : kWide) {
+      if (s.compare(i, std::strlen(w), w) == 0) n = std::strlen(w);
+    }
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
 
 // A value in a message: quoted, and cut short when long (at a character
 // boundary: half a UTF-8 character would make the message itself invalid).

@@ -46,6 +46,15 @@ TEST(RequestCheckTest, BlankOrNullPrompt) {
   expect_error(a, "22023", "prompt for npc 42 must not be empty or blank");
   a.prompt = " \t\r\n ";
   expect_error(a, "22023", "prompt for npc 42 must not be empty or blank");
+  // Vertical tab, form feed, no-break, em, ideographic spaces, line separator.
+  a.prompt = "\v\f\u00A0\u2003\u3000\u2028";
+  expect_error(a, "22023", "prompt for npc 42 must not be empty or blank");
+  a.prompt = std::string("\u3000") + '\0';  // a NUL is not blank
+  EXPECT_NO_THROW(check_request(a, 100));
+  for (const char* p : {"\u3000x", "\u00A0\u00E9", "\u200B", "\xE3\x80"}) {  // text, zero-width space, cut UTF-8
+    a.prompt = p;
+    EXPECT_NO_THROW(check_request(a, 100)) << p;
+  }
   a.prompt.reset();
   expect_error(a, "22004", "prompt for npc 42 must not be null");
 }
