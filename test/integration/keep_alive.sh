@@ -16,12 +16,14 @@ cleanup() {
   q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 9101 AND 9300" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+# gpu 22, an id no other test uses: until the dispatcher reloads, the stats
+# of the last script's gpu 1 would still be read as this endpoint's.
 q "DELETE FROM npc_scale.gpu_endpoints;
-   INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, max_concurrent) VALUES (1, 'http://127.0.0.1:$port', 4)" >/dev/null
+   INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, max_concurrent) VALUES (22, 'http://127.0.0.1:$port', 4)" >/dev/null
 q "DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 9101 AND 9300" >/dev/null
-npc_wait_sql "SELECT count(*) = 1 FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining AND breaker = 'closed'" 10 \
+npc_wait_sql "SELECT count(*) = 1 FROM npc_scale.endpoint_stats WHERE gpu_id = 22 AND NOT draining AND breaker = 'closed'" 10 \
   || { echo "the endpoint did not come up"; exit 1; }
-read -r total0 errors0 <<<"$(q "SELECT total_requests, errors FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining" | tr '|' ' ')"
+read -r total0 errors0 <<<"$(q "SELECT total_requests, errors FROM npc_scale.endpoint_stats WHERE gpu_id = 22 AND NOT draining" | tr '|' ' ')"
 
 # 100 generate() calls and 100 queued decisions, one at a time; the pauses
 # between them are the load's shape, not a synchronisation.
@@ -47,9 +49,9 @@ SQL
 answered=$(tail -1 <<<"$answered")
 # The dispatcher publishes its endpoint counters every 100 ms, so the last
 # requests may reach endpoint_stats a moment after their answers.
-npc_wait_sql "SELECT total_requests - $total0 >= 200 FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining" 5 || true
+npc_wait_sql "SELECT total_requests - $total0 >= 200 FROM npc_scale.endpoint_stats WHERE gpu_id = 22 AND NOT draining" 5 || true
 stats=$(q "SELECT total_requests - $total0, errors - $errors0, breaker, coalesce(last_error, '-')
-             FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining")
+             FROM npc_scale.endpoint_stats WHERE gpu_id = 22 AND NOT draining")
 echo "queued decisions done at the first attempt: $answered of 100; endpoint: requests|errors|breaker|last error = $stats"
 [ "$answered" = 100 ] || { echo "some decisions needed another attempt or failed"; exit 1; }
 IFS='|' read -r sent errors breaker _ <<<"$stats"

@@ -58,6 +58,7 @@ SELECT results_eq(
 
 -- Cancel: a decision waiting for capacity (no enabled endpoint).
 UPDATE npc_scale.gpu_endpoints SET enabled = false;
+SELECT npc_test.wait_for('npc_test.fleet_loaded()') AS fleet_loaded \gset
 SELECT npc_scale.request_decision(1004, 'trade', 'Sell wheat?', 5) AS id4 \gset
 SELECT ok(npc_scale.cancel_decision(:id4), 'cancel_decision on a queued decision returns true');
 SELECT ok(NOT npc_scale.cancel_decision(:id4), 'a second cancel returns false');

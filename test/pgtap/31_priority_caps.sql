@@ -7,6 +7,7 @@ SELECT plan(36);
 -- Backlog: enqueue while no endpoint is enabled, then open one slot.
 SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[1]);
 UPDATE npc_scale.gpu_endpoints SET enabled = false;
+SELECT npc_test.wait_for('npc_test.fleet_loaded()') AS fleet_loaded \gset
 CREATE TEMP TABLE backlog AS
 SELECT npc_scale.request_decision(2000 + g, 'build', 'backlog ' || g, (g * 7) % 11) AS id, (g * 7) % 11 AS priority
   FROM generate_series(1, 30) g;
@@ -23,6 +24,7 @@ SELECT is(
 -- has waited 200 s counts as priority 0, and goes before newer priority-0
 -- work; without aging it would go last.
 UPDATE npc_scale.gpu_endpoints SET enabled = false;
+SELECT npc_test.wait_for('npc_test.fleet_loaded()') AS fleet_loaded \gset
 SELECT npc_scale.request_decision(2100, 'build', 'aged', 10) AS aged_id \gset
 UPDATE npc_scale.decision_queue SET created_at = created_at - interval '200 s' WHERE id = :aged_id;
 CREATE TEMP TABLE fresh AS

@@ -32,7 +32,7 @@ SELECT matches((SELECT error FROM npc_scale.decision_queue WHERE id = :id_abort)
 SELECT npc_test.gpu_faults('faulty', '{"abort_rate": 0}');
 SELECT npc_scale.request_decision(4022, 'attack', :'abort_prompt', 2, '{"temperature": 0}') AS id_again \gset
 SELECT is((SELECT status || ' ' || (cache_layer IS NULL) || ' ' || (response <> '')
-             FROM npc_scale.await_decision(:id_again, '10 s')),
+             FROM npc_scale.await_decision(:id_again, '30 s')),  -- after the aborts' breaker cooldown (5 s)
   'done true true', 'the same question afterwards is answered by the GPU: the partial answer was not cached');
 
 -- A permanent error (the request exceeds the model's context: HTTP 400) is not retried.
@@ -44,6 +44,7 @@ SELECT results_eq(format('SELECT status, attempts, error ~ ''HTTP 400'' FROM npc
 
 -- Deadline: waiting for capacity past its deadline → expired, never sent.
 UPDATE npc_scale.gpu_endpoints SET model = 'npc-llm', enabled = false;
+SELECT npc_test.wait_for('npc_test.fleet_loaded()') AS fleet_loaded \gset
 SELECT npc_test.gpu_reset('faulty');
 SELECT npc_scale.request_decision(4003, 'defend', 'Raise walls?', 0, '{}', '150 ms') AS id3 \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id3), '10 s'), 'the decision finishes');
@@ -74,8 +75,8 @@ SELECT is(npc_test.gpu_metric('faulty', 'fake_gpu_requests_total'), 0::numeric, 
 -- and the decision expires with what its attempt met, not "before it was sent".
 -- (The GPU holds it: only the deadline can end it.)
 SELECT npc_test.gpu_faults('faulty', '{"hang_rate": 1}');
-SELECT npc_scale.request_decision(4004, 'defend', 'Hold the gate?', 0, '{}', '2 s') AS id4 \gset
-SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id4), '10 s'), 'the decision finishes');
+SELECT npc_scale.request_decision(4004, 'defend', 'Hold the gate?', 0, '{}', '5 s') AS id4 \gset
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id4), '20 s'), 'the decision finishes');
 SELECT results_eq(format('SELECT status, attempts, error ~ %L FROM npc_scale.decision_queue WHERE id = %s',
                           '^deadline passed after 1 attempt\(s\); last error: .*Timeout', :id4),
   $$ VALUES ('expired'::text, 1, true) $$,
@@ -218,13 +219,14 @@ SELECT is((SELECT attempts FROM npc_scale.decision_queue WHERE id = :id31), 1, '
 -- A 503 that says when to come back (Retry-After: a maintenance window
 -- behind a proxy) closes its endpoint for that long at once: the decision
 -- waits for it, one attempt spent, instead of spending them all in a second.
-SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 3}');
+-- (10 s: the fault is cleared well within it, so the second attempt is the last.)
+SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1.0, "error_status": 503, "retry_after": 10}');
 SELECT npc_scale.request_decision(4033, 'scout', 'Gate open yet? ' || gen_random_uuid(), 5) AS id33 \gset
 SELECT ok(npc_test.wait_for(format($$ (SELECT breaker FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) = 'open'
                                       AND (SELECT status = 'queued' AND attempts = 1 FROM npc_scale.decision_queue WHERE id = %s) $$, :id33)),
   'a 503 with a Retry-After opens its endpoint at once; the decision waits with one attempt spent');
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
-SELECT is((SELECT status FROM npc_scale.await_decision(:id33, '20 s')), 'done', 'and it is answered once the endpoint is back');
+SELECT is((SELECT status FROM npc_scale.await_decision(:id33, '30 s')), 'done', 'and it is answered once the endpoint is back');
 SELECT is((SELECT attempts FROM npc_scale.decision_queue WHERE id = :id33), 2, 'at its second attempt');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 4001 AND 4008 OR npc_id BETWEEN 4011 AND 4013 OR npc_id IN (4021, 4022, 4031, 4032, 4033) OR npc_id BETWEEN 4101 AND 4116;

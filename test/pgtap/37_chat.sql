@@ -5,7 +5,7 @@
 SELECT plan(8);
 DELETE FROM npc_scale.gpu_endpoints;
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, api) VALUES (37, npc_test.gpu_url('fast2'), 'chat');
-SELECT ok(npc_test.wait_for($$ npc_test.metric('endpoints_loaded') >= npc_test.metric('endpoints_generation')
+SELECT ok(npc_test.wait_for($$ npc_test.fleet_loaded()
                                 AND EXISTS (SELECT FROM npc_scale.endpoint_stats WHERE gpu_id = 37 AND NOT draining) $$),
   'the dispatcher has loaded the chat endpoint');
 SELECT npc_test.gpu_reset('fast2') AS reset \gset

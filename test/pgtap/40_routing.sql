@@ -38,9 +38,12 @@ SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
 -- After Retry-After the breaker probes /health and closes (a 2 s Retry-After
 -- on a fresh endpoint, the only one).
 SELECT npc_test.gpu_faults('fast1', '{"error_rate": 1.0, "error_status": 429, "retry_after": 2}');
+SELECT npc_test.gpu_reset('fast1') AS reset \gset
 SELECT npc_test.use_gpus(ARRAY['fast1']);
 SELECT npc_scale.request_decision(5002, 'trade', 'Sell iron?', 5) AS limited2 \gset
-SELECT ok(npc_test.wait_for($$ (SELECT breaker = 'open' FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) $$),
+-- Its own 429 (counted by the GPU), not the last endpoint's breaker still shown as gpu 1.
+SELECT ok(npc_test.wait_for($$ npc_test.fleet_loaded() AND npc_test.gpu_metric('fast1', 'fake_gpu_requests_total') >= 1
+                               AND (SELECT breaker = 'open' FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) $$),
   'a 429 opens its breaker');
 SELECT npc_test.gpu_faults('fast1', '{"error_rate": 0}');
 SELECT ok(npc_test.wait_for($$ (SELECT breaker = 'closed' FROM npc_scale.endpoint_stats WHERE gpu_id = 1 AND NOT draining) $$, '15 s'),
@@ -168,6 +171,7 @@ SELECT npc_test.wait_for(format($$ (SELECT config_reloads > %s FROM npc_scale.wo
 SELECT 'Same question after a failure? ' || clock_timestamp() AS same_prompt \gset
 SELECT npc_test.use_gpus(ARRAY['faulty', 'fast0'], ARRAY[1, 16]);
 UPDATE npc_scale.gpu_endpoints SET enabled = false WHERE gpu_id = 2;
+SELECT npc_test.wait_for('npc_test.fleet_loaded()') AS fleet_loaded \gset
 SELECT npc_test.gpu_faults('faulty', '{"error_rate": 1, "error_status": 500}') AS faults \gset
 SELECT npc_scale.request_decision(5301, 'build', :'same_prompt', 5, '{"temperature": 0}') AS failed_once \gset
 SELECT ok(npc_test.wait_for(format($$ (SELECT status = 'queued' AND attempts = 1 AND error IS NOT NULL
@@ -178,7 +182,7 @@ SELECT npc_scale.request_decision(5302, 'build', :'same_prompt', 5, '{"temperatu
 SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 1 $$),
   'an identical request hangs on that endpoint');
 UPDATE npc_scale.gpu_endpoints SET enabled = true WHERE gpu_id = 2;
-SELECT ok(npc_test.wait_for($$ npc_test.metric('endpoints_loaded') >= npc_test.metric('endpoints_generation') $$),
+SELECT ok(npc_test.wait_for('npc_test.fleet_loaded()'),
   'the dispatcher has loaded the enabled endpoint');
 SELECT ok((SELECT status = 'queued' AND attempts = 1 FROM npc_scale.decision_queue WHERE id = :failed_once),
   'the retry is still held by its back-off');

@@ -57,22 +57,30 @@ SELECT throws_like(format($$ UPDATE npc_scale.maintenance_jobs SET schedule = 'e
 -- the view's job takes the new schedule, and is active again.
 SELECT npc_scale.schedule_refresh('public.sched_hand', '0 4 * * *') AS hand_job \gset
 UPDATE npc_scale.maintenance_jobs SET active = false WHERE job = :hand_job;
+-- Each change and its check in one transaction: the same now() for both,
+-- however long the machine stalls between them.
+BEGIN;
 SELECT is(npc_scale.schedule_refresh('public.sched_hand', '0 5 * * *', false), :hand_job::bigint,
   'scheduling a view again returns its job');
 SELECT results_eq(format($$ SELECT schedule, concurrent_refresh, active, next_run_at = npc_scale._cron_next('0 5 * * *', now())
                               FROM npc_scale.maintenance_jobs WHERE job = %s $$, :hand_job),
   $$ VALUES ('0 5 * * *'::text, false, true, true) $$, 'with the new schedule and settings, active, next due by the new schedule');
+COMMIT;
 SELECT is((SELECT count(*)::int FROM npc_scale.maintenance_jobs WHERE target = 'public.sched_hand'::regclass), 1,
   'and no second job');
 SELECT npc_scale.schedule_refresh('public.sched_hand', '0 4 * * *') AS hand_again \gset
+BEGIN;
 UPDATE npc_scale.maintenance_jobs SET schedule = '*/5  * * * *' WHERE job = :hand_job;
 SELECT is((SELECT schedule || ' ' || (next_run_at = npc_scale._cron_next('*/5 * * * *', now()))::text
              FROM npc_scale.maintenance_jobs WHERE job = :hand_job), '*/5 * * * * true',
   'a new schedule by hand is stored canonical and its next run follows it');
+COMMIT;
 UPDATE npc_scale.maintenance_jobs SET active = false, next_run_at = now() - interval '1 day' WHERE job = :hand_job;
+BEGIN;
 UPDATE npc_scale.maintenance_jobs SET active = true WHERE job = :hand_job;
 SELECT ok((SELECT next_run_at > now() FROM npc_scale.maintenance_jobs WHERE job = :hand_job),
   'a resumed job is due at its next time from now, not at a time left from before');
+COMMIT;
 SELECT throws_ok(format($$ UPDATE npc_scale.maintenance_jobs SET target = 'public.sched_src' WHERE job = %s $$, :hand_job),
   '42809', 'relation sched_src is not a materialized view', 'a target by hand must be a materialized view');
 SELECT throws_ok(format($$ UPDATE npc_scale.maintenance_jobs SET target = 'public.sched_nokey' WHERE job = %s $$, :hand_job),
@@ -146,8 +154,10 @@ SELECT pg_reload_conf() AS reloaded \gset
 SELECT npc_scale.unschedule(:bad_job) AS unscheduled \gset
 SELECT pg_advisory_lock(707070) AS gate_shut \gset
 SELECT npc_scale.schedule_refresh('public.sched_slow', '1 second') AS slow_job \gset
-SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running') $$, :slow_job), '15 s'),
-  'the slow refresh is running');
+-- Held past two of its 1 s periods: long enough for an overlapping run to have started.
+SELECT ok(npc_test.wait_for(format($$ EXISTS (SELECT 1 FROM npc_scale.maintenance_runs WHERE job = %s AND status = 'running'
+                                                AND started_at < clock_timestamp() - interval '2.5 s') $$, :slow_job), '15 s'),
+  'the slow refresh is running, for over two of its periods');
 SELECT npc_test.use_gpus(ARRAY['fast2']);
 SELECT npc_scale.request_decision(9901, 'build', 'During a slow refresh?', 5) AS d \gset
 SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :d)), 'a decision finishes');

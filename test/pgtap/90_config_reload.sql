@@ -39,8 +39,10 @@ SELECT npc_test.gpu_faults('faulty', '{"error_rate": 0}');
 
 -- /metrics scraping switched off on a reload: the last reading is dropped
 -- (it stood for ever, a busy moment counted against the GPU from then on).
-SELECT npc_test.use_gpus(ARRAY['fast0']);
-SELECT ok(npc_test.wait_for($$ (SELECT remote_running FROM npc_scale.endpoint_stats WHERE NOT draining) IS NOT NULL $$),
+-- (max_concurrent 5: the new member's row, not the last one's reading.)
+SELECT npc_test.use_gpus(ARRAY['fast0'], ARRAY[5]);
+SELECT ok(npc_test.wait_for($$ (SELECT remote_running IS NOT NULL FROM npc_scale.endpoint_stats
+                                 WHERE NOT draining AND max_concurrent = 5) $$),
   'the endpoint''s /metrics has been read');
 ALTER SYSTEM SET npc_scale.metrics_interval = 0;
 SELECT pg_reload_conf() AS reloaded \gset

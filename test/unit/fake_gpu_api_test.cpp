@@ -516,7 +516,7 @@ TEST(FakeGpuApi, AbortAnswersWithPartOfTheText) {
 
 TEST(FakeGpuApi, DropClosesWithoutReply) {
   START_FAKE_GPU(gpu, "--profile", "instant", "--drop-rate", "1");
-  Reply r = gpu.post("/v1/completions", completion("x"), 3000);
+  Reply r = gpu.post("/v1/completions", completion("x"), 20000);
   EXPECT_NE(r.code, CURLE_OK);
   EXPECT_NE(r.code, CURLE_OPERATION_TIMEDOUT);  // closed, not hung
   EXPECT_EQ(r.status, 0);
@@ -528,7 +528,8 @@ TEST(FakeGpuApi, DropClosesWithoutReply) {
 
 TEST(FakeGpuApi, HangTimesOutClientAndIsReleasedOnDisconnect) {
   START_FAKE_GPU(gpu, "--profile", "instant", "--hang-rate", "1");
-  Reply r = gpu.post("/v1/completions", completion("x"), 250);
+  // 2 s: ample for the request to reach the server on a busy machine.
+  Reply r = gpu.post("/v1/completions", completion("x"), 2000);
   EXPECT_EQ(r.code, CURLE_OPERATION_TIMEDOUT);
   EXPECT_EQ(r.status, 0);
   // The server notices the hang-up and forgets the request (no 1 h leak).

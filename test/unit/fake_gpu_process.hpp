@@ -31,7 +31,7 @@ namespace fake_gpu_test {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-constexpr auto kDeadline = std::chrono::seconds(5);
+constexpr auto kDeadline = std::chrono::seconds(20);
 
 struct Reply {
   CURLcode code = CURLE_OK;

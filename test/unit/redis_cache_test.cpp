@@ -129,6 +129,27 @@ class RedisCacheLive : public ::testing::Test {
     c.connect_timeout_ms = 1000;
     cache.configure(c);
   }
+  // For tests of the 20 ms timeout itself: the first connection, waited
+  // for (a busy machine's late first reply is tried again, not a failure).
+  void connect_now() {
+    std::string v;
+    const int64_t deadline = now_ms() + 5000;
+    while (cache.get("k0", &v, now_ms()) != RedisCache::Result::miss) {
+      ASSERT_LT(now_ms(), deadline) << "never connected";
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  // What Redis holds, read by a second, patient client: checks after a
+  // test's pause or freeze, without the 20 ms timeout under test.
+  RedisCache::Result read_back(const std::string& key, std::string* v) {
+    RedisCache other;
+    RedisConfig c;
+    c.port = port;
+    c.command_timeout_ms = 5000;
+    c.connect_timeout_ms = 1000;
+    other.configure(c);
+    return other.get(key, v, now_ms());
+  }
   // Connected, with a command timeout (5 s) longer than the pause of Redis
   // (ms) that follows: replies are late, not missing.
   void connected_then_paused(int ms) {
@@ -191,20 +212,21 @@ TEST_F(RedisCacheLive, HitsReportTheTimeLeftUpToExpiry) {
   ASSERT_EQ(cache.get("forever", &v, now_ms(), &ttl), RedisCache::Result::hit);
   EXPECT_EQ(ttl, -1);
   for (int round = 0; round < 3; round++) {
-    ASSERT_TRUE(cache.set("edge", "y", 1, now_ms()));
+    // EX 2: a first read stalled past a whole second still finds it.
+    ASSERT_TRUE(cache.set("edge", "y", 2, now_ms()));
     int hits = 0;
-    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     while (std::chrono::steady_clock::now() < end) {
       ttl = 0;
       RedisCache::Result r = cache.get("edge", &v, now_ms(), &ttl);
       if (r == RedisCache::Result::miss) break;
       ASSERT_EQ(r, RedisCache::Result::hit);
       ASSERT_GT(ttl, 0) << "after " << hits << " hits";
-      ASSERT_LE(ttl, 1000);
+      ASSERT_LE(ttl, 2000);
       hits++;
     }
     EXPECT_GT(hits, 0);
-    EXPECT_EQ(cache.get("edge", &v, now_ms()), RedisCache::Result::miss) << "EX 1 expired within 3 s";
+    EXPECT_EQ(cache.get("edge", &v, now_ms()), RedisCache::Result::miss) << "EX 2 expired within 5 s";
   }
 }
 
@@ -239,6 +261,7 @@ TEST(RedisCacheTest, PrefixIsolationAndClear) {
 
 TEST_F(RedisCacheLive, DownIsAMissThenComesBackWithOneStateChangeEachWay) {
   std::vector<bool> changes;
+  patient();
   cache.on_state_change = [&](bool up, const std::string&) { changes.push_back(up); };
   ASSERT_TRUE(cache.set("k", "v", 60, now_ms()));
   server->stop();
@@ -263,6 +286,7 @@ TEST_F(RedisCacheLive, DownIsAMissThenComesBackWithOneStateChangeEachWay) {
 TEST_F(RedisCacheLive, EachConnectionReportsTheServersRunId) {
   std::vector<std::string> seen;
   std::string v;
+  patient();
   cache.on_server = [&](const std::string& id) { seen.push_back(id); };
   ASSERT_TRUE(cache.set("k", "v", 60, now_ms()));
   ASSERT_EQ(seen.size(), 1u) << "reported on connecting";
@@ -375,7 +399,7 @@ void pause_redis(int port, int ms) {
 // Redis is paused; nothing already written is lost.
 TEST_F(RedisCacheLive, OutstandingRepliesAreBoundedWithoutWaiting) {
   std::string v;
-  ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);  // connected
+  connect_now();
   pause_redis(port, 1500);  // ample for the checks below, on a slow machine too
   for (int i = 1; i <= 64; i++) {
     ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v" + std::to_string(i), 60, now_ms()));
@@ -399,9 +423,9 @@ TEST_F(RedisCacheLive, OutstandingRepliesAreBoundedWithoutWaiting) {
   }
   EXPECT_EQ(cache.unread_replies(), 0);
   EXPECT_TRUE(cache.set_nowait("k66", "v66", 60, now_ms())) << "room again";
-  ASSERT_EQ(cache.get("k64", &v, now_ms()), RedisCache::Result::hit);
+  ASSERT_EQ(read_back("k64", &v), RedisCache::Result::hit);
   EXPECT_EQ(v, "v64");
-  EXPECT_EQ(cache.get("k65", &v, now_ms()), RedisCache::Result::miss) << "the refused SET";
+  EXPECT_EQ(read_back("k65", &v), RedisCache::Result::miss) << "the refused SET";
 }
 
 // With WhenBehind::wait (a transaction's sets at COMMIT), a burst past the
@@ -427,8 +451,7 @@ TEST_F(RedisCacheLive, WaitingWhenBehindWritesEverySetOfABurst) {
 // command timeout: then it is down, and the SETs after that are refused at
 // once (backing off), not each waited for.
 TEST_F(RedisCacheLive, WaitingWhenBehindIsBoundedByTheCommandTimeout) {
-  std::string v;
-  ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);
+  connect_now();
   server->freeze();
   for (int i = 0; i < 64; i++) ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v", 60, now_ms()));
   EXPECT_FALSE(cache.set_nowait("more", "v", 60, now_ms(), RedisCache::WhenBehind::wait));
@@ -552,8 +575,7 @@ TEST_F(RedisCacheLive, AsksAndSetsAreAnsweredInCommandOrder) {
 // command_timeout_ms (20) has passed on the caller's clock; then it is
 // answered unavailable and the connection dropped, not waited for.
 TEST_F(RedisCacheLive, AnAskRedisDoesNotAnswerInTimeIsUnavailable) {
-  std::string v;
-  ASSERT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::miss);  // connected
+  connect_now();
   pause_redis(port, 3000);
   const int64_t t0 = now_ms();
   const uint64_t ticket = cache.ask({"k"}, t0);
@@ -577,7 +599,7 @@ TEST_F(RedisCacheLive, AnAskRedisDoesNotAnswerInTimeIsUnavailable) {
 // (from the call's start, it would: and wait out another timeout).
 TEST_F(RedisCacheLive, TheBackOffAfterATimeoutRunsFromTheEndOfTheWait) {
   std::string v;
-  ASSERT_EQ(cache.get("k", &v, now_ms()), RedisCache::Result::miss);  // connected
+  connect_now();
   server->freeze();
   const int64_t t0 = now_ms();
   EXPECT_EQ(cache.get("k", &v, t0), RedisCache::Result::unavailable);
@@ -1052,6 +1074,7 @@ TEST(RedisCacheTest, ABlockingConnectToASilentHostFailsAfterItsTimeout) {
 TEST_F(RedisCacheLive, ABackgroundConnectGetsThroughToALiveServer) {
   RedisConfig c;
   c.port = port;
+  c.command_timeout_ms = 5000;  // the reply below: no timeout on a busy machine
   c.connect_in_background = true;
   cache.configure(c);
   ASSERT_TRUE(set_once_connected(5000)) << "never connected";
@@ -1067,6 +1090,7 @@ TEST_F(RedisCacheLive, ABackgroundConnectByNameGetsThroughToALiveServer) {
   RedisConfig c;
   c.host = "localhost";
   c.port = port;
+  c.command_timeout_ms = 5000;
   c.connect_in_background = true;
   cache.configure(c);
   ASSERT_TRUE(set_once_connected(30000, [&] {
@@ -1129,6 +1153,7 @@ TEST_F(RedisCacheLive, ALookupUnderWayIsAMissAndOneOverdueIsReportedDownOnce) {
   c.host = "redis.example";
   c.port = port;
   c.connect_timeout_ms = 100;
+  c.command_timeout_ms = 5000;  // the reply after the connect: no timeout on a busy machine
   c.connect_in_background = true;
   cache.configure(c);
 
@@ -1171,6 +1196,7 @@ TEST_F(RedisCacheLive, EveryAddressOfTheHostIsTriedInTurn) {
   RedisConfig c;
   c.host = "redis.example";
   c.port = port;
+  c.command_timeout_ms = 5000;
   c.connect_in_background = true;
   cache.configure(c);
   EXPECT_FALSE(cache.set_nowait("k", "v", 60, now_ms()));
@@ -1264,8 +1290,7 @@ TEST_F(RedisCacheLive, TheUnreadBoundSurvivesErrorRepliesAndAClosedConnection) {
 // timeout (5 s) the connection is failed, so a host that went away is seen
 // as down instead of leaving L2 refused forever.
 TEST_F(RedisCacheLive, UnreadSetRepliesTimeOutInTheEnd) {
-  std::string v;
-  ASSERT_EQ(cache.get("k0", &v, now_ms()), RedisCache::Result::miss);
+  connect_now();
   pause_redis(port, 60000);
   const int64_t t0 = now_ms();
   for (int i = 0; i < 64; i++) ASSERT_TRUE(cache.set_nowait("k" + std::to_string(i), "v", 60, t0));

@@ -94,6 +94,13 @@ CREATE OR REPLACE FUNCTION npc_test.metric(metric text) RETURNS bigint LANGUAGE 
   SELECT value FROM npc_scale.metrics() WHERE name = metric
 $$;
 
+-- The dispatcher has loaded every committed change to gpu_endpoints. Waited
+-- for after disabling one: until then a decision requested next may still be
+-- sent by the fleet as it was.
+CREATE OR REPLACE FUNCTION npc_test.fleet_loaded() RETURNS boolean LANGUAGE sql AS $$
+  SELECT npc_test.metric('endpoints_loaded') >= npc_test.metric('endpoints_generation')
+$$;
+
 -- Decisions among `ids` done in one attempt, counted by the row (gpu_id) that answered them.
 CREATE OR REPLACE FUNCTION npc_test.done_once_by_gpu(ids bigint[], OUT gpu_id int, OUT n int) RETURNS SETOF record
 LANGUAGE sql AS $$
