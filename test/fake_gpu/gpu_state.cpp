@@ -105,6 +105,12 @@ bool GpuState::stalled() {
   return stalled_;
 }
 
+Progress GpuState::fail(uint64_t id, double now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stats_.inflight > 0) --stats_.inflight;
+  return to_wall(scheduler_.cancel(id, clock(now_ms)));
+}
+
 Progress GpuState::cancel(uint64_t id, double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
   ++stats_.client_disconnects;

@@ -54,6 +54,9 @@ class GpuState {
   Progress advance(double now_ms);
   // Client went away: drops the job wherever it is.
   Progress cancel(uint64_t id, double now_ms);
+  // Takes a request out of the GPU that is answered with an error (the
+  // engine died), not one whose client left.
+  Progress fail(uint64_t id, double now_ms);
   // A finished request was answered: counts its tokens and ends its
   // in-flight time, like cancel() and answered(). `e2e_seconds`: from the
   // request's arrival to this answer.

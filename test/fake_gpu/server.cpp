@@ -149,6 +149,12 @@ int bound_port(int fd) {
   return -1;
 }
 
+// vLLM's answer once its engine is dead (EngineDeadError), to every request.
+ApiError engine_dead_error() {
+  return ApiError{500, "InternalServerError",
+                  "EngineCore encountered an issue. See stack trace (above) for the root cause."};
+}
+
 }  // namespace
 
 // One event loop with its own evhttp and its own pending requests. Requests
@@ -171,6 +177,8 @@ class Worker {
   void post_stop();
   // Thread-safe: every hanging request of this worker goes into the GPU now.
   void post_release_hangs();
+  // Thread-safe: the engine died; this worker's requests in it fail now.
+  void post_engine_dead();
 
  private:
   enum class Stage { dropping, hanging, in_gpu };
@@ -236,6 +244,9 @@ class Worker {
   bool settle(const Progress& progress, uint64_t own = 0);
   void finish_owned(uint64_t id);
   void release_hangs();
+  // As vLLM's server when its engine dies: every request the engine holds
+  // (running or waiting) is answered 500 EngineDeadError at once.
+  void fail_engine_requests();
 
   GpuState& gpu_;
   int index_;
@@ -249,6 +260,7 @@ class Worker {
   std::vector<uint64_t> mail_;  // finished requests of this worker
   bool mail_stop_ = false;
   bool mail_release_hangs_ = false;
+  bool mail_engine_dead_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
 };
 
@@ -331,19 +343,30 @@ void Worker::post_release_hangs() {
   [[maybe_unused]] ssize_t n = write(mail_fds_[1], &c, 1);
 }
 
+void Worker::post_engine_dead() {
+  {
+    std::lock_guard<std::mutex> lock(mail_mu_);
+    mail_engine_dead_ = true;
+  }
+  char c = 'd';
+  [[maybe_unused]] ssize_t n = write(mail_fds_[1], &c, 1);
+}
+
 void Worker::on_mail_cb(evutil_socket_t fd, short, void* arg) {
   auto* self = static_cast<Worker*>(arg);
   char buf[256];
   while (read(fd, buf, sizeof(buf)) > 0) {
   }
   std::vector<uint64_t> mail;
-  bool stop, release;
+  bool stop, release, dead;
   {
     std::lock_guard<std::mutex> lock(self->mail_mu_);
     mail.swap(self->mail_);
     stop = self->mail_stop_;
     release = self->mail_release_hangs_;
     self->mail_release_hangs_ = false;
+    dead = self->mail_engine_dead_;
+    self->mail_engine_dead_ = false;
   }
   if (stop) {
     event_base_loopbreak(self->base_);
@@ -351,6 +374,23 @@ void Worker::on_mail_cb(evutil_socket_t fd, short, void* arg) {
   }
   for (uint64_t id : mail) self->finish_owned(id);
   if (release) self->release_hangs();
+  if (dead) self->fail_engine_requests();
+}
+
+void Worker::fail_engine_requests() {
+  if (gpu_.healthy()) return;  // revived before this worker got the news
+  std::vector<uint64_t> ids;
+  for (auto& [id, p] : pending_) {
+    if (p->stage == Stage::in_gpu) ids.push_back(id);
+  }
+  for (uint64_t id : ids) {
+    std::unique_ptr<Pending> p = release(id);
+    if (!p) continue;  // finished by the settle of one before it
+    const Progress progress = gpu_.fail(id, steady_now_ms());
+    send_error(p->req, engine_dead_error());
+    p.reset();
+    settle(progress);
+  }
 }
 
 // A hang's timer fires now instead of after hang_ms: tests hold requests
@@ -461,7 +501,11 @@ void Worker::handle_admin_health(evhttp_request* req, bool post) {
   if (post) {
     std::optional<bool> healthy = switch_value(body_of(req), "healthy");
     if (!healthy) return send_error(req, bad_request(switch_usage("healthy")));
+    const bool dies = gpu_.healthy() && !*healthy;
     gpu_.set_healthy(*healthy);
+    if (dies) {
+      for (auto& w : peers_) w->post_engine_dead();
+    }
   }
   send_json(req, 200, json{{"healthy", gpu_.healthy()}});
 }
@@ -526,8 +570,7 @@ void Worker::handle_inference(evhttp_request* req, bool chat) {
     // vLLM's /health fails only once its engine is dead, and then every
     // request fails too (EngineDeadError, 500) until the server exits.
     gpu_.answered();
-    send_error(req, ApiError{500, "InternalServerError",
-                             "EngineCore encountered an issue. See stack trace (above) for the root cause."});
+    send_error(req, engine_dead_error());
     return;
   }
   if (in.faults.drop) {
@@ -582,6 +625,11 @@ void Worker::handle_inference(evhttp_request* req, bool chat) {
 }
 
 void Worker::enter_gpu(std::unique_ptr<Pending> p) {
+  if (!gpu_.healthy()) {  // a hang that ends after the engine died
+    gpu_.answered();
+    send_error(p->req, engine_dead_error());
+    return;
+  }
   Pending* raw = hold(std::move(p));
   raw->stage = Stage::in_gpu;
   const uint64_t id = raw->job.id;

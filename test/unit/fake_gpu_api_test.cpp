@@ -514,6 +514,29 @@ TEST(FakeGpuApi, AbortAnswersWithPartOfTheText) {
   EXPECT_EQ(gpu.metric("vllm:request_success_total", "finished_reason=\"abort\""), 1);
 }
 
+// An engine that dies fails what it holds, running or waiting, at once (as
+// vLLM's server does before it exits); nothing is answered 200 later.
+TEST(FakeGpuApi, AnEngineThatDiesFailsTheRequestsItHolds) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--base-ms", "60000", "--max-batch", "2", "--threads", "2");
+  Concurrent load;
+  for (int i = 0; i < 3; ++i) load.post(gpu, completion("doomed " + std::to_string(i)), 120000);
+  ASSERT_TRUE(wait_until([&] {
+    std::string m = gpu.metrics();
+    return metric(m, "vllm:num_requests_running") == 2 && metric(m, "vllm:num_requests_waiting") == 1;
+  })) << gpu.metrics();
+  EXPECT_EQ(gpu.post("/admin/health", {{"healthy", false}}).status, 200);
+  load.join();
+  for (size_t i = 0; i < load.size(); ++i) {
+    EXPECT_EQ(load.reply(i).status, 500) << load.reply(i).body;
+    EXPECT_EQ(load.reply(i).parsed()["error"]["type"], "InternalServerError");
+  }
+  std::string m = gpu.metrics();
+  EXPECT_EQ(metric(m, "fake_gpu_inflight"), 0);
+  EXPECT_EQ(metric(m, "vllm:num_requests_running"), 0);
+  EXPECT_EQ(metric(m, "vllm:num_requests_waiting"), 0);
+  EXPECT_EQ(metric(m, "fake_gpu_client_disconnects_total"), 0) << "failed by the server, not left by the client";
+}
+
 TEST(FakeGpuApi, DropClosesWithoutReply) {
   START_FAKE_GPU(gpu, "--profile", "instant", "--drop-rate", "1");
   Reply r = gpu.post("/v1/completions", completion("x"), 20000);
