@@ -1,5 +1,6 @@
 #include "protocol.hpp"
 
+#include <cctype>
 #include <limits>
 #include <optional>
 
@@ -121,6 +122,27 @@ ojson stop_reason_json(const Generation& g) {
 
 ApiError bad_request(std::string message) {
   return ApiError{400, "BadRequestError", std::move(message)};
+}
+
+std::optional<ApiError> check_content_type(const char* content_type) {
+  if (content_type == nullptr || *content_type == '\0') return std::nullopt;
+  std::string media(content_type);
+  media = media.substr(0, media.find(';'));
+  const size_t first = media.find_first_not_of(" \t");
+  const size_t last = media.find_last_not_of(" \t");
+  media = first == std::string::npos ? "" : media.substr(first, last - first + 1);
+  for (char& c : media) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string app = "application/";
+  if (media.rfind(app, 0) == 0) {
+    const std::string subtype = media.substr(app.size());
+    if (subtype == "json" || (subtype.size() > 5 && subtype.compare(subtype.size() - 5, 5, "+json") == 0)) {
+      return std::nullopt;
+    }
+  }
+  // The body then reaches the model as bytes, which pydantic refuses.
+  return bad_request(
+      "[{'type': 'model_attributes_type', 'loc': ('body',), "
+      "'msg': 'Input should be a valid dictionary or object to extract fields from'}]");
 }
 
 ojson error_json(const ApiError& e) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -32,6 +33,11 @@ struct ApiError {
 };
 
 ApiError bad_request(std::string message);
+// FastAPI reads a body as JSON only when its Content-Type is absent,
+// application/json or application/<x>+json (parameters such as charset
+// aside); anything else fails vLLM's request validation: a 400. nullopt
+// when the header is acceptable.
+std::optional<ApiError> check_content_type(const char* content_type);
 // vLLM's body: {"error":{"message","type","param":null,"code":status}}.
 // Responses use ordered_json so keys come out in vLLM's order.
 nlohmann::ordered_json error_json(const ApiError& e);

@@ -566,6 +566,11 @@ void Worker::watch(Pending* p) {
 void Worker::handle_inference(evhttp_request* req, bool chat) {
   const auto arrived = std::chrono::steady_clock::now();
   Intake in = gpu_.intake(index_, chat);
+  // FastAPI validates the body before vLLM's handler runs.
+  if (auto e = check_content_type(evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type"))) {
+    gpu_.answered();
+    return send_error(req, *e);
+  }
   if (!gpu_.healthy()) {
     // vLLM's /health fails only once its engine is dead, and then every
     // request fails too (EngineDeadError, 500) until the server exits.

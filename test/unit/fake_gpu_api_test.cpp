@@ -514,6 +514,18 @@ TEST(FakeGpuApi, AbortAnswersWithPartOfTheText) {
   EXPECT_EQ(gpu.metric("vllm:request_success_total", "finished_reason=\"abort\""), 1);
 }
 
+// A body sent as something other than JSON is refused before it reaches the
+// engine, as vLLM's request validation does; a charset parameter is fine.
+TEST(FakeGpuApi, ABodyNotSentAsJsonIsABadRequest) {
+  START_FAKE_GPU(gpu, "--profile", "instant");
+  Reply plain = gpu.post_with("Content-Type: text/plain", "/v1/completions", completion("x"));
+  EXPECT_EQ(plain.status, 400);
+  EXPECT_EQ(plain.parsed()["error"]["type"], "BadRequestError");
+  EXPECT_EQ(gpu.post_with("Content-Type: application/json; charset=utf-8", "/v1/completions", completion("x")).status,
+            200);
+  EXPECT_EQ(gpu.metric("fake_gpu_inflight"), 0);
+}
+
 // An engine that dies fails what it holds, running or waiting, at once (as
 // vLLM's server does before it exits); nothing is answered 200 later.
 TEST(FakeGpuApi, AnEngineThatDiesFailsTheRequestsItHolds) {

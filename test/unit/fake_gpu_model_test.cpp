@@ -223,6 +223,22 @@ TEST(FakeGpuProtocol, ParsesCompletionParameters) {
   EXPECT_EQ(r.gen.choices, (std::vector<std::string>{"yes", "no"}));
 }
 
+// As FastAPI: JSON is read only from a JSON media type (or none at all).
+TEST(FakeGpuProtocol, TheBodyIsJsonOnlyUnderAJsonContentType) {
+  for (const char* ok : {static_cast<const char*>(nullptr), "", "application/json", "Application/JSON",
+                         "application/json; charset=utf-8", " application/json ", "application/vnd.api+json"}) {
+    EXPECT_FALSE(check_content_type(ok).has_value()) << (ok ? ok : "(none)");
+  }
+  for (const char* bad : {"text/plain", "application/x-www-form-urlencoded", "application/jsonx", "json",
+                          "application/+json", "multipart/form-data; boundary=x"}) {
+    std::optional<ApiError> e = check_content_type(bad);
+    ASSERT_TRUE(e.has_value()) << bad;
+    EXPECT_EQ(e->status, 400);
+    EXPECT_EQ(e->type, "BadRequestError");
+    EXPECT_NE(e->message.find("valid dictionary"), std::string::npos) << e->message;
+  }
+}
+
 TEST(FakeGpuProtocol, DefaultsLikeVllm) {
   InferenceRequest r = parse_ok(false, {{"prompt", "hi"}});
   EXPECT_EQ(r.gen.max_tokens, 16);
