@@ -1,6 +1,6 @@
 #include "request_check.hpp"
 
-#include <cstring>
+#include <string_view>
 
 #include "error.hpp"
 
@@ -10,21 +10,18 @@ namespace {
 // Blank = only Unicode White_Space (UTF-8), so a prompt of no-break or
 // ideographic spaces, which a model sees as nothing, is refused too.
 bool blank(const std::string& s) {
-  static const char* const kWide[] = {
+  static constexpr std::string_view kAscii = " \t\r\n\v\f";
+  static constexpr std::string_view kWide[] = {
       "\u0085", "\u00A0", "\u1680", "\u2000", "\u2001", "\u2002", "\u2003", "\u2004", "\u2005", "\u2006",
       "\u2007", "\u2008", "\u2009", "\u200A", "\u2028", "\u2029", "\u202F", "\u205F", "\u3000"};
-  size_t i = 0;
-  while (i < s.size()) {
-    if (std::strchr(" \t\r\n\v\f", s[i]) != nullptr && s[i] != '\0') {
-      i++;
-      continue;
-    }
-    size_t n = 0;
-    for (const char* w : kWide) {
-      if (s.compare(i, std::strlen(w), w) == 0) n = std::strlen(w);
+  std::string_view rest(s);
+  while (!rest.empty()) {
+    size_t n = kAscii.find(rest.front()) != std::string_view::npos ? 1 : 0;
+    for (std::string_view w : kWide) {
+      if (rest.substr(0, w.size()) == w) n = w.size();
     }
     if (n == 0) return false;
-    i += n;
+    rest.remove_prefix(n);
   }
   return true;
 }
