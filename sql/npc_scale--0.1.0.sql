@@ -207,9 +207,21 @@ CREATE FUNCTION npc_scale._wake_dispatcher_at_commit() RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_wake_dispatcher_at_commit' LANGUAGE C;
 CREATE FUNCTION npc_scale._cancelled_at_commit(id bigint) RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_cancelled_at_commit' LANGUAGE C;
+CREATE FUNCTION npc_scale._handoff_rows_changed() RETURNS trigger
+AS 'MODULE_PATHNAME', 'npc_scale_handoff_rows_changed' LANGUAGE C;
 -- Called by the SECURITY DEFINER API functions only: nobody else wakes the dispatcher.
 REVOKE ALL ON FUNCTION npc_scale._check_batch(bigint[], text, text[], integer, jsonb, interval),
-  npc_scale._wake_dispatcher_at_commit(), npc_scale._cancelled_at_commit(bigint) FROM PUBLIC;
+  npc_scale._wake_dispatcher_at_commit(), npc_scale._cancelled_at_commit(bigint),
+  npc_scale._handoff_rows_changed() FROM PUBLIC;
+-- request_decision() hands its row to the dispatcher at COMMIT as it was
+-- inserted; an UPDATE of what that carries later in the same transaction
+-- sends the transaction's rows through the table instead, as committed. Per
+-- statement, on columns the dispatcher's own statements never set: a row
+-- trigger would cost every claim and answer a fetch of the old row.
+CREATE TRIGGER handoff_rows_changed
+  AFTER UPDATE OF npc_id, decision_type, prompt, params, priority, deadline
+  ON npc_scale.decision_queue FOR EACH STATEMENT
+  EXECUTE FUNCTION npc_scale._handoff_rows_changed();
 ------------------------------------------------------------------------------
 -- SQL API
 ------------------------------------------------------------------------------

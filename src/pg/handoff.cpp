@@ -8,6 +8,7 @@
 extern "C" {
 #include "access/transam.h"
 #include "access/xact.h"
+#include "commands/trigger.h"
 #include "storage/procarray.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
@@ -53,6 +54,8 @@ struct Pending {
   // cancel_decision() in the same transaction: not published (unless the
   // savepoint it was called in rolls back).
   SubTransactionId cancelled_in = InvalidSubTransactionId;
+  // Changed by an UPDATE since: the table path sends the row as committed.
+  SubTransactionId changed_in = InvalidSubTransactionId;
 };
 std::vector<Pending> g_pending;  // this backend's, until its transaction ends
 bool g_callbacks_registered = false;
@@ -96,6 +99,7 @@ void at_subxact_end(SubXactEvent event, SubTransactionId sub, SubTransactionId, 
                   g_pending.end());
   for (Pending& p : g_pending) {
     if (undone_by_abort(p.cancelled_in, sub)) p.cancelled_in = InvalidSubTransactionId;
+    if (undone_by_abort(p.changed_in, sub)) p.changed_in = InvalidSubTransactionId;
   }
 }
 
@@ -131,10 +135,18 @@ void handoff_cancel_pending(int64_t id) {
   }
 }
 
+void handoff_rows_changed() {
+  for (Pending& p : g_pending) {
+    if (p.changed_in == InvalidSubTransactionId) p.changed_in = GetCurrentSubTransactionId();
+  }
+}
+
 bool handoff_publish_pending(TransactionId xid) {
   bool all = true;
   for (const Pending& p : g_pending) {
-    if (p.cancelled_in == InvalidSubTransactionId) all = publish(p.entry, xid) && all;
+    if (p.cancelled_in != InvalidSubTransactionId) continue;
+    // A changed row is left to the table path: the caller wakes it at commit.
+    all = (p.changed_in == InvalidSubTransactionId && publish(p.entry, xid)) && all;
   }
   g_pending.clear();
   return all;
@@ -191,3 +203,19 @@ TxnOutcome handoff_commit_state(TransactionId xid) {
 }
 
 }  // namespace npc_scale
+
+// Statement trigger on the queue: AFTER UPDATE OF the columns a hand-off
+// carries, which none of the dispatcher's statements set. Per statement, not
+// per row: a row trigger would make PostgreSQL fetch the old row for every
+// row the dispatcher updates. So it cannot tell which rows changed, and takes
+// the whole transaction's decisions to the table path (rare: a game that
+// edits a decision it has just requested). A no-op unless this transaction
+// requested decisions.
+NPC_SQL_FUNCTION(npc_scale_handoff_rows_changed) {
+  if (!CALLED_AS_TRIGGER(fcinfo)) {
+    throw npc_scale::Error(npc_scale::sqlstate::object_not_in_prerequisite_state,
+                           "npc_scale._handoff_rows_changed() must be called as a trigger");
+  }
+  npc_scale::handoff_rows_changed();
+  return PointerGetDatum(nullptr);
+}

@@ -61,6 +61,12 @@ bool handoff_publish_pending(TransactionId xid);
 // cancel_decision() of a decision this transaction requested: it is not
 // handed off (a rollback of the savepoint the cancel was in undoes this).
 void handoff_cancel_pending(int64_t id);
+// An UPDATE in this transaction may have changed what the hand-off would
+// send (a prompt, params, a deadline ...; statement trigger on the queue):
+// nothing of this transaction is handed off, the dispatcher claims its rows
+// from the table as committed. A rollback of the savepoint the UPDATE was in
+// undoes this.
+void handoff_rows_changed();
 // From the abort callback.
 void handoff_forget_pending();
 

@@ -4,7 +4,7 @@
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
 \ir setup/fresh.sql
-SELECT plan(39);
+SELECT plan(49);
 -- An earlier run's answers would be cache hits.
 SELECT npc_scale.cache_clear() \gset
 SELECT npc_test.use_gpus(ARRAY['fast1']);
@@ -199,6 +199,61 @@ SELECT is(npc_test.metric('handoff_sent') - :hs2, 1::bigint, 'from the hand-off'
 SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_rw),
           npc_scale.generate((SELECT prompt FROM npc_scale.decision_queue WHERE id = :id_rw), 5, '{"temperature": 0, "cache": false}'),
   'with the answer to the prompt as stored, not as passed');
+
+-- What the hand-off carries, changed by an UPDATE later in the same
+-- transaction: the row goes through the table and is sent as committed.
+SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
+SELECT npc_test.metric('handoff_sent') AS hs3 \gset
+SELECT 'handoff: asked ' || gen_random_uuid() AS p_old \gset
+BEGIN;
+SELECT npc_scale.request_decision(2031, 'build', :'p_old', 5, '{"temperature": 0, "cache": false}') AS id_up \gset
+UPDATE npc_scale.decision_queue SET prompt = prompt || ', then changed by the game' WHERE id = :id_up;
+COMMIT;
+-- Its params (fewer tokens) ...
+BEGIN;
+SELECT npc_scale.request_decision(2032, 'build', 'handoff: ' || gen_random_uuid(), 5,
+  '{"temperature": 0, "cache": false, "max_tokens": 12}') AS id_par \gset
+UPDATE npc_scale.decision_queue SET params = params || '{"max_tokens": 3}' WHERE id = :id_par;
+COMMIT;
+-- ... its deadline (already passed: expired, never sent).
+BEGIN;
+SELECT npc_scale.request_decision(2033, 'build', 'handoff: ' || gen_random_uuid(), 5) AS id_dl \gset
+UPDATE npc_scale.decision_queue SET deadline = now() - interval '1 second' WHERE id = :id_dl;
+COMMIT;
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s, %s, %s]::bigint[])', :id_up, :id_par, :id_dl)),
+  'the three changed decisions are finished');
+SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_up),
+          npc_scale.generate((SELECT prompt FROM npc_scale.decision_queue WHERE id = :id_up), 5, '{"temperature": 0, "cache": false}'),
+  'a prompt changed after request_decision() in its transaction: the answer is to the prompt as committed');
+SELECT isnt((SELECT response FROM npc_scale.decision_queue WHERE id = :id_up),
+            npc_scale.generate(:'p_old', 5, '{"temperature": 0, "cache": false}'),
+  'not to the prompt as first inserted');
+SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_par),
+          npc_scale.generate((SELECT prompt FROM npc_scale.decision_queue WHERE id = :id_par), 5,
+                             '{"temperature": 0, "cache": false, "max_tokens": 3}'),
+  'params changed in the transaction: answered with the params as committed (3 tokens, not 12)');
+SELECT results_eq(format('SELECT status, attempts FROM npc_scale.decision_queue WHERE id = %s', :id_dl),
+  $$ VALUES ('expired'::text, 0) $$,
+  'a deadline moved into the past in the transaction: expired without being sent');
+SELECT is(npc_test.metric('handoff_sent') - :hs3, 0::bigint, 'none of the three came through the hand-off');
+-- Only the GPU requests above: two decisions, and the three generate() calls.
+SELECT is(npc_test.gpu_metric('fast1', 'fake_gpu_requests_total'), 5::numeric,
+  'the GPU saw the two changed decisions once each (and the three generate() calls)');
+-- An UPDATE of a column the hand-off does not carry, or one rolled back
+-- with its savepoint, leaves the hand-off as it was.
+SELECT 'handoff: kept ' || gen_random_uuid() AS p_kept \gset
+BEGIN;
+SELECT npc_scale.request_decision(2034, 'build', :'p_kept', 5, '{"temperature": 0, "cache": false}') AS id_kept2 \gset
+UPDATE npc_scale.decision_queue SET world_id = 7 WHERE id = :id_kept2;
+SAVEPOINT s;
+UPDATE npc_scale.decision_queue SET prompt = 'handoff: rolled back' WHERE id = :id_kept2;
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_kept2)), 'it is answered');
+SELECT is(npc_test.metric('handoff_sent') - :hs3, 1::bigint, 'from the hand-off');
+SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_kept2),
+          npc_scale.generate(:'p_kept', 5, '{"temperature": 0, "cache": false}'),
+  'with its prompt as inserted (the rolled-back UPDATE did not count)');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2220;
 SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
