@@ -145,12 +145,32 @@ void Scheduler::progress_to(double t) {
     const double prompt = std::min(rest, r.prompt_left_ms * share);
     r.prompt_left_ms = std::max(0.0, r.prompt_left_ms - prompt / share);
     rest -= prompt;
-    if (rest > 0) r.tokens_left = step > 0 ? std::max(0.0, r.tokens_left - rest / step) : 0;
+    if (rest <= 0) continue;
+    const double before = r.tokens_left;
+    r.tokens_left = step > 0 ? std::max(0.0, r.tokens_left - rest / step) : 0;
+    // The first token comes out of the first decode step.
+    const double first_at = static_cast<double>(std::max(1, r.job.completion_tokens) - 1);
+    if (r.stamps.first_token_ms < 0 && r.tokens_left <= first_at + kDoneEpsilonMs) {
+      const double decode_from = t - rest;
+      r.stamps.first_token_ms = decode_from + std::max(0.0, before - first_at) * step;
+    }
   }
   clock_ms_ = t;
 }
 
-void Scheduler::run_until(double now_ms, std::vector<uint64_t>* finished) {
+Progress::Times Scheduler::times_of(const Running& r) const {
+  const Stamps& st = r.stamps;
+  const double admitted = st.admitted_ms < 0 ? clock_ms_ : st.admitted_ms;
+  const double first = st.first_token_ms < 0 ? clock_ms_ : st.first_token_ms;
+  Progress::Times t;
+  t.queued_ms = std::max(0.0, admitted - st.submitted_ms);
+  t.prefill_ms = std::max(0.0, first - admitted);
+  t.decode_ms = std::max(0.0, clock_ms_ - first);
+  t.tokens = std::max(1, r.job.completion_tokens);
+  return t;
+}
+
+void Scheduler::run_until(double now_ms, std::vector<uint64_t>* finished, std::vector<Progress::Times>* times) {
   // Callers on other threads read their clocks before taking the lock: a
   // time slightly behind the scheduler's is "now".
   if (!clock_started_) {
@@ -180,6 +200,7 @@ void Scheduler::run_until(double now_ms, std::vector<uint64_t>* finished) {
     for (size_t i = 0; i < running_.size(); i++) {
       if (finishing[i]) {
         finished->push_back(running_[i].job.id);
+        times->push_back(times_of(running_[i]));
       } else {
         if (fixed_done[i]) running_[i].fixed_left_ms = 0;
         if (prompt_done[i]) running_[i].prompt_left_ms = 0;
@@ -203,18 +224,19 @@ void Scheduler::run_until(double now_ms, std::vector<uint64_t>* finished) {
   progress_to(now_ms);
 }
 
-void Scheduler::admit(const Job& job, uint64_t arrival, double tokens_left) {
+void Scheduler::admit(const Job& job, uint64_t arrival, double tokens_left, Stamps stamps) {
   // A preempted job prefills its prompt and its tokens so far again.
   const double prefill_tokens = kv_tokens(job, tokens_left);
   const double whole = prefill_ms(profile_, job.prefix_hit, static_cast<int64_t>(prefill_tokens));
   const double fixed = prefill_ms(profile_, job.prefix_hit, 0);
-  running_.push_back(Running{job, arrival, fixed + job.extra_ms, whole - fixed, tokens_left});
+  if (stamps.admitted_ms < 0) stamps.admitted_ms = clock_ms_;
+  running_.push_back(Running{job, arrival, stamps, fixed + job.extra_ms, whole - fixed, tokens_left});
   peak_running_ = std::max(peak_running_, running_.size());
 }
 
-void Scheduler::enqueue(const Job& job, uint64_t arrival, double tokens_left) {
+void Scheduler::enqueue(const Job& job, uint64_t arrival, double tokens_left, Stamps stamps) {
   auto key = std::make_pair(job.priority, arrival);
-  waiting_.emplace(key, Waiting{job, tokens_left});
+  waiting_.emplace(key, Waiting{job, tokens_left, stamps});
   waiting_keys_.emplace(job.id, key);
 }
 
@@ -231,10 +253,11 @@ void Scheduler::fill_slots() {
     }
     const Job job = w.job;
     const double tokens_left = w.tokens_left;
+    const Stamps stamps = w.stamps;
     const uint64_t arrival = it->first.second;
     waiting_keys_.erase(job.id);
     waiting_.erase(it);
-    admit(job, arrival, tokens_left);
+    admit(job, arrival, tokens_left, stamps);
   }
 }
 
@@ -248,37 +271,47 @@ void Scheduler::preempt_newest() {
   job.extra_ms = 0;  // the slow fault delayed it once
   const uint64_t arrival = victim->arrival;
   const double tokens_left = victim->tokens_left;
+  const Stamps stamps = victim->stamps;
   running_.erase(victim);
   ++preemptions_;
-  enqueue(job, arrival, tokens_left);
+  enqueue(job, arrival, tokens_left, stamps);
 }
 
-Progress Scheduler::report(std::vector<uint64_t> finished) const {
+Progress Scheduler::report(std::vector<uint64_t> finished, std::vector<Progress::Times> times) const {
   auto ev = next_event();
-  return Progress{std::move(finished), ev ? std::optional<double>(clock_ms_ + ev->in_ms) : std::nullopt};
+  Progress p;
+  p.finished = std::move(finished);
+  p.times = std::move(times);
+  if (ev) p.next_finish_ms = clock_ms_ + ev->in_ms;
+  return p;
 }
 
 Progress Scheduler::submit(const Job& job, double now_ms) {
   std::vector<uint64_t> finished;
-  run_until(now_ms, &finished);
+  std::vector<Progress::Times> times;
+  run_until(now_ms, &finished, &times);
   // Into the waiting queue, admitted at once if it is its turn and there is
   // room (vLLM's scheduler stops at the first waiting request that does not
   // fit, so a newcomer never overtakes it).
-  enqueue(job, arrivals_++, static_cast<double>(std::max(0, job.completion_tokens)));
+  Stamps stamps;
+  stamps.submitted_ms = clock_ms_;
+  enqueue(job, arrivals_++, static_cast<double>(std::max(0, job.completion_tokens)), stamps);
   fill_slots();
-  run_until(now_ms, &finished);  // no work at all: done now
-  return report(std::move(finished));
+  run_until(now_ms, &finished, &times);  // no work at all: done now
+  return report(std::move(finished), std::move(times));
 }
 
 Progress Scheduler::advance(double now_ms) {
   std::vector<uint64_t> finished;
-  run_until(now_ms, &finished);
-  return report(std::move(finished));
+  std::vector<Progress::Times> times;
+  run_until(now_ms, &finished, &times);
+  return report(std::move(finished), std::move(times));
 }
 
 Progress Scheduler::cancel(uint64_t id, double now_ms) {
   std::vector<uint64_t> finished;
-  run_until(now_ms, &finished);
+  std::vector<Progress::Times> times;
+  run_until(now_ms, &finished, &times);
   auto wk = waiting_keys_.find(id);
   if (wk != waiting_keys_.end()) {
     waiting_.erase(wk->second);
@@ -290,8 +323,8 @@ Progress Scheduler::cancel(uint64_t id, double now_ms) {
   }
   // A freed slot or KV, or a head of the queue that held the rest back.
   fill_slots();
-  run_until(now_ms, &finished);
-  return report(std::move(finished));
+  run_until(now_ms, &finished, &times);
+  return report(std::move(finished), std::move(times));
 }
 
 bool PrefixCache::lookup_and_insert(std::string_view prompt) {

@@ -70,6 +70,17 @@ struct Job {
 struct Progress {
   std::vector<uint64_t> finished;
   std::optional<double> next_finish_ms;
+  struct Times {
+    // Where a finished job's time went, in ms of the scheduler's clock, as
+    // vLLM's request metrics split it: waiting from its submission to its
+    // first admission, prefill from there to its first token (the end of
+    // its first decode step), decode from there to its last; a preempted
+    // job's time out of the batch counts in its decode (or prefill, if it
+    // had no token yet), as vLLM keeps a request's first timestamps.
+    double queued_ms = 0, prefill_ms = 0, decode_ms = 0;
+    int tokens = 0;  // generated: decode_ms spans tokens - 1 intervals
+  };
+  std::vector<Times> times;  // of `finished`, in the same order
 };
 
 // Continuous batching, as vLLM's engine: every running request advances by
@@ -105,9 +116,17 @@ class Scheduler {
   const GpuProfile& profile() const { return profile_; }
 
  private:
+  // A job's first timestamps on the scheduler's clock, kept through
+  // preemption (negative: not yet).
+  struct Stamps {
+    double submitted_ms = 0;
+    double admitted_ms = -1;
+    double first_token_ms = -1;
+  };
   struct Running {
     Job job;
     uint64_t arrival;        // first submission: keeps its place if preempted
+    Stamps stamps;
     double fixed_left_ms;   // per-request cost still to go (base_ms, a slow fault), spent first
     double prompt_left_ms;  // then the prompt's prefill, in ms of the GPU to itself:
                             // the GPU's prefill throughput is shared by every job at this stage
@@ -131,21 +150,23 @@ class Scheduler {
   // Runs the clock to now_ms event by event: each finish changes the batch
   // (and so the step time) and may admit waiting jobs; a full KV cache
   // preempts the newest running job.
-  void run_until(double now_ms, std::vector<uint64_t>* finished);
+  void run_until(double now_ms, std::vector<uint64_t>* finished, std::vector<Progress::Times>* times);
   // Progresses every running job by the time from clock_ to t, at the
   // current step time (the batch does not change in between).
   void progress_to(double t);
   // A preempted job comes back with its tokens so far (tokens_left), which
   // are prefilled again along with its prompt.
-  void admit(const Job& job, uint64_t arrival, double tokens_left);
-  void enqueue(const Job& job, uint64_t arrival, double tokens_left);
+  void admit(const Job& job, uint64_t arrival, double tokens_left, Stamps stamps);
+  void enqueue(const Job& job, uint64_t arrival, double tokens_left, Stamps stamps);
   // Admits waiting jobs in order while a slot and (with a limit) the KV
   // cache have room; the first that does not fit holds the rest back.
   void fill_slots();
   // Frees the newest (then lowest-priority) running job's KV and puts it
   // back in the waiting queue.
   void preempt_newest();
-  Progress report(std::vector<uint64_t> finished) const;
+  // Its Times, finishing now (clock_ms_).
+  Progress::Times times_of(const Running& r) const;
+  Progress report(std::vector<uint64_t> finished, std::vector<Progress::Times> times) const;
 
   GpuProfile profile_;
   double clock_ms_ = 0;
@@ -154,6 +175,7 @@ class Scheduler {
   struct Waiting {
     Job job;
     double tokens_left;  // fewer than job.completion_tokens once preempted
+    Stamps stamps;
   };
   // (priority, arrival) keeps FIFO order within one priority.
   std::map<std::pair<int, uint64_t>, Waiting> waiting_;

@@ -79,14 +79,27 @@ Progress GpuState::to_wall(Progress p) const {
   return p;
 }
 
+Progress GpuState::settle(Progress p) {
+  for (const Progress::Times& t : p.times) {
+    const double queued = t.queued_ms / 1000, prefill = t.prefill_ms / 1000, decode = t.decode_ms / 1000;
+    stats_.queue_time.observe(queued);
+    stats_.prefill_time.observe(prefill);
+    stats_.decode_time.observe(decode);
+    stats_.inference_time.observe(prefill + decode);
+    stats_.first_token.observe(queued + prefill);
+    if (t.tokens > 1) stats_.inter_token.observe(decode / (t.tokens - 1), static_cast<uint64_t>(t.tokens - 1));
+  }
+  return to_wall(std::move(p));
+}
+
 Progress GpuState::submit(const Job& job, double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  return to_wall(scheduler_.submit(job, clock(now_ms)));
+  return settle(scheduler_.submit(job, clock(now_ms)));
 }
 
 Progress GpuState::advance(double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  return to_wall(scheduler_.advance(clock(now_ms)));
+  return settle(scheduler_.advance(clock(now_ms)));
 }
 
 Progress GpuState::set_stalled(bool stalled, double now_ms) {
@@ -97,7 +110,7 @@ Progress GpuState::set_stalled(bool stalled, double now_ms) {
   if (stalled && !stalled_) stalled_since_ms_ = now_ms;
   if (!stalled && stalled_) stalled_total_ms_ += now_ms - stalled_since_ms_;
   stalled_ = stalled;
-  return to_wall(std::move(p));
+  return settle(std::move(p));
 }
 
 bool GpuState::stalled() {
@@ -108,19 +121,19 @@ bool GpuState::stalled() {
 Progress GpuState::fail(uint64_t id, double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
   if (stats_.inflight > 0) --stats_.inflight;
-  return to_wall(scheduler_.cancel(id, clock(now_ms)));
+  return settle(scheduler_.cancel(id, clock(now_ms)));
 }
 
 Progress GpuState::cancel(uint64_t id, double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
   ++stats_.client_disconnects;
   if (stats_.inflight > 0) --stats_.inflight;
-  return to_wall(scheduler_.cancel(id, clock(now_ms)));
+  return settle(scheduler_.cancel(id, clock(now_ms)));
 }
 
 void GpuState::succeeded(const InferenceResult& result, double e2e_seconds) {
   std::lock_guard<std::mutex> lock(mu_);
-  observe_e2e_latency(stats_, e2e_seconds);
+  stats_.e2e_latency.observe(e2e_seconds);
   const std::string reason = result.choices.empty() ? "length" : result.choices[0].finish_reason;
   ++(reason == "stop" ? stats_.success_stop : reason == "abort" ? stats_.success_abort : stats_.success_length);
   stats_.prompt_tokens += static_cast<uint64_t>(result.prompt_tokens);

@@ -97,6 +97,8 @@ class GpuState {
   // time (none while stalled: nothing will finish, so no timer is armed).
   double clock(double now_ms) const;
   Progress to_wall(Progress p) const;
+  // Counts the finished jobs' Times into the histograms, then to_wall.
+  Progress settle(Progress p);
 };
 
 }  // namespace npc_scale::fake_gpu

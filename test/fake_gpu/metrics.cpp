@@ -68,13 +68,28 @@ std::string number(double v) {
 
 }  // namespace
 
-void observe_e2e_latency(MetricsSnapshot& s, double seconds) {
+void Histogram::observe(double value, uint64_t times) {
   size_t i = 0;
-  while (i < kE2eLatencyBuckets.size() && seconds > kE2eLatencyBuckets[i]) i++;
-  s.e2e_latency_buckets[i]++;
-  s.e2e_latency_sum_s += seconds;
-  s.e2e_latency_count++;
+  while (i < bound_count && value > bounds[i]) i++;
+  counts[i] += times;
+  sum += value * static_cast<double>(times);
+  count += times;
 }
+
+namespace {
+void write_histogram(Writer& w, const char* name, const char* help, const Histogram& h) {
+  w.family(name, "histogram", help);
+  const std::string base = name;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < h.bound_count; i++) {
+    cumulative += h.counts[i];
+    w.sample(base + "_bucket", std::to_string(cumulative), "le=\"" + number(h.bounds[i]) + "\"");
+  }
+  w.sample(base + "_bucket", std::to_string(h.count), "le=\"+Inf\"");
+  w.sample(base + "_sum", number(h.sum));
+  w.sample(base + "_count", std::to_string(h.count));
+}
+}  // namespace
 
 std::string render_metrics(const MetricsSnapshot& s) {
   Writer w(s.model);
@@ -90,17 +105,20 @@ std::string render_metrics(const MetricsSnapshot& s) {
   w.sample("vllm:request_success_total", s.success_stop, "finished_reason=\"stop\"");
   w.sample("vllm:request_success_total", s.success_length, "finished_reason=\"length\"");
   w.sample("vllm:request_success_total", s.success_abort, "finished_reason=\"abort\"");
-  w.family("vllm:e2e_request_latency_seconds", "histogram",
-           "Histogram of end to end request latency in seconds.");
-  uint64_t cumulative = 0;
-  for (size_t i = 0; i < kE2eLatencyBuckets.size(); i++) {
-    cumulative += s.e2e_latency_buckets[i];
-    w.sample("vllm:e2e_request_latency_seconds_bucket", std::to_string(cumulative),
-             "le=\"" + number(kE2eLatencyBuckets[i]) + "\"");
-  }
-  w.sample("vllm:e2e_request_latency_seconds_bucket", std::to_string(s.e2e_latency_count), "le=\"+Inf\"");
-  w.sample("vllm:e2e_request_latency_seconds_sum", number(s.e2e_latency_sum_s));
-  w.sample("vllm:e2e_request_latency_seconds_count", std::to_string(s.e2e_latency_count));
+  write_histogram(w, "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+                  s.e2e_latency);
+  write_histogram(w, "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+                  s.queue_time);
+  write_histogram(w, "vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
+                  s.prefill_time);
+  write_histogram(w, "vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
+                  s.decode_time);
+  write_histogram(w, "vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.",
+                  s.inference_time);
+  write_histogram(w, "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                  s.first_token);
+  write_histogram(w, "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+                  s.inter_token);
   w.family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.");
   w.sample("vllm:prompt_tokens_total", s.prompt_tokens);
   w.family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.");

@@ -5,16 +5,42 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace npc_scale::fake_gpu {
 
 enum class FaultKind { error, hang, slow, malformed, drop, abort };
 
-// vLLM's buckets for vllm:e2e_request_latency_seconds (upper bounds, s).
-constexpr std::array<double, 15> kE2eLatencyBuckets = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0,
-                                                       10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0};
+// vLLM's histogram bucket bounds (upper, s; vllm/v1/metrics/loggers.py):
+// e2e latency and the request's phases (queue, prefill, decode, inference) ...
+inline constexpr std::array<double, 21> kRequestLatencyBuckets = {
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+    40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+// ... time to first token ...
+inline constexpr std::array<double, 22> kFirstTokenBuckets = {
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
+// ... and the time between two output tokens.
+inline constexpr std::array<double, 19> kInterTokenBuckets = {
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
+    0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0};
 constexpr size_t kFaultKinds = 6;
 const char* fault_kind_name(FaultKind k);
+
+// A Prometheus histogram: counts per bucket (not cumulative; the last is
+// above every bound), their sum and count.
+struct Histogram {
+  template <size_t N>
+  explicit Histogram(const std::array<double, N>& b) : bounds(b.data()), bound_count(N), counts(N + 1) {}
+  // `times` observations of `value` (bounds are inclusive).
+  void observe(double value, uint64_t times = 1);
+
+  const double* bounds;  // one of the arrays above
+  size_t bound_count;
+  std::vector<uint64_t> counts;
+  double sum = 0;
+  uint64_t count = 0;
+};
 
 struct MetricsSnapshot {
   std::string model;
@@ -37,15 +63,19 @@ struct MetricsSnapshot {
   uint64_t prefix_hits = 0;
   uint64_t prefix_queries = 0;
   uint64_t client_disconnects = 0;
-  // Answered inference requests, arrival to answer (vLLM's e2e latency):
-  // per bucket of kE2eLatencyBuckets (not cumulative), then the rest.
-  std::array<uint64_t, kE2eLatencyBuckets.size() + 1> e2e_latency_buckets{};
-  double e2e_latency_sum_s = 0;
-  uint64_t e2e_latency_count = 0;
+  // Answered inference requests, arrival to answer (vLLM's e2e latency).
+  Histogram e2e_latency{kRequestLatencyBuckets};
+  // Requests the simulated GPU finished, by phase (Scheduler's Times): the
+  // waiting queue, prefill (to the first token), decode, and the last two
+  // together; time to first token (queue + prefill); and each interval
+  // between two tokens (a request's mean interval, once per interval).
+  Histogram queue_time{kRequestLatencyBuckets};
+  Histogram prefill_time{kRequestLatencyBuckets};
+  Histogram decode_time{kRequestLatencyBuckets};
+  Histogram inference_time{kRequestLatencyBuckets};
+  Histogram first_token{kFirstTokenBuckets};
+  Histogram inter_token{kInterTokenBuckets};
 };
-
-// Counts one answered request's arrival-to-answer time into `s`.
-void observe_e2e_latency(MetricsSnapshot& s, double seconds);
 
 std::string render_metrics(const MetricsSnapshot& s);
 

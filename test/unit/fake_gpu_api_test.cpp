@@ -337,6 +337,30 @@ TEST(FakeGpuApi, E2eLatencyHistogramCountsEachAnswer) {
   EXPECT_EQ(metric(text, "vllm:e2e_request_latency_seconds_bucket", "le=\"+Inf\""), 3);
 }
 
+// The phase histograms follow the simulated GPU's own clock, not the
+// machine's: each of three lone requests (100 ms fixed cost, 10 ms a token,
+// 5 tokens) waits 0, reaches its first token at 110 ms and has 4 intervals
+// of 10 ms after it, however late this machine's timers fire.
+TEST(FakeGpuApi, PhaseHistogramsFollowTheSimulatedGpu) {
+  START_FAKE_GPU(gpu, "--profile", "instant", "--base-ms", "100", "--per-token-ms", "10");
+  for (int i = 0; i < 3; ++i) {
+    Reply r = gpu.post("/v1/completions", json{{"prompt", "phase " + std::to_string(i)}, {"max_tokens", 5}});
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+  std::string text = gpu.metrics();
+  EXPECT_EQ(metric(text, "vllm:time_to_first_token_seconds_count"), 3);
+  EXPECT_NEAR(metric(text, "vllm:time_to_first_token_seconds_sum"), 3 * 0.110, 1e-6);
+  EXPECT_EQ(metric(text, "vllm:time_to_first_token_seconds_bucket", "le=\"0.1\""), 0);
+  EXPECT_EQ(metric(text, "vllm:time_to_first_token_seconds_bucket", "le=\"0.25\""), 3);
+  EXPECT_NEAR(metric(text, "vllm:request_queue_time_seconds_sum"), 0, 1e-6);
+  EXPECT_NEAR(metric(text, "vllm:request_prefill_time_seconds_sum"), 3 * 0.110, 1e-6);
+  EXPECT_NEAR(metric(text, "vllm:request_decode_time_seconds_sum"), 3 * 0.040, 1e-6);
+  EXPECT_NEAR(metric(text, "vllm:request_inference_time_seconds_sum"), 3 * 0.150, 1e-6);
+  EXPECT_EQ(metric(text, "vllm:inter_token_latency_seconds_count"), 12);
+  EXPECT_NEAR(metric(text, "vllm:inter_token_latency_seconds_sum"), 12 * 0.010, 1e-6);
+  EXPECT_EQ(metric(text, "vllm:inter_token_latency_seconds_bucket", "le=\"0.025\""), 12);
+}
+
 TEST(FakeGpuApi, RunningAndWaitingVisibleWhileInFlight) {
   START_FAKE_GPU(gpu, "--profile", "p40", "--base-ms", "40", "--per-token-ms", "0",
                  "--max-batch", "2");

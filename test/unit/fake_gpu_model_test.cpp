@@ -507,6 +507,35 @@ TEST(FakeGpuModel, FinishesBetweenTwoCallsAreRunEventByEvent) {
   EXPECT_DOUBLE_EQ(*again.advance(37.4).next_finish_ms, 37.5);
 }
 
+// Each finished job reports where its time went: the waiting queue, then
+// prefill up to its first token (which the first decode step makes), then
+// the rest of its decode.
+TEST(FakeGpuModel, FinishedJobsReportTheirPhases) {
+  Scheduler s(tiny_gpu(1));  // 10 ms fixed cost, 1 ms a token alone
+  s.submit(job(1, 0, 20), 1000);
+  s.submit(job(2, 0, 5), 1000);  // waits for the one slot
+  Progress p = s.advance(1030);
+  ASSERT_EQ(p.finished, Ids{1});
+  ASSERT_EQ(p.times.size(), 1u);
+  EXPECT_DOUBLE_EQ(p.times[0].queued_ms, 0);
+  EXPECT_DOUBLE_EQ(p.times[0].prefill_ms, 11) << "10 ms, then the first token's step";
+  EXPECT_DOUBLE_EQ(p.times[0].decode_ms, 19);
+  EXPECT_EQ(p.times[0].tokens, 20);
+  p = s.advance(1045);
+  ASSERT_EQ(p.finished, Ids{2});
+  ASSERT_EQ(p.times.size(), 1u);
+  EXPECT_DOUBLE_EQ(p.times[0].queued_ms, 30) << "admitted when 1 finished";
+  EXPECT_DOUBLE_EQ(p.times[0].prefill_ms, 11);
+  EXPECT_DOUBLE_EQ(p.times[0].decode_ms, 4);
+  // A cancelled job reports nothing; one with no work at all, zeros.
+  s.submit(job(3, 0, 5), 2000);
+  EXPECT_TRUE(s.cancel(3, 2001).times.empty());
+  Scheduler instant(*profile_by_name("instant"));
+  p = instant.submit(job(4, 0, 8), 5);
+  ASSERT_EQ(p.times.size(), 1u);
+  EXPECT_DOUBLE_EQ(p.times[0].queued_ms + p.times[0].prefill_ms + p.times[0].decode_ms, 0);
+}
+
 TEST(FakeGpuModel, AJobWithNoWorkFinishesAtOnce) {
   Scheduler s(*profile_by_name("instant"));
   Progress p = s.submit(job(7, 0, 500), 42);
@@ -709,6 +738,29 @@ TEST(FakeGpuModel, AFullKvCachePreemptsTheNewestRequest) {
   EXPECT_EQ(s.preemptions(), 0u);
 }
 
+// A preempted job keeps its first stamps: its time out of the batch counts
+// in its decode (it had its first token), and the phases add up to its
+// submission-to-finish time.
+TEST(FakeGpuModel, APreemptedJobKeepsItsFirstTokenTime) {
+  GpuProfile g = kv_gpu(100);
+  g.prefill_per_token_ms = 0.1;
+  Scheduler s(g);
+  s.submit(prompted(1, 40, 50), 0);
+  s.submit(prompted(2, 40, 50), 0);
+  // As in AFullKvCachePreemptsTheNewestRequest: both prefill to t = 8, 2 is
+  // preempted at 18 with 10 tokens, 1 finishes at 58, 2 at 103.
+  Progress p = s.advance(58);
+  ASSERT_EQ(p.finished, Ids{1});
+  EXPECT_DOUBLE_EQ(p.times[0].prefill_ms, 9) << "shared prefill to 8, first step to 9";
+  EXPECT_DOUBLE_EQ(p.times[0].decode_ms, 49);
+  p = s.advance(103);
+  ASSERT_EQ(p.finished, Ids{2});
+  EXPECT_EQ(s.preemptions(), 1u);
+  EXPECT_DOUBLE_EQ(p.times[0].queued_ms, 0);
+  EXPECT_DOUBLE_EQ(p.times[0].prefill_ms, 9) << "its first token came before the preemption";
+  EXPECT_DOUBLE_EQ(p.times[0].decode_ms, 103 - 9);
+}
+
 // With priorities the victim is the lowest-priority request, not the newest;
 // and a request alone is never preempted, however long (it runs by itself).
 TEST(FakeGpuModel, PreemptionSparesHigherPriorityAndALoneRequest) {
@@ -902,20 +954,43 @@ TEST(FakeGpuMetrics, RendersVllmNamesWithModelLabel) {
 TEST(FakeGpuMetrics, E2eLatencyIsAVllmHistogram) {
   MetricsSnapshot s;
   s.model = "npc-llm";
-  observe_e2e_latency(s, 0.040);  // le 0.3
-  observe_e2e_latency(s, 0.3);    // le 0.3: bounds are inclusive
-  observe_e2e_latency(s, 45.0);   // le 50
-  observe_e2e_latency(s, 100.0);  // +Inf only
+  s.e2e_latency.observe(0.040);   // le 0.3
+  s.e2e_latency.observe(0.3);     // le 0.3: bounds are inclusive
+  s.e2e_latency.observe(45.0);    // le 50
+  s.e2e_latency.observe(10000.0); // +Inf only
   std::string text = render_metrics(s);
   const std::string m = "model_name=\"npc-llm\"}";
   EXPECT_NE(text.find("# TYPE vllm:e2e_request_latency_seconds histogram"), std::string::npos);
   EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"0.3\"," + m), 2);
   EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"40.0\"," + m), 2);
   EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"50.0\"," + m), 3);
-  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"60.0\"," + m), 3);
+  EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"7680.0\"," + m), 3);
   EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_bucket{le=\"+Inf\"," + m), 4);
   EXPECT_EQ(sample(text, "vllm:e2e_request_latency_seconds_count{" + m), 4);
-  EXPECT_DOUBLE_EQ(sample(text, "vllm:e2e_request_latency_seconds_sum{" + m), 145.34);
+  EXPECT_DOUBLE_EQ(sample(text, "vllm:e2e_request_latency_seconds_sum{" + m), 10045.34);
+}
+
+// The phase histograms under vLLM's names and bounds; an observation made
+// `times` times counts in its bucket, the sum and the count that often.
+TEST(FakeGpuMetrics, PhaseHistogramsUnderVllmNames) {
+  MetricsSnapshot s;
+  s.model = "npc-llm";
+  s.first_token.observe(0.001);  // the lowest bound
+  s.inter_token.observe(0.02, 7);
+  std::string text = render_metrics(s);
+  const std::string m = "model_name=\"npc-llm\"}";
+  for (const char* name : {"vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds",
+                           "vllm:request_decode_time_seconds", "vllm:request_inference_time_seconds",
+                           "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds"}) {
+    EXPECT_NE(text.find(std::string("# TYPE ") + name + " histogram"), std::string::npos) << name;
+  }
+  EXPECT_EQ(sample(text, "vllm:request_queue_time_seconds_count{" + m), 0);
+  EXPECT_EQ(sample(text, "vllm:time_to_first_token_seconds_bucket{le=\"0.001\"," + m), 1);
+  EXPECT_EQ(sample(text, "vllm:time_to_first_token_seconds_bucket{le=\"2560.0\"," + m), 1);
+  EXPECT_EQ(sample(text, "vllm:inter_token_latency_seconds_bucket{le=\"0.01\"," + m), 0);
+  EXPECT_EQ(sample(text, "vllm:inter_token_latency_seconds_bucket{le=\"0.025\"," + m), 7);
+  EXPECT_EQ(sample(text, "vllm:inter_token_latency_seconds_count{" + m), 7);
+  EXPECT_DOUBLE_EQ(sample(text, "vllm:inter_token_latency_seconds_sum{" + m), 0.14);
 }
 
 TEST(FakeGpuState, CountsAndResets) {
@@ -940,6 +1015,15 @@ TEST(FakeGpuState, CountsAndResets) {
   EXPECT_EQ(gpu.advance(20).finished, Ids{i1.id});  // 10 ms prefill + 10 tokens
   gpu.succeeded(res, 0.05);
   s = gpu.snapshot();
+  // Its phases, counted as it finished: 11 ms to the first token, 9 more
+  // intervals of 1 ms; i2 has waited 20 ms and not finished.
+  EXPECT_EQ(s.first_token.count, 1u);
+  EXPECT_DOUBLE_EQ(s.first_token.sum, 0.011);
+  EXPECT_DOUBLE_EQ(s.queue_time.sum, 0);
+  EXPECT_DOUBLE_EQ(s.inference_time.sum, 0.020);
+  EXPECT_EQ(s.inter_token.count, 9u);
+  EXPECT_NEAR(s.inter_token.sum, 0.009, 1e-12);
+  EXPECT_EQ(s.e2e_latency.count, 1u);
   EXPECT_EQ(s.running, 1u) << "i2 took the slot";
   EXPECT_EQ(s.waiting, 0u);
   EXPECT_EQ(s.success_length, 1u);
@@ -952,6 +1036,8 @@ TEST(FakeGpuState, CountsAndResets) {
   EXPECT_EQ(s.requests_total, 0u);
   EXPECT_EQ(s.success_length, 0u);
   EXPECT_EQ(s.generation_tokens, 0u);
+  EXPECT_EQ(s.first_token.count, 0u);
+  EXPECT_EQ(s.e2e_latency.count, 0u);
   EXPECT_EQ(s.peak_running, 1u);  // i2 still runs
   EXPECT_EQ(s.peak_inflight, 1u);
   gpu.cancel(i2.id, 21);
