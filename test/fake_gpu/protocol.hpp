@@ -79,5 +79,7 @@ nlohmann::ordered_json completion_response(const InferenceRequest& req,
                                    std::string_view model);
 
 nlohmann::ordered_json models_response(const ServedModel& model, int64_t created);
+// The vLLM release whose API and metrics the simulation follows (GET /version).
+inline constexpr const char* kVllmVersion = "0.10.1";
 
 }  // namespace npc_scale::fake_gpu

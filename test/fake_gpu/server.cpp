@@ -438,6 +438,10 @@ void Worker::on_request(evhttp_request* req) {
     if (!get) return send_detail(req, 405, "Method Not Allowed");
     return send_json(req, 200, models_response(gpu_.model(), static_cast<int64_t>(std::time(nullptr))));
   }
+  if (path == "/version") {  // open, like /health: vLLM checks no API key here
+    if (!get) return send_detail(req, 405, "Method Not Allowed");
+    return send_json(req, 200, json{{"version", kVllmVersion}});
+  }
   if (path == "/metrics") {
     if (!get) return send_detail(req, 405, "Method Not Allowed");
     return send_body(req, 200, "text/plain; version=0.0.4; charset=utf-8",

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fake_gpu_process.hpp"
+#include "protocol.hpp"  // kVllmVersion
 
 namespace {
 
@@ -201,6 +202,10 @@ TEST(FakeGpuApi, ModelsAndHealth) {
   Reply h = gpu.get("/health");
   EXPECT_EQ(h.status, 200);
   EXPECT_EQ(h.body, "");
+  Reply v = gpu.get("/version");
+  EXPECT_EQ(v.status, 200);
+  EXPECT_EQ(v.parsed(), json({{"version", npc_scale::fake_gpu::kVllmVersion}}));
+  EXPECT_EQ(gpu.post("/version", json::object()).status, 405);
   EXPECT_EQ(gpu.post("/admin/health", {{"healthy", false}}).status, 200);
   EXPECT_EQ(gpu.get("/health").status, 503);
   json served = completion("x");
@@ -232,6 +237,7 @@ TEST(FakeGpuApi, AnApiKeyGuardsTheV1Routes) {
   }
   EXPECT_EQ(gpu.post_with("Authorization: Bearer s3cret", "/v1/completions", completion("x")).status, 200);
   EXPECT_EQ(gpu.get_with("Authorization: Bearer s3cret", "/v1/models").status, 200);
+  EXPECT_EQ(gpu.get("/version").status, 200);
   EXPECT_EQ(gpu.get("/health").status, 200);
   EXPECT_EQ(gpu.get("/metrics").status, 200);
 }
