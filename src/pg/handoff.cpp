@@ -58,6 +58,7 @@ struct Pending {
   SubTransactionId changed_in = InvalidSubTransactionId;
 };
 std::vector<Pending> g_pending;  // this backend's, until its transaction ends
+uint64_t g_changes = 0;          // statements that fired the queue's UPDATE trigger
 bool g_callbacks_registered = false;
 
 bool publish(const HandoffEntry& e, TransactionId xid) {
@@ -118,13 +119,14 @@ void handoff_attach() {
   LWLockRelease(AddinShmemInitLock);
 }
 
-void handoff_at_commit(HandoffEntry e) {
+void handoff_at_commit(HandoffEntry e, bool changed) {
   if (!g_callbacks_registered) {
     pg_call([] { RegisterSubXactCallback(at_subxact_end, nullptr); });
     g_callbacks_registered = true;
   }
   SubTransactionId sub = pg_call([] { return GetCurrentSubTransactionId(); });
   g_pending.push_back({std::move(e), sub});
+  if (changed) g_pending.back().changed_in = sub;
 }
 
 bool handoff_has_pending() { return !g_pending.empty(); }
@@ -135,7 +137,10 @@ void handoff_cancel_pending(int64_t id) {
   }
 }
 
+uint64_t handoff_changes() { return g_changes; }
+
 void handoff_rows_changed() {
+  ++g_changes;
   for (Pending& p : g_pending) {
     if (p.changed_in == InvalidSubTransactionId) p.changed_in = GetCurrentSubTransactionId();
   }

@@ -51,7 +51,9 @@ void handoff_attach();
 
 // request_decision(): remember the new row until this transaction ends; a
 // rolled-back subtransaction forgets its own.
-void handoff_at_commit(HandoffEntry e);
+// `changed`: an UPDATE of the row ran since its INSERT began (a game's
+// AFTER INSERT trigger): it is not handed off, as after handoff_rows_changed().
+void handoff_at_commit(HandoffEntry e, bool changed = false);
 bool handoff_has_pending();
 // From the PRE_COMMIT callback (wake.cpp), before the dispatcher's latch is
 // set: the remembered rows go to shared memory, tagged with `xid`. False if
@@ -63,10 +65,13 @@ bool handoff_publish_pending(TransactionId xid);
 void handoff_cancel_pending(int64_t id);
 // An UPDATE in this transaction may have changed what the hand-off would
 // send (a prompt, params, a deadline ...; statement trigger on the queue):
-// nothing of this transaction is handed off, the dispatcher claims its rows
-// from the table as committed. A rollback of the savepoint the UPDATE was in
-// undoes this.
+// none of the decisions it requested so far is handed off, the dispatcher
+// claims their rows from the table as committed. A rollback of the
+// savepoint the UPDATE was in undoes this.
 void handoff_rows_changed();
+// How many such UPDATEs this backend has run: request_decision() compares it
+// around its INSERT.
+uint64_t handoff_changes();
 // From the abort callback.
 void handoff_forget_pending();
 

@@ -28,6 +28,7 @@ NPC_SQL_FUNCTION(npc_scale_metrics) {
   }
   const Metric metrics[] = {
       {"queue_wakeups", static_cast<int64>(pg_atomic_read_u64(&s.queue_wakeups))},
+      {"table_wakeups", static_cast<int64>(pg_atomic_read_u64(&s.table_wakeups))},
       {"handoff_sent", static_cast<int64>(pg_atomic_read_u64(&s.handoff_sent))},
       {"handoff_unclaimed", static_cast<int64>(pg_atomic_read_u64(&s.handoff_unclaimed))},
       {"results_deferred", static_cast<int64>(pg_atomic_read_u64(&s.results_deferred))},

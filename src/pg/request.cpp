@@ -95,6 +95,9 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
 
   HandoffEntry entry;
   bool inserted = false;
+  // A game's AFTER INSERT trigger may UPDATE the row within the INSERT: what
+  // RETURNING read is then not what will be committed.
+  const uint64_t changes_before = handoff_changes();
   with_spi([&] {
     // No row: a game's BEFORE INSERT trigger skipped it (a dedupe, a throttle).
     if (insert.execute(std::vector<Datum>(values, values + 7), nulls) != 1) return;
@@ -111,7 +114,7 @@ NPC_SQL_FUNCTION(npc_scale_request_decision) {
   });
   if (!inserted) PG_RETURN_NULL();
   const int64 id = entry.id;
-  handoff_at_commit(std::move(entry));
+  handoff_at_commit(std::move(entry), handoff_changes() != changes_before);
   wake_dispatcher_at_commit(/*handed_off=*/true);
   PG_RETURN_INT64(id);
 }

@@ -68,6 +68,7 @@ void shared_state_attach() {
     SpinLockInit(&g_state->mutex);
     for (auto& slot : g_state->workers) slot.pgprocno = -1;
     pg_atomic_init_u64(&g_state->queue_wakeups, 0);
+    pg_atomic_init_u64(&g_state->table_wakeups, 0);
     pg_atomic_init_u32(&g_state->queue_dirty, 1);
     pg_atomic_init_u64(&g_state->handoff_sent, 0);
     pg_atomic_init_u64(&g_state->handoff_unclaimed, 0);

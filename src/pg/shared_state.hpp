@@ -91,6 +91,7 @@ struct SharedState {
   slock_t mutex;  // guards workers[]; held for a few instructions only
   WorkerSlot workers[kWorkerCount];
   pg_atomic_uint64 queue_wakeups;         // commits that woke the dispatcher for new work
+  pg_atomic_uint64 table_wakeups;         // … for queued rows the hand-off does not carry
   pg_atomic_uint32 queue_dirty;           // 1: queued rows the dispatcher has not been handed
   pg_atomic_uint64 handoff_sent;          // decisions sent straight from the commit handoff
   pg_atomic_uint64 handoff_unclaimed;     // … whose claim then found them taken or cancelled

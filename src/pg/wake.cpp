@@ -80,7 +80,10 @@ void on_transaction_end(XactEvent event) {
       }
       if (g_endpoints_pending) pg_atomic_fetch_add_u64(&s.endpoints_generation, 1);
       if (g_cancel_pending) pg_atomic_fetch_add_u64(&s.cancels_generation, 1);
-      if (g_table_pending) pg_atomic_write_u32(&s.queue_dirty, 1);
+      if (g_table_pending) {
+        pg_atomic_write_u32(&s.queue_dirty, 1);
+        pg_atomic_fetch_add_u64(&s.table_wakeups, 1);
+      }
       if (g_wake_pending) pg_atomic_fetch_add_u64(&s.queue_wakeups, 1);
       // Rows handed off at PRE_COMMIT need no second wake-up: the
       // dispatcher looks at their transaction's outcome on its own timer.

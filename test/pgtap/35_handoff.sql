@@ -4,7 +4,7 @@
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
 \ir setup/fresh.sql
-SELECT plan(49);
+SELECT plan(53);
 -- An earlier run's answers would be cache hits.
 SELECT npc_scale.cache_clear() \gset
 SELECT npc_test.use_gpus(ARRAY['fast1']);
@@ -203,7 +203,7 @@ SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_rw),
 -- What the hand-off carries, changed by an UPDATE later in the same
 -- transaction: the row goes through the table and is sent as committed.
 SELECT npc_test.gpu_reset('fast1') IS NOT NULL AS reset \gset
-SELECT npc_test.metric('handoff_sent') AS hs3 \gset
+SELECT npc_test.metric('handoff_sent') AS hs3, npc_test.metric('table_wakeups') AS tw3 \gset
 SELECT 'handoff: asked ' || gen_random_uuid() AS p_old \gset
 BEGIN;
 SELECT npc_scale.request_decision(2031, 'build', :'p_old', 5, '{"temperature": 0, "cache": false}') AS id_up \gset
@@ -236,6 +236,8 @@ SELECT results_eq(format('SELECT status, attempts FROM npc_scale.decision_queue 
   $$ VALUES ('expired'::text, 0) $$,
   'a deadline moved into the past in the transaction: expired without being sent');
 SELECT is(npc_test.metric('handoff_sent') - :hs3, 0::bigint, 'none of the three came through the hand-off');
+SELECT is(npc_test.metric('table_wakeups') - :tw3, 3::bigint,
+  'each of the three commits woke the dispatcher for the table (not left to its periodic look)');
 -- Only the GPU requests above: two decisions, and the three generate() calls.
 SELECT is(npc_test.gpu_metric('fast1', 'fake_gpu_requests_total'), 5::numeric,
   'the GPU saw the two changed decisions once each (and the three generate() calls)');
@@ -254,6 +256,27 @@ SELECT is(npc_test.metric('handoff_sent') - :hs3, 1::bigint, 'from the hand-off'
 SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_kept2),
           npc_scale.generate(:'p_kept', 5, '{"temperature": 0, "cache": false}'),
   'with its prompt as inserted (the rolled-back UPDATE did not count)');
+
+-- A game's AFTER INSERT trigger that updates the new row runs inside
+-- request_decision()'s INSERT: the row is sent as the trigger left it.
+CREATE FUNCTION public.handoff_after_insert() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  UPDATE npc_scale.decision_queue SET prompt = prompt || ' (and its village state)'
+   WHERE id = NEW.id AND npc_id = 2035;
+  RETURN NULL;
+END $f$;
+CREATE TRIGGER handoff_after_insert AFTER INSERT ON npc_scale.decision_queue
+  FOR EACH ROW EXECUTE FUNCTION public.handoff_after_insert();
+SELECT npc_test.metric('handoff_sent') AS hs4 \gset
+SELECT npc_scale.request_decision(2035, 'build', 'handoff: ' || gen_random_uuid(), 5,
+  '{"temperature": 0, "cache": false}') AS id_ai \gset
+DROP TRIGGER handoff_after_insert ON npc_scale.decision_queue;
+DROP FUNCTION public.handoff_after_insert();
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY[%s]::bigint[])', :id_ai)), 'it is answered');
+SELECT is(npc_test.metric('handoff_sent') - :hs4, 0::bigint, 'through the table, not the hand-off');
+SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_ai),
+          npc_scale.generate((SELECT prompt FROM npc_scale.decision_queue WHERE id = :id_ai), 5, '{"temperature": 0, "cache": false}'),
+  'with the prompt as the game''s AFTER INSERT trigger left it');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2220;
 SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset
