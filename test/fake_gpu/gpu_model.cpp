@@ -51,6 +51,8 @@ double step_ms(const GpuProfile& p, int running) {
 namespace {
 // Finishing times are sums of doubles: "done" allows for their rounding.
 constexpr double kDoneEpsilonMs = 1e-6;
+// Likewise for tokens left, when a first token is due.
+constexpr double kTokenEpsilon = 1e-6;
 
 double generated(const Job& job, double tokens_left) {
   return std::max(0.0, static_cast<double>(job.completion_tokens) - tokens_left);
@@ -150,7 +152,7 @@ void Scheduler::progress_to(double t) {
     r.tokens_left = step > 0 ? std::max(0.0, r.tokens_left - rest / step) : 0;
     // The first token comes out of the first decode step.
     const double first_at = static_cast<double>(std::max(1, r.job.completion_tokens) - 1);
-    if (r.stamps.first_token_ms < 0 && r.tokens_left <= first_at + kDoneEpsilonMs) {
+    if (r.stamps.first_token_ms < 0 && r.tokens_left <= first_at + kTokenEpsilon) {
       const double decode_from = t - rest;
       r.stamps.first_token_ms = decode_from + std::max(0.0, before - first_at) * step;
     }
@@ -160,10 +162,11 @@ void Scheduler::progress_to(double t) {
 
 Progress::Times Scheduler::times_of(const Running& r) const {
   const Stamps& st = r.stamps;
+  const double submitted = st.submitted_ms < 0 ? clock_ms_ : st.submitted_ms;
   const double admitted = st.admitted_ms < 0 ? clock_ms_ : st.admitted_ms;
   const double first = st.first_token_ms < 0 ? clock_ms_ : st.first_token_ms;
   Progress::Times t;
-  t.queued_ms = std::max(0.0, admitted - st.submitted_ms);
+  t.queued_ms = std::max(0.0, admitted - submitted);
   t.prefill_ms = std::max(0.0, first - admitted);
   t.decode_ms = std::max(0.0, clock_ms_ - first);
   t.tokens = std::max(1, r.job.completion_tokens);

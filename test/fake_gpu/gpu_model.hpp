@@ -74,7 +74,8 @@ struct Progress {
     // Where a finished job's time went, in ms of the scheduler's clock, as
     // vLLM's request metrics split it: waiting from its submission to its
     // first admission, prefill from there to its first token (the end of
-    // its first decode step), decode from there to its last; a preempted
+    // its first decode step: this model decodes every token, where vLLM's
+    // prefill step yields the first), decode from there to its last; a preempted
     // job's time out of the batch counts in its decode (or prefill, if it
     // had no token yet), as vLLM keeps a request's first timestamps.
     double queued_ms = 0, prefill_ms = 0, decode_ms = 0;
@@ -119,7 +120,7 @@ class Scheduler {
   // A job's first timestamps on the scheduler's clock, kept through
   // preemption (negative: not yet).
   struct Stamps {
-    double submitted_ms = 0;
+    double submitted_ms = -1;
     double admitted_ms = -1;
     double first_token_ms = -1;
   };

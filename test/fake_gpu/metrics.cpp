@@ -1,6 +1,7 @@
 #include "metrics.hpp"
 
-#include <cstdio>
+#include <charconv>
+#include <cmath>
 
 namespace npc_scale::fake_gpu {
 
@@ -56,12 +57,18 @@ class Writer {
   std::string out_;
 };
 
-// As Python's prometheus_client writes floats (vLLM's bucket bounds read
-// "1.0", "0.3"): a whole number keeps its ".0".
+// As Python's prometheus_client writes floats (repr: the shortest form that
+// reads back exactly; vLLM's bucket bounds read "1.0", "0.3"): a whole
+// number keeps its ".0", and the exposition format's NaN and +Inf.
 std::string number(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.9g", v);
-  std::string s = buf;
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  char buf[400];  // a fixed-notation double runs to ~330 characters
+  // repr's notation: fixed from 1e-4 up to 1e16, scientific outside.
+  const double a = std::fabs(v);
+  const auto format = a == 0 || (a >= 1e-4 && a < 1e16) ? std::chars_format::fixed : std::chars_format::scientific;
+  const auto res = std::to_chars(buf, buf + sizeof(buf), v, format);
+  std::string s(buf, res.ptr);
   if (s.find_first_of(".eE") == std::string::npos) s += ".0";
   return s;
 }
@@ -117,6 +124,9 @@ std::string render_metrics(const MetricsSnapshot& s) {
                   s.inference_time);
   write_histogram(w, "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
                   s.first_token);
+  // vLLM 0.10's name, and the one 0.11 renamed it to: clients of either find it.
+  write_histogram(w, "vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.",
+                  s.inter_token);
   write_histogram(w, "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
                   s.inter_token);
   w.family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.");

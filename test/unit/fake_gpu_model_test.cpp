@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <sstream>
 #include <string>
@@ -527,6 +528,13 @@ TEST(FakeGpuModel, FinishedJobsReportTheirPhases) {
   EXPECT_DOUBLE_EQ(p.times[0].queued_ms, 30) << "admitted when 1 finished";
   EXPECT_DOUBLE_EQ(p.times[0].prefill_ms, 11);
   EXPECT_DOUBLE_EQ(p.times[0].decode_ms, 4);
+  // One token: the first is the last.
+  s.submit(job(5, 0, 1), 1500);
+  p = s.advance(1511);
+  ASSERT_EQ(p.finished, Ids{5});
+  EXPECT_DOUBLE_EQ(p.times[0].prefill_ms, 11);
+  EXPECT_DOUBLE_EQ(p.times[0].decode_ms, 0);
+  EXPECT_EQ(p.times[0].tokens, 1);
   // A cancelled job reports nothing; one with no work at all, zeros.
   s.submit(job(3, 0, 5), 2000);
   EXPECT_TRUE(s.cancel(3, 2001).times.empty());
@@ -761,6 +769,30 @@ TEST(FakeGpuModel, APreemptedJobKeepsItsFirstTokenTime) {
   EXPECT_DOUBLE_EQ(p.times[0].decode_ms, 103 - 9);
 }
 
+// Preempted while still prefilling its prompt, a job's time out of the
+// batch counts in its prefill: its first token comes after it is back.
+TEST(FakeGpuModel, APreemptionBeforeTheFirstTokenCountsInPrefill) {
+  GpuProfile g = kv_gpu(100);
+  g.prefill_per_token_ms = 1;
+  Scheduler s(g);
+  s.submit(prompted(1, 20, 50, 0), 1000);
+  s.submit(prompted(2, 70, 50, 5), 1000);  // less urgent: the victim
+  // The prompts share the GPU: 1's ends at 1040 (2 has 50 ms left); 1
+  // decodes, and the cache (90 held) is full at 1050: 2 goes back to
+  // waiting with no token. 1 ends at 1090; 2 prefills its 70 tokens again
+  // alone, its first token at 1161, its last at 1210.
+  Progress p = s.advance(1090);
+  ASSERT_EQ(p.finished, Ids{1});
+  EXPECT_DOUBLE_EQ(p.times[0].prefill_ms, 41);
+  EXPECT_DOUBLE_EQ(p.times[0].decode_ms, 49);
+  p = s.advance(1210);
+  ASSERT_EQ(p.finished, Ids{2});
+  EXPECT_EQ(s.preemptions(), 1u);
+  EXPECT_DOUBLE_EQ(p.times[0].queued_ms, 0) << "first admitted at once";
+  EXPECT_DOUBLE_EQ(p.times[0].prefill_ms, 161);
+  EXPECT_DOUBLE_EQ(p.times[0].decode_ms, 49);
+}
+
 // With priorities the victim is the lowest-priority request, not the newest;
 // and a request alone is never preempted, however long (it runs by itself).
 TEST(FakeGpuModel, PreemptionSparesHigherPriorityAndALoneRequest) {
@@ -981,7 +1013,8 @@ TEST(FakeGpuMetrics, PhaseHistogramsUnderVllmNames) {
   const std::string m = "model_name=\"npc-llm\"}";
   for (const char* name : {"vllm:request_queue_time_seconds", "vllm:request_prefill_time_seconds",
                            "vllm:request_decode_time_seconds", "vllm:request_inference_time_seconds",
-                           "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds"}) {
+                           "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
+                           "vllm:time_per_output_token_seconds"}) {
     EXPECT_NE(text.find(std::string("# TYPE ") + name + " histogram"), std::string::npos) << name;
   }
   EXPECT_EQ(sample(text, "vllm:request_queue_time_seconds_count{" + m), 0);
@@ -991,6 +1024,25 @@ TEST(FakeGpuMetrics, PhaseHistogramsUnderVllmNames) {
   EXPECT_EQ(sample(text, "vllm:inter_token_latency_seconds_bucket{le=\"0.025\"," + m), 7);
   EXPECT_EQ(sample(text, "vllm:inter_token_latency_seconds_count{" + m), 7);
   EXPECT_DOUBLE_EQ(sample(text, "vllm:inter_token_latency_seconds_sum{" + m), 0.14);
+  EXPECT_EQ(sample(text, "vllm:time_per_output_token_seconds_count{" + m), 7) << "vLLM 0.10's name, same data";
+}
+
+// Numbers as prometheus_client writes them: the shortest exact form in
+// Python's notation, ".0" on whole numbers, and NaN.
+TEST(FakeGpuMetrics, NumbersReadBackExactly) {
+  MetricsSnapshot s;
+  s.model = "m";
+  for (int i = 0; i < 3; i++) s.e2e_latency.observe(0.1);
+  s.first_token.observe(0.00001);
+  s.kv_cache_usage = std::nan("");
+  std::string text = render_metrics(s);
+  EXPECT_NE(text.find("vllm:e2e_request_latency_seconds_sum{model_name=\"m\"} 0.30000000000000004\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("vllm:time_to_first_token_seconds_sum{model_name=\"m\"} 1e-05\n"), std::string::npos);
+  EXPECT_NE(text.find("vllm:time_to_first_token_seconds_bucket{le=\"2560.0\",model_name=\"m\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("vllm:kv_cache_usage_perc{model_name=\"m\"} NaN\n"), std::string::npos);
+  EXPECT_NE(text.find("vllm:request_queue_time_seconds_sum{model_name=\"m\"} 0.0\n"), std::string::npos);
 }
 
 TEST(FakeGpuState, CountsAndResets) {
