@@ -112,23 +112,31 @@ std::string render_metrics(const MetricsSnapshot& s) {
   w.sample("vllm:request_success_total", s.success_stop, "finished_reason=\"stop\"");
   w.sample("vllm:request_success_total", s.success_length, "finished_reason=\"length\"");
   w.sample("vllm:request_success_total", s.success_abort, "finished_reason=\"abort\"");
-  write_histogram(w, "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
-                  s.e2e_latency);
-  write_histogram(w, "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
-                  s.queue_time);
-  write_histogram(w, "vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
-                  s.prefill_time);
-  write_histogram(w, "vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
-                  s.decode_time);
-  write_histogram(w, "vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.",
-                  s.inference_time);
-  write_histogram(w, "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
-                  s.first_token);
-  // vLLM 0.10's name, and the one 0.11 renamed it to: clients of either find it.
-  write_histogram(w, "vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.",
-                  s.inter_token);
-  write_histogram(w, "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
-                  s.inter_token);
+  // vLLM's names and help texts. The inter-token histogram twice: vLLM
+  // 0.10's name and the one 0.11 renamed it to, so clients of either find it.
+  static const struct {
+    const char* name;
+    const char* help;
+    Histogram MetricsSnapshot::*of;
+  } kHistograms[] = {
+      {"vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+       &MetricsSnapshot::e2e_latency},
+      {"vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+       &MetricsSnapshot::queue_time},
+      {"vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
+       &MetricsSnapshot::prefill_time},
+      {"vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
+       &MetricsSnapshot::decode_time},
+      {"vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.",
+       &MetricsSnapshot::inference_time},
+      {"vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+       &MetricsSnapshot::first_token},
+      {"vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.",
+       &MetricsSnapshot::inter_token},
+      {"vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+       &MetricsSnapshot::inter_token},
+  };
+  for (const auto& h : kHistograms) write_histogram(w, h.name, h.help, s.*h.of);
   w.family("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.");
   w.sample("vllm:prompt_tokens_total", s.prompt_tokens);
   w.family("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.");
