@@ -303,7 +303,7 @@ CREATE FUNCTION npc_scale._endpoint_stats(
     OUT error_rate double precision, OUT avg_latency_ms double precision,
     OUT p50_latency_ms double precision, OUT p99_latency_ms double precision,
     OUT remote_running integer, OUT remote_waiting integer, OUT last_error text,
-    OUT last_error_at timestamptz)
+    OUT last_error_at timestamptz, OUT endpoint_hash integer)
 RETURNS SETOF record AS 'MODULE_PATHNAME', 'npc_scale_endpoint_stats' LANGUAGE C STRICT VOLATILE;
 
 -- The fleet as the dispatcher sees it (refreshed every 100 ms). Never the api_key.
@@ -317,8 +317,11 @@ SELECT s.gpu_id, e.endpoint, e.model, coalesce(e.enabled, false) AS enabled, s.d
        round(s.p99_latency_ms::numeric, 2) AS p99_latency_ms,
        s.remote_running, s.remote_waiting, s.last_error, s.last_error_at
   FROM npc_scale._endpoint_stats() s
-  -- A draining member is no row's: its row is gone, or names another server now.
-  LEFT JOIN npc_scale.gpu_endpoints e ON e.gpu_id = s.gpu_id AND NOT s.draining;
+  -- A draining member is no row's: its row is gone, or names another server now;
+  -- nor is a member whose row was pointed at another server the dispatcher has
+  -- not loaded yet (its counters are the old server's).
+  LEFT JOIN npc_scale.gpu_endpoints e
+    ON e.gpu_id = s.gpu_id AND NOT s.draining AND pg_catalog.hashtext(e.endpoint) = s.endpoint_hash;
 GRANT SELECT ON npc_scale.endpoint_stats TO PUBLIC;
 
 -- Share of routed requests that went to their NPC's (or prompt prefix's) home endpoint.

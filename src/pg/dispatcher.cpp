@@ -45,6 +45,7 @@
 
 extern "C" {
 #include "postgres.h"
+#include "common/hashfn.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/latch.h"
@@ -766,6 +767,8 @@ void Dispatcher::publish_stats() {
     st.remote_waiting = e.remote_waiting;
     copy_text_clipped(st.last_error, sizeof(st.last_error), m.last_error.c_str());
     st.last_error_at = m.last_error_at_ms;
+    st.endpoint_hash = DatumGetInt32(
+        hash_any(reinterpret_cast<const unsigned char*>(m.config.base_url.data()), static_cast<int>(m.config.base_url.size())));
   }
   SpinLockAcquire(&s.stats_mutex);
   s.endpoint_stat_count = static_cast<int>(stats.size());

@@ -31,8 +31,8 @@ NPC_SQL_FUNCTION(npc_scale_endpoint_stats) {
     auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
     static const char* kBreaker[] = {"closed", "open", "half_open"};
     for (const EndpointStat& st : stats) {
-      Datum v[15];
-      bool nulls[15] = {false};
+      Datum v[16];
+      bool nulls[16] = {false};
       v[0] = Int32GetDatum(st.gpu_id);
       v[1] = BoolGetDatum(st.draining);
       v[2] = CStringGetTextDatum(kBreaker[st.breaker < 0 || st.breaker > 2 ? 0 : st.breaker]);
@@ -52,6 +52,7 @@ NPC_SQL_FUNCTION(npc_scale_endpoint_stats) {
       nulls[13] = st.last_error[0] == '\0';
       v[14] = TimestampTzGetDatum(st.last_error_at);
       nulls[14] = st.last_error_at == 0;
+      v[15] = Int32GetDatum(st.endpoint_hash);
       tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nulls);
     }
   });

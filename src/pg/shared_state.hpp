@@ -85,6 +85,10 @@ struct EndpointStat {
   int remote_waiting;
   char last_error[200];
   TimestampTz last_error_at;  // 0 = never
+  // hashtext() of the URL these counters are of: the view names a
+  // gpu_endpoints row's URL only while it is still this server's (a row
+  // pointed elsewhere is loaded up to 100 ms after its commit).
+  int32 endpoint_hash;
 };
 
 struct SharedState {

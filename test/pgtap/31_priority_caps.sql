@@ -2,7 +2,7 @@
 -- max_concurrent is never exceeded (the simulated GPU's observed peak says so),
 -- not even across an endpoint's renumbering or a change of its URL.
 \ir setup/fresh.sql
-SELECT plan(36);
+SELECT plan(38);
 
 -- Backlog: enqueue while no endpoint is enabled, then open one slot.
 SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[1]);
@@ -126,6 +126,17 @@ CREATE TEMP TABLE repoint AS
   SELECT id FROM npc_test.burst(3500, 9, 'repoint ' || clock_timestamp()) AS id;  -- never cached
 SELECT ok(npc_test.wait_for($$ npc_test.gpu_metric('faulty', 'fake_gpu_inflight') = 3 $$),
   'three requests in flight on row 1');
+-- Before the dispatcher has the change (here: not even committed), the
+-- counters of row 1's server are not shown under the URL it now names.
+SELECT ok(npc_test.wait_for($$ (SELECT in_flight = 3 AND endpoint = npc_test.gpu_url('faulty')
+                                   FROM npc_scale.endpoint_stats WHERE gpu_id = 1) $$),
+  'endpoint_stats shows the three under row 1''s URL (published every 100 ms)');
+BEGIN;
+UPDATE npc_scale.gpu_endpoints SET endpoint = npc_test.gpu_url('slow') WHERE gpu_id = 1;
+SELECT results_eq($$ SELECT endpoint, in_flight FROM npc_scale.endpoint_stats WHERE gpu_id = 1 $$,
+  $$ VALUES (NULL::text, 3) $$,
+  'a row pointed at another server: its old server''s counters are not shown under the new URL');
+ROLLBACK;
 WITH repointed AS (
   UPDATE npc_scale.gpu_endpoints SET endpoint = npc_test.gpu_url('slow'), enabled = false WHERE gpu_id = 1 RETURNING 1)
 INSERT INTO npc_scale.gpu_endpoints (gpu_id, endpoint, max_concurrent)
