@@ -79,7 +79,7 @@ Progress GpuState::to_wall(Progress p) const {
   return p;
 }
 
-Progress GpuState::settle(Progress p) {
+Progress GpuState::observed(Progress p) {
   for (const Progress::Times& t : p.times) {
     const double queued = t.queued_ms / 1000, prefill = t.prefill_ms / 1000, decode = t.decode_ms / 1000;
     stats_.queue_time.observe(queued);
@@ -94,12 +94,12 @@ Progress GpuState::settle(Progress p) {
 
 Progress GpuState::submit(const Job& job, double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  return settle(scheduler_.submit(job, clock(now_ms)));
+  return observed(scheduler_.submit(job, clock(now_ms)));
 }
 
 Progress GpuState::advance(double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  return settle(scheduler_.advance(clock(now_ms)));
+  return observed(scheduler_.advance(clock(now_ms)));
 }
 
 Progress GpuState::set_stalled(bool stalled, double now_ms) {
@@ -110,7 +110,7 @@ Progress GpuState::set_stalled(bool stalled, double now_ms) {
   if (stalled && !stalled_) stalled_since_ms_ = now_ms;
   if (!stalled && stalled_) stalled_total_ms_ += now_ms - stalled_since_ms_;
   stalled_ = stalled;
-  return settle(std::move(p));
+  return observed(std::move(p));
 }
 
 bool GpuState::stalled() {
@@ -118,17 +118,20 @@ bool GpuState::stalled() {
   return stalled_;
 }
 
+Progress GpuState::take_out(uint64_t id, double now_ms) {
+  if (stats_.inflight > 0) --stats_.inflight;
+  return observed(scheduler_.cancel(id, clock(now_ms)));
+}
+
 Progress GpuState::fail(uint64_t id, double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (stats_.inflight > 0) --stats_.inflight;
-  return settle(scheduler_.cancel(id, clock(now_ms)));
+  return take_out(id, now_ms);
 }
 
 Progress GpuState::cancel(uint64_t id, double now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
   ++stats_.client_disconnects;
-  if (stats_.inflight > 0) --stats_.inflight;
-  return settle(scheduler_.cancel(id, clock(now_ms)));
+  return take_out(id, now_ms);
 }
 
 void GpuState::succeeded(const InferenceResult& result, double e2e_seconds) {

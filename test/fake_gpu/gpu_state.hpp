@@ -98,7 +98,9 @@ class GpuState {
   double clock(double now_ms) const;
   Progress to_wall(Progress p) const;
   // Counts the finished jobs' Times into the histograms, then to_wall.
-  Progress settle(Progress p);
+  Progress observed(Progress p);
+  // A job leaves the GPU unfinished (fail, cancel); mu_ held.
+  Progress take_out(uint64_t id, double now_ms);
 };
 
 }  // namespace npc_scale::fake_gpu
