@@ -111,6 +111,8 @@ SELECT npc_scale.cache_set('k', repeat('v', 1048577), '1 hour');
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.cache_set('k', 'v', '1 hour', NULL);
 \echo :LAST_ERROR_SQLSTATE
+SELECT npc_scale.cache_delete(NULL);
+\echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.unschedule(NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT npc_scale.request_decisions(ARRAY(SELECT g FROM generate_series(1, 10001) g)::bigint[], 'build',

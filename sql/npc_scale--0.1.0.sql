@@ -229,7 +229,11 @@ CREATE FUNCTION npc_scale.request_decision(
     npc_id bigint, decision_type text, prompt text, priority integer DEFAULT 5,
     params jsonb DEFAULT '{}', deadline interval DEFAULT NULL, world_id bigint DEFAULT NULL)
 RETURNS bigint AS 'MODULE_PATHNAME', 'npc_scale_request_decision'
-LANGUAGE C VOLATILE SECURITY DEFINER;  -- its one statement qualifies every name (no SET: the hot path)
+LANGUAGE C VOLATILE SECURITY DEFINER
+-- Its own statement qualifies every name; the SET is for what that statement
+-- fires as the extension's owner (a game's trigger on decision_queue, the
+-- functions of its constraints): a caller's path must not resolve their names.
+SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION npc_scale.request_decision(bigint, text, text, integer, jsonb, interval, bigint) IS
 'Queues one NPC decision; the dispatcher is woken when the transaction commits. Returns its id.';
 
@@ -350,7 +354,7 @@ CREATE FUNCTION npc_scale.cache_set(key text, value text, ttl interval, persist 
 RETURNS void AS 'MODULE_PATHNAME', 'npc_scale_cache_set' LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION npc_scale.cache_delete(key text) RETURNS boolean
-AS 'MODULE_PATHNAME', 'npc_scale_cache_delete' LANGUAGE C STRICT VOLATILE SECURITY DEFINER
+AS 'MODULE_PATHNAME', 'npc_scale_cache_delete' LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION npc_scale.cache_clear() RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_cache_clear' LANGUAGE C VOLATILE;
@@ -377,6 +381,8 @@ CREATE FUNCTION npc_scale._cron_next(schedule text, after timestamptz) RETURNS t
 AS 'MODULE_PATHNAME', 'npc_scale_cron_next' LANGUAGE C STRICT IMMUTABLE;
 CREATE FUNCTION npc_scale._wake_maintenance_at_commit() RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_wake_maintenance_at_commit' LANGUAGE C;
+-- Called by the job table's trigger only.
+REVOKE ALL ON FUNCTION npc_scale._wake_maintenance_at_commit() FROM PUBLIC;
 CREATE FUNCTION npc_scale._warn_unless_served(what text) RETURNS void
 AS 'MODULE_PATHNAME', 'npc_scale_warn_unless_served' LANGUAGE C STRICT;
 
@@ -462,9 +468,11 @@ END $$;
 CREATE TRIGGER check_maintenance_job BEFORE INSERT OR UPDATE OF schedule, active, target, concurrent_refresh
     ON npc_scale.maintenance_jobs
     FOR EACH ROW EXECUTE FUNCTION npc_scale._check_maintenance_job();
--- A change by hand reaches the worker at COMMIT, as schedule_refresh() does.
+-- A change, by schedule_refresh() or by hand, reaches the worker at COMMIT.
+-- SECURITY DEFINER: whoever may change the jobs may wake the worker, and
+-- nobody else (the wake-up itself is not PUBLIC's).
 CREATE FUNCTION npc_scale._maintenance_jobs_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   PERFORM npc_scale._wake_maintenance_at_commit();
   RETURN NULL;
@@ -489,8 +497,7 @@ BEGIN
   VALUES ('refresh', matview, canonical, "concurrently", npc_scale._cron_next(canonical, now()))
   ON CONFLICT ON CONSTRAINT maintenance_jobs_one_per_target DO UPDATE
     SET schedule = excluded.schedule, concurrent_refresh = excluded.concurrent_refresh, active = true
-  RETURNING job INTO new_job;
-  PERFORM npc_scale._wake_maintenance_at_commit();
+  RETURNING job INTO new_job;  -- the table's trigger wakes the worker at COMMIT
   PERFORM npc_scale._warn_unless_served(format('the refresh of %s is scheduled, but runs nowhere', matview));
   RETURN new_job;
 END $$;
@@ -1285,7 +1292,7 @@ CREATE FUNCTION npc_scale._as_owner_of(rel regclass, statement text) RETURNS voi
 AS 'MODULE_PATHNAME', 'npc_scale_as_owner_of' LANGUAGE C;
 
 -- Creates the partition [lower, upper) of cfg.parent named for `suffix`,
--- unless that name is taken or another partition (made by hand, by
+-- unless its partition is there or another partition (made by hand, by
 -- pg_partman, or under an older interval) overlaps the range. Made as a
 -- table of its own and then attached: ATTACH locks the parent SHARE UPDATE
 -- EXCLUSIVE, where CREATE TABLE ... PARTITION OF would lock out the game's
@@ -1312,7 +1319,15 @@ BEGIN
   SELECT n.nspname, c.relname INTO nsp, rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
    WHERE c.oid = cfg.parent;
   child_name := npc_scale._child_name(rel, suffix);
-  IF npc_scale._child_exists(nsp, child_name, cfg.parent) THEN
+  -- A name taken by this range's own partition: done. Taken by a partition
+  -- of other bounds (pg_partman's at a local midnight, a finer interval's
+  -- of the same name format), it is one overlapping partition like any
+  -- other: what it leaves of the range is made below.
+  IF npc_scale._child_exists(nsp, child_name, cfg.parent)
+     AND NOT EXISTS (SELECT FROM npc_scale._partitions_of(cfg.parent, coltype) p
+                      WHERE p.part = to_regclass(format('%I.%I', nsp, child_name))
+                        AND (p.lower_bound, p.upper_bound) IS DISTINCT FROM
+                            (_create_partition.lower_bound, _create_partition.upper_bound)) THEN
     RETURN 0;
   END IF;
   SELECT p.part INTO overlapping FROM npc_scale._partitions_of(cfg.parent, coltype) p
@@ -1409,6 +1424,7 @@ DECLARE
   caller_lock_timeout text := current_setting('lock_timeout');
   current_lower timestamptz;
   kept_from timestamptz;     -- rows before this are past retention
+  retained_from timestamptz; -- partitions ending by this are past retention
   floor_at timestamptz;      -- the default partition's rows before this are dealt with
   oldest_text text;
   oldest timestamptz;
@@ -1449,7 +1465,10 @@ BEGIN
     n := n + 1;
   END IF;
   IF cfg.retention IS NOT NULL THEN
-    SELECT lower_bound INTO kept_from FROM npc_scale._partition_bounds(cfg.partition_interval, now() - cfg.retention, 0, 0);
+    -- In UTC, as the bounds: in the session's zone '7 days' back across a
+    -- DST change is 167 or 169 hours, and a partition would go an hour early.
+    retained_from := (now() AT TIME ZONE 'UTC' - cfg.retention) AT TIME ZONE 'UTC';
+    SELECT lower_bound INTO kept_from FROM npc_scale._partition_bounds(cfg.partition_interval, retained_from, 0, 0);
   END IF;
   -- The default partition's rows, if any: the game's writes into it wait
   -- while they move (else a row landing between the move and the ATTACH
@@ -1513,7 +1532,7 @@ BEGIN
                                                       CASE WHEN initial THEN cfg.premake ELSE 0 END, cfg.premake)
   LOOP
     -- Already past retention (a detached one keeps its name): not made again.
-    CONTINUE WHEN cfg.retention IS NOT NULL AND b.upper_bound <= now() - cfg.retention;
+    CONTINUE WHEN cfg.retention IS NOT NULL AND b.upper_bound <= retained_from;
     n := n + npc_scale._create_partition(cfg, def, b.lower_bound, b.upper_bound, b.suffix);
   END LOOP;
   -- Retention last: a DROP or DETACH locks the parent ACCESS EXCLUSIVE
@@ -1523,7 +1542,7 @@ BEGIN
   -- partitions premade above, run after run.
   IF cfg.retention IS NOT NULL THEN
     FOR child IN SELECT * FROM npc_scale._partitions_of(cfg.parent, coltype) LOOP
-      IF child.upper_bound <= now() - cfg.retention THEN
+      IF child.upper_bound <= retained_from THEN
         BEGIN
           IF cfg.retention_keep_table THEN
             EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', cfg.parent, child.part);

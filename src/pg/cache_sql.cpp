@@ -107,6 +107,9 @@ NPC_SQL_FUNCTION(npc_scale_cache_set) {
 
 NPC_SQL_FUNCTION(npc_scale_cache_delete) {
   using namespace npc_scale;
+  // Not STRICT: a write that silently did nothing would hide a bug in the
+  // caller (cache_get(NULL) may well be NULL: nothing is cached under it).
+  if (PG_ARGISNULL(0)) throw Error(sqlstate::null_value_not_allowed, "cache key must not be null");
   const std::string key = user_key(checked_key(PG_GETARG_DATUM(0)));
   lock_key_for_write(key);
   std::optional<std::string> own_value;

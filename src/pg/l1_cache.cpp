@@ -1,6 +1,7 @@
 #include "l1_cache.hpp"
 
 #include "core/shm_cache.hpp"
+#include "core/steady_clock.hpp"
 #include "guard.hpp"
 #include "gucs.hpp"
 
@@ -8,7 +9,6 @@ extern "C" {
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
-#include "utils/timestamp.h"
 }
 
 namespace npc_scale {
@@ -39,7 +39,9 @@ Size partition_bytes() {
   return (total / kCachePartitions) & ~static_cast<Size>(7);
 }
 
-int64_t now_ms() { return GetCurrentTimestamp() / 1000; }
+// Expiry on the monotonic clock (the same in every process): entries hold
+// a TTL from their write, which a wall-clock step must not stretch or cut.
+int64_t now_ms() { return steady_now_ms(); }
 
 // Runs fn on the key's partition under its lock (exclusive: a hit sets the
 // CLOCK bit). No Postgres call inside fn may throw past the lock: shm_cache

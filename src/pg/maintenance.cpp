@@ -93,11 +93,14 @@ std::vector<Datum> purge_args() {
 // purge tries again next tick, instead of looping on them).
 uint64_t purge_one_at_a_time() {
   static SavedPlan candidates("SELECT finished_at, id" NPC_PURGE_CANDIDATES, {INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID});
+  // The row as listed: one set back to queued and finished again since (its
+  // finished_at moved) is not old enough any more.
   static SavedPlan one(
       "DELETE FROM npc_scale.decision_queue WHERE id IN ("
-      "  SELECT id FROM npc_scale.decision_queue WHERE id = $1 AND status NOT IN ('queued', 'running')"
+      "  SELECT id FROM npc_scale.decision_queue WHERE id = $1 AND finished_at = $2"
+      "     AND status NOT IN ('queued', 'running')"
       "  FOR UPDATE SKIP LOCKED)",
-      {INT8OID});
+      {INT8OID, TIMESTAMPTZOID});
   std::vector<PurgeSkip> rows;
   in_transaction("npc_scale: purge finished decisions", [&] {
     if (!extension_present()) return;
@@ -120,7 +123,7 @@ uint64_t purge_one_at_a_time() {
   for (const PurgeSkip& r : rows) {
     try {
       in_transaction("npc_scale: purge a finished decision", [&] {
-        if (extension_present()) deleted += one.execute({Int64GetDatum(r.id)});
+        if (extension_present()) deleted += one.execute({Int64GetDatum(r.id), TimestampTzGetDatum(r.finished_at)});
       });
     } catch (const PgError& e) {
       if (!is_row_error(e)) throw;

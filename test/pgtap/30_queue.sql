@@ -2,7 +2,7 @@
 -- cancel, await_decision timeouts, api_key privacy. Commits (the dispatcher
 -- must see the rows) and cleans up after itself.
 \ir setup/fresh.sql
-SELECT plan(38);
+SELECT plan(43);
 SELECT npc_scale.cache_clear();  -- answers cached by an earlier run of this file would skip the GPU
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 
@@ -139,6 +139,29 @@ SELECT lives_ok($$ SELECT npc_scale.request_decision(1007, 'build', 'search_path
 SELECT lives_ok($$ SELECT npc_scale.cache_set('path-probe', 'v', '1 hour', true), npc_scale.cache_get('path-probe'),
                           npc_scale.cache_delete('path-probe') $$,
   'nor do cache_set(), cache_get() and cache_delete()');
+-- Nor may it resolve names in what that statement fires as the owner: a
+-- game's trigger on the queue that uses a bare operator.
+CREATE FUNCTION npc_test_evil.int8_int4_eq(bigint, integer) RETURNS boolean LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'npc_test_evil.= ran as %', current_user; END $$;
+CREATE OPERATOR npc_test_evil.= (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = npc_test_evil.int8_int4_eq);
+CREATE TABLE npc_test.path_seen (search_path text, npc_is_1008 boolean);
+CREATE FUNCTION npc_test.path_probe() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  INSERT INTO npc_test.path_seen VALUES (current_setting('search_path'), NEW.npc_id = 1008);
+  RETURN NEW;
+END $f$;
+CREATE TRIGGER path_probe BEFORE INSERT ON npc_scale.decision_queue
+  FOR EACH ROW EXECUTE FUNCTION npc_test.path_probe();
+SELECT lives_ok($$ SELECT npc_scale.request_decision(1008, 'build', 'search_path probe 2', 5) $$,
+  'a game trigger that request_decision() fires does not run the caller''s operators');
+SELECT lives_ok($$ SELECT npc_scale.request_decisions(ARRAY[1008], 'build', ARRAY['search_path probe 3'], 5) $$,
+  'nor one that request_decisions() fires');
+DROP TRIGGER path_probe ON npc_scale.decision_queue;
+SELECT set_eq($$ SELECT search_path, npc_is_1008 FROM npc_test.path_seen $$,
+  $$ VALUES ('pg_catalog, pg_temp', true) $$, 'the trigger ran under the function''s own search_path, twice');
+SELECT is((SELECT count(*) FROM npc_test.path_seen), 2::bigint, 'once per call');
+DROP TABLE npc_test.path_seen;
+DROP FUNCTION npc_test.path_probe();
 RESET search_path;
 DROP SCHEMA npc_test_evil CASCADE;
 
@@ -159,6 +182,8 @@ SELECT ok(npc_scale.generate('A plain role asks ' || clock_timestamp(), 5, '{"te
   'and calls generate() with a cacheable request');
 SELECT throws_ok('SELECT npc_scale._wake_dispatcher_at_commit()', '42501', NULL,
   'but not the internal helpers (waking the dispatcher at will)');
+SELECT throws_ok('SELECT npc_scale._wake_maintenance_at_commit()', '42501', NULL,
+  'nor waking the maintenance worker');
 RESET ROLE;
 DROP ROLE npc_test_player;
 

@@ -5,7 +5,7 @@
 -- pg_partman 4.7 itself.
 \ir setup/fresh.sql
 BEGIN;
-SELECT plan(72);
+SELECT plan(75);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -271,6 +271,28 @@ SELECT is((SELECT string_agg(tableoid::regclass::text, ',' ORDER BY ts) FROM pub
     || 'pm_hand_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM') || '_from_'
     || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') + interval '10 days', 'YYYYMMDD') || '_0000',
   'rows on either side of it land in the partitions made for the rest of their months, not the default');
+
+-- A partition that has the very name npc_scale gives a range but other
+-- bounds (pg_partman's at a local midnight east of UTC; a finer interval's
+-- of the same name format) is such a partition too: what it leaves of the
+-- range is made, not taken as covered because the name is.
+CREATE TABLE public.pm_named (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC' AS named_next \gset
+DO $$ BEGIN
+  EXECUTE format('CREATE TABLE public.%I PARTITION OF public.pm_named FOR VALUES FROM (%L) TO (%L)',
+                 'pm_named_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM'),
+                 (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '2 hours') AT TIME ZONE 'UTC',
+                 (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month' - interval '2 hours') AT TIME ZONE 'UTC');
+END $$;
+SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_named', 'ts', '1 month', 2) $$,
+  'a partition by hand with this month''s name, two hours early, is no error');
+INSERT INTO public.pm_named VALUES (:'named_next'::timestamptz - interval '1 hour');
+SELECT is((SELECT tableoid::regclass::text FROM public.pm_named),
+  'pm_named_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM') || '_from_'
+    || to_char(:'named_next'::timestamptz AT TIME ZONE 'UTC' - interval '2 hours', 'YYYYMMDD_HH24MI'),
+  'a row in the two hours it leaves of the month lands in a partition made for them, not the default');
+SELECT is(npc_scale.run_maintenance('public.pm_named'), 0, 'and the next run makes nothing more');
+DROP TABLE public.pm_named;
 
 -- Dropping a managed parent takes its settings with it (else maintenance
 -- would fail on it every run, naming a bare OID).
