@@ -89,6 +89,14 @@ std::vector<RefusedRow> find_refusing(const std::vector<int64_t>& ids, Probe&& p
       in_transaction("npc_scale: look for rows refusing an update", [&] {
         bound_lock_wait();
         probe(id);
+        // A deferred constraint trigger (or foreign key) of the game's
+        // refuses at COMMIT, which a probe never reaches: what the probe
+        // left pending is checked now.
+        pg_call([] {
+          if (SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0) < 0) {
+            elog(ERROR, "npc_scale: SET CONSTRAINTS ALL IMMEDIATE failed");
+          }
+        });
         throw ProbeDone{};
       });
     } catch (const ProbeDone&) {
@@ -131,6 +139,28 @@ std::vector<int64_t> ids_of(uint64_t rows, int col) {
 }
 
 
+// The claim's order: effective priority (the base one less a step per
+// npc_scale.priority_aging waited, clamped to 0..10 before the cast: a row
+// weeks old under a 1 ms aging, or from the future after a clock step,
+// would overflow int and fail the whole claim), then age.
+#define NPC_CLAIM_ORDER(aging)                                                                       \
+  "CASE WHEN " aging " <= 0 THEN q.priority ELSE greatest(0, q.priority -"                           \
+  "   least(10, greatest(0, floor(extract(epoch FROM now() - q.created_at) * 1000 / " aging ")))::int) END," \
+  " q.id"
+// What a claim returns of each row, as read_claimed() reads it.
+#define NPC_CLAIM_RETURNING                                                     \
+  "RETURNING q.id, q.attempts, q.priority, q.prompt, q.params::text,"           \
+  "  (extract(epoch FROM q.deadline - now()) * 1000)::bigint, q.gpu_id, q.npc_id, q.decision_type"
+
+void read_claimed(uint64_t n, ClaimResult& out);
+
+// A unique or exclusion violation: the row conflicts with another one (a
+// constraint of the game's such as "one running decision per NPC"), so it
+// may go through later, or in another batch.
+bool is_conflict(const PgError& e) {
+  return e.sqlerrcode() == ERRCODE_UNIQUE_VIOLATION || e.sqlerrcode() == ERRCODE_EXCLUSION_VIOLATION;
+}
+
 // In the caller's transaction.
 void claim_in_transaction(int limit, int lease_s, const std::vector<int64_t>& exclude, ClaimResult& out) {
   // Candidates come from two index scans — the best base priorities and the
@@ -150,20 +180,21 @@ void claim_in_transaction(int limit, int lease_s, const std::vector<int64_t>& ex
       "c AS ("
       "  SELECT q.id FROM npc_scale.decision_queue q"
       "   WHERE q.id = ANY (ARRAY(SELECT id FROM cand)) AND (q.status = 'queued') IS TRUE"
-      "   ORDER BY CASE WHEN $3 <= 0 THEN q.priority ELSE greatest(0, q.priority -"
-      "              floor(extract(epoch FROM now() - q.created_at) * 1000 / $3)::int) END,"
-      "            q.id"
+      "   ORDER BY " NPC_CLAIM_ORDER("$3")
       "   LIMIT $1 FOR NO KEY UPDATE OF q SKIP LOCKED) "
       "UPDATE npc_scale.decision_queue q SET"
       "  status = 'running', attempts = q.attempts + 1,"
       "  leased_until = now() + make_interval(secs => $2),"
       "  started_at = coalesce(q.started_at, now()), not_before = NULL "
       "WHERE q.id = ANY (ARRAY(SELECT id FROM c)) "
-      "RETURNING q.id, q.attempts, q.priority, q.prompt, q.params::text,"
-      "  (extract(epoch FROM q.deadline - now()) * 1000)::bigint, q.gpu_id, q.npc_id, q.decision_type",
+      NPC_CLAIM_RETURNING,
       {INT4OID, INT4OID, INT4OID, INT8ARRAYOID});
-  uint64_t n = plan.execute({Int32GetDatum(limit), Int32GetDatum(lease_s),
-                             Int32GetDatum(guc_priority_aging_ms), int8_array(exclude)});
+  read_claimed(plan.execute({Int32GetDatum(limit), Int32GetDatum(lease_s), Int32GetDatum(guc_priority_aging_ms),
+                             int8_array(exclude)}),
+               out);
+}
+
+void read_claimed(uint64_t n, ClaimResult& out) {
   for (uint64_t i = 0; i < n; i++) {
     ClaimedDecision d;
     d.id = spi_int(i, 1).value_or(0);
@@ -352,6 +383,12 @@ void claim_probe(int64_t id, int lease_s) {
   plan.execute({Int64GetDatum(id), Int32GetDatum(lease_s)});
 }
 
+std::vector<int64_t> ids_of_refused(const std::vector<RefusedRow>& rows) {
+  std::vector<int64_t> ids;
+  for (const RefusedRow& r : rows) ids.push_back(r.id);
+  return ids;
+}
+
 std::vector<int64_t> without(const std::vector<int64_t>& ids, const std::vector<int64_t>& drop) {
   if (drop.empty()) return ids;
   const std::unordered_set<int64_t> gone(drop.begin(), drop.end());
@@ -402,25 +439,95 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
   // A row that refuses the claim is left unclaimed: its request is cancelled
   // and the table path's claim fails it, saying why.
   std::vector<RefusedRow> refused;
-  isolating_refusals(
-      {},
-      [&](const std::vector<int64_t>& ex) {
-        const std::vector<int64_t> todo = without(ids, ex);
-        out.clear();
-        try {
-          claim(plan, todo);
-        } catch (const PgError& e) {
-          if (!is_lock_timeout(e)) throw;
-          // A locked row is left out: not claimed, so the table path sends it
-          // once its locker is done (if it is still queued then).
+  try {
+    isolating_refusals(
+        {},
+        [&](const std::vector<int64_t>& ex) {
+          const std::vector<int64_t> todo = without(ids, ex);
           out.clear();
-          claim(skip_locked_plan, todo);
-        }
-      },
-      [&](const std::vector<int64_t>& ex) { return without(ids, ex); },
-      [&](int64_t id) { claim_probe(id, lease_s); }, &refused);
+          try {
+            claim(plan, todo);
+          } catch (const PgError& e) {
+            if (!is_lock_timeout(e)) throw;
+            // A locked row is left out: not claimed, so the table path sends it
+            // once its locker is done (if it is still queued then).
+            out.clear();
+            claim(skip_locked_plan, todo);
+          }
+        },
+        [&](const std::vector<int64_t>& ex) { return without(ids, ex); },
+        [&](int64_t id) { claim_probe(id, lease_s); }, &refused);
+  } catch (const PgError& e) {
+    if (!is_conflict(e)) throw;
+    // Rows that conflict together (see claim_one_by_one): each alone; one
+    // left unclaimed goes back to the table path, as a refusing one does.
+    out.clear();
+    for (int64_t id : without(ids, ids_of_refused(refused))) {
+      try {
+        claim(plan, {id});
+      } catch (const PgError& one) {
+        if (!is_conflict(one) && !is_lock_timeout(one) && !is_row_error(one)) throw;
+      }
+    }
+  }
   return out;
 }
+
+namespace {
+// A unique or exclusion constraint of the game's on the queue ("one running
+// decision per NPC") that rows of one batch break together: no batch with
+// both can commit, however often it is tried. Each row is claimed in a
+// transaction of its own, in the claim's order, until `limit` are; one that
+// conflicts with a running row (or is locked) stays queued for a later round,
+// one that refuses its claim is refused as in the batch.
+void claim_one_by_one(int limit, int lease_s, const std::vector<int64_t>& exclude, ClaimResult& out) {
+  static SavedPlan order_plan(
+      "WITH cand AS ("
+      "  (SELECT id FROM npc_scale.decision_queue"
+      "    WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
+      "      AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($3)"
+      "    ORDER BY priority, id LIMIT $1)"
+      "  UNION"
+      "  (SELECT id FROM npc_scale.decision_queue"
+      "    WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
+      "      AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($3)"
+      "    ORDER BY id LIMIT $1)) "
+      "SELECT q.id FROM npc_scale.decision_queue q WHERE q.id = ANY (ARRAY(SELECT id FROM cand))"
+      " ORDER BY " NPC_CLAIM_ORDER("$2"),
+      {INT4OID, INT4OID, INT8ARRAYOID});
+  static SavedPlan one_plan(
+      "UPDATE npc_scale.decision_queue q SET status = 'running', attempts = q.attempts + 1,"
+      "  leased_until = now() + make_interval(secs => $2), started_at = coalesce(q.started_at, now()),"
+      "  not_before = NULL "
+      "WHERE q.id = $1 AND (q.status = 'queued') IS TRUE " NPC_CLAIM_RETURNING,
+      {INT8OID, INT4OID});
+  std::vector<int64_t> ids;
+  in_transaction("npc_scale: claim candidates in order", [&] {
+    if (!extension_present()) return;
+    ids = ids_of(order_plan.execute({Int32GetDatum(limit), Int32GetDatum(guc_priority_aging_ms), int8_array(exclude)},
+                                    nullptr, true),
+                 1);
+  });
+  for (int64_t id : ids) {
+    if (out.running.size() >= static_cast<size_t>(limit)) break;
+    try {
+      in_transaction("npc_scale: claim one decision", [&] {
+        if (!extension_present()) return;
+        pg_call([] {
+          (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+                                  GUC_ACTION_LOCAL, true, 0, false);
+        });
+        bound_lock_wait();
+        read_claimed(one_plan.execute({Int64GetDatum(id), Int32GetDatum(lease_s)}), out);
+      });
+    } catch (const PgError& e) {
+      if (is_conflict(e) || is_lock_timeout(e)) continue;
+      if (!is_row_error(e)) throw;
+      out.refused.push_back({id, e.what()});
+    }
+  }
+}
+}  // namespace
 
 ClaimResult claim_decisions(int limit, int lease_s, const std::vector<int64_t>& exclude) {
   // The rows the claim would look at, and one row's claim (rolled back).
@@ -434,29 +541,37 @@ ClaimResult claim_decisions(int limit, int lease_s, const std::vector<int64_t>& 
       "    AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($2) ORDER BY id LIMIT $1)",
       {INT4OID, INT8ARRAYOID});
   ClaimResult out;
-  isolating_refusals(
-      exclude,
-      [&](const std::vector<int64_t>& ex) {
-        out.running.clear();
-        in_transaction("npc_scale: claim decisions", [&] {
-          if (!extension_present()) return;
-          // Not worth a WAL flush: a claim lost in a crash only leaves the row
-          // queued; its answer was not written yet, so nothing can be answered twice.
-          pg_call([] {
-            (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
-                                    GUC_ACTION_LOCAL, true, 0, false);
+  try {
+    isolating_refusals(
+        exclude,
+        [&](const std::vector<int64_t>& ex) {
+          out.running.clear();
+          in_transaction("npc_scale: claim decisions", [&] {
+            if (!extension_present()) return;
+            // Not worth a WAL flush: a claim lost in a crash only leaves the row
+            // queued; its answer was not written yet, so nothing can be answered twice.
+            pg_call([] {
+              (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+                                      GUC_ACTION_LOCAL, true, 0, false);
+            });
+            claim_in_transaction(limit, lease_s, ex, out);
           });
-          claim_in_transaction(limit, lease_s, ex, out);
-        });
-      },
-      [&](const std::vector<int64_t>& ex) {
-        std::vector<int64_t> ids;
-        in_transaction("npc_scale: claim candidates", [&] {
-          ids = ids_of(candidates_plan.execute({Int32GetDatum(limit), int8_array(ex)}, nullptr, true), 1);
-        });
-        return ids;
-      },
-      [&](int64_t id) { claim_probe(id, lease_s); }, &out.refused);
+        },
+        [&](const std::vector<int64_t>& ex) {
+          std::vector<int64_t> ids;
+          in_transaction("npc_scale: claim candidates", [&] {
+            ids = ids_of(candidates_plan.execute({Int32GetDatum(limit), int8_array(ex)}, nullptr, true), 1);
+          });
+          return ids;
+        },
+        [&](int64_t id) { claim_probe(id, lease_s); }, &out.refused);
+  } catch (const PgError& e) {
+    if (!is_conflict(e)) throw;
+    std::vector<int64_t> ex = exclude;
+    for (int64_t id : ids_of_refused(out.refused)) ex.push_back(id);
+    out.running.clear();
+    claim_one_by_one(limit, lease_s, ex, out);
+  }
   return out;
 }
 
@@ -512,7 +627,7 @@ WriteOutcome write_each(const std::vector<DecisionResult>& results, bool skip_lo
     try {
       one = write_batch_once({r}, skip_locked);
     } catch (const PgError& e) {
-      if (!is_row_error(e)) throw;
+      if (!is_row_error(e) && !is_conflict(e)) throw;
       out.refused.push_back({r.id, e.what()});
       continue;
     }
@@ -526,10 +641,13 @@ WriteOutcome write_each(const std::vector<DecisionResult>& results, bool skip_lo
 WriteOutcome write_results(const std::vector<DecisionResult>& results, bool skip_locked) {
   WriteOutcome out;
   if (results.empty()) return out;
+  // A unique or exclusion violation (a game trigger's own write, say) may be
+  // between answers of this batch: written alone, each may go through. One
+  // that conflicts alone is refused like a row error, not retried for ever.
   try {
     return write_batch_once(results, skip_locked);
   } catch (const PgError& e) {
-    if (!is_row_error(e)) throw;
+    if (!is_row_error(e) && !is_conflict(e)) throw;
     if (results.size() == 1) {
       out.refused.push_back({results[0].id, e.what()});
       return out;
@@ -646,7 +764,7 @@ std::vector<int64_t> fail_refused(const std::vector<RefusedRow>& rows, std::vect
         locked.push_back(r);  // its locker goes first
         continue;
       }
-      if (!is_row_error(e)) throw;
+      if (!is_row_error(e) && !is_conflict(e)) throw;
       still_refused.push_back({r.id, e.what()});
     }
   }

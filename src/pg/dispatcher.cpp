@@ -61,6 +61,7 @@ namespace {
 
 constexpr long kHousekeepingMs = 1000;   // lease recovery, deadline expiry
 constexpr int64_t kDeferredWriteMs = 100;  // a locked row's result is tried again this often
+constexpr int64_t kStepRetryMs = 250;     // a tick step that failed on its own (see isolated_step)
 constexpr int64_t kWriteBackoffMinMs = 50, kWriteBackoffMaxMs = 2000;
 constexpr long kNoExtensionWaitMs = 1000;
 // A handed-off request in flight 5 ms is claimed (running, leased); one
@@ -191,6 +192,15 @@ class Dispatcher {
   void finish_sync(const InFlight& f, const AttemptReply& r);
   void fail_sync_slot(int index, uint64 ticket, const std::string& error);
   void housekeeping();
+  // A step of the tick that reads a table and may fail on its own (its lock
+  // wait timing out while a migration holds gpu_endpoints, VACUUM FULL the
+  // queue): logged, and tried again kStepRetryMs later, while the rest of
+  // the tick (generate(), hand-offs, answers, housekeeping) goes on. The
+  // step marks its work seen only once it succeeds.
+  template <typename Step>
+  void isolated_step(int64_t& retry_at_ms, Step&& step);
+  int64_t endpoints_retry_at_ms_ = 0;  // 0: no failed load waiting
+  int64_t cancels_retry_at_ms_ = 0;
   long wait_timeout_ms() const;
   RetryPolicy retry_policy() const {
     return RetryPolicy{guc_max_attempts, guc_retry_base_ms, guc_retry_max_ms};
@@ -388,8 +398,8 @@ void Dispatcher::tick() {
   // among those just collected.
   take_l2_answers();
   handle_finished();
-  reload_endpoints_if_changed();
-  abort_cancelled();
+  isolated_step(endpoints_retry_at_ms_, [this] { reload_endpoints_if_changed(); });
+  isolated_step(cancels_retry_at_ms_, [this] { abort_cancelled(); });
   start_probes_and_scrapes();
   serve_sync_slots();
   if (capacity_blocked_ && !reserve_opened_ && guc_urgent_reserve > 0 && blocked_since_ms_ &&
@@ -424,8 +434,23 @@ void Dispatcher::tick() {
                    in_flight_.empty() ? nullptr : "dispatching");
 }
 
+template <typename Step>
+void Dispatcher::isolated_step(int64_t& retry_at_ms, Step&& step) {
+  if (retry_at_ms != 0 && now_ms() < retry_at_ms) return;
+  try {
+    step();
+    retry_at_ms = 0;
+  } catch (const std::exception& e) {
+    warn_and_recover(e);
+    retry_at_ms = now_ms() + kStepRetryMs;
+  }
+}
+
 long Dispatcher::wait_timeout_ms() const {
   int64_t t = std::max<int64_t>(0, next_housekeeping_ms_ - now_ms());
+  for (int64_t at : {endpoints_retry_at_ms_, cancels_retry_at_ms_}) {
+    if (at != 0) t = std::min<int64_t>(t, std::max<int64_t>(0, at - now_ms()));
+  }
   long curl = http_.next_timeout_ms();
   if (curl >= 0) t = std::min<int64_t>(t, curl);
   if (retry_due_ms_) t = std::min<int64_t>(t, std::max<int64_t>(0, *retry_due_ms_ - now_ms()));

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A table lock on the decision queue (LOCK TABLE, VACUUM FULL, a
-# non-concurrent CREATE INDEX) must not stop the dispatcher's loop: its
+# non-concurrent CREATE INDEX), or on gpu_endpoints, must not stop the dispatcher's loop: its
 # statements give up after lock_timeout and are tried again later. So
 # generate(), which needs no table, is answered while the lock is held, and
 # queued work goes on once it is released.
@@ -12,7 +12,7 @@ npc_psql -tAc "SELECT npc_test.use_gpus(ARRAY['fast1'])" >/dev/null
 dispatcher_errors="SELECT errors FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'"
 errors0=$(npc_psql -tAc "$dispatcher_errors")
 
-sessions_open a
+sessions_open a b
 run_in a "BEGIN; LOCK TABLE npc_scale.decision_queue IN ACCESS EXCLUSIVE MODE;"
 # The dispatcher meets the lock (lease recovery looks every second) and
 # gives up on it, counted as an error of its loop ...
@@ -32,4 +32,34 @@ id=$(npc_psql -tAc "SELECT npc_scale.request_decision(8801, 'build', 'after the 
 npc_wait_sql "SELECT status = 'done' FROM npc_scale.decision_queue WHERE id = $id" 10 \
   || { echo "decision $id was not done after the lock was released"; exit 1; }
 npc_psql -c "DELETE FROM npc_scale.decision_queue WHERE npc_id = 8801" >/dev/null
-echo "ok: a table lock on the queue did not stall the dispatcher"
+
+# A change to gpu_endpoints commits, and a migration's lock on the table is
+# granted before the dispatcher has read it (queued behind the change's
+# transaction): the dispatcher's load fails, again and again while the
+# lock is held, and only the load: generate() is still served.
+errors1=$(npc_psql -tAc "$dispatcher_errors")
+run_in b "BEGIN; UPDATE npc_scale.gpu_endpoints SET weight = weight;"
+send_to a "BEGIN; LOCK TABLE npc_scale.gpu_endpoints IN ACCESS EXCLUSIVE MODE;"
+lock_step=$SENT_STEP
+npc_wait_sql "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'npc_scale.gpu_endpoints'::regclass
+                              AND mode = 'AccessExclusiveLock' AND NOT granted)" 10 \
+  || { echo "the migration's lock was not queued"; exit 1; }
+run_in b "COMMIT;"
+wait_step a "$lock_step"
+npc_wait_sql "SELECT ($dispatcher_errors) > $errors1 + 1" 15 \
+  || { echo "the dispatcher did not fail its load of the locked endpoint table twice"; exit 1; }
+answer=$(PGOPTIONS='-c statement_timeout=10s' npc_psql -tAc \
+  "SELECT npc_scale.generate('During an endpoint table lock? ' || gen_random_uuid(), 5, '{\"max_tokens\": 3}') <> ''")
+[ "$answer" = t ] || { echo "generate() was not answered during the endpoint table lock: $answer"; exit 1; }
+held=$(npc_psql -tAc "SELECT count(*) FROM pg_locks WHERE relation = 'npc_scale.gpu_endpoints'::regclass
+                        AND mode = 'AccessExclusiveLock' AND granted")
+[ "$held" = 1 ] || { echo "the endpoint table lock was not held during generate()"; exit 1; }
+loaded=$(npc_psql -tAc "SELECT (SELECT value FROM npc_scale.metrics() WHERE name = 'endpoints_loaded')
+                          < (SELECT value FROM npc_scale.metrics() WHERE name = 'endpoints_generation')")
+[ "$loaded" = t ] || { echo "the change was loaded through the lock?"; exit 1; }
+run_in a "ROLLBACK;"
+# Once the lock is gone the change is loaded.
+npc_wait_sql "SELECT (SELECT value FROM npc_scale.metrics() WHERE name = 'endpoints_loaded')
+                = (SELECT value FROM npc_scale.metrics() WHERE name = 'endpoints_generation')" 10 \
+  || { echo "the endpoint change was not loaded after the lock"; exit 1; }
+echo "ok: a table lock on the queue or the endpoint table did not stall the dispatcher"

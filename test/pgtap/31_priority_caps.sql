@@ -2,7 +2,7 @@
 -- max_concurrent is never exceeded (the simulated GPU's observed peak says so),
 -- not even across an endpoint's renumbering or a change of its URL.
 \ir setup/fresh.sql
-SELECT plan(38);
+SELECT plan(39);
 
 -- Backlog: enqueue while no endpoint is enabled, then open one slot.
 SELECT npc_test.use_gpus(ARRAY['slow'], ARRAY[1]);
@@ -27,15 +27,22 @@ UPDATE npc_scale.gpu_endpoints SET enabled = false;
 SELECT npc_test.wait_for('npc_test.fleet_loaded()') AS fleet_loaded \gset
 SELECT npc_scale.request_decision(2100, 'build', 'aged', 10) AS aged_id \gset
 UPDATE npc_scale.decision_queue SET created_at = created_at - interval '200 s' WHERE id = :aged_id;
+-- And one from a thousand years ago (a restored dump, a clock stepped
+-- back): its steps of aging overflow an int, and must not fail the claim.
+SELECT npc_scale.request_decision(2100, 'build', 'ancient', 10) AS ancient_id \gset
+UPDATE npc_scale.decision_queue SET created_at = created_at - interval '1000 years' WHERE id = :ancient_id;
 CREATE TEMP TABLE fresh AS
 SELECT npc_scale.request_decision(2100 + g, 'build', 'fresh ' || g, 0) AS id FROM generate_series(1, 5) g;
 UPDATE npc_scale.gpu_endpoints SET enabled = true;
-SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY(SELECT id FROM fresh) || %s::bigint)', :aged_id), '30 s'),
-  'the aged decision and the fresh ones are answered');
+SELECT ok(npc_test.wait_for(format('npc_test.all_finished(ARRAY(SELECT id FROM fresh) || ARRAY[%s, %s]::bigint[])',
+                                  :aged_id, :ancient_id), '30 s'),
+  'the aged decisions and the fresh ones are answered');
 SELECT is((SELECT array_agg(id ORDER BY started_at, id) FROM npc_scale.decision_queue
-            WHERE id = :aged_id OR id IN (SELECT id FROM fresh)),
-          (SELECT :aged_id::bigint || array_agg(id ORDER BY id) FROM fresh),
-  'the aged priority-10 decision was started first, then the fresh ones in order');
+            WHERE id IN (:aged_id, :ancient_id) OR id IN (SELECT id FROM fresh)),
+          (SELECT ARRAY[:aged_id, :ancient_id]::bigint[] || array_agg(id ORDER BY id) FROM fresh),
+  'the aged priority-10 decisions were started first, then the fresh ones in order');
+SELECT is((SELECT status || ' ' || attempts FROM npc_scale.decision_queue WHERE id = :ancient_id), 'done 1',
+  'the thousand-year-old one was claimed and answered at its first attempt');
 
 -- Caps: 4 slots on a GPU that takes 40 ms per request, 60 decisions at once.
 SELECT npc_test.gpu_reset('slow');

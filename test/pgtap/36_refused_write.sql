@@ -4,10 +4,16 @@
 -- row that refuses that too is given up (counted), while the rest go on.
 -- The same for a row that refuses its claim.
 \ir setup/fresh.sql
-SELECT plan(21);
+SELECT plan(30);
 SELECT npc_scale.cache_clear();
 SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1']);
 DROP TRIGGER IF EXISTS refuse_some ON npc_scale.decision_queue;  -- left by an interrupted run
+DROP TRIGGER IF EXISTS refuse_at_commit ON npc_scale.decision_queue;
+DROP FUNCTION IF EXISTS npc_test.refuse_at_commit();
+DROP INDEX IF EXISTS npc_scale.one_running_per_npc;
+DROP TRIGGER IF EXISTS note_first_answer ON npc_scale.decision_queue;
+DROP TABLE IF EXISTS npc_test.first_answer;
+DROP FUNCTION IF EXISTS npc_test.note_first_answer();
 CREATE OR REPLACE FUNCTION npc_test.refuse_some() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF NEW.npc_id = 3601 AND NEW.status = 'done' THEN
@@ -113,6 +119,82 @@ SELECT matches((SELECT error FROM npc_scale.decision_queue WHERE id = :await_id)
   '^the answer could not be recorded: await_decision\(\) cannot be called by the npc_scale dispatcher itself',
   'await_decision() too');
 
+-- A deferred constraint trigger refuses at COMMIT, not in the statement:
+-- the row-by-row look for the refusing row fires it too (else the claim,
+-- failing as a batch every round, would hold back every table-path
+-- decision, and lease recovery and expiry likewise).
+CREATE FUNCTION npc_test.refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.npc_id = 3661 AND NEW.status = 'running' THEN
+    RAISE EXCEPTION 'the game refuses at commit to run npc 3661';
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER UPDATE ON npc_scale.decision_queue
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION npc_test.refuse_at_commit();
+SELECT array_agg(id) AS deferred_ids FROM npc_scale.request_decisions(
+  ARRAY[3661, 3662, 3663], 'build',
+  ARRAY(SELECT repeat('a long prompt refused at commit ' || i || ' ', 150) FROM generate_series(1, 3) i),
+  5, '{"max_tokens": 3}') AS r(id) \gset
+SELECT ok(npc_test.wait_for($$ (SELECT count(*) FROM npc_scale.decision_queue
+                                 WHERE npc_id IN (3662, 3663) AND status = 'done') = 2 $$),
+  'beside a row a deferred trigger refuses, the others are claimed and answered');
+SELECT ok(npc_test.wait_for($$ (SELECT status FROM npc_scale.decision_queue WHERE npc_id = 3661) = 'failed' $$),
+  'the refused one is failed');
+SELECT is((SELECT error FROM npc_scale.decision_queue WHERE npc_id = 3661),
+  'the decision could not be claimed: the game refuses at commit to run npc 3661', 'saying why');
+DROP TRIGGER refuse_at_commit ON npc_scale.decision_queue;
+DROP FUNCTION npc_test.refuse_at_commit();
+
+-- A unique index of the game's, "one running decision per NPC": two queued
+-- decisions of one NPC cannot be claimed in one batch, nor the second while
+-- the first runs. Each is claimed in its turn (else the claim, failing as a
+-- batch every round, would hold back every table-path decision).
+CREATE UNIQUE INDEX one_running_per_npc ON npc_scale.decision_queue (npc_id) WHERE status = 'running';
+SELECT array_agg(id) AS unique_ids FROM npc_scale.request_decisions(
+  ARRAY[3671, 3671, 3672, 3671, 3673], 'build',
+  ARRAY(SELECT repeat('a long prompt, one running per npc ' || i || ' ', 150) FROM generate_series(1, 5) i),
+  5, '{"max_tokens": 3}') AS r(id) \gset
+SELECT ok(npc_test.wait_for($$ (SELECT count(*) FROM npc_scale.decision_queue
+                                 WHERE npc_id BETWEEN 3671 AND 3673 AND status = 'done') = 5 $$),
+  'under a unique index on running decisions per NPC, all five are answered, three of one NPC among them');
+SELECT is((SELECT sum(attempts)::int FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3671 AND 3673), 5,
+  'each in one attempt');
+DROP INDEX npc_scale.one_running_per_npc;
+
+-- A game trigger whose own write breaks a unique constraint when two
+-- answers are written: the answers go one per transaction, and the one that
+-- conflicts alone is failed saying why (not retried for ever, holding back
+-- the answers batched with it).
+CREATE TABLE npc_test.first_answer (npc_id bigint PRIMARY KEY, decision bigint);
+CREATE FUNCTION npc_test.note_first_answer() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.npc_id = 3681 AND NEW.status = 'done' THEN
+    INSERT INTO npc_test.first_answer VALUES (NEW.npc_id, NEW.id);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER note_first_answer AFTER UPDATE ON npc_scale.decision_queue
+  FOR EACH ROW EXECUTE FUNCTION npc_test.note_first_answer();
+SELECT array_agg(id) AS conflict_ids FROM npc_scale.request_decisions(
+  ARRAY[3681, 3682, 3681, 3683], 'build', ARRAY['c1 ' || gen_random_uuid(), 'c2 ' || gen_random_uuid(),
+                                                'c3 ' || gen_random_uuid(), 'c4 ' || gen_random_uuid()],
+  5, '{"max_tokens": 3}') AS r(id) \gset
+SELECT ok(npc_test.wait_for($$ (SELECT count(*) FROM npc_scale.decision_queue
+                                 WHERE npc_id BETWEEN 3681 AND 3683 AND status IN ('done', 'failed')) = 4 $$),
+  'answers whose game trigger conflicts are all written');
+SELECT set_eq($$ SELECT npc_id, status FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3681 AND 3683 $$,
+  $$ VALUES (3681::bigint, 'done'), (3681, 'failed'), (3682, 'done'), (3683, 'done') $$,
+  'one of npc 3681 and the others done, the other of npc 3681 failed');
+SELECT matches((SELECT error FROM npc_scale.decision_queue WHERE npc_id = 3681 AND status = 'failed'),
+  '^the answer could not be recorded: duplicate key value violates unique constraint "first_answer_pkey"',
+  'saying why');
+SELECT is((SELECT decision FROM npc_test.first_answer), (SELECT id FROM npc_scale.decision_queue WHERE npc_id = 3681 AND status = 'done'),
+  'the game''s table holds the one that was recorded');
+DROP TRIGGER note_first_answer ON npc_scale.decision_queue;
+DROP FUNCTION npc_test.note_first_answer();
+DROP TABLE npc_test.first_answer;
+
 -- The dispatcher goes on answering.
 SELECT npc_scale.request_decision(3610, 'build', 'after the refusals', 5, '{"max_tokens": 3}') AS after_id \gset
 SELECT is((SELECT status FROM npc_scale.await_decision(:after_id, '10 s')), 'done',
@@ -122,5 +204,5 @@ SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue WHERE npc_id BETWE
 
 DROP TRIGGER refuse_some ON npc_scale.decision_queue;
 DROP FUNCTION npc_test.refuse_some();
-DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3601 AND 3652;
+DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 3601 AND 3683;
 SELECT * FROM finish();

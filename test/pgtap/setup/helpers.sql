@@ -137,7 +137,17 @@ END $$;
 -- or in flight, every simulated GPU healthy, without faults and holding no
 -- request.
 CREATE OR REPLACE FUNCTION npc_test.reset_fixtures() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  t record;
 BEGIN
+  -- Triggers and indexes a file put on the queue and did not drop (it failed
+  -- half-way): they would refuse this cancel, and fail every file after it.
+  FOR t IN SELECT tgname FROM pg_trigger
+            WHERE tgrelid = 'npc_scale.decision_queue'::regclass AND NOT tgisinternal
+              AND tgname <> 'handoff_rows_changed' LOOP
+    EXECUTE format('DROP TRIGGER %I ON npc_scale.decision_queue', t.tgname);
+  END LOOP;
+  DROP INDEX IF EXISTS npc_scale.one_running_per_npc;
   PERFORM npc_scale.cancel_decision(id) FROM npc_scale.decision_queue WHERE status IN ('queued', 'running');
   PERFORM npc_test.gpu_faults(name, '{"error_rate": 0, "error_status": 500, "retry_after": 1, "hang_rate": 0,
                                       "hang_ms": 3600000, "slow_rate": 0, "slow_ms": 2000, "malformed_rate": 0,
