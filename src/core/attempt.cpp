@@ -91,7 +91,10 @@ AttemptOutcome ask_elsewhere_once(AttemptOutcome o, int attempts, const RetryPol
 EndpointVerdict judge_endpoint(const HttpResult& r, bool usable, const RequestTimes& times) {
   if (usable) return EndpointVerdict::healthy;
   if (!r.transport_ok) {
-    const bool own_timeout = r.timed_out && times.own_timeout_ms < times.fleet_timeout_ms &&
+    // Excused only while waiting for the answer: a connect that never
+    // completed (a host dropping packets) is the endpoint's, however short
+    // the request's own timeout.
+    const bool own_timeout = r.timed_out && r.request_sent && times.own_timeout_ms < times.fleet_timeout_ms &&
                              times.endpoint_silent_ms < times.fleet_timeout_ms;
     return own_timeout ? EndpointVerdict::neutral : EndpointVerdict::failing;
   }

@@ -102,8 +102,10 @@ void CircuitBreaker::record_rate_limited(int64_t now_ms, int64_t retry_after_ms)
     open(std::max(open_until_, until));
     return;
   }
-  // The server told us when to come back: honour exactly that.
-  open(until);
+  // The server told us when to come back: honour exactly that, or the
+  // longest of what it said while we wait (the 429 of a request sent
+  // before, with a shorter Retry-After or none, must not cut it short).
+  open(rate_limited_ && peek_state(now_ms) == BreakerState::open ? std::max(open_until_, until) : until);
   rate_limited_ = true;
 }
 

@@ -21,10 +21,11 @@ constexpr uint64_t kNodeSeed = 0x6e70635f6e6f6465ULL;  // "npc_node"
 
 }  // namespace
 
-BoundedLoadRing::BoundedLoadRing(int vnodes_per_member) : vnodes_(std::max(vnodes_per_member, 1)) {}
+BoundedLoadRing::BoundedLoadRing(int vnodes_per_member, double reference_weight)
+    : vnodes_(std::max(vnodes_per_member, 1)), reference_weight_(reference_weight > 0 ? reference_weight : 1.0) {}
 
 void BoundedLoadRing::set_members(const std::vector<int>& member_ids) {
-  set_members(member_ids, std::vector<double>(member_ids.size(), 1.0));
+  set_members(member_ids, std::vector<double>(member_ids.size(), reference_weight_));
 }
 
 void BoundedLoadRing::set_members(const std::vector<int>& member_ids,
@@ -46,13 +47,13 @@ void BoundedLoadRing::set_members(const std::vector<int>& member_ids,
   if (ids == members_ && w == weights_ && !(ring_.empty() && !ids.empty())) return;
   members_ = std::move(ids);
   weights_ = std::move(w);
-  double mean = 0;
-  for (double x : weights_) mean += x;
-  mean = weights_.empty() ? 1.0 : mean / static_cast<double>(weights_.size());
   ring_.clear();
   for (size_t i = 0; i < members_.size(); i++) {
     const int id = members_[i];
-    const int vnodes = std::max(1, static_cast<int>(std::lround(vnodes_ * weights_[i] / mean)));
+    // By its own weight (not relative to the fleet's mean: then one
+    // member's change would resize every member's share of the ring).
+    const double scaled = std::min(static_cast<double>(vnodes_) * 64, vnodes_ * weights_[i] / reference_weight_);
+    const int vnodes = std::max(1, static_cast<int>(std::lround(scaled)));
     for (int v = 0; v < vnodes; v++) {
       uint64_t node = (static_cast<uint64_t>(static_cast<uint32_t>(id)) << 32) | static_cast<uint32_t>(v);
       ring_.emplace_back(hash_u64(node, kNodeSeed), id);

@@ -14,14 +14,18 @@ namespace npc_scale {
 
 class BoundedLoadRing {
  public:
-  explicit BoundedLoadRing(int vnodes_per_member = 64);
+  // A member of weight `reference_weight` gets `vnodes_per_member` virtual
+  // nodes; others in proportion (at least 1, at most 64 times as many).
+  explicit BoundedLoadRing(int vnodes_per_member = 64, double reference_weight = 1.0);
 
   // Rebuilds only if the set changed. Virtual-node positions depend only on
   // the member id, so adding a member moves only ~1/n of the keys.
   void set_members(const std::vector<int>& member_ids);
   // Weighted: a member's share of the ring (its virtual nodes) and of the
   // load bound are proportional to its weight — e.g. its capacity, so a GPU
-  // with five times the slots is home to five times the keys.
+  // with five times the slots is home to five times the keys. Its virtual
+  // nodes follow its own weight only, never the others': a change of one
+  // member's weight moves keys to or from that member alone.
   void set_members(const std::vector<int>& member_ids, const std::vector<double>& weights);
   const std::vector<int>& members() const { return members_; }
 
@@ -39,6 +43,7 @@ class BoundedLoadRing {
   size_t start_index(uint64_t key) const;
 
   int vnodes_;
+  double reference_weight_;
   std::vector<double> weights_;  // parallel to members_
   std::vector<int> members_;                      // sorted, unique
   std::vector<std::pair<uint64_t, int>> ring_;   // (position, member), sorted

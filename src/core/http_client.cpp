@@ -297,6 +297,9 @@ void HttpClient::collect_finished() {
       r.error = curl_easy_strerror(msg->data.result);
       r.timed_out = msg->data.result == CURLE_OPERATION_TIMEDOUT;
     }
+    long request_bytes = 0;
+    r.request_sent = r.transport_ok || (curl_easy_getinfo(t.easy, CURLINFO_REQUEST_SIZE, &request_bytes) == CURLE_OK &&
+                                        request_bytes > 0);
     curl_multi_remove_handle(multi_, t.easy);
     give_back(t.easy);
     transfers_.erase(it);

@@ -38,6 +38,9 @@ struct HttpResult {
   std::string body;
   std::string error;          // libcurl's reason when !transport_ok
   bool timed_out = false;     // !transport_ok because its timeout passed
+  // The request was written to a connection: a timeout after that is the
+  // wait for the answer; one before it (connecting, a name lookup) is not.
+  bool request_sent = false;
   std::optional<int64_t> retry_after_s;
   double elapsed_ms = 0;
 };

@@ -120,7 +120,8 @@ class Router {
   uint64_t rotation_ = 0;  // rotates ties so equal endpoints share work
   uint64_t rr_ = 0;
   uint64_t affinity_hits_ = 0, affinity_misses_ = 0;
-  BoundedLoadRing ring_;
+  // An endpoint of the default 16 slots at weight 1 gets 64 virtual nodes.
+  BoundedLoadRing ring_{64, 16.0};
 };
 
 // Aging for waiting work so priority 10 is never starved: effective priority

@@ -206,9 +206,10 @@ TEST(Attempt, AReplyReadOnceIsJudgedLikeAFreshOne) {
 // ---- judge_endpoint: what a finished request says about its endpoint -------
 
 namespace {
-HttpResult timed_out() {
+HttpResult timed_out(bool request_sent = true) {
   HttpResult r = transport_error("Timeout was reached");
   r.timed_out = true;
+  r.request_sent = request_sent;
   return r;
 }
 }  // namespace
@@ -250,6 +251,10 @@ TEST(EndpointVerdict, ATimeoutCountsOnlyWhenTheEndpointHadTheFleetsWholeTimeout)
   EXPECT_EQ(judge_endpoint(timed_out(), false, {29999, 30000, 29999}), EndpointVerdict::neutral);
   // Silent for the fleet's whole timeout: its short timeouts count too.
   EXPECT_EQ(judge_endpoint(timed_out(), false, {1, 30000, 30000}), EndpointVerdict::failing);
+  // Only the wait for an answer: a connect or name lookup that timed out
+  // never reached the server, whatever the request's timeout.
+  EXPECT_EQ(judge_endpoint(timed_out(false), false, {1, 30000, 5}), EndpointVerdict::failing);
+  EXPECT_EQ(judge_endpoint(timed_out(false), false, {29999, 30000, 29999}), EndpointVerdict::failing);
   // Only a timeout is excused: a refused connection is the endpoint's.
   HttpResult refused = transport_error("Connection refused");
   EXPECT_EQ(judge_endpoint(refused, false, {1, 30000, 5}), EndpointVerdict::failing);

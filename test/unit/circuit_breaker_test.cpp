@@ -195,6 +195,25 @@ TEST(CircuitBreakerTest, A429DoesNotHideFailures) {
   EXPECT_EQ(limited.open_until_ms(), 1000);
 }
 
+// A 429 with Retry-After 60 s, then the 429 of a request already in flight
+// with no header (the cooldown, 5 s): the breaker stays open the full
+// minute, the probe does not reopen it after 5 s.
+TEST(CircuitBreakerTest, ALaterShorter429DoesNotCutALongerRetryAfterShort) {
+  CircuitBreaker b(with_cooldown(5000));
+  b.record_rate_limited(0, 60000);
+  b.record_rate_limited(200, 0);
+  EXPECT_EQ(b.open_until_ms(), 60000);
+  EXPECT_EQ(b.state(10000), BreakerState::open);
+  b.record_rate_limited(300, 2000);
+  EXPECT_EQ(b.open_until_ms(), 60000);
+  EXPECT_EQ(b.state(60000), BreakerState::half_open);
+  // Once it has reopened, a new 429 sets the time anew.
+  b.probe_started(60000);
+  b.probe_finished(true, 60010);
+  b.record_rate_limited(61000, 1000);
+  EXPECT_EQ(b.open_until_ms(), 62000);
+}
+
 TEST(CircuitBreakerTest, RateLimitedWithoutRetryAfterUsesCooldown) {
   const BreakerConfig c = with_cooldown(700);
   CircuitBreaker b(c);

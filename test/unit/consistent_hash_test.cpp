@@ -135,7 +135,7 @@ TEST(ConsistentHashTest, AssigningWithTheBoundKeepsEveryLoadUnderIt) {
 }
 
 TEST(ConsistentHashTest, WeightedMembersOwnAShareOfKeysByWeight) {
-  BoundedLoadRing r;
+  BoundedLoadRing r(64, 10.0);
   r.set_members({1, 2, 3}, {50, 10, 10});  // one big GPU, two small ones
   const int keys = 20000;
   int on_big = 0;
@@ -162,4 +162,43 @@ TEST(ConsistentHashTest, WeightedBoundLetsTheBigMemberCarryMore) {
   while (*equal.home(k2) != 1) k2++;
   EXPECT_EQ(*equal.pick(k2, 0.25, [](int) { return true; }, load, &hit), 2);
   EXPECT_FALSE(hit);
+}
+
+// A change of one member's weight (an endpoint's max_concurrent or weight)
+// moves keys to or from that member only: the others keep their homes, and
+// with them their GPUs' prefix caches.
+TEST(ConsistentHashTest, ChangingOneMembersWeightMovesKeysOnlyToOrFromIt) {
+  BoundedLoadRing before(64, 16.0), grown(64, 16.0), shrunk(64, 16.0), added(64, 16.0);
+  before.set_members({1, 2, 3}, {8, 8, 16});
+  grown.set_members({1, 2, 3}, {8, 8, 32});
+  shrunk.set_members({1, 2, 3}, {8, 8, 4});
+  added.set_members({1, 2, 3, 4}, {8, 8, 16, 16});
+  int to_3 = 0, from_3 = 0, to_4 = 0;
+  for (uint64_t k = 0; k < 20000; k++) {
+    const int a = *before.home(k);
+    if (const int b = *grown.home(k); b != a) {
+      EXPECT_EQ(b, 3) << "key " << k << " moved between members whose weights did not change";
+      to_3++;
+    }
+    if (const int b = *shrunk.home(k); b != a) {
+      EXPECT_EQ(a, 3) << "key " << k << " moved between members whose weights did not change";
+      from_3++;
+    }
+    if (const int b = *added.home(k); b != a) {
+      EXPECT_EQ(b, 4) << "key " << k << " moved between old members";
+      to_4++;
+    }
+  }
+  EXPECT_GT(to_3, 2000);   // grown from half the ring to two thirds
+  EXPECT_GT(from_3, 4000);  // shrunk from half to a fifth
+  EXPECT_GT(to_4, 5000);   // a third of the ring
+}
+
+TEST(ConsistentHashTest, AHugeWeightIsCappedNotUnbounded) {
+  BoundedLoadRing r(64, 1.0);
+  r.set_members({1, 2}, {1e9, 1});
+  int on_1 = 0;
+  for (uint64_t k = 0; k < 10000; k++) on_1 += *r.home(k) == 1;
+  EXPECT_GT(on_1, 9800);  // 4096 virtual nodes against 64
+  EXPECT_LT(on_1, 10000);
 }

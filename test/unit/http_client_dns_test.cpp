@@ -133,6 +133,7 @@ TEST_F(HttpClientDns, ATimeoutDuringAStuckLookupIsReportedWhileTheLookupIsStillS
   ASSERT_EQ(results.size(), 1u);
   EXPECT_FALSE(results[0].transport_ok);
   EXPECT_TRUE(results[0].timed_out) << results[0].error;
+  EXPECT_FALSE(results[0].request_sent) << "timed out in the name lookup: nothing was sent";
 }
 
 TEST_F(HttpClientDns, ACancelDuringAStuckLookupReturnsWhileTheLookupIsStillStuck) {

@@ -160,6 +160,7 @@ TEST(HttpClient, ASlowEndpointTimesOutAsATransportErrorWithoutHoldingUpOthers) {
   // A timeout (not the 20 s answer) shows the 3 s limit was applied.
   EXPECT_NE(slow.error.find("imeout"), std::string::npos) << slow.error;
   EXPECT_TRUE(slow.timed_out);  // its breaker may excuse a timeout the request chose
+  EXPECT_TRUE(slow.request_sent);  // waiting for the answer, not for a connection
   EXPECT_FALSE(first.begin()->second.timed_out);
 }
 
