@@ -18,9 +18,18 @@ enum class HandoffStep {
 };
 
 struct HandoffTiming {
-  int64_t claim_after_ms = 5;  // in flight this long before it is claimed
-  int64_t commit_poll_ms = 1;  // how often a pending commit is looked at again
+  int64_t claim_after_ms = 5;       // in flight this long before it is claimed
+  int64_t commit_poll_ms = 1;       // how often a pending commit is looked at again, at first
+  int64_t commit_poll_max_ms = 50;  // and at most, once it has taken long
 };
+
+// When a transaction still committing `waited_ms` after it was first looked
+// for is looked at again. A commit ends within a millisecond or two of its
+// PRE_COMMIT (the WAL flush), and sets no latch: polled every commit_poll_ms.
+// One that takes longer (a synchronous standby gone, a wait at commit) is
+// polled every eighth of its wait so far, up to commit_poll_max_ms, so the
+// loop does not spin a thousand times a second on it.
+int64_t commit_look_interval_ms(int64_t waited_ms, const HandoffTiming& t);
 
 // Whether the transaction's outcome matters yet: an unanswered request
 // inside its claim delay needs nothing from it.

@@ -522,8 +522,15 @@ void claim_one_by_one(int limit, int lease_s, const std::vector<int64_t>& exclud
       });
     } catch (const PgError& e) {
       if (is_conflict(e) || is_lock_timeout(e)) continue;
-      if (!is_row_error(e)) throw;
-      out.refused.push_back({id, e.what()});
+      if (is_row_error(e)) {
+        out.refused.push_back({id, e.what()});
+        continue;
+      }
+      // Rows claimed so far are committed: returned, to be sent (thrown
+      // away, they would sit running and unsent until their leases lapse).
+      // The error comes back with the next claim.
+      if (!out.running.empty()) return;
+      throw;
     }
   }
 }
@@ -622,12 +629,20 @@ WriteOutcome write_batch_once(const std::vector<DecisionResult>& results, bool s
 // One transaction per row, after a batch failed on an error of its rows'.
 WriteOutcome write_each(const std::vector<DecisionResult>& results, bool skip_locked) {
   WriteOutcome out;
-  for (const DecisionResult& r : results) {
+  for (size_t i = 0; i < results.size(); i++) {
+    const DecisionResult& r = results[i];
     WriteOutcome one;
     try {
       one = write_batch_once({r}, skip_locked);
     } catch (const PgError& e) {
-      if (!is_row_error(e) && !is_conflict(e)) throw;
+      if (!is_row_error(e) && !is_conflict(e)) {
+        // Rows written so far are committed (their waiters must be woken):
+        // returned, with the rest to be written again later.
+        if (out.finished.empty()) throw;
+        out.unwritten.assign(results.begin() + static_cast<std::ptrdiff_t>(i), results.end());
+        out.error = e.what();
+        return out;
+      }
       out.refused.push_back({r.id, e.what()});
       continue;
     }

@@ -63,6 +63,11 @@ struct WriteOutcome {
   // with the error: found by writing the batch one row per transaction, so
   // one such row never holds back the others' answers.
   std::vector<RefusedRow> refused;
+  // Written one row per transaction, a row failed on an error of the
+  // server's (disk, memory) after others were committed: those are above,
+  // these are not written yet (retried later, as a failed batch), and why.
+  std::vector<DecisionResult> unwritten;
+  std::string error;
 };
 
 // Writes a batch of results, durably; a row is written only if it is still

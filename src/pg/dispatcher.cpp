@@ -68,7 +68,7 @@ constexpr long kNoExtensionWaitMs = 1000;
 // answered sooner is claimed by its answer's write: one statement, not two.
 // A row whose transaction is still committing is looked at again every 1 ms
 // (the commit itself does not wake the dispatcher).
-constexpr HandoffTiming kHandoffTiming{5, 1};
+constexpr HandoffTiming kHandoffTiming{5, 1, 50};
 
 BreakerConfig breaker_config() {
   BreakerConfig b;
@@ -192,6 +192,12 @@ class Dispatcher {
   void finish_sync(const InFlight& f, const AttemptReply& r);
   void fail_sync_slot(int index, uint64 ticket, const std::string& error);
   void housekeeping();
+  // Every decision a previous dispatcher left running back to the queue:
+  // until it has succeeded nothing is claimed or taken from the hand-off
+  // (it requeues every running row, and would requeue this one's too).
+  void recover_at_start();
+  bool recovered_at_start_ = false;
+  int64_t start_recovery_retry_at_ms_ = 0;
   // A step of the tick that reads a table and may fail on its own (its lock
   // wait timing out while a migration holds gpu_endpoints, VACUUM FULL the
   // queue): logged, and tried again kStepRetryMs later, while the rest of
@@ -254,7 +260,7 @@ class Dispatcher {
   // hit, an identical request in flight, no capacity, a bad row): claimed
   // from the table once the transaction has committed. While the fleet is
   // full they are not looked at: each freed slot brings a look anyway.
-  std::unordered_set<TransactionId> table_after_commit_;
+  std::unordered_map<TransactionId, int64_t> table_after_commit_;  // → when first left to it
   // Decisions whose answer the hand-off path promoted from L2 (and counted
   // as an L2 hit), by when: the table path answers them as L2 hits. Pruned
   // after a minute (a row cancelled or rolled back meanwhile).
@@ -354,10 +360,31 @@ void Dispatcher::start_up() {
       warn_and_recover(e);
     }
   }
+  configure_router();
+  // From here on no statement waits long for a lock: a table lock on the
+  // queue (LOCK TABLE, VACUUM FULL, a non-concurrent CREATE INDEX) would
+  // otherwise stop every request in flight, generate() included. A
+  // statement that times out fails its step or its tick, which is logged
+  // and tried again later; the result writes wait even less (decision_store).
+  pg_call([] { SetConfigOption("lock_timeout", "50ms", PGC_USERSET, PGC_S_SESSION); });
+  // Both tried again by the loop while they fail (a dispatcher restarted
+  // under a migration's lock still serves generate()).
+  isolated_step(start_recovery_retry_at_ms_, [this] { recover_at_start(); });
+  isolated_step(endpoints_retry_at_ms_, [this] { reload_endpoints_if_changed(true); });
+  worker_set_state(WorkerState::idle);
+}
+
+void Dispatcher::recover_at_start() {
   // Decisions a previous dispatcher had claimed go back to the queue.
   int requeued = 0;
   std::vector<RefusedRow> refused;
   wake_awaiting(recover_leases(true, guc_max_attempts, &requeued, {}, &refused));
+  recovered_at_start_ = true;
+  // Hand-offs a previous dispatcher left untaken may be rows it had claimed
+  // (queued again just above, with their attempts and back-off): the table
+  // path takes them all, so none is sent as if it were new.
+  for (const HandoffEntry& e : handoff_take(MyDatabaseId)) to_table_after_commit(e.xid);
+  maybe_more_work_ = true;
   fail_refusing_rows(refused, "it was in flight at the last stop and could not be queued again");
   if (requeued > 0) {
     pg_call([&] {
@@ -365,21 +392,6 @@ void Dispatcher::start_up() {
                            "queued again", requeued)));
     });
   }
-  // Hand-offs a previous dispatcher left untaken may be rows it had claimed
-  // (queued again just above, with their attempts and back-off): the table
-  // path takes them all, so none is sent as if it were new.
-  for (const HandoffEntry& e : handoff_take(MyDatabaseId)) to_table_after_commit(e.xid);
-  maybe_more_work_ = true;
-  configure_router();
-  reload_endpoints_if_changed(true);
-  // From here on no statement of the loop waits long for a lock: a table
-  // lock on the queue (LOCK TABLE, VACUUM FULL, a non-concurrent CREATE
-  // INDEX) would otherwise stop every request in flight, generate()
-  // included. A statement that times out fails its tick, which is logged
-  // and tried again later; the result writes wait even less
-  // (decision_store). Start-up above, outside the loop's recovery, waits.
-  pg_call([] { SetConfigOption("lock_timeout", "50ms", PGC_USERSET, PGC_S_SESSION); });
-  worker_set_state(WorkerState::idle);
 }
 
 void Dispatcher::tick() {
@@ -389,6 +401,7 @@ void Dispatcher::tick() {
   // SetLatch landing between the wait's return and its ResetLatch is not
   // reported, and its flag is the only trace of it.
   if (pg_atomic_exchange_u32(&shared_state().queue_dirty, 0) != 0) maybe_more_work_ = true;
+  if (!recovered_at_start_) isolated_step(start_recovery_retry_at_ms_, [this] { recover_at_start(); });
   if (worker_config_reloaded()) {
     configure_router();
     fleet_.configure(breaker_config(), guc_latency_alpha);
@@ -414,7 +427,7 @@ void Dispatcher::tick() {
   // New work out first (a send costs microseconds, no transaction), then
   // answers (a durable commit), then Redis for what was just sent, then the
   // claims.
-  send_handed_off();
+  if (recovered_at_start_) send_handed_off();
   try {
     flush_results();
   } catch (...) {
@@ -426,7 +439,7 @@ void Dispatcher::tick() {
   claim_handed_off();
   fill_cache();
   release_to_table_path();
-  if (maybe_more_work_) claim_and_send();
+  if (maybe_more_work_ && recovered_at_start_) claim_and_send();
   ask_l2_after_send();  // for what the table path sent
   if (now_ms() >= next_housekeeping_ms_) housekeeping();
   if (now_ms() >= next_stats_ms_) publish_stats();
@@ -448,7 +461,7 @@ void Dispatcher::isolated_step(int64_t& retry_at_ms, Step&& step) {
 
 long Dispatcher::wait_timeout_ms() const {
   int64_t t = std::max<int64_t>(0, next_housekeeping_ms_ - now_ms());
-  for (int64_t at : {endpoints_retry_at_ms_, cancels_retry_at_ms_}) {
+  for (int64_t at : {endpoints_retry_at_ms_, cancels_retry_at_ms_, start_recovery_retry_at_ms_}) {
     if (at != 0) t = std::min<int64_t>(t, std::max<int64_t>(0, at - now_ms()));
   }
   long curl = http_.next_timeout_ms();
@@ -486,7 +499,11 @@ long Dispatcher::wait_timeout_ms() const {
   if (int64_t give_up = l2_asks_.ms_until_give_up(now, guc_redis_command_timeout_ms); give_up >= 0) {
     t = std::min<int64_t>(t, give_up);
   }
-  if (table_after_commit_polled()) t = std::min<int64_t>(t, kHandoffTiming.commit_poll_ms);
+  if (table_after_commit_polled()) {
+    for (const auto& [xid, since] : table_after_commit_) {
+      t = std::min<int64_t>(t, std::max<int64_t>(0, since + commit_look_interval_ms(now - since, kHandoffTiming) - now));
+    }
+  }
   for (size_t i = 0; i < fleet_.size(); i++) {
     const MemberInfo& m = fleet_.info(i);
     const Endpoint& e = fleet_.endpoints()[i];
@@ -725,7 +742,18 @@ void Dispatcher::record_outcome(const InFlight& f, const HttpResult& r, bool suc
   const int64_t sent = now - static_cast<int64_t>(r.elapsed_ms);
   if (verdict == EndpointVerdict::healthy) {
     e.latency.add(r.elapsed_ms);
+    const BreakerState before = e.breaker.state(now);
     e.breaker.record_success(now, sent);
+    // A success can trip it too: the one that brings the window up to
+    // breaker_min_requests with the error rate over the limit.
+    if (before == BreakerState::closed && e.breaker.state(now) != BreakerState::closed) {
+      e.latency.reset();
+      if (!m.removed) {
+        log_lines_.push_back("GPU " + std::to_string(f.gpu_id) +
+                             " breaker opened: error rate over npc_scale.breaker_error_rate (last error: " +
+                             m.last_error + ")");
+      }
+    }
     return;
   }
   e.errors++;
@@ -816,8 +844,12 @@ void Dispatcher::requeue_followers(const std::vector<InFlight>& followers) {
     } else if (f.kind == Work::sync) {
       SyncSlot* slot = sync_slot(f.slot);
       SpinLockAcquire(&slot->mutex);
-      if (slot->ticket == f.ticket && slot->state == SyncState::running) slot->state = SyncState::pending;
+      const bool requeued = slot->ticket == f.ticket && slot->state == SyncState::running;
+      if (requeued) slot->state = SyncState::pending;
       SpinLockRelease(&slot->mutex);
+      // Served on the next round, which may come after this round's
+      // serve_sync_slots(): that round must not wait for another wake-up.
+      if (requeued) SetLatch(MyLatch);
     }
   }
 }
@@ -1325,7 +1357,7 @@ void Dispatcher::watch_redis() {
   }
 }
 
-void Dispatcher::to_table_after_commit(TransactionId xid) { table_after_commit_.insert(xid); }
+void Dispatcher::to_table_after_commit(TransactionId xid) { table_after_commit_.emplace(xid, now_ms()); }
 
 // Rows the hand-off left to the table path can be claimed once their
 // transaction has committed; the commit itself wakes nobody (the hand-off
@@ -1336,7 +1368,7 @@ void Dispatcher::to_table_after_commit(TransactionId xid) { table_after_commit_.
 void Dispatcher::release_to_table_path(bool even_when_full) {
   if (!table_after_commit_polled() && !(even_when_full && !table_after_commit_.empty())) return;
   for (auto it = table_after_commit_.begin(); it != table_after_commit_.end();) {
-    const TxnOutcome outcome = handoff_commit_state(*it);
+    const TxnOutcome outcome = handoff_commit_state(it->first);
     if (outcome == TxnOutcome::in_progress) {
       ++it;
       continue;
@@ -1493,8 +1525,15 @@ void Dispatcher::write_batch(std::vector<DecisionResult>& source, bool skip_lock
     write_retry_at_ms_ = now_ms() + write_backoff_ms_;
     throw;
   }
-  write_backoff_ms_ = 0;
-  write_retry_at_ms_ = 0;
+  if (out.unwritten.empty()) {
+    write_backoff_ms_ = 0;
+    write_retry_at_ms_ = 0;
+  } else {
+    // Failed part-way: the rest waits as a failed batch would.
+    source.insert(source.end(), out.unwritten.begin(), out.unwritten.end());
+    write_backoff_ms_ = std::clamp(write_backoff_ms_ * 2, kWriteBackoffMinMs, kWriteBackoffMaxMs);
+    write_retry_at_ms_ = now_ms() + write_backoff_ms_;
+  }
   // A retry's not_before is now() + retry_ms at its write, not at its reply:
   // a look timed from the reply finds it not due yet, and nothing would look
   // again before housekeeping's (up to a second late).
@@ -1510,6 +1549,7 @@ void Dispatcher::write_batch(std::vector<DecisionResult>& source, bool skip_lock
     deferred_due_ms_ = now_ms() + kDeferredWriteMs;
   }
   fail_refusing_rows(out.refused, "the answer could not be recorded");  // last: it logs
+  if (!out.error.empty()) log_warning("answers not written yet: " + out.error);
 }
 
 // Rows that refused an answer's write, a claim, recovery or expiry (a game's

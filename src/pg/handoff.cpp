@@ -61,10 +61,12 @@ std::vector<Pending> g_pending;  // this backend's, until its transaction ends
 uint64_t g_changes = 0;          // statements that fired the queue's UPDATE trigger
 bool g_callbacks_registered = false;
 
-bool publish(const HandoffEntry& e, TransactionId xid) {
+enum class Published { yes, unfit, area_full };
+
+Published publish(const HandoffEntry& e, TransactionId xid) {
   const size_t bytes = e.decision_type.size() + e.prompt.size() + e.params.size();
   if (g_area == nullptr || bytes > static_cast<size_t>(kTextBytes) || !TransactionIdIsValid(xid)) {
-    return false;
+    return Published::unfit;
   }
   const uint32 start = pg_atomic_fetch_add_u32(&g_area->next, 1);
   for (int k = 0; k < kSlots; k++) {
@@ -88,9 +90,9 @@ bool publish(const HandoffEntry& e, TransactionId xid) {
     memcpy(p + s.type_len + s.prompt_len, e.params.data(), e.params.size());
     pg_write_barrier();  // contents before the state that says they are there
     pg_atomic_write_u32(&g_area->state[i], kReady);
-    return true;
+    return Published::yes;
   }
-  return false;  // no free slot: the dispatcher claims this one from the table
+  return Published::area_full;  // the dispatcher claims this one from the table
 }
 
 void at_subxact_end(SubXactEvent event, SubTransactionId sub, SubTransactionId, void*) noexcept {
@@ -147,11 +149,33 @@ void handoff_rows_changed() {
 }
 
 bool handoff_publish_pending(TransactionId xid) {
+  // One transaction's rows take at most a quarter of the slots: one that
+  // queues thousands must not push every other backend onto the table path
+  // (nor, the area full, look through every slot for each of its rows).
+  constexpr int kMaxPerTransaction = kSlots / 4;
   bool all = true;
+  bool full = false;
+  int published = 0;
   for (const Pending& p : g_pending) {
     if (p.cancelled_in != InvalidSubTransactionId) continue;
-    // A changed row is left to the table path: the caller wakes it at commit.
-    all = (p.changed_in == InvalidSubTransactionId && publish(p.entry, xid)) && all;
+    // A changed row is left to the table path, as are those past the
+    // share: the caller wakes the dispatcher for them at commit.
+    if (p.changed_in != InvalidSubTransactionId || full || published >= kMaxPerTransaction) {
+      all = false;
+      continue;
+    }
+    switch (publish(p.entry, xid)) {
+      case Published::yes:
+        ++published;
+        break;
+      case Published::unfit:
+        all = false;
+        break;
+      case Published::area_full:
+        all = false;
+        full = true;
+        break;
+    }
   }
   g_pending.clear();
   return all;

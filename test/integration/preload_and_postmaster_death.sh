@@ -52,5 +52,12 @@ for p in $pids; do
   done
 done
 echo "all workers exited after postmaster death"
-# Other backends (checkpointer etc.) also exit; clean the leftovers.
-rm -f "$dir/data/postmaster.pid"
+# The dead cluster's shared memory (its SysV interlock, its DSM segments) is
+# freed only by a start of the same data directory, once the last of its
+# processes (checkpointer etc.) has gone too: start it once and stop it.
+deadline=$(( $(date +%s) + 20 ))
+until runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 20 start >/dev/null 2>&1; do
+  [ "$(date +%s)" -lt "$deadline" ] || { echo "(the dead cluster's shared memory is left: it did not start again)"; break; }
+  sleep 0.2
+done
+runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true

@@ -62,4 +62,24 @@ run_in a "ROLLBACK;"
 npc_wait_sql "SELECT (SELECT value FROM npc_scale.metrics() WHERE name = 'endpoints_loaded')
                 = (SELECT value FROM npc_scale.metrics() WHERE name = 'endpoints_generation')" 10 \
   || { echo "the endpoint change was not loaded after the lock"; exit 1; }
-echo "ok: a table lock on the queue or the endpoint table did not stall the dispatcher"
+
+# A dispatcher that restarts while the queue is locked (its start-up puts
+# back what the last one left running, which needs the table) serves
+# generate() all the same, and recovers once the lock is gone.
+old_pid=$(npc_psql -tAc "SELECT npc_test.worker_pid('dispatcher')")
+run_in a "BEGIN; LOCK TABLE npc_scale.decision_queue IN ACCESS EXCLUSIVE MODE;"
+npc_psql -tAc "SELECT pg_terminate_backend($old_pid)" >/dev/null
+npc_wait_sql "SELECT npc_test.worker_pid('dispatcher') NOT IN (0, $old_pid)" 30 \
+  || { echo "no new dispatcher started"; exit 1; }
+answer=$(PGOPTIONS='-c statement_timeout=10s' npc_psql -tAc \
+  "SELECT npc_scale.generate('After a restart under a table lock? ' || gen_random_uuid(), 5, '{\"max_tokens\": 3}') <> ''")
+[ "$answer" = t ] || { echo "generate() was not answered by a dispatcher restarted under the table lock: $answer"; exit 1; }
+held=$(npc_psql -tAc "SELECT count(*) FROM pg_locks WHERE relation = 'npc_scale.decision_queue'::regclass
+                        AND mode = 'AccessExclusiveLock' AND granted")
+[ "$held" = 1 ] || { echo "the lock was not held during generate()"; exit 1; }
+run_in a "ROLLBACK;"
+id=$(npc_psql -tAc "SELECT npc_scale.request_decision(8802, 'build', 'after the restart under a lock', 5)")
+npc_wait_sql "SELECT status = 'done' FROM npc_scale.decision_queue WHERE id = $id" 10 \
+  || { echo "decision $id was not done after the lock was released"; exit 1; }
+npc_psql -c "DELETE FROM npc_scale.decision_queue WHERE npc_id = 8802" >/dev/null
+echo "ok: a table lock on the queue or the endpoint table did not stall the dispatcher, nor its restart"

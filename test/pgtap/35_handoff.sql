@@ -4,7 +4,7 @@
 -- handoff does not carry (big prompts, cache hits) takes the table
 -- path. Commits (the dispatcher must see the rows) and cleans up after itself.
 \ir setup/fresh.sql
-SELECT plan(53);
+SELECT plan(56);
 -- An earlier run's answers would be cache hits.
 SELECT npc_scale.cache_clear() \gset
 SELECT npc_test.use_gpus(ARRAY['fast1']);
@@ -277,6 +277,24 @@ SELECT is(npc_test.metric('handoff_sent') - :hs4, 0::bigint, 'through the table,
 SELECT is((SELECT response FROM npc_scale.decision_queue WHERE id = :id_ai),
           npc_scale.generate((SELECT prompt FROM npc_scale.decision_queue WHERE id = :id_ai), 5, '{"temperature": 0, "cache": false}'),
   'with the prompt as the game''s AFTER INSERT trigger left it');
+
+-- One transaction's rows take at most a quarter of the 512 hand-off slots
+-- (one queuing thousands must not push every other backend onto the table
+-- path): 128 of 200 are handed off, the rest go by the table; all answered.
+SELECT npc_test.use_gpus(ARRAY['fast0', 'fast1'], ARRAY[500, 500]);
+SELECT npc_test.wait_for('npc_test.fleet_loaded()') AS fleet_loaded \gset
+SELECT npc_test.metric('handoff_sent') AS hs5 \gset
+BEGIN;
+CREATE TEMP TABLE big_txn AS
+  SELECT npc_scale.request_decision(2100 + g % 100, 'build', 'handoff: ' || gen_random_uuid(), 5,
+                                    '{"temperature": 0, "cache": false}') AS id
+    FROM generate_series(1, 200) g;
+COMMIT;
+SELECT ok(npc_test.wait_for('npc_test.all_finished(ARRAY(SELECT id FROM big_txn))'),
+  'a transaction of 200 requests is answered');
+SELECT is(npc_test.metric('handoff_sent') - :hs5, 128::bigint, '128 of them from the hand-off');
+SELECT is((SELECT count(*)::int FROM npc_scale.decision_queue WHERE id IN (SELECT id FROM big_txn) AND status = 'done'), 200,
+  'all 200 done');
 
 DELETE FROM npc_scale.decision_queue WHERE npc_id BETWEEN 2001 AND 2220;
 SELECT 1 AS cleared FROM (SELECT npc_scale.cache_clear()) c \gset

@@ -8,7 +8,7 @@
 using namespace npc_scale;
 
 namespace {
-const HandoffTiming kT{5, 1};
+const HandoffTiming kT{5, 1, 50};
 }
 
 TEST(HandoffPolicyTest, InsideTheDelayAnUnansweredRequestNeedsNoOutcome) {
@@ -42,6 +42,18 @@ TEST(HandoffPolicyTest, AnAbortedTransactionIsDroppedAnsweredOrNot) {
 TEST(HandoffPolicyTest, NextLookIsTheEndOfTheDelayThenThePollInterval) {
   EXPECT_EQ(handoff_next_look_ms(false, 100, 101, kT), 4);
   EXPECT_EQ(handoff_next_look_ms(false, 100, 105, kT), 1);
-  EXPECT_EQ(handoff_next_look_ms(false, 100, 500, kT), 1);
+  EXPECT_EQ(handoff_next_look_ms(false, 100, 115, kT), 1);
   EXPECT_EQ(handoff_next_look_ms(true, 100, 101, kT), 1);
+}
+
+TEST(HandoffPolicyTest, ALongCommitIsPolledLessAndLessOften) {
+  EXPECT_EQ(handoff_next_look_ms(false, 100, 180, kT), 10);
+  EXPECT_EQ(handoff_next_look_ms(true, 100, 500, kT), 50);
+  EXPECT_EQ(handoff_next_look_ms(true, 100, 100000, kT), 50);
+  EXPECT_EQ(commit_look_interval_ms(0, kT), 1);
+  EXPECT_EQ(commit_look_interval_ms(15, kT), 1);
+  EXPECT_EQ(commit_look_interval_ms(16, kT), 2);
+  EXPECT_EQ(commit_look_interval_ms(399, kT), 49);
+  EXPECT_EQ(commit_look_interval_ms(1 << 30, kT), 50);
+  EXPECT_EQ(commit_look_interval_ms(-5, kT), 1);  // a clock read out of order
 }
