@@ -74,6 +74,15 @@ void bound_lock_wait() {
   });
 }
 
+// A claim is not worth a WAL flush: one lost in a crash only leaves its row
+// queued; its answer was not written yet, so nothing can be answered twice.
+void commit_claim_asynchronously() {
+  pg_call([] {
+    (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0,
+                            false);
+  });
+}
+
 bool is_lock_timeout(const PgError& e) { return e.sqlerrcode() == ERRCODE_LOCK_NOT_AVAILABLE; }
 
 struct ProbeDone {};  // thrown to roll a probe's transaction back
@@ -424,11 +433,7 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
   auto claim = [&](SavedPlan& p, const std::vector<int64_t>& todo) {
     in_transaction("npc_scale: claim handed-off decisions", [&] {
       if (!extension_present()) return;
-      // As claim_decisions: a claim lost in a crash leaves the row queued.
-      pg_call([] {
-        (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
-                                GUC_ACTION_LOCAL, true, 0, false);
-      });
+      commit_claim_asynchronously();
       bound_lock_wait();
       uint64_t n = p.execute({int8_array(todo), Int32GetDatum(lease_s)});
       for (uint64_t i = 0; i < n; i++) {
@@ -466,7 +471,9 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
       try {
         claim(plan, {id});
       } catch (const PgError& one) {
-        if (!is_conflict(one) && !is_lock_timeout(one) && !is_row_error(one)) throw;
+        if (is_conflict(one) || is_lock_timeout(one) || is_row_error(one)) continue;
+        if (out.empty()) throw;
+        return out;  // those claimed are committed: kept (see claim_one_by_one)
       }
     }
   }
@@ -513,10 +520,7 @@ void claim_one_by_one(int limit, int lease_s, const std::vector<int64_t>& exclud
     try {
       in_transaction("npc_scale: claim one decision", [&] {
         if (!extension_present()) return;
-        pg_call([] {
-          (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
-                                  GUC_ACTION_LOCAL, true, 0, false);
-        });
+        commit_claim_asynchronously();
         bound_lock_wait();
         read_claimed(one_plan.execute({Int64GetDatum(id), Int32GetDatum(lease_s)}), out);
       });
@@ -555,12 +559,7 @@ ClaimResult claim_decisions(int limit, int lease_s, const std::vector<int64_t>& 
           out.running.clear();
           in_transaction("npc_scale: claim decisions", [&] {
             if (!extension_present()) return;
-            // Not worth a WAL flush: a claim lost in a crash only leaves the row
-            // queued; its answer was not written yet, so nothing can be answered twice.
-            pg_call([] {
-              (void)set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
-                                      GUC_ACTION_LOCAL, true, 0, false);
-            });
+            commit_claim_asynchronously();
             claim_in_transaction(limit, lease_s, ex, out);
           });
         },

@@ -67,7 +67,8 @@ constexpr long kNoExtensionWaitMs = 1000;
 // A handed-off request in flight 5 ms is claimed (running, leased); one
 // answered sooner is claimed by its answer's write: one statement, not two.
 // A row whose transaction is still committing is looked at again every 1 ms
-// (the commit itself does not wake the dispatcher).
+// (the commit itself does not wake the dispatcher), less often, up to every
+// 50 ms, if its commit takes long (see commit_look_interval_ms).
 constexpr HandoffTiming kHandoffTiming{5, 1, 50};
 
 BreakerConfig breaker_config() {
