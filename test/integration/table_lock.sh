@@ -12,6 +12,17 @@ npc_psql -tAc "SELECT npc_test.use_gpus(ARRAY['fast1'])" >/dev/null
 dispatcher_errors="SELECT errors FROM npc_scale.worker_status() WHERE name = 'npc_scale dispatcher'"
 errors0=$(npc_psql -tAc "$dispatcher_errors")
 
+# generate() is answered while RELATION is still held ACCESS EXCLUSIVE.
+expect_generate_under_lock() {  # RELATION WHEN
+  local answer held
+  answer=$(PGOPTIONS='-c statement_timeout=10s' npc_psql -tAc \
+    "SELECT npc_scale.generate('$2? ' || gen_random_uuid(), 5, '{\"max_tokens\": 3}') <> ''")
+  [ "$answer" = t ] || { echo "generate() was not answered $2: $answer"; exit 1; }
+  held=$(npc_psql -tAc "SELECT count(*) FROM pg_locks WHERE relation = '$1'::regclass
+                          AND mode = 'AccessExclusiveLock' AND granted")
+  [ "$held" = 1 ] || { echo "the lock on $1 was not held while generate() was answered $2"; exit 1; }
+}
+
 sessions_open a b
 run_in a "BEGIN; LOCK TABLE npc_scale.decision_queue IN ACCESS EXCLUSIVE MODE;"
 # The dispatcher meets the lock (lease recovery looks every second) and
@@ -19,12 +30,7 @@ run_in a "BEGIN; LOCK TABLE npc_scale.decision_queue IN ACCESS EXCLUSIVE MODE;"
 npc_wait_sql "SELECT ($dispatcher_errors) > $errors0" 15 \
   || { echo "the dispatcher never gave up waiting for the table lock"; exit 1; }
 # ... which goes on: generate() is served while the lock is still held.
-answer=$(PGOPTIONS='-c statement_timeout=10s' npc_psql -tAc \
-  "SELECT npc_scale.generate('During a table lock?', 5, '{\"max_tokens\": 3}') <> ''")
-[ "$answer" = t ] || { echo "generate() was not answered during the table lock: $answer"; exit 1; }
-held=$(npc_psql -tAc "SELECT count(*) FROM pg_locks WHERE relation = 'npc_scale.decision_queue'::regclass
-                        AND mode = 'AccessExclusiveLock' AND granted")
-[ "$held" = 1 ] || { echo "the lock was not held during generate()"; exit 1; }
+expect_generate_under_lock npc_scale.decision_queue "during a table lock"
 run_in a "ROLLBACK;"
 
 # Queued work flows again once it is released.
@@ -48,12 +54,7 @@ run_in b "COMMIT;"
 wait_step a "$lock_step"
 npc_wait_sql "SELECT ($dispatcher_errors) > $errors1 + 1" 15 \
   || { echo "the dispatcher did not fail its load of the locked endpoint table twice"; exit 1; }
-answer=$(PGOPTIONS='-c statement_timeout=10s' npc_psql -tAc \
-  "SELECT npc_scale.generate('During an endpoint table lock? ' || gen_random_uuid(), 5, '{\"max_tokens\": 3}') <> ''")
-[ "$answer" = t ] || { echo "generate() was not answered during the endpoint table lock: $answer"; exit 1; }
-held=$(npc_psql -tAc "SELECT count(*) FROM pg_locks WHERE relation = 'npc_scale.gpu_endpoints'::regclass
-                        AND mode = 'AccessExclusiveLock' AND granted")
-[ "$held" = 1 ] || { echo "the endpoint table lock was not held during generate()"; exit 1; }
+expect_generate_under_lock npc_scale.gpu_endpoints "during an endpoint table lock"
 loaded=$(npc_psql -tAc "SELECT (SELECT value FROM npc_scale.metrics() WHERE name = 'endpoints_loaded')
                           < (SELECT value FROM npc_scale.metrics() WHERE name = 'endpoints_generation')")
 [ "$loaded" = t ] || { echo "the change was loaded through the lock?"; exit 1; }
@@ -71,12 +72,7 @@ run_in a "BEGIN; LOCK TABLE npc_scale.decision_queue IN ACCESS EXCLUSIVE MODE;"
 npc_psql -tAc "SELECT pg_terminate_backend($old_pid)" >/dev/null
 npc_wait_sql "SELECT npc_test.worker_pid('dispatcher') NOT IN (0, $old_pid)" 30 \
   || { echo "no new dispatcher started"; exit 1; }
-answer=$(PGOPTIONS='-c statement_timeout=10s' npc_psql -tAc \
-  "SELECT npc_scale.generate('After a restart under a table lock? ' || gen_random_uuid(), 5, '{\"max_tokens\": 3}') <> ''")
-[ "$answer" = t ] || { echo "generate() was not answered by a dispatcher restarted under the table lock: $answer"; exit 1; }
-held=$(npc_psql -tAc "SELECT count(*) FROM pg_locks WHERE relation = 'npc_scale.decision_queue'::regclass
-                        AND mode = 'AccessExclusiveLock' AND granted")
-[ "$held" = 1 ] || { echo "the lock was not held during generate()"; exit 1; }
+expect_generate_under_lock npc_scale.decision_queue "by a dispatcher restarted under the table lock"
 run_in a "ROLLBACK;"
 id=$(npc_psql -tAc "SELECT npc_scale.request_decision(8802, 'build', 'after the restart under a lock', 5)")
 npc_wait_sql "SELECT status = 'done' FROM npc_scale.decision_queue WHERE id = $id" 10 \
