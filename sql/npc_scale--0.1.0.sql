@@ -1351,6 +1351,13 @@ BEGIN
     END LOOP;
     RETURN made;
   END IF;
+  IF to_regclass(format('%I.%I', nsp, child_name)) IS NOT NULL THEN
+    -- Its name is the partition of another range, none overlapping this one
+    -- (pg_partman's, named in another time zone): this range gets a name of
+    -- its own.
+    RETURN npc_scale._create_partition(cfg, def, lower_bound, upper_bound,
+                                       suffix || to_char(lower_bound AT TIME ZONE 'UTC', '"_from_"YYYYMMDD"_"HH24MI'));
+  END IF;
   -- In the parent's tablespace, as CREATE TABLE ... PARTITION OF would put it.
   EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)',
                  nsp, child_name, cfg.parent)

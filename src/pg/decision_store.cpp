@@ -431,15 +431,18 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
   std::unordered_map<int64_t, int> out;
   if (ids.empty()) return out;
   auto claim = [&](SavedPlan& p, const std::vector<int64_t>& todo) {
+    std::unordered_map<int64_t, int> claimed;
     in_transaction("npc_scale: claim handed-off decisions", [&] {
       if (!extension_present()) return;
       commit_claim_asynchronously();
       bound_lock_wait();
       uint64_t n = p.execute({int8_array(todo), Int32GetDatum(lease_s)});
       for (uint64_t i = 0; i < n; i++) {
-        out.emplace(spi_int(i, 1).value_or(0), static_cast<int>(spi_int(i, 2).value_or(1)));
+        claimed.emplace(spi_int(i, 1).value_or(0), static_cast<int>(spi_int(i, 2).value_or(1)));
       }
     });
+    // Only once committed (a game's deferred constraint can refuse the COMMIT).
+    out.insert(claimed.begin(), claimed.end());
   };
   // A row that refuses the claim is left unclaimed: its request is cancelled
   // and the table path's claim fails it, saying why.
@@ -518,12 +521,15 @@ void claim_one_by_one(int limit, int lease_s, const std::vector<int64_t>& exclud
   for (int64_t id : ids) {
     if (out.running.size() >= static_cast<size_t>(limit)) break;
     try {
+      ClaimResult one;
       in_transaction("npc_scale: claim one decision", [&] {
         if (!extension_present()) return;
         commit_claim_asynchronously();
         bound_lock_wait();
-        read_claimed(one_plan.execute({Int64GetDatum(id), Int32GetDatum(lease_s)}), out);
+        read_claimed(one_plan.execute({Int64GetDatum(id), Int32GetDatum(lease_s)}), one);
       });
+      // Only once committed (a game's deferred constraint can refuse the COMMIT).
+      for (ClaimedDecision& d : one.running) out.running.push_back(std::move(d));
     } catch (const PgError& e) {
       if (is_conflict(e) || is_lock_timeout(e)) continue;
       if (is_row_error(e)) {

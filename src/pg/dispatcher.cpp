@@ -501,8 +501,9 @@ long Dispatcher::wait_timeout_ms() const {
     t = std::min<int64_t>(t, give_up);
   }
   if (table_after_commit_polled()) {
+    // From now: the youngest commit still pending is looked at soonest.
     for (const auto& [xid, since] : table_after_commit_) {
-      t = std::min<int64_t>(t, std::max<int64_t>(0, since + commit_look_interval_ms(now - since, kHandoffTiming) - now));
+      t = std::min<int64_t>(t, commit_look_interval_ms(now - since, kHandoffTiming));
     }
   }
   for (size_t i = 0; i < fleet_.size(); i++) {

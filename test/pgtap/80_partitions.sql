@@ -5,7 +5,7 @@
 -- pg_partman 4.7 itself.
 \ir setup/fresh.sql
 BEGIN;
-SELECT plan(75);
+SELECT plan(77);
 SET LOCAL TimeZone = 'America/New_York';  -- bounds must still be UTC month starts
 
 CREATE TABLE public.pm_mem (id bigint, npc_id bigint, occurred_at timestamptz NOT NULL, note text)
@@ -293,6 +293,22 @@ SELECT is((SELECT tableoid::regclass::text FROM public.pm_named),
   'a row in the two hours it leaves of the month lands in a partition made for them, not the default');
 SELECT is(npc_scale.run_maintenance('public.pm_named'), 0, 'and the next run makes nothing more');
 DROP TABLE public.pm_named;
+-- The same name on a range that does not overlap this one at all (named in
+-- another time zone): this month gets a partition under a name of its own.
+CREATE TABLE public.pm_elsewhere (ts timestamptz NOT NULL) PARTITION BY RANGE (ts);
+DO $$ BEGIN
+  EXECUTE format('CREATE TABLE public.%I PARTITION OF public.pm_elsewhere FOR VALUES FROM (%L) TO (%L)',
+                 'pm_elsewhere_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM'),
+                 '2000-01-01 00:00+00', '2000-02-01 00:00+00');
+END $$;
+SELECT lives_ok($$ SELECT npc_scale.manage_partitions('public.pm_elsewhere', 'ts', '1 month', 2) $$,
+  'this month''s name taken by a partition of another range is no error');
+INSERT INTO public.pm_elsewhere VALUES (now());
+SELECT is((SELECT tableoid::regclass::text FROM public.pm_elsewhere),
+  'pm_elsewhere_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM') || '_from_'
+    || to_char(date_trunc('month', now() AT TIME ZONE 'UTC'), 'YYYYMMDD') || '_0000',
+  'a row of this month lands in its partition, named for its start');
+DROP TABLE public.pm_elsewhere;
 
 -- Dropping a managed parent takes its settings with it (else maintenance
 -- would fail on it every run, naming a bare OID).
