@@ -156,6 +156,23 @@ std::vector<int64_t> ids_of(uint64_t rows, int col) {
   "CASE WHEN " aging " <= 0 THEN q.priority ELSE greatest(0, q.priority -"                           \
   "   least(10, greatest(0, floor(extract(epoch FROM now() - q.created_at) * 1000 / " aging ")))::int) END," \
   " q.id"
+// The rows a claim looks at: two index scans, the best base priorities and
+// the oldest, so aging works without reading the whole backlog.
+#define NPC_CLAIM_CANDIDATES(limit, exclude)                                                 \
+  "(SELECT id FROM npc_scale.decision_queue"                                                 \
+  "  WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"                \
+  "    AND (deadline IS NULL OR deadline >= now()) AND id <> ALL (" exclude ")"              \
+  "  ORDER BY priority, id LIMIT " limit ")"                                                 \
+  " UNION "                                                                                  \
+  "(SELECT id FROM npc_scale.decision_queue"                                                 \
+  "  WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"                \
+  "    AND (deadline IS NULL OR deadline >= now()) AND id <> ALL (" exclude ")"              \
+  "  ORDER BY id LIMIT " limit ")"
+// What a claim sets ($2: the lease, in seconds).
+#define NPC_CLAIM_SET                                                                        \
+  "UPDATE npc_scale.decision_queue q SET status = 'running', attempts = q.attempts + 1,"     \
+  "  leased_until = now() + make_interval(secs => $2),"                                      \
+  "  started_at = coalesce(q.started_at, now()), not_before = NULL "
 // What a claim returns of each row, as read_claimed() reads it.
 #define NPC_CLAIM_RETURNING                                                     \
   "RETURNING q.id, q.attempts, q.priority, q.prompt, q.params::text,"           \
@@ -172,29 +189,15 @@ bool is_conflict(const PgError& e) {
 
 // In the caller's transaction.
 void claim_in_transaction(int limit, int lease_s, const std::vector<int64_t>& exclude, ClaimResult& out) {
-  // Candidates come from two index scans — the best base priorities and the
-  // oldest — so aging works without reading the whole backlog; among them
-  // the best effective priority wins.
+  // Among the candidates the best effective priority wins.
   static SavedPlan plan(
-      "WITH cand AS ("
-      "  (SELECT id, priority, created_at FROM npc_scale.decision_queue"
-      "    WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
-      "      AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($4)"
-      "    ORDER BY priority, id LIMIT $1)"
-      "  UNION"
-      "  (SELECT id, priority, created_at FROM npc_scale.decision_queue"
-      "    WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
-      "      AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($4)"
-      "    ORDER BY id LIMIT $1)), "
+      "WITH cand AS (" NPC_CLAIM_CANDIDATES("$1", "$4") "), "
       "c AS ("
       "  SELECT q.id FROM npc_scale.decision_queue q"
       "   WHERE q.id = ANY (ARRAY(SELECT id FROM cand)) AND (q.status = 'queued') IS TRUE"
       "   ORDER BY " NPC_CLAIM_ORDER("$3")
       "   LIMIT $1 FOR NO KEY UPDATE OF q SKIP LOCKED) "
-      "UPDATE npc_scale.decision_queue q SET"
-      "  status = 'running', attempts = q.attempts + 1,"
-      "  leased_until = now() + make_interval(secs => $2),"
-      "  started_at = coalesce(q.started_at, now()), not_before = NULL "
+      NPC_CLAIM_SET
       "WHERE q.id = ANY (ARRAY(SELECT id FROM c)) "
       NPC_CLAIM_RETURNING,
       {INT4OID, INT4OID, INT4OID, INT8ARRAYOID});
@@ -381,16 +384,15 @@ std::vector<EndpointConfig> load_endpoints() {
 }
 
 namespace {
-// One queued row's claim, for find_refusing (its transaction is rolled back).
-void claim_probe(int64_t id, int lease_s) {
-  static SavedPlan plan(
-      "UPDATE npc_scale.decision_queue q SET status = 'running', attempts = q.attempts + 1,"
-      "  leased_until = now() + make_interval(secs => $2), started_at = coalesce(q.started_at, now()),"
-      "  not_before = NULL "
-      "WHERE q.id = $1 AND (q.status = 'queued') IS TRUE",
-      {INT8OID, INT4OID});
-  plan.execute({Int64GetDatum(id), Int32GetDatum(lease_s)});
+// One queued row's claim: what it returns, as read_claimed() reads it.
+uint64_t claim_one(int64_t id, int lease_s) {
+  static SavedPlan plan(NPC_CLAIM_SET "WHERE q.id = $1 AND (q.status = 'queued') IS TRUE " NPC_CLAIM_RETURNING,
+                        {INT8OID, INT4OID});
+  return plan.execute({Int64GetDatum(id), Int32GetDatum(lease_s)});
 }
+
+// The same, for find_refusing (its transaction is rolled back).
+void claim_probe(int64_t id, int lease_s) { (void)claim_one(id, lease_s); }
 
 std::vector<int64_t> ids_of_refused(const std::vector<RefusedRow>& rows) {
   std::vector<int64_t> ids;
@@ -410,11 +412,6 @@ std::vector<int64_t> without(const std::vector<int64_t>& ids, const std::vector<
 }  // namespace
 
 std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, int lease_s) {
-#define NPC_CLAIM_SET                                                                 \
-  "UPDATE npc_scale.decision_queue q SET"                                             \
-  "  status = 'running', attempts = q.attempts + 1,"                                  \
-  "  leased_until = now() + make_interval(secs => $2),"                               \
-  "  started_at = coalesce(q.started_at, now()), not_before = NULL "
   static SavedPlan plan(
       NPC_CLAIM_SET
       "WHERE q.id = ANY($1) AND (q.status = 'queued') IS TRUE "
@@ -427,7 +424,6 @@ std::unordered_map<int64_t, int> claim_by_ids(const std::vector<int64_t>& ids, i
       "                         FOR NO KEY UPDATE SKIP LOCKED)) "
       "RETURNING q.id, q.attempts",
       {INT8ARRAYOID, INT4OID});
-#undef NPC_CLAIM_SET
   std::unordered_map<int64_t, int> out;
   if (ids.empty()) return out;
   auto claim = [&](SavedPlan& p, const std::vector<int64_t>& todo) {
@@ -492,25 +488,10 @@ namespace {
 // one that refuses its claim is refused as in the batch.
 void claim_one_by_one(int limit, int lease_s, const std::vector<int64_t>& exclude, ClaimResult& out) {
   static SavedPlan order_plan(
-      "WITH cand AS ("
-      "  (SELECT id FROM npc_scale.decision_queue"
-      "    WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
-      "      AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($3)"
-      "    ORDER BY priority, id LIMIT $1)"
-      "  UNION"
-      "  (SELECT id FROM npc_scale.decision_queue"
-      "    WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
-      "      AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($3)"
-      "    ORDER BY id LIMIT $1)) "
+      "WITH cand AS (" NPC_CLAIM_CANDIDATES("$1", "$3") ") "
       "SELECT q.id FROM npc_scale.decision_queue q WHERE q.id = ANY (ARRAY(SELECT id FROM cand))"
       " ORDER BY " NPC_CLAIM_ORDER("$2"),
       {INT4OID, INT4OID, INT8ARRAYOID});
-  static SavedPlan one_plan(
-      "UPDATE npc_scale.decision_queue q SET status = 'running', attempts = q.attempts + 1,"
-      "  leased_until = now() + make_interval(secs => $2), started_at = coalesce(q.started_at, now()),"
-      "  not_before = NULL "
-      "WHERE q.id = $1 AND (q.status = 'queued') IS TRUE " NPC_CLAIM_RETURNING,
-      {INT8OID, INT4OID});
   std::vector<int64_t> ids;
   in_transaction("npc_scale: claim candidates in order", [&] {
     if (!extension_present()) return;
@@ -526,7 +507,7 @@ void claim_one_by_one(int limit, int lease_s, const std::vector<int64_t>& exclud
         if (!extension_present()) return;
         commit_claim_asynchronously();
         bound_lock_wait();
-        read_claimed(one_plan.execute({Int64GetDatum(id), Int32GetDatum(lease_s)}), one);
+        read_claimed(claim_one(id, lease_s), one);
       });
       // Only once committed (a game's deferred constraint can refuse the COMMIT).
       for (ClaimedDecision& d : one.running) out.running.push_back(std::move(d));
@@ -548,15 +529,7 @@ void claim_one_by_one(int limit, int lease_s, const std::vector<int64_t>& exclud
 
 ClaimResult claim_decisions(int limit, int lease_s, const std::vector<int64_t>& exclude) {
   // The rows the claim would look at, and one row's claim (rolled back).
-  static SavedPlan candidates_plan(
-      "(SELECT id FROM npc_scale.decision_queue"
-      "  WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
-      "    AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($2) ORDER BY priority, id LIMIT $1)"
-      " UNION "
-      "(SELECT id FROM npc_scale.decision_queue"
-      "  WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
-      "    AND (deadline IS NULL OR deadline >= now()) AND id <> ALL ($2) ORDER BY id LIMIT $1)",
-      {INT4OID, INT8ARRAYOID});
+  static SavedPlan candidates_plan(NPC_CLAIM_CANDIDATES("$1", "$2"), {INT4OID, INT8ARRAYOID});
   ClaimResult out;
   try {
     isolating_refusals(
